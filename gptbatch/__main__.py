@@ -1,0 +1,7 @@
+"""`python -m gptbatch`."""
+
+import sys
+
+from gptbatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""The command line: parse arguments, call one operation, report, map errors to exit codes.
+
+Each subcommand lives in its own module here and exposes `register(subparsers)`, which adds
+its parser and sets `func(args) -> int` (the exit code). Only this package prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from gptbatch import __version__
+from gptbatch.errors import EXIT_INTERRUPTED, GptbatchError
+
+# Subcommand modules, in the order `gptbatch --help` lists them.
+COMMANDS = ("build", "status", "plan", "validate", "split", "tokens", "simulator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptbatch",
+        description="make for the OpenAI Batch API: build outputs from batch.yaml, "
+        "doing only what is missing.",
+    )
+    parser.add_argument("--version", action="version", version=f"gptbatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"gptbatch.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"gptbatch.cli.{name}":
+                raise
+            continue  # a command not built yet
+        module.register(sub)
+    return parser
+
+
+def run(func, args: argparse.Namespace) -> int:
+    """Call a command function, turning gptbatch errors and Ctrl-C into exit codes."""
+    try:
+        return int(func(args) or 0)
+    except GptbatchError as exc:
+        print(f"gptbatch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("gptbatch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return run(args.func, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

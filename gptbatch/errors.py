@@ -1,0 +1,104 @@
+"""One exception hierarchy for gptbatch; each error knows its exit code and says what to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Exit codes, documented in the README. The CLI maps results and errors to these in one place.
+EXIT_OK = 0  # everything done
+EXIT_ERROR = 1  # an unexpected or remote error stopped the run
+EXIT_BAD_INPUT = 2  # bad config, arguments or input: nothing was submitted
+EXIT_PENDING = 3  # work is still pending (e.g. `build --no-wait`)
+EXIT_FAILED_REQUESTS = 4  # finished, but some requests failed for good
+EXIT_LOCKED = 5  # another build holds the lock on this output directory
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; state was saved
+
+
+class GptbatchError(Exception):
+    """Base of every error gptbatch raises on purpose."""
+
+    exit_code = EXIT_ERROR
+
+
+# --- bad input: config, arguments, request files -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input, located in a file."""
+
+    path: str
+    line: int | None
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.message}" + (f": {self.hint}" if self.hint else "")
+
+
+class InputError(GptbatchError):
+    """Config or request files are invalid; nothing was written or submitted."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, problems: list[Problem] | Problem | str, *, truncated: int = 0) -> None:
+        if isinstance(problems, (Problem, str)):
+            problems = [problems] if isinstance(problems, Problem) else [Problem("", None, problems)]
+        self.problems = list(problems)
+        self.truncated = truncated
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [str(p) if p.path else p.message for p in self.problems]
+        if self.truncated:
+            lines.append(f"... and {self.truncated} more problems not shown")
+        return "\n".join(lines)
+
+
+class ConfigError(InputError):
+    """batch.yaml is missing or invalid."""
+
+
+class UsageError(InputError):
+    """Command-line arguments are invalid."""
+
+
+# --- state and concurrency -----------------------------------------------------------------
+
+
+class LockedError(GptbatchError):
+    """Another gptbatch build holds the lock on this output directory."""
+
+    exit_code = EXIT_LOCKED
+
+
+class StateError(GptbatchError):
+    """The build state under <output_dir>/.gptbatch/ is unreadable or from a newer version."""
+
+
+# --- remote API ----------------------------------------------------------------------------
+
+
+class RemoteError(GptbatchError):
+    """The Batch API answered with an error we cannot work around."""
+
+
+class AuthError(RemoteError):
+    """The API key is missing or was refused."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class NotFoundError(RemoteError):
+    """The API does not know the file or batch id we asked about."""
+
+
+class TransientRemoteError(RemoteError):
+    """A rate limit, server error or dropped connection that outlasted the SDK's retries."""
+
+
+class Interrupted(GptbatchError):
+    """The run was interrupted (Ctrl-C); state is saved and in-flight batches keep running."""
+
+    exit_code = EXIT_INTERRUPTED
