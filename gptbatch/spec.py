@@ -1,0 +1,576 @@
+"""Loading batch.yaml: safe YAML, validation against the JSON Schema, defaults, inputs and .env."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import glob
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import load_dotenv
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from gptbatch.canonical import sha256_hex
+from gptbatch.errors import ConfigError, Problem
+
+DEFAULT_CONFIG = "batch.yaml"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "batch.schema.json"
+RESERVED_METADATA_PREFIX = "gptbatch_"  # gptbatch's own 2 of the API's 16 metadata pairs
+
+_MAGIC = re.compile(r"[*?[]")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_PROJECT_CHARS = re.compile(r"[^A-Za-z0-9._:-]+")
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "object": "a mapping",
+    "array": "a list",
+    "boolean": "true or false",
+    "null": "empty",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that packing and queueing respect."""
+
+    enqueued_tokens: int | Mapping[str, int] | None
+    safety_margin: float
+    max_requests_per_batch: int
+    max_bytes_per_batch: int
+    enqueued_requests: int | Mapping[str, int] | None
+    max_cost: float | None
+
+    def token_limit(self, model: str) -> int | None:
+        """The enqueued-token limit for model (a map's "*" covers other models); None: none."""
+        return _per_model(self.enqueued_tokens, model)
+
+    def request_limit(self, model: str) -> int | None:
+        """The enqueued-request limit for model (a map's "*" covers other models); None: none."""
+        return _per_model(self.enqueued_requests, model)
+
+    def token_budget(self, model: str) -> int | None:
+        """The token limit for model less the safety margin; None when there is no limit."""
+        limit = self.token_limit(model)
+        return None if limit is None else int(limit * (1.0 - self.safety_margin))
+
+
+@dataclass(frozen=True)
+class Polling:
+    """Backoff for batch status checks."""
+
+    initial_seconds: float
+    max_seconds: float
+    factor: float
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How to reach the API; holds the key's variable name, never the key."""
+
+    base_url: str | None
+    api_key_env: str
+    organization: str | None
+    project: str | None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A loaded, validated batch.yaml with defaults applied and paths made absolute."""
+
+    path: Path
+    root: Path
+    inputs: tuple[Path, ...]
+    output_dir: Path
+    project: str
+    model: str | None
+    endpoint: str | None
+    limits: Limits
+    completion_window: str
+    metadata: Mapping[str, str]
+    retries: int
+    polling: Polling
+    api: ApiSettings
+    prices: Mapping[str, Mapping[str, float]]
+
+
+def load_schema() -> dict[str, Any]:
+    """The batch.yaml JSON Schema shipped in the package."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def load_spec(path: str | Path | None = None) -> Spec:
+    """Load and validate a config (default ./batch.yaml); raise ConfigError listing every problem.
+
+    Also loads `.env` beside the config and in the working directory (existing variables win).
+    """
+    config, display = _locate(path)
+    text = _read_text(config, display)
+    data, node = _parse_yaml(text, display)
+    schema = load_schema()
+    errors = list(Draft202012Validator(schema).iter_errors(data))
+    problems = _duplicate_keys(node, display) + _schema_problems(errors, node, schema, display)
+    if errors and not isinstance(data, dict):
+        raise ConfigError(problems)
+    # Check what the schema cannot wherever the keys involved are valid, to report all at once.
+    invalid = {e.absolute_path[0] for e in errors if e.absolute_path}
+    invalid.update(
+        k
+        for e in errors
+        if e.validator == "required" and not e.absolute_path
+        for k in e.validator_value
+    )
+    full = _with_defaults(data, schema)
+    root = config.parent
+    output_dir = Path(os.path.abspath(root / os.path.expanduser(str(full.get("output_dir")))))
+    inputs: tuple[Path, ...] = ()
+    later: list[Problem] = []
+    if not invalid & {"inputs", "output_dir"}:
+        inputs, later = _expand_inputs(full["inputs"], root, output_dir, node, display)
+    later += _semantic_problems(full, node, display, invalid)
+    problems += sorted(later, key=lambda p: p.line or 0)
+    if problems:
+        raise ConfigError(problems)
+    _load_env(root)
+    return Spec(
+        path=config,
+        root=root,
+        inputs=inputs,
+        output_dir=output_dir,
+        project=full["project"] or _default_project(config, output_dir),
+        model=full["model"],
+        endpoint=full["endpoint"],
+        limits=_limits(full["limits"]),
+        completion_window=full["completion_window"],
+        metadata=dict(full["metadata"]),
+        retries=int(full["retries"]),
+        polling=Polling(**{k: float(v) for k, v in full["polling"].items()}),
+        api=ApiSettings(**full["api"]),
+        prices={
+            model: {k: float(v) for k, v in price.items()}
+            for model, price in full["prices"].items()
+        },
+    )
+
+
+def api_key(spec: Spec) -> str | None:
+    """The API key from the environment variable the spec names (after loading .env)."""
+    _load_env(spec.root)
+    return os.environ.get(spec.api.api_key_env) or None
+
+
+# --- reading the file ------------------------------------------------------------------------
+
+
+def _locate(path: str | Path | None) -> tuple[Path, str]:
+    """The config's absolute path and its name for messages; ConfigError if it is missing."""
+    display = str(path) if path is not None else DEFAULT_CONFIG
+    config = Path(os.path.abspath(os.path.expanduser(display)))
+    if config.is_dir() and (config / DEFAULT_CONFIG).is_file():
+        config, display = config / DEFAULT_CONFIG, os.path.join(display, DEFAULT_CONFIG)
+    if config.is_file():
+        return config, display
+    if path is None:
+        raise ConfigError(
+            Problem(
+                display,
+                None,
+                f"no {DEFAULT_CONFIG} in {config.parent}",
+                f"run where {DEFAULT_CONFIG} is, or pass its path "
+                f"(e.g. gptbatch validate path/to/{DEFAULT_CONFIG}); "
+                "examples/batch.yaml shows the format",
+            )
+        )
+    if config.is_dir():
+        raise ConfigError(
+            Problem(
+                display,
+                None,
+                f"is a directory with no {DEFAULT_CONFIG}",
+                "pass the config file's path, or create one (examples/batch.yaml shows the format)",
+            )
+        )
+    raise ConfigError(
+        Problem(
+            display,
+            None,
+            "config file not found",
+            "check the path; run `gptbatch validate` in the directory that holds "
+            f"{DEFAULT_CONFIG} to use it by default",
+        )
+    )
+
+
+def _read_text(config: Path, display: str) -> str:
+    try:
+        return config.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            Problem(display, None, f"not UTF-8 (byte {exc.start + 1})", "save it as UTF-8")
+        ) from None
+    except OSError as exc:
+        raise ConfigError(Problem(display, None, f"cannot read: {exc.strerror}", "")) from None
+
+
+def _parse_yaml(text: str, display: str) -> tuple[Any, yaml.Node]:
+    """The document and its node tree (for line numbers), from one safe parse."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        what = getattr(exc, "problem", None) or str(exc)
+        if mark is not None:
+            what = f"{what} (column {mark.column + 1})"
+        raise ConfigError(
+            Problem(display, line, f"YAML syntax error: {what}", "check indentation and quoting")
+        ) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise ConfigError(
+            Problem(
+                display, 1, "the config is empty", "it needs at least `inputs:` (a list of files)"
+            )
+        )
+    return data, node
+
+
+def _duplicate_keys(node: yaml.Node, display: str) -> list[Problem]:
+    """Keys given twice in one mapping: YAML keeps the last silently, which hides mistakes."""
+    problems: list[Problem] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    line = key.start_mark.line + 1
+                    if key.value in first:
+                        problems.append(
+                            Problem(
+                                display,
+                                line,
+                                f"duplicate key {key.value!r} (first at line {first[key.value]})",
+                                "YAML keeps only the last one; remove the other",
+                            )
+                        )
+                    first.setdefault(key.value, line)
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _node_at(node: yaml.Node, path: Sequence[Any], *, key: bool = False) -> yaml.Node:
+    """The node at path (its key node if key), or the deepest ancestor found."""
+    for depth, step in enumerate(path):
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(step):
+                    child = k if key and depth == len(path) - 1 else v
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step >= 0:
+            child = node.value[step] if step < len(node.value) else None
+        if child is None:
+            return node
+        node = child
+    return node
+
+
+def _line(node: yaml.Node, path: Sequence[Any], *, key: bool = False) -> int:
+    return _node_at(node, path, key=key).start_mark.line + 1
+
+
+# --- schema errors -----------------------------------------------------------------------------
+
+
+def _dotted(path: Sequence[Any]) -> str:
+    """A key path as a user writes it: limits.safety_margin, inputs[2], prices["gpt-4.1"]."""
+    out = ""
+    for step in path:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        elif _PLAIN_KEY.match(str(step)):
+            out += f".{step}" if out else str(step)
+        else:
+            out += f"[{json.dumps(str(step))}]"
+    return out
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    """The JSON type word for a YAML value."""
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "true or false"
+    for python_type, word in (
+        (int, "an integer"),
+        (float, "a number"),
+        (str, "a string"),
+        (dict, "a mapping"),
+        (list, "a list"),
+    ):
+        if isinstance(value, python_type):
+            return word
+    return f"a {type(value).__name__}"
+
+
+def _description(error: ValidationError, schema: Mapping[str, Any]) -> str:
+    """What the failing key allows: the nearest description in the schema."""
+    current: ValidationError | None = error
+    while current is not None:
+        if isinstance(current.schema, Mapping) and current.schema.get("description"):
+            return str(current.schema["description"])
+        current = current.parent  # type: ignore[assignment]
+    found = str(schema.get("description", ""))
+    node: Any = schema
+    for step in error.absolute_path:
+        node = node.get("properties", {}).get(step) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping):
+            break
+        found = str(node.get("description", found))
+    return found
+
+
+def _schema_problems(
+    errors: list[ValidationError], node: yaml.Node, schema: Mapping[str, Any], display: str
+) -> list[Problem]:
+    """Every schema violation, shallow ones first, each with key path, line and what is allowed."""
+    errors = sorted(
+        errors, key=lambda e: (len(e.absolute_path), _line(node, list(e.absolute_path)))
+    )
+    problems: list[Problem] = []
+    for error in errors:
+        for problem in _render(error, node, schema, display):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+def _render(
+    error: ValidationError, node: yaml.Node, schema: Mapping[str, Any], display: str
+) -> list[Problem]:
+    path = list(error.absolute_path)
+    where = _dotted(path)
+    prefix = f"{where}: " if where else ""
+    hint = _description(error, schema)
+    instance = error.instance
+    if error.validator == "additionalProperties" and "properties" in error.schema:
+        allowed = list(error.schema["properties"])
+        out = []
+        for extra in (k for k in instance if k not in allowed):
+            close = difflib.get_close_matches(str(extra), allowed, n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            scope = f"under {where}" if where else "at the top level"
+            out.append(
+                Problem(
+                    display,
+                    _line(node, [*path, extra], key=True),
+                    f"{prefix}unknown key {_show(extra)}{guess}",
+                    f"allowed keys {scope}: {', '.join(allowed)}",
+                )
+            )
+        return out
+    if error.validator == "required":
+        properties = error.schema.get("properties", {})
+        return [
+            Problem(
+                display,
+                _line(node, path),
+                f"{prefix}missing required key {name!r}",
+                str(properties.get(name, {}).get("description", "")),
+            )
+            for name in error.validator_value
+            if name not in instance
+        ]
+    if "propertyNames" in error.relative_schema_path:
+        return [
+            Problem(
+                display,
+                _line(node, [*path, instance], key=True),
+                f"{prefix}key {_what(error)}",
+                hint,
+            )
+        ]
+    if error.validator == "type":
+        wanted = error.validator_value
+        wanted = [wanted] if isinstance(wanted, str) else [t for t in wanted if t != "null"]
+        expected = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted)
+        if not path:
+            message = f"the config must be a mapping of keys to values, not {_kind(instance)}"
+        else:
+            message = f"{where}: {_show(instance)} is {_kind(instance)}, expected {expected}"
+        return [Problem(display, _line(node, path), message, hint)]
+    return [Problem(display, _line(node, path), f"{prefix}{_what(error)}", hint)]
+
+
+def _what(error: ValidationError) -> str:
+    """What is wrong with the value, shortened: jsonschema's own messages repeat whole values."""
+    instance, limit = error.instance, error.validator_value
+    if error.validator in ("enum", "const"):
+        return f"{_show(instance)} is not allowed"
+    if error.validator == "pattern":
+        return f"{_show(instance)} does not have the allowed form"
+    if error.validator in ("maxLength", "minLength"):
+        size = "long" if error.validator == "maxLength" else "short"
+        bound = "at most" if error.validator == "maxLength" else "at least"
+        return f"{_show(instance)} is too {size} ({len(instance)} characters, {bound} {limit})"
+    if error.validator in ("maxProperties", "minProperties", "maxItems", "minItems"):
+        unit = "entries" if error.validator.endswith("Properties") else "items"
+        if error.validator.startswith("max"):
+            return f"has {len(instance)} {unit}; at most {limit} allowed"
+        return f"has {len(instance)} {unit}; at least {limit} needed"
+    return str(error.message)
+
+
+# --- defaults, inputs, cross-field checks ------------------------------------------------------
+
+
+def _with_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
+    """value with the schema's documented defaults filled in for missing keys, recursively."""
+    if not isinstance(value, dict) or "properties" not in schema:
+        return value
+    out = dict(value)
+    for key, sub in schema["properties"].items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = _with_defaults(out[key], sub)
+    return out
+
+
+def _expand_inputs(
+    patterns: Sequence[str], root: Path, output_dir: Path, node: yaml.Node, display: str
+) -> tuple[tuple[Path, ...], list[Problem]]:
+    """Input files: globs expanded and sorted per pattern, de-duplicated, absolute."""
+    found: dict[Path, None] = {}
+    problems: list[Problem] = []
+    for index, pattern in enumerate(patterns):
+        line = _line(node, ["inputs", index])
+        expanded = os.path.expanduser(pattern)
+        if _MAGIC.search(expanded):
+            base = "" if os.path.isabs(expanded) else glob.escape(str(root))
+            matches = sorted(glob.glob(os.path.join(base, expanded), recursive=True))
+            files = [
+                Path(os.path.abspath(m))
+                for m in matches
+                if os.path.isfile(m) and not Path(os.path.abspath(m)).is_relative_to(output_dir)
+            ]
+            if not files:
+                problems.append(
+                    Problem(
+                        display,
+                        line,
+                        f"inputs[{index}]: {pattern!r} matches no files",
+                        f"globs are relative to the config's directory, {root}",
+                    )
+                )
+        else:
+            target = Path(os.path.abspath(root / expanded))
+            files = [target]
+            if target.is_dir():
+                problems.append(
+                    Problem(
+                        display,
+                        line,
+                        f"inputs[{index}]: {pattern!r} is a directory",
+                        f"use a glob such as {os.path.join(pattern, '*.jsonl')}",
+                    )
+                )
+            elif not target.is_file():
+                problems.append(
+                    Problem(
+                        display,
+                        line,
+                        f"inputs[{index}]: no such file {pattern!r}",
+                        f"paths are relative to the config's directory, {root}",
+                    )
+                )
+        for file in files:
+            found.setdefault(file, None)
+    return tuple(found), problems
+
+
+def _semantic_problems(
+    full: Mapping[str, Any], node: yaml.Node, display: str, invalid: set[Any]
+) -> list[Problem]:
+    """Rules the schema cannot say, for keys that passed it: polling order, reserved metadata."""
+    problems = []
+    polling = full["polling"]
+    if "polling" not in invalid and polling["initial_seconds"] > polling["max_seconds"]:
+        problems.append(
+            Problem(
+                display,
+                _line(node, ["polling", "initial_seconds"]),
+                f"polling.initial_seconds ({polling['initial_seconds']}) is greater than "
+                f"polling.max_seconds ({polling['max_seconds']})",
+                "the first wait cannot be longer than the longest wait; lower it or raise "
+                "max_seconds",
+            )
+        )
+    for key in full["metadata"] if "metadata" not in invalid else ():
+        if str(key).startswith(RESERVED_METADATA_PREFIX):
+            problems.append(
+                Problem(
+                    display,
+                    _line(node, ["metadata", key], key=True),
+                    f"metadata: key {key!r} is reserved",
+                    f"keys starting with {RESERVED_METADATA_PREFIX} are gptbatch's own; rename it",
+                )
+            )
+    return problems
+
+
+def _limits(raw: Mapping[str, Any]) -> Limits:
+    def count(value: Any) -> int | dict[str, int] | None:
+        if isinstance(value, dict):
+            return {str(k): int(v) for k, v in value.items()}
+        return None if value is None else int(value)
+
+    return Limits(
+        enqueued_tokens=count(raw["enqueued_tokens"]),
+        safety_margin=float(raw["safety_margin"]),
+        max_requests_per_batch=int(raw["max_requests_per_batch"]),
+        max_bytes_per_batch=int(raw["max_bytes_per_batch"]),
+        enqueued_requests=count(raw["enqueued_requests"]),
+        max_cost=None if raw["max_cost"] is None else float(raw["max_cost"]),
+    )
+
+
+def _per_model(value: int | Mapping[str, int] | None, model: str) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    return value.get(model, value.get("*"))
+
+
+def _default_project(config: Path, output_dir: Path) -> str:
+    """The config's stem and a short hash of the output directory: stable per build target."""
+    stem = _PROJECT_CHARS.sub("-", config.stem).strip(".-_:")[:50] or "gptbatch"
+    return f"{stem}-{sha256_hex(str(output_dir).encode('utf-8'))[:8]}"
+
+
+def _load_env(root: Path) -> None:
+    """Load .env beside the config, then in the working directory; existing variables win."""
+    for directory in (root, Path.cwd()):
+        env = directory / ".env"
+        if env.is_file():
+            load_dotenv(env, override=False)
