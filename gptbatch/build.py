@@ -1,0 +1,844 @@
+"""The make-like build loop: sync inputs, plan shards, submit within budget, poll, collect, retry.
+
+Money rules, in the order they are applied:
+1. The intent to upload or create is written to the store before the API call; a shard found
+   in `submitting` on the next run is reconciled against `batches.list` (metadata carries the
+   project and shard id) before anything is created again.
+2. `batches.create` is never retried by the SDK (see remote.py); an ambiguous failure is
+   resolved the same way, by listing.
+3. A final result is never overwritten, and a request that has one is never packed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptbatch import tokens
+from gptbatch.canonical import atomic_writer, canonical_json, file_sha256, sha256_hex
+from gptbatch.errors import (
+    EXIT_FAILED_REQUESTS,
+    EXIT_OK,
+    EXIT_PENDING,
+    InputError,
+    Problem,
+    TransientRemoteError,
+)
+from gptbatch.outputs import OutputSummary, write_outputs
+from gptbatch.remote import BatchInfo, Remote
+from gptbatch.report import Reporter
+from gptbatch.requests import read_raw_line, read_requests
+from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, embedding_inputs, shard_key
+from gptbatch.spec import Spec
+from gptbatch.store import IN_FLIGHT_SHARD_STATES, ShardRow, Store
+
+META_PROJECT = "gptbatch_project"
+META_SHARD = "gptbatch_shard"
+META_SUBMIT = "gptbatch_submit"
+REFUSAL_CODES = ("token_limit_exceeded", "request_limit_exceeded")
+RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
+RECONCILE_DAYS = 30  # batch files expire after 30 days: older batches cannot be collected
+
+
+def crashpoint(name: str) -> None:
+    """Die with SIGKILL here if GPTBATCH_CRASH_AT names this point (fault injection for tests)."""
+    if os.environ.get("GPTBATCH_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class BuildSummary:
+    """What a build run did and what is left."""
+
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    pending: int = 0
+    submitted: int = 0
+    adopted: int = 0
+    refusals: int = 0
+    cost_committed: float = 0.0
+    stopped_by_cost: str | None = None
+    outputs: list[OutputSummary] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.pending:
+            return EXIT_PENDING
+        return EXIT_FAILED_REQUESTS if self.failed else EXIT_OK
+
+
+class Budget:
+    """The working enqueued-token budget per model: lowered on refusals, raised on success."""
+
+    def __init__(self, spec: Spec, store: Store) -> None:
+        self.spec = spec
+        self.store = store
+
+    def nominal(self, model: str | None) -> int | None:
+        limit = self.spec.limits.token_limit(model or "")
+        if limit is None:
+            return None
+        return max(1, int(limit * (1 - self.spec.limits.safety_margin)))
+
+    def working(self, model: str | None) -> int | None:
+        nominal = self.nominal(model)
+        if nominal is None:
+            return None
+        saved = self.store.get_meta(f"budget:{model}")
+        return min(nominal, int(saved)) if saved else nominal
+
+    def lower(self, model: str | None, in_flight: int) -> tuple[int, int] | None:
+        """After a refusal: shrink to 3/4 (or to what was in flight, if less)."""
+        current = self.working(model)
+        if current is None:
+            return None
+        new = max(
+            1, min(int(current * 0.75), max(in_flight, 1)) if in_flight else int(current * 0.75)
+        )
+        self.store.set_meta(f"budget:{model}", str(new))
+        return current, new
+
+    def raise_(self, model: str | None) -> tuple[int, int] | None:
+        """After a batch completes: grow back by a tenth of the nominal budget."""
+        nominal, current = self.nominal(model), self.working(model)
+        if nominal is None or current is None or current >= nominal:
+            return None
+        new = min(nominal, current + max(1, nominal // 10))
+        self.store.set_meta(f"budget:{model}", str(new))
+        return current, new
+
+
+class Builder:
+    """One build of one spec against one remote, reporting to one reporter."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        store: Store,
+        remote: Remote,
+        reporter: Reporter,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.remote = remote
+        self.report = reporter
+        self.sleep = sleep
+        self.budget = Budget(spec, store)
+        self.summary = BuildSummary()
+        self.work_dir = store.directory
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, *, wait: bool = True) -> BuildSummary:
+        """Build until everything is done (or, without wait, do one pass)."""
+        try:
+            sync_inputs(self.spec, self.store, self.report)
+            self.drop_stale_shards()
+            self.reconcile(full=self.store.created or self.store.get_meta("reconciled") is None)
+            interval = self.spec.polling.initial_seconds
+            while True:
+                changed = self.poll()
+                self.plan()
+                changed = self.submit() or changed
+                active = self.store.shards(
+                    ("ready", "uploading", "uploaded", "submitting", "submitted", "waiting")
+                )
+                if not active or not wait:
+                    break
+                if self.summary.stopped_by_cost and not self.store.shards(IN_FLIGHT_SHARD_STATES):
+                    break
+                interval = (
+                    self.spec.polling.initial_seconds
+                    if changed
+                    else min(self.spec.polling.max_seconds, interval * self.spec.polling.factor)
+                )
+                wake = min(
+                    [interval]
+                    + [max(0.0, s.not_before - time.time()) for s in active if s.state == "waiting"]
+                )
+                self.sleep(max(wake, 0.01))
+        finally:
+            self.finish()
+        return self.summary
+
+    def finish(self) -> None:
+        """Write outputs for everything done so far, and fill the summary."""
+        self.summary.outputs = write_outputs(self.spec, self.store)
+        counts = self.store.counts()
+        self.summary.total = counts["total"]
+        self.summary.ok = counts["ok"]
+        self.summary.failed = counts["failed"]
+        self.summary.pending = counts["total"] - counts["ok"] - counts["failed"]
+        self.summary.cost_committed = self.store.committed_cost()
+        self.report.event("summary", **self.summary_fields())
+
+    def summary_fields(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "total": s.total,
+            "ok": s.ok,
+            "failed": s.failed,
+            "pending": s.pending,
+            "submitted": s.submitted,
+            "adopted": s.adopted,
+            "refusals": s.refusals,
+            "cost": round(s.cost_committed, 6),
+            "stopped_by_cost": s.stopped_by_cost,
+            "outputs": [o.path for o in s.outputs],
+        }
+
+    # --- planning ------------------------------------------------------------------------
+
+    def caps(self, model: str | None, url: str) -> Caps:
+        limits = self.spec.limits
+        return Caps(
+            max_tokens=self.budget.working(model),
+            max_requests=limits.max_requests_per_batch,
+            max_bytes=limits.max_bytes_per_batch,
+            max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
+        )
+
+    def plan(self) -> int:
+        """Pack every pending request into new shards; return how many were made."""
+        packers: dict[tuple[str | None, str], Packer] = {}
+        buffers: dict[tuple[str | None, str], list[Any]] = {}
+        made = 0
+        with self.store.transaction():
+            for row in list(self.store.pending_requests()):
+                group = (row.model, row.url)
+                if group not in packers:
+                    packers[group] = Packer(self.caps(*group))
+                    buffers[group] = []
+                buffers[group].append(row)
+                for size in packers[group].add(Item(row.key, row.tokens, row.nbytes, row.inputs)):
+                    made += self._add_shard(group, buffers[group][:size])
+                    del buffers[group][:size]
+            for group, packer in packers.items():
+                for size in packer.finish():
+                    made += self._add_shard(group, buffers[group][:size])
+                    del buffers[group][:size]
+        return made
+
+    def _add_shard(self, group: tuple[str | None, str], rows: list[Any]) -> int:
+        model, url = group
+        sid = self.store.new_shard_id(shard_key(model, url, [r.key for r in rows]))
+        costs = [r.cost for r in rows]
+        self.store.add_shard(
+            sid,
+            model=model,
+            url=url,
+            members=[(r.key, r.custom_id) for r in rows],
+            tokens=sum(r.tokens for r in rows),
+            nbytes=sum(r.nbytes for r in rows),
+            cost=None if any(c is None for c in costs) else sum(costs),  # type: ignore[misc]
+        )
+        self.report.event(
+            "planned",
+            shard=sid[:12],
+            model=model,
+            url=url,
+            requests=len(rows),
+            tokens=sum(r.tokens for r in rows),
+        )
+        return 1
+
+    def drop_stale_shards(self) -> None:
+        """Release unsent shards holding requests that are no longer in the inputs."""
+        with self.store.transaction():
+            for shard in self.store.shards(("ready", "uploading", "uploaded", "waiting")):
+                if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id)):
+                    self.store.update_shard(shard.id, state="dropped", note="inputs changed")
+                    self.report.event("dropped", shard=shard.id[:12], reason="inputs changed")
+
+    # --- submitting ----------------------------------------------------------------------
+
+    def in_flight(self, model: str | None) -> tuple[int, int]:
+        """(tokens, requests) of this model's shards at the API."""
+        shards = [s for s in self.store.shards(IN_FLIGHT_SHARD_STATES) if s.model == model]
+        return sum(s.tokens for s in shards), sum(s.requests for s in shards)
+
+    def submit(self) -> bool:
+        """Submit every shard that fits the queue, the request cap and the spend cap."""
+        changed = False
+        now = time.time()
+        for shard in self.store.shards(("ready", "uploading", "uploaded", "waiting")):
+            if shard.not_before > now:
+                continue
+            working = self.budget.working(shard.model)
+            tokens_in, requests_in = self.in_flight(shard.model)
+            if working is not None and shard.tokens > working and shard.refusals:
+                # Refused before and now larger than the lowered budget: repack it smaller.
+                with self.store.transaction():
+                    self.store.update_shard(shard.id, state="dropped", note="over lowered budget")
+                self.report.event(
+                    "dropped",
+                    shard=shard.id[:12],
+                    reason=f"larger than the lowered budget {working:,}",
+                )
+                self.plan()
+                return True
+            if working is not None and tokens_in and tokens_in + shard.tokens > working:
+                continue  # waits for room; checked again after the next poll
+            req_limit = self.spec.limits.request_limit(shard.model or "")
+            if req_limit is not None and requests_in and requests_in + shard.requests > req_limit:
+                continue
+            if not self.within_spend_cap(shard):
+                continue
+            self.submit_shard(shard)
+            changed = True
+        return changed
+
+    def within_spend_cap(self, shard: ShardRow) -> bool:
+        cap = self.spec.limits.max_cost
+        if cap is None:
+            return True
+        committed = self.store.committed_cost()
+        if shard.cost is None:
+            reason = (
+                f"no price known for model {shard.model!r}, so limits.max_cost cannot be "
+                f"checked: add prices.{shard.model} to batch.yaml"
+            )
+        elif committed + shard.cost > cap:
+            reason = (
+                f"spend cap reached: ${committed:.4f} of ${cap:.4f} committed; the next shard "
+                f"({shard.requests:,} requests) would cost ${shard.cost:.4f}: raise "
+                "limits.max_cost to continue"
+            )
+        else:
+            return True
+        if self.summary.stopped_by_cost != reason:
+            self.summary.stopped_by_cost = reason
+            self.report.event("spend_cap", message=reason)
+        return False
+
+    def shard_file(self, shard: ShardRow) -> Path:
+        """Write (or rewrite) the JSONL file of a shard from the inputs; return its path."""
+        path = self.work_dir / "shards" / f"{shard.id}.jsonl"
+        with atomic_writer(path, "wb") as out:
+            for key, _ in self.store.members(shard.id):
+                row = self.store.locate(key)
+                if row is None:
+                    raise InputError(Problem("", None, f"request {key[:12]} left the inputs"))
+                line = upload_line(read_raw_line(row.path, row.offset, row.length), self.spec)
+                if sha256_hex(line) != key:
+                    raise InputError(
+                        Problem(
+                            row.path,
+                            row.line,
+                            "the file changed while gptbatch ran",
+                            "run the build again",
+                        )
+                    )
+                out.write(line + b"\n")
+        return path
+
+    def submit_shard(self, shard: ShardRow) -> None:
+        """Upload (unless already uploaded) and create the batch, recording intent first."""
+        store = self.store
+        file_id = shard.file_id
+        filename = f"gptbatch-{shard.id[:40]}.jsonl"
+        if file_id is None:
+            if shard.state == "uploading":  # an earlier run may have uploaded it
+                found = self.remote.find_uploads(filename)
+                file_id = found[0].id if found else None
+            if file_id is None:
+                path = self.shard_file(shard)
+                with store.transaction():
+                    store.update_shard(shard.id, state="uploading")
+                crashpoint("before_upload")
+                file_id = self.remote.upload(path, filename).id
+                crashpoint("after_upload")
+            with store.transaction():
+                store.update_shard(shard.id, state="uploaded", file_id=file_id)
+            self.report.event("uploaded", shard=shard.id[:12], file=file_id)
+        if shard.state == "submitting" and self.adopt_existing(shard):
+            return
+        nonce = uuid.uuid4().hex[:16]
+        with store.transaction():
+            store.update_shard(shard.id, state="submitting", nonce=nonce)
+        crashpoint("before_create")
+        metadata = dict(self.spec.metadata)
+        metadata.update({META_PROJECT: self.spec.project, META_SHARD: shard.id, META_SUBMIT: nonce})
+        try:
+            info = self.remote.create_batch(
+                file_id=file_id,
+                endpoint=shard.url,
+                completion_window=self.spec.completion_window,
+                metadata=metadata,
+            )
+        except TransientRemoteError as exc:
+            # The batch may or may not exist: find out before anything is created again.
+            self.report.event("create_uncertain", shard=shard.id[:12], error=str(exc))
+            if not self.adopt_existing(store.shard(shard.id) or shard):
+                with store.transaction():
+                    store.update_shard(shard.id, not_before=time.time() + 1.0)
+            return
+        crashpoint("after_create")
+        self.record_submitted(shard.id, info)
+        self.summary.submitted += 1
+        self.report.event(
+            "submitted",
+            shard=shard.id[:12],
+            batch=info.id,
+            model=shard.model,
+            requests=shard.requests,
+            tokens=shard.tokens,
+        )
+
+    def record_submitted(self, shard_id: str, info: BatchInfo) -> None:
+        with self.store.transaction():
+            self.store.upsert_batch(
+                info.id,
+                shard=shard_id,
+                status=info.status,
+                input_file_id=info.input_file_id,
+                output_file_id=info.output_file_id,
+                error_file_id=info.error_file_id,
+                created_at=info.created_at,
+                info=info.summary(),
+            )
+            self.store.update_shard(shard_id, state="submitted", batch_id=info.id)
+
+    # --- reconciling with the API ---------------------------------------------------------
+
+    def remote_batches(self, since: float | None) -> Iterator[BatchInfo]:
+        for info in self.remote.list_batches(since=since):
+            if info.metadata.get(META_PROJECT) == self.spec.project:
+                yield info
+
+    def adopt_existing(self, shard: ShardRow) -> bool:
+        """If a live or finished batch for this shard exists remotely, adopt it."""
+        since = (shard.updated_at or time.time()) - 2 * 86400
+        for info in self.remote_batches(since):
+            if info.metadata.get(META_SHARD) != shard.id or self._refused(info):
+                continue
+            if info.status == "failed" and not info.errors:
+                continue
+            self.record_submitted(shard.id, info)
+            self.summary.adopted += 1
+            self.report.event("adopted", shard=shard.id[:12], batch=info.id, status=info.status)
+            return True
+        return False
+
+    def reconcile(self, *, full: bool) -> None:
+        """Match local state to the API: adopt batches we lost track of."""
+        pending = self.store.shards(("submitting",))
+        if not full and not pending:
+            return
+        known = {b.id for b in self.store.batches()}
+        since = None if full else min((s.updated_at or time.time()) for s in pending) - 2 * 86400
+        if full:
+            since = time.time() - RECONCILE_DAYS * 86400
+        for info in self.remote_batches(since):
+            if info.id in known or self._refused(info):
+                continue
+            sid = info.metadata.get(META_SHARD)
+            if not sid:
+                continue
+            shard = self.store.shard(sid)
+            if shard is None:
+                if not self.recover_shard(sid, info):
+                    continue
+            elif shard.state in ("done", "dropped") and shard.batch_id:
+                # A second batch for a shard we already have: collect it too, never resubmit.
+                with self.store.transaction():
+                    self.store.upsert_batch(
+                        info.id,
+                        shard=sid,
+                        status=info.status,
+                        input_file_id=info.input_file_id,
+                        output_file_id=info.output_file_id,
+                        error_file_id=info.error_file_id,
+                        created_at=info.created_at,
+                        info=info.summary(),
+                    )
+                self.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
+                self.summary.adopted += 1
+                continue
+            else:
+                self.record_submitted(sid, info)
+            self.summary.adopted += 1
+            self.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
+        with self.store.transaction():
+            self.store.set_meta("reconciled", str(time.time()))
+
+    def recover_shard(self, sid: str, info: BatchInfo) -> bool:
+        """Rebuild a lost shard record from its batch's input file."""
+        path = self.work_dir / "downloads" / f"{info.input_file_id}.jsonl"
+        try:
+            self.remote.download(info.input_file_id, path)
+        except Exception as exc:  # an expired input file: nothing to recover
+            self.report.event("recover_failed", batch=info.id, error=str(exc))
+            return False
+        members: list[tuple[str, str]] = []
+        with open(path, "rb") as f:
+            for raw in f:
+                if raw.strip():
+                    obj = json.loads(raw)
+                    members.append((sha256_hex(canonical_json(obj)), str(obj.get("custom_id"))))
+        path.unlink(missing_ok=True)
+        known = self.store.known_estimates([k for k, _ in members])
+        tokens_sum = sum(known[k][0] for k, _ in members if k in known)
+        costs = [known[k][3] for k, _ in members if k in known]
+        with self.store.transaction():
+            self.store.add_shard(
+                sid,
+                model=None,
+                url=info.endpoint,
+                members=members,
+                tokens=tokens_sum,
+                nbytes=0,
+                cost=sum(c for c in costs if c is not None),
+                state="submitting",
+                note="recovered from the API",
+            )
+            model = (
+                self.store.locate(members[0][0]).model
+                if members and self.store.locate(members[0][0])
+                else None
+            )
+            self.store.update_shard(sid, model=model)
+        self.record_submitted(sid, info)
+        return True
+
+    @staticmethod
+    def _refused(info: BatchInfo) -> bool:
+        return info.status == "failed" and any(e.code in REFUSAL_CODES for e in info.errors)
+
+    # --- polling and collecting -----------------------------------------------------------
+
+    def poll(self) -> bool:
+        """Check every batch not yet collected; collect the finished ones."""
+        changed = False
+        for batch in self.store.batches():
+            if batch.collected:
+                continue
+            try:
+                info = self.remote.retrieve(batch.id)
+            except TransientRemoteError as exc:
+                self.report.event("api_retry", batch=batch.id, error=str(exc))
+                continue
+            if info.status != batch.status:
+                changed = True
+                self.report.event(
+                    "status",
+                    batch=batch.id,
+                    status=info.status,
+                    completed=info.completed,
+                    failed=info.failed,
+                    total=info.total,
+                )
+                with self.store.transaction():
+                    self.store.upsert_batch(
+                        info.id,
+                        shard=batch.shard,
+                        status=info.status,
+                        input_file_id=info.input_file_id,
+                        output_file_id=info.output_file_id,
+                        error_file_id=info.error_file_id,
+                        created_at=info.created_at,
+                        info=info.summary(),
+                    )
+            if info.terminal:
+                try:
+                    self.collect(batch.shard, info)
+                except TransientRemoteError as exc:
+                    self.report.event("api_retry", batch=batch.id, error=str(exc))
+                    continue
+                changed = True
+        return changed
+
+    def collect(self, shard_id: str, info: BatchInfo) -> None:
+        """Record a finished batch's results against its requests, in one transaction."""
+        shard = self.store.shard(shard_id)
+        assert shard is not None
+        if info.status == "failed":
+            self.collect_failed(shard, info)
+            return
+        downloads: list[Path] = []
+        for file_id in (info.output_file_id, info.error_file_id):
+            if file_id:
+                path = self.work_dir / "downloads" / f"{file_id}.jsonl"
+                self.remote.download(file_id, path)
+                downloads.append(path)
+        crashpoint("after_download")
+        seen: set[str] = set()
+        counts = {"ok": 0, "failed": 0, "retry": 0}
+        with self.store.transaction():
+            for path in downloads:
+                with open(path, "rb") as f:
+                    for raw in f:
+                        if not raw.strip():
+                            continue
+                        text = raw.decode("utf-8").rstrip("\r\n")
+                        obj = json.loads(text)
+                        key = self.store.member_key(shard_id, str(obj.get("custom_id")))
+                        if key is None or key in seen:
+                            continue
+                        seen.add(key)
+                        state, error = classify(obj)
+                        counts[self.record(key, state, text, error, info.id)] += 1
+            for key, _ in self.store.members(shard_id):
+                if key not in seen:
+                    why = f"no result in batch {info.id} ({info.status})"
+                    counts[self.record(key, "retry", None, why, info.id)] += 1
+            self.store.mark_collected(info.id)
+            if shard.batch_id == info.id or shard.state != "done":
+                self.store.update_shard(shard_id, state="done")
+        crashpoint("after_collect")
+        for path in downloads:
+            path.unlink(missing_ok=True)
+        if info.status == "completed":
+            change = self.budget.raise_(shard.model)
+            if change:
+                self.report.event(
+                    "budget",
+                    model=shard.model,
+                    old=change[0],
+                    new=change[1],
+                    reason="a batch completed",
+                )
+        self.report.event("collected", batch=info.id, status=info.status, **counts)
+
+    def record(self, key: str, state: str, line: str | None, error: str | None, batch: str) -> str:
+        """Record one outcome; a retryable one past the retry limit becomes final."""
+        old = self.store.result(key)
+        attempts = (old.attempts if old else 0) + 1
+        if state == "retry" and attempts > self.spec.retries:
+            state = "failed"
+            error = f"gave up after {attempts} attempts: {error}"
+        row = self.store.record_result(key, state=state, line=line, error=error, batch_id=batch)
+        return row.state
+
+    def collect_failed(self, shard: ShardRow, info: BatchInfo) -> None:
+        """A failed batch processed nothing: a refusal waits, a validation failure is mapped."""
+        store = self.store
+        if self._refused(info):
+            tokens_in, _ = self.in_flight(shard.model)
+            change = self.budget.lower(shard.model, tokens_in - shard.tokens)
+            self.summary.refusals += 1
+            delay = min(
+                self.spec.polling.max_seconds,
+                self.spec.polling.initial_seconds * 2 ** min(shard.refusals, 10),
+            )
+            with store.transaction():
+                store.mark_collected(info.id)
+                store.update_shard(
+                    shard.id,
+                    state="waiting",
+                    batch_id=None,
+                    refusals=shard.refusals + 1,
+                    not_before=time.time() + delay,
+                    note=info.errors[0].message,
+                )
+            self.report.event(
+                "refused",
+                shard=shard.id[:12],
+                batch=info.id,
+                code=info.errors[0].code,
+                wait=round(delay, 2),
+            )
+            if change:
+                self.report.event(
+                    "budget",
+                    model=shard.model,
+                    old=change[0],
+                    new=change[1],
+                    reason="the API refused work for lack of queue room",
+                )
+            return
+        members = store.members(shard.id)
+        problems: list[str] = []
+        with store.transaction():
+            lined = [e for e in info.errors if e.line]
+            for e in lined:
+                if 1 <= e.line <= len(members):  # type: ignore[operator]
+                    key = members[e.line - 1][0]  # type: ignore[operator]
+                    row = store.locate(key)
+                    where = f"{row.path}:{row.line}" if row else f"line {e.line} of the shard"
+                    msg = f"{where}: rejected by the API: {e.code}: {e.message}"
+                    problems.append(msg)
+                    store.record_result(key, state="failed", error=msg, batch_id=info.id)
+            if not lined:
+                msg = "; ".join(f"{e.code}: {e.message}" for e in info.errors) or "batch failed"
+                for key, _ in members:
+                    self.record(key, "retry", None, f"batch {info.id} failed: {msg}", info.id)
+            store.mark_collected(info.id)
+            store.update_shard(
+                shard.id,
+                state="done" if not lined else "dropped",
+                note=f"batch failed: {info.errors[0].code if info.errors else ''}",
+            )
+        self.report.event("batch_failed", batch=info.id, problems=problems[:20])
+
+
+def classify(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """Sort one output/error line into ok, failed (final) or retry."""
+    response = obj.get("response") or {}
+    error = obj.get("error")
+    status = response.get("status_code")
+    if status == 200 and not error:
+        return "ok", None
+    if error:
+        code = error.get("code") if isinstance(error, dict) else str(error)
+        msg = f"{code}: {error.get('message') if isinstance(error, dict) else ''}"
+        return ("retry" if code in RETRYABLE_ERROR_CODES or code is None else "failed"), msg
+    body = response.get("body") or {}
+    err = body.get("error") if isinstance(body, dict) else None
+    detail = err.get("message") if isinstance(err, dict) else None
+    msg = f"HTTP {status}: {detail or 'no detail'}"
+    if status in (408, 409, 429) or (isinstance(status, int) and status >= 500):
+        return "retry", msg
+    return "failed", msg
+
+
+def upload_line(raw: bytes, spec: Spec) -> bytes:
+    """The canonical line to upload for a raw input line, with the config's defaults applied."""
+    obj = json.loads(raw.lstrip(b"\xef\xbb\xbf"))
+    if spec.endpoint is not None and "url" not in obj:
+        obj["url"] = spec.endpoint
+    body = obj.get("body")
+    if spec.model is not None and isinstance(body, dict) and "model" not in body:
+        body["model"] = spec.model
+    return canonical_json({k: obj[k] for k in ("custom_id", "method", "url", "body")})
+
+
+# --- syncing inputs with the store -----------------------------------------------------------
+
+
+def _defaults(spec: Spec) -> str:
+    return canonical_json({"model": spec.model, "endpoint": spec.endpoint}).decode()
+
+
+def _output_bound(body: Any) -> int:
+    if not isinstance(body, dict):
+        return 0
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(name)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def sync_inputs(spec: Spec, store: Store, report: Reporter) -> None:
+    """Bring the store's view of every input up to date, reading only files that changed."""
+    defaults = _defaults(spec)
+    changed: list[tuple[Path, os.stat_result, str]] = []
+    for path in spec.inputs:
+        st = path.stat()
+        record = store.input_record(str(path))
+        if (
+            record
+            and record[0] == st.st_size
+            and record[1] == st.st_mtime_ns
+            and record[3] == defaults
+        ):
+            report.event("input", path=str(path), state="unchanged (size and mtime)")
+            continue
+        digest = file_sha256(path)
+        if record and record[2] == digest and record[3] == defaults:
+            with store.transaction():
+                store.touch_input(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+            report.event("input", path=str(path), state="unchanged (content hash)")
+            continue
+        changed.append((path, st, digest))
+    problems: list[Problem] = []
+    with store.transaction():
+        gone = store.forget_inputs(str(p) for p in spec.inputs)
+        for path in gone:
+            report.event("input", path=path, state="removed from batch.yaml")
+        for path, st, digest in changed:
+            record = store.input_record(str(path))
+            config_changed = record is not None and record[3] != defaults
+            previous = {r.custom_id: r for r in store.requests_of(str(path))}
+            tally = {"requests": 0, "new": 0}
+            try:
+                # Streams into the open transaction; a bad line rolls all of it back.
+                store.replace_input(
+                    str(path),
+                    size=st.st_size,
+                    mtime_ns=st.st_mtime_ns,
+                    sha256=digest,
+                    defaults=defaults,
+                    rows=_rows(spec, path, previous, config_changed, tally),
+                )
+            except InputError as exc:
+                problems.extend(exc.problems)
+                continue
+            report.event("input", path=str(path), state="read", **tally)
+        duplicates = store.duplicate_custom_ids()
+        for cid, pa, la, pb, lb in duplicates:
+            problems.append(
+                Problem(
+                    pb,
+                    lb,
+                    f"duplicate custom_id {cid!r} (first seen at {pa}:{la})",
+                    "custom_ids must be unique across all inputs",
+                )
+            )
+        if problems:
+            raise InputError(problems[:50], truncated=max(0, len(problems) - 50))
+
+
+def _rows(
+    spec: Spec, path: Path, previous: dict[str, Any], config_changed: bool, tally: dict[str, int]
+) -> Iterator[tuple[Any, ...]]:
+    """Store rows for an input's requests, streamed; counts what is new in tally."""
+    reqs = read_requests([path], model=spec.model, endpoint=spec.endpoint)
+    for ordinal, req in enumerate(reqs):
+        row = _request_row(spec, ordinal, req, previous.get(req.custom_id), config_changed)
+        tally["requests"] += 1
+        tally["new"] += row[-1] in ("new", "changed", "config changed")
+        yield row
+
+
+def _request_row(
+    spec: Spec, ordinal: int, req: Any, previous: Any, config_changed: bool
+) -> tuple[Any, ...]:
+    if previous is not None and previous.key == req.key:
+        tokens_, nbytes, inputs, cost, reason = (
+            previous.tokens,
+            previous.nbytes,
+            previous.inputs,
+            previous.cost,
+            previous.reason,
+        )
+    else:
+        estimate = tokens.estimate_request(req.url, req.body)
+        tokens_ = estimate.tokens
+        nbytes = len(req.canonical_line()) + 1
+        inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
+        try:  # TEMPORARY until pricing lands
+            from gptbatch import pricing
+
+            cost = pricing.estimate_cost(
+                req.model or "", tokens_, _output_bound(req.body), spec.prices
+            )
+        except ImportError:
+            cost = None
+        reason = "new" if previous is None else "config changed" if config_changed else "changed"
+    return (
+        ordinal,
+        req.line,
+        req.offset,
+        req.length,
+        req.key,
+        req.custom_id,
+        req.model,
+        req.url,
+        tokens_,
+        nbytes,
+        inputs,
+        cost,
+        reason,
+    )

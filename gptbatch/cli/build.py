@@ -1,0 +1,159 @@
+"""`gptbatch build`: turn batch.yaml's inputs into outputs, doing only what is missing."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from gptbatch.build import Builder, BuildSummary
+from gptbatch.errors import UsageError
+from gptbatch.remote import Remote
+from gptbatch.report import ConsoleReporter, JsonReporter, Reporter
+from gptbatch.spec import Spec, api_key, load_spec
+from gptbatch.store import Store, state_dir
+
+# In --simulate, a day of Batch API time passes in about 9 seconds.
+SIMULATE_TIME_SCALE = 10_000.0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "build",
+        help="submit what is missing, collect results, write outputs",
+        description="Build every request of CONFIG's inputs that has no result yet: pack "
+        "them into shards that fit the queue, submit, poll, collect, retry, and write "
+        "<output_dir>/<input>.jsonl in input order. Safe to stop and rerun at any time.",
+    )
+    p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit what fits, collect what finished, then exit (for CI schedules)",
+    )
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="rehearse against the built-in Batch API simulator on a fast clock "
+        "(no API key, no cost); writes to <output_dir>-simulated",
+    )
+    p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="report every input and shard")
+    p.set_defaults(func=run)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so a stopped CI job saves state the same way."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (tests calling main() from a thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
+    """The API client: the real API (or api.base_url), or an in-process simulator."""
+    if simulate:
+        from gptbatch.simulator import SimConfig, run_simulator
+
+        limits = {}
+        for model in {m for m in _models(spec)}:
+            limit = spec.limits.token_limit(model)
+            if limit is not None:
+                limits[model] = limit
+        config = SimConfig(time_scale=SIMULATE_TIME_SCALE, token_limits=limits)
+        with run_simulator(config) as sim:
+            simulated = dataclasses.replace(
+                spec,
+                output_dir=spec.output_dir.with_name(spec.output_dir.name + "-simulated"),
+                polling=dataclasses.replace(spec.polling, initial_seconds=0.05, max_seconds=0.5),
+            )
+            remote = Remote(api_key="sk-simulated", base_url=sim.base_url)
+            try:
+                yield simulated, remote
+            finally:
+                remote.close()
+        return
+    key = api_key(spec)
+    if not key:
+        raise UsageError(
+            f"no API key: set {spec.api.api_key_env} (or put it in a .env file beside "
+            f"{spec.path.name}), or rehearse offline with `gptbatch build --simulate`"
+        )
+    remote = Remote(
+        api_key=key,
+        base_url=spec.api.base_url,
+        organization=spec.api.organization,
+        project=spec.api.project,
+    )
+    try:
+        yield spec, remote
+    finally:
+        remote.close()
+
+
+def _models(spec: Spec) -> list[str]:
+    limit = spec.limits.enqueued_tokens
+    if isinstance(limit, dict) or hasattr(limit, "keys"):
+        return [m for m in limit if m != "*"]  # type: ignore[union-attr]
+    return [spec.model] if spec.model else []
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.config)
+    reporter: Reporter = (
+        JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
+    )
+    with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
+        store = Store(state_dir(spec.output_dir))
+        try:
+            store.lock()
+            builder = Builder(spec, store, remote, reporter)
+            if args.simulate and not args.json:
+                print(f"simulating: outputs go to {spec.output_dir}", file=sys.stderr)
+            summary = builder.run(wait=not args.no_wait)
+        finally:
+            store.close()
+    if not args.json:
+        print_summary(summary, spec)
+    return summary.exit_code
+
+
+def print_summary(s: BuildSummary, spec: Spec) -> None:
+    out = sys.stdout
+    state = "done" if not s.pending else "not done"
+    print(
+        f"{state}: {s.ok:,} of {s.total:,} requests have results, {s.failed:,} failed for good, "
+        f"{s.pending:,} pending; {s.submitted} batches submitted, {s.adopted} adopted, "
+        f"{s.refusals} refused for queue room; estimated spend ${s.cost_committed:.4f}",
+        file=out,
+    )
+    for o in s.outputs:
+        line = f"  {o.path}: {o.written:,} results"
+        if o.failed:
+            line += f", {o.failed:,} failures in {o.errors_path}"
+        if o.missing:
+            line += f", {o.missing:,} still missing"
+        print(line, file=out)
+    if s.stopped_by_cost:
+        print(f"stopped: {s.stopped_by_cost}", file=out)
+    if s.pending:
+        print(
+            "run `gptbatch build` again to continue; `gptbatch status --explain` says why "
+            "each request is pending",
+            file=out,
+        )

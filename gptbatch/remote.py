@@ -1,0 +1,238 @@
+"""The Batch API boundary: the only module that imports `openai`; no SDK error escapes it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import openai
+
+from gptbatch.canonical import atomic_writer
+from gptbatch.errors import AuthError, NotFoundError, RemoteError, TransientRemoteError
+
+T = TypeVar("T")
+
+TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+RUNNING_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+@dataclass(frozen=True)
+class BatchErrorInfo:
+    """One entry of a batch's `errors.data`."""
+
+    code: str | None
+    message: str | None
+    line: int | None
+    param: str | None
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """What we use of a remote batch."""
+
+    id: str
+    status: str
+    endpoint: str
+    input_file_id: str
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    errors: tuple[BatchErrorInfo, ...] = ()
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-able record for the store."""
+        return {
+            "status": self.status,
+            "counts": [self.total, self.completed, self.failed],
+            "errors": [e.__dict__ for e in self.errors[:20]],
+        }
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What we use of a remote file."""
+
+    id: str
+    filename: str
+    bytes: int
+    created_at: int
+
+
+def _batch_info(b: Any) -> BatchInfo:
+    counts = b.request_counts
+    errors = ()
+    if b.errors is not None and b.errors.data:
+        errors = tuple(BatchErrorInfo(e.code, e.message, e.line, e.param) for e in b.errors.data)
+    return BatchInfo(
+        id=b.id,
+        status=b.status,
+        endpoint=b.endpoint,
+        input_file_id=b.input_file_id,
+        output_file_id=b.output_file_id,
+        error_file_id=b.error_file_id,
+        created_at=int(b.created_at or 0),
+        metadata=dict(b.metadata or {}),
+        errors=errors,
+        total=counts.total if counts else 0,
+        completed=counts.completed if counts else 0,
+        failed=counts.failed if counts else 0,
+    )
+
+
+def _translate(exc: Exception) -> Exception:
+    """Map an SDK or transport error to ours."""
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return AuthError(
+            f"the API refused the key ({exc.status_code}): check the key in the environment "
+            "variable named by api.api_key_env (default OPENAI_API_KEY)"
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return NotFoundError(f"not found: {_message(exc)}")
+    if isinstance(exc, openai.RateLimitError | openai.InternalServerError | openai.ConflictError):
+        return TransientRemoteError(f"{exc.status_code} from the API: {_message(exc)}")
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in (408,) or exc.status_code >= 500:
+            return TransientRemoteError(f"{exc.status_code} from the API: {_message(exc)}")
+        return RemoteError(f"{exc.status_code} from the API: {_message(exc)}")
+    if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError | OSError):
+        return TransientRemoteError(f"connection to the API failed: {exc}")
+    return RemoteError(str(exc))
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(exc.message)
+
+
+def _call(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
+        raise _translate(exc) from exc
+
+
+class Remote:
+    """A thin, typed client for the Files and Batches endpoints."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.client = openai.OpenAI(
+            api_key=api_key,
+            base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+            organization=organization,
+            project=project,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        # batches.create must never be retried blindly: a lost reply plus an SDK retry
+        # creates a second batch and bills every request twice. The build reconciles
+        # with batches.list instead.
+        self._create_client = self.client.with_options(max_retries=0)
+
+    @property
+    def base_url(self) -> str:
+        return str(self.client.base_url)
+
+    def upload(self, path: Path, filename: str) -> FileInfo:
+        """Upload a JSONL file with purpose=batch."""
+
+        def go() -> FileInfo:
+            with open(path, "rb") as f:
+                obj = self.client.files.create(file=(filename, f), purpose="batch")
+            return FileInfo(obj.id, obj.filename, obj.bytes, obj.created_at)
+
+        return _call(go)
+
+    def find_uploads(self, filename: str) -> list[FileInfo]:
+        """Batch files already uploaded under this name."""
+
+        def go() -> list[FileInfo]:
+            return [
+                FileInfo(f.id, f.filename, f.bytes, f.created_at)
+                for f in self.client.files.list(purpose="batch")
+                if f.filename == filename
+            ]
+
+        return _call(go)
+
+    def create_batch(
+        self, *, file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str]
+    ) -> BatchInfo:
+        """Create a batch, with no SDK retry (see __init__)."""
+        return _call(
+            lambda: _batch_info(
+                self._create_client.batches.create(
+                    input_file_id=file_id,
+                    endpoint=endpoint,  # type: ignore[arg-type]
+                    completion_window=completion_window,  # type: ignore[arg-type]
+                    metadata=metadata,
+                )
+            )
+        )
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        return _call(lambda: _batch_info(self.client.batches.retrieve(batch_id)))
+
+    def list_batches(self, *, since: float | None = None) -> Iterator[BatchInfo]:
+        """Batches newest first, stopping at the first created before `since`."""
+        try:
+            for b in self.client.batches.list(limit=100):
+                info = _batch_info(b)
+                if since is not None and info.created_at < since:
+                    return
+                yield info
+        except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
+            raise _translate(exc) from exc
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        return _call(lambda: _batch_info(self.client.batches.cancel(batch_id)))
+
+    def download(self, file_id: str, dest: Path, *, attempts: int = 4) -> int:
+        """Stream a file's content to dest atomically; retry a dropped download from scratch."""
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                size = 0
+                with (
+                    atomic_writer(dest, "wb") as out,
+                    self.client.files.with_streaming_response.content(file_id) as resp,
+                ):
+                    for chunk in resp.iter_bytes(1 << 16):
+                        out.write(chunk)
+                        size += len(chunk)
+                return size
+            except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
+                last = _translate(exc)
+                if not isinstance(last, TransientRemoteError):
+                    raise last from exc
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()

@@ -1,0 +1,121 @@
+"""Reporters: the build emits events; these render them for a terminal, a CI log, or as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Protocol, TextIO
+
+
+class Reporter(Protocol):
+    """Receives build events; never decides anything."""
+
+    def event(self, kind: str, **fields: Any) -> None: ...
+
+
+class NullReporter:
+    """Drops every event (library use, tests)."""
+
+    def event(self, kind: str, **fields: Any) -> None:
+        return None
+
+
+class JsonReporter:
+    """One JSON object per event, one per line: for machines."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def event(self, kind: str, **fields: Any) -> None:
+        record = {"event": kind, "time": round(time.time(), 3), **fields}
+        self.stream.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        self.stream.flush()
+
+
+def _n(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+class ConsoleReporter:
+    """Plain lines for people and CI logs; `verbose` adds the per-input and per-shard chatter."""
+
+    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+        self.tty = self.stream.isatty()
+
+    def say(self, text: str) -> None:
+        stamp = "" if self.tty else time.strftime("%H:%M:%S ")
+        self.stream.write(f"{stamp}{text}\n")
+        self.stream.flush()
+
+    def event(self, kind: str, **f: Any) -> None:
+        text = self.render(kind, f)
+        if text:
+            self.say(text)
+
+    def render(self, kind: str, f: dict[str, Any]) -> str | None:
+        if kind == "input":
+            if not self.verbose and f["state"].startswith("unchanged"):
+                return None
+            extra = (
+                f" ({_n(f['requests'])} requests, {_n(f['new'])} to build)"
+                if "requests" in f
+                else ""
+            )
+            return f"input {f['path']}: {f['state']}{extra}"
+        if kind == "planned":
+            return (
+                f"planned shard {f['shard']}: {f['model']} {f['url']}, "
+                f"{_n(f['requests'])} requests, ~{_n(f['tokens'])} tokens"
+                if self.verbose
+                else None
+            )
+        if kind == "uploaded":
+            return f"uploaded shard {f['shard']} as {f['file']}" if self.verbose else None
+        if kind == "submitted":
+            return (
+                f"submitted {f['batch']} (shard {f['shard']}): {f['model']}, "
+                f"{_n(f['requests'])} requests, ~{_n(f['tokens'])} tokens"
+            )
+        if kind == "adopted":
+            return f"adopted existing batch {f['batch']} for shard {f['shard']} ({f['status']})"
+        if kind == "status":
+            return (
+                f"{f['batch']}: {f['status']} "
+                f"({_n(f['completed'])}/{_n(f['total'])} done, {_n(f['failed'])} failed)"
+            )
+        if kind == "collected":
+            return (
+                f"{f['batch']}: collected {_n(f['ok'])} ok, {_n(f['failed'])} failed for good, "
+                f"{_n(f['retry'])} to retry"
+            )
+        if kind == "refused":
+            return (
+                f"{f['batch']}: refused by the API ({f['code']}); shard {f['shard']} "
+                f"waits {f['wait']}s for queue room and is resubmitted with the same file"
+            )
+        if kind == "budget":
+            return (
+                f"working token budget for {f['model']}: {_n(f['old'])} -> {_n(f['new'])} "
+                f"({f['reason']})"
+            )
+        if kind == "dropped":
+            return f"shard {f['shard']} released: {f['reason']}" if self.verbose else None
+        if kind == "spend_cap":
+            return f"not submitting: {f['message']}"
+        if kind == "create_uncertain":
+            return (
+                f"batch creation for shard {f['shard']} got no clear answer ({f['error']}); "
+                "checking the API before trying again"
+            )
+        if kind in ("api_retry", "recover_failed"):
+            return f"{f.get('batch', '')}: {f['error']} (will retry)"
+        if kind == "batch_failed":
+            lines = [f"{f['batch']}: failed validation at the API"]
+            lines += [f"  {p}" for p in f["problems"]]
+            return "\n".join(lines)
+        if kind == "summary":
+            return None  # the CLI prints the summary itself
+        return f"{kind}: {f}" if self.verbose else None

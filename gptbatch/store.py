@@ -1,0 +1,555 @@
+"""The build state: requests, shards, batches and results in SQLite, with locking.
+
+One database per output directory, `<output_dir>/.gptbatch/state.db` (WAL). Every change that
+must survive a crash happens inside one `transaction()`, so a kill -9 leaves either the old
+state or the new one, never half of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptbatch.errors import LockedError, StateError
+
+STATE_DIR_NAME = ".gptbatch"
+SCHEMA_VERSION = 1
+
+# Append-only, named migrations (as simonw/llm does): never edit one that has shipped.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "m001_initial",
+        """
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE inputs(
+            path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT,
+            defaults TEXT, requests INTEGER, synced_at REAL);
+        CREATE TABLE requests(
+            path TEXT NOT NULL, ordinal INTEGER NOT NULL, line INTEGER NOT NULL,
+            offset INTEGER NOT NULL, length INTEGER NOT NULL, key TEXT NOT NULL,
+            custom_id TEXT NOT NULL, model TEXT, url TEXT NOT NULL, tokens INTEGER NOT NULL,
+            nbytes INTEGER NOT NULL, inputs INTEGER NOT NULL, cost REAL, reason TEXT,
+            PRIMARY KEY(path, ordinal));
+        CREATE INDEX requests_key ON requests(key);
+        CREATE INDEX requests_custom_id ON requests(custom_id);
+        CREATE TABLE results(
+            key TEXT PRIMARY KEY, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            line TEXT, error TEXT, batch_id TEXT, updated_at REAL);
+        CREATE TABLE shards(
+            id TEXT PRIMARY KEY, model TEXT, url TEXT NOT NULL, requests INTEGER NOT NULL,
+            tokens INTEGER NOT NULL, nbytes INTEGER NOT NULL, cost REAL, state TEXT NOT NULL,
+            file_id TEXT, batch_id TEXT, nonce TEXT, refusals INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0, created_at REAL, updated_at REAL, note TEXT);
+        CREATE INDEX shards_state ON shards(state);
+        CREATE TABLE members(
+            shard TEXT NOT NULL, ordinal INTEGER NOT NULL, key TEXT NOT NULL,
+            custom_id TEXT NOT NULL, PRIMARY KEY(shard, ordinal));
+        CREATE INDEX members_key ON members(key);
+        CREATE INDEX members_custom_id ON members(shard, custom_id);
+        CREATE TABLE batches(
+            id TEXT PRIMARY KEY, shard TEXT NOT NULL, status TEXT NOT NULL,
+            input_file_id TEXT, output_file_id TEXT, error_file_id TEXT, created_at INTEGER,
+            collected INTEGER NOT NULL DEFAULT 0, info TEXT);
+        CREATE INDEX batches_shard ON batches(shard);
+        """,
+    ),
+)
+
+# Shard life cycle. `ready` -> `uploading` -> `uploaded` -> `submitting` -> `submitted`
+# -> `done`; `waiting` (refused for lack of queue room, file kept) goes back to `submitting`;
+# `dropped` releases its members (stale, or too big for a lowered budget).
+ACTIVE_SHARD_STATES = ("ready", "uploading", "uploaded", "submitting", "submitted", "waiting")
+IN_FLIGHT_SHARD_STATES = ("submitting", "submitted")
+FINAL_RESULT_STATES = ("ok", "failed")
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """A current request of an input, as the store knows it."""
+
+    path: str
+    ordinal: int
+    line: int
+    offset: int
+    length: int
+    key: str
+    custom_id: str
+    model: str | None
+    url: str
+    tokens: int
+    nbytes: int
+    inputs: int
+    cost: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    """A shard: a set of requests sent, or to be sent, as one batch."""
+
+    id: str
+    model: str | None
+    url: str
+    requests: int
+    tokens: int
+    nbytes: int
+    cost: float | None
+    state: str
+    file_id: str | None
+    batch_id: str | None
+    nonce: str | None
+    refusals: int
+    not_before: float
+    created_at: float | None
+    updated_at: float | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """A remote batch we created or adopted."""
+
+    id: str
+    shard: str
+    status: str
+    input_file_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int | None
+    collected: bool
+    info: str | None
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """What the store holds for one request key."""
+
+    key: str
+    state: str  # ok | failed | retry
+    attempts: int
+    line: str | None
+    error: str | None
+    batch_id: str | None
+
+
+def state_dir(output_dir: Path) -> Path:
+    """Where the build state of an output directory lives (GPTBATCH_STATE_DIR overrides)."""
+    override = os.environ.get("GPTBATCH_STATE_DIR")
+    return Path(override) if override else output_dir / STATE_DIR_NAME
+
+
+class Store:
+    """The SQLite-backed build state of one output directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "state.db"
+        self.created = not self.path.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"{self.path}: cannot read the build state ({exc}): inspect or delete "
+                f"{directory} (gptbatch then recovers batches from the API's metadata)"
+            ) from exc
+        self._lock_file: Any = None
+
+    # --- schema --------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS migrations(name TEXT PRIMARY KEY)")
+        done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
+        known = {name for name, _ in MIGRATIONS}
+        if done - known:
+            raise StateError(
+                f"{self.path} was written by a newer gptbatch ({sorted(done - known)}): "
+                "upgrade gptbatch, or use another output_dir"
+            )
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            with self.transaction():
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("INSERT INTO migrations(name) VALUES (?)", (name,))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block atomically (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+        if self.db.in_transaction:
+            yield self.db
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.unlock()
+        self.db.close()
+
+    # --- locking -------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the exclusive build lock, or raise LockedError naming its holder."""
+        path = self.directory / "lock"
+        f = open(path, "a+")  # noqa: SIM115 - held open for the life of the build
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise LockedError(
+                f"another gptbatch build holds the lock on {self.directory.parent} "
+                f"({holder}): wait for it to finish, or stop it; a build never runs twice "
+                "on one output directory"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # --- meta ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # --- inputs and requests -------------------------------------------------------------
+
+    def input_record(self, path: str) -> tuple[int, int, str, str] | None:
+        """(size, mtime_ns, sha256, defaults) recorded at the last sync of an input."""
+        row = self.db.execute(
+            "SELECT size, mtime_ns, sha256, defaults FROM inputs WHERE path=?", (path,)
+        ).fetchone()
+        return tuple(row) if row else None  # type: ignore[return-value]
+
+    def input_paths(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT path FROM inputs ORDER BY path")]
+
+    def replace_input(
+        self,
+        path: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        sha256: str,
+        defaults: str,
+        rows: Iterable[tuple[Any, ...]],
+    ) -> None:
+        """Replace an input's requests (rows in RequestRow field order, minus path)."""
+        db = self.db
+        db.execute("DELETE FROM requests WHERE path=?", (path,))
+        db.executemany(
+            "INSERT INTO requests(path, ordinal, line, offset, length, key, custom_id, model,"
+            " url, tokens, nbytes, inputs, cost, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((path, *row) for row in rows),
+        )
+        count = db.execute("SELECT count(*) FROM requests WHERE path=?", (path,)).fetchone()[0]
+        db.execute(
+            "INSERT OR REPLACE INTO inputs(path, size, mtime_ns, sha256, defaults, requests,"
+            " synced_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (path, size, mtime_ns, sha256, defaults, count, time.time()),
+        )
+
+    def touch_input(self, path: str, *, size: int, mtime_ns: int) -> None:
+        """Record a new stat for an input whose content hash did not change."""
+        self.db.execute("UPDATE inputs SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, path))
+
+    def forget_inputs(self, keep: Iterable[str]) -> list[str]:
+        """Drop inputs no longer declared; return their paths."""
+        keep = set(keep)
+        gone = [p for p in self.input_paths() if p not in keep]
+        for path in gone:
+            self.db.execute("DELETE FROM requests WHERE path=?", (path,))
+            self.db.execute("DELETE FROM inputs WHERE path=?", (path,))
+        return gone
+
+    def previous_keys(self, path: str) -> dict[str, str]:
+        """custom_id -> key of an input's requests as last synced."""
+        return dict(self.db.execute("SELECT custom_id, key FROM requests WHERE path=?", (path,)))
+
+    def known_estimates(self, keys: Iterable[str]) -> dict[str, tuple[int, int, int, float | None]]:
+        """key -> (tokens, nbytes, inputs, cost) for keys already estimated."""
+        out: dict[str, tuple[int, int, int, float | None]] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                f"SELECT key, tokens, nbytes, inputs, cost FROM requests WHERE key IN ({marks})",
+                chunk,
+            ):
+                out[row[0]] = (row[1], row[2], row[3], row[4])
+        return out
+
+    def duplicate_custom_ids(self) -> list[tuple[str, str, int, str, int]]:
+        """(custom_id, path_a, line_a, path_b, line_b) for custom_ids used twice."""
+        return list(
+            self.db.execute(
+                "SELECT a.custom_id, a.path, a.line, b.path, b.line FROM requests a"
+                " JOIN requests b ON a.custom_id=b.custom_id AND"
+                " (a.path < b.path OR (a.path=b.path AND a.ordinal < b.ordinal))"
+                " ORDER BY a.custom_id LIMIT 50"
+            )
+        )
+
+    def requests_of(self, path: str) -> Iterator[RequestRow]:
+        """An input's current requests, in input order."""
+        cur = self.db.execute(
+            "SELECT path, ordinal, line, offset, length, key, custom_id, model, url, tokens,"
+            " nbytes, inputs, cost, reason FROM requests WHERE path=? ORDER BY ordinal",
+            (path,),
+        )
+        for row in cur:
+            yield RequestRow(*row)
+
+    def request_results(self, path: str) -> Iterator[tuple[RequestRow, ResultRow | None]]:
+        """An input's current requests in input order, each with its result if any."""
+        cur = self.db.execute(
+            "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
+            " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason,"
+            " s.key, s.state, s.attempts, s.line, s.error, s.batch_id"
+            " FROM requests r LEFT JOIN results s ON s.key=r.key"
+            " WHERE r.path=? ORDER BY r.ordinal",
+            (path,),
+        )
+        for row in cur:
+            yield RequestRow(*row[:14]), (ResultRow(*row[14:]) if row[14] else None)
+
+    def pending_requests(self) -> Iterator[RequestRow]:
+        """Current requests with no final result and not reserved by an active shard."""
+        cur = self.db.execute(
+            "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
+            " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
+            " FROM requests r LEFT JOIN results s ON s.key=r.key"
+            " WHERE (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+            " AND NOT EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
+            f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
+            " ORDER BY r.path, r.ordinal"
+        )
+        seen: set[str] = set()
+        for row in cur:
+            if row[5] not in seen:  # one request per key, even if two lines are identical
+                seen.add(row[5])
+                yield RequestRow(*row)
+
+    def counts(self) -> dict[str, int]:
+        """How many current requests are ok, failed, in an active shard, or pending."""
+        row = self.db.execute(
+            "SELECT"
+            " sum(CASE WHEN s.state='ok' THEN 1 ELSE 0 END),"
+            " sum(CASE WHEN s.state='failed' THEN 1 ELSE 0 END),"
+            " count(*) FROM requests r LEFT JOIN results s ON s.key=r.key"
+        ).fetchone()
+        ok, failed, total = (row[0] or 0), (row[1] or 0), row[2]
+        active = self.db.execute(
+            "SELECT count(DISTINCT r.key) FROM requests r JOIN members m ON m.key=r.key"
+            " JOIN shards h ON h.id=m.shard LEFT JOIN results s ON s.key=r.key"
+            f" WHERE h.state IN {ACTIVE_SHARD_STATES!r}"
+            " AND (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+        ).fetchone()[0]
+        return {
+            "total": total,
+            "ok": ok,
+            "failed": failed,
+            "in_shards": active,
+            "pending": total - ok - failed - active,
+        }
+
+    # --- results -------------------------------------------------------------------------
+
+    def result(self, key: str) -> ResultRow | None:
+        row = self.db.execute(
+            "SELECT key, state, attempts, line, error, batch_id FROM results WHERE key=?",
+            (key,),
+        ).fetchone()
+        return ResultRow(*row) if row else None
+
+    def record_result(
+        self,
+        key: str,
+        *,
+        state: str,
+        line: str | None = None,
+        error: str | None = None,
+        batch_id: str | None = None,
+        attempt: bool = True,
+    ) -> ResultRow:
+        """Record an outcome for a key; a final result is never overwritten by a later one."""
+        old = self.result(key)
+        if old is not None and old.state in FINAL_RESULT_STATES:
+            return old
+        attempts = (old.attempts if old else 0) + (1 if attempt else 0)
+        self.db.execute(
+            "INSERT OR REPLACE INTO results(key, state, attempts, line, error, batch_id,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, state, attempts, line, error, batch_id, time.time()),
+        )
+        return ResultRow(key, state, attempts, line, error, batch_id)
+
+    # --- shards and batches --------------------------------------------------------------
+
+    def new_shard_id(self, key: str) -> str:
+        """The shard key, made unique if an earlier shard had exactly the same members."""
+        if not self.db.execute("SELECT 1 FROM shards WHERE id=?", (key,)).fetchone():
+            return key
+        n = 2
+        while self.db.execute("SELECT 1 FROM shards WHERE id=?", (f"{key[:56]}-r{n}",)).fetchone():
+            n += 1
+        return f"{key[:56]}-r{n}"
+
+    def add_shard(
+        self,
+        shard_id: str,
+        *,
+        model: str | None,
+        url: str,
+        members: list[tuple[str, str]],
+        tokens: int,
+        nbytes: int,
+        cost: float | None,
+        state: str = "ready",
+        note: str | None = None,
+    ) -> None:
+        """Record a shard and its members (key, custom_id) in order."""
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO shards(id, model, url, requests, tokens, nbytes, cost, state,"
+            " created_at, updated_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (shard_id, model, url, len(members), tokens, nbytes, cost, state, now, now, note),
+        )
+        self.db.executemany(
+            "INSERT INTO members(shard, ordinal, key, custom_id) VALUES (?, ?, ?, ?)",
+            ((shard_id, i, k, c) for i, (k, c) in enumerate(members)),
+        )
+
+    def update_shard(self, shard_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE shards SET {cols} WHERE id=?", (*fields.values(), shard_id))
+
+    def shard(self, shard_id: str) -> ShardRow | None:
+        row = self.db.execute("SELECT * FROM shards WHERE id=?", (shard_id,)).fetchone()
+        return ShardRow(*row) if row else None
+
+    def shards(self, states: Iterable[str] | None = None) -> list[ShardRow]:
+        if states is None:
+            cur = self.db.execute("SELECT * FROM shards ORDER BY created_at, id")
+        else:
+            states = tuple(states)
+            marks = ",".join("?" * len(states))
+            cur = self.db.execute(
+                f"SELECT * FROM shards WHERE state IN ({marks}) ORDER BY created_at, id", states
+            )
+        return [ShardRow(*r) for r in cur]
+
+    def members(self, shard_id: str) -> list[tuple[str, str]]:
+        """(key, custom_id) of a shard's requests, in upload order."""
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT key, custom_id FROM members WHERE shard=? ORDER BY ordinal", (shard_id,)
+            )
+        ]
+
+    def member_key(self, shard_id: str, custom_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT key FROM members WHERE shard=? AND custom_id=?", (shard_id, custom_id)
+        ).fetchone()
+        return row[0] if row else None
+
+    def locate(self, key: str) -> RequestRow | None:
+        """The first current request line with this key, if any."""
+        row = self.db.execute(
+            "SELECT path, ordinal, line, offset, length, key, custom_id, model, url, tokens,"
+            " nbytes, inputs, cost, reason FROM requests WHERE key=? ORDER BY path, ordinal"
+            " LIMIT 1",
+            (key,),
+        ).fetchone()
+        return RequestRow(*row) if row else None
+
+    def is_current(self, key: str) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM requests WHERE key=? LIMIT 1", (key,)).fetchone()
+            is not None
+        )
+
+    def upsert_batch(
+        self,
+        batch_id: str,
+        *,
+        shard: str,
+        status: str,
+        input_file_id: str | None,
+        output_file_id: str | None,
+        error_file_id: str | None,
+        created_at: int | None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO batches(id, shard, status, input_file_id, output_file_id,"
+            " error_file_id, created_at, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET status=excluded.status,"
+            " output_file_id=excluded.output_file_id, error_file_id=excluded.error_file_id,"
+            " info=excluded.info",
+            (
+                batch_id,
+                shard,
+                status,
+                input_file_id,
+                output_file_id,
+                error_file_id,
+                created_at,
+                json.dumps(info, sort_keys=True) if info is not None else None,
+            ),
+        )
+
+    def batch(self, batch_id: str) -> BatchRow | None:
+        row = self.db.execute("SELECT * FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return BatchRow(*row[:7], bool(row[7]), row[8]) if row else None
+
+    def batches(self) -> list[BatchRow]:
+        return [
+            BatchRow(*r[:7], bool(r[7]), r[8])
+            for r in self.db.execute("SELECT * FROM batches ORDER BY created_at, id")
+        ]
+
+    def mark_collected(self, batch_id: str) -> None:
+        self.db.execute("UPDATE batches SET collected=1 WHERE id=?", (batch_id,))
+
+    def committed_cost(self) -> float:
+        """Estimated cost of every shard that reached the API and was not refused outright."""
+        row = self.db.execute(
+            "SELECT sum(cost) FROM shards WHERE state IN ('submitting', 'submitted', 'done')"
+        ).fetchone()
+        return float(row[0] or 0.0)
