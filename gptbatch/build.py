@@ -262,20 +262,25 @@ class Builder:
 
     # --- submitting ----------------------------------------------------------------------
 
-    def in_flight(self, model: str | None) -> tuple[int, int]:
+    def in_flight(self, model: str | None, exclude: str | None = None) -> tuple[int, int]:
         """(tokens, requests) of this model's shards at the API."""
-        shards = [s for s in self.store.shards(IN_FLIGHT_SHARD_STATES) if s.model == model]
+        shards = [
+            s
+            for s in self.store.shards(IN_FLIGHT_SHARD_STATES)
+            if s.model == model and s.id != exclude
+        ]
         return sum(s.tokens for s in shards), sum(s.requests for s in shards)
 
     def submit(self) -> bool:
         """Submit every shard that fits the queue, the request cap and the spend cap."""
         changed = False
         now = time.time()
-        for shard in self.store.shards(("ready", "uploading", "uploaded", "waiting")):
+        # `submitting` comes first: an earlier run may have created its batch already.
+        for shard in self.store.shards(("submitting", "ready", "uploading", "uploaded", "waiting")):
             if shard.not_before > now:
                 continue
             working = self.budget.working(shard.model)
-            tokens_in, requests_in = self.in_flight(shard.model)
+            tokens_in, requests_in = self.in_flight(shard.model, exclude=shard.id)
             if working is not None and shard.tokens > working and shard.refusals:
                 # Refused before and now larger than the lowered budget: repack it smaller.
                 with self.store.transaction():

@@ -81,7 +81,7 @@ class Project:
         return main([*args, str(self.config)])
 
     def build_process(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run `gptbatch build` as a separate process (for kill -9 and concurrency)."""
         full_env = {**os.environ, **(env or {})}
@@ -133,3 +133,84 @@ def creates(sim: Any) -> int:
 def batch_count(sim: Any) -> int:
     """How many batches exist in the simulator."""
     return len(sim.service.batches())
+
+
+# --- helpers for the fault, scheduling and mode tests (appended) -------------------------------
+
+ACTIVE_BATCH_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+def padded_chat(custom_id: str, words: int = 90, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    """A chat request of roughly `words` + 10 prompt tokens (for budget arithmetic)."""
+    return chat(custom_id, f"{custom_id}: " + "word " * words, model=model)
+
+
+def json_events(stdout: str) -> list[dict[str, Any]]:
+    """The events a `--json` build printed, one JSON object per line."""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def uploads(sim: Any) -> int:
+    """How many files.create calls reached the simulator."""
+    return sum(1 for c in sim.journal.calls if c.method == "POST" and c.path == "/v1/files")
+
+
+def batch_members(sim: Any) -> dict[str, list[dict[str, Any]]]:
+    """batch id -> the request lines of its uploaded input file, in file order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for b in sim.service.batches():
+        data = sim.service.file_content(b["input_file_id"])
+        out[b["id"]] = [json.loads(line) for line in data.splitlines() if line.strip()]
+    return out
+
+
+def submissions(sim: Any, custom_id: str) -> int:
+    """In how many batches' input files a custom_id was sent."""
+    return sum(
+        any(r["custom_id"] == custom_id for r in rows) for rows in batch_members(sim).values()
+    )
+
+
+def peak_in_flight(sim: Any, weight: dict[str, float]) -> tuple[float, int]:
+    """(largest summed weight, largest count) of batches active at once, from the journal.
+
+    A batch is active from its `validating` event until a terminal one; all events at one
+    simulated instant are applied before measuring.
+    """
+    status: dict[str, str] = {}
+    peak, most = 0.0, 0
+    events = sorted(sim.journal.events, key=lambda e: e.at)
+    i = 0
+    while i < len(events):
+        t = events[i].at
+        while i < len(events) and events[i].at == t:
+            status[events[i].batch_id] = events[i].status
+            i += 1
+        active = [b for b, s in status.items() if s in ACTIVE_BATCH_STATUSES]
+        peak = max(peak, sum(weight.get(b, 0.0) for b in active))
+        most = max(most, len(active))
+    return peak, most
+
+
+def start_build(project: Project, *args: str) -> subprocess.Popen[str]:
+    """Start `gptbatch build` as a child process (for signals and concurrency); caller waits."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptbatch", "build", str(project.config), *args],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.02) -> bool:
+    """Poll `predicate()` until it is true or `timeout` real seconds pass; return the last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
