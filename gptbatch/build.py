@@ -141,8 +141,9 @@ class Builder:
 
     def run(self, *, wait: bool = True) -> BuildSummary:
         """Build until everything is done (or, without wait, do one pass)."""
+        # Bad input raises here, before anything is submitted or any output rewritten.
+        sync_inputs(self.spec, self.store, self.report)
         try:
-            sync_inputs(self.spec, self.store, self.report)
             self.drop_stale_shards()
             self.reconcile(full=self.store.created or self.store.get_meta("reconciled") is None)
             interval = self.spec.polling.initial_seconds
@@ -214,7 +215,7 @@ class Builder:
         buffers: dict[tuple[str | None, str], list[Any]] = {}
         made = 0
         with self.store.transaction():
-            for row in list(self.store.pending_requests()):
+            for row in self.store.pending_requests():
                 group = (row.model, row.url)
                 if group not in packers:
                     packers[group] = Packer(self.caps(*group))

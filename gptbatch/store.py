@@ -347,8 +347,20 @@ class Store:
             yield RequestRow(*row[:14]), (ResultRow(*row[14:]) if row[14] else None)
 
     def pending_requests(self) -> Iterator[RequestRow]:
-        """Current requests with no final result and not reserved by an active shard."""
-        cur = self.db.execute(
+        """Current requests with no final result and not reserved by an active shard.
+
+        Streams from a second connection's snapshot (WAL), so the caller can write shards
+        while iterating without holding every pending request in memory.
+        """
+        reader = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            reader.execute("BEGIN")
+            yield from self._pending(reader)
+        finally:
+            reader.close()
+
+    def _pending(self, db: sqlite3.Connection) -> Iterator[RequestRow]:
+        cur = db.execute(
             "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
             " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
             " FROM requests r LEFT JOIN results s ON s.key=r.key"
@@ -357,11 +369,8 @@ class Store:
             f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
             " ORDER BY r.path, r.ordinal"
         )
-        seen: set[str] = set()
-        for row in cur:
-            if row[5] not in seen:  # one request per key, even if two lines are identical
-                seen.add(row[5])
-                yield RequestRow(*row)
+        for row in cur:  # custom_ids are unique across inputs, so keys are too
+            yield RequestRow(*row)
 
     def counts(self) -> dict[str, int]:
         """How many current requests are ok, failed, in an active shard, or pending."""
