@@ -44,7 +44,9 @@ class InputError(GptbatchError):
 
     def __init__(self, problems: list[Problem] | Problem | str, *, truncated: int = 0) -> None:
         if isinstance(problems, (Problem, str)):
-            problems = [problems] if isinstance(problems, Problem) else [Problem("", None, problems)]
+            problems = (
+                [problems] if isinstance(problems, Problem) else [Problem("", None, problems)]
+            )
         self.problems = list(problems)
         self.truncated = truncated
         super().__init__(self.render())
