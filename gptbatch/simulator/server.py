@@ -1,0 +1,433 @@
+"""A thin HTTP layer over BatchService: routes as the openai SDK calls them, faults, journal."""
+
+from __future__ import annotations
+
+import contextlib
+import email.message
+import json
+import os
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from gptbatch.simulator.clock import SimClock
+from gptbatch.simulator.config import Fault, SimConfig
+from gptbatch.simulator.journal import ApiCall, Journal
+from gptbatch.simulator.service import BatchService
+from gptbatch.simulator.validation import ApiError
+
+__all__ = ["Simulator", "parse_multipart", "run_simulator"]
+
+CHUNK = 64 * 1024
+MISSING_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with "
+    "blank username) if you're accessing the API from your browser and are prompted for a "
+    "username and password. You can obtain an API key from "
+    "https://platform.openai.com/account/api-keys."
+)
+BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was "
+    "not valid JSON.)"
+)
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """Split a multipart/form-data body into {field name: (filename or None, bytes)}."""
+    header = email.message.Message()
+    header["content-type"] = content_type
+    if header.get_content_type() != "multipart/form-data" or not header.get_param("boundary"):
+        raise ApiError(
+            400,
+            f"Invalid Content-Type header ({content_type}), expected "
+            "multipart/form-data with a boundary.",
+        )
+    delimiter = b"--" + str(header.get_param("boundary")).encode("latin-1")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break  # the closing delimiter
+        head, sep, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not sep:
+            raise ApiError(400, "Malformed multipart/form-data body.")
+        part_headers = email.message.Message()
+        for line in head.decode("utf-8", "replace").split("\r\n"):
+            name, colon, value = line.partition(":")
+            if colon:
+                part_headers[name.strip()] = value.strip()
+        field_name = part_headers.get_param("name", header="content-disposition")
+        if not isinstance(field_name, str):
+            continue
+        fields[field_name] = (part_headers.get_filename(), content.removesuffix(b"\r\n"))
+    return fields
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: BatchService) -> None:
+        self.service = service
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the host (slow when offline)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Drop every open keep-alive connection (used when the simulator stops)."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "gptbatch-simulator"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the journal records every call."""
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline(65_537).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65_537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.read(2)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _start(self, status: int, content_type: str, length: int, extra: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("x-request-id", "req_" + os.urandom(16).hex())
+        self.send_header("openai-organization", self.server.service.config.organization)
+        self.send_header("openai-version", "2020-10-01")
+        self.send_header("openai-processing-ms", "1")
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def _send_json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self._start(status, "application/json", len(data), extra or {})
+        self.wfile.write(data)
+
+    def _drop(self) -> None:
+        """Close the connection abruptly, mid-reply or instead of one."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _handle(self, method: str) -> None:
+        service = self.server.service
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        try:
+            retry = int(self.headers.get("x-stainless-retry-count") or 0)
+        except ValueError:
+            retry = 0
+
+        def record(status: int, fault: str | None = None) -> None:
+            # Before replying, so a client that got the reply always finds the call recorded.
+            call = ApiCall(method, path, status, service.clock.now(), url.query, retry, fault)
+            service.journal.record_call(call)
+
+        body = self._read_body()
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[len("Bearer ") :].strip():
+            record(401)
+            self._send_json(401, ApiError(401, MISSING_KEY).body())
+            return
+        slow = service.take_route_fault("slow", method, path)
+        if slow is not None:
+            time.sleep(slow.delay)
+        failure = service.take_route_fault("http", method, path)
+        if failure is not None:
+            record(failure.status, "http")
+            self._send_fault(failure)
+            return
+        try:
+            result = self._route(method, path, url.query, body)
+        except ApiError as exc:
+            record(exc.status)
+            self._send_json(exc.status, exc.body())
+            return
+        if isinstance(result, bytes):
+            self._send_content(result, record)
+            return
+        if service.take_route_fault("lost_reply", method, path) is not None:
+            record(200, "lost_reply")
+            self._drop()
+            return
+        record(200)
+        self._send_json(200, result)
+
+    def _send_fault(self, fault: Fault) -> None:
+        extra: dict[str, str] = {}
+        if fault.retry_after is not None:
+            extra["retry-after"] = str(max(0, round(fault.retry_after)))
+            extra["retry-after-ms"] = str(int(fault.retry_after * 1000))
+        if fault.status == 429:
+            message = "Rate limit reached for requests. Please try again in a moment."
+            error = ApiError(429, message, type="requests", code="rate_limit_exceeded")
+        elif fault.status >= 500:
+            message = "The server had an error while processing your request. Sorry about that!"
+            error = ApiError(fault.status, message, type="server_error")
+        else:
+            error = ApiError(fault.status, "This call was rejected by a simulated fault.")
+        self._send_json(fault.status, error.body(), extra)
+
+    def _send_content(self, data: bytes, record: Any) -> None:
+        service = self.server.service
+        path = urlsplit(self.path).path
+        drop = service.take_route_fault("drop", "GET", path)
+        record(200, None if drop is None else "drop")
+        self._start(200, "application/octet-stream", len(data), {})
+        view = memoryview(data)
+        end = min(len(data), drop.after_bytes) if drop is not None else len(data)
+        for start in range(0, end, CHUNK):
+            self.wfile.write(view[start : min(end, start + CHUNK)])
+        if drop is not None:
+            self._drop()
+
+    # --- routes ------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str, query: str, body: bytes) -> dict[str, Any] | bytes:
+        service = self.server.service
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["v1", "files"]:
+            if len(parts) == 2:
+                if method == "POST":
+                    return self._upload(body)
+                if method == "GET":
+                    return service.list_files(
+                        purpose=params.get("purpose"),
+                        limit=_int_param(params, "limit", 10_000),
+                        after=params.get("after"),
+                        order=params.get("order", "desc"),
+                    )
+            elif len(parts) == 3:
+                if method == "GET":
+                    return service.file(parts[2])
+                if method == "DELETE":
+                    return service.delete_file(parts[2])
+            elif len(parts) == 4 and parts[3] == "content" and method == "GET":
+                return service.file_content(parts[2])
+            else:
+                raise ApiError(404, f"Invalid URL ({method} {path})")
+        elif parts[:2] == ["v1", "batches"]:
+            if len(parts) == 2:
+                if method == "POST":
+                    return service.create_batch(_json_body(body))
+                if method == "GET":
+                    return service.list_batches(
+                        limit=_int_param(params, "limit", 20), after=params.get("after")
+                    )
+            elif len(parts) == 3:
+                if method == "GET":
+                    return service.batch(parts[2])
+            elif len(parts) == 4 and parts[3] == "cancel" and method == "POST":
+                return service.cancel_batch(parts[2])
+            else:
+                raise ApiError(404, f"Invalid URL ({method} {path})")
+        else:
+            raise ApiError(404, f"Invalid URL ({method} {path})")
+        raise ApiError(405, f"Invalid method for URL ({method} {path})")
+
+    def _upload(self, body: bytes) -> dict[str, Any]:
+        fields = parse_multipart(body, self.headers.get("Content-Type", ""))
+        if "file" not in fields:
+            raise ApiError(
+                400,
+                "Missing required parameter: 'file'.",
+                param="file",
+                code="missing_required_parameter",
+            )
+        filename, data = fields["file"]
+        purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace").strip()
+        return self.server.service.create_file(filename or "upload", purpose, data)
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"{}")
+    except ValueError:
+        raise ApiError(400, BAD_JSON) from None
+
+
+def _int_param(params: dict[str, str], name: str, default: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(
+            400,
+            f"Invalid '{name}': expected an integer, but got '{raw}' instead.",
+            param=name,
+            code="invalid_type",
+        ) from None
+
+
+class Simulator:
+    """A running (after start()) Batch API simulator on loopback."""
+
+    def __init__(
+        self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.config = config or SimConfig()
+        self.clock: SimClock = SimClock(self.config.time_scale, start=self.config.start_time)
+        self.service = BatchService(self.config, self.clock)
+        self.journal: Journal = self.service.journal
+        self._httpd = _HTTPServer((host, port), self.service)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on."""
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the real one when started with port 0)."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """The OPENAI_BASE_URL for clients: http://HOST:PORT/v1."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def start(self) -> Simulator:
+        """Serve in a background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"gptbatch-simulator:{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until interrupted; then close."""
+        try:
+            self._httpd.serve_forever(poll_interval=0.1)
+        finally:
+            self._httpd.close_connections()
+            self._httpd.server_close()
+
+    def stop(self) -> None:
+        """Stop serving and close every connection."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.close_connections()
+        self._httpd.server_close()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- controls for tests ------------------------------------------------------------
+
+    def add_fault(self, fault: Fault) -> None:
+        """Arm a fault."""
+        self.service.add_fault(fault)
+
+    def clear_faults(self) -> None:
+        """Disarm every fault."""
+        self.service.clear_faults()
+
+    def set_token_limit(self, model: str, limit: int | None) -> None:
+        """Set (None: remove) a model's enqueued-token limit."""
+        self.service.set_token_limit(model, limit)
+
+    def set_request_limit(self, model: str, limit: int | None) -> None:
+        """Set (None: remove) a model's enqueued-request limit."""
+        self.service.set_request_limit(model, limit)
+
+    def expire_batch(self, batch_id: str) -> dict[str, Any]:
+        """Expire a batch now, from outside."""
+        return self.service.expire_batch(batch_id)
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch now, from outside (as if someone used the dashboard)."""
+        return self.service.cancel_batch(batch_id)
+
+    def fail_batch(
+        self, batch_id: str, code: str = "server_error", message: str | None = None
+    ) -> dict[str, Any]:
+        """Fail a batch now, from outside."""
+        return self.service.fail_batch(batch_id, code, message)
+
+
+@contextlib.contextmanager
+def run_simulator(
+    config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[Simulator]:
+    """Run a simulator in a background thread for the duration of a with-block."""
+    sim = Simulator(config, host=host, port=port)
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()

@@ -1,0 +1,40 @@
+"""Shared fixtures: a running Batch API simulator with a fast clock, pointed at by OPENAI_*."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gptbatch.simulator import SimConfig, Simulator
+
+SIMULATOR_API_KEY = "sk-simulator-test"
+
+
+@pytest.fixture
+def simulator_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Simulator]]:
+    """Start simulators: `simulator_factory(**config)` overrides SimConfig.fast() fields.
+
+    Pass `config=SimConfig(...)` to start from another config. The latest one started is
+    what OPENAI_BASE_URL points at. All are stopped when the test ends.
+    """
+    started: list[Simulator] = []
+
+    def start(config: SimConfig | None = None, **overrides: Any) -> Simulator:
+        base = config if config is not None else SimConfig.fast()
+        sim = Simulator(base.replace(**overrides) if overrides else base).start()
+        started.append(sim)
+        monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", SIMULATOR_API_KEY)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def simulator(simulator_factory: Callable[..., Simulator]) -> Simulator:
+    """A running simulator (SimConfig.fast(): a small batch completes in ~0.2 s)."""
+    return simulator_factory()

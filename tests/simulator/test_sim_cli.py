@@ -1,0 +1,154 @@
+"""`gptbatch simulator`: a subprocess serving the API until interrupted, and its argument errors."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import openai
+import pytest
+from simtools import chat, upload, wait
+
+from gptbatch.cli import main
+
+COMMAND = [sys.executable, "-m", "gptbatch", "simulator"]
+
+
+class Output:
+    """A subprocess's stdout lines, read by a thread so a test can wait with a timeout."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def next(self, timeout: float = 30.0) -> str:
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            self.process.kill()
+            raise AssertionError(f"no output within {timeout} s") from None
+        if line is None:
+            raise AssertionError(f"the command exited: {self.process.stderr.read()}")
+        return line
+
+    def finish(self) -> tuple[str, str]:
+        """Wait for the process to exit; return (all stdout, stderr)."""
+        self.process.wait(timeout=30)
+        self._thread.join(timeout=30)
+        return "".join(self.lines), self.process.stderr.read()
+
+
+def test_the_command_serves_the_api_until_interrupted() -> None:
+    process = subprocess.Popen(
+        [
+            *COMMAND,
+            "--port",
+            "0",
+            "--time-scale",
+            "1000",
+            "--token-limit",
+            "gpt-4o-mini=1,000",
+            "--fault",
+            "http:status=429,method=POST,path=/v1/files,retry_after=0.01",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        first = output.next()
+        match = re.fullmatch(
+            r"gptbatch simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", first
+        )
+        assert match, first
+        base_url = match.group(1)
+        hint = output.next()
+        assert hint.split() == [
+            "export",
+            f"OPENAI_BASE_URL={base_url}",
+            "OPENAI_API_KEY=sk-anything",
+        ]
+        api = openai.OpenAI(base_url=base_url, api_key="sk-anything")
+        small = wait(
+            api,
+            api.batches.create(
+                input_file_id=upload(api, [chat("a", model="gpt-4o")]).id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            ).id,
+        )
+        assert small.status == "completed"
+        big = wait(
+            api,
+            api.batches.create(
+                input_file_id=upload(api, [chat("b", "word " * 1200)]).id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            ).id,
+        )
+        assert big.status == "failed"
+        assert "Limit: 1,000 enqueued tokens." in big.errors.data[0].message
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = output.finish()
+    assert process.returncode == 0
+    assert "gptbatch simulator stopped" in err
+    assert "POST /v1/files -> 429 [fault: http]" in out
+    assert "POST /v1/batches -> 200" in out
+
+
+def test_sigterm_stops_it_cleanly() -> None:
+    process = subprocess.Popen(
+        [*COMMAND, "--port", "0", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = Output(process)
+    assert output.next().startswith("gptbatch simulator listening on http://127.0.0.1:")
+    process.terminate()
+    output.finish()
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fault", "explode"], "unknown kind 'explode'"),
+        (["--fault", "http:status=soon"], "status='soon' is not a number"),
+        (["--fault", "drop:delay=1"], "'delay=1' is not KEY=VALUE with a key of drop"),
+        (["--token-limit", "gpt-4o-mini"], "expected MODEL=N"),
+        (["--request-limit", "m=-3"], "expected MODEL=N"),
+        (["--time-scale", "-1"], "--time-scale must be >= 0"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args, message, capsys) -> None:
+    assert main(["simulator", "--port", "0", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_port_in_use_exits_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*COMMAND, "--port", str(port)], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
