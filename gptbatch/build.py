@@ -174,7 +174,15 @@ class Builder:
 
     def finish(self) -> None:
         """Write outputs for everything done so far, and fill the summary."""
-        self.summary.outputs = write_outputs(self.spec, self.store)
+        # Rewriting a large output is the slowest part of a no-op build: skip it when
+        # neither the results nor the inputs changed since the outputs were written.
+        fingerprint = self.store.outputs_fingerprint()
+        summaries = write_outputs(
+            self.spec, self.store, skip_if=self.store.get_meta("outputs") == fingerprint
+        )
+        with self.store.transaction():
+            self.store.set_meta("outputs", fingerprint)
+        self.summary.outputs = summaries
         counts = self.store.counts()
         self.summary.total = counts["total"]
         self.summary.ok = counts["ok"]
@@ -202,9 +210,11 @@ class Builder:
 
     def caps(self, model: str | None, url: str) -> Caps:
         limits = self.spec.limits
+        # A request count is exact, so the enqueued-request cap needs no safety margin.
+        request_limit = limits.request_limit(model or "")
         return Caps(
             max_tokens=self.budget.working(model),
-            max_requests=limits.max_requests_per_batch,
+            max_requests=min(limits.max_requests_per_batch, request_limit or 1 << 62),
             max_bytes=limits.max_bytes_per_batch,
             max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
         )

@@ -40,12 +40,19 @@ def output_names(inputs: tuple[Path, ...] | list[Path]) -> dict[Path, str]:
     return names
 
 
-def write_outputs(spec: Spec, store: Store) -> list[OutputSummary]:
-    """Rewrite every input's output and error file from the store, streaming."""
+def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[OutputSummary]:
+    """Rewrite every input's output and error file from the store, streaming.
+
+    With skip_if (nothing changed since the last write), files that exist are left as
+    they are and only counted.
+    """
     summaries = []
     for path, name in output_names(spec.inputs).items():
         out_path = spec.output_dir / f"{name}.jsonl"
         err_path = spec.output_dir / f"{name}.errors.jsonl"
+        if skip_if and out_path.exists() and err_path.exists():
+            summaries.append(_count(store, str(path), out_path, err_path))
+            continue
         written = failed = missing = 0
         with atomic_writer(out_path, "w") as out, atomic_writer(err_path, "w") as err:
             for request, result in store.request_results(str(path)):
@@ -70,3 +77,10 @@ def write_outputs(spec: Spec, store: Store) -> list[OutputSummary]:
             OutputSummary(str(path), str(out_path), str(err_path), written, failed, missing)
         )
     return summaries
+
+
+def _count(store: Store, path: str, out_path: Path, err_path: Path) -> OutputSummary:
+    counts = store.result_counts(path)
+    return OutputSummary(
+        path, str(out_path), str(err_path), counts["ok"], counts["failed"], counts["missing"]
+    )

@@ -372,6 +372,22 @@ class Store:
         for row in cur:  # custom_ids are unique across inputs, so keys are too
             yield RequestRow(*row)
 
+    def result_counts(self, path: str) -> dict[str, int]:
+        """How many of an input's requests are ok, failed for good, or missing."""
+        row = self.db.execute(
+            "SELECT sum(s.state='ok'), sum(s.state='failed'), count(*)"
+            " FROM requests r LEFT JOIN results s ON s.key=r.key WHERE r.path=?",
+            (path,),
+        ).fetchone()
+        ok, failed = row[0] or 0, row[1] or 0
+        return {"ok": ok, "failed": failed, "missing": row[2] - ok - failed}
+
+    def outputs_fingerprint(self) -> str:
+        """Changes whenever anything the output files are made of changes."""
+        results = self.db.execute("SELECT count(*), max(updated_at) FROM results").fetchone()
+        inputs = list(self.db.execute("SELECT path, sha256, defaults FROM inputs ORDER BY path"))
+        return json.dumps([list(results), inputs])
+
     def counts(self) -> dict[str, int]:
         """How many current requests are ok, failed, in an active shard, or pending."""
         row = self.db.execute(
