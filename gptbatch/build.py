@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptbatch import tokens
-from gptbatch.canonical import atomic_writer, canonical_json, file_sha256, sha256_hex
+from gptbatch import pricing, tokens
+from gptbatch.canonical import atomic_writer, canonical_json, content_hash, file_sha256, sha256_hex
 from gptbatch.errors import (
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
@@ -95,14 +95,12 @@ class Budget:
         saved = self.store.get_meta(f"budget:{model}")
         return min(nominal, int(saved)) if saved else nominal
 
-    def lower(self, model: str | None, in_flight: int) -> tuple[int, int] | None:
-        """After a refusal: shrink to 3/4 (or to what was in flight, if less)."""
+    def lower(self, model: str | None) -> tuple[int, int] | None:
+        """After a refusal: shrink to 3/4 (multiplicative decrease, additive increase)."""
         current = self.working(model)
         if current is None:
             return None
-        new = max(
-            1, min(int(current * 0.75), max(in_flight, 1)) if in_flight else int(current * 0.75)
-        )
+        new = max(1, int(current * 0.75))
         self.store.set_meta(f"budget:{model}", str(new))
         return current, new
 
@@ -319,6 +317,11 @@ class Builder:
         if cap is None:
             return True
         committed = self.store.committed_cost()
+        cost = self.store.shard_cost(shard.id)  # from current prices, not packing-time ones
+        if cost != shard.cost:
+            with self.store.transaction():
+                self.store.update_shard(shard.id, cost=cost)
+            shard = self.store.shard(shard.id) or shard
         if shard.cost is None:
             reason = (
                 f"no price known for model {shard.model!r}, so limits.max_cost cannot be "
@@ -640,8 +643,7 @@ class Builder:
         """A failed batch processed nothing: a refusal waits, a validation failure is mapped."""
         store = self.store
         if self._refused(info):
-            tokens_in, _ = self.in_flight(shard.model)
-            change = self.budget.lower(shard.model, tokens_in - shard.tokens)
+            change = self.budget.lower(shard.model)
             self.summary.refusals += 1
             delay = min(
                 self.spec.polling.max_seconds,
@@ -732,8 +734,17 @@ def upload_line(raw: bytes, spec: Spec) -> bytes:
 # --- syncing inputs with the store -----------------------------------------------------------
 
 
-def _defaults(spec: Spec) -> str:
-    return canonical_json({"model": spec.model, "endpoint": spec.endpoint}).decode()
+def config_fingerprint(spec: Spec) -> str:
+    """What of batch.yaml shapes an input's rows: defaults (in keys) and prices (in costs)."""
+    return canonical_json(
+        {"model": spec.model, "endpoint": spec.endpoint, "prices": content_hash(spec.prices)}
+    ).decode()
+
+
+def keys_config_changed(old: str, new: str) -> bool:
+    """Did model or endpoint (which go into keys) change between two fingerprints?"""
+    a, b = json.loads(old), json.loads(new)
+    return (a.get("model"), a.get("endpoint")) != (b.get("model"), b.get("endpoint"))
 
 
 def _output_bound(body: Any) -> int:
@@ -748,7 +759,7 @@ def _output_bound(body: Any) -> int:
 
 def sync_inputs(spec: Spec, store: Store, report: Reporter) -> None:
     """Bring the store's view of every input up to date, reading only files that changed."""
-    defaults = _defaults(spec)
+    defaults = config_fingerprint(spec)
     changed: list[tuple[Path, os.stat_result, str]] = []
     for path in spec.inputs:
         st = path.stat()
@@ -775,7 +786,7 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter) -> None:
             report.event("input", path=path, state="removed from batch.yaml")
         for path, st, digest in changed:
             record = store.input_record(str(path))
-            config_changed = record is not None and record[3] != defaults
+            config_changed = record is not None and keys_config_changed(record[3], defaults)
             previous = {r.custom_id: r for r in store.requests_of(str(path))}
             tally = {"requests": 0, "new": 0}
             try:
@@ -822,11 +833,10 @@ def _request_row(
     spec: Spec, ordinal: int, req: Any, previous: Any, config_changed: bool
 ) -> tuple[Any, ...]:
     if previous is not None and previous.key == req.key:
-        tokens_, nbytes, inputs, cost, reason = (
+        tokens_, nbytes, inputs, reason = (
             previous.tokens,
             previous.nbytes,
             previous.inputs,
-            previous.cost,
             previous.reason,
         )
     else:
@@ -834,15 +844,9 @@ def _request_row(
         tokens_ = estimate.tokens
         nbytes = len(req.canonical_line()) + 1
         inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
-        try:  # TEMPORARY until pricing lands
-            from gptbatch import pricing
-
-            cost = pricing.estimate_cost(
-                req.model or "", tokens_, _output_bound(req.body), spec.prices
-            )
-        except ImportError:
-            cost = None
         reason = "new" if previous is None else "config changed" if config_changed else "changed"
+    # Cheap, and always from the current prices, so a price change in batch.yaml applies.
+    cost = pricing.estimate_cost(req.model or "", tokens_, _output_bound(req.body), spec.prices)
     return (
         ordinal,
         req.line,

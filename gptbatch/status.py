@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from gptbatch.canonical import canonical_json
+from gptbatch.build import config_fingerprint, keys_config_changed
+from gptbatch.requests import read_requests
 from gptbatch.spec import Spec
-from gptbatch.store import ACTIVE_SHARD_STATES, RequestRow, ResultRow, Store
+from gptbatch.store import ACTIVE_SHARD_STATES, ResultRow, Store
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ShardStatus:
 
 def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
     """Inputs that changed (or are new) since the last build, with why; read-only."""
-    defaults = canonical_json({"model": spec.model, "endpoint": spec.endpoint}).decode()
+    defaults = config_fingerprint(spec)
     out = []
     for path in spec.inputs:
         record = store.input_record(str(path))
@@ -46,8 +48,10 @@ def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
             out.append((str(path), "never built"))
             continue
         st = os.stat(path)
-        if record[3] != defaults:
+        if keys_config_changed(record[3], defaults):
             out.append((str(path), "model or endpoint in batch.yaml changed"))
+        elif record[3] != defaults:
+            out.append((str(path), "prices in batch.yaml changed"))
         elif (record[0], record[1]) != (st.st_size, st.st_mtime_ns):
             out.append((str(path), "file changed since the last build (size or mtime)"))
     return out
@@ -83,28 +87,55 @@ def shard_statuses(store: Store) -> list[ShardStatus]:
     return out
 
 
-def _reason(row: RequestRow, result: ResultRow | None, shard: str | None) -> str | None:
+def _reason(result: ResultRow | None, shard: str | None, new_reason: str | None) -> str | None:
+    """Why a request is pending (None: it is up to date)."""
     if result is not None and result.state in ("ok", "failed"):
         return None
+    if result is not None:
+        retry = f"attempt {result.attempts} did not succeed ({result.error}); "
+        return retry + (f"retrying: {shard}" if shard else "will be retried")
     if shard is not None:
         return shard
-    if result is not None:
-        return f"attempt {result.attempts} did not succeed ({result.error}); will be retried"
     return {
         "new": "new request: never built",
         "changed": "request changed since its last result (same custom_id, new content)",
         "config changed": "model or endpoint in batch.yaml changed",
-    }.get(row.reason or "", "no result yet")
+    }.get(new_reason or "", "no result yet")
 
 
 def pending_reasons(spec: Spec, store: Store) -> Iterator[PendingReason]:
-    """Every current request that is not up to date, in input order, with why."""
+    """Every current request that is not up to date, in input order, with why.
+
+    Inputs changed since the last build are read (read-only) and compared with the store,
+    so an edit shows up before the next build has synced it.
+    """
     in_shard: dict[str, str] = {}
     for s in shard_statuses(store):
         for key, _ in store.members(s.id):
             in_shard[key] = f"in shard {s.id[:12]}: {s.reason}"
+    stale = dict(stale_inputs(spec, store))
     for path in spec.inputs:
+        if str(path) in stale:
+            yield from _stale_reasons(spec, store, path, in_shard, stale[str(path)])
+            continue
         for row, result in store.request_results(str(path)):
-            why = _reason(row, result, in_shard.get(row.key))
+            why = _reason(result, in_shard.get(row.key), row.reason)
             if why is not None:
                 yield PendingReason(row.path, row.line, row.custom_id, why)
+
+
+def _stale_reasons(
+    spec: Spec, store: Store, path: Path, in_shard: dict[str, str], why_stale: str
+) -> Iterator[PendingReason]:
+    previous = store.previous_keys(str(path))
+    config = why_stale.startswith("model or endpoint")
+    for req in read_requests([path], model=spec.model, endpoint=spec.endpoint):
+        if req.custom_id not in previous:
+            new_reason = "new"
+        elif previous[req.custom_id] != req.key:
+            new_reason = "config changed" if config else "changed"
+        else:
+            new_reason = None
+        why = _reason(store.result(req.key), in_shard.get(req.key), new_reason)
+        if why is not None:
+            yield PendingReason(req.path, req.line, req.custom_id, why)

@@ -150,38 +150,43 @@ def state_dir(output_dir: Path) -> Path:
 class Store:
     """The SQLite-backed build state of one output directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, lock: bool = False) -> None:
         self.directory = directory
         self.path = directory / "state.db"
-        self.created = not self.path.exists()
+        self._lock_file: Any = None
         directory.mkdir(parents=True, exist_ok=True)
+        if lock:  # before SQLite is touched, so two builds never race on creating the schema
+            self.lock()
+        self.created = not self.path.exists()
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            self.unlock()
             raise StateError(
                 f"{self.path}: cannot read the build state ({exc}): inspect or delete "
                 f"{directory} (gptbatch then recovers batches from the API's metadata)"
             ) from exc
-        self._lock_file: Any = None
 
     # --- schema --------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS migrations(name TEXT PRIMARY KEY)")
-        done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
-        known = {name for name, _ in MIGRATIONS}
-        if done - known:
-            raise StateError(
-                f"{self.path} was written by a newer gptbatch ({sorted(done - known)}): "
-                "upgrade gptbatch, or use another output_dir"
-            )
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            with self.transaction():
+        # Read what is done inside the write transaction: a reader (`status`) may open the
+        # database while a build is creating it.
+        with self.transaction():
+            self.db.execute("CREATE TABLE IF NOT EXISTS migrations(name TEXT PRIMARY KEY)")
+            done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
+            known = {name for name, _ in MIGRATIONS}
+            if done - known:
+                raise StateError(
+                    f"{self.path} was written by a newer gptbatch ({sorted(done - known)}): "
+                    "upgrade gptbatch, or use another output_dir"
+                )
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
                 for statement in sql.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
@@ -571,6 +576,16 @@ class Store:
 
     def mark_collected(self, batch_id: str) -> None:
         self.db.execute("UPDATE batches SET collected=1 WHERE id=?", (batch_id,))
+
+    def shard_cost(self, shard_id: str) -> float | None:
+        """Estimated cost of a shard from its requests' current estimates (None: unknown)."""
+        total, priced, cost = self.db.execute(
+            "SELECT count(*), count(c), sum(c) FROM (SELECT"
+            " (SELECT max(r.cost) FROM requests r WHERE r.key=m.key) AS c"
+            " FROM members m WHERE m.shard=?)",
+            (shard_id,),
+        ).fetchone()
+        return float(cost or 0.0) if total == priced else None
 
     def committed_cost(self) -> float:
         """Estimated cost of every shard that reached the API and was not refused outright."""

@@ -119,9 +119,8 @@ def run(args: argparse.Namespace) -> int:
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
     )
     with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
-        store = Store(state_dir(spec.output_dir))
+        store = Store(state_dir(spec.output_dir), lock=True)
         try:
-            store.lock()
             builder = Builder(spec, store, remote, reporter)
             if args.simulate and not args.json:
                 print(f"simulating: outputs go to {spec.output_dir}", file=sys.stderr)
