@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -95,12 +96,19 @@ class Budget:
         saved = self.store.get_meta(f"budget:{model}")
         return min(nominal, int(saved)) if saved else nominal
 
-    def lower(self, model: str | None) -> tuple[int, int] | None:
-        """After a refusal: shrink to 3/4 (multiplicative decrease, additive increase)."""
+    def lower(self, model: str | None, message: str | None) -> tuple[int, int] | None:
+        """After a refusal: shrink to 3/4, or at once below the limit the API names."""
         current = self.working(model)
         if current is None:
             return None
         new = max(1, int(current * 0.75))
+        # "... Limit: 90,000 enqueued tokens. ..." says the service's own limit.
+        match = re.search(r"Limit: ([\d,]+) enqueued tokens", message or "")
+        if match:
+            stated = int(
+                int(match.group(1).replace(",", "")) * (1 - self.spec.limits.safety_margin)
+            )
+            new = max(1, min(new, stated))
         self.store.set_meta(f"budget:{model}", str(new))
         return current, new
 
@@ -643,7 +651,7 @@ class Builder:
         """A failed batch processed nothing: a refusal waits, a validation failure is mapped."""
         store = self.store
         if self._refused(info):
-            change = self.budget.lower(shard.model)
+            change = self.budget.lower(shard.model, info.errors[0].message)
             self.summary.refusals += 1
             delay = min(
                 self.spec.polling.max_seconds,
