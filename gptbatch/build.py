@@ -96,11 +96,19 @@ class Budget:
         saved = self.store.get_meta(f"budget:{model}")
         return min(nominal, int(saved)) if saved else nominal
 
-    def lower(self, model: str | None, message: str | None) -> tuple[int, int] | None:
-        """After a refusal: shrink to 3/4, or at once below the limit the API names."""
+    def lower(
+        self, model: str | None, message: str | None, submitted_at: float
+    ) -> tuple[int, int] | None:
+        """After a refusal: shrink to 3/4, or at once below the limit the API names.
+
+        A batch submitted before the last lowering was sized for the old budget: its
+        refusal says nothing new, so it does not lower the budget again.
+        """
         current = self.working(model)
-        if current is None:
+        lowered_at = float(self.store.get_meta(f"budget_lowered_at:{model}") or 0)
+        if current is None or submitted_at < lowered_at:
             return None
+        self.store.set_meta(f"budget_lowered_at:{model}", str(time.time()))
         new = max(1, int(current * 0.75))
         # "... Limit: 90,000 enqueued tokens. ..." says the service's own limit.
         match = re.search(r"Limit: ([\d,]+) enqueued tokens", message or "")
@@ -651,7 +659,7 @@ class Builder:
         """A failed batch processed nothing: a refusal waits, a validation failure is mapped."""
         store = self.store
         if self._refused(info):
-            change = self.budget.lower(shard.model, info.errors[0].message)
+            change = self.budget.lower(shard.model, info.errors[0].message, shard.updated_at or 0.0)
             self.summary.refusals += 1
             delay = min(
                 self.spec.polling.max_seconds,
