@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, Protocol, TextIO
@@ -31,6 +32,12 @@ class JsonReporter:
         record = {"event": kind, "time": round(time.time(), 3), **fields}
         self.stream.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         self.stream.flush()
+
+
+def shown(path: str) -> str:
+    """A path relative to the working directory when it is under it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _n(value: Any) -> str:
@@ -64,7 +71,7 @@ class ConsoleReporter:
                 if "requests" in f
                 else ""
             )
-            return f"input {f['path']}: {f['state']}{extra}"
+            return f"input {shown(f['path'])}: {f['state']}{extra}"
         if kind == "planned":
             return (
                 f"planned shard {f['shard']}: {f['model']} {f['url']}, "

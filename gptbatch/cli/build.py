@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 from gptbatch.build import Builder, BuildSummary
 from gptbatch.errors import UsageError
 from gptbatch.remote import Remote
-from gptbatch.report import ConsoleReporter, JsonReporter, Reporter
+from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import Spec, api_key, load_spec
 from gptbatch.store import Store, state_dir
 
@@ -119,17 +120,33 @@ def run(args: argparse.Namespace) -> int:
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
     )
     with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
+        if args.simulate:
+            forget_lost_simulation(spec)
         store = Store(state_dir(spec.output_dir), lock=True)
         try:
             builder = Builder(spec, store, remote, reporter)
             if args.simulate and not args.json:
-                print(f"simulating: outputs go to {spec.output_dir}", file=sys.stderr)
+                print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
             summary = builder.run(wait=not args.no_wait)
         finally:
             store.close()
     if not args.json:
         print_summary(summary, spec)
     return summary.exit_code
+
+
+def forget_lost_simulation(spec: Spec) -> None:
+    """Each --simulate run has a new simulator: batches a killed rehearsal left are gone."""
+    directory = state_dir(spec.output_dir)
+    if not (directory / "state.db").exists():
+        return
+    store = Store(directory, lock=True)
+    try:
+        lost = any(not b.collected for b in store.batches()) or store.shards(("submitting",))
+    finally:
+        store.close()
+    if lost:
+        shutil.rmtree(directory)
 
 
 def print_summary(s: BuildSummary, spec: Spec) -> None:
@@ -142,9 +159,9 @@ def print_summary(s: BuildSummary, spec: Spec) -> None:
         file=out,
     )
     for o in s.outputs:
-        line = f"  {o.path}: {o.written:,} results"
+        line = f"  {shown(o.path)}: {o.written:,} results"
         if o.failed:
-            line += f", {o.failed:,} failures in {o.errors_path}"
+            line += f", {o.failed:,} failures in {shown(o.errors_path)}"
         if o.missing:
             line += f", {o.missing:,} still missing"
         print(line, file=out)
