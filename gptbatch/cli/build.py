@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from gptbatch.build import Builder, BuildSummary
@@ -18,8 +19,16 @@ from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import Spec, api_key, load_spec
 from gptbatch.store import Store, state_dir
 
-# In --simulate, a day of Batch API time passes in about 9 seconds.
-SIMULATE_TIME_SCALE = 10_000.0
+# In --simulate, time runs 20x faster and processing is quick, so each status (validating,
+# in_progress, finalizing) shows for a moment; 10M prompt tokens take about a second.
+SIMULATE_CONFIG = {
+    "time_scale": 20.0,
+    "tokens_per_second": 1_000_000.0,
+    "total_tokens_per_second": 5_000_000.0,
+    "validating_seconds": 4.0,
+    "finalizing_seconds": 4.0,
+}
+SIMULATED_SUFFIX = "-simulated"
 
 
 def register(sub: Any) -> None:
@@ -76,11 +85,11 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
             limit = spec.limits.token_limit(model)
             if limit is not None:
                 limits[model] = limit
-        config = SimConfig(time_scale=SIMULATE_TIME_SCALE, token_limits=limits)
+        config = SimConfig(token_limits=limits, **SIMULATE_CONFIG)
         with run_simulator(config) as sim:
             simulated = dataclasses.replace(
                 spec,
-                output_dir=spec.output_dir.with_name(spec.output_dir.name + "-simulated"),
+                output_dir=simulated_output_dir(spec),
                 polling=dataclasses.replace(spec.polling, initial_seconds=0.05, max_seconds=0.5),
             )
             remote = Remote(api_key="sk-simulated", base_url=sim.base_url)
@@ -133,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print_summary(summary, spec)
     return summary.exit_code
+
+
+def simulated_output_dir(spec: Spec) -> Path:
+    """Where --simulate writes: beside the real output directory, never in it."""
+    return spec.output_dir.with_name(spec.output_dir.name + SIMULATED_SUFFIX)
 
 
 def forget_lost_simulation(spec: Spec) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
+from gptbatch.cli.build import simulated_output_dir
 from gptbatch.errors import UsageError
 from gptbatch.spec import load_spec
 from gptbatch.status import pending_reasons, shard_statuses, stale_inputs
@@ -29,11 +31,18 @@ def register(sub: Any) -> None:
         help="with --explain, show at most this many requests (0: all)",
     )
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="show the state of the last `build --simulate` rehearsal",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
+    if args.simulate:
+        spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
     directory = state_dir(spec.output_dir)
     if not (directory / "state.db").exists():
         raise UsageError(f"no build state in {directory}: run `gptbatch build` first")

@@ -1,0 +1,128 @@
+"""`gptbatch plan [CONFIG] [--json]`: requests, tokens, shards and cost per model, offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from gptbatch.plan import GroupPlan, Plan, make_plan
+from gptbatch.spec import load_spec
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="show requests, prompt tokens, shards and estimated cost per model, offline",
+        description="Read the config and every input line, offline, and print per model and "
+        "endpoint: requests, estimated prompt tokens, shards (batches) and the estimated cost "
+        "at Batch API prices, with totals.",
+    )
+    parser.add_argument(
+        "config", nargs="?", default=None, metavar="CONFIG", help="default: ./batch.yaml"
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(func=run)
+
+
+def money(value: float | None) -> str:
+    """Dollars, with more digits for small sums; "unknown" for None."""
+    if value is None:
+        return "unknown"
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def _output(group: GroupPlan) -> str:
+    if group.output_cost_max is not None:
+        return money(group.output_cost_max)
+    if group.price is None:
+        return "unknown"
+    return f"unknown ({group.unbounded_requests:,} without max_tokens)"
+
+
+_HEADERS = ("model", "endpoint", "requests", "prompt tokens", "shards", "input cost", "output ≤")
+
+
+def _rows(plan: Plan) -> list[tuple[str, ...]]:
+    rows = [
+        (
+            g.model or "(none)",
+            g.endpoint,
+            f"{g.requests:,}",
+            f"~{g.tokens:,}",
+            f"{g.shards:,}",
+            money(g.input_cost) if g.price else "unknown (no price)",
+            _output(g),
+        )
+        for g in plan.groups
+    ]
+    rows.append(
+        (
+            "total",
+            "",
+            f"{plan.requests:,}",
+            f"~{plan.tokens:,}",
+            f"{plan.shards:,}",
+            money(plan.input_cost),
+            money(plan.output_cost_max),
+        )
+    )
+    return rows
+
+
+def _notes(plan: Plan) -> list[str]:
+    notes = []
+    for g in plan.groups:
+        name = f"{g.model or '(none)'} {g.endpoint}"
+        if g.price is None:
+            notes.append(f"{name}: no price known; add prices.{g.model} to the config")
+        elif g.price.source == "config":
+            notes.append(f"{name}: priced from the config (prices.{g.price.model})")
+        cap = "no limit" if g.token_cap is None else f"~{g.token_cap:,} tokens per shard"
+        notes.append(f"{name}: {cap}")
+        for caveat in g.caveats:
+            notes.append(f"{name}: {caveat.count:,} × {caveat.text}")
+    return notes
+
+
+def _plain(plan: Plan) -> str:
+    rows = [_HEADERS, *_rows(plan)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADERS))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _print_rich(plan: Plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Plan for {plan.config}")
+    for i, header in enumerate(_HEADERS):
+        table.add_column(header, justify="left" if i < 2 else "right")
+    rows = _rows(plan)
+    for row in rows[:-1]:
+        table.add_row(*row)
+    table.add_row(*rows[-1], style="bold")
+    Console().print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = make_plan(load_spec(args.config))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+        return 0
+    if sys.stdout.isatty():
+        _print_rich(plan)
+    else:
+        print(f"Plan for {plan.config}")
+        print(_plain(plan))
+    print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
+    for note in _notes(plan):
+        print(f"  {note}")
+    return 0
