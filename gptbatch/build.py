@@ -29,16 +29,17 @@ from gptbatch.errors import (
     EXIT_OK,
     EXIT_PENDING,
     InputError,
+    NotFoundError,
     Problem,
     TransientRemoteError,
 )
-from gptbatch.outputs import OutputSummary, write_outputs
+from gptbatch.outputs import OutputSummary, output_names, write_outputs
 from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
 from gptbatch.requests import read_raw_line, read_requests
 from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, embedding_inputs, shard_key
 from gptbatch.spec import Spec
-from gptbatch.store import IN_FLIGHT_SHARD_STATES, ShardRow, Store
+from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
 
 META_PROJECT = "gptbatch_project"
 META_SHARD = "gptbatch_shard"
@@ -76,8 +77,19 @@ class BuildSummary:
         return EXIT_FAILED_REQUESTS if self.failed else EXIT_OK
 
 
+def _stated_limit(message: str | None, unit: str) -> int | None:
+    """The limit a refusal names: "... Limit: 90,000 enqueued tokens. ..." -> 90000."""
+    match = re.search(rf"Limit: ([\d,]+) enqueued {unit}", message or "")
+    return int(match.group(1).replace(",", "")) if match else None
+
+
 class Budget:
-    """The working enqueued-token budget per model: lowered on refusals, raised on success."""
+    """Working queue budgets per model: lowered on refusals, raised on success.
+
+    The token budget starts at limits.enqueued_tokens * (1 - safety_margin); with no
+    configured limit it is learned from the first refusal. The request budget is the
+    configured limits.enqueued_requests, lowered to any limit a refusal states.
+    """
 
     def __init__(self, spec: Spec, store: Store) -> None:
         self.spec = spec
@@ -89,43 +101,65 @@ class Budget:
             return None
         return max(1, int(limit * (1 - self.spec.limits.safety_margin)))
 
+    def _smallest(self, configured: int | None, meta_key: str) -> int | None:
+        stated = self.store.get_meta(meta_key)
+        known = [x for x in (configured, int(stated) if stated else None) if x is not None]
+        return min(known) if known else None
+
+    def hard_limit(self, model: str | None) -> int | None:
+        """The most tokens one batch may ever hold: configured or stated by the API."""
+        return self._smallest(self.spec.limits.token_limit(model or ""), f"stated:{model}")
+
+    def requests(self, model: str | None) -> int | None:
+        """The enqueued-request budget: configured, or lower if the API said so."""
+        return self._smallest(self.spec.limits.request_limit(model or ""), f"requests:{model}")
+
     def working(self, model: str | None) -> int | None:
         nominal = self.nominal(model)
-        if nominal is None:
-            return None
         saved = self.store.get_meta(f"budget:{model}")
+        if nominal is None:
+            return int(saved) if saved else None
         return min(nominal, int(saved)) if saved else nominal
 
     def lower(
-        self, model: str | None, message: str | None, submitted_at: float
-    ) -> tuple[int, int] | None:
+        self, model: str | None, message: str | None, submitted_at: float, shard_tokens: int
+    ) -> tuple[int | None, int] | None:
         """After a refusal: shrink to 3/4, or at once below the limit the API names.
 
         A batch submitted before the last lowering was sized for the old budget: its
         refusal says nothing new, so it does not lower the budget again.
         """
+        stated_requests = _stated_limit(message, "requests")
+        if stated_requests is not None:
+            self.store.set_meta(f"requests:{model}", str(stated_requests))
+            return None
         current = self.working(model)
         lowered_at = float(self.store.get_meta(f"budget_lowered_at:{model}") or 0)
-        if current is None or submitted_at < lowered_at:
+        if submitted_at < lowered_at:
             return None
         self.store.set_meta(f"budget_lowered_at:{model}", str(time.time()))
-        new = max(1, int(current * 0.75))
-        # "... Limit: 90,000 enqueued tokens. ..." says the service's own limit.
-        match = re.search(r"Limit: ([\d,]+) enqueued tokens", message or "")
-        if match:
-            stated = int(
-                int(match.group(1).replace(",", "")) * (1 - self.spec.limits.safety_margin)
-            )
-            new = max(1, min(new, stated))
+        new = max(1, int((current if current is not None else shard_tokens) * 0.75))
+        stated = _stated_limit(message, "tokens")
+        if stated is not None:
+            self.store.set_meta(f"stated:{model}", str(stated))
+            new = max(1, min(new, int(stated * (1 - self.spec.limits.safety_margin))))
         self.store.set_meta(f"budget:{model}", str(new))
         return current, new
 
     def raise_(self, model: str | None) -> tuple[int, int] | None:
-        """After a batch completes: grow back by a tenth of the nominal budget."""
+        """After a batch completes: grow back by a tenth, up to the nominal budget."""
         nominal, current = self.nominal(model), self.working(model)
-        if nominal is None or current is None or current >= nominal:
+        if current is None or (nominal is not None and current >= nominal):
             return None
-        new = min(nominal, current + max(1, nominal // 10))
+        new = current + max(1, (nominal or current) // 10)
+        hard = self.hard_limit(model)
+        ceiling = [
+            x for x in (nominal, hard and int(hard * (1 - self.spec.limits.safety_margin))) if x
+        ]
+        if ceiling:
+            new = min(new, *ceiling)
+        if new <= current:
+            return None
         self.store.set_meta(f"budget:{model}", str(new))
         return current, new
 
@@ -150,21 +184,29 @@ class Builder:
         self.budget = Budget(spec, store)
         self.summary = BuildSummary()
         self.work_dir = store.directory
+        self.dirty = True  # pending requests may need packing
 
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, *, wait: bool = True) -> BuildSummary:
         """Build until everything is done (or, without wait, do one pass)."""
         # Bad input raises here, before anything is submitted or any output rewritten.
+        output_names(self.spec.inputs)  # two inputs writing one output: refuse before paying
         sync_inputs(self.spec, self.store, self.report)
         try:
             self.drop_stale_shards()
-            self.reconcile(full=self.store.created or self.store.get_meta("reconciled") is None)
+            reconciled = False
             interval = self.spec.polling.initial_seconds
             while True:
                 changed = self.poll()
-                self.plan()
-                changed = self.submit() or changed
+                # Nothing is submitted before the API has been listed once in this run; a
+                # build with nothing to submit makes no call for it.
+                if self.store.has_work_to_submit():
+                    reconciled = reconciled or self.reconcile()
+                    if reconciled:
+                        if self.dirty:
+                            self.plan()
+                        changed = self.submit() or changed
                 active = self.store.shards(
                     ("ready", "uploading", "uploaded", "submitting", "submitted", "waiting")
                 )
@@ -225,7 +267,7 @@ class Builder:
     def caps(self, model: str | None, url: str) -> Caps:
         limits = self.spec.limits
         # A request count is exact, so the enqueued-request cap needs no safety margin.
-        request_limit = limits.request_limit(model or "")
+        request_limit = self.budget.requests(model)
         return Caps(
             max_tokens=self.budget.working(model),
             max_requests=min(limits.max_requests_per_batch, request_limit or 1 << 62),
@@ -235,6 +277,7 @@ class Builder:
 
     def plan(self) -> int:
         """Pack every pending request into new shards; return how many were made."""
+        self.dirty = False
         packers: dict[tuple[str | None, str], Packer] = {}
         buffers: dict[tuple[str | None, str], list[Any]] = {}
         made = 0
@@ -244,6 +287,9 @@ class Builder:
                 if group not in packers:
                     packers[group] = Packer(self.caps(*group))
                     buffers[group] = []
+                if self.oversized(row, packers[group].caps):
+                    made += 1
+                    continue
                 buffers[group].append(row)
                 for size in packers[group].add(Item(row.key, row.tokens, row.nbytes, row.inputs)):
                     made += self._add_shard(group, buffers[group][:size])
@@ -253,6 +299,32 @@ class Builder:
                     made += self._add_shard(group, buffers[group][:size])
                     del buffers[group][:size]
         return made
+
+    def oversized(self, row: RequestRow, caps: Caps) -> bool:
+        """Handle a request that no shard under the caps can hold: alone, or failed for good."""
+        over_tokens = caps.max_tokens is not None and row.tokens > caps.max_tokens
+        over_other = row.nbytes > caps.max_bytes or (
+            caps.max_inputs is not None and row.inputs > caps.max_inputs
+        )
+        if not over_tokens and not over_other:
+            return False
+        hard = self.budget.hard_limit(row.model)
+        if over_other or (hard is not None and row.tokens > hard):
+            limit = (
+                f"{caps.max_bytes:,} bytes / {caps.max_inputs or 0:,} inputs per batch"
+                if over_other
+                else f"the enqueued-token limit of {hard:,} for {row.model}"
+            )
+            why = (
+                f"{row.path}:{row.line}: request has ~{row.tokens:,} tokens and {row.nbytes:,} "
+                f"bytes, more than {limit}: it can never be queued; split it into smaller "
+                "requests"
+            )
+            self.store.record_result(row.key, state="failed", error=why, attempt=False)
+            self.report.event("too_large", message=why)
+        else:  # only over the (lowered) working budget: it goes alone
+            self._add_shard((row.model, row.url), [row])
+        return True
 
     def _add_shard(self, group: tuple[str | None, str], rows: list[Any]) -> int:
         model, url = group
@@ -283,6 +355,7 @@ class Builder:
             for shard in self.store.shards(("ready", "uploading", "uploaded", "waiting")):
                 if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id)):
                     self.store.update_shard(shard.id, state="dropped", note="inputs changed")
+                    self.dirty = True
                     self.report.event("dropped", shard=shard.id[:12], reason="inputs changed")
 
     # --- submitting ----------------------------------------------------------------------
@@ -304,53 +377,85 @@ class Builder:
         for shard in self.store.shards(("submitting", "ready", "uploading", "uploaded", "waiting")):
             if shard.not_before > now:
                 continue
-            working = self.budget.working(shard.model)
-            tokens_in, requests_in = self.in_flight(shard.model, exclude=shard.id)
-            if working is not None and shard.tokens > working and shard.refusals:
-                # Refused before and now larger than the lowered budget: repack it smaller.
+            try:
+                if shard.state == "submitting" and self.resolve_submitting(shard):
+                    changed = True
+                    continue
+                if self.too_big_after_refusal(shard):
+                    return True
+                if not self.fits_queue(shard) or not self.within_spend_cap(shard):
+                    continue
+                self.submit_shard(shard)
+            except TransientRemoteError as exc:
+                self.report.event("api_retry", batch="", error=f"shard {shard.id[:12]}: {exc}")
                 with self.store.transaction():
-                    self.store.update_shard(shard.id, state="dropped", note="over lowered budget")
-                self.report.event(
-                    "dropped",
-                    shard=shard.id[:12],
-                    reason=f"larger than the lowered budget {working:,}",
-                )
-                self.plan()
-                return True
-            if working is not None and tokens_in and tokens_in + shard.tokens > working:
-                continue  # waits for room; checked again after the next poll
-            req_limit = self.spec.limits.request_limit(shard.model or "")
-            if req_limit is not None and requests_in and requests_in + shard.requests > req_limit:
-                continue
-            if not self.within_spend_cap(shard):
-                continue
-            self.submit_shard(shard)
+                    self.store.update_shard(shard.id, not_before=time.time() + 1.0)
             changed = True
         return changed
+
+    def resolve_submitting(self, shard: ShardRow) -> bool:
+        """A shard whose create may have happened: adopt its batch, or drop it if stale."""
+        if self.adopt_existing(shard):
+            return True
+        if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id)):
+            with self.store.transaction():
+                self.store.update_shard(shard.id, state="dropped", note="inputs changed")
+            self.dirty = True
+            self.report.event("dropped", shard=shard.id[:12], reason="inputs changed")
+            return True
+        return False
+
+    def too_big_after_refusal(self, shard: ShardRow) -> bool:
+        """Release a refused shard larger than the lowered budget, so it is repacked smaller."""
+        if not shard.refusals or shard.requests < 2:
+            return False
+        working = self.budget.working(shard.model)
+        requests = self.budget.requests(shard.model)
+        if (working is None or shard.tokens <= working) and (
+            requests is None or shard.requests <= requests
+        ):
+            return False
+        with self.store.transaction():
+            self.store.update_shard(shard.id, state="dropped", note="over lowered budget")
+        self.report.event(
+            "dropped", shard=shard.id[:12], reason="larger than the lowered queue budget"
+        )
+        self.plan()
+        return True
+
+    def fits_queue(self, shard: ShardRow) -> bool:
+        """Does the shard fit beside what is in flight? A shard alone always may go."""
+        tokens_in, requests_in = self.in_flight(shard.model, exclude=shard.id)
+        working = self.budget.working(shard.model)
+        if working is not None and tokens_in and tokens_in + shard.tokens > working:
+            return False
+        limit = self.budget.requests(shard.model)
+        return limit is None or not requests_in or requests_in + shard.requests <= limit
 
     def within_spend_cap(self, shard: ShardRow) -> bool:
         cap = self.spec.limits.max_cost
         if cap is None:
             return True
-        committed = self.store.committed_cost()
+        committed = self.store.committed_cost(exclude=shard.id)
         cost = self.store.shard_cost(shard.id)  # from current prices, not packing-time ones
-        if cost != shard.cost:
-            with self.store.transaction():
-                self.store.update_shard(shard.id, cost=cost)
-            shard = self.store.shard(shard.id) or shard
-        if shard.cost is None:
+        if cost is None:
             reason = (
                 f"no price known for model {shard.model!r}, so limits.max_cost cannot be "
                 f"checked: add prices.{shard.model} to batch.yaml"
             )
-        elif committed + shard.cost > cap:
+        elif committed + cost > cap:
             reason = (
-                f"spend cap reached: ${committed:.4f} of ${cap:.4f} committed; the next shard "
-                f"({shard.requests:,} requests) would cost ${shard.cost:.4f}: raise "
+                f"spend cap reached: {usd(committed)} of {usd(cap)} committed; the next shard "
+                f"({shard.requests:,} requests) would cost {usd(cost)}: raise "
                 "limits.max_cost to continue"
             )
         else:
+            if cost != shard.cost or shard.note:
+                with self.store.transaction():
+                    self.store.update_shard(shard.id, cost=cost, note=None)
             return True
+        with self.store.transaction():
+            self.store.update_shard(shard.id, cost=cost, note=reason)
         if self.summary.stopped_by_cost != reason:
             self.summary.stopped_by_cost = reason
             self.report.event("spend_cap", message=reason)
@@ -396,8 +501,6 @@ class Builder:
             with store.transaction():
                 store.update_shard(shard.id, state="uploaded", file_id=file_id)
             self.report.event("uploaded", shard=shard.id[:12], file=file_id)
-        if shard.state == "submitting" and self.adopt_existing(shard):
-            return
         nonce = uuid.uuid4().hex[:16]
         with store.transaction():
             store.update_shard(shard.id, state="submitting", nonce=nonce)
@@ -465,54 +568,63 @@ class Builder:
             return True
         return False
 
-    def reconcile(self, *, full: bool) -> None:
-        """Match local state to the API: adopt batches we lost track of."""
-        pending = self.store.shards(("submitting",))
-        if not full and not pending:
-            return
-        known = {b.id for b in self.store.batches()}
-        since = None if full else min((s.updated_at or time.time()) for s in pending) - 2 * 86400
-        if full:
-            since = time.time() - RECONCILE_DAYS * 86400
-        for info in self.remote_batches(since):
-            if info.id in known or self._refused(info):
-                continue
-            sid = info.metadata.get(META_SHARD)
-            if not sid:
-                continue
-            shard = self.store.shard(sid)
-            if shard is None:
-                if not self.recover_shard(sid, info):
-                    continue
-            elif shard.state in ("done", "dropped") and shard.batch_id:
-                # A second batch for a shard we already have: collect it too, never resubmit.
-                with self.store.transaction():
-                    self.store.upsert_batch(
-                        info.id,
-                        shard=sid,
-                        status=info.status,
-                        input_file_id=info.input_file_id,
-                        output_file_id=info.output_file_id,
-                        error_file_id=info.error_file_id,
-                        created_at=info.created_at,
-                        info=info.summary(),
-                    )
-                self.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
-                self.summary.adopted += 1
-                continue
-            else:
-                self.record_submitted(sid, info)
-            self.summary.adopted += 1
-            self.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
+    def reconcile(self) -> bool:
+        """Match local state to the API before submitting: adopt batches we lost track of.
+
+        Lists batches created since the last reconcile (minus a margin), so a stale or
+        deleted state directory, or a run killed mid-submission, never leads to a second
+        batch for work already at the API. False if the API could not be listed.
+        """
+        last = self.store.get_meta("reconciled")
+        since = (float(last) if last else time.time() - RECONCILE_DAYS * 86400) - 2 * 86400
+        started = time.time()
+        try:
+            found = list(self.remote_batches(since))
+            known = {b.id for b in self.store.batches()}
+            for info in found:
+                if info.id not in known and not self._refused(info):
+                    self.adopt(info)
+        except TransientRemoteError as exc:
+            self.report.event("api_retry", batch="", error=f"listing batches: {exc}")
+            return False
         with self.store.transaction():
-            self.store.set_meta("reconciled", str(time.time()))
+            self.store.set_meta("reconciled", str(started))
+        self.dirty = True
+        return True
+
+    def adopt(self, info: BatchInfo) -> None:
+        """Take a remote batch of this project that the local state does not know."""
+        sid = info.metadata.get(META_SHARD)
+        if not sid:
+            return
+        shard = self.store.shard(sid)
+        if shard is None:
+            if not self.recover_shard(sid, info):
+                return
+        elif shard.state in ("done", "dropped", "submitted"):
+            # Another batch for a shard that has one: collect it too, never resubmit.
+            with self.store.transaction():
+                self.store.upsert_batch(
+                    info.id,
+                    shard=sid,
+                    status=info.status,
+                    input_file_id=info.input_file_id,
+                    output_file_id=info.output_file_id,
+                    error_file_id=info.error_file_id,
+                    created_at=info.created_at,
+                    info=info.summary(),
+                )
+        else:
+            self.record_submitted(sid, info)
+        self.summary.adopted += 1
+        self.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
 
     def recover_shard(self, sid: str, info: BatchInfo) -> bool:
         """Rebuild a lost shard record from its batch's input file."""
         path = self.work_dir / "downloads" / f"{info.input_file_id}.jsonl"
         try:
             self.remote.download(info.input_file_id, path)
-        except Exception as exc:  # an expired input file: nothing to recover
+        except NotFoundError as exc:  # its input file expired: nothing left to recover
             self.report.event("recover_failed", batch=info.id, error=str(exc))
             return False
         members: list[tuple[str, str]] = []
@@ -563,6 +675,10 @@ class Builder:
             except TransientRemoteError as exc:
                 self.report.event("api_retry", batch=batch.id, error=str(exc))
                 continue
+            except NotFoundError:
+                self.batch_gone(batch.shard, batch.id)
+                changed = True
+                continue
             if info.status != batch.status:
                 changed = True
                 self.report.event(
@@ -604,7 +720,15 @@ class Builder:
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id:
                 path = self.work_dir / "downloads" / f"{file_id}.jsonl"
-                self.remote.download(file_id, path)
+                try:
+                    self.remote.download(file_id, path)
+                except NotFoundError:  # deleted or expired: its requests count as missing
+                    self.report.event(
+                        "api_retry",
+                        batch=info.id,
+                        error=f"file {file_id} is gone; its requests are retried",
+                    )
+                    continue
                 downloads.append(path)
         crashpoint("after_download")
         seen: set[str] = set()
@@ -643,7 +767,24 @@ class Builder:
                     new=change[1],
                     reason="a batch completed",
                 )
+        self.dirty = True
         self.report.event("collected", batch=info.id, status=info.status, **counts)
+
+    def batch_gone(self, shard_id: str, batch_id: str) -> None:
+        """The API no longer knows a batch of ours: its unfinished requests are retried."""
+        with self.store.transaction():
+            for key, _ in self.store.members(shard_id):
+                self.record(key, "retry", None, f"batch {batch_id} no longer exists", batch_id)
+            self.store.mark_collected(batch_id)
+            shard = self.store.shard(shard_id)
+            if shard is not None and shard.batch_id == batch_id:
+                self.store.update_shard(shard_id, state="done", note="batch gone at the API")
+        self.dirty = True
+        self.report.event(
+            "api_retry",
+            batch=batch_id,
+            error="the API no longer knows this batch; its unfinished requests are retried",
+        )
 
     def record(self, key: str, state: str, line: str | None, error: str | None, batch: str) -> str:
         """Record one outcome; a retryable one past the retry limit becomes final."""
@@ -658,8 +799,16 @@ class Builder:
     def collect_failed(self, shard: ShardRow, info: BatchInfo) -> None:
         """A failed batch processed nothing: a refusal waits, a validation failure is mapped."""
         store = self.store
+        self.dirty = True
+        if shard.batch_id != info.id and shard.state != "submitting":
+            # An extra batch of a shard that has another (adopted duplicate): nothing to redo.
+            with store.transaction():
+                store.mark_collected(info.id)
+            return
         if self._refused(info):
-            change = self.budget.lower(shard.model, info.errors[0].message, shard.updated_at or 0.0)
+            change = self.budget.lower(
+                shard.model, info.errors[0].message, shard.updated_at or 0.0, shard.tokens
+            )
             self.summary.refusals += 1
             delay = min(
                 self.spec.polling.max_seconds,
@@ -714,6 +863,11 @@ class Builder:
                 note=f"batch failed: {info.errors[0].code if info.errors else ''}",
             )
         self.report.event("batch_failed", batch=info.id, problems=problems[:20])
+
+
+def usd(amount: float) -> str:
+    """Dollars with enough digits to tell small amounts apart."""
+    return f"${amount:,.2f}" if amount >= 100 else f"${amount:.4g}"
 
 
 def classify(obj: dict[str, Any]) -> tuple[str, str | None]:

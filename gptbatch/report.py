@@ -105,11 +105,14 @@ class ConsoleReporter:
             )
         if kind == "budget":
             return (
-                f"working token budget for {f['model']}: {_n(f['old'])} -> {_n(f['new'])} "
+                f"working token budget for {f['model']}: "
+                f"{_n(f['old']) if f['old'] is not None else 'unset'} -> {_n(f['new'])} "
                 f"({f['reason']})"
             )
         if kind == "dropped":
             return f"shard {f['shard']} released: {f['reason']}" if self.verbose else None
+        if kind == "too_large":
+            return f"failed for good: {f['message']}"
         if kind == "spend_cap":
             return f"not submitting: {f['message']}"
         if kind == "create_uncertain":

@@ -63,9 +63,9 @@ def shard_statuses(store: Store) -> list[ShardStatus]:
     for s in store.shards(ACTIVE_SHARD_STATES):
         batch = store.batch(s.batch_id) if s.batch_id else None
         reason = {
-            "ready": "planned; waiting for queue room (or for the next build)",
+            "ready": s.note or "planned; waiting for queue room (or for the next build)",
             "uploading": "upload started; the next build checks whether it finished",
-            "uploaded": "uploaded; waiting for queue room to create its batch",
+            "uploaded": s.note or "uploaded; waiting for queue room to create its batch",
             "submitting": "batch creation started; the next build looks it up before creating",
             "submitted": f"batch {s.batch_id} is {batch.status if batch else 'submitted'}",
             "waiting": f"refused {s.refusals} time(s) for lack of queue room ({s.note}); "

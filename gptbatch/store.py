@@ -338,6 +338,12 @@ class Store:
         for row in cur:
             yield RequestRow(*row)
 
+    def has_work_to_submit(self) -> bool:
+        """Is any shard not yet at the API, or any current request unbuilt and unpacked?"""
+        if self.shards(("ready", "uploading", "uploaded", "submitting", "waiting")):
+            return True
+        return next(self._pending(self.db, limit=1), None) is not None
+
     def request_results(self, path: str) -> Iterator[tuple[RequestRow, ResultRow | None]]:
         """An input's current requests in input order, each with its result if any."""
         cur = self.db.execute(
@@ -364,7 +370,7 @@ class Store:
         finally:
             reader.close()
 
-    def _pending(self, db: sqlite3.Connection) -> Iterator[RequestRow]:
+    def _pending(self, db: sqlite3.Connection, limit: int = -1) -> Iterator[RequestRow]:
         cur = db.execute(
             "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
             " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
@@ -372,7 +378,8 @@ class Store:
             " WHERE (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
             " AND NOT EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
             f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
-            " ORDER BY r.path, r.ordinal"
+            " ORDER BY r.path, r.ordinal LIMIT ?",
+            (limit,),
         )
         for row in cur:  # custom_ids are unique across inputs, so keys are too
             yield RequestRow(*row)
@@ -587,9 +594,11 @@ class Store:
         ).fetchone()
         return float(cost or 0.0) if total == priced else None
 
-    def committed_cost(self) -> float:
+    def committed_cost(self, exclude: str | None = None) -> float:
         """Estimated cost of every shard that reached the API and was not refused outright."""
         row = self.db.execute(
             "SELECT sum(cost) FROM shards WHERE state IN ('submitting', 'submitted', 'done')"
+            " AND id IS NOT ?",
+            (exclude,),
         ).fetchone()
         return float(row[0] or 0.0)
