@@ -11,6 +11,7 @@ Money rules, in the order they are applied:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -950,14 +951,16 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter) -> None:
             continue
         changed.append((path, st, digest))
     problems: list[Problem] = []
-    with store.transaction():
+    # Earlier rows are looked up one by one in a snapshot taken before this transaction
+    # rewrites them, rather than held in memory for a whole input.
+    with store.snapshot() as before, store.transaction():
         gone = store.forget_inputs(str(p) for p in spec.inputs)
         for path in gone:
             report.event("input", path=path, state="removed from batch.yaml")
         for path, st, digest in changed:
             record = store.input_record(str(path))
             config_changed = record is not None and keys_config_changed(record[3], defaults)
-            previous = {r.custom_id: r for r in store.requests_of(str(path))}
+            previous = functools.partial(store.previous_row, before, str(path))
             tally = {"requests": 0, "new": 0}
             try:
                 # Streams into the open transaction; a bad line rolls all of it back.
@@ -988,12 +991,16 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter) -> None:
 
 
 def _rows(
-    spec: Spec, path: Path, previous: dict[str, Any], config_changed: bool, tally: dict[str, int]
+    spec: Spec,
+    path: Path,
+    previous: Callable[[str], RequestRow | None],
+    config_changed: bool,
+    tally: dict[str, int],
 ) -> Iterator[tuple[Any, ...]]:
     """Store rows for an input's requests, streamed; counts what is new in tally."""
     reqs = read_requests([path], model=spec.model, endpoint=spec.endpoint)
     for ordinal, req in enumerate(reqs):
-        row = _request_row(spec, ordinal, req, previous.get(req.custom_id), config_changed)
+        row = _request_row(spec, ordinal, req, previous(req.custom_id), config_changed)
         tally["requests"] += 1
         tally["new"] += row[-1] in ("new", "changed", "config changed")
         yield row

@@ -127,12 +127,12 @@ def pending_reasons(spec: Spec, store: Store) -> Iterator[PendingReason]:
 def _stale_reasons(
     spec: Spec, store: Store, path: Path, in_shard: dict[str, str], why_stale: str
 ) -> Iterator[PendingReason]:
-    previous = store.previous_keys(str(path))
     config = why_stale.startswith("model or endpoint")
     for req in read_requests([path], model=spec.model, endpoint=spec.endpoint):
-        if req.custom_id not in previous:
+        previous = store.previous_row(store.db, str(path), req.custom_id)
+        if previous is None:
             new_reason = "new"
-        elif previous[req.custom_id] != req.key:
+        elif previous.key != req.key:
             new_reason = "config changed" if config else "changed"
         else:
             new_reason = None

@@ -299,10 +299,6 @@ class Store:
             self.db.execute("DELETE FROM inputs WHERE path=?", (path,))
         return gone
 
-    def previous_keys(self, path: str) -> dict[str, str]:
-        """custom_id -> key of an input's requests as last synced."""
-        return dict(self.db.execute("SELECT custom_id, key FROM requests WHERE path=?", (path,)))
-
     def known_estimates(self, keys: Iterable[str]) -> dict[str, tuple[int, int, int, float | None]]:
         """key -> (tokens, nbytes, inputs, cost) for keys already estimated."""
         out: dict[str, tuple[int, int, int, float | None]] = {}
@@ -357,18 +353,35 @@ class Store:
         for row in cur:
             yield RequestRow(*row[:14]), (ResultRow(*row[14:]) if row[14] else None)
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A second connection reading the state as committed when it first reads (WAL)."""
+        reader = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM meta").fetchone()  # pin the snapshot now
+            yield reader
+        finally:
+            reader.close()
+
+    @staticmethod
+    def previous_row(reader: sqlite3.Connection, path: str, custom_id: str) -> RequestRow | None:
+        """An input's request with this custom_id, as a snapshot saw it."""
+        row = reader.execute(
+            "SELECT path, ordinal, line, offset, length, key, custom_id, model, url, tokens,"
+            " nbytes, inputs, cost, reason FROM requests WHERE custom_id=? AND path=?",
+            (custom_id, path),
+        ).fetchone()
+        return RequestRow(*row) if row else None
+
     def pending_requests(self) -> Iterator[RequestRow]:
         """Current requests with no final result and not reserved by an active shard.
 
         Streams from a second connection's snapshot (WAL), so the caller can write shards
         while iterating without holding every pending request in memory.
         """
-        reader = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        try:
-            reader.execute("BEGIN")
+        with self.snapshot() as reader:
             yield from self._pending(reader)
-        finally:
-            reader.close()
 
     def _pending(self, db: sqlite3.Connection, limit: int = -1) -> Iterator[RequestRow]:
         cur = db.execute(
