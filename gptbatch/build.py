@@ -534,18 +534,22 @@ class Builder:
             tokens=shard.tokens,
         )
 
+    def save_batch(self, shard_id: str, info: BatchInfo) -> None:
+        """Record what the API says of a batch (inside the caller's transaction)."""
+        self.store.upsert_batch(
+            info.id,
+            shard=shard_id,
+            status=info.status,
+            input_file_id=info.input_file_id,
+            output_file_id=info.output_file_id,
+            error_file_id=info.error_file_id,
+            created_at=info.created_at,
+            info=info.summary(),
+        )
+
     def record_submitted(self, shard_id: str, info: BatchInfo) -> None:
         with self.store.transaction():
-            self.store.upsert_batch(
-                info.id,
-                shard=shard_id,
-                status=info.status,
-                input_file_id=info.input_file_id,
-                output_file_id=info.output_file_id,
-                error_file_id=info.error_file_id,
-                created_at=info.created_at,
-                info=info.summary(),
-            )
+            self.save_batch(shard_id, info)
             self.store.update_shard(shard_id, state="submitted", batch_id=info.id)
 
     # --- reconciling with the API ---------------------------------------------------------
@@ -605,16 +609,7 @@ class Builder:
         elif shard.state in ("done", "dropped", "submitted"):
             # Another batch for a shard that has one: collect it too, never resubmit.
             with self.store.transaction():
-                self.store.upsert_batch(
-                    info.id,
-                    shard=sid,
-                    status=info.status,
-                    input_file_id=info.input_file_id,
-                    output_file_id=info.output_file_id,
-                    error_file_id=info.error_file_id,
-                    created_at=info.created_at,
-                    info=info.summary(),
-                )
+                self.save_batch(sid, info)
         else:
             self.record_submitted(sid, info)
         self.summary.adopted += 1
@@ -691,16 +686,7 @@ class Builder:
                     total=info.total,
                 )
                 with self.store.transaction():
-                    self.store.upsert_batch(
-                        info.id,
-                        shard=batch.shard,
-                        status=info.status,
-                        input_file_id=info.input_file_id,
-                        output_file_id=info.output_file_id,
-                        error_file_id=info.error_file_id,
-                        created_at=info.created_at,
-                        info=info.summary(),
-                    )
+                    self.save_batch(batch.shard, info)
             if info.terminal:
                 try:
                     self.collect(batch.shard, info)
