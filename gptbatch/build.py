@@ -350,10 +350,12 @@ class Builder:
         )
         return 1
 
-    def drop_stale_shards(self) -> None:
+    def drop_stale_shards(
+        self, states: tuple[str, ...] = ("ready", "uploading", "uploaded", "waiting")
+    ) -> None:
         """Release unsent shards holding requests that are no longer in the inputs."""
         with self.store.transaction():
-            for shard in self.store.shards(("ready", "uploading", "uploaded", "waiting")):
+            for shard in self.store.shards(states):
                 if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id)):
                     self.store.update_shard(shard.id, state="dropped", note="inputs changed")
                     self.dirty = True
@@ -590,11 +592,14 @@ class Builder:
                 if info.id not in known and not self._refused(info):
                     self.adopt(info)
         except TransientRemoteError as exc:
-            self.report.event("api_retry", batch="", error=f"listing batches: {exc}")
+            self.report.event("api_retry", batch="", error=f"reconciling with the API: {exc}")
             return False
         with self.store.transaction():
             self.store.set_meta("reconciled", str(started))
         self.dirty = True
+        # What was not adopted never reached the API: drop it now if its inputs changed,
+        # before the edited requests are packed.
+        self.drop_stale_shards(("submitting",))
         return True
 
     def adopt(self, info: BatchInfo) -> None:
@@ -623,6 +628,10 @@ class Builder:
         except NotFoundError as exc:  # its input file expired: nothing left to recover
             self.report.event("recover_failed", batch=info.id, error=str(exc))
             return False
+        except TransientRemoteError as exc:
+            raise TransientRemoteError(
+                f"downloading the input file of batch {info.id}: {exc}"
+            ) from exc
         members: list[tuple[str, str]] = []
         with open(path, "rb") as f:
             for raw in f:
@@ -704,17 +713,15 @@ class Builder:
             self.collect_failed(shard, info)
             return
         downloads: list[Path] = []
+        gone: list[str] = []
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id:
                 path = self.work_dir / "downloads" / f"{file_id}.jsonl"
                 try:
                     self.remote.download(file_id, path)
                 except NotFoundError:  # deleted or expired: its requests count as missing
-                    self.report.event(
-                        "api_retry",
-                        batch=info.id,
-                        error=f"file {file_id} is gone; its requests are retried",
-                    )
+                    gone.append(file_id)
+                    self.report.event("file_gone", batch=info.id, file=file_id, status=info.status)
                     continue
                 downloads.append(path)
         crashpoint("after_download")
@@ -737,6 +744,8 @@ class Builder:
             for key, _ in self.store.members(shard_id):
                 if key not in seen:
                     why = f"no result in batch {info.id} ({info.status})"
+                    if gone:
+                        why += f"; its file {', '.join(gone)} was gone from the API"
                     counts[self.record(key, "retry", None, why, info.id)] += 1
             self.store.mark_collected(info.id)
             if shard.batch_id == info.id or shard.state != "done":

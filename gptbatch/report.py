@@ -101,7 +101,7 @@ class ConsoleReporter:
         if kind == "refused":
             return (
                 f"{f['batch']}: refused by the API ({f['code']}); shard {f['shard']} "
-                f"waits {f['wait']}s for queue room and is resubmitted with the same file"
+                f"waits {f['wait']}s for queue room (repacked smaller if the budget fell)"
             )
         if kind == "budget":
             return (
@@ -121,7 +121,13 @@ class ConsoleReporter:
                 "checking the API before trying again"
             )
         if kind in ("api_retry", "recover_failed"):
-            return f"{f.get('batch', '')}: {f['error']} (will retry)"
+            prefix = f"{f['batch']}: " if f.get("batch") else ""
+            return f"{prefix}{f['error']} (will retry)"
+        if kind == "file_gone":
+            return (
+                f"{f['batch']}: file {f['file']} is gone from the API; its requests count as "
+                "missing (retried while attempts remain)"
+            )
         if kind == "batch_failed":
             lines = [f"{f['batch']}: failed validation at the API"]
             lines += [f"  {p}" for p in f["problems"]]

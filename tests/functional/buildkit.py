@@ -214,3 +214,22 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.02) ->
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# --- helpers for the regression tests (appended) -----------------------------------------------
+
+
+def update_config(project: Project, **config: Any) -> None:
+    """Merge keys into the project's batch.yaml (dict values merge one level, like make_project)."""
+    doc = yaml.safe_load(project.config.read_text())
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    project.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def billed_twice(sim: Any) -> list[str]:
+    """custom_ids the simulator billed more than once."""
+    return sorted(k for k, v in sim.journal.billed_counts().items() if v > 1)
