@@ -12,7 +12,7 @@ from gptbatch.split import split_files
 
 
 def splitter_main(argv: Sequence[str] | None = None) -> int:
-    """`gpt_batch_splitter LIMIT FILE...`: write shard-NNN-of-NNN.jsonl into the current directory."""
+    """`gpt_batch_splitter LIMIT FILE...`: write shard files into the current directory."""
     parser = argparse.ArgumentParser(
         prog="gpt_batch_splitter",
         description="Split Batch API request files into shard-000-of-NNN.jsonl files in the "

@@ -30,6 +30,10 @@ def money(value: float | None) -> str:
     """Dollars, with more digits for small sums; "unknown" for None."""
     if value is None:
         return "unknown"
+    if value == 0:
+        return "$0"
+    if value < 0.0001:
+        return "<$0.0001"
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
@@ -98,11 +102,11 @@ def _plain(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _print_rich(plan: Plan) -> None:
+def _print_rich(plan: Plan, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Plan for {plan.config}")
+    table = Table(title=title)
     for i, header in enumerate(_HEADERS):
         table.add_column(header, justify="left" if i < 2 else "right")
     rows = _rows(plan)
@@ -117,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
         return 0
+    title = f"Plan for {args.config or 'batch.yaml'}"
     if sys.stdout.isatty():
-        _print_rich(plan)
+        _print_rich(plan, title)
     else:
-        print(f"Plan for {plan.config}")
+        print(title)
         print(_plain(plan))
     print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
     for note in _notes(plan):

@@ -71,17 +71,20 @@ def _names(names: tuple[str, ...]) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_NAMES_SHOWN else "")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def summary_lines(result: SplitResult) -> list[str]:
     """The report the original splitter printed: a total, then one line per shard."""
-    count = len(result.shards)
     lines = [
-        f"Will use {count} shard{'s' if count != 1 else ''} for {result.requests:,} requests "
+        f"Will use {_count(len(result.shards), 'shard')} for {_count(result.requests, 'request')} "
         f"/ {result.tokens:,} tokens."
     ]
     for shard in result.shards:
         lines.append(
-            f"  {shard.name}: {shard.model or '(no model)'} {shard.url} {shard.requests:,} "
-            f"requests, ~{shard.tokens:,} tokens"
+            f"  {shard.name}: {shard.model or '(no model)'} {shard.url} "
+            f"{_count(shard.requests, 'request')}, ~{shard.tokens:,} tokens"
         )
     if result.removed:
         lines.append(f"Removed stale shard files of an earlier split: {_names(result.removed)}")

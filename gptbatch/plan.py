@@ -1,0 +1,261 @@
+"""What a build would do, offline: requests, tokens, shards and cost per model and endpoint."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptbatch.errors import InputError, Problem
+from gptbatch.pricing import Price, estimate_cost, price_for, price_table
+from gptbatch.requests import Request, read_requests
+from gptbatch.shards import (
+    EMBEDDING_MAX_INPUTS,
+    Caps,
+    Item,
+    ItemTooLarge,
+    Packer,
+    embedding_inputs,
+)
+from gptbatch.spec import Spec
+from gptbatch.tokens import estimate_request
+
+# Endpoints whose responses are not billed as generated tokens.
+NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
+_OUTPUT_LIMITS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
+_UNKNOWN_IMAGE = re.compile(r"image of unknown size at .+?: counted as (.+)")
+
+
+@dataclass(frozen=True)
+class Caveat:
+    """A doubt about the token estimate, and how many times it applied."""
+
+    text: str
+    count: int
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One (model, endpoint) batch group: what it holds and what it would cost."""
+
+    model: str | None
+    endpoint: str
+    requests: int
+    tokens: int  # estimated prompt tokens
+    shards: int
+    token_cap: int | None  # estimated tokens per shard; None: no enqueued-token limit
+    price: Price | None
+    input_cost: float | None  # None: no price known for the model
+    output_tokens_max: int | None  # None: some request sets no output limit
+    output_cost_max: float | None  # None: unknown (no price, or no output limit)
+    unbounded_requests: int  # requests without max_tokens / max_completion_tokens / ...
+    caveats: tuple[Caveat, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The plan for a whole config, with totals."""
+
+    config: str
+    groups: tuple[GroupPlan, ...]
+    prices_as_of: str
+    prices_source: str
+
+    @property
+    def requests(self) -> int:
+        return sum(g.requests for g in self.groups)
+
+    @property
+    def tokens(self) -> int:
+        return sum(g.tokens for g in self.groups)
+
+    @property
+    def shards(self) -> int:
+        return sum(g.shards for g in self.groups)
+
+    @property
+    def input_cost(self) -> float | None:
+        """Total input cost, or None if any group has no price."""
+        costs = [g.input_cost for g in self.groups]
+        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+
+    @property
+    def output_cost_max(self) -> float | None:
+        """Upper bound of the total output cost, or None if any group's is unknown."""
+        costs = [g.output_cost_max for g in self.groups]
+        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (what `gptbatch plan --json` prints)."""
+        return {
+            "config": self.config,
+            "prices": {"as_of": self.prices_as_of, "source": self.prices_source},
+            "groups": [
+                {
+                    "model": g.model,
+                    "endpoint": g.endpoint,
+                    "requests": g.requests,
+                    "tokens": g.tokens,
+                    "shards": g.shards,
+                    "token_cap": g.token_cap,
+                    "price": None
+                    if g.price is None
+                    else {
+                        "model": g.price.model,
+                        "input": g.price.input,
+                        "output": g.price.output,
+                        "source": g.price.source,
+                    },
+                    "input_cost": g.input_cost,
+                    "output_tokens_max": g.output_tokens_max,
+                    "output_cost_max": g.output_cost_max,
+                    "unbounded_requests": g.unbounded_requests,
+                    "caveats": [{"text": c.text, "count": c.count} for c in g.caveats],
+                }
+                for g in self.groups
+            ],
+            "totals": {
+                "requests": self.requests,
+                "tokens": self.tokens,
+                "shards": self.shards,
+                "input_cost": self.input_cost,
+                "output_cost_max": self.output_cost_max,
+            },
+        }
+
+
+def output_limit(url: str, body: Mapping[str, Any]) -> int | None:
+    """Most completion tokens a request can be billed for; None when it sets no limit."""
+    if url in NO_OUTPUT_ENDPOINTS:
+        return 0
+    limit = next(
+        (
+            body[name]
+            for name in _OUTPUT_LIMITS
+            if isinstance(body.get(name), int) and not isinstance(body.get(name), bool)
+        ),
+        None,
+    )
+    if limit is None:
+        return None
+    # n choices (and best_of candidates on /v1/completions) are each billed.
+    copies = [body.get("n"), body.get("best_of") if url == "/v1/completions" else None]
+    factor = max([c for c in copies if isinstance(c, int) and c > 0] or [1])
+    return limit * factor
+
+
+def caveat_key(caveat: str) -> str:
+    """A caveat without the request-specific part, so equal doubts are counted together."""
+    match = _UNKNOWN_IMAGE.fullmatch(caveat)
+    if match:
+        return f"image of unknown size counted as {match.group(1)}"
+    return caveat
+
+
+@dataclass
+class _Tally:
+    model: str | None
+    endpoint: str
+    packer: Packer
+    token_cap: int | None
+    requests: int = 0
+    tokens: int = 0
+    shards: int = 0
+    output_max: int = 0
+    unbounded: int = 0
+    caveats: Counter[str] = field(default_factory=Counter)
+
+
+def _caps(spec: Spec, model: str | None, url: str) -> Caps:
+    """The per-shard caps a build would use (mirrors the build engine)."""
+    limits = spec.limits
+    request_limit = limits.request_limit(model or "")
+    return Caps(
+        max_tokens=limits.token_budget(model or ""),
+        max_requests=min(limits.max_requests_per_batch, request_limit or 1 << 62),
+        max_bytes=limits.max_bytes_per_batch,
+        max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
+    )
+
+
+def _too_large(req: Request, exc: ItemTooLarge) -> Problem:
+    if exc.dimension == "tokens":
+        return Problem(
+            req.path,
+            req.line,
+            f"request {req.custom_id!r} needs ~{exc.value:,} prompt tokens, more than the "
+            f"{exc.cap:,} a batch may hold for {req.model or 'its model'} "
+            "(limits.enqueued_tokens less the safety margin)",
+            "shorten the request, or raise limits.enqueued_tokens if your tier allows more",
+        )
+    return Problem(
+        req.path,
+        req.line,
+        f"request {req.custom_id!r} has {exc.value:,} {exc.dimension}, more than the "
+        f"{exc.cap:,} one batch may hold",
+        "shrink the request, or raise the matching limit in batch.yaml",
+    )
+
+
+def make_plan(spec: Spec) -> Plan:
+    """Stream every request of spec and plan its shards and cost; raise InputError on bad input."""
+    tallies: dict[tuple[str | None, str], _Tally] = {}
+    problems: list[Problem] = []
+    requests = read_requests(spec.inputs, model=spec.model, endpoint=spec.endpoint)
+    try:
+        for req in requests:
+            key = (req.model, req.url)
+            tally = tallies.get(key)
+            if tally is None:
+                caps = _caps(spec, req.model, req.url)
+                tally = _Tally(req.model, req.url, Packer(caps), caps.max_tokens)
+                tallies[key] = tally
+            estimate = estimate_request(req.url, req.body)
+            inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
+            nbytes = len(req.canonical_line()) + 1  # what the build uploads
+            try:
+                tally.shards += len(
+                    tally.packer.add(Item(req.key, estimate.tokens, nbytes, inputs))
+                )
+            except ItemTooLarge as exc:  # report every one, then fail
+                problems.append(_too_large(req, exc))
+                continue
+            tally.requests += 1
+            tally.tokens += estimate.tokens
+            bound = output_limit(req.url, req.body)
+            if bound is None:
+                tally.unbounded += 1
+            else:
+                tally.output_max += bound
+            tally.caveats.update(caveat_key(c) for c in estimate.caveats)
+    except InputError as exc:  # bad lines: report them with any oversized requests
+        raise InputError(exc.problems + problems, truncated=exc.truncated) from None
+    if problems:
+        raise InputError(problems[:50], truncated=max(0, len(problems) - 50))
+    table = price_table()
+    groups = []
+    for tally in tallies.values():
+        tally.shards += len(tally.packer.finish())
+        price = price_for(tally.model, spec.prices)
+        output_known = tally.unbounded == 0
+        groups.append(
+            GroupPlan(
+                model=tally.model,
+                endpoint=tally.endpoint,
+                requests=tally.requests,
+                tokens=tally.tokens,
+                shards=tally.shards,
+                token_cap=tally.token_cap,
+                price=price,
+                input_cost=estimate_cost(tally.model, tally.tokens, 0, spec.prices),
+                output_tokens_max=tally.output_max if output_known else None,
+                output_cost_max=None
+                if price is None or not output_known
+                else tally.output_max * price.output / 1_000_000,
+                unbounded_requests=tally.unbounded,
+                caveats=tuple(Caveat(t, n) for t, n in sorted(tally.caveats.items())),
+            )
+        )
+    return Plan(str(spec.path), tuple(groups), table.as_of, table.source)

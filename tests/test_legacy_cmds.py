@@ -1,0 +1,101 @@
+"""Tests for the drop-in commands of the original tool: gpt_batch_splitter, gpt_batch_manager."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from gptbatch.cli.legacy import manager_main, splitter_main
+from gptbatch.split import SHARD_FILE
+from gptbatch.tokens import estimate_request
+
+
+def write_requests(path: Path, count: int) -> list[bytes]:
+    lines = []
+    for i in range(count):
+        text = " ".join(["word"] * (50 + 37 * (i % 9)))
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+        line = {
+            "custom_id": f"id-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": body,
+        }
+        lines.append(json.dumps(line).encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return lines
+
+
+def shard_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if SHARD_FILE.fullmatch(p.name))
+
+
+def test_splitter_writes_shards_into_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    lines = write_requests(inputs / "a.jsonl", 120) + write_requests(inputs / "b.jsonl", 0)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert splitter_main(["3000", str(inputs / "a.jsonl")]) == 0
+    shards = shard_files(work)
+    count = len(shards)
+    assert count > 1
+    assert [p.name for p in shards] == [f"shard-{i:03d}-of-{count:03d}.jsonl" for i in range(count)]
+    written = [line for p in shards for line in p.read_bytes().splitlines()]
+    assert Counter(written) == Counter(lines)
+    for shard in shards:
+        requests = [json.loads(line) for line in shard.read_bytes().splitlines()]
+        assert sum(estimate_request(r["url"], r["body"]).tokens for r in requests) <= 3000
+    out = capsys.readouterr().out
+    assert out.startswith(f"Will use {count} shards for 120 requests / ")
+    assert f"  shard-000-of-{count:03d}.jsonl: gpt-4o-mini /v1/chat/completions " in out
+
+
+def test_splitter_reports_bad_input_with_its_own_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert splitter_main(["1000", "missing.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpt_batch_splitter: error: missing.jsonl: no such file")
+    assert not shard_files(tmp_path)
+
+
+def test_splitter_as_a_console_script(tmp_path: Path) -> None:
+    write_requests(tmp_path / "in.jsonl", 30)
+    code = "import sys; from gptbatch.cli.legacy import splitter_main; sys.exit(splitter_main())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "2000", "in.jsonl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert shard_files(tmp_path)
+    usage = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert usage.returncode == 2 and "usage: gpt_batch_splitter [-h] LIMIT FILE" in usage.stderr
+
+
+def test_manager_says_it_is_not_wired_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert manager_main() == 2
+    assert "use `gptbatch build`" in capsys.readouterr().err
+
+
+def test_both_spellings_are_console_scripts() -> None:
+    scripts = {e.name: e for e in entry_points(group="console_scripts")}
+    for name in ("gpt_batch_splitter", "gpt-batch-splitter"):
+        assert scripts[name].load() is splitter_main
+    for name in ("gpt_batch_manager", "gpt-batch-manager"):
+        assert scripts[name].load() is manager_main

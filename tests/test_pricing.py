@@ -1,0 +1,103 @@
+"""Tests for gptbatch.pricing: the dated Batch API price table, snapshot names, overrides."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import pytest
+
+import gptbatch
+from gptbatch.pricing import estimate_cost, price_for, price_table
+
+TABLE = Path(gptbatch.__file__).parent / "data" / "prices.json"
+
+# Published standard prices (US dollars per 1M tokens: input, output); the Batch API is half.
+STANDARD = {
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "o3": (2.00, 8.00),
+    "o4-mini": (1.10, 4.40),
+    "o1": (15.00, 60.00),
+    "gpt-4-turbo": (10.00, 30.00),
+    "gpt-4": (30.00, 60.00),
+    "gpt-3.5-turbo": (0.50, 1.50),
+    "text-embedding-3-small": (0.02, 0.0),
+    "text-embedding-3-large": (0.13, 0.0),
+    "text-embedding-ada-002": (0.10, 0.0),
+    "omni-moderation-latest": (0.0, 0.0),
+}
+
+
+def test_table_is_dated_and_sourced() -> None:
+    raw = json.loads(TABLE.read_text())
+    assert datetime.date.fromisoformat(raw["as_of"]) <= datetime.date.today()
+    assert raw["source"]
+    assert price_table().as_of == raw["as_of"]
+
+
+@pytest.mark.parametrize("model", sorted(STANDARD))
+def test_batch_price_is_half_the_standard_price(model: str) -> None:
+    price = price_for(model)
+    assert price is not None and price.source == "table"
+    standard_in, standard_out = STANDARD[model]
+    assert price.input == pytest.approx(standard_in / 2)
+    assert price.output == pytest.approx(standard_out / 2)
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "base"),
+    [
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4-0613", "gpt-4"),
+        ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
+        ("gpt-4-turbo-2024-04-09", "gpt-4-turbo"),
+        ("omni-moderation-2024-09-26", "omni-moderation"),
+    ],
+)
+def test_dated_snapshots_resolve_to_their_model(snapshot: str, base: str) -> None:
+    price = price_for(snapshot)
+    assert price is not None
+    assert price.model == base
+
+
+@pytest.mark.parametrize("model", ["o3-mini", "gpt-4-32k", "gpt-5-pro", "gpt-4.5-preview", "x"])
+def test_other_models_sharing_a_prefix_are_not_guessed(model: str) -> None:
+    assert price_for(model) is None
+    assert estimate_cost(model, 1000) is None
+
+
+def test_a_longer_name_is_never_priced_as_a_shorter_one() -> None:
+    mini, full = price_for("gpt-4o-mini"), price_for("gpt-4o")
+    assert mini is not None and full is not None
+    assert mini.input < full.input
+
+
+def test_overrides_win_and_cover_snapshots() -> None:
+    overrides = {"gpt-4o-mini": {"input": 1.0, "output": 2.0}, "my-model": {"input": 3.0}}
+    price = price_for("gpt-4o-mini-2024-07-18", overrides)
+    assert price is not None
+    assert (price.input, price.output, price.source) == (1.0, 2.0, "config")
+    custom = price_for("my-model", overrides)
+    assert custom is not None and (custom.input, custom.output) == (3.0, 0.0)
+    # Models without an override still come from the table.
+    table = price_for("gpt-4o", overrides)
+    assert table is not None and table.source == "table"
+
+
+def test_estimate_cost_is_tokens_times_price_per_million() -> None:
+    price = price_for("gpt-4.1")
+    assert price is not None
+    cost = estimate_cost("gpt-4.1", 3_000_000, 500_000)
+    assert cost == pytest.approx(3 * price.input + 0.5 * price.output)
+    assert estimate_cost("gpt-4.1", 0) == 0.0
+    assert estimate_cost("omni-moderation-latest", 10_000_000) == 0.0
+    assert estimate_cost(None, 10) is None

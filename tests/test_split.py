@@ -1,0 +1,293 @@
+"""Tests for gptbatch.split and `gptbatch split`: shard files on disk, errors, stale files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gptbatch.cli import main
+from gptbatch.cli.split import parse_count
+from gptbatch.errors import InputError
+from gptbatch.split import SHARD_FILE, shard_names, split_files
+from gptbatch.tokens import estimate_request
+
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+]
+
+
+def chat_line(
+    rng: random.Random, custom_id: str, model: str = "gpt-4o-mini", words: int = 400
+) -> bytes:
+    """A chat request with irregular spacing and key order, as people's files have them."""
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, words)))
+    body = {"messages": [{"role": "user", "content": text}], "model": model, "max_tokens": 20}
+    sep = rng.choice([(",", ":"), (", ", ": "), (" , ", " :  ")])
+    return (
+        b'{"url": "/v1/chat/completions",  "custom_id": '
+        + json.dumps(custom_id).encode()
+        + b', "method":"POST", "body": '
+        + json.dumps(body, separators=sep, ensure_ascii=False).encode()
+        + b"}"
+    )
+
+
+def embedding_line(rng: random.Random, custom_id: str) -> bytes:
+    inputs = [" ".join(rng.choice(WORDS) for _ in range(20)) for _ in range(rng.randrange(1, 5))]
+    return json.dumps(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": inputs},
+        }
+    ).encode()
+
+
+def write_inputs(directory: Path, seed: int = 1) -> tuple[list[Path], list[bytes]]:
+    """Three input files (one with a BOM, one with CRLF and blank lines); their raw lines."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    chat = [
+        chat_line(rng, f"chat-{i}", rng.choice(["gpt-4o-mini", "gpt-4.1-nano"])) for i in range(300)
+    ]
+    more = [chat_line(rng, f"more-{i}") for i in range(150)]
+    emb = [embedding_line(rng, f"emb-{i}") for i in range(120)]
+    a, b, c = directory / "a.jsonl", directory / "b.jsonl", directory / "c.jsonl"
+    a.write_bytes(b"\xef\xbb\xbf" + b"\n".join(chat) + b"\n")
+    b.write_bytes(b"\r\n".join(more[:75]) + b"\r\n\r\n" + b"\r\n".join(more[75:]))  # no final EOL
+    c.write_bytes(b"\n\n".join(emb) + b"\n")
+    return [a, b, c], chat + more + emb
+
+
+def read_shards(directory: Path) -> dict[str, list[bytes]]:
+    return {
+        p.name: p.read_bytes().split(b"\n")[:-1]
+        for p in sorted(directory.iterdir())
+        if SHARD_FILE.fullmatch(p.name)
+    }
+
+
+def test_every_line_once_byte_identical_and_each_shard_within_the_limit(tmp_path: Path) -> None:
+    paths, lines = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    limit = 12_000
+    result = split_files(paths, limit, out_dir=out, max_requests=40)
+    written = read_shards(out)
+    assert list(written) == [s.name for s in result.shards] == shard_names(len(written))
+    # Every input line in exactly one shard, unchanged (BOM and CR are not part of a line).
+    assert Counter(line for shard in written.values() for line in shard) == Counter(lines)
+    position = {line: n for n, line in enumerate(lines)}
+    for summary in result.shards:
+        shard = written[summary.name]
+        requests = [json.loads(line) for line in shard]
+        tokens = sum(estimate_request(r["url"], r["body"]).tokens for r in requests)
+        assert tokens <= limit and tokens == summary.tokens
+        assert len(shard) <= 40 and len(shard) == summary.requests
+        assert {(r["body"]["model"], r["url"]) for r in requests} == {(summary.model, summary.url)}
+        assert [position[line] for line in shard] == sorted(position[line] for line in shard)
+        assert (out / summary.name).stat().st_size == summary.nbytes
+    # Groups appear in order of first appearance, each group's shards together.
+    groups = [(s.model, s.url) for s in result.shards]
+    order = list(dict.fromkeys(groups))
+    assert order[0] == (json.loads(lines[0])["body"]["model"], "/v1/chat/completions")
+    assert groups == sorted(groups, key=order.index)
+    assert result.requests == len(lines)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_splitting_is_deterministic(tmp_path: Path) -> None:
+    paths, _ = write_inputs(tmp_path / "in")
+    split_files(paths, 20_000, out_dir=tmp_path / "one")
+    split_files(paths, 20_000, out_dir=tmp_path / "two")
+    assert read_shards(tmp_path / "one") == read_shards(tmp_path / "two")
+
+
+def test_stale_shards_of_another_count_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    paths, _ = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = ["shard-000-of-099.jsonl", "shard-098-of-099.jsonl", "shard-0000-of-1200.jsonl"]
+    others = [
+        "shard-notes.txt",
+        "myshard-000-of-099.jsonl",
+        "shard-000-of-099.jsonl.bak",
+        "x.jsonl",
+    ]
+    for name in stale + others:
+        (out / name).write_text("old\n")
+    result = split_files(paths, 15_000, out_dir=out)
+    assert sorted(result.removed) == sorted(stale)
+    names = {p.name for p in out.iterdir()}
+    assert names == set(others) | {s.name for s in result.shards}
+
+
+def test_a_second_split_with_another_count_replaces_the_first(tmp_path: Path) -> None:
+    paths, lines = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    first = split_files(paths, 40_000, out_dir=out)
+    second = split_files(paths, 9_000, out_dir=out)
+    assert len(second.shards) > len(first.shards)
+    assert set(second.removed) == {s.name for s in first.shards} - {s.name for s in second.shards}
+    assert sum(len(v) for v in read_shards(out).values()) == len(lines)
+
+
+def test_old_shards_given_as_inputs_are_not_deleted(tmp_path: Path) -> None:
+    paths, lines = write_inputs(tmp_path / "in")
+    split_files(paths, 40_000, out_dir=tmp_path)
+    old = sorted(p for p in tmp_path.iterdir() if SHARD_FILE.fullmatch(p.name))
+    result = split_files(old, 9_000, out_dir=tmp_path)
+    assert result.kept_inputs and set(result.kept_inputs) <= {p.name for p in old}
+    assert all(p.exists() for p in old if p.name in result.kept_inputs)
+    new = {s.name: (tmp_path / s.name).read_bytes() for s in result.shards}
+    assert sum(v.count(b"\n") for v in new.values()) == len(lines)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_request_over_the_limit_names_file_and_line_and_writes_nothing(tmp_path: Path) -> None:
+    paths, _ = write_inputs(tmp_path / "in")
+    big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "lorem " * 5000}]}
+    line = {"custom_id": "huge", "method": "POST", "url": "/v1/chat/completions", "body": big}
+    with paths[1].open("ab") as f:
+        f.write(b"\r\n" + json.dumps(line).encode() + b"\r\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard-000-of-002.jsonl").write_text("keep me\n")
+    before = snapshot(out)
+    tokens = estimate_request("/v1/chat/completions", big).tokens
+    with pytest.raises(InputError) as info:
+        split_files(paths, 3_000, out_dir=out)
+    message = str(info.value)
+    line_number = paths[1].read_bytes().split(b"\n").index(json.dumps(line).encode() + b"\r") + 1
+    assert f"b.jsonl:{line_number}:" in message
+    assert "'huge'" in message and f"{tokens:,}" in message and "3,000" in message
+    assert "raise LIMIT" in message
+    assert snapshot(out) == before
+
+
+def test_an_invalid_line_fails_before_anything_is_written(tmp_path: Path) -> None:
+    paths, _ = write_inputs(tmp_path / "in")
+    with paths[2].open("ab") as f:
+        f.write(b'{"custom_id": "bad", "method": "GET"}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard-000-of-001.jsonl").write_text("keep me\n")
+    before = snapshot(out)
+    assert main(["split", "20000", *map(str, paths), "--out-dir", str(out)]) == 2
+    assert snapshot(out) == before
+
+
+def test_no_requests_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(InputError, match="no requests"):
+        split_files([empty], 100, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_adding_a_line_changes_few_shard_files(tmp_path: Path) -> None:
+    # Many requests per shard, as when splitting for a tier's queue limit.
+    rng = random.Random(4)
+    lines = [chat_line(rng, f"r{i}", words=60) for i in range(6_000)]
+    changed = []
+    base: set[str] = set()
+    for trial in range(6):
+        edited = list(lines)
+        if trial:
+            edited.insert(rng.randrange(len(lines) + 1), chat_line(rng, f"new-{trial}", words=60))
+        source = tmp_path / f"in{trial}.jsonl"
+        source.write_bytes(b"\n".join(edited) + b"\n")
+        out = tmp_path / f"out{trial}"
+        split_files([source], 25_000, out_dir=out)
+        contents = {hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+        if not trial:
+            base = contents
+            assert len(base) >= 8
+        else:
+            changed.append(len(contents - base))
+    assert statistics.median(changed) <= 2 and max(changed) <= 5
+
+
+def test_cli_prints_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths, lines = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert (
+        main(["split", "9_000", *map(str, paths), "--out-dir", str(out), "--max-requests", "60"])
+        == 0
+    )
+    text = capsys.readouterr().out.splitlines()
+    shards = read_shards(out)
+    total = sum(estimate_request(r["url"], r["body"]).tokens for r in map(json.loads, lines))
+    assert (
+        text[0] == f"Will use {len(shards)} shards for {len(lines):,} requests / {total:,} tokens."
+    )
+    pattern = re.compile(
+        r"  (shard-\d{3}-of-\d{3}\.jsonl): (\S+) (/v1/\S+) ([\d,]+) requests, ~([\d,]+) tokens"
+    )
+    rows = [pattern.fullmatch(line) for line in text[1 : 1 + len(shards)]]
+    assert all(rows)
+    for row in rows:
+        assert row is not None
+        assert int(row.group(4).replace(",", "")) == len(shards[row.group(1)]) <= 60
+
+
+def test_cli_rejects_a_bad_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["split", "lots", "x.jsonl"])
+    assert info.value.code == 2
+    assert "'lots' is not a count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1900000", 1_900_000),
+        ("1_900_000", 1_900_000),
+        ("1,900,000", 1_900_000),
+        ("1.9M", 1_900_000),
+        ("500k", 500_000),
+    ],
+)
+def test_parse_count(text: str, value: int) -> None:
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1.5", "2.5k5", "", "1e6"])
+def test_parse_count_rejects(text: str) -> None:
+    with pytest.raises(Exception, match=r"count|whole number"):
+        parse_count(text)
+
+
+def test_shard_names_sort_in_order() -> None:
+    assert shard_names(3) == [
+        "shard-000-of-003.jsonl",
+        "shard-001-of-003.jsonl",
+        "shard-002-of-003.jsonl",
+    ]
+    names = shard_names(1001)
+    assert names[0] == "shard-0000-of-1001.jsonl" and names == sorted(names)
+    assert all(SHARD_FILE.fullmatch(n) for n in names)
