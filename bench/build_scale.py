@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
 
 
 def request(i: int, rng: random.Random) -> dict:
@@ -44,10 +44,23 @@ def write_input(path: Path, n: int, seed: int = 0) -> None:
 
 def start_simulator() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptbatch", "simulator", "--port", "0", "--quiet",
-         "--time-scale", "100000", "--tokens-per-second", "5000000",
-         "--total-tokens-per-second", "0"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gptbatch",
+            "simulator",
+            "--port",
+            "0",
+            "--quiet",
+            "--time-scale",
+            "100000",
+            "--tokens-per-second",
+            "5000000",
+            "--total-tokens-per-second",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -60,7 +73,9 @@ def timed_build(config: Path, env: dict[str, str]) -> tuple[float, float, int]:
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "gptbatch", "build", str(config)],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -82,12 +97,16 @@ def main() -> None:
             data = root / "inputs" / "big.jsonl"
             write_input(data, args.requests)
             config = root / "batch.yaml"
-            config.write_text(yaml.safe_dump({
-                "inputs": ["inputs/big.jsonl"],
-                "output_dir": "out",
-                "limits": {"enqueued_tokens": {"gpt-4o-mini": 20_000_000}},
-                "polling": {"initial_seconds": 0.2, "max_seconds": 1.0},
-            }))
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "inputs": ["inputs/big.jsonl"],
+                        "output_dir": "out",
+                        "limits": {"enqueued_tokens": {"gpt-4o-mini": 20_000_000}},
+                        "polling": {"initial_seconds": 0.2, "max_seconds": 1.0},
+                    }
+                )
+            )
             env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
             size = data.stat().st_size / 2**20
             print(f"input: {args.requests:,} requests, {size:.1f} MiB")
@@ -105,9 +124,13 @@ def main() -> None:
                     f.write(json.dumps(request(i, rng)) + "\n")
             rows.append(("append 1%", *timed_build(config, env)))
             for name, seconds, rss, code in rows:
-                print(f"{name:>15}: {seconds:7.2f} s   peak RSS so far {rss:7.1f} MiB   exit {code}")
+                print(
+                    f"{name:>15}: {seconds:7.2f} s   peak RSS so far {rss:7.1f} MiB   exit {code}"
+                )
             out = root / "out" / "big.jsonl"
-            print(f"output: {sum(1 for _ in open(out)):,} lines, {out.stat().st_size / 2**20:.1f} MiB")
+            with open(out) as f:
+                lines_out = sum(1 for _ in f)
+            print(f"output: {lines_out:,} lines, {out.stat().st_size / 2**20:.1f} MiB")
     finally:
         sim.terminate()
         sim.wait()
