@@ -88,9 +88,11 @@ def test_splitter_as_a_console_script(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "usage: gpt_batch_splitter [-h] LIMIT FILE" in usage.stderr
 
 
-def test_manager_says_it_is_not_wired_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert manager_main() == 2
-    assert "use `gptbatch build`" in capsys.readouterr().err
+def test_manager_without_files_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        manager_main([])
+    assert exit_.value.code == 2
+    assert "FILE" in capsys.readouterr().err
 
 
 def test_both_spellings_are_console_scripts() -> None:

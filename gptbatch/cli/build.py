@@ -124,7 +124,11 @@ def _models(spec: Spec) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.config)
+    return execute(load_spec(args.config), args)[0]
+
+
+def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
+    """Build a loaded spec as the arguments say; return the exit code and the spec used."""
     reporter: Reporter = (
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
     )
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             store.close()
     if not args.json:
         print_summary(summary, spec)
-    return summary.exit_code
+    return summary.exit_code, spec
 
 
 def simulated_output_dir(spec: Spec) -> Path:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from gptbatch.cli import run
+from gptbatch.cli.build import execute
 from gptbatch.cli.split import add_split_arguments, summary_lines
-from gptbatch.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GptbatchError
+from gptbatch.errors import EXIT_INTERRUPTED, GptbatchError
+from gptbatch.legacy import publish_outputs, write_manager_config
+from gptbatch.report import shown
+from gptbatch.spec import load_spec
 from gptbatch.split import split_files
 
 
@@ -34,12 +40,34 @@ def splitter_main(argv: Sequence[str] | None = None) -> int:
 
 
 def manager_main(argv: Sequence[str] | None = None) -> int:
-    """`gpt_batch_manager FILE...`: not wired to the build engine yet."""
-    print(
-        "gpt_batch_manager: the build engine is not available yet; use `gptbatch build`",
-        file=sys.stderr,
+    """`gpt_batch_manager FILE...`: build the files, write FILE.output.jsonl beside each."""
+    parser = argparse.ArgumentParser(
+        prog="gpt_batch_manager",
+        description="Submit Batch API request files (e.g. shard-*.jsonl from "
+        "gpt_batch_splitter) and write each one's results to FILE.output.jsonl. Resumable "
+        "at any time; state lives in .gpt_batch_manager/ in the current directory.",
     )
-    return EXIT_BAD_INPUT
+    parser.add_argument("files", nargs="+", metavar="FILE", help="request files (JSONL)")
+    parser.add_argument(
+        "--no-wait", action="store_true", help="submit what fits, collect what finished, then exit"
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="rehearse against the built-in simulator (no key, no cost)",
+    )
+    args = parser.parse_args(argv)
+    args.json = args.verbose = False
+
+    def manage(args: argparse.Namespace) -> int:
+        config = write_manager_config(args.files, Path.cwd())
+        code, spec = execute(load_spec(config), args)
+        if not args.simulate:
+            for path in publish_outputs(spec):
+                print(f"wrote {shown(str(path))}")
+        return code
+
+    return run(manage, args)
 
 
 if __name__ == "__main__":  # pragma: no cover
