@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from buildkit import batch_count, billed_ids, chat, creates, make_project, write_jsonl
@@ -94,3 +95,37 @@ def test_config_model_change_rebuilds_the_requests_it_fills(tmp_path: Path, simu
     counts = simulator.journal.billed_counts()
     assert all(counts[f"r{i}"] == 2 for i in range(5))
     assert {o["response"]["body"]["model"] for o in project.output()} == {"gpt-4.1-mini"}
+
+
+def test_unchanged_inputs_are_not_read_again(tmp_path: Path, simulator, capsys) -> None:
+    project = make_project(tmp_path, {"requests.jsonl": [chat(f"r{i}") for i in range(4)]})
+    assert project.build("--json") == EXIT_OK
+    capsys.readouterr()
+
+    def input_states() -> list[str]:
+        events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+        return [e["state"] for e in events if e["event"] == "input"]
+
+    assert project.build("--json") == EXIT_OK
+    assert input_states() == ["unchanged (size and mtime)"]
+    os.utime(project.input(), None)  # same bytes, new mtime: hashed, not parsed
+    assert project.build("--json") == EXIT_OK
+    assert input_states() == ["unchanged (content hash)"]
+    assert project.build("--json") == EXIT_OK
+    assert input_states() == ["unchanged (size and mtime)"]
+
+
+def test_batch_cancelled_from_outside_keeps_results_and_rebuilds_the_rest(
+    tmp_path: Path, simulator_factory
+) -> None:
+    from gptbatch.simulator import Fault
+
+    sim = simulator_factory()
+    sim.add_fault(Fault.batch_cancel(after_requests=3))
+    reqs = [chat(f"r{i}") for i in range(10)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs})
+    assert project.build() == EXIT_OK
+    statuses = [b["status"] for b in sim.service.batches()]
+    assert "cancelled" in statuses and batch_count(sim) == 2
+    assert max(sim.journal.billed_counts().values()) == 1
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
