@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch import pricing, tokens
-from gptbatch.canonical import atomic_writer, canonical_json, content_hash, file_sha256, sha256_hex
+from gptbatch.canonical import atomic_writer, canonical_json, file_sha256, sha256_hex
 from gptbatch.errors import (
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
@@ -39,7 +39,7 @@ from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
 from gptbatch.requests import read_raw_line, read_requests
 from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, embedding_inputs, shard_key
-from gptbatch.spec import Spec
+from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
 
 META_PROJECT = "gptbatch_project"
@@ -898,19 +898,6 @@ def upload_line(raw: bytes, spec: Spec) -> bytes:
 
 
 # --- syncing inputs with the store -----------------------------------------------------------
-
-
-def config_fingerprint(spec: Spec) -> str:
-    """What of batch.yaml shapes an input's rows: defaults (in keys) and prices (in costs)."""
-    return canonical_json(
-        {"model": spec.model, "endpoint": spec.endpoint, "prices": content_hash(spec.prices)}
-    ).decode()
-
-
-def keys_config_changed(old: str, new: str) -> bool:
-    """Did model or endpoint (which go into keys) change between two fingerprints?"""
-    a, b = json.loads(old), json.loads(new)
-    return (a.get("model"), a.get("endpoint")) != (b.get("model"), b.get("endpoint"))
 
 
 def _output_bound(body: Any) -> int:

@@ -18,7 +18,7 @@ from dotenv import load_dotenv
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from gptbatch.canonical import sha256_hex
+from gptbatch.canonical import canonical_json, content_hash, sha256_hex
 from gptbatch.errors import ConfigError, Problem
 
 DEFAULT_CONFIG = "batch.yaml"
@@ -160,6 +160,19 @@ def load_spec(path: str | Path | None = None) -> Spec:
             for model, price in full["prices"].items()
         },
     )
+
+
+def config_fingerprint(spec: Spec) -> str:
+    """What of batch.yaml shapes an input's rows: defaults (in keys) and prices (in costs)."""
+    return canonical_json(
+        {"model": spec.model, "endpoint": spec.endpoint, "prices": content_hash(spec.prices)}
+    ).decode()
+
+
+def keys_config_changed(old: str, new: str) -> bool:
+    """Did model or endpoint (which go into keys) change between two fingerprints?"""
+    a, b = json.loads(old), json.loads(new)
+    return (a.get("model"), a.get("endpoint")) != (b.get("model"), b.get("endpoint"))
 
 
 def api_key(spec: Spec) -> str | None:

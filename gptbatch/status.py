@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptbatch.build import config_fingerprint, keys_config_changed
 from gptbatch.requests import read_requests
-from gptbatch.spec import Spec
+from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.store import ACTIVE_SHARD_STATES, ResultRow, Store
 
 

@@ -10,14 +10,16 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gptbatch.build import Builder, BuildSummary
 from gptbatch.errors import UsageError
-from gptbatch.remote import Remote
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import Spec, api_key, load_spec
 from gptbatch.store import Store, state_dir
+
+if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
+    from gptbatch.build import BuildSummary
+    from gptbatch.remote import Remote
 
 # In --simulate, time runs 20x faster and processing is quick, so each status (validating,
 # in_progress, finalizing) shows for a moment; 10M prompt tokens take about a second.
@@ -77,6 +79,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 @contextlib.contextmanager
 def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
     """The API client: the real API (or api.base_url), or an in-process simulator."""
+    from gptbatch.remote import Remote
+
     if simulate:
         from gptbatch.simulator import SimConfig, run_simulator
 
@@ -129,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
 def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
     """Build a loaded spec as the arguments say; return the exit code and the spec used."""
+    from gptbatch.build import Builder
+
     reporter: Reporter = (
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
     )
