@@ -754,17 +754,15 @@ class Builder:
         for path in downloads:
             path.unlink(missing_ok=True)
         if info.status == "completed":
-            change = self.budget.raise_(shard.model)
-            if change:
-                self.report.event(
-                    "budget",
-                    model=shard.model,
-                    old=change[0],
-                    new=change[1],
-                    reason="a batch completed",
-                )
+            self.report_budget(shard.model, self.budget.raise_(shard.model), "a batch completed")
         self.dirty = True
         self.report.event("collected", batch=info.id, status=info.status, **counts)
+
+    def report_budget(
+        self, model: str | None, change: tuple[int | None, int] | None, reason: str
+    ) -> None:
+        if change:
+            self.report.event("budget", model=model, old=change[0], new=change[1], reason=reason)
 
     def batch_gone(self, shard_id: str, batch_id: str) -> None:
         """The API no longer knows a batch of ours: its unfinished requests are retried."""
@@ -827,14 +825,7 @@ class Builder:
                 code=info.errors[0].code,
                 wait=round(delay, 2),
             )
-            if change:
-                self.report.event(
-                    "budget",
-                    model=shard.model,
-                    old=change[0],
-                    new=change[1],
-                    reason="the API refused work for lack of queue room",
-                )
+            self.report_budget(shard.model, change, "the API refused work for lack of queue room")
             return
         members = store.members(shard.id)
         problems: list[str] = []
