@@ -2,37 +2,32 @@
 
 Pure functions and a streaming packer: no I/O.
 
-Why not greedy: the original splitter bin-packed all requests globally, so one added request
-could reshuffle every shard, change every shard's hash and get everything paid for again. A
-"fill each shard, then cut at the request with the smallest content hash" rule fixes most of
-that, but not all: once an insertion moves one cut, the next shard starts elsewhere, and the
-offset between the old and the new chain of cuts wanders like a random walk, sometimes for
-dozens of shards, before the chains meet again (bench/split_stability.py measures both).
+Why: the original splitter bin-packed all requests globally, so one added request could
+reshuffle every shard, change every shard's hash and get everything paid for again.
 
-What we do instead: within one (model, url) group, in input order, choose the cuts that
-maximise the total *weight* of the cut positions, where a cut after a request weighs
-`min(u ** -0.5, WEIGHT_CAP) - BOUNDARY_COST` and u in (0, 1] comes from the request's content
-key. Every shard must fit every cap; a shard below `alpha` fill (on its fullest dimension)
-costs UNDERFULL_PENALTY, except the first and the last of the group, which may be short. This
-is a dynamic programme over positions with sliding-window maxima, O(n). Rare, heavy
-positions pull the optimal path through them from several shards away, so the paths before
-and after an edit pass through the same heavy positions and agree again right after the edit:
-an insertion changes its own shard and now and then a few neighbours. The cost per cut keeps
-the count near the minimum. Example: cap 100, alpha 0.9; each shard ends somewhere its fill
-is in [90, 100]; among those ends, the programme prefers the ones whose keys hash low, as
-long as the rest of the group can still be cut into shards that are full enough.
+How: within one (model, url) group and in input order, a shard grows until its *fill* (the
+largest used/cap ratio over tokens, requests, bytes and embedding inputs) reaches `alpha`;
+from then on the end of every further request is a candidate cut. When the next request
+would overflow any cap, the shard ends after the candidate with the smallest *anchor* (a
+number taken from the request's content key) and the requests after it open the next shard.
+The cut depends on content, not on position, so an insertion changes its own shard, and the
+next cut usually falls on the same request as before. Example: cap 100, alpha 0.9, fills
+after each request 40, 85, 91*, 94*, 99* (* = candidates); a request of 5 tokens arrives,
+104 > 100, so the shard ends after whichever of the three candidates has the smallest anchor.
 
-Streaming: the last UNRESOLVED_SHARDS shards of the best path to the newest request may still
-change. When that path holds COMMIT_SHARDS more, the older cuts are emitted as final and the
-programme restarts from the newest of them (replaying the requests after it). Memory is a few
-dozen shards' worth of numbers, not the input.
+Limits (bench/split_stability.py; 100,000 requests, limit 1.9M, 300 insertions per input):
+an insertion moves a cut only when it lands near a shard's end; the old and new chains of
+cuts then usually meet at the next shard, but can drift apart for many shards (one input had
+a spot where 4 insertions in 300 changed 27 of 45 shards). A global optimum over all cuts
+(dynamic programming) was tried and dropped: it re-plans earlier shards too and reshuffled
+whole inputs more often than this rule.
+
+Memory is one open shard per group; every shard but the last of a group is at least `alpha`
+full unless a single request larger than the remaining room arrives before it is.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -42,19 +37,9 @@ from gptbatch.errors import GptbatchError
 DEFAULT_MAX_REQUESTS = 50_000  # Batch API: requests per batch file
 DEFAULT_MAX_BYTES = 200_000_000  # Batch API: 200 MB per batch input file
 EMBEDDING_MAX_INPUTS = 50_000  # Batch API: embedding inputs across all requests of a batch
-DEFAULT_ALPHA = 0.93  # shards are at least this full, but for the first and last of a group
+DEFAULT_ALPHA = 0.93  # cuts are made once a shard is this full
 
-BOUNDARY_COST = 60.0  # per cut: only cuts at rare, heavy positions pay for an extra shard
-WEIGHT_CAP = 1e4  # keeps sums of weights exact enough to compare in floating point
-UNDERFULL_PENALTY = 1e9  # a shard below alpha, where no other packing exists
-# Streaming: the best path to the newest request is kept open for UNRESOLVED_SHARDS shards (its
-# cuts there may still move); older cuts are final and emitted COMMIT_SHARDS at a time.
-UNRESOLVED_SHARDS = 16
-COMMIT_SHARDS = 16
-MAX_BUFFERED = 1 << 18  # positions held before committing regardless (huge shards only)
-CHECK_EVERY = 256  # positions between looks at the path
 _DIMENSIONS = ("tokens", "requests", "bytes", "inputs")
-_TWO_64 = float(1 << 64)
 
 
 @dataclass(frozen=True)
@@ -95,17 +80,11 @@ class ItemTooLarge(GptbatchError):
 
 
 def anchor(key: str) -> int:
-    """A 64-bit number drawn from a content key (hex keys directly, others via sha256)."""
+    """The cut priority of a request: 64 bits of its content key (others via sha256)."""
     try:
         return int(key[:16], 16)
     except ValueError:
         return int(content_hash(key)[:16], 16)
-
-
-def cut_weight(key: str) -> float:
-    """How much the packer wants a shard to end after this request: heavy-tailed, by content."""
-    u = (anchor(key) + 1) / _TWO_64
-    return min(u**-0.5, WEIGHT_CAP) - BOUNDARY_COST
 
 
 def embedding_inputs(body: object) -> int:
@@ -129,31 +108,6 @@ def _limits(caps: Caps) -> tuple[tuple[int, int], ...]:
     return tuple(limits)
 
 
-class _MaxQueue:
-    """Sliding-window argmax of scores over positions pushed in increasing order."""
-
-    __slots__ = ("next", "queue")
-
-    def __init__(self, start: int) -> None:
-        self.queue: deque[int] = deque()
-        self.next = start  # the next position to push
-
-    def push_until(self, last: int, score: list[float], base: int) -> None:
-        queue = self.queue
-        while self.next <= last:
-            pos = self.next
-            value = score[pos - base]
-            while queue and score[queue[-1] - base] <= value:
-                queue.pop()
-            queue.append(pos)
-            self.next += 1
-
-    def drop_before(self, first: int) -> None:
-        queue = self.queue
-        while queue and queue[0] < first:
-            queue.popleft()
-
-
 class Packer:
     """Streaming packer for one (model, url) group: feed items in order, collect shard sizes."""
 
@@ -163,140 +117,10 @@ class Packer:
         self.caps = caps
         self.alpha = alpha
         self._limits = _limits(caps)
-        self._dims = tuple((index, cap, alpha * cap) for index, cap in self._limits)
-        self._reset(0, free_start=True)
-
-    def _reset(self, start: int, *, free_start: bool) -> None:
-        """Start a fresh programme at absolute position start."""
-        self._base = start  # absolute position of index 0 of the arrays below
-        self._end = start  # absolute position after the last item added
-        self._start = start if free_start else -1  # the free first shard starts here
-        self._emitted = start  # the last cut already returned
-        self._cum: list[list[int]] = [[0] for _ in self._limits]  # prefix sums per dimension
-        self._usage: list[tuple[int, int, int, int]] = []  # kept for a forced restart
-        self._weight: list[float] = [0.0]
-        self._score: list[float] = [0.0]
-        self._back: list[int] = [-1]
-        self._lo = [start] * len(self._limits)
-        self._hi = [start - 1] * len(self._limits)
-        self._full = _MaxQueue(start)  # predecessors whose shard would be at least alpha full
-        self._under = _MaxQueue(start)  # predecessors whose shard would be underfull
-        self._next_check = start + CHECK_EVERY
-
-    # -- the programme ----------------------------------------------------------------------
-
-    def _advance(self, usage: tuple[int, int, int, int]) -> tuple[int, int]:
-        """Append a position; return (lo, hi): feasible starts are >= lo, full shards from <= hi."""
-        j = self._end = self._end + 1
-        base = self._base
-        los, his, cums = self._lo, self._hi, self._cum
-        lo_all, hi_all = base, base - 1
-        for d, (index, cap, floor) in enumerate(self._dims):
-            cum = cums[d]
-            total = cum[-1] + usage[index]
-            cum.append(total)
-            lo = los[d]
-            while total - cum[lo - base] > cap:
-                lo += 1
-            los[d] = lo
-            hi = his[d]
-            while hi + 1 < j and total - cum[hi + 1 - base] >= floor:
-                hi += 1
-            his[d] = hi
-            if lo > lo_all:
-                lo_all = lo
-            if hi > hi_all:
-                hi_all = hi
-        return lo_all, hi_all
-
-    def _best_predecessor(self, lo: int, hi: int, *, last: bool) -> tuple[int, float]:
-        """The best start for a shard ending at the newest position, and the path's score."""
-        score, base = self._score, self._base
-        full, under = self._full, self._under
-        full.push_until(hi, score, base)
-        full.drop_before(lo)
-        if under.next <= hi:
-            under.next = hi + 1
-        under.push_until(self._end - 1, score, base)
-        under.drop_before(lo if lo > hi else hi + 1)
-        best, best_value = -1, -math.inf
-        if full.queue:
-            best = full.queue[0]
-            best_value = score[best - base]
-        if under.queue:
-            candidate = under.queue[0]
-            value = score[candidate - base] - (0.0 if last else UNDERFULL_PENALTY)
-            if value > best_value:
-                best, best_value = candidate, value
-        start = self._start
-        if start >= lo and score[start - base] >= best_value:
-            # The first shard of the group may be underfull.
-            best, best_value = start, score[start - base]
-        return best, best_value
-
-    def _push(self, usage: tuple[int, int, int, int], weight: float) -> None:
-        lo, hi = self._advance(usage)
-        self._usage.append(usage)
-        best, value = self._best_predecessor(lo, hi, last=False)
-        self._score.append(value + weight)
-        self._back.append(best)
-        self._weight.append(weight)
-
-    # -- emitting final cuts ----------------------------------------------------------------
-
-    def _emit_through(self, cut: int) -> list[int]:
-        """Return the sizes of the shards on the path up to cut, and forget what is before it."""
-        path = [cut]
-        while path[-1] > self._emitted:
-            path.append(self._back[path[-1] - self._base])
-        path.reverse()
-        sizes = [b - a for a, b in itertools.pairwise(path)]
-        if path[0] != self._emitted:  # pragma: no cover - an invariant of the programme
-            raise AssertionError("shard path does not reach the last emitted cut")
-        drop = cut - self._base
-        if drop > 0:
-            for cum in self._cum:
-                del cum[:drop]
-            for column in (self._weight, self._score, self._back):
-                del column[:drop]
-            del self._usage[:drop]
-            self._base = cut
-            # Nothing before the frontier is a start any more; keep indices inside the arrays.
-            self._lo = [max(lo, cut) for lo in self._lo]
-            self._hi = [max(h, cut - 1) for h in self._hi]
-            for queue in (self._full, self._under):
-                queue.drop_before(cut)
-                queue.next = max(queue.next, cut)
-        self._emitted = cut
-        return sizes
-
-    def _restart_at(self, cut: int) -> None:
-        """Force a cut (the frontier did not converge): replay what follows it from scratch."""
-        rel = cut - self._base
-        replay = list(zip(self._usage[rel:], self._weight[rel + 1 :], strict=True))
-        self._reset(cut, free_start=False)
-        for usage, weight in replay:
-            self._push(usage, weight)
-
-    def _check(self) -> list[int]:
-        """Emit the older part of the best path once it holds enough unresolved shards."""
-        self._next_check = self._end + CHECK_EVERY
-        back, base = self._back, self._base
-        cuts = []  # cuts on the best path to the newest position, newest first
-        pos = self._end
-        while pos > self._emitted:
-            pos = back[pos - base]
-            cuts.append(pos)
-        unresolved = len(cuts) - 1
-        crowded = self._end - base > MAX_BUFFERED and unresolved > 1
-        if unresolved <= UNRESOLVED_SHARDS + COMMIT_SHARDS and not crowded:
-            return []
-        commit = cuts[min(UNRESOLVED_SHARDS, unresolved - 1)]
-        sizes = self._emit_through(commit)
-        self._restart_at(commit)
-        return sizes
-
-    # -- public -----------------------------------------------------------------------------
+        # The open shard: per request its usage vector and anchor; and the running totals.
+        self._usage: list[tuple[int, int, int, int]] = []
+        self._anchors: list[int] = []
+        self._used = [0, 0, 0, 0]  # tokens, requests, bytes, inputs
 
     def _usage_of(self, item: Item) -> tuple[int, int, int, int]:
         if item.tokens < 0 or item.nbytes < 0 or item.inputs < 0:
@@ -307,26 +131,49 @@ class Packer:
                 raise ItemTooLarge(item, _DIMENSIONS[index], usage[index], cap)
         return usage
 
+    def _overflows(self, usage: tuple[int, int, int, int]) -> bool:
+        used = self._used
+        return any(used[i] + usage[i] > cap for i, cap in self._limits)
+
+    def _cut(self) -> int:
+        """End a shard at the best candidate of the open one; return its request count."""
+        limits, alpha = self._limits, self.alpha
+        used = [0, 0, 0, 0]
+        best = len(self._anchors) - 1  # no candidate: the whole open shard
+        best_anchor: int | None = None
+        full = False
+        for i, (usage, a) in enumerate(zip(self._usage, self._anchors, strict=True)):
+            for d in range(4):
+                used[d] += usage[d]
+            if not full:
+                full = any(used[d] >= alpha * cap for d, cap in limits)
+            if full and (best_anchor is None or a < best_anchor):
+                best, best_anchor = i, a
+        size = best + 1
+        del self._usage[:size]
+        del self._anchors[:size]
+        self._used = [sum(u[d] for u in self._usage) for d in range(4)]
+        return size
+
     def add(self, item: Item) -> list[int]:
         """Add the next item; return the sizes of shards that became final, in order."""
-        self._push(self._usage_of(item), cut_weight(item.key))
-        if self._end >= self._next_check:
-            return self._check()
-        return []
+        usage = self._usage_of(item)
+        closed: list[int] = []
+        while self._anchors and self._overflows(usage):
+            closed.append(self._cut())
+        self._usage.append(usage)
+        self._anchors.append(anchor(item.key))
+        for d in range(4):
+            self._used[d] += usage[d]
+        return closed
 
     def finish(self) -> list[int]:
-        """Close the group: return the sizes of its remaining shards, in order."""
-        if self._end == self._emitted:
-            return []
-        lo = max(self._lo)
-        if self._start >= lo:
-            last = self._start  # everything left fits one shard
-        else:
-            last, _ = self._best_predecessor(lo, max(self._hi), last=True)
-        sizes = self._emit_through(last) if last > self._emitted else []
-        sizes.append(self._end - last)
-        self._reset(self._end, free_start=True)
-        return sizes
+        """Close the open shard, if any: return its size as a one-element list."""
+        size = len(self._anchors)
+        self._usage.clear()
+        self._anchors.clear()
+        self._used = [0, 0, 0, 0]
+        return [size] if size else []
 
 
 def shard_sizes(
