@@ -44,6 +44,37 @@ def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+class Progress:
+    """What a build has done so far in this run, tallied from its events."""
+
+    def __init__(self) -> None:
+        self.batches: dict[str, str] = {}  # in-flight batch -> status
+        self.ok = self.failed = self.retry = 0
+
+    def update(self, kind: str, f: dict[str, Any]) -> None:
+        if kind in ("submitted", "adopted"):
+            self.batches[f["batch"]] = f.get("status", "validating")
+        elif kind == "status" and f["batch"] in self.batches:
+            self.batches[f["batch"]] = f["status"]
+        elif kind in ("collected", "refused", "batch_failed"):
+            self.batches.pop(f["batch"], None)
+            self.ok += f.get("ok", 0)
+            self.failed += f.get("failed", 0)
+            self.retry += f.get("retry", 0)
+
+    def line(self) -> str:
+        if not self.batches and not (self.ok or self.failed or self.retry):
+            return ""
+        states: dict[str, int] = {}
+        for status in self.batches.values():
+            states[status] = states.get(status, 0) + 1
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        return (
+            f"[{len(self.batches)} batches in flight{': ' + detail if detail else ''}] "
+            f"collected {self.ok:,} ok, {self.failed:,} failed, {self.retry:,} to retry"
+        )
+
+
 class ConsoleReporter:
     """Plain lines for people and CI logs; `verbose` adds the per-input and per-shard chatter."""
 
@@ -51,16 +82,32 @@ class ConsoleReporter:
         self.stream = stream or sys.stderr
         self.verbose = verbose
         self.tty = self.stream.isatty()
+        self.progress = Progress()
+        self.status_shown = False
 
     def say(self, text: str) -> None:
         stamp = "" if self.tty else time.strftime("%H:%M:%S ")
+        self.clear_status()
         self.stream.write(f"{stamp}{text}\n")
         self.stream.flush()
 
+    def clear_status(self) -> None:
+        if self.status_shown:
+            self.stream.write("\r\x1b[K")
+            self.status_shown = False
+
     def event(self, kind: str, **f: Any) -> None:
+        self.progress.update(kind, f)
         text = self.render(kind, f)
         if text:
             self.say(text)
+        if self.tty:  # a live status line on a terminal; CI logs get plain lines only
+            line = self.progress.line() if kind != "summary" else ""
+            self.clear_status()
+            if line:
+                self.stream.write(line)
+                self.status_shown = True
+            self.stream.flush()
 
     def render(self, kind: str, f: dict[str, Any]) -> str | None:
         if kind == "input":
