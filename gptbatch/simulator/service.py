@@ -741,24 +741,14 @@ class BatchService:
         self._event(batch, "expired", at)
 
     def _write_files(self, batch: _Batch, at: float) -> None:
-        if batch.output_lines:
-            record = self._store_file(
-                f"{batch.id}_output.jsonl",
-                "batch_output",
-                b"".join(batch.output_lines),
-                at,
-                batch.output_ttl,
-            )
-            batch.output_file_id = record.id
-        if batch.error_lines:
-            record = self._store_file(
-                f"{batch.id}_error.jsonl",
-                "batch_output",
-                b"".join(batch.error_lines),
-                at,
-                batch.output_ttl,
-            )
-            batch.error_file_id = record.id
+        def store(kind: str, lines: list[bytes]) -> str | None:
+            if not lines:
+                return None
+            name = f"{batch.id}_{kind}.jsonl"
+            return self._store_file(name, "batch_output", b"".join(lines), at, batch.output_ttl).id
+
+        batch.output_file_id = store("output", batch.output_lines) or batch.output_file_id
+        batch.error_file_id = store("error", batch.error_lines) or batch.error_file_id
         batch.output_lines, batch.error_lines = [], []
 
     # --- one request's result ----------------------------------------------------------
