@@ -34,7 +34,7 @@ from gptbatch.errors import (
     Problem,
     TransientRemoteError,
 )
-from gptbatch.outputs import OutputSummary, output_names, write_outputs
+from gptbatch.outputs import OutputSummary, output_paths, write_outputs
 from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
 from gptbatch.requests import read_raw_line, read_requests
@@ -192,7 +192,7 @@ class Builder:
     def run(self, *, wait: bool = True) -> BuildSummary:
         """Build until everything is done (or, without wait, do one pass)."""
         # Bad input raises here, before anything is submitted or any output rewritten.
-        output_names(self.spec.inputs)  # two inputs writing one output: refuse before paying
+        output_paths(self.spec.inputs, self.spec.output_dir)  # refuse clobbering before paying
         sync_inputs(self.spec, self.store, self.report)
         try:
             self.drop_stale_shards()

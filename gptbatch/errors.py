@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Exit codes, documented in the README. The CLI maps results and errors to these in one place.
@@ -12,6 +13,16 @@ EXIT_PENDING = 3  # work is still pending (e.g. `build --no-wait`)
 EXIT_FAILED_REQUESTS = 4  # finished, but some requests failed for good
 EXIT_LOCKED = 5  # another build holds the lock on this output directory
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; state was saved
+
+
+# What an API key looks like (OpenAI's sk-..., sk-proj-..., Azure's 32-hex keys): never
+# printed back, whatever field it was pasted into.
+_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|[0-9a-f]{32})\b")
+
+
+def redact(text: str) -> str:
+    """text with anything that looks like an API key masked, keeping its last 4 characters."""
+    return _KEY_LIKE.sub(lambda m: f"{m.group(0)[:3]}...{m.group(0)[-4:]}", text)
 
 
 class GptbatchError(Exception):
@@ -77,6 +88,17 @@ class LockedError(GptbatchError):
 
 class StateError(GptbatchError):
     """The build state under <output_dir>/.gptbatch/ is unreadable or from a newer version."""
+
+
+# --- the local machine -----------------------------------------------------------------------
+
+
+class LocalIOError(GptbatchError):
+    """A local file could not be read or written (full disk, permissions, file size limit)."""
+
+
+class InputChangedError(GptbatchError):
+    """An input file changed while gptbatch was using it; state is saved, run again."""
 
 
 # --- remote API ----------------------------------------------------------------------------

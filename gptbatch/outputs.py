@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ class OutputSummary:
     missing: int
 
 
-def output_names(inputs: tuple[Path, ...] | list[Path]) -> dict[Path, str]:
+def output_names(inputs: Sequence[Path]) -> dict[Path, str]:
     """The output base name of each input: its file name without .jsonl, unique."""
     names: dict[Path, str] = {}
     seen: dict[str, Path] = {}
@@ -40,6 +42,46 @@ def output_names(inputs: tuple[Path, ...] | list[Path]) -> dict[Path, str]:
     return names
 
 
+def output_paths(inputs: Sequence[Path], output_dir: Path) -> dict[Path, tuple[Path, Path]]:
+    """Each input's (output, errors) paths; ConfigError if any is an input or shared.
+
+    Checked before anything is submitted: a result file written over an input (output_dir
+    holding the inputs, or inputs named x.jsonl and x.errors.jsonl) would destroy it.
+    """
+    paths = {
+        path: (output_dir / f"{name}.jsonl", output_dir / f"{name}.errors.jsonl")
+        for path, name in output_names(inputs).items()
+    }
+    check_targets(inputs, [(p, t) for p, targets in paths.items() for t in targets])
+    return paths
+
+
+def check_targets(inputs: Sequence[Path], targets: Sequence[tuple[Path, Path]]) -> None:
+    """Refuse (input, target) pairs where a target is an input or another input's target."""
+    sources = {_identity(p): p for p in inputs}
+    owner: dict[str, Path] = {}
+    problems = []
+    for path, target in targets:
+        ident = _identity(target)
+        if ident in sources:
+            problems.append(
+                f"{target} would be written with results of {path}, but it is an input: "
+                "move output_dir away from the inputs, or rename the input"
+            )
+        elif ident in owner:
+            problems.append(
+                f"inputs {owner[ident]} and {path} would both write {target}: rename one of them"
+            )
+        owner.setdefault(ident, path)
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "\n".join(problems))
+
+
+def _identity(path: Path) -> str:
+    """A path as the file system resolves it (symlinks and .. followed)."""
+    return os.path.realpath(path)
+
+
 def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[OutputSummary]:
     """Rewrite every input's output and error file from the store, streaming.
 
@@ -47,9 +89,7 @@ def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[Ou
     they are and only counted.
     """
     summaries = []
-    for path, name in output_names(spec.inputs).items():
-        out_path = spec.output_dir / f"{name}.jsonl"
-        err_path = spec.output_dir / f"{name}.errors.jsonl"
+    for path, (out_path, err_path) in output_paths(spec.inputs, spec.output_dir).items():
         if skip_if and out_path.exists() and err_path.exists():
             summaries.append(_count(store, str(path), out_path, err_path))
             continue
