@@ -11,10 +11,12 @@ Money rules, in the order they are applied:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
+import shutil
 import signal
 import time
 import uuid
@@ -24,27 +26,41 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch import pricing, tokens
-from gptbatch.canonical import atomic_writer, canonical_json, file_sha256, sha256_hex
+from gptbatch.canonical import (
+    atomic_writer,
+    canonical_json,
+    content_hash,
+    file_sha256,
+    sha256_hex,
+)
 from gptbatch.errors import (
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
     EXIT_PENDING,
+    InputChangedError,
     InputError,
     NotFoundError,
     Problem,
+    StateError,
     TransientRemoteError,
 )
+from gptbatch.lock import BuildLock
 from gptbatch.outputs import OutputSummary, output_paths, write_outputs
 from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
 from gptbatch.requests import read_raw_line, read_requests
 from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, embedding_inputs, shard_key
 from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
-from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
+from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store, state_dir
 
 META_PROJECT = "gptbatch_project"
 META_SHARD = "gptbatch_shard"
 META_SUBMIT = "gptbatch_submit"
+# A sample of the members' content keys (16 hex digits each), so a build that lost its state
+# can recognise its own work at the API even when the project id changed (renamed config,
+# moved checkout), and never download another project's files to find out.
+META_KEYS = "gptbatch_keys"
+KEY_SAMPLE = 28  # 28 * 17 - 1 = 475 characters, under the API's 512 per value
 REFUSAL_CODES = ("token_limit_exceeded", "request_limit_exceeded")
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 RECONCILE_DAYS = 30  # batch files expire after 30 days: older batches cannot be collected
@@ -165,6 +181,43 @@ class Budget:
         return current, new
 
 
+def run_build(
+    spec: Spec, remote: Remote, reporter: Reporter, *, wait: bool = True, keep_going: bool = False
+) -> BuildSummary:
+    """Lock the output directory, open its state and build; bad input leaves no trace.
+
+    A first build rejected for bad input removes the state (and output directory) it
+    created, so the project looks exactly as before; an existing state is only ever
+    changed in transactions that bad input rolls back.
+    """
+    output_paths(spec.inputs, spec.output_dir)  # refuse clobbering an input before any write
+    directory = state_dir(spec.output_dir)
+    had_output, had_state = spec.output_dir.exists(), directory.exists()
+    with BuildLock(spec.output_dir, directory):
+        store = Store(directory)
+        try:
+            return Builder(spec, store, remote, reporter, keep_going=keep_going).run(wait=wait)
+        except InputError:
+            untouched = not store.shards() and not store.batches()
+            store.close()
+            if untouched and not had_state:
+                shutil.rmtree(directory, ignore_errors=True)
+            if untouched and not had_output:
+                with contextlib.suppress(OSError):
+                    spec.output_dir.rmdir()
+            raise
+        finally:
+            store.close()
+
+
+def remove_stale_temp_files(*directories: Path) -> None:
+    """Delete temp files that killed runs left (atomic writes name them .NAME.*.tmp)."""
+    for directory in directories:
+        for path in directory.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 class Builder:
     """One build of one spec against one remote, reporting to one reporter."""
 
@@ -176,6 +229,7 @@ class Builder:
         reporter: Reporter,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        keep_going: bool = False,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -186,6 +240,17 @@ class Builder:
         self.summary = BuildSummary()
         self.work_dir = store.directory
         self.dirty = True  # pending requests may need packing
+        self.keep_going = keep_going
+        self.project_ids = self.remember_project(spec.project)
+
+    def remember_project(self, project: str) -> frozenset[str]:
+        """Every project id this state has built under (a config edit can change the default)."""
+        known = set(json.loads(self.store.get_meta("projects") or "[]"))
+        if project not in known:
+            known.add(project)
+            with self.store.transaction():
+                self.store.set_meta("projects", json.dumps(sorted(known)))
+        return frozenset(known)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -193,25 +258,33 @@ class Builder:
         """Build until everything is done (or, without wait, do one pass)."""
         # Bad input raises here, before anything is submitted or any output rewritten.
         output_paths(self.spec.inputs, self.spec.output_dir)  # refuse clobbering before paying
-        sync_inputs(self.spec, self.store, self.report)
+        # Under the lock nobody else writes here: a temp file is a killed run's leftover.
+        remove_stale_temp_files(
+            self.spec.output_dir, self.work_dir / "downloads", self.work_dir / "shards"
+        )
+        sync_inputs(self.spec, self.store, self.report, keep_going=self.keep_going)
         try:
             self.drop_stale_shards()
             reconciled = False
             interval = self.spec.polling.initial_seconds
             while True:
+                self.store.check_intact()
                 changed = self.poll()
                 # Nothing is submitted before the API has been listed once in this run; a
                 # build with nothing to submit makes no call for it.
+                unlisted = False
                 if self.store.has_work_to_submit():
                     reconciled = reconciled or self.reconcile()
                     if reconciled:
                         if self.dirty:
                             self.plan()
                         changed = self.submit() or changed
+                    else:
+                        unlisted = True  # the API could not be listed: try again, never give up
                 active = self.store.shards(
                     ("ready", "uploading", "uploaded", "submitting", "submitted", "waiting")
                 )
-                if not active or not wait:
+                if (not active and not unlisted) or not wait:
                     break
                 if self.summary.stopped_by_cost and not self.store.shards(IN_FLIGHT_SHARD_STATES):
                     break
@@ -471,19 +544,26 @@ class Builder:
             for key, _ in self.store.members(shard.id):
                 row = self.store.locate(key)
                 if row is None:
-                    raise InputError(Problem("", None, f"request {key[:12]} left the inputs"))
-                line = upload_line(read_raw_line(row.path, row.offset, row.length), self.spec)
-                if sha256_hex(line) != key:
-                    raise InputError(
-                        Problem(
-                            row.path,
-                            row.line,
-                            "the file changed while gptbatch ran",
-                            "run the build again",
-                        )
+                    raise InputChangedError(
+                        f"request {key[:12]} of shard {shard.id[:12]} left the inputs while "
+                        "gptbatch ran: run `gptbatch build` again"
                     )
-                out.write(line + b"\n")
+                out.write(self.upload_line(row, key) + b"\n")
         return path
+
+    def upload_line(self, row: RequestRow, key: str) -> bytes:
+        """The line to upload for a request, checked against its key: the file may have moved."""
+        try:
+            line = upload_line(read_raw_line(row.path, row.offset, row.length), self.spec)
+        except (InputError, ValueError, UnicodeDecodeError, OSError):
+            line = b""
+        if sha256_hex(line) != key:
+            raise InputChangedError(
+                f"{row.path}:{row.line}: the file changed while gptbatch ran (this line is "
+                "no longer what was read): nothing more was submitted from it; batches already "
+                "submitted keep running. Run `gptbatch build` again to pick up the change"
+            )
+        return line
 
     def submit_shard(self, shard: ShardRow) -> None:
         """Upload (unless already uploaded) and create the batch, recording intent first."""
@@ -509,7 +589,14 @@ class Builder:
             store.update_shard(shard.id, state="submitting", nonce=nonce)
         crashpoint("before_create")
         metadata = dict(self.spec.metadata)
-        metadata.update({META_PROJECT: self.spec.project, META_SHARD: shard.id, META_SUBMIT: nonce})
+        metadata.update(
+            {
+                META_PROJECT: self.spec.project,
+                META_SHARD: shard.id,
+                META_SUBMIT: nonce,
+                META_KEYS: key_sample([k for k, _ in self.store.members(shard.id)]),
+            }
+        )
         try:
             info = self.remote.create_batch(
                 file_id=file_id,
@@ -550,22 +637,54 @@ class Builder:
         )
 
     def record_submitted(self, shard_id: str, info: BatchInfo) -> None:
+        known = self.store.batch(info.id)
+        if known is not None and (known.shard != shard_id or known.collected):
+            # A batch id this state already finished must never stand for new work: its
+            # results would be taken as collected and the new batch never polled.
+            raise StateError(
+                f"the API gave batch id {info.id} to shard {shard_id[:12]}, but this state "
+                f"already holds that id for shard {known.shard[:12]} ({known.status}): the "
+                f"server reuses ids (is api.base_url a restarted test server?). Point the "
+                f"build at the API that made the earlier batches, or move "
+                f"{self.store.directory} aside to start over"
+            )
         with self.store.transaction():
             self.save_batch(shard_id, info)
             self.store.update_shard(shard_id, state="submitted", batch_id=info.id)
 
     # --- reconciling with the API ---------------------------------------------------------
 
+    def is_ours(self, info: BatchInfo) -> bool:
+        """Did this project make the batch, and does it still hold requests of ours?
+
+        Default project ids are made from batch.yaml's text, so two unrelated projects with
+        the same layout can share one; the key sample tells them apart without downloading.
+        """
+        if not info.metadata.get(META_SHARD):
+            return False
+        if info.metadata.get(META_PROJECT) not in self.project_ids:
+            return False
+        sample = info.metadata.get(META_KEYS)
+        if sample is None:  # made by a gptbatch that did not sample keys
+            return True
+        return any(self.store.has_key_prefix(p) for p in sample.split(","))
+
     def remote_batches(self, since: float | None) -> Iterator[BatchInfo]:
         for info in self.remote.list_batches(since=since):
-            if info.metadata.get(META_PROJECT) == self.spec.project:
+            if self.is_ours(info):
                 yield info
 
     def adopt_existing(self, shard: ShardRow) -> bool:
-        """If a live or finished batch for this shard exists remotely, adopt it."""
+        """If a live or finished batch for this shard exists remotely, adopt it.
+
+        The shard id is a hash of its members' content keys: a batch of ours carrying it
+        holds exactly this work.
+        """
         since = (shard.updated_at or time.time()) - 2 * 86400
         for info in self.remote_batches(since):
             if info.metadata.get(META_SHARD) != shard.id or self._refused(info):
+                continue
+            if self.store.batch(info.id) is not None:  # known already: not a new creation
                 continue
             if info.status == "failed" and not info.errors:
                 continue
@@ -852,6 +971,12 @@ class Builder:
         self.report.event("batch_failed", batch=info.id, problems=problems[:20])
 
 
+def key_sample(keys: list[str]) -> str:
+    """Up to KEY_SAMPLE evenly spread 16-hex prefixes of keys, comma-separated."""
+    step = max(1, -(-len(keys) // KEY_SAMPLE))
+    return ",".join(k[:16] for k in keys[::step][:KEY_SAMPLE])
+
+
 def usd(amount: float) -> str:
     """Dollars with enough digits to tell small amounts apart."""
     return f"${amount:,.2f}" if amount >= 100 else f"${amount:.4g}"
@@ -901,8 +1026,12 @@ def _output_bound(body: Any) -> int:
     return 0
 
 
-def sync_inputs(spec: Spec, store: Store, report: Reporter) -> None:
-    """Bring the store's view of every input up to date, reading only files that changed."""
+def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool = False) -> None:
+    """Bring the store's view of every input up to date, reading only files that changed.
+
+    All of it is one transaction: bad input (a malformed line, a duplicate custom_id, a
+    request no queue can ever hold) raises InputError and leaves the state as it was.
+    """
     defaults = config_fingerprint(spec)
     changed: list[tuple[Path, os.stat_result, str]] = []
     for path in spec.inputs:
@@ -959,8 +1088,42 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter) -> None:
                     "custom_ids must be unique across all inputs",
                 )
             )
+        limits_key = content_hash([spec.limits.enqueued_tokens, store.stated_limits()])
+        if changed or store.get_meta("limits_checked") != limits_key:
+            problems += unqueueable(spec, store, report, keep_going)
         if problems:
             raise InputError(problems[:50], truncated=max(0, len(problems) - 50))
+        store.set_meta("limits_checked", limits_key)
+
+
+def unqueueable(spec: Spec, store: Store, report: Reporter, keep_going: bool) -> list[Problem]:
+    """Requests over their model's enqueued-token limit: no queue can ever hold them.
+
+    Known offline, so the build stops before submitting anything; with keep_going (as
+    make -k) they are recorded as failed for good and the rest is built.
+    """
+    budget = Budget(spec, store)
+    problems = []
+    for model in store.models():
+        limit = budget.hard_limit(model)
+        if limit is None:
+            continue
+        for row in store.requests_over(model, limit):
+            problem = Problem(
+                row.path,
+                row.line,
+                f"request {row.custom_id!r} has ~{row.tokens:,} prompt tokens, over the "
+                f"enqueued-token limit of {limit:,} for {model}: no batch can ever be queued "
+                "with it",
+                "split it into smaller requests, or raise limits.enqueued_tokens if your tier "
+                "allows more (--keep-going builds the rest and records it as failed)",
+            )
+            if keep_going:
+                store.record_result(row.key, state="failed", error=str(problem), attempt=False)
+                report.event("too_large", message=str(problem))
+            else:
+                problems.append(problem)
+    return problems
 
 
 def _rows(
@@ -973,9 +1136,10 @@ def _rows(
     """Store rows for an input's requests, streamed; counts what is new in tally."""
     reqs = read_requests([path], model=spec.model, endpoint=spec.endpoint)
     for ordinal, req in enumerate(reqs):
-        row = _request_row(spec, ordinal, req, previous(req.custom_id), config_changed)
+        before = previous(req.custom_id)
+        row = _request_row(spec, ordinal, req, before, config_changed)
         tally["requests"] += 1
-        tally["new"] += row[-1] in ("new", "changed", "config changed")
+        tally["new"] += before is None or before.key != req.key
         yield row
 
 

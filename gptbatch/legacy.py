@@ -11,6 +11,7 @@ a time: files made by a splitter for your limit fit it.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import yaml
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.errors import InputError, Problem
-from gptbatch.outputs import output_names
+from gptbatch.outputs import check_targets, output_names
 from gptbatch.requests import read_requests
 from gptbatch.spec import Spec
 from gptbatch.tokens import estimate_request
@@ -41,8 +42,33 @@ def per_file_budget(files: Sequence[Path]) -> dict[str, int]:
     return budget
 
 
-def write_manager_config(files: Sequence[str], workdir: Path) -> Path:
-    """Write the batch.yaml that stands for `gpt_batch_manager FILE...`; return its path."""
+def is_result_file(path: Path) -> bool:
+    """Does the file hold Batch API results (custom_id with response/error, no body)?"""
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                return False
+            return (
+                isinstance(obj, dict)
+                and "custom_id" in obj
+                and ("response" in obj or "error" in obj)
+                and "body" not in obj
+            )
+    return False
+
+
+def published_path(path: Path, name: str) -> Path:
+    """Where the original tool wrote a file's results: FILE.output.jsonl beside it."""
+    return path.with_name(f"{name}.output.jsonl")
+
+
+def manager_inputs(files: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """The request files among FILE..., and the result files skipped (a glob such as
+    shard-*.jsonl also matches the FILE.output.jsonl of an earlier run)."""
     paths = [Path(os.path.abspath(f)) for f in files]
     problems = [
         Problem(f, None, "not a .jsonl file", "pass the shard files, e.g. shard-*.jsonl")
@@ -51,7 +77,17 @@ def write_manager_config(files: Sequence[str], workdir: Path) -> Path:
     ]
     if problems:
         raise InputError(problems)
-    output_names(paths)  # two files of one name would share an output
+    inputs: list[Path] = []
+    skipped: list[Path] = []
+    for path in paths:
+        (skipped if is_result_file(path) else inputs).append(path)
+    names = output_names(inputs)  # two files of one name would share an output
+    check_targets(inputs, [(p, published_path(p, n)) for p, n in names.items()])
+    return inputs, [str(p) for p in skipped]
+
+
+def write_manager_config(paths: Sequence[Path], workdir: Path) -> Path:
+    """Write the batch.yaml that stands for `gpt_batch_manager FILE...`; return its path."""
     config = workdir / STATE_DIR / "batch.yaml"
     doc = {
         "version": 1,
@@ -70,7 +106,7 @@ def publish_outputs(spec: Spec) -> list[Path]:
     written = []
     for path, name in output_names(spec.inputs).items():
         source = spec.output_dir / f"{name}.jsonl"
-        target = path.with_name(f"{name}.output.jsonl")
+        target = published_path(path, name)
         with open(source, "rb") as src, atomic_writer(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         written.append(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,7 +14,13 @@ import httpx2
 import openai
 
 from gptbatch.canonical import atomic_writer
-from gptbatch.errors import AuthError, NotFoundError, RemoteError, TransientRemoteError
+from gptbatch.errors import (
+    AuthError,
+    LocalIOError,
+    NotFoundError,
+    RemoteError,
+    TransientRemoteError,
+)
 
 T = TypeVar("T")
 
@@ -92,8 +99,20 @@ def _batch_info(b: Any) -> BatchInfo:
     )
 
 
+# errnos that mean the local disk or permissions failed, not the network.
+_LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
+
 def _translate(exc: Exception) -> Exception:
     """Map an SDK or transport error to ours."""
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
+        where = exc.filename or "a local file"
+        return LocalIOError(
+            f"cannot write {where}: {exc.strerror}: free disk space (or fix permissions) and "
+            "run again; state is saved and nothing is paid twice"
+        )
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return AuthError(
             f"the API refused the key ({exc.status_code}): check the key in the environment "

@@ -114,7 +114,7 @@ class ConsoleReporter:
             if not self.verbose and f["state"].startswith("unchanged"):
                 return None
             extra = (
-                f" ({_n(f['requests'])} requests, {_n(f['new'])} to build)"
+                f" ({_n(f['requests'])} requests, {_n(f['new'])} new or changed)"
                 if "requests" in f
                 else ""
             )

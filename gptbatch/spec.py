@@ -18,7 +18,7 @@ from dotenv import load_dotenv
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from gptbatch.canonical import canonical_json, content_hash, sha256_hex
+from gptbatch.canonical import canonical_json, content_hash
 from gptbatch.errors import ConfigError, Problem
 
 DEFAULT_CONFIG = "batch.yaml"
@@ -146,7 +146,7 @@ def load_spec(path: str | Path | None = None) -> Spec:
         root=root,
         inputs=inputs,
         output_dir=output_dir,
-        project=full["project"] or _default_project(config, output_dir),
+        project=full["project"] or default_project(full["output_dir"], full["inputs"]),
         model=full["model"],
         endpoint=full["endpoint"],
         limits=_limits(full["limits"]),
@@ -575,10 +575,15 @@ def _per_model(value: int | Mapping[str, int] | None, model: str) -> int | None:
     return value.get(model, value.get("*"))
 
 
-def _default_project(config: Path, output_dir: Path) -> str:
-    """The config's stem and a short hash of the output directory: stable per build target."""
-    stem = _PROJECT_CHARS.sub("-", config.stem).strip(".-_:")[:50] or "gptbatch"
-    return f"{stem}-{sha256_hex(str(output_dir).encode('utf-8'))[:8]}"
+def default_project(output_dir: str, inputs: Sequence[str]) -> str:
+    """The project id when batch.yaml sets none: from output_dir and inputs as written.
+
+    Not from the config's file name or where the checkout lives: a renamed config, a moved
+    checkout or another CI runner must find the batches an earlier run left at the API.
+    """
+    stem = _PROJECT_CHARS.sub("-", Path(output_dir).name).strip(".-_:")[:40] or "gptbatch"
+    digest = content_hash({"output_dir": output_dir, "inputs": list(inputs)})[:8]
+    return f"{stem}-{digest}"
 
 
 def _load_env(root: Path) -> None:

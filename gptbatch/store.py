@@ -8,10 +8,9 @@ state or the new one, never half of each.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import json
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptbatch.errors import LockedError, StateError
+from gptbatch.errors import LocalIOError, StateError
 
 STATE_DIR_NAME = ".gptbatch"
 SCHEMA_VERSION = 1
@@ -141,6 +140,100 @@ class ResultRow:
     batch_id: str | None
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _state_error(path: Path, exc: BaseException) -> Exception:
+    """Our error for an SQLite or OS failure on the state: full disk, permissions, damage."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if "disk is full" in text or code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return LocalIOError(
+            f"no room to write the build state {path} ({text}): free disk space (or raise "
+            "the file size limit) and run again; nothing recorded so far is lost"
+        )
+    if (
+        "readonly" in text
+        or "read-only" in text
+        or code in (errno.EACCES, errno.EPERM, errno.EROFS)
+    ):
+        return LocalIOError(
+            f"cannot write the build state {path} ({text}): make its directory writable, or "
+            "point GPTBATCH_STATE_DIR at a writable directory"
+        )
+    if "database is locked" in text:
+        return StateError(
+            f"{path} is busy ({text}): another process holds it open for writing; wait for it, "
+            "then run again"
+        )
+    return StateError(
+        f"{path}: the build state is damaged or unreadable ({text}): move it aside "
+        f"(mv {path.parent} {path.parent}.broken) and run again; gptbatch then adopts its "
+        "batches from the API by their metadata instead of paying twice"
+    )
+
+
+# SQLite errors that mean the file, disk or permissions are at fault; others are our bugs.
+_STATE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
+_BUG_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose errors name the state file and say what to do."""
+
+    def _fail(self, exc: sqlite3.Error) -> Exception:
+        return _state_error(self.connection.path, exc)  # type: ignore[attr-defined]
+
+    def execute(self, sql: str, parameters: Any = ()) -> _Cursor:  # type: ignore[override]
+        try:
+            return super().execute(sql, parameters)  # type: ignore[return-value]
+        except _BUG_ERRORS:
+            raise
+        except _STATE_ERRORS as exc:
+            raise self._fail(exc) from exc
+
+    def executemany(self, sql: str, seq: Any) -> _Cursor:  # type: ignore[override]
+        try:
+            return super().executemany(sql, seq)  # type: ignore[return-value]
+        except _BUG_ERRORS:
+            raise
+        except _STATE_ERRORS as exc:
+            raise self._fail(exc) from exc
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except _BUG_ERRORS:
+            raise
+        except _STATE_ERRORS as exc:
+            raise self._fail(exc) from exc
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except _BUG_ERRORS:
+            raise
+        except _STATE_ERRORS as exc:
+            raise self._fail(exc) from exc
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements run on _Cursor."""
+
+    path: Path
+
+    def execute(self, sql: str, parameters: Any = ()) -> _Cursor:  # type: ignore[override]
+        return self.cursor(_Cursor).execute(sql, parameters)  # type: ignore[return-value]
+
+    def executemany(self, sql: str, seq: Any) -> _Cursor:  # type: ignore[override]
+        return self.cursor(_Cursor).executemany(sql, seq)  # type: ignore[return-value]
+
+
 def state_dir(output_dir: Path) -> Path:
     """Where the build state of an output directory lives (GPTBATCH_STATE_DIR overrides)."""
     override = os.environ.get("GPTBATCH_STATE_DIR")
@@ -150,25 +243,26 @@ def state_dir(output_dir: Path) -> Path:
 class Store:
     """The SQLite-backed build state of one output directory."""
 
-    def __init__(self, directory: Path, *, lock: bool = False) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / "state.db"
-        self._lock_file: Any = None
-        directory.mkdir(parents=True, exist_ok=True)
-        if lock:  # before SQLite is touched, so two builds never race on creating the schema
-            self.lock()
         self.created = not self.path.exists()
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, factory=_Connection
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise _state_error(self.path, exc) from exc
+        self.db.path = self.path
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self.unlock()
-            raise StateError(
-                f"{self.path}: cannot read the build state ({exc}): inspect or delete "
-                f"{directory} (gptbatch then recovers batches from the API's metadata)"
-            ) from exc
+        except BaseException:
+            self.db.close()
+            raise
+        self._identity = _identity(self.path)
 
     # --- schema --------------------------------------------------------------------------
 
@@ -207,37 +301,17 @@ class Store:
         self.db.execute("COMMIT")
 
     def close(self) -> None:
-        self.unlock()
-        self.db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
 
-    # --- locking -------------------------------------------------------------------------
-
-    def lock(self) -> None:
-        """Take the exclusive build lock, or raise LockedError naming its holder."""
-        path = self.directory / "lock"
-        f = open(path, "a+")  # noqa: SIM115 - held open for the life of the build
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise LockedError(
-                f"another gptbatch build holds the lock on {self.directory.parent} "
-                f"({holder}): wait for it to finish, or stop it; a build never runs twice "
-                "on one output directory"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
-        f.flush()
-        self._lock_file = f
-
-    def unlock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+    def check_intact(self) -> None:
+        """Raise StateError if state.db was deleted or replaced since it was opened."""
+        if _identity(self.path) != self._identity:
+            raise StateError(
+                f"{self.path} was deleted or replaced while this build ran: stopping here. "
+                "Batches in flight keep running; run `gptbatch build` again and it adopts "
+                "them from the API (nothing is paid twice)"
+            )
 
     # --- meta ----------------------------------------------------------------------------
 
@@ -324,6 +398,29 @@ class Store:
             )
         )
 
+    def models(self) -> list[str | None]:
+        """The models current requests use."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT model FROM requests")]
+
+    def requests_over(self, model: str | None, tokens: int) -> list[RequestRow]:
+        """A model's current requests with more estimated tokens than this and no final result."""
+        cur = self.db.execute(
+            "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
+            " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
+            " FROM requests r LEFT JOIN results s ON s.key=r.key"
+            " WHERE r.model IS ? AND r.tokens > ?"
+            " AND (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+            " ORDER BY r.path, r.ordinal",
+            (model, tokens),
+        )
+        return [RequestRow(*row) for row in cur]
+
+    def stated_limits(self) -> list[tuple[str, str]]:
+        """Queue limits the API stated in refusals, as (meta key, value)."""
+        return list(
+            self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'stated:%' ORDER BY key")
+        )
+
     def requests_of(self, path: str) -> Iterator[RequestRow]:
         """An input's current requests, in input order."""
         cur = self.db.execute(
@@ -356,7 +453,13 @@ class Store:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A second connection reading the state as committed when it first reads (WAL)."""
-        reader = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            reader = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, factory=_Connection
+            )
+        except sqlite3.Error as exc:
+            raise _state_error(self.path, exc) from exc
+        reader.path = self.path
         try:
             reader.execute("BEGIN")
             reader.execute("SELECT count(*) FROM meta").fetchone()  # pin the snapshot now
@@ -547,6 +650,15 @@ class Store:
             (key,),
         ).fetchone()
         return RequestRow(*row) if row else None
+
+    def has_key_prefix(self, prefix: str) -> bool:
+        """Is any current request's content key prefixed so (prefix: lowercase hex)?"""
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return False
+        row = self.db.execute(
+            "SELECT 1 FROM requests WHERE key >= ? AND key < ? LIMIT 1", (prefix, prefix + "g")
+        ).fetchone()
+        return row is not None
 
     def is_current(self, key: str) -> bool:
         return (

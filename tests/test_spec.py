@@ -176,12 +176,21 @@ def test_defaults_are_the_documented_ones(work: Path) -> None:
     assert spec.model is None and spec.endpoint is None
 
 
-def test_default_project_is_stem_and_hash_of_output_dir(work: Path) -> None:
-    digest = hashlib.sha256(str(work / "results").encode()).hexdigest()[:8]
-    spec = load_spec(write(work, "inputs: [in.jsonl]\noutput_dir: results\n", "my jobs.yaml"))
-    assert spec.project == f"my-jobs-{digest}"
+def test_default_project_survives_a_renamed_config_and_a_moved_checkout(work: Path) -> None:
+    text = "inputs: [in.jsonl]\noutput_dir: results\n"
+    spec = load_spec(write(work, text, "my jobs.yaml"))
+    assert spec.project.startswith("results-") and len(spec.project) == len("results-") + 8
+    # Renamed config: same id.
+    assert load_spec(write(work, text, "ci.yaml")).project == spec.project
+    # The same config in another directory (a moved checkout, another CI runner): same id.
+    moved = work / "elsewhere" / "checkout"
+    moved.mkdir(parents=True)
+    (moved / "in.jsonl").write_text((work / "in.jsonl").read_text())
+    assert load_spec(write(moved, text, "batch.yaml")).project == spec.project
+    # Another output_dir or other inputs make another project.
     other = load_spec(write(work, "inputs: [in.jsonl]\noutput_dir: elsewhere\n", "my jobs.yaml"))
     assert other.project != spec.project
+    assert load_spec(write(work, "inputs: [in.jsonl, '*.jsonl']\noutput_dir: results\n")).project != spec.project
 
 
 def test_explicit_values_are_used(work: Path) -> None:
@@ -292,8 +301,8 @@ SCHEMA_ERRORS = [
     ),
     (
         "too many metadata pairs",
-        "inputs: [in.jsonl]\nmetadata:\n" + "".join(f"  k{i}: v\n" for i in range(15)),
-        "batch.yaml:3: metadata: has 15 entries; at most 14 allowed: your own tags",
+        "inputs: [in.jsonl]\nmetadata:\n" + "".join(f"  k{i}: v\n" for i in range(13)),
+        "batch.yaml:3: metadata: has 13 entries; at most 12 allowed: your own tags",
     ),
     (
         "metadata value too long",

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gptbatch import __version__
-from gptbatch.errors import EXIT_INTERRUPTED, GptbatchError
+from gptbatch.errors import EXIT_ERROR, EXIT_INTERRUPTED, GptbatchError, redact
 
 # Subcommand modules, in the order `gptbatch --help` lists them.
 COMMANDS = ("build", "status", "plan", "validate", "split", "tokens", "simulator")
@@ -38,17 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(func, args: argparse.Namespace) -> int:
-    """Call a command function, turning gptbatch errors and Ctrl-C into exit codes."""
+    """Call a command function, turning gptbatch errors and Ctrl-C into exit codes.
+
+    A local file error that no module translated still gets one line, not a traceback.
+    """
     try:
         return int(func(args) or 0)
     except GptbatchError as exc:
-        print(f"gptbatch: error: {exc}", file=sys.stderr)
+        print(f"gptbatch: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            return 0
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"gptbatch: error: {where}{exc.strerror or exc}: check free disk space, "
+            "permissions and file size limits, then run again (state is saved)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("gptbatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

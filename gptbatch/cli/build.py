@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptbatch.errors import UsageError
+from gptbatch.lock import BuildLock
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import Spec, api_key, load_spec
 from gptbatch.store import Store, state_dir
@@ -52,6 +53,13 @@ def register(sub: Any) -> None:
         action="store_true",
         help="rehearse against the built-in Batch API simulator on a fast clock "
         "(no API key, no cost); writes to <output_dir>-simulated",
+    )
+    p.add_argument(
+        "-k",
+        "--keep-going",
+        action="store_true",
+        help="build the rest when some requests can never be queued (as make -k); they are "
+        "recorded as failed",
     )
     p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="report every input and shard")
@@ -133,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
 def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
     """Build a loaded spec as the arguments say; return the exit code and the spec used."""
-    from gptbatch.build import Builder
+    from gptbatch.build import run_build
 
     reporter: Reporter = (
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
@@ -141,14 +149,15 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
     with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
         if args.simulate:
             forget_lost_simulation(spec)
-        store = Store(state_dir(spec.output_dir), lock=True)
-        try:
-            builder = Builder(spec, store, remote, reporter)
-            if args.simulate and not args.json:
+            if not args.json:
                 print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
-            summary = builder.run(wait=not args.no_wait)
-        finally:
-            store.close()
+        summary = run_build(
+            spec,
+            remote,
+            reporter,
+            wait=not args.no_wait,
+            keep_going=getattr(args, "keep_going", False),
+        )
     if not args.json:
         print_summary(summary, spec)
     return summary.exit_code, spec
@@ -164,13 +173,14 @@ def forget_lost_simulation(spec: Spec) -> None:
     directory = state_dir(spec.output_dir)
     if not (directory / "state.db").exists():
         return
-    store = Store(directory, lock=True)
-    try:
-        lost = any(not b.collected for b in store.batches()) or store.shards(("submitting",))
-    finally:
-        store.close()
-    if lost:
-        shutil.rmtree(directory)
+    with BuildLock(spec.output_dir, directory):
+        store = Store(directory)
+        try:
+            lost = any(not b.collected for b in store.batches()) or store.shards(("submitting",))
+        finally:
+            store.close()
+        if lost:
+            shutil.rmtree(directory)
 
 
 def print_summary(s: BuildSummary, spec: Spec) -> None:

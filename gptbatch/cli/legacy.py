@@ -11,7 +11,7 @@ from gptbatch.cli import run
 from gptbatch.cli.build import execute
 from gptbatch.cli.split import add_split_arguments, summary_lines
 from gptbatch.errors import EXIT_INTERRUPTED, GptbatchError
-from gptbatch.legacy import publish_outputs, write_manager_config
+from gptbatch.legacy import manager_inputs, publish_outputs, write_manager_config
 from gptbatch.report import shown
 from gptbatch.spec import load_spec
 from gptbatch.split import split_files
@@ -60,7 +60,13 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
     args.json = args.verbose = False
 
     def manage(args: argparse.Namespace) -> int:
-        config = write_manager_config(args.files, Path.cwd())
+        inputs, skipped = manager_inputs(args.files)
+        for path in skipped:
+            print(f"skipping {shown(path)}: it holds Batch API results, not requests")
+        if not inputs:
+            print("nothing to build: every file given holds results")
+            return 0
+        config = write_manager_config(inputs, Path.cwd())
         code, spec = execute(load_spec(config), args)
         if not args.simulate:
             for path in publish_outputs(spec):

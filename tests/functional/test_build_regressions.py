@@ -297,20 +297,36 @@ def assert_failed_for_good(project: Project, custom_id: str, line: int, printed:
 
 
 @pytest.mark.timeout(60)
-def test_request_over_the_configured_token_limit_fails_for_good(
+def test_request_over_the_configured_token_limit_stops_before_anything_is_billed(
     tmp_path: Path, simulator, capsys
 ) -> None:
     reqs = [padded_chat("small", 50), padded_chat("big", 900)]  # ~60 and ~910 tokens
     project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": 500})
     capsys.readouterr()
-    assert project.build() == EXIT_FAILED_REQUESTS
+    assert project.build() == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "requests.jsonl:2: request 'big' has ~" in err
+    assert "over the enqueued-token limit of 500 for gpt-4o-mini" in err
+    assert "--keep-going" in err
+    assert simulator.journal.calls == []  # knowable offline: the API was never called
+    assert not project.out.exists()  # and nothing was written
+
+
+@pytest.mark.timeout(60)
+def test_request_over_the_configured_token_limit_fails_for_good_with_keep_going(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    reqs = [padded_chat("small", 50), padded_chat("big", 900)]  # ~60 and ~910 tokens
+    project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": 500})
+    capsys.readouterr()
+    assert project.build("--keep-going") == EXIT_FAILED_REQUESTS
     captured = capsys.readouterr()
     assert_failed_for_good(project, "big", 2, captured.out + captured.err)
     assert ids(project.output()) == ["small"]
     assert billed_ids(simulator) == ["small"]
     assert creates(simulator) == 1
 
-    # Final: a rebuild sends nothing and says the same.
+    # Final: a rebuild (even without -k) sends nothing and says the same.
     assert project.build() == EXIT_FAILED_REQUESTS
     assert creates(simulator) == 1
     assert ids(project.errors()) == ["big"]
