@@ -197,8 +197,20 @@ def run_build(
         store = Store(directory)
         try:
             return Builder(spec, store, remote, reporter, keep_going=keep_going).run(wait=wait)
-        except InputError:
+        except InputError as exc:
             untouched = not store.shards() and not store.batches()
+            flying = sum(1 for b in store.batches() if not b.collected)
+            if flying:  # this run submitted nothing, but earlier runs did
+                exc.problems.append(
+                    Problem(
+                        "",
+                        None,
+                        f"this run submitted nothing; {flying} batch(es) submitted earlier keep "
+                        "running at the API: fix the input and run `gptbatch build` again to "
+                        "collect them",
+                    )
+                )
+                exc.args = (exc.render(),)
             store.close()
             if untouched and not had_state:
                 shutil.rmtree(directory, ignore_errors=True)

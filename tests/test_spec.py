@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import textwrap
@@ -190,7 +189,10 @@ def test_default_project_survives_a_renamed_config_and_a_moved_checkout(work: Pa
     # Another output_dir or other inputs make another project.
     other = load_spec(write(work, "inputs: [in.jsonl]\noutput_dir: elsewhere\n", "my jobs.yaml"))
     assert other.project != spec.project
-    assert load_spec(write(work, "inputs: [in.jsonl, '*.jsonl']\noutput_dir: results\n")).project != spec.project
+    assert (
+        load_spec(write(work, "inputs: [in.jsonl, '*.jsonl']\noutput_dir: results\n")).project
+        != spec.project
+    )
 
 
 def test_explicit_values_are_used(work: Path) -> None:
