@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from gptbatch.canonical import (
     file_sha256,
     sha256_hex,
 )
+from gptbatch.crash import crashpoint
 from gptbatch.errors import (
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
@@ -64,12 +64,6 @@ KEY_SAMPLE = 28  # 28 * 17 - 1 = 475 characters, under the API's 512 per value
 REFUSAL_CODES = ("token_limit_exceeded", "request_limit_exceeded")
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 RECONCILE_DAYS = 30  # batch files expire after 30 days: older batches cannot be collected
-
-
-def crashpoint(name: str) -> None:
-    """Die with SIGKILL here if GPTBATCH_CRASH_AT names this point (fault injection for tests)."""
-    if os.environ.get("GPTBATCH_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -322,6 +316,7 @@ class Builder:
         summaries = write_outputs(
             self.spec, self.store, skip_if=self.store.get_meta("outputs") == fingerprint
         )
+        crashpoint("after_outputs")
         with self.store.transaction():
             self.store.set_meta("outputs", fingerprint)
         self.summary.outputs = summaries
@@ -588,6 +583,7 @@ class Builder:
                 file_id = found[0].id if found else None
             if file_id is None:
                 path = self.shard_file(shard)
+                crashpoint("after_shard_file")
                 with store.transaction():
                     store.update_shard(shard.id, state="uploading")
                 crashpoint("before_upload")
@@ -595,6 +591,7 @@ class Builder:
                 crashpoint("after_upload")
             with store.transaction():
                 store.update_shard(shard.id, state="uploaded", file_id=file_id)
+            crashpoint("after_uploaded_state")
             self.report.event("uploaded", shard=shard.id[:12], file=file_id)
         nonce = uuid.uuid4().hex[:16]
         with store.transaction():
@@ -625,6 +622,7 @@ class Builder:
             return
         crashpoint("after_create")
         self.record_submitted(shard.id, info)
+        crashpoint("after_submitted_state")
         self.summary.submitted += 1
         self.report.event(
             "submitted",

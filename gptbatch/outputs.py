@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptbatch.canonical import atomic_writer
+from gptbatch.crash import armed, crashpoint
 from gptbatch.errors import ConfigError
 from gptbatch.spec import Spec
 from gptbatch.store import Store
@@ -94,8 +95,12 @@ def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[Ou
             summaries.append(_count(store, str(path), out_path, err_path))
             continue
         written = failed = missing = 0
+        crash = armed("mid_output_write")
         with atomic_writer(out_path, "w") as out, atomic_writer(err_path, "w") as err:
             for request, result in store.request_results(str(path)):
+                if crash and written:
+                    out.flush()
+                    crashpoint("mid_output_write")
                 if result is None or result.state == "retry":
                     missing += 1
                 elif result.state == "ok" and result.line is not None:

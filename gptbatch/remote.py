@@ -14,6 +14,7 @@ import httpx2
 import openai
 
 from gptbatch.canonical import atomic_writer
+from gptbatch.crash import crashpoint
 from gptbatch.errors import (
     AuthError,
     LocalIOError,
@@ -244,6 +245,7 @@ class Remote:
                     for chunk in resp.iter_bytes(1 << 16):
                         out.write(chunk)
                         size += len(chunk)
+                        crashpoint("mid_download")
                 return size
             except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
                 last = _translate(exc)
