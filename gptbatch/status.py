@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptbatch.canonical import file_sha256
+from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
 from gptbatch.requests import read_requests
 from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.store import ACTIVE_SHARD_STATES, ResultRow, Store
@@ -37,8 +39,61 @@ class ShardStatus:
     reason: str
 
 
+@dataclass(frozen=True)
+class ProjectStatus:
+    """Where a project stands, inputs edited since the last build included."""
+
+    total: int
+    ok: int
+    failed: int
+    in_shards: int
+    pending: int  # neither done nor failed for good (in_shards included)
+    stale: tuple[tuple[str, str], ...]
+    built: bool  # a build state exists
+
+    @property
+    def exit_code(self) -> int:
+        """As `make -q`: 0 up to date, 3 work pending, 4 up to date but some failed for good."""
+        if self.pending:
+            return EXIT_PENDING
+        return EXIT_FAILED_REQUESTS if self.failed else EXIT_OK
+
+
+def project_status(spec: Spec, store: Store | None) -> ProjectStatus:
+    """Count done, failed and pending requests, re-reading inputs edited since the last build.
+
+    Needs no network and no earlier build (store None: nothing is built yet).
+    """
+    stale = dict(stale_inputs(spec, store)) if store is not None else {}
+    ok = failed = total = pending = 0
+    for path in spec.inputs:
+        if store is not None and str(path) not in stale:
+            counts = store.result_counts(str(path))
+            ok, failed = ok + counts["ok"], failed + counts["failed"]
+            total += counts["ok"] + counts["failed"] + counts["missing"]
+            pending += counts["missing"]
+            continue
+        for req in read_requests([path], model=spec.model, endpoint=spec.endpoint):
+            total += 1
+            result = store.result(req.key) if store is not None else None
+            state = result.state if result is not None else None
+            ok += state == "ok"
+            failed += state == "failed"
+            pending += state not in ("ok", "failed")
+    in_shards = store.counts()["in_shards"] if store is not None else 0
+    if store is None:
+        stale = {str(p): "never built" for p in spec.inputs}
+    return ProjectStatus(
+        total, ok, failed, min(in_shards, pending), pending, tuple(stale.items()), store is not None
+    )
+
+
 def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
-    """Inputs that changed (or are new) since the last build, with why; read-only."""
+    """Inputs that changed (or are new) since the last build, with why; read-only.
+
+    As doit does, (size, mtime) first; only a file whose stat changed is hashed, so a
+    touched but unchanged file is not stale.
+    """
     defaults = config_fingerprint(spec)
     out = []
     for path in spec.inputs:
@@ -51,8 +106,10 @@ def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
             out.append((str(path), "model or endpoint in batch.yaml changed"))
         elif record[3] != defaults:
             out.append((str(path), "prices in batch.yaml changed"))
-        elif (record[0], record[1]) != (st.st_size, st.st_mtime_ns):
-            out.append((str(path), "file changed since the last build (size or mtime)"))
+        elif (record[0], record[1]) != (st.st_size, st.st_mtime_ns) and record[2] != file_sha256(
+            path
+        ):
+            out.append((str(path), "file changed since the last build"))
     return out
 
 
@@ -121,6 +178,12 @@ def pending_reasons(spec: Spec, store: Store) -> Iterator[PendingReason]:
             why = _reason(result, in_shard.get(row.key), row.reason)
             if why is not None:
                 yield PendingReason(row.path, row.line, row.custom_id, why)
+
+
+def unbuilt_reasons(spec: Spec) -> Iterator[PendingReason]:
+    """Before the first build every request is pending: never built."""
+    for req in read_requests(spec.inputs, model=spec.model, endpoint=spec.endpoint):
+        yield PendingReason(req.path, req.line, req.custom_id, "new request: never built")
 
 
 def _stale_reasons(

@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 from gptbatch.cli.build import simulated_output_dir
-from gptbatch.errors import UsageError
+from gptbatch.report import shown
 from gptbatch.spec import load_spec
-from gptbatch.status import pending_reasons, shard_statuses, stale_inputs
+from gptbatch.status import pending_reasons, project_status, shard_statuses, unbuilt_reasons
 from gptbatch.store import Store, state_dir
 
 
@@ -18,7 +18,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "status",
         help="show what is done and what is pending",
-        description="Read the build state (no network) and report progress.",
+        description="Read the build state and the inputs (no network) and report what is "
+        "done and what is pending, like `make -q`: exit 0 when everything is up to date, 3 "
+        "when work is pending (also before the first build, or after an edit), 4 when "
+        "everything is built but some requests failed for good.",
+        epilog="example: gptbatch status batch.yaml --explain || gptbatch build batch.yaml",
     )
     p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
     p.add_argument(
@@ -44,27 +48,35 @@ def run(args: argparse.Namespace) -> int:
     if args.simulate:
         spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
     directory = state_dir(spec.output_dir)
-    if not (directory / "state.db").exists():
-        raise UsageError(f"no build state in {directory}: run `gptbatch build` first")
-    store = Store(directory)
+    store = Store(directory) if (directory / "state.db").exists() else None
     try:
-        counts = store.counts()
-        stale = stale_inputs(spec, store)
-        shards = shard_statuses(store)
+        status = project_status(spec, store)
+        shards = shard_statuses(store) if store is not None else []
         reasons = []
         if args.explain:
-            for r in pending_reasons(spec, store):
+            found = pending_reasons(spec, store) if store is not None else unbuilt_reasons(spec)
+            for r in found:
                 if args.limit and len(reasons) >= args.limit:
                     break
                 reasons.append(r)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     if args.json:
         print(
             json.dumps(
                 {
-                    "counts": counts,
-                    "stale_inputs": [{"path": p, "reason": r} for p, r in stale],
+                    "counts": {
+                        "total": status.total,
+                        "ok": status.ok,
+                        "failed": status.failed,
+                        "pending": status.pending,
+                        "in_shards": status.in_shards,
+                    },
+                    "up_to_date": status.exit_code != 3,
+                    "exit_code": status.exit_code,
+                    "built": status.built,
+                    "stale_inputs": [{"path": p, "reason": r} for p, r in status.stale],
                     "shards": [s.__dict__ for s in shards],
                     "pending": [r.__dict__ for r in reasons],
                 },
@@ -72,13 +84,17 @@ def run(args: argparse.Namespace) -> int:
                 sort_keys=True,
             )
         )
-        return 0
+        return status.exit_code
+    state = "up to date" if not status.pending else "not up to date"
     print(
-        f"{counts['ok']:,} of {counts['total']:,} requests done, {counts['failed']:,} failed "
-        f"for good, {counts['in_shards']:,} in shards, {counts['pending']:,} not yet packed"
+        f"{state}: {status.ok:,} of {status.total:,} requests done, {status.failed:,} failed "
+        f"for good, {status.pending:,} pending ({status.in_shards:,} of them in shards)"
     )
-    for path, why in stale:
-        print(f"input {path}: {why}; the next build reads it again")
+    if not status.built:
+        print("nothing built yet: `gptbatch build` builds it")
+    for path, why in status.stale:
+        if status.built:
+            print(f"input {shown(path)}: {why}; the next build reads it again")
     for s in shards:
         print(
             f"shard {s.id[:12]} ({s.model} {s.url}, {s.requests:,} requests, "
@@ -89,4 +105,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r.path}:{r.line}: {r.custom_id}: {r.reason}")
         if args.limit and len(reasons) >= args.limit:
             print(f"(first {args.limit} shown; --limit 0 shows all)")
-    return 0
+    return status.exit_code
