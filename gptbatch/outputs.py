@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.crash import armed, crashpoint
@@ -91,12 +92,12 @@ def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[Ou
     """
     summaries = []
     for path, (out_path, err_path) in output_paths(spec.inputs, spec.output_dir).items():
-        if skip_if and out_path.exists() and err_path.exists():
+        if skip_if and out_path.exists():
             summaries.append(_count(store, str(path), out_path, err_path))
             continue
         written = failed = missing = 0
         crash = armed("mid_output_write")
-        with atomic_writer(out_path, "w") as out, atomic_writer(err_path, "w") as err:
+        with atomic_writer(out_path, "w") as out, _ErrorFile(err_path) as err:
             for request, result in store.request_results(str(path)):
                 if crash and written:
                     out.flush()
@@ -122,6 +123,30 @@ def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[Ou
             OutputSummary(str(path), str(out_path), str(err_path), written, failed, missing)
         )
     return summaries
+
+
+class _ErrorFile:
+    """An errors file written atomically only if something failed; else any old one goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: Any = None
+        self._file: Any = None
+
+    def write(self, text: str) -> None:
+        if self._file is None:
+            self._writer = atomic_writer(self.path, "w")
+            self._file = self._writer.__enter__()
+        self._file.write(text)
+
+    def __enter__(self) -> _ErrorFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._writer is not None:
+            self._writer.__exit__(*exc)
+        elif exc[0] is None:
+            self.path.unlink(missing_ok=True)  # nothing failed: no empty errors file
 
 
 def _count(store: Store, path: str, out_path: Path, err_path: Path) -> OutputSummary:

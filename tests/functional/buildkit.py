@@ -71,7 +71,9 @@ class Project:
         return read_jsonl(self.out / f"{name}.jsonl")
 
     def errors(self, name: str = "requests") -> list[dict[str, Any]]:
-        return read_jsonl(self.out / f"{name}.errors.jsonl")
+        """The errors file's records; none when it does not exist (nothing failed)."""
+        path = self.out / f"{name}.errors.jsonl"
+        return read_jsonl(path) if path.exists() else []
 
     def build(self, *args: str) -> int:
         """Run `gptbatch build` in-process; return its exit code."""
