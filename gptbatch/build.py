@@ -20,11 +20,11 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptbatch import pricing, tokens
+from gptbatch import pricing, tokens, usage
 from gptbatch.canonical import (
     atomic_writer,
     canonical_json,
@@ -46,12 +46,14 @@ from gptbatch.errors import (
 )
 from gptbatch.lock import BuildLock
 from gptbatch.outputs import OutputSummary, output_paths, write_outputs
+from gptbatch.pricing import usd
 from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
 from gptbatch.requests import read_raw_line, read_requests
 from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, embedding_inputs, shard_key
 from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store, state_dir
+from gptbatch.usage import Usage
 
 META_PROJECT = "gptbatch_project"
 META_SHARD = "gptbatch_shard"
@@ -79,6 +81,9 @@ class BuildSummary:
     refusals: int = 0
     cost_committed: float = 0.0
     stopped_by_cost: str | None = None
+    usage_run: Usage = field(default_factory=Usage)  # results collected by this run
+    usage_total: Usage = field(default_factory=Usage)  # every result of the project
+    seconds: float = 0.0
     outputs: list[OutputSummary] = field(default_factory=list)
 
     @property
@@ -187,10 +192,22 @@ def run_build(
     output_paths(spec.inputs, spec.output_dir)  # refuse clobbering an input before any write
     directory = state_dir(spec.output_dir)
     had_output, had_state = spec.output_dir.exists(), directory.exists()
+    started = time.monotonic()
     with BuildLock(spec.output_dir, directory):
         store = Store(directory)
         try:
-            return Builder(spec, store, remote, reporter, keep_going=keep_going).run(wait=wait)
+            before = usage.account(store, spec.prices)
+            summary = Builder(spec, store, remote, reporter, keep_going=keep_going).run(wait=wait)
+            summary.usage_total = usage.account(store, spec.prices)
+            summary.usage_run = summary.usage_total - before
+            summary.seconds = time.monotonic() - started
+            reporter.event(
+                "usage",
+                run=asdict(summary.usage_run),
+                total=asdict(summary.usage_total),
+                seconds=round(summary.seconds, 3),
+            )
+            return summary
         except InputError as exc:
             untouched = not store.shards() and not store.batches()
             flying = sum(1 for b in store.batches() if not b.collected)
@@ -985,11 +1002,6 @@ def key_sample(keys: list[str]) -> str:
     """Up to KEY_SAMPLE evenly spread 16-hex prefixes of keys, comma-separated."""
     step = max(1, -(-len(keys) // KEY_SAMPLE))
     return ",".join(k[:16] for k in keys[::step][:KEY_SAMPLE])
-
-
-def usd(amount: float) -> str:
-    """Dollars with enough digits to tell small amounts apart."""
-    return f"${amount:,.2f}" if amount >= 100 else f"${amount:.4g}"
 
 
 def classify(obj: dict[str, Any]) -> tuple[str, str | None]:

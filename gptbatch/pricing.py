@@ -84,3 +84,8 @@ def estimate_cost(
     if price is None:
         return None
     return (input_tokens * price.input + output_tokens * price.output) / TOKENS_PER_UNIT
+
+
+def usd(amount: float) -> str:
+    """Dollars with enough digits to tell small amounts apart."""
+    return f"${amount:,.2f}" if amount >= 100 else f"${amount:.4g}"

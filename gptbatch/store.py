@@ -570,6 +570,15 @@ class Store:
         )
         return ResultRow(key, state, attempts, line, error, batch_id)
 
+    def ok_lines_after(self, rowid: int) -> Iterator[tuple[int, str]]:
+        """(rowid, line) of successful results recorded after rowid, in record order."""
+        cur = self.db.execute(
+            "SELECT rowid, line FROM results WHERE rowid > ? AND state='ok' AND line IS NOT NULL"
+            " ORDER BY rowid",
+            (rowid,),
+        )
+        yield from cur
+
     # --- shards and batches --------------------------------------------------------------
 
     def new_shard_id(self, key: str) -> str:

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from gptbatch.errors import UsageError
 from gptbatch.lock import BuildLock
+from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import Spec, api_key, load_spec
 from gptbatch.store import Store, state_dir
+from gptbatch.usage import Usage
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
     from gptbatch.build import BuildSummary
@@ -183,13 +185,35 @@ def forget_lost_simulation(spec: Spec) -> None:
             shutil.rmtree(directory)
 
 
+def _cost(u: Usage) -> str:
+    if u.cost is None:
+        return f"unknown (no price for {', '.join(u.unpriced)}: add it under prices: in batch.yaml)"
+    return usd(u.cost)
+
+
+def usage_line(label: str, u: Usage) -> str:
+    """Tokens and cost of some results, as the summary shows them."""
+    return (
+        f"{label}: {u.requests:,} results, {u.input:,} input tokens ({u.cached:,} cached), "
+        f"{u.output:,} output ({u.reasoning:,} reasoning); cost {_cost(u)}"
+    )
+
+
 def print_summary(s: BuildSummary, spec: Spec) -> None:
     out = sys.stdout
     state = "done" if not s.pending else "not done"
     print(
         f"{state}: {s.ok:,} of {s.total:,} requests have results, {s.failed:,} failed for good, "
         f"{s.pending:,} pending; {s.submitted} batches submitted, {s.adopted} adopted, "
-        f"{s.refusals} refused for queue room; estimated spend ${s.cost_committed:.4f}",
+        f"{s.refusals} refused for queue room; {s.seconds:.1f} s",
+        file=out,
+    )
+    print("  " + usage_line("this run", s.usage_run), file=out)
+    print(
+        "  "
+        + usage_line("project so far", s.usage_total)
+        + f" (estimated before submitting: {usd(s.cost_committed)} for prompts and "
+        "max output)",
         file=out,
     )
     for o in s.outputs:

@@ -1,0 +1,110 @@
+"""Tokens used and money spent, read from the results' `usage`, priced at Batch API rates.
+
+Results are accounted once each, in the order the store recorded them (a rowid watermark),
+and the project's running totals move in the same transaction, so a kill never counts a
+result twice or loses one; a no-op build reads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gptbatch.pricing import TOKENS_PER_UNIT, price_for
+from gptbatch.store import Store
+
+_META_TOTAL = "usage_total"
+_META_THROUGH = "usage_through"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of some results and what they cost (None: a model has no known price)."""
+
+    requests: int = 0
+    input: int = 0
+    cached: int = 0
+    output: int = 0
+    reasoning: int = 0
+    cost: float | None = 0.0
+    unpriced: tuple[str, ...] = field(default_factory=tuple)
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost is None or other.cost is None else self.cost + other.cost
+        return Usage(
+            self.requests + other.requests,
+            self.input + other.input,
+            self.cached + other.cached,
+            self.output + other.output,
+            self.reasoning + other.reasoning,
+            cost,
+            tuple(sorted(set(self.unpriced) | set(other.unpriced))),
+        )
+
+    def __sub__(self, other: Usage) -> Usage:
+        cost = None if self.cost is None or other.cost is None else self.cost - other.cost
+        return Usage(
+            self.requests - other.requests,
+            self.input - other.input,
+            self.cached - other.cached,
+            self.output - other.output,
+            self.reasoning - other.reasoning,
+            cost,
+            tuple(u for u in self.unpriced if u not in other.unpriced),
+        )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def line_usage(line: str, prices: Mapping[str, Mapping[str, float]] | None = None) -> Usage:
+    """The usage and cost of one Batch API result line (chat, responses, embeddings, ...)."""
+    try:
+        body = (json.loads(line).get("response") or {}).get("body") or {}
+    except (ValueError, AttributeError):
+        return Usage(requests=1)
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return Usage(requests=1)
+    inputs = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    output = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    price = price_for(model, prices)
+    if price is None:
+        return Usage(1, inputs, cached, output, reasoning, None, (model or "(no model)",))
+    # Cached input is priced at the full input rate: an upper bound (the discount varies by
+    # model and the price table does not carry it).
+    cost = (inputs * price.input + output * price.output) / TOKENS_PER_UNIT
+    return Usage(1, inputs, cached, output, reasoning, cost)
+
+
+def project_usage(store: Store) -> Usage:
+    """The running totals of every result accounted so far."""
+    raw = store.get_meta(_META_TOTAL)
+    if not raw:
+        return Usage()
+    data = json.loads(raw)
+    data["unpriced"] = tuple(data.get("unpriced", ()))
+    return Usage(**data)
+
+
+def account(store: Store, prices: Mapping[str, Mapping[str, float]] | None = None) -> Usage:
+    """Add results recorded since the last call to the project's totals; return the totals."""
+    through = int(store.get_meta(_META_THROUGH) or 0)
+    total = project_usage(store)
+    with store.transaction():
+        last = through
+        for rowid, line in store.ok_lines_after(through):
+            total = total + line_usage(line, prices)
+            last = rowid
+        if last != through:
+            store.set_meta(_META_THROUGH, str(last))
+            store.set_meta(_META_TOTAL, json.dumps(asdict(total), sort_keys=True))
+    return total
