@@ -53,5 +53,7 @@ def test_simulate_recovers_from_a_killed_rehearsal(tmp_path: Path) -> None:
     env.pop("GPTBATCH_CRASH_AT")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == EXIT_OK, done.stderr
-    summary = [json.loads(line) for line in done.stdout.splitlines()][-1]
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["event"] for e in events][-2:] == ["summary", "usage"]
+    summary = events[-2]
     assert summary["event"] == "summary" and summary["ok"] == 20 and summary["pending"] == 0
