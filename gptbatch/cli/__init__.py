@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 
@@ -45,21 +46,33 @@ def run(func, args: argparse.Namespace) -> int:
     try:
         return int(func(args) or 0)
     except GptbatchError as exc:
-        print(f"gptbatch: error: {redact(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, redact(str(exc)), exc.exit_code)
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             return 0
         where = f"{exc.filename}: " if exc.filename else ""
-        print(
-            f"gptbatch: error: {where}{exc.strerror or exc}: check free disk space, "
-            "permissions and file size limits, then run again (state is saved)",
-            file=sys.stderr,
+        return _fail(
+            args,
+            f"{where}{exc.strerror or exc}: check free disk space, permissions and file size "
+            "limits, then run again (state is saved)",
+            EXIT_ERROR,
         )
-        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("gptbatch: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail(
+            args,
+            "interrupted: state is saved and batches already submitted keep running at the API; "
+            "`gptbatch build` picks up where this stopped (`gptbatch cancel` stops them)",
+            EXIT_INTERRUPTED,
+        )
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Report an error on stderr, and as a JSON event on stdout under --json."""
+    print(f"gptbatch: {'error: ' if code != EXIT_INTERRUPTED else ''}{message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        event = {"event": "error", "message": message, "exit_code": code}
+        print(json.dumps(event, sort_keys=True), flush=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
