@@ -109,6 +109,9 @@ class _Batch:
     order: list[int] = field(default_factory=list)  # processing order (indexes of requests)
     prefix: list[float] = field(default_factory=list)  # cumulative token cost along order
     processed: float = 0.0  # tokens processed so far
+    anchor: float = 0.0  # tokens processed at the last event (see BatchService._plan)
+    running: bool = False  # processing since the last event
+    reached: bool = False  # processing reached `target` and that event was handled
     target: float = 0.0  # processing stops here (all requests, or a fault's stall point)
     cancel_at_target: bool = False
     done: int = 0  # requests in `order` that have a result
@@ -177,6 +180,7 @@ class BatchService:
         self._batches: dict[str, _Batch] = {}
         self._seq = 0
         self._t = self.clock.now()
+        self._anchor_t, self._rate = self._t, self.config.tokens_per_second
         self._token_limits = dict(self.config.token_limits)
         self._request_limits = dict(self.config.request_limits)
         self._faults: list[_Armed] = []
@@ -535,31 +539,37 @@ class BatchService:
             at, _priority, _seq, action, batch = event
             self._process_until(max(at, self._t))
             action(batch, self._t)
+            self._plan()
 
-    def _rate(self) -> float:
-        running = sum(1 for b in self._batches.values() if self._is_processing(b))
+    def _plan(self) -> None:
+        """Fix which batches process, and how fast, from now until the next event.
+
+        Progress between events is computed from this anchor, never from the last time
+        someone looked, so the outcome is the same to the last bit however often anyone
+        polls (and when a log is replayed).
+        """
+        running = [b for b in self._batches.values() if b.status == "in_progress" and not b.reached]
         rate = self.config.tokens_per_second
         if running and self.config.total_tokens_per_second > 0:
-            rate = min(rate, self.config.total_tokens_per_second / running)
-        return rate
-
-    @staticmethod
-    def _is_processing(batch: _Batch) -> bool:
-        return batch.status == "in_progress" and batch.processed < batch.target - EPS
+            rate = min(rate, self.config.total_tokens_per_second / len(running))
+        for b in self._batches.values():
+            b.anchor = b.processed
+            b.running = False
+        for b in running:
+            b.running = True
+        self._anchor_t, self._rate = self._t, rate
 
     def _next_event(self) -> tuple[float, int, int, Any, _Batch] | None:
         cfg = self.config
-        rate = self._rate()
         best: tuple[float, int, int, Any, _Batch] | None = None
         for b in self._batches.values():
             candidates: list[tuple[float, int, Any]] = []
             if b.status == "validating":
                 candidates.append((b.created_at + cfg.validating_seconds, 2, self._admit))
             elif b.status == "in_progress":
-                if self._is_processing(b):
-                    candidates.append(
-                        (self._t + (b.target - b.processed) / rate, 0, self._reach_target)
-                    )
+                if b.running:  # even if a poll or an equal batch took it to its target
+                    reach = self._anchor_t + (b.target - b.anchor) / self._rate
+                    candidates.append((reach, 0, self._reach_target))
                 candidates.append((b.expires_at, 1, self._expire))
             elif b.status == "finalizing":
                 candidates.append(
@@ -576,23 +586,19 @@ class BatchService:
         return best
 
     def _process_until(self, t: float) -> None:
-        """Process tokens from self._t to t (no event lies in between) and record results."""
-        dt = t - self._t
-        if dt <= 0:
-            self._t = max(self._t, t)
+        """Process tokens up to t (no event lies before it) and record results, in time order."""
+        if t <= self._t:
             return
-        rate = self._rate()
+        rate = self._rate
         finished: list[tuple[float, int, int, _Batch]] = []
         for b in self._batches.values():
-            if not self._is_processing(b):
+            if not b.running or b.status != "in_progress":
                 continue
-            start = b.processed
-            b.processed = min(b.target, start + rate * dt)
+            b.processed = min(b.target, b.anchor + rate * (t - self._anchor_t))
             index = b.done
             while index < len(b.order) and b.prefix[index] <= b.processed + EPS:
-                finished.append(
-                    (self._t + max(0.0, b.prefix[index] - start) / rate, b.seq, index, b)
-                )
+                at = self._anchor_t + max(0.0, b.prefix[index] - b.anchor) / rate
+                finished.append((at, b.seq, index, b))
                 index += 1
         for at, _seq, _index, b in sorted(finished, key=lambda item: item[:3]):
             self._record_result(b, at)
@@ -608,6 +614,7 @@ class BatchService:
     def _event(self, batch: _Batch, status: str, at: float) -> None:
         batch.status = status
         self.journal.record_event(BatchEvent(batch.id, status, at))
+        self._plan()
 
     def _fail(self, batch: _Batch, at: float, errors: list[dict[str, Any]]) -> None:
         batch.errors = errors
@@ -687,7 +694,7 @@ class BatchService:
             self._start_cancelling(batch, at)
 
     def _reach_target(self, batch: _Batch, at: float) -> None:
-        batch.processed = batch.target
+        batch.processed, batch.reached = batch.target, True
         self._finish_through(batch, at)
         if batch.cancel_at_target:
             self._start_cancelling(batch, at)

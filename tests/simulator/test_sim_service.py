@@ -88,6 +88,15 @@ def test_running_batches_share_the_total_throughput() -> None:
     assert shared.batch(second["id"])["status"] == "finalizing"
 
 
+def test_equal_batches_reaching_their_ends_at_one_instant_both_finish() -> None:
+    service = manual_service(total_tokens_per_second=1000.0)
+    lines = [chat("a", "the same words"), chat("b", "the same words")]
+    first, second = submit(service, lines), submit(service, lines)
+    service.clock.advance(1000)
+    assert service.batch(first["id"])["status"] == "completed"
+    assert service.batch(second["id"])["status"] == "completed"
+
+
 def test_results_do_not_depend_on_how_often_anyone_looks() -> None:
     lines = [chat(f"r{i}", f"text {i} " * (i + 1)) for i in range(12)]
     eager, lazy = manual_service(), manual_service()
