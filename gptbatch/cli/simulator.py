@@ -75,7 +75,12 @@ def register(subparsers: Any) -> None:
         help="inject a fault (repeatable); see the fault language below",
     )
     parser.add_argument("--organization", default="org-simulator", help="organization id")
-    parser.add_argument("--seed", type=int, default=0, help="seed for ids and result order")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for result order and contents (ids are new on every run)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print each API call")
     parser.set_defaults(func=run)
 

@@ -18,17 +18,25 @@ earlier finish validating earlier, so admission happens in creation order.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import itertools
 import json
-import random
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gptbatch.simulator.clock import SimClock
 from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.journal import BatchEvent, Billed, Journal
-from gptbatch.simulator.results import ENDPOINTS, TokenCounter, error_body, success_body
+from gptbatch.simulator.results import (
+    ENDPOINTS,
+    TokenCounter,
+    error_body,
+    result_order,
+    success_body,
+)
 from gptbatch.simulator.validation import (
     FILE_TTL_SECONDS,
     ApiError,
@@ -169,13 +177,20 @@ class _Batch:
 class BatchService:
     """Files, batches, processing, budgets and the journal, driven by a SimClock."""
 
-    def __init__(self, config: SimConfig | None = None, clock: SimClock | None = None) -> None:
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        clock: SimClock | None = None,
+        *,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """`entropy(n)` gives n random bytes for new file and batch ids (tests may fix it)."""
         self.config = config or SimConfig()
         self.clock = clock or SimClock(self.config.time_scale, start=self.config.start_time)
         self.journal = Journal()
         self.counter = TokenCounter()
         self._lock = threading.RLock()
-        self._rng = random.Random(self.config.seed)
+        self._entropy = entropy
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}
         self._seq = 0
@@ -192,14 +207,16 @@ class BatchService:
     # --- ids, time -------------------------------------------------------------------
 
     def _new_id(self, prefix: str, length: int, alphabet: str = _ALNUM) -> str:
-        if alphabet == _HEX:
-            return prefix + format(self._rng.getrandbits(4 * length), f"0{length}x")
-        number = self._rng.getrandbits(6 * length)
-        digits = []
-        for _ in range(length):
-            number, digit = divmod(number, len(alphabet))
-            digits.append(alphabet[digit])
-        return prefix + "".join(digits)
+        """A fresh random id no file or batch has: ids never repeat across simulator runs."""
+        while True:
+            candidate = prefix + _digits(self._entropy(32), length, alphabet)
+            if candidate not in self._files and candidate not in self._batches:
+                return candidate
+
+    def _derived_id(self, prefix: str, length: int, alphabet: str, *parts: object) -> str:
+        """An id that is a function of the seed and `parts`, so replaying gives the same one."""
+        text = ":".join(str(part) for part in (self.config.seed, *parts))
+        return prefix + _digits(hashlib.sha256(text.encode()).digest(), length, alphabet)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -302,10 +319,26 @@ class BatchService:
             return self._store_file(filename, purpose, data, self._t, FILE_TTL_SECONDS).public()
 
     def _store_file(
-        self, filename: str, purpose: str, data: bytes, at: float, ttl: float | None
+        self,
+        filename: str,
+        purpose: str,
+        data: bytes,
+        at: float,
+        ttl: float | None,
+        batch_id: str | None = None,
     ) -> _File:
+        """Store a file: an upload gets a fresh id, a batch's output one derived from the batch."""
+        if batch_id is None:
+            file_id = self._new_id("file-", 22)
+        else:
+            file_id = next(
+                candidate
+                for n in itertools.count()
+                if (candidate := self._derived_id("file-", 22, _ALNUM, batch_id, filename, n))
+                not in self._files
+            )
         record = _File(
-            id=self._new_id("file-", 22),
+            id=file_id,
             seq=self._next_seq(),
             filename=filename,
             purpose=purpose,
@@ -672,8 +705,7 @@ class BatchService:
                 ],
             )
             return
-        order = list(range(len(batch.requests)))
-        random.Random(f"{self.config.seed}:{batch.id}").shuffle(order)
+        order = result_order(self.config.seed, batch.id, len(batch.requests))
         batch.order = order
         running = 0.0
         for index in order:
@@ -722,26 +754,17 @@ class BatchService:
     def _expire(self, batch: _Batch, at: float) -> None:
         if batch.status == "in_progress":
             self._finish_through(batch, at)
-        for index in batch.order[batch.done :]:
-            request = batch.requests[index]
+        # Requests not run yet expire; all of them when the batch never left validating.
+        validating = batch.status == "validating"
+        for index in range(len(batch.requests)) if validating else batch.order[batch.done :]:
             line = {
-                "id": self._new_id("batch_req_", 32, _HEX),
-                "custom_id": request.custom_id,
+                "id": self._derived_id("batch_req_", 32, _HEX, batch.id, "line", index),
+                "custom_id": batch.requests[index].custom_id,
                 "response": None,
                 "error": dict(EXPIRED_ERROR),
             }
             batch.error_lines.append(json.dumps(line).encode() + b"\n")
             batch.failed += 1
-        if batch.status == "validating":  # expired before it ever ran: every request expires
-            for request in batch.requests:
-                line = {
-                    "id": self._new_id("batch_req_", 32, _HEX),
-                    "custom_id": request.custom_id,
-                    "response": None,
-                    "error": dict(EXPIRED_ERROR),
-                }
-                batch.error_lines.append(json.dumps(line).encode() + b"\n")
-                batch.failed += 1
         batch.done = len(batch.order)
         batch.times["expired_at"] = at
         self._write_files(batch, at)
@@ -752,7 +775,9 @@ class BatchService:
             if not lines:
                 return None
             name = f"{batch.id}_{kind}.jsonl"
-            return self._store_file(name, "batch_output", b"".join(lines), at, batch.output_ttl).id
+            data = b"".join(lines)
+            record = self._store_file(name, "batch_output", data, at, batch.output_ttl, batch.id)
+            return record.id
 
         batch.output_file_id = store("output", batch.output_lines) or batch.output_file_id
         batch.error_file_id = store("error", batch.error_lines) or batch.error_file_id
@@ -777,10 +802,11 @@ class BatchService:
         return None
 
     def _record_result(self, batch: _Batch, at: float) -> None:
-        request = batch.requests[batch.order[batch.done]]
+        index = batch.order[batch.done]
+        request = batch.requests[index]
         batch.done += 1
-        line_id = self._new_id("batch_req_", 32, _HEX)
-        request_id = self._new_id("", 32, _HEX)
+        line_id = self._derived_id("batch_req_", 32, _HEX, batch.id, "line", index)
+        request_id = self._derived_id("", 32, _HEX, batch.id, "request", index)
         fault = self._request_fault(request)
         if fault is not None:
             response = {
@@ -816,6 +842,16 @@ class BatchService:
             )
         line = {"id": line_id, "custom_id": request.custom_id, "response": response, "error": None}
         target.append(json.dumps(line).encode() + b"\n")
+
+
+def _digits(entropy: bytes, length: int, alphabet: str) -> str:
+    """`length` digits of `alphabet` taken from the bytes (which must hold enough bits)."""
+    number = int.from_bytes(entropy, "big")
+    digits = []
+    for _ in range(length):
+        number, digit = divmod(number, len(alphabet))
+        digits.append(alphabet[digit])
+    return "".join(digits)
 
 
 def _page(items: list[dict[str, Any]], limit: int, after: str | None) -> dict[str, Any]:
