@@ -74,6 +74,12 @@ def register(subparsers: Any) -> None:
         metavar="SPEC",
         help="inject a fault (repeatable); see the fault language below",
     )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="save state in DIR, and resume from it: a restarted simulator keeps its files and "
+        "batches, and simulated time goes on from where it stopped",
+    )
     parser.add_argument("--organization", default="org-simulator", help="organization id")
     parser.add_argument(
         "--seed",
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         organization=args.organization,
         seed=args.seed,
         faults=tuple(parse_fault(spec) for spec in args.fault),
+        state_dir=args.state_dir,
     )
     try:
         sim = Simulator(config, host=args.host, port=args.port)
@@ -130,6 +137,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"gptbatch simulator listening on {sim.base_url}", flush=True)
         print(f"  export OPENAI_BASE_URL={sim.base_url} OPENAI_API_KEY=sk-anything", flush=True)
+        if sim.saved_time is not None:
+            files, batches = len(sim.service.files()), len(sim.service.batches())
+            print(
+                f"  resumed from {args.state_dir}: {files} files, {batches} batches, "
+                f"simulated time {sim.saved_time:.3f}",
+                flush=True,
+            )
         for spec in args.fault:
             print(f"  fault armed: {spec}", flush=True)
         print("  press Ctrl-C to stop", flush=True)

@@ -348,11 +348,20 @@ class Simulator:
         self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.config = config or SimConfig()
-        self.clock: SimClock = SimClock(self.config.time_scale, start=self.config.start_time)
-        self.service = BatchService(self.config, self.clock)
+        self.service = BatchService(self.config)
+        self.clock: SimClock = self.service.clock
         self.journal: Journal = self.service.journal
-        self._httpd = _HTTPServer((host, port), self.service)
+        try:
+            self._httpd = _HTTPServer((host, port), self.service)
+        except BaseException:
+            self.service.close()
+            raise
         self._thread: threading.Thread | None = None
+
+    @property
+    def saved_time(self) -> float | None:
+        """The simulated time config.state_dir was saved at and resumed from (None: fresh)."""
+        return self.service.saved_time
 
     @property
     def host(self) -> str:
@@ -396,13 +405,14 @@ class Simulator:
             self._httpd.server_close()
 
     def stop(self) -> None:
-        """Stop serving and close every connection."""
+        """Stop serving, close every connection, save the time reached (with a state_dir)."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
         self._httpd.close_connections()
         self._httpd.server_close()
+        self.service.close()
 
     def __enter__(self) -> Simulator:
         return self.start()
