@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"gptbatch simulator listening on {sim.base_url}", flush=True)
         print(f"  export OPENAI_BASE_URL={sim.base_url} OPENAI_API_KEY=sk-anything", flush=True)
+        if args.state_dir and sim.saved_time is None:
+            print(f"  saving state in {args.state_dir}", flush=True)
         if sim.saved_time is not None:
             files, batches = len(sim.service.files()), len(sim.service.batches())
             print(

@@ -258,9 +258,9 @@ class SimConfig:
     seed: int = 0
     faults: tuple[Fault, ...] = ()
     start_time: float | None = None  # simulated epoch at start (None: the real time)
-    # Where to save state so a restarted simulator continues (None: memory only); see
-    # gptbatch.simulator.state. Restarts must keep the other settings but time_scale,
-    # start_time, token/request limits and faults (changed ones apply from the restart on).
+    # Where to save state so a simulator restarted on it continues (None: memory only; see
+    # gptbatch.simulator.state). A restart needs the same settings, except time_scale,
+    # start_time, limits and faults: changed limits and faults apply from the restart on.
     state_dir: str | None = None
 
     @classmethod

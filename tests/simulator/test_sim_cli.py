@@ -144,6 +144,7 @@ def test_after_kill_9_a_restart_on_the_state_dir_continues(tmp_path) -> None:
     args = ["--state-dir", str(tmp_path), "--time-scale", "1000", "--tokens-per-second", "10"]
     output, api = start(args)
     try:
+        assert output.next() == f"  saving state in {tmp_path}\n"
         small = wait(api, create(api, upload(api, [chat("a")]).id).id)
         result = api.files.content(small.output_file_id).content
         lines = [chat(f"r{i}", "word " * 100) for i in range(40)]  # about 430 s simulated
@@ -152,7 +153,7 @@ def test_after_kill_9_a_restart_on_the_state_dir_continues(tmp_path) -> None:
             pass
         assert seen.status == "in_progress"
     finally:
-        output.process.kill()
+        output.process.kill()  # SIGKILL: nothing is saved on the way out
         output.finish()
     output, api = start(args)
     try:

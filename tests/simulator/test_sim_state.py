@@ -192,6 +192,8 @@ def test_a_directory_in_use_or_from_other_settings_is_refused(tmp_path) -> None:
     with pytest.raises(SimStateError, match=r"other settings \(seed 0 -> 3\)") as info:
         state_service(tmp_path, seed=3)
     assert str(tmp_path) in str(info.value)
+    # Per-run settings may change: the speed of time, limits, faults.
+    state_service(tmp_path, time_scale=7.0, token_limits={"m": 1}, faults=(Fault.slow(1),)).close()
     meta = tmp_path / "simulator.json"
     meta.write_text(meta.read_text().replace('"format":1', '"format":99'))
     with pytest.raises(SimStateError, match="state format 99"):
