@@ -74,8 +74,19 @@ def register(subparsers: Any) -> None:
         metavar="SPEC",
         help="inject a fault (repeatable); see the fault language below",
     )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="save state in DIR, and resume from it: a restarted simulator keeps its files and "
+        "batches, and simulated time goes on from where it stopped",
+    )
     parser.add_argument("--organization", default="org-simulator", help="organization id")
-    parser.add_argument("--seed", type=int, default=0, help="seed for ids and result order")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for result order and contents (ids are new on every run)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print each API call")
     parser.set_defaults(func=run)
 
@@ -105,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         organization=args.organization,
         seed=args.seed,
         faults=tuple(parse_fault(spec) for spec in args.fault),
+        state_dir=args.state_dir,
     )
     try:
         sim = Simulator(config, host=args.host, port=args.port)
@@ -125,6 +137,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"gptbatch simulator listening on {sim.base_url}", flush=True)
         print(f"  export OPENAI_BASE_URL={sim.base_url} OPENAI_API_KEY=sk-anything", flush=True)
+        if args.state_dir and sim.saved_time is None:
+            print(f"  saving state in {args.state_dir}", flush=True)
+        if sim.saved_time is not None:
+            files, batches = len(sim.service.files()), len(sim.service.batches())
+            print(
+                f"  resumed from {args.state_dir}: {files} files, {batches} batches, "
+                f"simulated time {sim.saved_time:.3f}",
+                flush=True,
+            )
         for spec in args.fault:
             print(f"  fault armed: {spec}", flush=True)
         print("  press Ctrl-C to stop", flush=True)

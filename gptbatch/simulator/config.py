@@ -258,6 +258,10 @@ class SimConfig:
     seed: int = 0
     faults: tuple[Fault, ...] = ()
     start_time: float | None = None  # simulated epoch at start (None: the real time)
+    # Where to save state so a simulator restarted on it continues (None: memory only; see
+    # gptbatch.simulator.state). A restart needs the same settings, except time_scale,
+    # start_time, limits and faults: changed limits and faults apply from the restart on.
+    state_dir: str | None = None
 
     @classmethod
     def fast(cls, **overrides: Any) -> SimConfig:
@@ -272,6 +276,20 @@ class SimConfig:
         }
         values.update(overrides)
         return cls(**values)
+
+    def replay_settings(self) -> dict[str, Any]:
+        """The settings a saved state can only be replayed with (all but the per-run ones)."""
+        per_run = (
+            "time_scale",
+            "start_time",
+            "state_dir",
+            "token_limits",
+            "request_limits",
+            "faults",
+        )
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in per_run
+        }
 
     def replace(self, **changes: Any) -> SimConfig:
         """A copy with some fields changed."""

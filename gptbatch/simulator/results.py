@@ -33,6 +33,7 @@ __all__ = [
     "encoding_name",
     "error_body",
     "request_digest",
+    "result_order",
     "success_body",
 ]
 
@@ -177,6 +178,13 @@ class TokenCounter:
 
 
 # --- response bodies ---------------------------------------------------------------------
+
+
+def result_order(seed: int, batch_id: str, count: int) -> list[int]:
+    """The order a batch's requests finish in: a shuffle seeded by the seed and the batch id."""
+    order = list(range(count))
+    random.Random(f"{seed}:{batch_id}").shuffle(order)
+    return order
 
 
 def _ident(seed: str, prefix: str, length: int = 24) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from gptbatch.simulator.validation import ApiError
 __all__ = ["Simulator", "parse_multipart", "run_simulator"]
 
 CHUNK = 64 * 1024
+# What writing to a client that closed its end (killed, interrupted, timed out) raises.
+CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with "
@@ -77,6 +80,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.service = service
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._closing = False
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, _Handler)
@@ -97,9 +101,23 @@ class _HTTPServer(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections whose handler thread has not finished."""
+        with self._connections_lock:
+            return len(self._connections)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Print a handler's traceback, unless the client went away or we are stopping."""
+        error = sys.exc_info()[1]
+        if isinstance(error, CLIENT_GONE) or (self._closing and isinstance(error, OSError)):
+            return
+        super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         """Drop every open keep-alive connection (used when the simulator stops)."""
         with self._connections_lock:
+            self._closing = True
             connections = list(self._connections)
         for connection in connections:
             with contextlib.suppress(OSError):
@@ -330,11 +348,20 @@ class Simulator:
         self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.config = config or SimConfig()
-        self.clock: SimClock = SimClock(self.config.time_scale, start=self.config.start_time)
-        self.service = BatchService(self.config, self.clock)
+        self.service = BatchService(self.config)
+        self.clock: SimClock = self.service.clock
         self.journal: Journal = self.service.journal
-        self._httpd = _HTTPServer((host, port), self.service)
+        try:
+            self._httpd = _HTTPServer((host, port), self.service)
+        except BaseException:
+            self.service.close()
+            raise
         self._thread: threading.Thread | None = None
+
+    @property
+    def saved_time(self) -> float | None:
+        """The simulated time config.state_dir was saved at and resumed from (None: fresh)."""
+        return self.service.saved_time
 
     @property
     def host(self) -> str:
@@ -345,6 +372,11 @@ class Simulator:
     def port(self) -> int:
         """The port the server listens on (the real one when started with port 0)."""
         return int(self._httpd.server_address[1])
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections a handler thread is still serving."""
+        return self._httpd.open_connections
 
     @property
     def base_url(self) -> str:
@@ -373,13 +405,14 @@ class Simulator:
             self._httpd.server_close()
 
     def stop(self) -> None:
-        """Stop serving and close every connection."""
+        """Stop serving, close every connection, save the time reached (with a state_dir)."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
         self._httpd.close_connections()
         self._httpd.server_close()
+        self.service.close()
 
     def __enter__(self) -> Simulator:
         return self.start()

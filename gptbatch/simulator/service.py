@@ -13,22 +13,39 @@ The enqueued-token budget is checked when a batch leaves `validating`: it fails 
 token_limit_exceeded if its prompt tokens plus those of the batches of the same model that
 are in_progress, finalizing or cancelling at that instant exceed the limit. Batches created
 earlier finish validating earlier, so admission happens in creation order.
+
+Every change from outside (an upload, a batch creation, a cancel, a limit or a fault) is a
+record applied by `_apply`. With `SimConfig.state_dir` the records are saved before they are
+applied and replayed on restart (gptbatch.simulator.state); ids made while processing are
+derived from the seed and the batch id, so a replay rebuilds results exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fnmatch
+import hashlib
 import itertools
 import json
-import random
+import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptbatch.canonical import canonical_json
 from gptbatch.simulator.clock import SimClock
 from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.journal import BatchEvent, Billed, Journal
-from gptbatch.simulator.results import ENDPOINTS, TokenCounter, error_body, success_body
+from gptbatch.simulator.results import (
+    ENDPOINTS,
+    TokenCounter,
+    error_body,
+    result_order,
+    success_body,
+)
+from gptbatch.simulator.state import REMEDY, SimStateError, StateDir
 from gptbatch.simulator.validation import (
     FILE_TTL_SECONDS,
     ApiError,
@@ -109,6 +126,9 @@ class _Batch:
     order: list[int] = field(default_factory=list)  # processing order (indexes of requests)
     prefix: list[float] = field(default_factory=list)  # cumulative token cost along order
     processed: float = 0.0  # tokens processed so far
+    anchor: float = 0.0  # tokens processed at the last event (see BatchService._plan)
+    running: bool = False  # processing since the last event
+    reached: bool = False  # processing reached `target` and that event was handled
     target: float = 0.0  # processing stops here (all requests, or a fault's stall point)
     cancel_at_target: bool = False
     done: int = 0  # requests in `order` that have a result
@@ -166,36 +186,187 @@ class _Batch:
 class BatchService:
     """Files, batches, processing, budgets and the journal, driven by a SimClock."""
 
-    def __init__(self, config: SimConfig | None = None, clock: SimClock | None = None) -> None:
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        clock: SimClock | None = None,
+        *,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """`entropy(n)` gives n random bytes for new file and batch ids (tests may fix it).
+
+        With `config.state_dir` the service first replays what that directory holds, resumes
+        at the simulated time saved there (a given clock behind it is moved up to it), and
+        then saves every change there before answering. SimStateError if it cannot.
+        """
         self.config = config or SimConfig()
-        self.clock = clock or SimClock(self.config.time_scale, start=self.config.start_time)
         self.journal = Journal()
         self.counter = TokenCounter()
         self._lock = threading.RLock()
-        self._rng = random.Random(self.config.seed)
+        self._entropy = entropy
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}
         self._seq = 0
-        self._t = self.clock.now()
-        self._token_limits = dict(self.config.token_limits)
-        self._request_limits = dict(self.config.request_limits)
+        self._token_limits: dict[str, int] = {}
+        self._request_limits: dict[str, int] = {}
         self._faults: list[_Armed] = []
         self._fault_ids = itertools.count(1)
         self._attempts: dict[tuple[int, str], int] = {}
-        for fault in self.config.faults:
-            self.add_fault(fault)
+        self._state: StateDir | None = None
+        self._unsaved = False  # something visible happened since the time was last saved
+        state = None
+        if self.config.state_dir is not None:
+            state = StateDir(self.config.state_dir, self.config.replay_settings())
+        #: The simulated time a state directory was saved at (None: started afresh).
+        self.saved_time = None if state is None else state.saved_time
+        records = [] if state is None else state.records
+        self._t = float(records[0]["at"]) if records else 0.0
+        self._anchor_t, self._rate = self._t, self.config.tokens_per_second
+        if state is not None:
+            try:
+                self._replay(state)  # before the clock starts: replaying takes no simulated time
+            except BaseException:
+                state.close()
+                raise
+        start = self.config.start_time if self.saved_time is None else self.saved_time
+        self.clock = clock or SimClock(self.config.time_scale, start=start)
+        if self.saved_time is not None and self.clock.now() < self.saved_time:
+            self.clock.advance(self.saved_time - self.clock.now())
+        if not records:
+            self._t = self._anchor_t = self.clock.now()
+        self._state = state
+        self._start_session(records)
+
+    # --- saving and replaying changes ----------------------------------------------------
+
+    def _replay(self, state: StateDir) -> None:
+        """Apply every saved record at its simulated time, then run on to the saved time."""
+        for number, record in enumerate(state.records, 1):
+            try:
+                self._advance(float(record["at"]))
+                data = None
+                if record["op"] == "file":
+                    data = state.blob(record["id"])
+                    if len(data) != record["bytes"]:
+                        raise ValueError(
+                            f"{record['id']} has {len(data)} bytes, not {record['bytes']}"
+                        )
+                self._apply(record, data)
+            except (ApiError, KeyError, TypeError, ValueError) as exc:
+                raise SimStateError(
+                    f"{state.path / 'log.jsonl'}:{number}: cannot replay this record ({exc}): "
+                    f"{REMEDY}"
+                ) from None
+        if state.saved_time is not None:
+            self._advance(state.saved_time)
+
+    def _start_session(self, replayed: list[dict[str, Any]]) -> None:
+        """Apply the config's limits and faults, unless the last start had the same ones."""
+        with self._lock:
+            self._advance()
+            record = {
+                "op": "config",
+                "at": self._t,
+                "token_limits": self.config.token_limits,
+                "request_limits": self.config.request_limits,
+                "faults": [dataclasses.asdict(f) for f in self.config.faults],
+            }
+            last = next((r for r in reversed(replayed) if r["op"] == "config"), None)
+            keys = ("token_limits", "request_limits", "faults")
+            if last is None or [last.get(k) for k in keys] != _jsonable([record[k] for k in keys]):
+                self._commit(record)
+
+    def _commit(self, record: dict[str, Any], data: bytes | None = None) -> Any:
+        """Save a change to the state directory (if any), then apply it; return its result."""
+        if self._state is not None:
+            with self._saving():
+                self._state.append(record)
+        result = self._apply(record, data)
+        self._unsaved = False  # the record holds the time
+        return result
+
+    def _apply(self, record: dict[str, Any], data: bytes | None = None) -> Any:
+        """Make one change, live or replayed; the service is already at its time."""
+        op = record["op"]
+        if op == "file":
+            if data is None:
+                raise ValueError("a file record needs the file's bytes")
+            added = self._add_file(
+                record["id"], record["filename"], record["purpose"], data, self._t, FILE_TTL_SECONDS
+            )
+            return added.public()
+        appliers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "config": self._apply_config,
+            "delete_file": self._apply_delete_file,
+            "batch": self._apply_batch,
+            "cancel": lambda r: self._start_cancelling(self._batch(r["id"]), self._t),
+            "expire": lambda r: self._expire(self._batch(r["id"]), self._t),
+            "fail": lambda r: self._fail(
+                self._batch(r["id"]), self._t, [line_error(r["code"], None, r["message"])]
+            ),
+            "limit": self._apply_limit,
+            "fault": lambda r: self._arm(Fault(**r["fault"])),
+            "clear_faults": lambda r: self._faults.clear(),
+            "take": self._apply_take,
+        }
+        if op not in appliers:
+            raise ValueError(f"unknown record {op!r}")
+        return appliers[op](record)
+
+    def _apply_config(self, record: dict[str, Any]) -> None:
+        self._token_limits = {str(k): int(v) for k, v in record["token_limits"].items()}
+        self._request_limits = {str(k): int(v) for k, v in record["request_limits"].items()}
+        self._faults.clear()
+        for fault in record["faults"]:
+            self._arm(Fault(**fault))
+
+    def _apply_limit(self, record: dict[str, Any]) -> None:
+        limits = self._token_limits if record["kind"] == "token" else self._request_limits
+        if record["limit"] is None:
+            limits.pop(record["model"], None)
+        else:
+            limits[record["model"]] = int(record["limit"])
+
+    def _apply_take(self, record: dict[str, Any]) -> None:
+        for armed in self._faults:
+            if armed.id == record["fault"] and armed.remaining:
+                armed.remaining -= 1
+
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Turn a failure to save state into a 500: the client must not take it as done."""
+        try:
+            yield
+        except OSError as exc:
+            where = self._state.path if self._state is not None else "the state directory"
+            raise ApiError(
+                500, f"The simulator could not save its state in {where}: {exc.strerror or exc}."
+            ) from None
+
+    def close(self) -> None:
+        """Save the time reached and release the state directory; memory-only from then on."""
+        with self._lock:
+            if self._state is None:
+                return
+            with contextlib.suppress(ApiError, OSError):  # the last save is a courtesy
+                self._advance()
+                self._state.save_time(self._t)
+            self._state.close()
+            self._state = None
 
     # --- ids, time -------------------------------------------------------------------
 
     def _new_id(self, prefix: str, length: int, alphabet: str = _ALNUM) -> str:
-        if alphabet == _HEX:
-            return prefix + format(self._rng.getrandbits(4 * length), f"0{length}x")
-        number = self._rng.getrandbits(6 * length)
-        digits = []
-        for _ in range(length):
-            number, digit = divmod(number, len(alphabet))
-            digits.append(alphabet[digit])
-        return prefix + "".join(digits)
+        """A fresh random id no file or batch has: ids never repeat across simulator runs."""
+        while True:
+            candidate = prefix + _digits(self._entropy(32), length, alphabet)
+            if candidate not in self._files and candidate not in self._batches:
+                return candidate
+
+    def _derived_id(self, prefix: str, length: int, alphabet: str, *parts: object) -> str:
+        """An id that is a function of the seed and `parts`, so replaying gives the same one."""
+        text = ":".join(str(part) for part in (self.config.seed, *parts))
+        return prefix + _digits(hashlib.sha256(text.encode()).digest(), length, alphabet)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -211,32 +382,34 @@ class BatchService:
 
     def set_token_limit(self, model: str, limit: int | None) -> None:
         """Set (None: remove) the enqueued-token limit for a model."""
-        with self._lock:
-            self._advance()
-            if limit is None:
-                self._token_limits.pop(model, None)
-            else:
-                self._token_limits[model] = int(limit)
+        self._set_limit("token", model, limit)
 
     def set_request_limit(self, model: str, limit: int | None) -> None:
         """Set (None: remove) the enqueued-request limit for a model."""
+        self._set_limit("request", model, limit)
+
+    def _set_limit(self, kind: str, model: str, limit: int | None) -> None:
         with self._lock:
             self._advance()
-            if limit is None:
-                self._request_limits.pop(model, None)
-            else:
-                self._request_limits[model] = int(limit)
+            value = None if limit is None else int(limit)
+            record = {"op": "limit", "at": self._t, "kind": kind, "model": model, "limit": value}
+            self._commit(record)
 
     def add_fault(self, fault: Fault) -> None:
-        """Arm a fault."""
+        """Arm a fault from now on."""
         with self._lock:
-            remaining = None if fault.count == 0 else fault.count
-            self._faults.append(_Armed(next(self._fault_ids), fault, remaining))
+            self._advance()
+            self._commit({"op": "fault", "at": self._t, "fault": dataclasses.asdict(fault)})
+
+    def _arm(self, fault: Fault) -> None:
+        remaining = None if fault.count == 0 else fault.count
+        self._faults.append(_Armed(next(self._fault_ids), fault, remaining))
 
     def clear_faults(self) -> None:
         """Disarm every fault."""
         with self._lock:
-            self._faults.clear()
+            self._advance()
+            self._commit({"op": "clear_faults", "at": self._t})
 
     def faults(self) -> list[Fault]:
         """The faults still armed."""
@@ -253,7 +426,11 @@ class BatchService:
                 if f.method not in ("*", method.upper()) or not fnmatch.fnmatchcase(path, f.path):
                     continue
                 if armed.remaining is not None:
-                    armed.remaining -= 1
+                    record = {"op": "take", "at": self._t, "fault": armed.id}
+                    try:
+                        self._commit(record)
+                    except ApiError:  # not saved: a restart would give this fault one more use
+                        self._apply(record)
                 return f
             return None
 
@@ -272,36 +449,60 @@ class BatchService:
 
     def create_file(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
         """Store an uploaded file; validate purpose, name and size like the real API."""
-        with self._lock:
-            self._advance()
-            if not purpose:
-                raise ApiError(
-                    400,
-                    "Missing required parameter: 'purpose'.",
-                    param="purpose",
-                    code="missing_required_parameter",
-                )
-            if purpose not in FILE_PURPOSES:
-                allowed = ", ".join(f"'{p}'" for p in FILE_PURPOSES)
-                raise ApiError(
-                    400,
-                    f"Invalid value: '{purpose}'. Supported values are: {allowed}.",
-                    param="purpose",
-                    code="invalid_value",
-                )
-            if len(data) > self.config.max_upload_bytes:
-                raise ApiError(400, "File is too large.")
-            if purpose == "batch" and not filename.lower().endswith(".jsonl"):
-                raise ApiError(
-                    400, "Invalid file format for Batch API. Must be .jsonl", param="file"
-                )
-            return self._store_file(filename, purpose, data, self._t, FILE_TTL_SECONDS).public()
+        self._check_upload(filename, purpose, data)
+        state = self._state
+        staged = None
+        if state is not None:  # the slow, durable write of the bytes, without holding the lock
+            with self._saving():
+                staged = state.stage(data)
+        try:
+            with self._lock:
+                self._advance()
+                file_id = self._new_id("file-", 22)
+                if staged is not None and self._state is state:
+                    with self._saving():
+                        state.keep(staged, file_id)
+                    staged = None
+                record = {
+                    "op": "file",
+                    "at": self._t,
+                    "id": file_id,
+                    "filename": filename,
+                    "purpose": purpose,
+                    "bytes": len(data),
+                }
+                return self._commit(record, data)
+        finally:
+            if staged is not None:
+                StateDir.discard(staged)
 
-    def _store_file(
-        self, filename: str, purpose: str, data: bytes, at: float, ttl: float | None
+    def _check_upload(self, filename: str, purpose: str, data: bytes) -> None:
+        """ApiError 400 for an upload the real API refuses."""
+        if not purpose:
+            raise ApiError(
+                400,
+                "Missing required parameter: 'purpose'.",
+                param="purpose",
+                code="missing_required_parameter",
+            )
+        if purpose not in FILE_PURPOSES:
+            allowed = ", ".join(f"'{p}'" for p in FILE_PURPOSES)
+            raise ApiError(
+                400,
+                f"Invalid value: '{purpose}'. Supported values are: {allowed}.",
+                param="purpose",
+                code="invalid_value",
+            )
+        if len(data) > self.config.max_upload_bytes:
+            raise ApiError(400, "File is too large.")
+        if purpose == "batch" and not filename.lower().endswith(".jsonl"):
+            raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+
+    def _add_file(
+        self, file_id: str, filename: str, purpose: str, data: bytes, at: float, ttl: float | None
     ) -> _File:
         record = _File(
-            id=self._new_id("file-", 22),
+            id=file_id,
             seq=self._next_seq(),
             filename=filename,
             purpose=purpose,
@@ -367,8 +568,11 @@ class BatchService:
         with self._lock:
             self._advance()
             self._file(file_id)
-            del self._files[file_id]
-            return {"id": file_id, "object": "file", "deleted": True}
+            return self._commit({"op": "delete_file", "at": self._t, "id": file_id})
+
+    def _apply_delete_file(self, record: dict[str, Any]) -> dict[str, Any]:
+        del self._files[record["id"]]
+        return {"id": record["id"], "object": "file", "deleted": True}
 
     # --- batches: create, read, cancel -------------------------------------------------
 
@@ -421,24 +625,38 @@ class BatchService:
                     "batch input files must be uploaded with purpose 'batch'.",
                     param="input_file_id",
                 )
-            parsed = parse_input(source.data, endpoint, self.config, self.counter)
-            batch = _Batch(
-                id=self._new_id("batch_", 32, _HEX),
-                seq=self._next_seq(),
-                endpoint=endpoint,
-                input_file_id=file_id,
-                completion_window=window,
-                metadata=metadata,
-                created_at=self._t,
-                expires_at=self._t + self.config.completion_window_seconds,
-                model=parsed.model,
-                requests=parsed.requests,
-                validation_errors=parsed.errors,
-                output_ttl=output_ttl,
-            )
-            self._batches[batch.id] = batch
-            self._event(batch, "validating", self._t)
-            return batch.public()
+            record = {
+                "op": "batch",
+                "at": self._t,
+                "id": self._new_id("batch_", 32, _HEX),
+                "input_file_id": file_id,
+                "endpoint": endpoint,
+                "completion_window": window,
+                "metadata": metadata,
+                "output_ttl": output_ttl,
+            }
+            return self._commit(record)
+
+    def _apply_batch(self, record: dict[str, Any]) -> dict[str, Any]:
+        source = self._file(record["input_file_id"])
+        parsed = parse_input(source.data, record["endpoint"], self.config, self.counter)
+        batch = _Batch(
+            id=record["id"],
+            seq=self._next_seq(),
+            endpoint=record["endpoint"],
+            input_file_id=source.id,
+            completion_window=record["completion_window"],
+            metadata=record["metadata"],
+            created_at=self._t,
+            expires_at=self._t + self.config.completion_window_seconds,
+            model=parsed.model,
+            requests=parsed.requests,
+            validation_errors=parsed.errors,
+            output_ttl=record["output_ttl"],
+        )
+        self._batches[batch.id] = batch
+        self._event(batch, "validating", self._t)
+        return batch.public()
 
     def _batch(self, batch_id: str) -> _Batch:
         batch = self._batches.get(batch_id)
@@ -476,7 +694,7 @@ class BatchService:
             if batch.status in ("completed", "failed", "expired"):
                 raise ApiError(409, f"Cannot cancel a batch with status '{batch.status}'.")
             if batch.status not in ("cancelling", "cancelled"):
-                self._start_cancelling(batch, self._t)
+                self._commit({"op": "cancel", "at": self._t, "id": batch_id})
             return batch.public()
 
     def expire_batch(self, batch_id: str) -> dict[str, Any]:
@@ -486,7 +704,7 @@ class BatchService:
             batch = self._batch(batch_id)
             if batch.status not in ("validating", "in_progress"):
                 raise ApiError(409, f"Cannot expire a batch with status '{batch.status}'.")
-            self._expire(batch, self._t)
+            self._commit({"op": "expire", "at": self._t, "id": batch_id})
             return batch.public()
 
     def fail_batch(
@@ -498,7 +716,9 @@ class BatchService:
             batch = self._batch(batch_id)
             if batch.status not in ("validating", "in_progress"):
                 raise ApiError(409, f"Cannot fail a batch with status '{batch.status}'.")
-            self._fail(batch, self._t, [line_error(code, None, message or FAIL_MESSAGE)])
+            message = message or FAIL_MESSAGE
+            record = {"op": "fail", "at": self._t, "id": batch_id, "code": code, "message": message}
+            self._commit(record)
             return batch.public()
 
     # --- helpers for tests -------------------------------------------------------------
@@ -524,42 +744,56 @@ class BatchService:
 
     # --- the event loop ----------------------------------------------------------------
 
-    def _advance(self) -> None:
-        """Run the world forward to clock.now(), applying events in simulated-time order."""
-        now = max(self._t, self.clock.now())
+    def _advance(self, until: float | None = None) -> None:
+        """Run the world forward to `until` (default clock.now()), event by event.
+
+        When something visible happened, the time reached is saved before anyone sees it,
+        so a restart never shows a client an earlier state than it saw.
+        """
+        now = max(self._t, self.clock.now() if until is None else until)
         while True:
             event = self._next_event()
             if event is None or event[0] > now:
                 self._process_until(now)
-                return
+                break
             at, _priority, _seq, action, batch = event
             self._process_until(max(at, self._t))
             action(batch, self._t)
+            self._plan()
+        if self._unsaved and self._state is not None:
+            with self._saving():
+                self._state.save_time(self._t)
+            self._unsaved = False
 
-    def _rate(self) -> float:
-        running = sum(1 for b in self._batches.values() if self._is_processing(b))
+    def _plan(self) -> None:
+        """Fix which batches process, and how fast, from now until the next event.
+
+        Progress between events is computed from this anchor, never from the last time
+        someone looked, so the outcome is the same to the last bit however often anyone
+        polls (and when a log is replayed).
+        """
+        running = [b for b in self._batches.values() if b.status == "in_progress" and not b.reached]
         rate = self.config.tokens_per_second
         if running and self.config.total_tokens_per_second > 0:
-            rate = min(rate, self.config.total_tokens_per_second / running)
-        return rate
-
-    @staticmethod
-    def _is_processing(batch: _Batch) -> bool:
-        return batch.status == "in_progress" and batch.processed < batch.target - EPS
+            rate = min(rate, self.config.total_tokens_per_second / len(running))
+        for b in self._batches.values():
+            b.anchor = b.processed
+            b.running = False
+        for b in running:
+            b.running = True
+        self._anchor_t, self._rate = self._t, rate
 
     def _next_event(self) -> tuple[float, int, int, Any, _Batch] | None:
         cfg = self.config
-        rate = self._rate()
         best: tuple[float, int, int, Any, _Batch] | None = None
         for b in self._batches.values():
             candidates: list[tuple[float, int, Any]] = []
             if b.status == "validating":
                 candidates.append((b.created_at + cfg.validating_seconds, 2, self._admit))
             elif b.status == "in_progress":
-                if self._is_processing(b):
-                    candidates.append(
-                        (self._t + (b.target - b.processed) / rate, 0, self._reach_target)
-                    )
+                if b.running:  # even if a poll or an equal batch took it to its target
+                    reach = self._anchor_t + (b.target - b.anchor) / self._rate
+                    candidates.append((reach, 0, self._reach_target))
                 candidates.append((b.expires_at, 1, self._expire))
             elif b.status == "finalizing":
                 candidates.append(
@@ -576,23 +810,19 @@ class BatchService:
         return best
 
     def _process_until(self, t: float) -> None:
-        """Process tokens from self._t to t (no event lies in between) and record results."""
-        dt = t - self._t
-        if dt <= 0:
-            self._t = max(self._t, t)
+        """Process tokens up to t (no event lies before it) and record results, in time order."""
+        if t <= self._t:
             return
-        rate = self._rate()
+        rate = self._rate
         finished: list[tuple[float, int, int, _Batch]] = []
         for b in self._batches.values():
-            if not self._is_processing(b):
+            if not b.running or b.status != "in_progress":
                 continue
-            start = b.processed
-            b.processed = min(b.target, start + rate * dt)
+            b.processed = min(b.target, b.anchor + rate * (t - self._anchor_t))
             index = b.done
             while index < len(b.order) and b.prefix[index] <= b.processed + EPS:
-                finished.append(
-                    (self._t + max(0.0, b.prefix[index] - start) / rate, b.seq, index, b)
-                )
+                at = self._anchor_t + max(0.0, b.prefix[index] - b.anchor) / rate
+                finished.append((at, b.seq, index, b))
                 index += 1
         for at, _seq, _index, b in sorted(finished, key=lambda item: item[:3]):
             self._record_result(b, at)
@@ -608,6 +838,8 @@ class BatchService:
     def _event(self, batch: _Batch, status: str, at: float) -> None:
         batch.status = status
         self.journal.record_event(BatchEvent(batch.id, status, at))
+        self._unsaved = True
+        self._plan()
 
     def _fail(self, batch: _Batch, at: float, errors: list[dict[str, Any]]) -> None:
         batch.errors = errors
@@ -665,8 +897,7 @@ class BatchService:
                 ],
             )
             return
-        order = list(range(len(batch.requests)))
-        random.Random(f"{self.config.seed}:{batch.id}").shuffle(order)
+        order = result_order(self.config.seed, batch.id, len(batch.requests))
         batch.order = order
         running = 0.0
         for index in order:
@@ -687,7 +918,7 @@ class BatchService:
             self._start_cancelling(batch, at)
 
     def _reach_target(self, batch: _Batch, at: float) -> None:
-        batch.processed = batch.target
+        batch.processed, batch.reached = batch.target, True
         self._finish_through(batch, at)
         if batch.cancel_at_target:
             self._start_cancelling(batch, at)
@@ -715,26 +946,17 @@ class BatchService:
     def _expire(self, batch: _Batch, at: float) -> None:
         if batch.status == "in_progress":
             self._finish_through(batch, at)
-        for index in batch.order[batch.done :]:
-            request = batch.requests[index]
+        # Requests not run yet expire; all of them when the batch never left validating.
+        validating = batch.status == "validating"
+        for index in range(len(batch.requests)) if validating else batch.order[batch.done :]:
             line = {
-                "id": self._new_id("batch_req_", 32, _HEX),
-                "custom_id": request.custom_id,
+                "id": self._derived_id("batch_req_", 32, _HEX, batch.id, "line", index),
+                "custom_id": batch.requests[index].custom_id,
                 "response": None,
                 "error": dict(EXPIRED_ERROR),
             }
             batch.error_lines.append(json.dumps(line).encode() + b"\n")
             batch.failed += 1
-        if batch.status == "validating":  # expired before it ever ran: every request expires
-            for request in batch.requests:
-                line = {
-                    "id": self._new_id("batch_req_", 32, _HEX),
-                    "custom_id": request.custom_id,
-                    "response": None,
-                    "error": dict(EXPIRED_ERROR),
-                }
-                batch.error_lines.append(json.dumps(line).encode() + b"\n")
-                batch.failed += 1
         batch.done = len(batch.order)
         batch.times["expired_at"] = at
         self._write_files(batch, at)
@@ -745,7 +967,14 @@ class BatchService:
             if not lines:
                 return None
             name = f"{batch.id}_{kind}.jsonl"
-            return self._store_file(name, "batch_output", b"".join(lines), at, batch.output_ttl).id
+            file_id = next(  # derived from the batch, so a replay finds the same id
+                candidate
+                for n in itertools.count()
+                if (candidate := self._derived_id("file-", 22, _ALNUM, batch.id, name, n))
+                not in self._files
+            )
+            data = b"".join(lines)
+            return self._add_file(file_id, name, "batch_output", data, at, batch.output_ttl).id
 
         batch.output_file_id = store("output", batch.output_lines) or batch.output_file_id
         batch.error_file_id = store("error", batch.error_lines) or batch.error_file_id
@@ -770,10 +999,12 @@ class BatchService:
         return None
 
     def _record_result(self, batch: _Batch, at: float) -> None:
-        request = batch.requests[batch.order[batch.done]]
+        index = batch.order[batch.done]
+        request = batch.requests[index]
         batch.done += 1
-        line_id = self._new_id("batch_req_", 32, _HEX)
-        request_id = self._new_id("", 32, _HEX)
+        self._unsaved = True
+        line_id = self._derived_id("batch_req_", 32, _HEX, batch.id, "line", index)
+        request_id = self._derived_id("", 32, _HEX, batch.id, "request", index)
         fault = self._request_fault(request)
         if fault is not None:
             response = {
@@ -809,6 +1040,21 @@ class BatchService:
             )
         line = {"id": line_id, "custom_id": request.custom_id, "response": response, "error": None}
         target.append(json.dumps(line).encode() + b"\n")
+
+
+def _jsonable(value: Any) -> Any:
+    """value as it reads back from the log (tuples become lists, and so on)."""
+    return json.loads(canonical_json(value))
+
+
+def _digits(entropy: bytes, length: int, alphabet: str) -> str:
+    """`length` digits of `alphabet` taken from the bytes (which must hold enough bits)."""
+    number = int.from_bytes(entropy, "big")
+    digits = []
+    for _ in range(length):
+        number, digit = divmod(number, len(alphabet))
+        digits.append(alphabet[digit])
+    return "".join(digits)
 
 
 def _page(items: list[dict[str, Any]], limit: int, after: str | None) -> dict[str, Any]:

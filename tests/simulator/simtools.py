@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -42,7 +44,12 @@ def jsonl(lines: list[Any]) -> bytes:
     )
 
 
-def manual_service(**overrides: Any) -> BatchService:
+def fixed_entropy(seed: int = 0) -> Callable[[int], bytes]:
+    """An id source that repeats: two services given equal ones hand out the same ids."""
+    return random.Random(seed).randbytes
+
+
+def manual_service(entropy: Callable[[int], bytes] | None = None, **overrides: Any) -> BatchService:
     """A service on a frozen clock: time moves only with service.clock.advance()."""
     values: dict[str, Any] = {
         "time_scale": 0.0,
@@ -54,7 +61,9 @@ def manual_service(**overrides: Any) -> BatchService:
         "total_tokens_per_second": 0.0,
     }
     values.update(overrides)
-    return BatchService(SimConfig(**values))
+    if entropy is None:
+        return BatchService(SimConfig(**values))
+    return BatchService(SimConfig(**values), entropy=entropy)
 
 
 def submit(

@@ -126,6 +126,57 @@ def test_sigterm_stops_it_cleanly() -> None:
     assert process.returncode == 0
 
 
+def start(args: list[str]) -> tuple[Output, openai.OpenAI]:
+    """Run the command; return its output and a client pointed at it."""
+    process = subprocess.Popen(
+        [*COMMAND, "--port", "0", "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = Output(process)
+    base_url = output.next().split()[-1]
+    output.next()  # the export hint
+    return output, openai.OpenAI(base_url=base_url, api_key="sk-anything", max_retries=0)
+
+
+def test_after_kill_9_a_restart_on_the_state_dir_continues(tmp_path) -> None:
+    args = ["--state-dir", str(tmp_path), "--time-scale", "1000", "--tokens-per-second", "10"]
+    output, api = start(args)
+    try:
+        assert output.next() == f"  saving state in {tmp_path}\n"
+        small = wait(api, create(api, upload(api, [chat("a")]).id).id)
+        result = api.files.content(small.output_file_id).content
+        lines = [chat(f"r{i}", "word " * 100) for i in range(40)]  # about 430 s simulated
+        big = create(api, upload(api, lines).id)
+        while (seen := api.batches.retrieve(big.id)).request_counts.completed < 3:
+            pass
+        assert seen.status == "in_progress"
+    finally:
+        output.process.kill()  # SIGKILL: nothing is saved on the way out
+        output.finish()
+    output, api = start(args)
+    try:
+        resumed_line = output.next()
+        assert resumed_line.startswith(f"  resumed from {tmp_path}: 3 files, 2 batches, ")
+        assert api.batches.retrieve(small.id) == small
+        assert api.files.content(small.output_file_id).content == result
+        resumed = api.batches.retrieve(big.id)
+        assert resumed.request_counts.completed >= seen.request_counts.completed
+        done = wait(api, big.id)
+        assert done.status == "completed" and done.request_counts.completed == 40
+    finally:
+        output.process.send_signal(signal.SIGINT)
+        output.finish()
+    assert output.process.returncode == 0
+
+
+def create(api: openai.OpenAI, file_id: str):
+    return api.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -163,6 +163,16 @@ def test_validation_errors_reach_the_sdk_with_line_numbers(simulator) -> None:
     ]
 
 
+def test_restarted_simulators_hand_out_new_ids(simulator_factory) -> None:
+    seen: list[set[str]] = []
+    for _ in range(2):  # as two `gptbatch build --simulate` runs with the same settings
+        api = client(simulator_factory())
+        uploaded = upload(api, [chat("a")])
+        done = wait(api, create(api, uploaded.id).id)
+        seen.append({uploaded.id, done.id, done.output_file_id})
+    assert len(seen[0]) == 3 and not seen[0] & seen[1]
+
+
 # --- protocol errors ----------------------------------------------------------------------
 
 

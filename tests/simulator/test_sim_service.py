@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from simtools import START, chat, embedding, jsonl, manual_service, read_lines, submit
+from simtools import (
+    START,
+    chat,
+    embedding,
+    fixed_entropy,
+    jsonl,
+    manual_service,
+    read_lines,
+    submit,
+)
 
 from gptbatch.simulator import ApiError, Fault, request_digest
+from gptbatch.simulator.results import result_order
 
 EXPIRED = {
     "code": "batch_expired",
@@ -16,6 +26,37 @@ EXPIRED = {
 def cost(service, lines, endpoint="/v1/chat/completions") -> int:
     """Processing cost of lines: each request's prompt tokens, at least 1."""
     return sum(max(1, service.prompt_tokens(endpoint, line["body"])) for line in lines)
+
+
+def every_id(service) -> set[str]:
+    """Ids of every file and batch, and of every line in their output and error files."""
+    ids = {f["id"] for f in service.files()} | {b["id"] for b in service.batches()}
+    for b in service.batches():
+        for file_id in (b["output_file_id"], b["error_file_id"]):
+            ids |= {line["id"] for line in read_lines(service, file_id)}
+            ids |= {
+                line["response"]["request_id"]
+                for line in read_lines(service, file_id)
+                if line["response"]
+            }
+    return ids
+
+
+# --- ids ----------------------------------------------------------------------------------
+
+
+def test_ids_never_repeat_across_simulator_runs_with_the_same_seed() -> None:
+    runs = []
+    for _ in range(2):
+        service = manual_service()  # same config and seed each time, as every fresh run has
+        submit(service, [chat("a"), chat("b")])
+        submit(service, [chat("a"), chat("b")])
+        service.add_fault(Fault.request_error("b"))
+        service.clock.advance(1000)
+        runs.append(every_id(service))
+    # 2 inputs, 2 outputs, 2 error files, 2 batches, 4 result lines with 4 request ids
+    assert len(runs[0]) == 6 + 2 + 4 + 4
+    assert not runs[0] & runs[1]
 
 
 # --- status over simulated time -----------------------------------------------------------
@@ -88,9 +129,36 @@ def test_running_batches_share_the_total_throughput() -> None:
     assert shared.batch(second["id"])["status"] == "finalizing"
 
 
+def test_equal_batches_reaching_their_ends_at_one_instant_both_finish() -> None:
+    service = manual_service(total_tokens_per_second=1000.0)
+    lines = [chat("a", "the same words"), chat("b", "the same words")]
+    first, second = submit(service, lines), submit(service, lines)
+    service.clock.advance(1000)
+    assert service.batch(first["id"])["status"] == "completed"
+    assert service.batch(second["id"])["status"] == "completed"
+
+
+def test_shared_throughput_results_are_bit_identical_however_often_anyone_looks() -> None:
+    lines = [chat(f"r{i}", f"text {i} " * (3 * i + 1)) for i in range(9)]
+    others = [chat(f"s{i}", f"other {i} " * (2 * i + 5)) for i in range(7)]
+    eager = manual_service(fixed_entropy(), total_tokens_per_second=150.0)
+    lazy = manual_service(fixed_entropy(), total_tokens_per_second=150.0)
+    for service in (eager, lazy):
+        submit(service, lines)
+        service.clock.advance(3.3)
+        submit(service, others)
+    for _ in range(300):
+        eager.clock.advance(0.0731)
+        eager.batches()
+    lazy.clock.advance(300 * 0.0731)
+    assert eager.batches() == lazy.batches()
+    assert eager.journal.billed == lazy.journal.billed
+    assert eager.journal.events == lazy.journal.events
+
+
 def test_results_do_not_depend_on_how_often_anyone_looks() -> None:
     lines = [chat(f"r{i}", f"text {i} " * (i + 1)) for i in range(12)]
-    eager, lazy = manual_service(), manual_service()
+    eager, lazy = manual_service(fixed_entropy()), manual_service(fixed_entropy())
     ids = [submit(service, lines)["id"] for service in (eager, lazy)]
     for _ in range(200):
         eager.clock.advance(0.137)
@@ -123,18 +191,17 @@ def test_output_is_shuffled_deterministically_and_matches_each_request() -> None
             "/v1/chat/completions", request["body"]
         )
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    again = manual_service()
-    submit(again, lines)
-    again.clock.advance(1000)
-    assert [
-        line["custom_id"] for line in read_lines(again, again.batches()[0]["output_file_id"])
-    ] == order
-    other = manual_service(seed=7)
-    submit(other, lines)
-    other.clock.advance(1000)
-    assert [
-        line["custom_id"] for line in read_lines(other, other.batches()[0]["output_file_id"])
-    ] != order
+    assert order == [lines[i]["custom_id"] for i in result_order(0, batch["id"], len(lines))]
+    # Given the batch id, the order is a function of the seed.
+    same, other = manual_service(fixed_entropy(5)), manual_service(fixed_entropy(5), seed=7)
+    orders = []
+    for service in (same, other):
+        submit(service, lines)
+        service.clock.advance(1000)
+        output = read_lines(service, service.batches()[0]["output_file_id"])
+        orders.append([line["custom_id"] for line in output])
+    assert same.batches()[0]["id"] == other.batches()[0]["id"]
+    assert orders[0] != orders[1]
 
 
 def test_batch_usage_and_counts_sum_the_results() -> None:
