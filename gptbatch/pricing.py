@@ -87,5 +87,9 @@ def estimate_cost(
 
 
 def usd(amount: float) -> str:
-    """Dollars with enough digits to tell small amounts apart."""
-    return f"${amount:,.2f}" if amount >= 100 else f"${amount:.4g}"
+    """Dollars with enough digits to tell small amounts apart, never in e-notation."""
+    if amount >= 100:
+        return f"${amount:,.2f}"
+    if amount >= 0.01 or amount == 0:
+        return f"${amount:.4f}"
+    return f"${amount:.8f}".rstrip("0")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -13,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptbatch.errors import UsageError
-from gptbatch.lock import BuildLock
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import Spec, api_key, load_spec
-from gptbatch.store import Store, state_dir
+from gptbatch.store import state_dir
 from gptbatch.usage import Usage
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
@@ -99,11 +97,18 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
             limit = spec.limits.token_limit(model)
             if limit is not None:
                 limits[model] = limit
-        config = SimConfig(token_limits=limits, **SIMULATE_CONFIG)
+        # The rehearsal's simulator keeps its files and batches beside the rehearsal's state,
+        # so an interrupted rehearsal resumes like a real build instead of starting over.
+        output_dir = simulated_output_dir(spec)
+        config = SimConfig(
+            token_limits=limits,
+            state_dir=str(state_dir(output_dir) / "simulator"),
+            **SIMULATE_CONFIG,
+        )
         with run_simulator(config) as sim:
             simulated = dataclasses.replace(
                 spec,
-                output_dir=simulated_output_dir(spec),
+                output_dir=output_dir,
                 polling=dataclasses.replace(spec.polling, initial_seconds=0.05, max_seconds=0.5),
             )
             remote = Remote(api_key="sk-simulated", base_url=sim.base_url)
@@ -149,10 +154,8 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
     )
     with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
-        if args.simulate:
-            forget_lost_simulation(spec)
-            if not args.json:
-                print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
+        if args.simulate and not args.json:
+            print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
         summary = run_build(
             spec,
             remote,
@@ -168,21 +171,6 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
 def simulated_output_dir(spec: Spec) -> Path:
     """Where --simulate writes: beside the real output directory, never in it."""
     return spec.output_dir.with_name(spec.output_dir.name + SIMULATED_SUFFIX)
-
-
-def forget_lost_simulation(spec: Spec) -> None:
-    """Each --simulate run has a new simulator: batches a killed rehearsal left are gone."""
-    directory = state_dir(spec.output_dir)
-    if not (directory / "state.db").exists():
-        return
-    with BuildLock(spec.output_dir, directory):
-        store = Store(directory)
-        try:
-            lost = any(not b.collected for b in store.batches()) or store.shards(("submitting",))
-        finally:
-            store.close()
-        if lost:
-            shutil.rmtree(directory)
 
 
 def _cost(u: Usage) -> str:

@@ -57,3 +57,81 @@ def test_simulate_recovers_from_a_killed_rehearsal(tmp_path: Path) -> None:
     assert [e["event"] for e in events][-2:] == ["summary", "usage"]
     summary = events[-2]
     assert summary["event"] == "summary" and summary["ok"] == 20 and summary["pending"] == 0
+
+
+def rehearsal_journal(config: Path):
+    """The billing journal of a rehearsal's simulator, restored from its state directory."""
+    from gptbatch.cli.build import SIMULATE_CONFIG
+    from gptbatch.simulator import SimConfig, Simulator
+    from gptbatch.spec import load_spec
+
+    spec = load_spec(config)
+    limits = {m: spec.limits.token_limit(m) for m in ("gpt-4o-mini", "text-embedding-3-small")}
+    state = config.parent / "out-simulated" / ".gptbatch" / "simulator"
+    sim = Simulator(
+        SimConfig(
+            token_limits={m: v for m, v in limits.items() if v},
+            state_dir=str(state),
+            **SIMULATE_CONFIG,
+        )
+    )
+    try:
+        return sim.journal
+    finally:
+        sim.stop()
+
+
+def test_the_readme_second_step_edit_one_line_and_rehearse_again(tmp_path: Path) -> None:
+    """Issue 10 #5: the second rehearsal used to hang on a reused batch id."""
+    config = copy_examples(tmp_path)
+    cmd = [sys.executable, "-m", "gptbatch", "build", str(config), "--simulate"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert first.returncode == EXIT_OK, first.stderr
+    reviews = config.parent / "inputs" / "reviews.jsonl"
+    lines = reviews.read_text().splitlines()
+    edited = json.loads(lines[0])
+    edited["body"]["messages"][-1]["content"] += " (edited)"
+    lines[0] = json.dumps(edited)
+    reviews.write_text("\n".join(lines) + "\n")
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert second.returncode == EXIT_OK, second.stderr
+    assert "1 batches submitted" in second.stdout
+    assert "this run: 1 results" in second.stdout
+    counts = rehearsal_journal(config).billed_counts()
+    assert len(counts) == 20
+    # The edited request was billed again (new content, same custom_id); nothing else was.
+    assert counts.pop(edited["custom_id"]) == 2
+    assert set(counts.values()) == {1}
+
+
+def test_an_interrupted_rehearsal_resumes_instead_of_starting_over(tmp_path: Path) -> None:
+    """Issue 10 #6: Ctrl-C a rehearsal with results collected; the next one sends only the rest."""
+    import signal
+    import time
+
+    config = copy_examples(tmp_path)
+    text = config.read_text().replace("gpt-4o-mini: 2000000", "gpt-4o-mini: 200")
+    config.write_text(text)  # one review at a time: many batches in a row
+    cmd = [sys.executable, "-m", "gptbatch", "build", str(config), "--simulate", "--json"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    collected = 0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "collected":
+            collected += 1
+            if collected == 3:
+                break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    time.sleep(0.1)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert again.returncode == EXIT_OK, again.stderr
+    events = [json.loads(line) for line in again.stdout.splitlines()]
+    sent = sum(e["requests"] for e in events if e["event"] == "submitted")
+    assert sent < 20 - 3  # what was collected (at least 3 reviews) is not sent again
+    journal = rehearsal_journal(config)
+    assert sorted(journal.billed_counts().values()) == [1] * 20  # each billed once in all
