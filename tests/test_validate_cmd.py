@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHAT = "/v1/chat/completions"
 EMB = "/v1/embeddings"
 DONE = "gptbatch: {n} problem{s} found; nothing was written"
+HI = [{"role": "user", "content": "Hi"}]  # the smallest valid chat messages
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +110,7 @@ def test_default_config_is_batch_yaml_in_the_working_directory(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (work / "batch.yaml").write_text("inputs: ['*.jsonl']\nmodel: gpt-4o-mini\n")
-    (work / "a.jsonl").write_bytes(jl(chat("1"), {**chat("2"), "body": {"messages": []}}))
+    (work / "a.jsonl").write_bytes(jl(chat("1"), {**chat("2"), "body": {"messages": HI}}))
     (work / "b.jsonl").write_bytes(jl(chat("3")))
     code, out, err = validate(work, capsys)
     assert (code, out, err) == (
@@ -151,7 +152,11 @@ BAD: list[tuple[str, str, dict[str, bytes], list[str]]] = [
     (
         "missing custom_id",
         "inputs: [in.jsonl]",
-        {"in.jsonl": jl(chat("a"), {"method": "POST", "url": CHAT, "body": {"model": "m"}})},
+        {
+            "in.jsonl": jl(
+                chat("a"), {"method": "POST", "url": CHAT, "body": {"model": "m", "messages": HI}}
+            )
+        },
         ["in.jsonl:2: missing custom_id: give every request a unique string id"],
     ),
     (
@@ -198,7 +203,7 @@ BAD: list[tuple[str, str, dict[str, bytes], list[str]]] = [
     (
         "model missing",
         "inputs: [in.jsonl]",
-        {"in.jsonl": jl({**chat("a"), "body": {"messages": []}})},
+        {"in.jsonl": jl({**chat("a"), "body": {"messages": HI}})},
         ["in.jsonl:1: body.model is missing: add a model to body or set model in batch.yaml"],
     ),
     (
