@@ -6,9 +6,10 @@ import copy
 import difflib
 import glob
 import json
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from gptbatch.canonical import canonical_json, content_hash, sha256_hex
-from gptbatch.errors import ConfigError, Problem
+from gptbatch.errors import ConfigError, Problem, redact
 
 DEFAULT_CONFIG = "batch.yaml"
 SCHEMA_PATH = Path(__file__).parent / "schema" / "batch.schema.json"
 RESERVED_METADATA_PREFIX = "gptbatch_"  # gptbatch's own 2 of the API's 16 metadata pairs
+# YAML aliases may repeat at most this many values beyond those written out: enough for any
+# real config, and it stops a "billion laughs" alias bomb before anything walks its values.
+MAX_ALIAS_EXPANSION = 10_000
 
 _MAGIC = re.compile(r"[*?[]")
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -112,17 +116,37 @@ def load_spec(path: str | Path | None = None) -> Spec:
     """Load and validate a config (default ./batch.yaml); raise ConfigError listing every problem.
 
     Also loads `.env` beside the config and in the working directory (existing variables win).
+    Every message passes through redact(): a key pasted into the config is never printed back.
     """
+    try:
+        return _load(path)
+    except ConfigError as exc:
+        raise ConfigError(
+            [Problem(p.path, p.line, redact(p.message), redact(p.hint)) for p in exc.problems],
+            truncated=exc.truncated,
+        ) from None
+
+
+def _load(path: str | Path | None) -> Spec:
     config, display = _locate(path)
     text = _read_text(config, display)
     data, node = _parse_yaml(text, display)
     schema = load_schema()
-    errors = list(Draft202012Validator(schema).iter_errors(data))
-    problems = _duplicate_keys(node, display) + _schema_problems(errors, node, schema, display)
+    # jsonschema lets NaN through every bound; say "not finite" once instead of its messages.
+    non_finite = [path for path in _non_finite(data, []) if path]
+    errors = [
+        e
+        for e in Draft202012Validator(schema).iter_errors(data)
+        if not any(list(e.absolute_path)[: len(p)] == p for p in non_finite)
+    ]
+    problems = _duplicate_keys(node, display)
+    problems += [_non_finite_problem(path, node, display) for path in non_finite]
+    problems += _schema_problems(errors, node, schema, display)
     if errors and not isinstance(data, dict):
         raise ConfigError(problems)
     # Check what the schema cannot wherever the keys involved are valid, to report all at once.
     invalid = {e.absolute_path[0] for e in errors if e.absolute_path}
+    invalid.update(path[0] for path in non_finite)
     invalid.update(
         k
         for e in errors
@@ -234,12 +258,36 @@ def _read_text(config: Path, display: str) -> str:
         raise ConfigError(Problem(display, None, f"cannot read: {exc.strerror}", "")) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, noting where each alias is used so an alias bomb can be located."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases: list[tuple[yaml.Node, int, str]] = []  # (node, line, anchor name)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            self.aliases.append((node, event.start_mark.line + 1, event.anchor))
+            return node
+        return super().compose_node(parent, index)
+
+
 def _parse_yaml(text: str, display: str) -> tuple[Any, yaml.Node]:
     """The document and its node tree (for line numbers), from one safe parse."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        if node is not None and loader.aliases:
+            _check_aliases(node, loader.aliases, display)
         data = loader.construct_document(node) if node is not None else None
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(_constructor_problem(exc, display)) from None
+    except RecursionError:
+        raise ConfigError(
+            Problem(display, None, "nested too deeply", "flatten the lists and mappings")
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -260,6 +308,109 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, yaml.Node]:
     return data, node
 
 
+def _constructor_problem(exc: yaml.constructor.ConstructorError, display: str) -> Problem:
+    """A tag the safe loader refuses (e.g. !!python/object/apply): it is never run."""
+    mark = exc.problem_mark
+    line = mark.line + 1 if mark is not None else None
+    tag = re.search(r"tag '([^']*)'", exc.problem or "")
+    if tag is None:
+        return Problem(display, line, f"YAML error: {exc.problem}", "use plain YAML values")
+    name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+    return Problem(
+        display,
+        line,
+        f"YAML tag {name!r} is not allowed",
+        "batch.yaml holds plain values (text, numbers, lists, mappings); remove the tag",
+    )
+
+
+def _check_aliases(
+    root: yaml.Node, aliases: list[tuple[yaml.Node, int, str]], display: str
+) -> None:
+    """Refuse a node graph whose aliases repeat too much (an alias bomb) or refer to themselves.
+
+    Composing shares each aliased node, so the graph is small; its expansion, the number of
+    values a walk would visit, is counted once per node (memoised), never by walking it.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def expanded(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _Recursive(node)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(expanded(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(expanded(k) + expanded(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        total = expanded(root)
+    except _Recursive as exc:
+        node, line, anchor = next(a for a in aliases if a[0] is exc.node)
+        raise ConfigError(
+            Problem(
+                display,
+                line,
+                f"YAML alias *{anchor} refers to a value that contains it "
+                f"(anchor &{anchor} at line {node.start_mark.line + 1})",
+                "a config cannot be recursive; write the value out instead",
+            )
+        ) from None
+    if total - len(sizes) <= MAX_ALIAS_EXPANSION:
+        return
+    node, line, anchor = max(aliases, key=lambda a: (sizes[id(a[0])], -a[1]))
+    raise ConfigError(
+        Problem(
+            display,
+            line,
+            f"YAML aliases expand the config to {total:,} values (*{anchor} alone to "
+            f"{sizes[id(node)]:,}; anchor &{anchor} at line {node.start_mark.line + 1})",
+            f"aliases may repeat at most {MAX_ALIAS_EXPANSION:,} values; write the values out "
+            "instead of nesting aliases",
+        )
+    )
+
+
+class _Recursive(Exception):
+    """A YAML alias inside the value it names."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__()
+        self.node = node
+
+
+def _non_finite(value: Any, path: list[Any]) -> Iterator[list[Any]]:
+    """Key paths of every NaN or infinity in a loaded config (YAML's .nan, .inf, 1e400)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, [*path, key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, [*path, index])
+
+
+def _non_finite_problem(path: list[Any], node: yaml.Node, display: str) -> Problem:
+    found = _node_at(node, path)
+    text = found.value if isinstance(found, yaml.ScalarNode) else "it"
+    return Problem(
+        display,
+        _line(node, path),
+        f"{_dotted(path)}: {text} is not a finite number",
+        "use a finite number",
+    )
+
+
 def _duplicate_keys(node: yaml.Node, display: str) -> list[Problem]:
     """Keys given twice in one mapping: YAML keeps the last silently, which hides mistakes."""
     problems: list[Problem] = []
@@ -269,7 +420,7 @@ def _duplicate_keys(node: yaml.Node, display: str) -> list[Problem]:
         if isinstance(current, yaml.MappingNode):
             first: dict[str, int] = {}
             for key, value in current.value:
-                if isinstance(key, yaml.ScalarNode):
+                if isinstance(key, yaml.ScalarNode) and _written_in(key, current):
                     line = key.start_mark.line + 1
                     if key.value in first:
                         problems.append(
@@ -285,6 +436,11 @@ def _duplicate_keys(node: yaml.Node, display: str) -> list[Problem]:
         elif isinstance(current, yaml.SequenceNode):
             stack.extend(current.value)
     return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _written_in(key: yaml.Node, mapping: yaml.Node) -> bool:
+    """Was key written in mapping, not merged into it by `<<: *anchor` (which may override)?"""
+    return mapping.start_mark.index <= key.start_mark.index <= mapping.end_mark.index
 
 
 def _node_at(node: yaml.Node, path: Sequence[Any], *, key: bool = False) -> yaml.Node:
@@ -325,8 +481,23 @@ def _dotted(path: Sequence[Any]) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    """A value for a message: key-like text masked first, then shortened."""
+    text = redact(repr(value) if isinstance(value, str) else json.dumps(value, default=str))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _looks_like_key(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith("sk-") or redact(value) != value)
+
+
+def _key_in_config(node: yaml.Node, value: str, display: str) -> Problem:
+    return Problem(
+        display,
+        _line(node, ["api", "api_key_env"]),
+        f"api.api_key_env: {_show(value)} looks like an API key",
+        "api_key_env names an environment variable, not the key itself: put the key in "
+        "OPENAI_API_KEY or .env (and revoke it if batch.yaml was shared)",
+    )
 
 
 def _kind(value: Any) -> str:
@@ -383,6 +554,8 @@ def _render(
     error: ValidationError, node: yaml.Node, schema: Mapping[str, Any], display: str
 ) -> list[Problem]:
     path = list(error.absolute_path)
+    if path == ["api", "api_key_env"] and _looks_like_key(error.instance):
+        return [_key_in_config(node, error.instance, display)]
     where = _dotted(path)
     prefix = f"{where}: " if where else ""
     hint = _description(error, schema)
@@ -540,6 +713,9 @@ def _semantic_problems(
                 "max_seconds",
             )
         )
+    key_env = full["api"].get("api_key_env") if "api" not in invalid else None
+    if _looks_like_key(key_env):  # a key that happens to fit the variable-name pattern
+        problems.append(_key_in_config(node, key_env, display))
     for key in full["metadata"] if "metadata" not in invalid else ():
         if str(key).startswith(RESERVED_METADATA_PREFIX):
             problems.append(
