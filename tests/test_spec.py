@@ -20,6 +20,7 @@ from gptbatch.errors import ConfigError
 from gptbatch.requests import ENDPOINTS, read_requests
 from gptbatch.spec import (
     SCHEMA_PATH,
+    SIMULATED_SUFFIX,
     Limits,
     api_key,
     load_schema,
@@ -663,3 +664,115 @@ def test_a_key_as_an_input_path_is_masked(work: Path) -> None:
     [problem] = config_problems("batch.yaml")
     assert problem.startswith("batch.yaml:1: inputs[1]: no such file 'sk-...3Ab3'")
     assert SECRET[8:] not in problem
+
+
+# --- inputs: literal names, special files, output and state directories ---------------------------
+
+
+def test_a_name_with_glob_characters_is_taken_literally_when_it_exists(work: Path) -> None:
+    touch(work, "in/a[1].jsonl", "in/a1.jsonl", "in/b[x].jsonl")
+    write(work, "inputs: ['in/a[1].jsonl', 'in/b[[]x].jsonl', 'in/a?.jsonl']\n")
+    assert load_spec("batch.yaml").inputs == (
+        work / "in" / "a[1].jsonl",
+        work / "in" / "b[x].jsonl",  # an escaped glob still matches
+        work / "in" / "a1.jsonl",
+    )
+
+
+def test_a_dangling_symlink_matched_by_a_glob_is_reported(work: Path) -> None:
+    touch(work, "data/a.jsonl")
+    (work / "data" / "b.jsonl").symlink_to(work / "data" / "gone.jsonl")
+    write(work, "inputs: ['data/*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'data/*.jsonl' matches data/b.jsonl, which is a symlink to a "
+        "missing file: fix or remove the symlink"
+    ]
+
+
+def test_a_dangling_symlink_named_literally_is_reported(work: Path) -> None:
+    (work / "b.jsonl").symlink_to(work / "gone.jsonl")
+    write(work, "inputs: [b.jsonl]\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'b.jsonl' is a symlink to a missing file: fix or remove the "
+        "symlink"
+    ]
+
+
+def test_a_symlink_loop_is_reported(work: Path) -> None:
+    (work / "a.jsonl").symlink_to(work / "b.jsonl")
+    (work / "b.jsonl").symlink_to(work / "a.jsonl")
+    write(work, "inputs: [a.jsonl, 'b*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'a.jsonl' is a symlink loop: point the symlink at a real file",
+        "batch.yaml:1: inputs[1]: 'b*.jsonl' matches b.jsonl, which is a symlink loop: point "
+        "the symlink at a real file",
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_not_a_regular_file(work: Path) -> None:
+    os.mkfifo(work / "pipe.jsonl")
+    write(work, "inputs: [pipe.jsonl, '*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'pipe.jsonl' is not a regular file (a FIFO): inputs are "
+        "JSONL files; write the requests to one",
+        "batch.yaml:1: inputs[1]: '*.jsonl' matches pipe.jsonl, which is not a regular file "
+        "(a FIFO): inputs are JSONL files; write the requests to one",
+    ]
+
+
+def test_globs_never_match_output_simulated_or_state_directories(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPTBATCH_STATE_DIR", str(work / "state"))
+    touch(work, "out/a.jsonl", "out-simulated/b.jsonl", "state/c.jsonl")
+    touch(work, ".gpt_batch_manager/out/d.jsonl", "data/e.jsonl")
+    write(work, "inputs: ['**/*.jsonl', '.gpt_batch_manager/**/*.jsonl']\n")
+    found = config_problems("batch.yaml")
+    assert found == [
+        "batch.yaml:1: inputs[1]: '.gpt_batch_manager/**/*.jsonl' matches no files outside "
+        ".gpt_batch_manager/ (gpt_batch_manager's state), which holds results and build state, "
+        f"not inputs: globs are relative to the config's directory, {work}"
+    ]
+    write(work, "inputs: ['**/*.jsonl']\n")
+    assert load_spec("batch.yaml").inputs == (work / "data" / "e.jsonl", work / "in.jsonl")
+    assert SIMULATED_SUFFIX == "-simulated"
+
+
+def test_a_glob_matching_only_results_says_so(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (work / "in.jsonl").unlink()
+    monkeypatch.setenv("GPTBATCH_STATE_DIR", "state")
+    touch(work, "out/a.jsonl", "out-simulated/a.jsonl", "state/x.jsonl")
+    write(work, "inputs: ['**/*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: '**/*.jsonl' matches no files outside output_dir out/ and "
+        "out-simulated/ (build --simulate's output) and GPTBATCH_STATE_DIR state/, which hold "
+        "results and build state, not inputs: globs are relative to the config's directory, "
+        f"{work}"
+    ]
+
+
+def test_a_literal_input_inside_output_dir_is_an_error(work: Path) -> None:
+    touch(work, "results/in.jsonl")
+    write(work, "inputs: [results/in.jsonl]\noutput_dir: results\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'results/in.jsonl' is under output_dir results/, which holds "
+        "results and build state, not inputs: move the input elsewhere, or give output_dir a "
+        "directory of its own"
+    ]
+
+
+def test_an_output_dir_reached_through_a_symlink_is_still_excluded(work: Path) -> None:
+    touch(work, "out/a.jsonl")
+    (work / "link").symlink_to(work / "out")
+    write(work, "inputs: [in.jsonl, 'link/*.jsonl']\n")
+    [problem] = config_problems("batch.yaml")
+    assert problem.startswith(
+        "batch.yaml:1: inputs[1]: 'link/*.jsonl' matches no files outside output_dir out/"
+    )
+
+
+def test_the_simulated_suffix_is_the_one_build_writes_to() -> None:
+    from gptbatch.cli import build
+
+    assert build.SIMULATED_SUFFIX == SIMULATED_SUFFIX
