@@ -79,7 +79,7 @@ class BuildSummary:
     submitted: int = 0
     adopted: int = 0
     refusals: int = 0
-    cost_committed: float = 0.0
+    cost_committed: float | None = 0.0  # None: a model without a known price
     stopped_by_cost: str | None = None
     usage_run: Usage = field(default_factory=Usage)  # results collected by this run
     usage_total: Usage = field(default_factory=Usage)  # every result of the project
@@ -342,7 +342,8 @@ class Builder:
         self.summary.ok = counts["ok"]
         self.summary.failed = counts["failed"]
         self.summary.pending = counts["total"] - counts["ok"] - counts["failed"]
-        self.summary.cost_committed = self.store.committed_cost()
+        unpriced = self.store.committed_unpriced()
+        self.summary.cost_committed = None if unpriced else self.store.committed_cost()
         self.report.event("summary", **self.summary_fields())
 
     def summary_fields(self) -> dict[str, Any]:
@@ -355,7 +356,7 @@ class Builder:
             "submitted": s.submitted,
             "adopted": s.adopted,
             "refusals": s.refusals,
-            "cost": round(s.cost_committed, 6),
+            "cost": None if s.cost_committed is None else round(s.cost_committed, 6),
             "stopped_by_cost": s.stopped_by_cost,
             "outputs": [o.path for o in s.outputs],
         }

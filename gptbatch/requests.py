@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,19 @@ def read_requests(
         yield from reader.read_file(index)
     if reader.count:
         raise InputError(reader.problems, truncated=reader.count - len(reader.problems))
+
+
+def over_limit(request: Request, tokens: int, limit: int | None) -> Problem | None:
+    """A Problem if request's estimated tokens exceed limit: such a request can never queue."""
+    if limit is None or tokens <= limit:
+        return None
+    return Problem(
+        request.path,
+        request.line,
+        f"~{tokens:,} tokens, over the enqueued-token limit of {limit:,} "
+        f"for {request.model or 'requests without a model'}",
+        "it can never be queued; split it into smaller requests or raise limits.enqueued_tokens",
+    )
 
 
 def read_raw_line(path: str | Path, offset: int, length: int) -> bytes:
@@ -191,9 +205,14 @@ class _Reader:
         except IsADirectoryError:
             self.problem(path, None, "is a directory", "give the path of a .jsonl file")
         except FileNotFoundError:
-            self.problem(
-                path, None, "no such file", "check the path (and the inputs in batch.yaml)"
-            )
+            if os.path.islink(path):
+                self.problem(
+                    path, None, "is a symlink to a missing file", "fix or remove the symlink"
+                )
+            else:
+                self.problem(
+                    path, None, "no such file", "check the path (and the inputs in batch.yaml)"
+                )
         except OSError as exc:
             self.problem(path, None, f"cannot read: {exc.strerror or exc}", "check the file")
 
@@ -256,6 +275,17 @@ class _Reader:
                 "contains an unpaired surrogate escape (e.g. \\ud800)",
                 "the API cannot encode it as UTF-8; fix or remove the broken character",
             )
+            return None
+        except ValueError:  # 1e400 parses as inf, which JSON cannot carry
+            self.problem(
+                path,
+                number,
+                "number out of range (e.g. 1e400)",
+                "JSON numbers must be finite; use a smaller number or a string",
+            )
+            return None
+        except RecursionError:
+            self.problem(path, number, "nested too deeply", "flatten the request")
             return None
         if len(line) > self.max_line_bytes:
             self.too_large(path, number, len(line))
@@ -403,8 +433,11 @@ class _Reader:
                 path, number, "body.stream is true", "the Batch API does not stream; remove stream"
             )
             ok = False
-        if url == "/v1/embeddings":
-            ok = self.check_embeddings(path, number, body) and ok
+        shape = _SHAPES.get(url) if url is not None else None
+        wrong = shape(body) if shape is not None else None
+        if wrong is not None:
+            self.problem(path, number, *wrong)
+            ok = False
         return body if ok else None
 
     def check_model(self, path: str, number: int, body: dict[str, Any], url: str | None) -> bool:
@@ -440,25 +473,126 @@ class _Reader:
             return False
         return True
 
-    def check_embeddings(self, path: str, number: int, body: dict[str, Any]) -> bool:
-        items = body.get("input")
-        if items is None:
-            self.problem(path, number, "body.input is missing", "add the text to embed as input")
-            return False
-        if items == "" or items == []:
-            self.problem(
-                path, number, "body.input is empty", "the embeddings API rejects empty input"
+
+# --- body shapes per endpoint: only what the API certainly rejects --------------------------------
+# Each returns (what is wrong, what to do) or None. Extra fields are the API's business.
+
+_Wrong = tuple[str, str] | None
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of a value, for messages."""
+    if value is None:
+        return "null"
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+_JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+_JSON_KINDS.update({dict: "an object", list: "a list"})
+
+
+def _chat_shape(body: dict[str, Any]) -> _Wrong:
+    messages = body.get("messages")
+    if type(messages) is list and messages:  # the common case first, without enumerate
+        for message in messages:
+            if type(message) is not dict or type(message.get("role")) is not str:
+                break
+        else:
+            return None
+    example = '"messages": [{"role": "user", "content": "..."}]'
+    if messages is None:
+        return "body.messages is missing", f"add the conversation, e.g. {example}"
+    if type(messages) is not list:
+        return f"body.messages must be a list, got {_kind(messages)}", f"e.g. {example}"
+    if not messages:
+        return "body.messages is empty", f"the API needs at least one message, e.g. {example}"
+    for index, message in enumerate(messages):
+        if type(message) is not dict:
+            return (
+                f"body.messages[{index}] must be an object, got {_kind(message)}",
+                'each message is {"role": ..., "content": ...}',
             )
-            return False
-        # A flat list of ints is one tokenised input; any other list holds one input per item.
-        many = isinstance(items, list) and not isinstance(items[0], int)
-        if many and len(items) > MAX_EMBEDDING_INPUTS:
-            self.problem(
-                path,
-                number,
-                f"body.input has {len(items):,} items, over the API's "
-                f"{MAX_EMBEDDING_INPUTS} per request",
-                f"split it into requests of at most {MAX_EMBEDDING_INPUTS} inputs",
+        if type(message.get("role")) is not str:
+            what = "is missing" if "role" not in message else "must be a string"
+            return (
+                f"body.messages[{index}].role {what}",
+                'give each message a role, e.g. "role": "user"',
             )
-            return False
+    return None
+
+
+def _responses_shape(body: dict[str, Any]) -> _Wrong:
+    # Every field of a Responses request is optional (a stored prompt can supply the input).
+    items = body.get("input")
+    if items is None or type(items) in (str, list):
+        return None
+    return (
+        f"body.input must be a string or a list, got {_kind(items)}",
+        'give the prompt as text, e.g. "input": "...", or as a list of input items',
+    )
+
+
+def _token_arrays(items: Any) -> bool:
+    """Is items a string, a list of strings, a list of ints or a list of lists of ints?"""
+    if type(items) is str:
         return True
+    if type(items) is not list or not items:
+        return type(items) is list
+    first = type(items[0])
+    if first is str or first is int:
+        return all(type(item) is first for item in items)
+    return all(type(item) is list and all(type(token) is int for token in item) for item in items)
+
+
+_TEXT_OR_TOKENS = "a string, a list of strings, a list of token ids or a list of token-id lists"
+
+
+def _embeddings_shape(body: dict[str, Any]) -> _Wrong:
+    items = body.get("input")
+    if items is None:
+        return "body.input is missing", "add the text to embed as input"
+    if items == "" or items == []:
+        return "body.input is empty", "the embeddings API rejects empty input"
+    if not _token_arrays(items):
+        return f"body.input is {_kind(items)} of the wrong form", f"give {_TEXT_OR_TOKENS}"
+    # A flat list of ints is one tokenised input; any other list holds one input per item.
+    if type(items) is list and type(items[0]) is not int and len(items) > MAX_EMBEDDING_INPUTS:
+        return (
+            f"body.input has {len(items):,} items, over the API's "
+            f"{MAX_EMBEDDING_INPUTS} per request",
+            f"split it into requests of at most {MAX_EMBEDDING_INPUTS} inputs",
+        )
+    return None
+
+
+def _completions_shape(body: dict[str, Any]) -> _Wrong:
+    if "prompt" not in body:
+        return "body.prompt is missing", 'add the text to complete, e.g. "prompt": "..."'
+    prompt = body["prompt"]
+    if prompt is not None and not _token_arrays(prompt):
+        return f"body.prompt is {_kind(prompt)} of the wrong form", f"give {_TEXT_OR_TOKENS}"
+    return None
+
+
+def _moderations_shape(body: dict[str, Any]) -> _Wrong:
+    items = body.get("input")
+    if items is None:
+        return "body.input is missing", 'add the text to classify, e.g. "input": "..."'
+    if type(items) is str or (
+        type(items) is list and all(type(item) in (str, dict) for item in items)
+    ):
+        return None
+    return (
+        f"body.input is {_kind(items)} of the wrong form",
+        "give a string, a list of strings, or a list of content objects such as "
+        '{"type": "text", "text": "..."}',
+    )
+
+
+_SHAPES = {
+    "/v1/chat/completions": _chat_shape,
+    "/v1/responses": _responses_shape,
+    "/v1/embeddings": _embeddings_shape,
+    "/v1/completions": _completions_shape,
+    "/v1/moderations": _moderations_shape,
+}

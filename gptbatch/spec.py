@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import errno
 import glob
 import json
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,16 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from gptbatch.canonical import canonical_json, content_hash
-from gptbatch.errors import ConfigError, Problem
+from gptbatch.errors import ConfigError, Problem, redact
 
 DEFAULT_CONFIG = "batch.yaml"
 SCHEMA_PATH = Path(__file__).parent / "schema" / "batch.schema.json"
 RESERVED_METADATA_PREFIX = "gptbatch_"  # gptbatch's own 2 of the API's 16 metadata pairs
+SIMULATED_SUFFIX = "-simulated"  # `build --simulate` writes to <output_dir>-simulated
+LEGACY_STATE_DIR = ".gpt_batch_manager"  # where gpt_batch_manager keeps its generated project
+# YAML aliases may repeat at most this many values beyond those written out: enough for any
+# real config, and it stops a "billion laughs" alias bomb before anything walks its values.
+MAX_ALIAS_EXPANSION = 10_000
 
 _MAGIC = re.compile(r"[*?[]")
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -112,17 +120,37 @@ def load_spec(path: str | Path | None = None) -> Spec:
     """Load and validate a config (default ./batch.yaml); raise ConfigError listing every problem.
 
     Also loads `.env` beside the config and in the working directory (existing variables win).
+    Every message passes through redact(): a key pasted into the config is never printed back.
     """
+    try:
+        return _load(path)
+    except ConfigError as exc:
+        raise ConfigError(
+            [Problem(p.path, p.line, redact(p.message), redact(p.hint)) for p in exc.problems],
+            truncated=exc.truncated,
+        ) from None
+
+
+def _load(path: str | Path | None) -> Spec:
     config, display = _locate(path)
     text = _read_text(config, display)
     data, node = _parse_yaml(text, display)
     schema = load_schema()
-    errors = list(Draft202012Validator(schema).iter_errors(data))
-    problems = _duplicate_keys(node, display) + _schema_problems(errors, node, schema, display)
+    # jsonschema lets NaN through every bound; say "not finite" once instead of its messages.
+    non_finite = [path for path in _non_finite(data, []) if path]
+    errors = [
+        e
+        for e in Draft202012Validator(schema).iter_errors(data)
+        if not any(list(e.absolute_path)[: len(p)] == p for p in non_finite)
+    ]
+    problems = _duplicate_keys(node, display)
+    problems += [_non_finite_problem(path, node, display) for path in non_finite]
+    problems += _schema_problems(errors, node, schema, display)
     if errors and not isinstance(data, dict):
         raise ConfigError(problems)
     # Check what the schema cannot wherever the keys involved are valid, to report all at once.
     invalid = {e.absolute_path[0] for e in errors if e.absolute_path}
+    invalid.update(path[0] for path in non_finite)
     invalid.update(
         k
         for e in errors
@@ -234,12 +262,36 @@ def _read_text(config: Path, display: str) -> str:
         raise ConfigError(Problem(display, None, f"cannot read: {exc.strerror}", "")) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, noting where each alias is used so an alias bomb can be located."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases: list[tuple[yaml.Node, int, str]] = []  # (node, line, anchor name)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            self.aliases.append((node, event.start_mark.line + 1, event.anchor))
+            return node
+        return super().compose_node(parent, index)
+
+
 def _parse_yaml(text: str, display: str) -> tuple[Any, yaml.Node]:
     """The document and its node tree (for line numbers), from one safe parse."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        if node is not None and loader.aliases:
+            _check_aliases(node, loader.aliases, display)
         data = loader.construct_document(node) if node is not None else None
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(_constructor_problem(exc, display)) from None
+    except RecursionError:
+        raise ConfigError(
+            Problem(display, None, "nested too deeply", "flatten the lists and mappings")
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -260,6 +312,109 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, yaml.Node]:
     return data, node
 
 
+def _constructor_problem(exc: yaml.constructor.ConstructorError, display: str) -> Problem:
+    """A tag the safe loader refuses (e.g. !!python/object/apply): it is never run."""
+    mark = exc.problem_mark
+    line = mark.line + 1 if mark is not None else None
+    tag = re.search(r"tag '([^']*)'", exc.problem or "")
+    if tag is None:
+        return Problem(display, line, f"YAML error: {exc.problem}", "use plain YAML values")
+    name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+    return Problem(
+        display,
+        line,
+        f"YAML tag {name!r} is not allowed",
+        "batch.yaml holds plain values (text, numbers, lists, mappings); remove the tag",
+    )
+
+
+def _check_aliases(
+    root: yaml.Node, aliases: list[tuple[yaml.Node, int, str]], display: str
+) -> None:
+    """Refuse a node graph whose aliases repeat too much (an alias bomb) or refer to themselves.
+
+    Composing shares each aliased node, so the graph is small; its expansion, the number of
+    values a walk would visit, is counted once per node (memoised), never by walking it.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def expanded(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _Recursive(node)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(expanded(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(expanded(k) + expanded(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        total = expanded(root)
+    except _Recursive as exc:
+        node, line, anchor = next(a for a in aliases if a[0] is exc.node)
+        raise ConfigError(
+            Problem(
+                display,
+                line,
+                f"YAML alias *{anchor} refers to a value that contains it "
+                f"(anchor &{anchor} at line {node.start_mark.line + 1})",
+                "a config cannot be recursive; write the value out instead",
+            )
+        ) from None
+    if total - len(sizes) <= MAX_ALIAS_EXPANSION:
+        return
+    node, line, anchor = max(aliases, key=lambda a: (sizes[id(a[0])], -a[1]))
+    raise ConfigError(
+        Problem(
+            display,
+            line,
+            f"YAML aliases expand the config to {total:,} values (*{anchor} alone to "
+            f"{sizes[id(node)]:,}; anchor &{anchor} at line {node.start_mark.line + 1})",
+            f"aliases may repeat at most {MAX_ALIAS_EXPANSION:,} values; write the values out "
+            "instead of nesting aliases",
+        )
+    )
+
+
+class _Recursive(Exception):
+    """A YAML alias inside the value it names."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__()
+        self.node = node
+
+
+def _non_finite(value: Any, path: list[Any]) -> Iterator[list[Any]]:
+    """Key paths of every NaN or infinity in a loaded config (YAML's .nan, .inf, 1e400)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, [*path, key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, [*path, index])
+
+
+def _non_finite_problem(path: list[Any], node: yaml.Node, display: str) -> Problem:
+    found = _node_at(node, path)
+    text = found.value if isinstance(found, yaml.ScalarNode) else "it"
+    return Problem(
+        display,
+        _line(node, path),
+        f"{_dotted(path)}: {text} is not a finite number",
+        "use a finite number",
+    )
+
+
 def _duplicate_keys(node: yaml.Node, display: str) -> list[Problem]:
     """Keys given twice in one mapping: YAML keeps the last silently, which hides mistakes."""
     problems: list[Problem] = []
@@ -269,7 +424,7 @@ def _duplicate_keys(node: yaml.Node, display: str) -> list[Problem]:
         if isinstance(current, yaml.MappingNode):
             first: dict[str, int] = {}
             for key, value in current.value:
-                if isinstance(key, yaml.ScalarNode):
+                if isinstance(key, yaml.ScalarNode) and _written_in(key, current):
                     line = key.start_mark.line + 1
                     if key.value in first:
                         problems.append(
@@ -285,6 +440,11 @@ def _duplicate_keys(node: yaml.Node, display: str) -> list[Problem]:
         elif isinstance(current, yaml.SequenceNode):
             stack.extend(current.value)
     return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _written_in(key: yaml.Node, mapping: yaml.Node) -> bool:
+    """Was key written in mapping, not merged into it by `<<: *anchor` (which may override)?"""
+    return mapping.start_mark.index <= key.start_mark.index <= mapping.end_mark.index
 
 
 def _node_at(node: yaml.Node, path: Sequence[Any], *, key: bool = False) -> yaml.Node:
@@ -325,8 +485,23 @@ def _dotted(path: Sequence[Any]) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    """A value for a message: key-like text masked first, then shortened."""
+    text = redact(repr(value) if isinstance(value, str) else json.dumps(value, default=str))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _looks_like_key(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith("sk-") or redact(value) != value)
+
+
+def _key_in_config(node: yaml.Node, value: str, display: str) -> Problem:
+    return Problem(
+        display,
+        _line(node, ["api", "api_key_env"]),
+        f"api.api_key_env: {_show(value)} looks like an API key",
+        "api_key_env names an environment variable, not the key itself: put the key in "
+        "OPENAI_API_KEY or .env (and revoke it if batch.yaml was shared)",
+    )
 
 
 def _kind(value: Any) -> str:
@@ -383,6 +558,8 @@ def _render(
     error: ValidationError, node: yaml.Node, schema: Mapping[str, Any], display: str
 ) -> list[Problem]:
     path = list(error.absolute_path)
+    if path == ["api", "api_key_env"] and _looks_like_key(error.instance):
+        return [_key_in_config(node, error.instance, display)]
     where = _dotted(path)
     prefix = f"{where}: " if where else ""
     hint = _description(error, schema)
@@ -474,53 +651,139 @@ def _with_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
 def _expand_inputs(
     patterns: Sequence[str], root: Path, output_dir: Path, node: yaml.Node, display: str
 ) -> tuple[tuple[Path, ...], list[Problem]]:
-    """Input files: globs expanded and sorted per pattern, de-duplicated, absolute."""
+    """Input files: globs expanded and sorted per pattern, de-duplicated, absolute.
+
+    A pattern naming an existing file is that file, even with glob characters in its name
+    (in/a[1].jsonl); files under output and state directories are results, never inputs.
+    """
+    excluded = _excluded_dirs(root, output_dir)
     found: dict[Path, None] = {}
     problems: list[Problem] = []
     for index, pattern in enumerate(patterns):
-        line = _line(node, ["inputs", index])
         expanded = os.path.expanduser(pattern)
-        if _MAGIC.search(expanded):
-            base = "" if os.path.isabs(expanded) else glob.escape(str(root))
-            matches = sorted(glob.glob(os.path.join(base, expanded), recursive=True))
-            files = [
-                Path(os.path.abspath(m))
-                for m in matches
-                if os.path.isfile(m) and not Path(os.path.abspath(m)).is_relative_to(output_dir)
-            ]
-            if not files:
-                problems.append(
-                    Problem(
-                        display,
-                        line,
-                        f"inputs[{index}]: {pattern!r} matches no files",
-                        f"globs are relative to the config's directory, {root}",
-                    )
-                )
+        literal = Path(os.path.abspath(root / expanded))
+        if _MAGIC.search(expanded) and not os.path.lexists(literal):
+            files, wrong = _glob_inputs(index, pattern, root, excluded)
         else:
-            target = Path(os.path.abspath(root / expanded))
-            files = [target]
-            if target.is_dir():
-                problems.append(
-                    Problem(
-                        display,
-                        line,
-                        f"inputs[{index}]: {pattern!r} is a directory",
-                        f"use a glob such as {os.path.join(pattern, '*.jsonl')}",
-                    )
-                )
-            elif not target.is_file():
-                problems.append(
-                    Problem(
-                        display,
-                        line,
-                        f"inputs[{index}]: no such file {pattern!r}",
-                        f"paths are relative to the config's directory, {root}",
-                    )
-                )
+            files, wrong = [literal], _literal_problems(index, pattern, literal, root, excluded)
+        line = _line(node, ["inputs", index])
+        problems += [Problem(display, line, message, hint) for message, hint in wrong]
         for file in files:
             found.setdefault(file, None)
     return tuple(found), problems
+
+
+def _excluded_dirs(root: Path, output_dir: Path) -> list[tuple[Path, Path, str]]:
+    """(directory, its real path, how to name it) of every place results or state live."""
+    simulated = output_dir.with_name(output_dir.name + SIMULATED_SUFFIX)
+    dirs = [
+        (output_dir, f"output_dir {_rel(output_dir, root)}/"),
+        (simulated, f"{_rel(simulated, root)}/ (build --simulate's output)"),
+        (root / LEGACY_STATE_DIR, f"{LEGACY_STATE_DIR}/ (gpt_batch_manager's state)"),
+    ]
+    state = os.environ.get("GPTBATCH_STATE_DIR")
+    if state:
+        path = Path(os.path.abspath(state))
+        dirs.append((path, f"GPTBATCH_STATE_DIR {_rel(path, root)}/"))
+    return [(d, Path(os.path.realpath(d)), label) for d, label in dirs]
+
+
+def _rel(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root) if path.is_relative_to(root) else str(path)
+
+
+def _excluded_by(path: Path, excluded: list[tuple[Path, Path, str]]) -> str | None:
+    """How to name the output or state directory path is under, if any (symlinks followed)."""
+    real = Path(os.path.realpath(path))
+    for directory, real_directory, label in excluded:
+        if path.is_relative_to(directory) or real.is_relative_to(real_directory):
+            return label
+    return None
+
+
+def _file_problem(path: Path) -> tuple[str, str] | None:
+    """What keeps path from being read as an input file, and what to do; None for a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            return "is a symlink to a missing file", "fix or remove the symlink"
+        return "does not exist", ""
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop", "point the symlink at a real file"
+        return f"cannot be read ({exc.strerror})", "check its permissions"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory", ""
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"is not a regular file ({kind})", "inputs are JSONL files; write the requests to one"
+
+
+def _literal_problems(
+    index: int, pattern: str, path: Path, root: Path, excluded: list[tuple[Path, Path, str]]
+) -> list[tuple[str, str]]:
+    where = f"inputs[{index}]: {pattern!r}"
+    wrong = _file_problem(path)
+    if wrong is not None and wrong[0] == "does not exist":
+        return [
+            (
+                f"inputs[{index}]: no such file {pattern!r}",
+                f"paths are relative to the config's directory, {root}",
+            )
+        ]
+    if wrong is not None and wrong[0] == "is a directory":
+        return [
+            (f"{where} is a directory", f"use a glob such as {os.path.join(pattern, '*.jsonl')}")
+        ]
+    if wrong is not None:
+        return [(f"{where} {wrong[0]}", wrong[1])]
+    label = _excluded_by(path, excluded)
+    if label is not None:
+        return [
+            (
+                f"{where} is under {label}, which holds results and build state, not inputs",
+                "move the input elsewhere, or give output_dir a directory of its own",
+            )
+        ]
+    return []
+
+
+def _glob_inputs(
+    index: int, pattern: str, root: Path, excluded: list[tuple[Path, Path, str]]
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The regular files a glob matches outside output and state directories, and problems."""
+    where = f"inputs[{index}]: {pattern!r}"
+    expanded = os.path.expanduser(pattern)
+    base = "" if os.path.isabs(expanded) else glob.escape(str(root))
+    files: list[Path] = []
+    wrong: list[tuple[str, str]] = []
+    skipped: set[str] = set()
+    for match in sorted(glob.glob(os.path.join(base, expanded), recursive=True)):
+        path = Path(os.path.abspath(match))
+        label = _excluded_by(path, excluded)
+        problem = _file_problem(path) if label is None else None
+        if label is not None:
+            skipped.add(label)
+        elif problem is None:
+            files.append(path)
+        elif problem[0] not in ("is a directory", "does not exist"):
+            wrong.append((f"{where} matches {_rel(path, root)}, which {problem[0]}", problem[1]))
+    if files or wrong:
+        return files, wrong
+    hint = f"globs are relative to the config's directory, {root}"
+    if not skipped:
+        return files, [(f"{where} matches no files", hint)]
+    holds = "which hold" if len(skipped) > 1 else "which holds"
+    names = " and ".join(label for _, _, label in excluded if label in skipped)
+    return files, [
+        (
+            f"{where} matches no files outside {names}, {holds} results and "
+            "build state, not inputs",
+            hint,
+        )
+    ]
 
 
 def _semantic_problems(
@@ -540,6 +803,9 @@ def _semantic_problems(
                 "max_seconds",
             )
         )
+    key_env = full["api"].get("api_key_env") if "api" not in invalid else None
+    if _looks_like_key(key_env):  # a key that happens to fit the variable-name pattern
+        problems.append(_key_in_config(node, key_env, display))
     for key in full["metadata"] if "metadata" not in invalid else ():
         if str(key).startswith(RESERVED_METADATA_PREFIX):
             problems.append(

@@ -728,6 +728,14 @@ class Store:
         ).fetchone()
         return float(cost or 0.0) if total == priced else None
 
+    def committed_unpriced(self) -> bool:
+        """Did a shard of a model with no known price reach the API?"""
+        row = self.db.execute(
+            "SELECT 1 FROM shards WHERE state IN ('submitting', 'submitted', 'done')"
+            " AND cost IS NULL LIMIT 1"
+        ).fetchone()
+        return row is not None
+
     def committed_cost(self, exclude: str | None = None) -> float:
         """Estimated cost of every shard that reached the API and was not refused outright."""
         row = self.db.execute(

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from gptbatch.errors import InputError
-from gptbatch.requests import ENDPOINTS, Request, read_raw_line, read_requests
+from gptbatch.requests import ENDPOINTS, Request, over_limit, read_raw_line, read_requests
 
 CHAT = "/v1/chat/completions"
 EMB = "/v1/embeddings"
 SHAPE = 'each line is {"custom_id": ..., "method": "POST", "url": ..., "body": {...}}'
 ALL_ENDPOINTS = ", ".join(ENDPOINTS)
+HI = [{"role": "user", "content": "Hi"}]  # the smallest valid chat messages
 
 
 def chat(custom_id: str = "r1", **body: Any) -> dict[str, Any]:
@@ -161,7 +162,7 @@ BAD_LINES: list[tuple[str, bytes, dict[str, Any], list[str]]] = [
     ),
     (
         "missing model",
-        jl({**chat(), "body": {"messages": []}}),
+        jl({**chat(), "body": {"messages": HI}}),
         {},
         ["in.jsonl:1: body.model is missing: add a model to body or set model in batch.yaml"],
     ),
@@ -347,9 +348,9 @@ def test_unknown_config_endpoint_is_refused() -> None:
 
 
 def test_config_model_and_endpoint_fill_missing_fields_before_the_key(work: Path) -> None:
-    bare = {"custom_id": "a", "method": "POST", "body": {"messages": []}}
+    bare = {"custom_id": "a", "method": "POST", "body": {"messages": HI}}
     (work / "bare.jsonl").write_bytes(jl(bare))
-    full = {**bare, "url": CHAT, "body": {"messages": [], "model": "gpt-4o-mini"}}
+    full = {**bare, "url": CHAT, "body": {"messages": HI, "model": "gpt-4o-mini"}}
     (work / "full.jsonl").write_bytes(jl(full))
     [filled] = read_requests(["bare.jsonl"], model="gpt-4o-mini", endpoint=CHAT)
     [given] = read_requests(["full.jsonl"])
@@ -500,3 +501,187 @@ def test_request_fields(work: Path) -> None:
     assert request.path == str(work / "in.jsonl")
     with pytest.raises(AttributeError):
         request.custom_id = "other"  # type: ignore[misc]
+
+
+# --- body shapes per endpoint: what the API surely rejects is caught offline ---------------------
+
+COMP = "/v1/completions"
+MOD = "/v1/moderations"
+RESP = "/v1/responses"
+TEXT_OR_TOKENS = "a string, a list of strings, a list of token ids or a list of token-id lists"
+
+
+def line(url: str, **body: Any) -> dict[str, Any]:
+    """A request to url whose body is model plus the given fields."""
+    return {"custom_id": "s", "method": "POST", "url": url, "body": {"model": "m", **body}}
+
+
+BAD_SHAPES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "chat without messages",
+        line(CHAT, prompt="Hi"),
+        "body.messages is missing: add the conversation, e.g. "
+        '"messages": [{"role": "user", "content": "..."}]',
+    ),
+    (
+        "chat messages a string",
+        line(CHAT, messages="Hi"),
+        'body.messages must be a list, got a string: e.g. "messages": '
+        '[{"role": "user", "content": "..."}]',
+    ),
+    (
+        "chat messages empty",
+        line(CHAT, messages=[]),
+        "body.messages is empty: the API needs at least one message, e.g. "
+        '"messages": [{"role": "user", "content": "..."}]',
+    ),
+    (
+        "chat message not an object",
+        line(CHAT, messages=[{"role": "user", "content": "a"}, "b"]),
+        'body.messages[1] must be an object, got a string: each message is {"role": ..., '
+        '"content": ...}',
+    ),
+    (
+        "chat message without role",
+        line(CHAT, messages=[{"content": "a"}]),
+        'body.messages[0].role is missing: give each message a role, e.g. "role": "user"',
+    ),
+    (
+        "chat role not a string",
+        line(CHAT, messages=[{"role": 1, "content": "a"}]),
+        'body.messages[0].role must be a string: give each message a role, e.g. "role": "user"',
+    ),
+    (
+        "responses input an object",
+        line(RESP, input={"text": "Hi"}),
+        "body.input must be a string or a list, got an object: give the prompt as text, e.g. "
+        '"input": "...", or as a list of input items',
+    ),
+    (
+        "embeddings input a number",
+        line(EMB, input=3),
+        f"body.input is a number of the wrong form: give {TEXT_OR_TOKENS}",
+    ),
+    (
+        "embeddings input mixes strings and ids",
+        line(EMB, input=["a", 1]),
+        f"body.input is a list of the wrong form: give {TEXT_OR_TOKENS}",
+    ),
+    (
+        "embeddings input a list of objects",
+        line(EMB, input=[{"text": "a"}]),
+        f"body.input is a list of the wrong form: give {TEXT_OR_TOKENS}",
+    ),
+    (
+        "embeddings token ids as booleans",
+        line(EMB, input=[True, False]),
+        f"body.input is a list of the wrong form: give {TEXT_OR_TOKENS}",
+    ),
+    (
+        "embeddings token arrays with a string",
+        line(EMB, input=[[1, 2], [3, "4"]]),
+        f"body.input is a list of the wrong form: give {TEXT_OR_TOKENS}",
+    ),
+    (
+        "completions without prompt",
+        line(COMP, messages=[{"role": "user", "content": "Hi"}]),
+        'body.prompt is missing: add the text to complete, e.g. "prompt": "..."',
+    ),
+    (
+        "completions prompt an object",
+        line(COMP, prompt={"text": "Hi"}),
+        f"body.prompt is an object of the wrong form: give {TEXT_OR_TOKENS}",
+    ),
+    (
+        "moderations without input",
+        {"custom_id": "s", "method": "POST", "url": MOD, "body": {"text": "x"}},
+        'body.input is missing: add the text to classify, e.g. "input": "..."',
+    ),
+    (
+        "moderations input a number",
+        line(MOD, input=7),
+        "body.input is a number of the wrong form: give a string, a list of strings, or a "
+        'list of content objects such as {"type": "text", "text": "..."}',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_line", "expected"), [c[1:] for c in BAD_SHAPES], ids=[c[0] for c in BAD_SHAPES]
+)
+def test_body_of_the_wrong_shape_is_a_problem(
+    work: Path, request_line: dict[str, Any], expected: str
+) -> None:
+    (work / "in.jsonl").write_bytes(b"\n" + jl(request_line))
+    assert problems(["in.jsonl"]) == [f"in.jsonl:2: {expected}"]
+
+
+GOOD_SHAPES: list[tuple[str, dict[str, Any]]] = [
+    ("chat with extra fields", line(CHAT, messages=HI, seed=1, x_future_field=True)),
+    ("chat message with tool calls", line(CHAT, messages=[{"role": "tool", "content": None}])),
+    ("responses text", line(RESP, input="Hi")),
+    ("responses items", line(RESP, input=[{"role": "user", "content": "Hi"}])),
+    ("responses from a stored prompt", line(RESP, prompt={"id": "pmpt_1"})),
+    ("responses continuing a response", line(RESP, previous_response_id="resp_1")),
+    ("embeddings list of strings", line(EMB, input=["a", "b"])),
+    ("embeddings token ids", line(EMB, input=[1, 2, 3])),
+    ("embeddings token arrays", line(EMB, input=[[1, 2], [3]])),
+    ("completions text", line(COMP, prompt="Once")),
+    ("completions strings", line(COMP, prompt=["a", "b"])),
+    ("completions token arrays", line(COMP, prompt=[[1, 2]])),
+    ("completions null prompt", line(COMP, prompt=None)),
+    ("moderations text", line(MOD, input="x")),
+    ("moderations strings", line(MOD, input=["x", "y"])),
+    (
+        "moderations content objects",
+        line(MOD, input=[{"type": "image_url", "image_url": {"url": "https://e/x.png"}}]),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "request_line", [c[1] for c in GOOD_SHAPES], ids=[c[0] for c in GOOD_SHAPES]
+)
+def test_bodies_the_api_accepts_are_accepted(work: Path, request_line: dict[str, Any]) -> None:
+    (work / "in.jsonl").write_bytes(jl(request_line))
+    assert [r.custom_id for r in read_requests(["in.jsonl"])] == ["s"]
+
+
+# --- values canonical JSON cannot carry ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1E+999"])
+def test_a_number_out_of_range_is_a_problem_not_a_crash(work: Path, number: str) -> None:
+    bad = json.dumps(chat("b", temperature=0)).replace('"temperature": 0', f'"t": {number}')
+    (work / "in.jsonl").write_bytes(jl(chat("a"), bad, chat("c")))
+    seen: list[str] = []
+    with pytest.raises(InputError) as info:
+        seen.extend(r.custom_id for r in read_requests(["in.jsonl"]))
+    assert seen == ["a", "c"]
+    assert [str(p) for p in info.value.problems] == [
+        "in.jsonl:2: number out of range (e.g. 1e400): JSON numbers must be finite; use a "
+        "smaller number or a string"
+    ]
+
+
+def test_a_dangling_symlink_is_named_as_such(work: Path) -> None:
+    (work / "link.jsonl").symlink_to(work / "gone.jsonl")
+    assert problems(["link.jsonl"]) == [
+        "link.jsonl: is a symlink to a missing file: fix or remove the symlink"
+    ]
+
+
+# --- a request over the enqueued-token limit -----------------------------------------------------
+
+
+def test_over_limit_names_the_request_its_tokens_and_what_to_do(work: Path) -> None:
+    (work / "in.jsonl").write_bytes(jl(chat("a"), chat("b")))
+    first, second = read_requests(["in.jsonl"])
+    assert over_limit(first, 100, None) is None
+    assert over_limit(first, 100, 100) is None
+    problem = over_limit(second, 1234, 1000)
+    assert problem is not None and (problem.path, problem.line) == ("in.jsonl", 2)
+    assert str(problem) == (
+        "in.jsonl:2: ~1,234 tokens, over the enqueued-token limit of 1,000 for gpt-4o-mini: "
+        "it can never be queued; split it into smaller requests or raise limits.enqueued_tokens"
+    )

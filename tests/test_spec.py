@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,14 @@ from jsonschema import Draft202012Validator
 
 from gptbatch.errors import ConfigError
 from gptbatch.requests import ENDPOINTS, read_requests
-from gptbatch.spec import SCHEMA_PATH, Limits, api_key, load_schema, load_spec
+from gptbatch.spec import (
+    SCHEMA_PATH,
+    SIMULATED_SUFFIX,
+    Limits,
+    api_key,
+    load_schema,
+    load_spec,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "batch.yaml"
@@ -514,3 +523,267 @@ def test_env_in_working_directory_is_loaded_and_environment_wins(
 def test_no_key_anywhere_is_none(work: Path, clean_env: pytest.MonkeyPatch) -> None:
     spec = load_spec(write(work, "inputs: [in.jsonl]\napi: {api_key_env: GPTBATCH_TEST_KEY}\n"))
     assert api_key(spec) is None
+
+
+# --- hostile or mistaken YAML: refused with a line, never run, never expanded ------------------
+
+
+def alias_bomb(under: str, levels: int = 9) -> str:
+    """A "billion laughs" config: each level lists the previous one nine times."""
+    item = "  - " if under == "inputs" else "  l{}: "
+    lines = [f"{under}:", item.format(0) + '&l0 ["lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(item.format(level) + f"&l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    lines.append(item.format("x") + f"[{', '.join([f'*l{levels - 1}'] * 9)}]")
+    head = "inputs: [in.jsonl]\n" if under != "inputs" else ""
+    return head + "\n".join(lines) + "\n"
+
+
+def bomb_size(levels: int = 9) -> int:
+    """Values the last anchor of alias_bomb() stands for: 5, then 1 + 9 times the previous."""
+    size = 5
+    for _ in range(1, levels):
+        size = 1 + 9 * size
+    return size
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("under", ["metadata", "prices", "limits"])
+def test_an_alias_bomb_is_refused_before_anything_walks_it(work: Path, under: str) -> None:
+    write(work, alias_bomb(under))
+    started = time.perf_counter()
+    found = config_problems("batch.yaml")
+    assert time.perf_counter() - started < 5
+    [problem] = found
+    assert re.fullmatch(
+        rf"batch\.yaml:12: YAML aliases expand the config to [\d,]+ values \(\*l8 alone to "
+        rf"{bomb_size():,}; anchor &l8 at line 11\): aliases may repeat at most 10,000 values; "
+        "write the values out instead of nesting aliases",
+        problem,
+    )
+
+
+@pytest.mark.timeout(20)
+def test_an_alias_bomb_under_inputs_is_refused(work: Path) -> None:
+    write(work, alias_bomb("inputs"))
+    [problem] = config_problems("batch.yaml")
+    assert problem.startswith("batch.yaml:11: YAML aliases expand the config to")
+    assert f"(*l8 alone to {bomb_size():,}; anchor &l8 at line 10)" in problem
+
+
+def test_a_recursive_alias_is_refused(work: Path) -> None:
+    write(work, "inputs: [in.jsonl]\nmetadata: &m\n  self: *m\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:3: YAML alias *m refers to a value that contains it (anchor &m at line 2): "
+        "a config cannot be recursive; write the value out instead"
+    ]
+
+
+def test_ordinary_anchors_and_aliases_still_work(work: Path) -> None:
+    touch(work, "b.jsonl")
+    write(
+        work,
+        """
+        inputs: &files [in.jsonl, b.jsonl]
+        limits:
+          enqueued_tokens: &tokens {gpt-4o: 100, "*": 50}
+          enqueued_requests: *tokens
+        metadata: {a: &same "x", b: *same}
+        prices:
+          base: &price {input: 1.0, output: 2.0}
+          copy: {<<: *price, output: 3.0}
+        """,
+    )
+    spec = load_spec("batch.yaml")
+    assert spec.inputs == (work / "in.jsonl", work / "b.jsonl")
+    assert spec.limits.request_limit("o3") == 50
+    assert spec.metadata == {"a": "x", "b": "x"}
+    assert spec.prices["copy"] == {"input": 1.0, "output": 3.0}
+
+
+def test_a_python_tag_is_refused_and_never_run(work: Path) -> None:
+    marker = work / "pwned"
+    write(work, f"inputs: [in.jsonl]\nx: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:2: YAML tag '!!python/object/apply:os.system' is not allowed: batch.yaml "
+        "holds plain values (text, numbers, lists, mappings); remove the tag"
+    ]
+    assert not marker.exists()
+
+
+def test_nesting_too_deep_for_the_parser_is_a_problem(work: Path) -> None:
+    write(work, "inputs: [in.jsonl]\nmetadata: {a: " + "[" * 5000 + "]" * 5000 + "}\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml: nested too deeply: flatten the lists and mappings"
+    ]
+
+
+NON_FINITE = [
+    ("limits:\n  safety_margin: .nan", "batch.yaml:3: limits.safety_margin: .nan"),
+    ("limits:\n  max_cost: .NaN", "batch.yaml:3: limits.max_cost: .NaN"),
+    ("polling: {initial_seconds: .inf}", "batch.yaml:2: polling.initial_seconds: .inf"),
+    ("polling:\n  max_seconds: 1.0e+400", "batch.yaml:3: polling.max_seconds: 1.0e+400"),
+    ("prices: {gpt-4o: {input: -.Inf}}", "batch.yaml:2: prices.gpt-4o.input: -.Inf"),
+    ("limits: {enqueued_tokens: .inf}", "batch.yaml:2: limits.enqueued_tokens: .inf"),
+]
+
+
+@pytest.mark.parametrize(("text", "where"), NON_FINITE, ids=[w for _, w in NON_FINITE])
+def test_nan_and_infinity_are_refused_with_key_path_and_line(
+    work: Path, text: str, where: str
+) -> None:
+    write(work, f"inputs: [in.jsonl]\n{text}\n")
+    assert config_problems("batch.yaml") == [f"{where} is not a finite number: use a finite number"]
+
+
+# --- an API key pasted into the config is never printed back -------------------------------------
+
+SECRET = "sk-proj-" + "Ab3" * 16
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            f"api: {{api_key_env: {SECRET}}}",
+            "batch.yaml:2: api.api_key_env: 'sk-...3Ab3' looks like an API key: api_key_env "
+            "names an environment variable, not the key itself: put the key in OPENAI_API_KEY "
+            "or .env",
+        ),
+        (  # an Azure-style key fits the variable-name pattern: still refused
+            "api:\n  api_key_env: " + "c0ffee" * 5 + "ab",
+            "batch.yaml:3: api.api_key_env: 'c0f...eeab' looks like an API key: api_key_env "
+            "names an environment variable",
+        ),
+        (f"{SECRET}: 1", "batch.yaml:2: unknown key 'sk-...3Ab3'"),
+        (f"project: {SECRET}x!", "batch.yaml:2: project: 'sk-...Ab3x!' does not have"),
+        (f"metadata: {{note: [{SECRET}]}}", 'batch.yaml:2: metadata.note: ["sk-...3Ab3"]'),
+    ],
+    ids=["api_key_env", "hex key", "as a key", "as project", "as metadata"],
+)
+def test_a_key_in_the_config_is_masked_in_every_message(
+    work: Path, text: str, expected: str
+) -> None:
+    write(work, f"inputs: [in.jsonl]\n{text}\n")
+    found = config_problems("batch.yaml")
+    assert len(found) == 1 and found[0].startswith(expected), found
+    assert SECRET not in found[0] and SECRET[8:] not in found[0]
+
+
+def test_a_key_as_an_input_path_is_masked(work: Path) -> None:
+    write(work, f"inputs: [in.jsonl, {SECRET}]\n")
+    [problem] = config_problems("batch.yaml")
+    assert problem.startswith("batch.yaml:1: inputs[1]: no such file 'sk-...3Ab3'")
+    assert SECRET[8:] not in problem
+
+
+# --- inputs: literal names, special files, output and state directories ---------------------------
+
+
+def test_a_name_with_glob_characters_is_taken_literally_when_it_exists(work: Path) -> None:
+    touch(work, "in/a[1].jsonl", "in/a1.jsonl", "in/b[x].jsonl")
+    write(work, "inputs: ['in/a[1].jsonl', 'in/b[[]x].jsonl', 'in/a?.jsonl']\n")
+    assert load_spec("batch.yaml").inputs == (
+        work / "in" / "a[1].jsonl",
+        work / "in" / "b[x].jsonl",  # an escaped glob still matches
+        work / "in" / "a1.jsonl",
+    )
+
+
+def test_a_dangling_symlink_matched_by_a_glob_is_reported(work: Path) -> None:
+    touch(work, "data/a.jsonl")
+    (work / "data" / "b.jsonl").symlink_to(work / "data" / "gone.jsonl")
+    write(work, "inputs: ['data/*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'data/*.jsonl' matches data/b.jsonl, which is a symlink to a "
+        "missing file: fix or remove the symlink"
+    ]
+
+
+def test_a_dangling_symlink_named_literally_is_reported(work: Path) -> None:
+    (work / "b.jsonl").symlink_to(work / "gone.jsonl")
+    write(work, "inputs: [b.jsonl]\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'b.jsonl' is a symlink to a missing file: fix or remove the "
+        "symlink"
+    ]
+
+
+def test_a_symlink_loop_is_reported(work: Path) -> None:
+    (work / "a.jsonl").symlink_to(work / "b.jsonl")
+    (work / "b.jsonl").symlink_to(work / "a.jsonl")
+    write(work, "inputs: [a.jsonl, 'b*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'a.jsonl' is a symlink loop: point the symlink at a real file",
+        "batch.yaml:1: inputs[1]: 'b*.jsonl' matches b.jsonl, which is a symlink loop: point "
+        "the symlink at a real file",
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_not_a_regular_file(work: Path) -> None:
+    os.mkfifo(work / "pipe.jsonl")
+    write(work, "inputs: [pipe.jsonl, '*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'pipe.jsonl' is not a regular file (a FIFO): inputs are "
+        "JSONL files; write the requests to one",
+        "batch.yaml:1: inputs[1]: '*.jsonl' matches pipe.jsonl, which is not a regular file "
+        "(a FIFO): inputs are JSONL files; write the requests to one",
+    ]
+
+
+def test_globs_never_match_output_simulated_or_state_directories(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPTBATCH_STATE_DIR", str(work / "state"))
+    touch(work, "out/a.jsonl", "out-simulated/b.jsonl", "state/c.jsonl")
+    touch(work, ".gpt_batch_manager/out/d.jsonl", "data/e.jsonl")
+    write(work, "inputs: ['**/*.jsonl', '.gpt_batch_manager/**/*.jsonl']\n")
+    found = config_problems("batch.yaml")
+    assert found == [
+        "batch.yaml:1: inputs[1]: '.gpt_batch_manager/**/*.jsonl' matches no files outside "
+        ".gpt_batch_manager/ (gpt_batch_manager's state), which holds results and build state, "
+        f"not inputs: globs are relative to the config's directory, {work}"
+    ]
+    write(work, "inputs: ['**/*.jsonl']\n")
+    assert load_spec("batch.yaml").inputs == (work / "data" / "e.jsonl", work / "in.jsonl")
+    assert SIMULATED_SUFFIX == "-simulated"
+
+
+def test_a_glob_matching_only_results_says_so(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (work / "in.jsonl").unlink()
+    monkeypatch.setenv("GPTBATCH_STATE_DIR", "state")
+    touch(work, "out/a.jsonl", "out-simulated/a.jsonl", "state/x.jsonl")
+    write(work, "inputs: ['**/*.jsonl']\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: '**/*.jsonl' matches no files outside output_dir out/ and "
+        "out-simulated/ (build --simulate's output) and GPTBATCH_STATE_DIR state/, which hold "
+        "results and build state, not inputs: globs are relative to the config's directory, "
+        f"{work}"
+    ]
+
+
+def test_a_literal_input_inside_output_dir_is_an_error(work: Path) -> None:
+    touch(work, "results/in.jsonl")
+    write(work, "inputs: [results/in.jsonl]\noutput_dir: results\n")
+    assert config_problems("batch.yaml") == [
+        "batch.yaml:1: inputs[0]: 'results/in.jsonl' is under output_dir results/, which holds "
+        "results and build state, not inputs: move the input elsewhere, or give output_dir a "
+        "directory of its own"
+    ]
+
+
+def test_an_output_dir_reached_through_a_symlink_is_still_excluded(work: Path) -> None:
+    touch(work, "out/a.jsonl")
+    (work / "link").symlink_to(work / "out")
+    write(work, "inputs: [in.jsonl, 'link/*.jsonl']\n")
+    [problem] = config_problems("batch.yaml")
+    assert problem.startswith(
+        "batch.yaml:1: inputs[1]: 'link/*.jsonl' matches no files outside output_dir out/"
+    )
+
+
+def test_the_simulated_suffix_is_the_one_build_writes_to() -> None:
+    from gptbatch.cli import build
+
+    assert build.SIMULATED_SUFFIX == SIMULATED_SUFFIX

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHAT = "/v1/chat/completions"
 EMB = "/v1/embeddings"
 DONE = "gptbatch: {n} problem{s} found; nothing was written"
+HI = [{"role": "user", "content": "Hi"}]  # the smallest valid chat messages
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +110,7 @@ def test_default_config_is_batch_yaml_in_the_working_directory(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (work / "batch.yaml").write_text("inputs: ['*.jsonl']\nmodel: gpt-4o-mini\n")
-    (work / "a.jsonl").write_bytes(jl(chat("1"), {**chat("2"), "body": {"messages": []}}))
+    (work / "a.jsonl").write_bytes(jl(chat("1"), {**chat("2"), "body": {"messages": HI}}))
     (work / "b.jsonl").write_bytes(jl(chat("3")))
     code, out, err = validate(work, capsys)
     assert (code, out, err) == (
@@ -151,7 +152,11 @@ BAD: list[tuple[str, str, dict[str, bytes], list[str]]] = [
     (
         "missing custom_id",
         "inputs: [in.jsonl]",
-        {"in.jsonl": jl(chat("a"), {"method": "POST", "url": CHAT, "body": {"model": "m"}})},
+        {
+            "in.jsonl": jl(
+                chat("a"), {"method": "POST", "url": CHAT, "body": {"model": "m", "messages": HI}}
+            )
+        },
         ["in.jsonl:2: missing custom_id: give every request a unique string id"],
     ),
     (
@@ -198,7 +203,7 @@ BAD: list[tuple[str, str, dict[str, bytes], list[str]]] = [
     (
         "model missing",
         "inputs: [in.jsonl]",
-        {"in.jsonl": jl({**chat("a"), "body": {"messages": []}})},
+        {"in.jsonl": jl({**chat("a"), "body": {"messages": HI}})},
         ["in.jsonl:1: body.model is missing: add a model to body or set model in batch.yaml"],
     ),
     (
@@ -358,3 +363,91 @@ def test_python_dash_m_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("in.jsonl:2: duplicate custom_id 'a' (first seen at in.jsonl:1)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.yaml", "in.jsonl"]
+
+
+# --- what build would refuse, validate refuses too -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (
+            ["a/x.jsonl", "b/x.jsonl"],
+            "inputs {root}/a/x.jsonl and {root}/b/x.jsonl would write the same output x.jsonl: "
+            "rename one of them",
+        ),
+        (
+            ["x.jsonl", "x.errors.jsonl"],
+            "inputs {root}/x.jsonl and {root}/x.errors.jsonl would both write "
+            "{root}/out/x.errors.jsonl: rename one of them",
+        ),
+    ],
+    ids=["same name in two directories", "x and x.errors"],
+)
+def test_inputs_whose_results_collide_are_refused(
+    work: Path, capsys: pytest.CaptureFixture[str], names: list[str], expected: str
+) -> None:
+    for index, name in enumerate(names):
+        (work / name).parent.mkdir(exist_ok=True)
+        (work / name).write_bytes(jl(chat(f"r{index}")))
+    (work / "batch.yaml").write_text(f"inputs: {json.dumps(names)}\n")
+    code, out, err = validate(work, capsys)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [expected.format(root=work), DONE.format(n=1, s="")]
+
+
+def test_a_request_over_the_token_limit_is_reported_at_its_line(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gptbatch.tokens import estimate_request
+
+    big_chat = chat("b", messages=[{"role": "user", "content": "word " * 200}])
+    big_emb = emb("c", "word " * 200)
+    chat_tokens, emb_tokens = (
+        estimate_request(r["url"], r["body"]).tokens for r in (big_chat, big_emb)
+    )
+    (work / "a.jsonl").write_bytes(jl(chat("a"), big_chat, "{"))
+    (work / "b.jsonl").write_bytes(jl(big_emb))
+    (work / "batch.yaml").write_text(
+        "inputs: [a.jsonl, b.jsonl]\nlimits:\n  enqueued_tokens: {gpt-4o-mini: 100, '*': 150}\n"
+    )
+    code, out, err = validate(work, capsys)
+    assert (code, out) == (2, "")
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"a.jsonl:2: ~{chat_tokens} tokens, over the enqueued-token limit of 100 for "
+        "gpt-4o-mini: it can never be queued; split it into smaller requests or raise "
+        "limits.enqueued_tokens"
+    )
+    assert lines[1].startswith("a.jsonl:3: not valid JSON")
+    assert lines[2].startswith(
+        f"b.jsonl:1: ~{emb_tokens} tokens, over the enqueued-token limit of 150 for "
+        "text-embedding-3-small"
+    )
+    assert lines[3:] == [DONE.format(n=3, s="s")]
+
+
+def test_the_token_limit_check_respects_max_problems(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "a.jsonl").write_bytes(jl(*(chat(f"r{i}") for i in range(5)), "[]"))
+    (work / "batch.yaml").write_text("inputs: [a.jsonl]\nlimits: {enqueued_tokens: 5}\n")
+    code, _, err = validate(work, capsys, "--max-problems", "2")
+    assert code == 2
+    lines = err.splitlines()
+    assert [line.split(":")[:2] for line in lines[:2]] == [["a.jsonl", "1"], ["a.jsonl", "2"]]
+    assert lines[2:] == ["... and 4 more problems not shown", DONE.format(n=6, s="s")]
+
+
+def test_tokens_are_not_estimated_without_a_limit(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptbatch.tokens
+
+    def refuse(*args: Any) -> None:
+        raise AssertionError("estimated without a limit")
+
+    monkeypatch.setattr(gptbatch.tokens, "estimate_request", refuse)
+    (work / "a.jsonl").write_bytes(jl(chat("a")))
+    (work / "batch.yaml").write_text("inputs: [a.jsonl]\nlimits: {enqueued_tokens: {o3: 5}}\n")
+    assert validate(work, capsys)[0] == 0

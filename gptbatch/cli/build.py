@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from gptbatch.errors import UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
-from gptbatch.spec import Spec, api_key, load_spec
+from gptbatch.spec import SIMULATED_SUFFIX, Spec, api_key, load_spec
 from gptbatch.store import state_dir
 from gptbatch.usage import Usage
 
@@ -31,7 +31,6 @@ SIMULATE_CONFIG = {
     "validating_seconds": 4.0,
     "finalizing_seconds": 4.0,
 }
-SIMULATED_SUFFIX = "-simulated"
 
 
 def register(sub: Any) -> None:
@@ -200,8 +199,9 @@ def print_summary(s: BuildSummary, spec: Spec) -> None:
     print(
         "  "
         + usage_line("project so far", s.usage_total)
-        + f" (estimated before submitting: {usd(s.cost_committed)} for prompts and "
-        "max output)",
+        + " (estimated before submitting: "
+        + ("unknown" if s.cost_committed is None else usd(s.cost_committed))
+        + " for prompts and max output)",
         file=out,
     )
     for o in s.outputs:

@@ -9,9 +9,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
-from gptbatch.requests import DEFAULT_MAX_PROBLEMS, read_requests
-from gptbatch.spec import DEFAULT_CONFIG, load_spec
+from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, InputError, Problem
+from gptbatch.outputs import output_paths
+from gptbatch.requests import DEFAULT_MAX_PROBLEMS, Request, over_limit, read_requests
+from gptbatch.spec import DEFAULT_CONFIG, Spec, load_spec
 
 
 def register(subparsers: Any) -> None:
@@ -42,19 +43,66 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _output_problems(spec: Spec) -> list[Problem]:
+    """Result files that would land on an input or on another input's results, as build sees."""
+    try:
+        output_paths(spec.inputs, spec.output_dir)
+    except ConfigError as exc:
+        return [
+            Problem(p.path, p.line, line, p.hint) if p.path else Problem("", None, line)
+            for p in exc.problems
+            for line in p.message.splitlines()
+        ]
+    return []
+
+
+def _too_big(spec: Spec, request: Request) -> Problem | None:
+    """A request over its model's enqueued-token limit; estimated only when there is a limit."""
+    limit = spec.limits.token_limit(request.model or "")
+    if limit is None:
+        return None
+    from gptbatch.tokens import estimate_request  # tiktoken: only paid for with a limit
+
+    return over_limit(request, estimate_request(request.url, request.body).tokens, limit)
+
+
+def _check(spec: Spec, max_problems: int) -> Counter[tuple[str, str]]:
+    """Count the requests per (model, url); raise InputError with every problem, in file order."""
+    shown = [_shown(p) for p in spec.inputs]
+    problems = _output_problems(spec)
+    found: list[Problem] = []  # the first max_problems over the token limit, then counted
+    truncated = 0
+    counts: Counter[tuple[str, str]] = Counter()
+    try:
+        for request in read_requests(
+            shown,
+            model=spec.model,
+            endpoint=spec.endpoint,
+            max_problems=max_problems,
+            max_line_bytes=spec.limits.max_bytes_per_batch,
+        ):
+            counts[(request.model or "(no model)", request.url)] += 1
+            too_big = _too_big(spec, request) if spec.limits.enqueued_tokens else None
+            if too_big is not None and len(found) < max_problems:
+                found.append(too_big)
+            elif too_big is not None:
+                truncated += 1
+    except InputError as exc:
+        found += exc.problems
+        truncated += exc.truncated
+    if problems or found:
+        order = {name: index for index, name in enumerate(shown)}
+        found.sort(key=lambda p: (order.get(p.path, -1), p.line or 0))
+        problems += found
+        truncated += max(0, len(problems) - max_problems)
+        raise InputError(problems[:max_problems], truncated=truncated)
+    return counts
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.config)
-        counts: Counter[tuple[str, str]] = Counter()
-        requests = read_requests(
-            [_shown(p) for p in spec.inputs],
-            model=spec.model,
-            endpoint=spec.endpoint,
-            max_problems=max(1, args.max_problems),
-            max_line_bytes=spec.limits.max_bytes_per_batch,
-        )
-        for request in requests:
-            counts[(request.model or "(no model)", request.url)] += 1
+        counts = _check(spec, max(1, args.max_problems))
     except InputError as exc:
         for problem in exc.problems:
             print(problem if problem.path else problem.message, file=sys.stderr)

@@ -13,6 +13,8 @@ from typing import Any
 from gptbatch.simulator.config import SimConfig
 from gptbatch.simulator.results import ENDPOINTS, TokenCounter, embedding_input_count
 
+CHAT_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+
 __all__ = [
     "FILE_TTL_SECONDS",
     "ApiError",
@@ -251,6 +253,18 @@ def _parse_line(
                 number,
                 f"{required.capitalize()} parameter is required.",
                 f"body.{required}",
+            )
+        )
+    roles = [m.get("role") for m in body.get("messages") or () if isinstance(m, dict)]
+    if endpoint == "/v1/chat/completions" and any(r not in CHAT_ROLES for r in roles):
+        bad = next(r for r in roles if r not in CHAT_ROLES)
+        errors.append(
+            line_error(
+                "invalid_value",
+                number,
+                f"Invalid value: '{bad}'. Supported values are: 'system', 'assistant', 'user', "
+                "'function', 'tool', and 'developer'.",
+                "body.messages.role",
             )
         )
     if body.get("stream"):

@@ -150,3 +150,31 @@ def test_missing_file_and_bad_endpoint(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no such file" in capsys.readouterr().err
     assert main(["tokens", "--endpoint", "/v1/images", missing]) == 2
     assert "--endpoint '/v1/images' is not one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": 1e400}',
+        '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "tools": '
+        '[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", '
+        '"properties": {"n": {"type": "number", "maximum": -1e400}}}}}]}',
+    ],
+    ids=["in a sampling parameter", "in a tool schema the estimate reads"],
+)
+def test_a_number_out_of_range_is_reported_at_its_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str
+) -> None:
+    messages = [{"role": "user", "content": "fine"}]
+    bad = f'{{"custom_id": "big", "method": "POST", "url": "{CHAT}", "body": {body}}}'
+    path = write(
+        tmp_path / "big.jsonl", [line("ok", CHAT, {"model": "gpt-4o", "messages": messages}), bad]
+    )
+    assert main(["tokens", path]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == (
+        f"{path}: 1 request, {chat_tokens(messages)} tokens, encoding o200k_base"
+    )
+    assert f"{path}:2: number out of range (e.g. 1e400): JSON numbers must be finite" in (
+        captured.err
+    )

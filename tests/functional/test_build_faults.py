@@ -220,8 +220,8 @@ def test_validation_errors_are_mapped_to_input_lines(tmp_path: Path, simulator, 
     project = make_project(tmp_path, {"requests.jsonl": reqs})
     assert project.build() == EXIT_OK
 
-    no_messages = chat("n2")
-    del no_messages["body"]["messages"]  # valid JSON and shape; the API requires messages
+    no_messages = chat("n2")  # valid JSON and shape; the API knows no role "robot"
+    no_messages["body"]["messages"] = [{"role": "robot", "content": "Hi"}]
     added = [chat("n0"), chat("n1"), no_messages, chat("n3"), chat("n4")]
     write_jsonl(project.input(), reqs + added)
     capsys.readouterr()
@@ -237,8 +237,8 @@ def test_validation_errors_are_mapped_to_input_lines(tmp_path: Path, simulator, 
     assert error["custom_id"] == "n2"
     assert error["input"].endswith("requests.jsonl:13")
     assert "requests.jsonl:13" in error["error"]
-    assert "Messages parameter is required" in error["error"]
-    assert "requests.jsonl:13" in err and "Messages parameter is required" in err
+    assert "Invalid value: 'robot'" in error["error"]
+    assert "requests.jsonl:13" in err and "Invalid value: 'robot'" in err
 
     # The rest of the rejected shard went through in a new batch, once each.
     assert sorted(billed_ids(simulator)) == sorted([*ids(reqs), "n0", "n1", "n3", "n4"])

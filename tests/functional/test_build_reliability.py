@@ -183,7 +183,8 @@ def test_output_dir_holding_the_inputs_is_refused_before_anything_is_written(
     before = tree(tmp_path)
     assert main(["build", str(config)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert "a.jsonl would be written with results" in err and "it is an input" in err
+    assert "batch.yaml:1: inputs[0]: 'in/a.jsonl'" in err
+    assert "holds results and build state, not inputs" in err
     assert tree(tmp_path) == before
     assert simulator.journal.calls == []
 

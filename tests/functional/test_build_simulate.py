@@ -135,3 +135,21 @@ def test_an_interrupted_rehearsal_resumes_instead_of_starting_over(tmp_path: Pat
     assert sent < 20 - 3  # what was collected (at least 3 reviews) is not sent again
     journal = rehearsal_journal(config)
     assert sorted(journal.billed_counts().values()) == [1] * 20  # each billed once in all
+
+
+def test_a_rehearsal_never_becomes_an_input_of_the_real_build(tmp_path: Path, capsys) -> None:
+    """Issue 10 #7: `**/*.jsonl` matched <output_dir>-simulated and broke the real validate."""
+    config = copy_examples(tmp_path)
+    config.write_text(
+        config.read_text().replace(
+            "inputs:\n  - inputs/reviews.jsonl      # chat completions with gpt-4o-mini\n"
+            "  - inputs/embeddings.jsonl   # embeddings with text-embedding-3-small\n",
+            'inputs:\n  - "**/*.jsonl"\n',
+        )
+    )
+    assert '"**/*.jsonl"' in config.read_text()
+    assert main(["build", str(config), "--simulate"]) == EXIT_OK
+    assert (config.parent / "out-simulated" / "reviews.jsonl").exists()
+    capsys.readouterr()
+    assert main(["validate", str(config)]) == EXIT_OK
+    assert "ok: 20 requests in 2 files" in capsys.readouterr().out
