@@ -153,6 +153,8 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, list | dict | bool):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):  # plain decimals, as spreadsheets read them
+        return f"{value:.12f}".rstrip("0").rstrip(".") or "0"
     return str(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from gptbatch.clean import CleanPlan, delete_uploads, plan_clean, remote_uploads, remove_local
@@ -45,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
         if args.remote:
             raise UsageError("--simulate and --remote: a rehearsal uploads nothing to the API")
         spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
-    if not args.yes and not sys.stdin.isatty():
-        raise UsageError("clean removes files and asks first: pass --yes when not on a terminal")
     remote = None
     if args.remote:
         from gptbatch.connect import connect
@@ -60,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
                 remove_local(plan)
                 print(f"nothing to clean in {shown(str(spec.output_dir))}")
                 return 0
-            _describe(plan, uploads)
+            if not args.yes and not sys.stdin.isatty():
+                raise UsageError(
+                    "clean removes files and asks first: pass --yes when not on a terminal"
+                )
+            _describe(plan, uploads, state_dir(spec.output_dir))
             if not args.yes and not _confirmed():
                 print("nothing removed")
                 return EXIT_ERROR
@@ -74,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(plan: CleanPlan, uploads: list[str]) -> None:
+def _describe(plan: CleanPlan, uploads: list[str], work: Path) -> None:
+    state = [p for p in plan.files if p.is_relative_to(work)]
     for path in plan.files:
-        print(f"  remove {shown(str(path))}")
+        if path not in state:
+            print(f"  remove {shown(str(path))}")
+    if state:
+        print(f"  remove {shown(str(work))}/ (build state: {len(state)} files)")
     if uploads:
         print(f"  delete {len(uploads)} uploaded input files at the API: {', '.join(uploads)}")
     for path in plan.kept:

@@ -49,6 +49,7 @@ def test_clean_removes_only_what_gptbatch_wrote(tmp_path: Path, simulator, capsy
     assert main(["clean", str(project.config), "--yes"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "keep   " in out and "notes.txt" in out
+    assert ".gptbatch/ (build state: 2 files)" in out  # state.db and one shard file
     assert sorted(p.name for p in project.out.rglob("*")) == ["notes.txt"]
     assert project.input().exists() and project.config.exists()
     # the batch is still at the API: the next build adopts it and pays nothing more
@@ -58,6 +59,9 @@ def test_clean_removes_only_what_gptbatch_wrote(tmp_path: Path, simulator, capsy
     (project.out / "notes.txt").unlink()
     assert main(["clean", str(project.config), "--yes"]) == EXIT_OK
     assert not project.out.exists()  # empty, so removed
+    capsys.readouterr()
+    assert main(["clean", str(project.config)]) == EXIT_OK  # nothing to ask about
+    assert "nothing to clean" in capsys.readouterr().out
 
 
 def test_clean_asks_on_a_terminal(

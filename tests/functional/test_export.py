@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from buildkit import chat, embedding, make_project, read_jsonl
 
 from gptbatch.cli import main
@@ -98,7 +99,10 @@ def test_export_rows_match_outputs_in_both_formats(tmp_path: Path, simulator, ca
             assert json.loads(t["reply"]) == r["reply"]
         else:
             assert t["reply"] == (r["reply"] or "")
-        assert t["cost"] == ("" if r["cost"] is None else str(r["cost"]))
+        if r["cost"] is None:
+            assert t["cost"] == ""
+        else:
+            assert "e" not in t["cost"] and float(t["cost"]) == pytest.approx(r["cost"])
         assert t["status"] == r["status"]
     assert not list(tmp_path.glob(".export.csv.*.tmp"))
 
