@@ -105,8 +105,8 @@ def _cancel(remote: Remote, batch_id: str) -> BatchInfo | None:
     except NotFoundError:
         return None
     except RemoteError:
-        info = remote.retrieve(batch_id)  # 409: it ended between listing and cancelling
-        if info.status in TERMINAL:
+        info = remote.retrieve(batch_id)  # 409: it ended, or is ending, already
+        if info.status in (*TERMINAL, "cancelling"):
             return info
         raise
 
