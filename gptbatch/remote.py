@@ -257,3 +257,17 @@ class Remote:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
+
+    # --- appended for `gptbatch clean --remote` ----------------------------------------------
+
+    def list_uploads(self) -> Iterator[FileInfo]:
+        """Every file with purpose batch (the SDK pages through them)."""
+        try:
+            for f in self.client.files.list(purpose="batch"):
+                yield FileInfo(f.id, f.filename, f.bytes, f.created_at)
+        except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
+            raise _translate(exc) from exc
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete an uploaded file; NotFoundError if the API does not know it."""
+        _call(lambda: self.client.files.delete(file_id))

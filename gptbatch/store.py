@@ -744,3 +744,84 @@ class Store:
             (exclude,),
         ).fetchone()
         return float(row[0] or 0.0)
+
+    # --- appended for cancel, clean, gc and export (new methods only) ------------------------
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Store]:
+        """A read transaction: every query inside sees one committed state (WAL snapshot)."""
+        if self.db.in_transaction:
+            yield self
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+
+    def project_ids(self) -> list[str]:
+        """Every project id this state has built under (kept by build in meta `projects`)."""
+        return sorted(json.loads(self.get_meta("projects") or "[]"))
+
+    def has_requests(self) -> bool:
+        """Does the state know any current request?"""
+        return self.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is not None
+
+    def set_batch_status(self, batch_id: str, status: str) -> None:
+        """Record a batch's status as the API last reported it (e.g. after a cancel)."""
+        self.db.execute("UPDATE batches SET status=? WHERE id=?", (status, batch_id))
+
+    def uploaded_file_ids(self) -> list[str]:
+        """Ids of every input file this state uploaded or adopted, oldest first."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT file_id FROM (SELECT file_id, created_at AS t FROM shards"
+                " WHERE file_id IS NOT NULL UNION SELECT input_file_id, created_at FROM batches"
+                " WHERE input_file_id IS NOT NULL) GROUP BY file_id ORDER BY min(t), file_id"
+            )
+        ]
+
+    def shard_ids(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM shards ORDER BY id")]
+
+    def drop_unreferenced(self, keep: Iterable[str] = ()) -> dict[str, Any]:
+        """Delete results of keys that are neither current requests nor in keep, and the
+        finished shards (with members and batches) that hold only such keys; one transaction.
+
+        Returns the counts deleted and the ids of the shards dropped.
+        """
+        db = self.db
+        with self.transaction():
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_keep(key TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM gc_keep")
+            db.execute("INSERT OR IGNORE INTO gc_keep(key) SELECT key FROM requests")
+            db.executemany("INSERT OR IGNORE INTO gc_keep(key) VALUES (?)", ((k,) for k in keep))
+            shards = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM shards h WHERE h.state IN ('done', 'dropped')"
+                    " AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.shard=h.id"
+                    "   AND b.collected=0)"
+                    " AND NOT EXISTS (SELECT 1 FROM members m JOIN gc_keep k ON k.key=m.key"
+                    "   WHERE m.shard=h.id)"
+                    " ORDER BY id"
+                )
+            ]
+            counts = {"results": 0, "shards": len(shards), "members": 0, "batches": 0}
+            for sid in shards:
+                for table, column in (("members", "shard"), ("batches", "shard"), ("shards", "id")):
+                    gone = db.execute(f"DELETE FROM {table} WHERE {column}=?", (sid,)).rowcount
+                    if table != "shards":
+                        counts[table] += gone
+            counts["results"] = db.execute(
+                "DELETE FROM results WHERE key NOT IN (SELECT key FROM gc_keep)"
+            ).rowcount
+            db.execute("DELETE FROM gc_keep")
+        return {**counts, "shard_ids": shards}
+
+    def vacuum(self) -> None:
+        """Rewrite the database without free pages, and fold the WAL back into it."""
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

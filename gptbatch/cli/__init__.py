@@ -16,7 +16,21 @@ from gptbatch import __version__
 from gptbatch.errors import EXIT_ERROR, EXIT_INTERRUPTED, GptbatchError, redact
 
 # Subcommand modules, in the order `gptbatch --help` lists them.
-COMMANDS = ("build", "status", "plan", "validate", "split", "tokens", "simulator")
+COMMANDS = (
+    "build",
+    "status",
+    "plan",
+    "validate",
+    "split",
+    "tokens",
+    "simulator",
+    "cancel",
+    "export",
+    "clean",
+    "gc",
+    "init",
+    "completion",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

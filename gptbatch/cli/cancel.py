@@ -1,0 +1,51 @@
+"""`gptbatch cancel`: stop this project's in-flight batches; the next build resumes the work."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from gptbatch.spec import load_spec
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "cancel",
+        help="cancel this project's in-flight batches",
+        description="Cancel every batch of this project still running at the API: those the "
+        "build state knows, and any the API lists with this project's metadata. Finished "
+        "results are kept; the next `gptbatch build` collects them and resubmits the rest. "
+        "Needs the API key; waits for no build (exit 5 if one is running).",
+    )
+    p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
+    p.add_argument("--json", action="store_true", help="print what was cancelled as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptbatch.cancel import cancel_in_flight
+    from gptbatch.connect import connect
+
+    spec = load_spec(args.config)
+    remote = connect(spec, "cancel")
+    try:
+        done = cancel_in_flight(spec, remote)
+    finally:
+        remote.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in done], indent=2, sort_keys=True))
+        return 0
+    if not done:
+        print(f"nothing to cancel: no batch of project {spec.project} is in flight")
+        return 0
+    for c in done:
+        origin = "" if c.known else " (found at the API by its metadata)"
+        print(f"{c.batch_id}{origin}: {c.status}; {c.note}")
+    stopped = sum(c.status in ("cancelling", "cancelled") for c in done)
+    print(
+        f"cancelled {stopped} batch{'es' if stopped != 1 else ''}: run `gptbatch build` "
+        "to collect what finished and resubmit the rest"
+    )
+    return 0

@@ -1,0 +1,103 @@
+"""`gptbatch clean`: remove a project's outputs and build state (and, with --remote, uploads)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from gptbatch.clean import CleanPlan, delete_uploads, plan_clean, remote_uploads, remove_local
+from gptbatch.cli.build import simulated_output_dir
+from gptbatch.errors import EXIT_ERROR, UsageError
+from gptbatch.lock import BuildLock
+from gptbatch.report import shown
+from gptbatch.spec import load_spec
+from gptbatch.store import state_dir
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "clean",
+        help="remove outputs and build state (after confirmation)",
+        description="Remove the output and error files gptbatch wrote and the build state. "
+        "Inputs, and files gptbatch did not write, are never touched. Batches at the API "
+        "stay: a later build adopts and collects them instead of paying again. Asks first "
+        "on a terminal; elsewhere pass --yes.",
+    )
+    p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
+    p.add_argument(
+        "--remote",
+        action="store_true",
+        help="also delete this project's uploaded input files at the API (needs the key; a "
+        "later build can then no longer recover lost batches from them)",
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--simulate", action="store_true", help="clean the `build --simulate` rehearsal instead"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.config)
+    if args.simulate:
+        if args.remote:
+            raise UsageError("--simulate and --remote: a rehearsal uploads nothing to the API")
+        spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
+    remote = None
+    if args.remote:
+        from gptbatch.connect import connect
+
+        remote = connect(spec, "clean --remote")
+    try:
+        with BuildLock(spec.output_dir, state_dir(spec.output_dir)):
+            plan = plan_clean(spec)
+            uploads = remote_uploads(spec, remote) if remote else []
+            if not plan.files and not uploads:
+                remove_local(plan)
+                print(f"nothing to clean in {shown(str(spec.output_dir))}")
+                return 0
+            if not args.yes and not sys.stdin.isatty():
+                raise UsageError(
+                    "clean removes files and asks first: pass --yes when not on a terminal"
+                )
+            _describe(plan, uploads, state_dir(spec.output_dir))
+            if not args.yes and not _confirmed():
+                print("nothing removed")
+                return EXIT_ERROR
+            deleted = delete_uploads(remote, uploads) if remote else []
+            freed = remove_local(plan)
+    finally:
+        if remote is not None:
+            remote.close()
+    print(f"removed {len(plan.files)} files ({freed:,} bytes)", end="")
+    print(f" and {len(deleted)} uploaded files at the API" if remote else "")
+    return 0
+
+
+def _describe(plan: CleanPlan, uploads: list[str], work: Path) -> None:
+    state = [p for p in plan.files if p.is_relative_to(work)]
+    for path in plan.files:
+        if path not in state:
+            print(f"  remove {shown(str(path))}")
+    if state:
+        print(f"  remove {shown(str(work))}/ (build state: {len(state)} files)")
+    if uploads:
+        print(f"  delete {len(uploads)} uploaded input files at the API: {', '.join(uploads)}")
+    for path in plan.kept:
+        print(f"  keep   {shown(str(path))} (not written by gptbatch)")
+    if plan.in_flight:
+        print(
+            f"  note: {plan.in_flight} batch(es) still run at the API; a later build adopts "
+            "and collects them (`gptbatch cancel` stops them)"
+        )
+
+
+def _confirmed() -> bool:
+    try:
+        answer = input("remove these? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")

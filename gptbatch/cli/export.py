@@ -1,0 +1,63 @@
+"""`gptbatch export`: one row per request with its reply, usage, cost and status (no network)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from gptbatch.canonical import atomic_writer
+from gptbatch.cli.build import simulated_output_dir
+from gptbatch.errors import UsageError
+from gptbatch.export import FORMATS, export_rows, write_rows
+from gptbatch.spec import load_spec
+from gptbatch.status import stale_inputs
+from gptbatch.store import Store, state_dir
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="one row per request: reply, usage, cost, status (JSON lines or CSV)",
+        description="Join every request (all inputs, in order) with its result: custom_id, "
+        "input file and line, model, reply text, finish reason, token usage, cost at Batch "
+        "API prices (empty when the price is unknown), status (ok, failed, pending) and "
+        "error. Reads the build state only; no network, no lock.",
+    )
+    p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
+    p.add_argument("--format", choices=FORMATS, default="jsonl", help="default: jsonl")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE atomically (default: stdout)"
+    )
+    p.add_argument(
+        "--simulate", action="store_true", help="export the last `build --simulate` rehearsal"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.config)
+    if args.simulate:
+        spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
+    directory = state_dir(spec.output_dir)
+    if not (directory / "state.db").exists():
+        raise UsageError(f"no build state in {directory}: run `gptbatch build` first")
+    store = Store(directory)
+    try:
+        for path, why in stale_inputs(spec, store):
+            print(
+                f"gptbatch: note: input {path}: {why}; rows show the last build "
+                "(run `gptbatch build` to bring them up to date)",
+                file=sys.stderr,
+            )
+        rows = export_rows(spec, store)
+        if args.output:
+            with atomic_writer(args.output, "w") as out:
+                count = write_rows(rows, out, args.format)
+            print(f"wrote {count:,} rows to {args.output}", file=sys.stderr)
+        else:
+            write_rows(rows, sys.stdout, args.format)
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,35 @@
+"""`gptbatch gc`: drop stored results of requests no longer in any input, and shrink the state."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gptbatch.prune import collect_garbage
+from gptbatch.spec import load_spec
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "gc",
+        help="drop results of requests no longer in any input; shrink the state",
+        description="Delete stored results whose request is in no input (neither at the last "
+        "build nor now), with the finished shards and batches that held only those, then "
+        "VACUUM the database. Undoing an old edit then costs a new request. No network; "
+        "takes the build lock.",
+    )
+    p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    s = collect_garbage(load_spec(args.config))
+    print(
+        f"dropped {s.results:,} results, {s.shards:,} shards ({s.members:,} members, "
+        f"{s.batches:,} batches, {s.shard_files:,} shard files)"
+    )
+    print(
+        f"state: {s.bytes_before:,} bytes before, {s.bytes_after:,} after "
+        f"({max(0, s.bytes_before - s.bytes_after):,} freed)"
+    )
+    return 0

@@ -1,0 +1,35 @@
+"""`gptbatch init [DIR]`: start a project with a commented batch.yaml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from gptbatch.scaffold import EXAMPLE_INPUT, init_project
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "init",
+        help="write a commented batch.yaml and .gitignore lines",
+        description="Write DIR/batch.yaml: every key commented with its default, a new "
+        "random project id, and a first line naming the schema for editors. Append the "
+        "output directories to DIR/.gitignore. Refuses to replace a batch.yaml without "
+        "--force (which keeps its project id).",
+    )
+    p.add_argument("directory", nargs="?", default=".", help="where to write (default: .)")
+    p.add_argument("--force", action="store_true", help="replace an existing batch.yaml")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    made = init_project(Path(args.directory), force=args.force)
+    print(f"wrote {made.config} (project {made.project})")
+    if made.ignored:
+        print(f"added {', '.join(made.ignored)} to {made.gitignore}")
+    print(
+        f"next: put requests in {made.config.parent / EXAMPLE_INPUT}, then "
+        f"`gptbatch validate {made.config}` and `gptbatch build {made.config} --simulate`"
+    )
+    return 0

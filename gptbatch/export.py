@@ -1,0 +1,164 @@
+"""Export: one flat row per request (input order) joining its line, result, usage and cost."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from gptbatch.pricing import estimate_cost
+from gptbatch.spec import Spec
+from gptbatch.store import RequestRow, ResultRow, Store
+
+FORMATS = ("jsonl", "csv")
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    """One request and what became of it; None where there is nothing (yet) to say."""
+
+    custom_id: str
+    input: str
+    line: int
+    model: str | None
+    endpoint: str
+    reply: Any  # text; an embedding (list); moderation {"flagged", "categories"}
+    finish_reason: str | None
+    input_tokens: int | None
+    cached_tokens: int | None
+    output_tokens: int | None
+    reasoning_tokens: int | None
+    cost: float | None  # US dollars at Batch API prices; None when the price is unknown
+    status: str  # ok | failed | pending
+    error: str | None
+
+
+COLUMNS = tuple(f.name for f in dataclasses.fields(ExportRow))
+
+
+def export_rows(spec: Spec, store: Store) -> Iterator[ExportRow]:
+    """Every current request of every input, in config then input order, from one snapshot."""
+    with store.reading():
+        for path in spec.inputs:
+            shown = _shown(str(path), str(spec.root))
+            for request, result in store.request_results(str(path)):
+                yield export_row(request, result, shown, spec.prices)
+
+
+def export_row(
+    request: RequestRow,
+    result: ResultRow | None,
+    shown: str,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
+) -> ExportRow:
+    """The export row of one request with its stored result (if any)."""
+    base: dict[str, Any] = {
+        "custom_id": request.custom_id,
+        "input": shown,
+        "line": request.line,
+        "model": request.model,
+        "endpoint": request.url,
+    }
+    empty = dict.fromkeys(COLUMNS[len(base) :])
+    if result is None or result.state == "retry":
+        return ExportRow(**{**base, **empty, "status": "pending"})
+    if result.state != "ok" or not result.line:
+        return ExportRow(**{**base, **empty, "status": "failed", "error": result.error})
+    body = (json.loads(result.line).get("response") or {}).get("body") or {}
+    model = request.model or body.get("model")
+    base["model"] = model
+    reply, finish = reply_of(request.url, body)
+    usage = usage_of(body)
+    cost = None
+    if usage[0] is not None:
+        cost = estimate_cost(model, usage[0], usage[2] or 0, prices)
+    return ExportRow(
+        **base,
+        reply=reply,
+        finish_reason=finish,
+        input_tokens=usage[0],
+        cached_tokens=usage[1],
+        output_tokens=usage[2],
+        reasoning_tokens=usage[3],
+        cost=cost,
+        status="ok",
+        error=None,
+    )
+
+
+def reply_of(url: str, body: dict[str, Any]) -> tuple[Any, str | None]:
+    """(reply, finish reason) of a response body, by endpoint."""
+    if url == "/v1/chat/completions":
+        choice = (body.get("choices") or [{}])[0]
+        return (choice.get("message") or {}).get("content"), choice.get("finish_reason")
+    if url == "/v1/completions":
+        choice = (body.get("choices") or [{}])[0]
+        return choice.get("text"), choice.get("finish_reason")
+    if url == "/v1/responses":
+        texts = [
+            part.get("text") or ""
+            for item in body.get("output") or []
+            for part in item.get("content") or []
+            if part.get("type") == "output_text"
+        ]
+        reason = (body.get("incomplete_details") or {}).get("reason") or body.get("status")
+        return "".join(texts), reason
+    if url == "/v1/embeddings":
+        data = sorted(body.get("data") or [], key=lambda d: d.get("index", 0))
+        vectors = [d.get("embedding") for d in data]
+        return (vectors[0] if len(vectors) == 1 else vectors), None
+    if url == "/v1/moderations":
+        results = [
+            {"flagged": r.get("flagged"), "categories": r.get("categories")}
+            for r in body.get("results") or []
+        ]
+        return (results[0] if len(results) == 1 else results), None
+    return None, None
+
+
+def usage_of(body: dict[str, Any]) -> tuple[int | None, int | None, int | None, int | None]:
+    """(input, cached, output, reasoning) tokens of a response body's usage."""
+    usage = body.get("usage") or {}
+    if not usage:
+        return None, None, None, None
+    inp = usage.get("input_tokens", usage.get("prompt_tokens"))
+    out = usage.get("output_tokens", usage.get("completion_tokens"))
+    in_details = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
+    out_details = usage.get("output_tokens_details") or usage.get("completion_tokens_details") or {}
+    return inp, in_details.get("cached_tokens"), out, out_details.get("reasoning_tokens")
+
+
+def write_rows(rows: Iterator[ExportRow], out: IO[str], fmt: str) -> int:
+    """Write rows as JSON lines or CSV (with a header), one at a time; return how many."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([_cell(getattr(row, c)) for c in COLUMNS])
+            count += 1
+        return count
+    for row in rows:
+        out.write(json.dumps({c: getattr(row, c) for c in COLUMNS}, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict | bool):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):  # plain decimals, as spreadsheets read them
+        return f"{value:.12f}".rstrip("0").rstrip(".") or "0"
+    return str(value)
+
+
+def _shown(path: str, root: str) -> str:
+    """An input's path relative to the config's directory when it lies inside it."""
+    rel = os.path.relpath(path, root)
+    return path if rel.startswith("..") else rel
