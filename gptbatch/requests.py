@@ -18,8 +18,14 @@ ENDPOINTS: tuple[str, ...] = (
     "/v1/embeddings",
     "/v1/completions",
     "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
 )
-MODEL_OPTIONAL: frozenset[str] = frozenset({"/v1/moderations"})
+# Endpoints whose model has a default at the API (images and videos default to one).
+MODEL_OPTIONAL: frozenset[str] = frozenset(
+    {"/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos"}
+)
 FIELDS: tuple[str, ...] = ("custom_id", "method", "url", "body")
 MAX_EMBEDDING_INPUTS = 2048  # the embeddings API takes at most 2048 inputs per request
 DEFAULT_MAX_LINE_BYTES = 200_000_000  # the Batch API's input file cap (200 MB)
@@ -589,10 +595,30 @@ def _moderations_shape(body: dict[str, Any]) -> _Wrong:
     )
 
 
+def _prompt_shape(body: dict[str, Any]) -> _Wrong:
+    prompt = body.get("prompt")
+    if type(prompt) is not str or not prompt:
+        return (
+            "body.prompt is missing or not a string",
+            'describe what to make, e.g. "prompt": "..."',
+        )
+    return None
+
+
+def _image_edit_shape(body: dict[str, Any]) -> _Wrong:
+    wrong = _prompt_shape(body)
+    if wrong is None and body.get("image") is None and body.get("images") is None:
+        return "body.image is missing", "give the image to edit (a URL or a file id)"
+    return wrong
+
+
 _SHAPES = {
     "/v1/chat/completions": _chat_shape,
     "/v1/responses": _responses_shape,
     "/v1/embeddings": _embeddings_shape,
     "/v1/completions": _completions_shape,
     "/v1/moderations": _moderations_shape,
+    "/v1/images/generations": _prompt_shape,
+    "/v1/images/edits": _image_edit_shape,
+    "/v1/videos": _prompt_shape,
 }

@@ -730,12 +730,25 @@ def _moderations(t: _Tally, body: Mapping[str, Any]) -> int:
     return t.text(value)
 
 
+def _prompt_only(what: str) -> Callable[[_Tally, Mapping[str, Any]], int]:
+    """Images and videos: the prompt's text tokens can be counted; what is made cannot."""
+
+    def count(t: _Tally, body: Mapping[str, Any]) -> int:
+        t.note(f"{what}: only the prompt text is counted; input images and output are not")
+        return t.text(body.get("prompt"))
+
+    return count
+
+
 _ENDPOINTS: dict[str, Callable[[_Tally, Mapping[str, Any]], int]] = {
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
     "/v1/embeddings": _embeddings,
     "/v1/completions": _completions,
     "/v1/moderations": _moderations,
+    "/v1/images/generations": _prompt_only("image generation"),
+    "/v1/images/edits": _prompt_only("image edit"),
+    "/v1/videos": _prompt_only("video"),
 }
 
 

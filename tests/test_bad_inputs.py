@@ -150,8 +150,8 @@ CASES = [
     ),
     Case(
         "unknown url",
-        {"in.jsonl": jl({**chat(), "url": "/v1/images/generations"})},
-        "in.jsonl:1: url '/v1/images/generations' is not a Batch API endpoint: use one of",
+        {"in.jsonl": jl({**chat(), "url": "/v1/audio/speech"})},
+        "in.jsonl:1: url '/v1/audio/speech' is not a Batch API endpoint: use one of",
         spec_ok=True,
     ),
     Case(

@@ -128,10 +128,10 @@ BAD_LINES: list[tuple[str, bytes, dict[str, Any], list[str]]] = [
     ),
     (
         "unknown endpoint",
-        jl({**chat(), "url": "/v1/images/generations"}),
+        jl({**chat(), "url": "/v1/audio/speech"}),
         {},
         [
-            "in.jsonl:1: url '/v1/images/generations' is not a Batch API endpoint: "
+            "in.jsonl:1: url '/v1/audio/speech' is not a Batch API endpoint: "
             f"use one of {ALL_ENDPOINTS}"
         ],
     ),

@@ -714,11 +714,11 @@ def test_moderations_without_model_and_multimodal() -> None:
 
 def test_unknown_endpoint_counts_the_body_json_with_a_caveat() -> None:
     body = {"model": "gpt-4o", "prompt": "a cat", "size": "1024x1024"}
-    estimate = estimate_request("/v1/images/generations", body)
+    estimate = estimate_request("/v1/audio/speech", body)
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     assert estimate.tokens == n(canonical)
     assert estimate.caveats == (
-        "unknown endpoint '/v1/images/generations': the whole body counted as JSON text",
+        "unknown endpoint '/v1/audio/speech': the whole body counted as JSON text",
     )
 
 

@@ -45,6 +45,15 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "/v1/embeddings": ("Embeddings", "input"),
     "/v1/completions": ("Completions", "prompt"),
     "/v1/moderations": ("Moderations", "input"),
+    "/v1/images/generations": ("Images", "prompt"),
+    "/v1/images/edits": ("Images", "prompt"),
+    "/v1/videos": ("Videos", "prompt"),
+}
+# Endpoints whose model the service defaults when a request names none.
+DEFAULT_MODELS = {
+    "/v1/images/generations": "gpt-image-1",
+    "/v1/images/edits": "gpt-image-1",
+    "/v1/videos": "sora-2",
 }
 
 IMAGE_TOKENS = 85
@@ -173,6 +182,13 @@ class TokenCounter:
             if isinstance(value, str):
                 return total + self.text(model, value) + 3
             return total + self._messages(model, value) + 3
+        if endpoint in DEFAULT_MODELS:
+            prompt = body.get("prompt")
+            return (
+                self.text(model or DEFAULT_MODELS[endpoint], prompt)
+                if isinstance(prompt, str)
+                else 0
+            )
         texts, ids = _input_texts(body.get("prompt" if endpoint == "/v1/completions" else "input"))
         return self._texts(model, texts) + ids
 
@@ -405,7 +421,41 @@ def success_body(
         return _embeddings(body, prompt_tokens), 0
     if endpoint == "/v1/completions":
         return _completions(body, digest, prompt_tokens, counter, created, seed)
+    if endpoint in ("/v1/images/generations", "/v1/images/edits"):
+        return _images(body, digest, prompt_tokens, created), 0
+    if endpoint == "/v1/videos":
+        return _video(body, created, seed), 0
     return _moderations(body, digest, seed), 0
+
+
+def _images(body: dict[str, Any], digest: str, prompt: int, created: int) -> dict[str, Any]:
+    """An image result: a tiny stand-in PNG per image asked for, and token usage."""
+    n = body.get("n") if isinstance(body.get("n"), int) else 1
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + digest.encode()).decode("ascii")
+    return {
+        "created": created,
+        "data": [{"b64_json": png} for _ in range(max(1, n))],
+        "usage": {
+            "input_tokens": prompt,
+            "output_tokens": 1056 * max(1, n),
+            "total_tokens": prompt + 1056 * max(1, n),
+            "input_tokens_details": {"text_tokens": prompt, "image_tokens": 0},
+        },
+    }
+
+
+def _video(body: dict[str, Any], created: int, seed: str) -> dict[str, Any]:
+    """A video job as the Videos API returns it once done."""
+    return {
+        "id": _ident(seed, "video_", 24),
+        "object": "video",
+        "status": "completed",
+        "model": str(body.get("model") or DEFAULT_MODELS["/v1/videos"]),
+        "created_at": created,
+        "seconds": str(body.get("seconds", "4")),
+        "size": str(body.get("size", "720x1280")),
+        "progress": 100,
+    }
 
 
 def error_body(status: int, message: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptbatch.simulator.config import SimConfig
-from gptbatch.simulator.results import ENDPOINTS, TokenCounter, embedding_input_count
+from gptbatch.simulator.results import (
+    DEFAULT_MODELS,
+    ENDPOINTS,
+    TokenCounter,
+    embedding_input_count,
+)
 
 CHAT_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 
@@ -117,6 +122,8 @@ def parse_input(
     inputs = 0
     for number, raw in enumerate(lines, 1):
         line_errors, request = _parse_line(number, raw.rstrip(b"\r"), endpoint, seen, counter)
+        if request is not None and "model" not in request.body:
+            request.body["model"] = DEFAULT_MODELS[endpoint]  # the service's default model
         if request is not None and model is not None and request.body["model"] != model:
             line_errors.append(
                 line_error(
@@ -242,7 +249,9 @@ def _parse_line(
     if errors:
         return errors, None
     name, required = ENDPOINTS[endpoint]
-    if not isinstance(body.get("model"), str) or not body["model"]:
+    if endpoint not in DEFAULT_MODELS and (
+        not isinstance(body.get("model"), str) or not body["model"]
+    ):
         errors.append(
             line_error("invalid_request", number, "Model parameter is required.", "body.model")
         )
