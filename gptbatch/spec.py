@@ -89,6 +89,24 @@ class ApiSettings:
     api_key_env: str
     organization: str | None
     project: str | None
+    provider: str = "openai"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """What a Batch API provider accepts, where it differs from OpenAI."""
+
+    max_requests_per_batch: int
+    completion_windows: tuple[str, ...] | None  # None: whatever the service takes
+    needs_base_url: bool
+    api_key_env: str
+
+
+PROVIDERS: dict[str, Provider] = {
+    "openai": Provider(50_000, ("24h",), False, "OPENAI_API_KEY"),
+    "azure": Provider(100_000, ("24h",), True, "AZURE_OPENAI_API_KEY"),
+    "compatible": Provider(50_000, None, True, "OPENAI_API_KEY"),
+}
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,8 @@ def _load(path: str | Path | None) -> Spec:
         for k in e.validator_value
     )
     full = _with_defaults(data, schema)
+    if "api" not in invalid:
+        _apply_provider(data, full)
     root = config.parent
     output_dir = Path(os.path.abspath(root / os.path.expanduser(str(full.get("output_dir")))))
     inputs: tuple[Path, ...] = ()
@@ -165,6 +185,8 @@ def _load(path: str | Path | None) -> Spec:
     if not invalid & {"inputs", "output_dir"}:
         inputs, later = _expand_inputs(full["inputs"], root, output_dir, node, display)
     later += _semantic_problems(full, node, display, invalid)
+    if not invalid & {"api", "limits", "completion_window"}:
+        later += _provider_problems(full, node, display)
     problems += sorted(later, key=lambda p: p.line or 0)
     if problems:
         raise ConfigError(problems)
@@ -784,6 +806,61 @@ def _glob_inputs(
             hint,
         )
     ]
+
+
+def _apply_provider(data: Mapping[str, Any], full: dict[str, Any]) -> None:
+    """Defaults that depend on api.provider, where the config leaves them out."""
+    provider = PROVIDERS[full["api"]["provider"]]
+    given_limits = data.get("limits") if isinstance(data.get("limits"), dict) else {}
+    given_api = data.get("api") if isinstance(data.get("api"), dict) else {}
+    if isinstance(full.get("limits"), dict) and "max_requests_per_batch" not in given_limits:
+        full["limits"]["max_requests_per_batch"] = provider.max_requests_per_batch
+    if "api_key_env" not in given_api:
+        full["api"]["api_key_env"] = provider.api_key_env
+
+
+def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -> list[Problem]:
+    """A config that its provider would refuse: caps, completion windows, a missing base_url."""
+    name = full["api"]["provider"]
+    provider = PROVIDERS[name]
+    problems = []
+    if provider.needs_base_url and not full["api"]["base_url"]:
+        example = (
+            "https://YOUR-RESOURCE.openai.azure.com/openai/v1/"
+            if name == "azure"
+            else "the service's URL ending in /v1"
+        )
+        problems.append(
+            Problem(
+                display,
+                _line(node, ["api", "provider"]),
+                f"api.provider {name} needs api.base_url",
+                f"set api.base_url, e.g. {example}",
+            )
+        )
+    limits = full.get("limits")
+    cap = provider.max_requests_per_batch
+    if isinstance(limits, dict) and int(limits.get("max_requests_per_batch", 0)) > cap:
+        problems.append(
+            Problem(
+                display,
+                _line(node, ["limits", "max_requests_per_batch"]),
+                f"limits.max_requests_per_batch {limits['max_requests_per_batch']} is over "
+                f"{name}'s cap of {cap:,} requests per batch",
+                f"use at most {cap}",
+            )
+        )
+    windows = provider.completion_windows
+    if windows is not None and full["completion_window"] not in windows:
+        problems.append(
+            Problem(
+                display,
+                _line(node, ["completion_window"]),
+                f"completion_window {full['completion_window']!r} is not offered by {name}",
+                f"use {' or '.join(windows)} (other windows need api.provider: compatible)",
+            )
+        )
+    return problems
 
 
 def _semantic_problems(

@@ -353,8 +353,8 @@ SCHEMA_ERRORS = [
     (
         "requests cap",
         "inputs: [in.jsonl]\nlimits: {max_requests_per_batch: 50001}\n",
-        "batch.yaml:2: limits.max_requests_per_batch: 50001 is greater than the maximum of "
-        "50000: most requests in one batch",
+        "batch.yaml:2: limits.max_requests_per_batch 50001 is over openai's cap of 50,000 "
+        "requests per batch: use at most 50000",
     ),
     (
         "not a mapping",

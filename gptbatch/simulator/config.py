@@ -247,7 +247,8 @@ class SimConfig:
     validating_seconds: float = 5.0
     finalizing_seconds: float = 5.0
     cancelling_seconds: float = 5.0
-    completion_window_seconds: float = 86_400.0  # what "24h" means here
+    completion_window_seconds: float = 86_400.0  # how long any window lasts here
+    completion_windows: tuple[str, ...] = ("24h",)  # what batches.create accepts
     token_limits: dict[str, int] = field(default_factory=dict)  # enqueued tokens per model
     request_limits: dict[str, int] = field(default_factory=dict)  # enqueued requests per model
     max_requests_per_batch: int = 50_000

@@ -600,10 +600,11 @@ class BatchService:
                     code="invalid_value",
                 )
             window = params["completion_window"]
-            if window != "24h":
+            if window not in self.config.completion_windows:
+                allowed = ", ".join(f"'{w}'" for w in self.config.completion_windows)
                 raise ApiError(
                     400,
-                    f"Invalid value: '{window}'. Supported values are: '24h'.",
+                    f"Invalid value: '{window}'. Supported values are: {allowed}.",
                     param="completion_window",
                     code="invalid_value",
                 )
