@@ -36,6 +36,11 @@ SIMULATE_CONFIG = {
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "build",
+        epilog="examples:\n"
+        "  gptbatch build                       # ./batch.yaml, wait until done\n"
+        "  gptbatch build ci.yaml --no-wait     # for a CI schedule: exit 3 while pending\n"
+        "  gptbatch build --simulate            # rehearse offline, no key, no cost",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="submit what is missing, collect results, write outputs",
         description="Build every request of CONFIG's inputs that has no result yet: pack "
         "them into shards that fit the queue, submit, poll, collect, retry, and write "

@@ -13,6 +13,7 @@ from gptbatch.spec import load_spec
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "cancel",
+        epilog="example: gptbatch cancel batch.yaml  (then `gptbatch build` resubmits the rest)",
         help="cancel this project's in-flight batches",
         description="Cancel every batch of this project still running at the API: those the "
         "build state knows, and any the API lists with this project's metadata. Finished "

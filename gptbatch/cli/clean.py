@@ -20,6 +20,7 @@ from gptbatch.store import state_dir
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "clean",
+        epilog="example: gptbatch clean batch.yaml --yes  (--remote: uploaded files too)",
         help="remove outputs and build state (after confirmation)",
         description="Remove the output and error files gptbatch wrote and the build state. "
         "Inputs, and files gptbatch did not write, are never touched. Batches at the API "

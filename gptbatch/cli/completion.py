@@ -11,6 +11,7 @@ from gptbatch.completion import SHELLS, script
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "completion",
+        epilog="example: gptbatch completion bash > ~/.bash_completion.d/gptbatch",
         help="print a shell completion script (bash, zsh, fish)",
         description="Print a completion script for gptbatch, its commands and their flags. "
         "bash: source <(gptbatch completion bash); zsh: source <(gptbatch completion zsh); "

@@ -19,6 +19,7 @@ from gptbatch.store import Store, state_dir
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "export",
+        epilog="example: gptbatch export batch.yaml --format csv -o results.csv",
         help="one row per request: reply, usage, cost, status (JSON lines or CSV)",
         description="Join every request (all inputs, in order) with its result: custom_id, "
         "input file and line, model, reply text, finish reason, token usage, cost at Batch "

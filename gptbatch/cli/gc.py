@@ -12,6 +12,7 @@ from gptbatch.spec import load_spec
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "gc",
+        epilog="example: gptbatch gc batch.yaml",
         help="drop results of requests no longer in any input; shrink the state",
         description="Delete stored results whose request is in no input (neither at the last "
         "build nor now), with the finished shards and batches that held only those, then "

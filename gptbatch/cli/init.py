@@ -12,6 +12,7 @@ from gptbatch.scaffold import EXAMPLE_INPUT, init_project
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "init",
+        epilog="example: gptbatch init my-project && cd my-project && gptbatch validate",
         help="write a commented batch.yaml and .gitignore lines",
         description="Write DIR/batch.yaml: every key commented with its default, a new "
         "random project id, and a first line naming the schema for editors. Append the "

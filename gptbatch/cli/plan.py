@@ -14,6 +14,7 @@ from gptbatch.spec import load_spec
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "plan",
+        epilog="example: gptbatch plan batch.yaml --json",
         help="show requests, prompt tokens, shards and estimated cost per model, offline",
         description="Read the config and every input line, offline, and print per model and "
         "endpoint: requests, estimated prompt tokens, shards (batches) and the estimated cost "

@@ -18,7 +18,8 @@ def register(subparsers: Any) -> None:
         description="Serve a simulated OpenAI Files and Batches API on loopback. Point any "
         "openai SDK client at it with OPENAI_BASE_URL; any bearer key is accepted. Time can "
         "run faster than real (--time-scale) so a 24-hour completion window passes quickly.",
-        epilog=_fault_help(),
+        epilog=_fault_help()
+        + "\n\nexample: gptbatch simulator --port 8000 --time-scale 60 --state-dir sim-state",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")

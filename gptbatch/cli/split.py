@@ -41,6 +41,7 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "split",
+        epilog="example: gptbatch split 1900000 requests/*.jsonl --out-dir shards",
         help="split request files into shard files that fit a token limit, offline",
         description="Split Batch API request files into shard-000-of-NNN.jsonl files: every "
         "line in exactly one shard, unchanged; at most LIMIT estimated prompt tokens, one model "

@@ -39,6 +39,7 @@ class _FileTotal:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "tokens",
+        epilog="example: gptbatch tokens requests.jsonl --per-request",
         help="estimate prompt tokens of request files, offline",
         description="Estimate the prompt tokens of Batch API request files (JSONL), offline, "
         "with the model's tiktoken encoding. Prints totals per file and overall.",

@@ -18,6 +18,7 @@ from gptbatch.spec import DEFAULT_CONFIG, Spec, load_spec
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "validate",
+        epilog="example: gptbatch validate batch.yaml && gptbatch build batch.yaml",
         help="check batch.yaml and every request line (offline, writes nothing)",
         description="Check the config against its schema and every input line against the "
         "Batch API's rules, without network access. Exit 0 if all is well, 2 if not.",
