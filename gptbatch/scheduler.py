@@ -1,16 +1,13 @@
 """What goes next under the queue budget: working budgets, learned limits, shard sizing.
 
-Pipelining: with a token budget B per model, the scheduler keeps about `limits.pipeline`
-(k) shards in flight, each aimed at B / k tokens, so that while one batch turns over
-(poll delay, download, upload, validation) the others keep the queue held. Shards are cut
-when room appears, to the room there is (first fit over the next pending requests), so
-the queue fills to within one request of the budget instead of to k * 0.93 of it. At the
-tail, when what is left fits the budget, shards shrink to a k-th of what is left: the last
-batches are small and finish close together. A shard smaller than an eighth of B / k waits
-for more room (so the queue is not littered with tiny batches), unless it is the last of
-its group or nothing else is in flight.
+Pipelining: with a token budget B per model, shards are filled (first fit over a window of
+the next pending requests) to B / k tokens, k = limits.pipeline, so k of them always fit in
+B together: while one batch turns over (poll delay, download, upload, validation) the others
+keep the queue held, and the next shard goes the moment one is seen finished. At the tail,
+once what is left fits in B, shards shrink to a k-th of what is left (never below an eighth
+of B / k), so the last batches are small and finish close together.
 
-Pure functions first (`next_size`, `fill_shard`, `refusal_delay`); `Budget` keeps learned
+Pure functions first (`shard_target`, `fill_shard`, `refusal_delay`); `Budget` keeps learned
 limits in the store; `Scheduler` packs shards into the store and says which may go.
 """
 
@@ -30,8 +27,8 @@ from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
 from gptbatch.summary import BuildSummary
 
 TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
-SMALLEST_SHARE = 8  # a shard under (B / k) / 8 tokens waits for more room
-FILL_LOOKAHEAD = 2_000  # pending requests looked at past the first that does not fit
+SMALLEST_SHARE = 8  # tail shards never go below (B / k) / 8 tokens
+FILL_LOOKAHEAD = 2_000  # pending requests a shard may be filled from (first fit)
 DEFAULT_PIPELINE = 4
 
 
@@ -45,20 +42,6 @@ def shard_target(working: int, pipeline: int, remaining: int) -> int:
     if pipeline > 1 and remaining <= working:
         return min(full, max(-(-remaining // pipeline), full // SMALLEST_SHARE, 1))
     return full
-
-
-def next_size(working: int, pipeline: int, in_flight: int, remaining: int) -> int | None:
-    """Tokens the next shard may hold now; None: wait until more room appears.
-
-    Example: B = 28,500, k = 4, 21,000 in flight, 100,000 left: room 7,500, target
-    7,125 -> 7,125. With 27,900 in flight: room 600 < 890 (an eighth of 7,125) -> None.
-    """
-    room = working - in_flight
-    if in_flight <= 0:
-        return max(1, min(shard_target(working, pipeline, remaining), working))
-    size = min(shard_target(working, pipeline, remaining), room)
-    smallest = min(max(1, working // max(1, pipeline) // SMALLEST_SHARE), remaining)
-    return size if size >= smallest and size > 0 else None
 
 
 @dataclass(frozen=True)
