@@ -122,6 +122,29 @@ class TransientRemoteError(RemoteError):
     """A rate limit, server error or dropped connection that outlasted the SDK's retries."""
 
 
+class RateLimitedError(TransientRemoteError):
+    """A plain HTTP 429 rate limit: the call was not carried out; back off and try again."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFullError(RemoteError):
+    """batches.create answered 429 "Enqueued token/request limit reached": nothing was created.
+
+    `unit` is "tokens" or "requests"; `limit` is the limit the message states (None if it
+    names none); `message` is the API's own text.
+    """
+
+    def __init__(self, message: str, *, unit: str, limit: int | None, model: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.unit = unit
+        self.limit = limit
+        self.model = model
+
+
 class Interrupted(GptbatchError):
     """The run was interrupted (Ctrl-C); state is saved and in-flight batches keep running."""
 

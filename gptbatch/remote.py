@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from gptbatch.errors import (
     AuthError,
     LocalIOError,
     NotFoundError,
+    QueueFullError,
+    RateLimitedError,
     RemoteError,
     TransientRemoteError,
 )
@@ -132,6 +135,47 @@ def _translate(exc: Exception) -> Exception:
     return RemoteError(str(exc))
 
 
+# "Enqueued token limit reached for gpt-4o in organization org-x. Limit: 90,000 enqueued
+# tokens. ..." (and the same with "request" for embeddings): a full queue, not a rate limit.
+_QUEUE_FULL = re.compile(
+    r"enqueued (token|request) limit reached(?: for (\S+?))?(?: in organization \S+?)?\."
+    r"(?:.*?Limit: ([\d,]+))?",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def stated_queue_limit(message: str | None) -> tuple[str, int | None, str | None] | None:
+    """("tokens" or "requests", the stated limit, the model) if message says the queue is full."""
+    match = _QUEUE_FULL.search(message or "")
+    if match is None:
+        return None
+    unit = "tokens" if match.group(1).lower() == "token" else "requests"
+    limit = int(match.group(3).replace(",", "")) if match.group(3) else None
+    return unit, limit, match.group(2)
+
+
+def _create_error(exc: Exception) -> Exception:
+    """Map a batches.create failure: a 429 there is a full queue or a rate limit, never both."""
+    if isinstance(exc, openai.RateLimitError):
+        message = _message(exc)
+        full = stated_queue_limit(message)
+        if full is not None:
+            return QueueFullError(message, unit=full[0], limit=full[1], model=full[2])
+        return RateLimitedError(
+            f"429 from the API: {message}", retry_after=_retry_after(exc.response)
+        )
+    return _translate(exc)
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        with contextlib.suppress(TypeError, ValueError):
+            if headers.get(name) is not None:
+                return float(headers.get(name)) * scale
+    return None
+
+
 def _message(exc: openai.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, dict):
@@ -203,9 +247,13 @@ class Remote:
     def create_batch(
         self, *, file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str]
     ) -> BatchInfo:
-        """Create a batch, with no SDK retry (see __init__)."""
-        return _call(
-            lambda: _batch_info(
+        """Create a batch, with no SDK retry (see __init__).
+
+        Raises QueueFullError or RateLimitedError for a 429 (nothing was created); any
+        other TransientRemoteError leaves it uncertain whether the batch exists.
+        """
+        try:
+            return _batch_info(
                 self._create_client.batches.create(
                     input_file_id=file_id,
                     endpoint=endpoint,  # type: ignore[arg-type]
@@ -213,7 +261,8 @@ class Remote:
                     metadata=metadata,
                 )
             )
-        )
+        except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
+            raise _create_error(exc) from exc
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         return _call(lambda: _batch_info(self.client.batches.retrieve(batch_id)))
@@ -228,6 +277,34 @@ class Remote:
                 yield info
         except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
             raise _translate(exc) from exc
+
+    def recent_batches(
+        self, *, since: float, wanted: set[str], max_pages: int
+    ) -> dict[str, BatchInfo]:
+        """One paged pass over batches.list, newest first: the wanted ones found.
+
+        Stops at the first batch created before `since`, once every wanted id was seen, or
+        after `max_pages` pages (100 batches each), whichever comes first.
+        """
+
+        def go() -> dict[str, BatchInfo]:
+            found: dict[str, BatchInfo] = {}
+            page = self.client.batches.list(limit=100)
+            for _ in range(max_pages):
+                for b in page.data:
+                    info = _batch_info(b)
+                    if info.created_at < since:
+                        return found
+                    if info.id in wanted:
+                        found[info.id] = info
+                        if len(found) == len(wanted):
+                            return found
+                if not page.has_next_page():
+                    break
+                page = page.get_next_page()
+            return found
+
+        return _call(go)
 
     def cancel(self, batch_id: str) -> BatchInfo:
         return _call(lambda: _batch_info(self.client.batches.cancel(batch_id)))

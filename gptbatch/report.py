@@ -175,6 +175,11 @@ class ConsoleReporter:
                 f"{f['batch']}: file {f['file']} is gone from the API; its requests count as "
                 "missing (retried while attempts remain)"
             )
+        if kind == "slow_finalizing":
+            return (
+                f"{f['batch']}: still finalizing after {_n(f['seconds'])}s; it holds its queue "
+                "room until it completes (nothing to do but wait)"
+            )
         if kind == "batch_failed":
             lines = [f"{f['batch']}: failed validation at the API"]
             lines += [f"  {p}" for p in f["problems"]]

@@ -46,10 +46,11 @@ project: {project}
 #   enqueued_tokens: null          # your tier's batch queue limit (prompt tokens):
 #                                  # one integer, or per model: {{gpt-4o-mini: 2000000, "*": 90000}}
 #   safety_margin: 0.1             # keep 10% of that limit free: estimates can be low
-#   max_requests_per_batch: 50000  # the Batch API's cap
+#   max_requests_per_batch: 50000  # the Batch API's cap (Azure: 100000)
 #   max_bytes_per_batch: 200000000 # 200 MB, the Batch API's cap
 #   enqueued_requests: null        # most requests queued at once (default: no cap)
 #   max_cost: null                 # US dollars: stop submitting beyond this estimate
+#   pipeline: 4                    # batches per model in flight at once (queue kept full)
 
 # completion_window: 24h   # the only window the Batch API offers
 # metadata: {{}}             # up to 12 tags of your own on every batch
@@ -61,6 +62,7 @@ project: {project}
 #   factor: 1.5
 
 # api:
+#   provider: openai             # or azure (Azure OpenAI v1 API), or compatible
 #   base_url: null               # default: OPENAI_BASE_URL, else the OpenAI API
 #   api_key_env: OPENAI_API_KEY  # read from the environment or a .env file; never here
 #   organization: null

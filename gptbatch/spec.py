@@ -57,6 +57,7 @@ class Limits:
     max_bytes_per_batch: int
     enqueued_requests: int | Mapping[str, int] | None
     max_cost: float | None
+    pipeline: int = 4
 
     def token_limit(self, model: str) -> int | None:
         """The enqueued-token limit for model (a map's "*" covers other models); None: none."""
@@ -909,6 +910,7 @@ def _limits(raw: Mapping[str, Any]) -> Limits:
         max_bytes_per_batch=int(raw["max_bytes_per_batch"]),
         enqueued_requests=count(raw["enqueued_requests"]),
         max_cost=None if raw["max_cost"] is None else float(raw["max_cost"]),
+        pipeline=int(raw.get("pipeline", 4)),
     )
 
 

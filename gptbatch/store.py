@@ -500,6 +500,18 @@ class Store:
         for row in cur:  # custom_ids are unique across inputs, so keys are too
             yield RequestRow(*row)
 
+    def pending_totals(self) -> dict[tuple[str | None, str], int]:
+        """Estimated tokens of the pending, unpacked requests per (model, url)."""
+        cur = self.db.execute(
+            "SELECT r.model, r.url, sum(r.tokens) FROM requests r"
+            " LEFT JOIN results s ON s.key=r.key"
+            " WHERE (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+            " AND NOT EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
+            f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
+            " GROUP BY r.model, r.url"
+        )
+        return {(model, url): int(total or 0) for model, url, total in cur}
+
     def result_counts(self, path: str) -> dict[str, int]:
         """How many of an input's requests are ok, failed for good, or missing."""
         row = self.db.execute(

@@ -35,6 +35,8 @@ class Fault:
     after_requests: int = 0
     code: str | None = None
     message: str | None = None
+    limit: int = 0  # queue_full: the limit the 429 states (0: the model's configured one)
+    unit: str = "tokens"  # queue_full: "tokens" or "requests"
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -43,6 +45,8 @@ class Fault:
             raise ValueError(f"fault {self.kind}: count, sizes and delays must be >= 0")
         if self.attempts is not None and self.attempts < 1:
             raise ValueError(f"fault {self.kind}: attempts must be >= 1")
+        if self.unit not in ("tokens", "requests"):
+            raise ValueError(f"fault {self.kind}: unit must be tokens or requests")
         if not 100 <= self.status <= 599:
             raise ValueError(f"fault {self.kind}: status {self.status} is not an HTTP status")
 
@@ -81,6 +85,15 @@ class Fault:
     ) -> Fault:
         """Handle the call (the batch IS created), then drop the connection without replying."""
         return cls("lost_reply", method=method, path=path, count=count)
+
+    @classmethod
+    def queue_full(
+        cls, limit: int = 0, *, unit: str = "tokens", count: int = 1, path: str = "/v1/batches"
+    ) -> Fault:
+        """Answer batches.create with 429 "Enqueued token (or request) limit reached"."""
+        return cls(
+            "queue_full", method="POST", path=path, status=429, count=count, limit=limit, unit=unit
+        )
 
     @classmethod
     def request_error(
@@ -139,6 +152,7 @@ FAULT_KINDS = (
     "batch_fail",
     "batch_expire",
     "batch_cancel",
+    "queue_full",
 )
 
 # Which keys each kind takes in the spec language (beyond the kind itself).
@@ -151,6 +165,7 @@ _SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "batch_fail": ("custom_id", "count", "code", "message"),
     "batch_expire": ("custom_id", "count", "after_requests"),
     "batch_cancel": ("custom_id", "count", "after_requests"),
+    "queue_full": ("limit", "unit", "count"),
 }
 
 _SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -159,6 +174,7 @@ _SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
     "lost_reply": {"method": "POST", "path": "/v1/batches"},
     "request": {"status": 400, "count": 0},
     "batch_fail": {"code": "server_error"},
+    "queue_full": {"method": "POST", "path": "/v1/batches", "status": 429},
 }
 
 FAULT_HELP = """\
@@ -181,11 +197,14 @@ Fault SPEC mini-language: KIND[:KEY=VALUE,KEY=VALUE...]  (count=0 means every ti
                         stall the next matching batch after 3 results so it expires
   batch_cancel:after_requests=3
                         cancel the next matching batch from outside after 3 results
+  queue_full:limit=90000,unit=tokens,count=1
+                        answer the next batches.create with 429 "Enqueued token limit
+                        reached ... Limit: 90,000" (limit 0: the model's configured one)
 Paths and custom_ids are shell-style globs (*, ?, [...]); dashes in KIND are accepted."""
 
 
 def _convert(kind: str, key: str, raw: str, spec: str) -> Any:
-    ints = {"status", "count", "after_bytes", "attempts", "after_requests"}
+    ints = {"status", "count", "after_bytes", "attempts", "after_requests", "limit"}
     floats = {"retry_after", "delay"}
     try:
         if key in ints:
@@ -250,6 +269,9 @@ class SimConfig:
     completion_window_seconds: float = 86_400.0  # how long any window lasts here
     completion_windows: tuple[str, ...] = ("24h",)  # what batches.create accepts
     token_limits: dict[str, int] = field(default_factory=dict)  # enqueued tokens per model
+    # True: a batch holds its tokens from creation (validating included), as the real
+    # queue does; False: only from in_progress until it ends.
+    hold_from_creation: bool = False
     request_limits: dict[str, int] = field(default_factory=dict)  # enqueued requests per model
     max_requests_per_batch: int = 50_000
     max_bytes_per_batch: int = 200 * MiB

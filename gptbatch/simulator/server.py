@@ -216,6 +216,12 @@ class _Handler(BaseHTTPRequestHandler):
             record(failure.status, "http")
             self._send_fault(failure)
             return
+        full = service.take_route_fault("queue_full", method, path)
+        if full is not None:
+            error = service.queue_full_error(_json_body(body), full)
+            record(429, "queue_full")
+            self._send_json(429, error.body())
+            return
         try:
             result = self._route(method, path, url.query, body)
         except ApiError as exc:

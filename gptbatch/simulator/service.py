@@ -659,6 +659,29 @@ class BatchService:
         self._event(batch, "validating", self._t)
         return batch.public()
 
+    def queue_full_error(self, params: Any, fault: Fault) -> ApiError:
+        """The 429 a full queue gives batches.create, naming the model of its input file."""
+        with self._lock:
+            model = ""
+            file_id = params.get("input_file_id") if isinstance(params, dict) else None
+            source = self._files.get(file_id) if isinstance(file_id, str) else None
+            if source is not None:
+                for line in source.data.splitlines():
+                    with contextlib.suppress(ValueError, AttributeError):
+                        model = str(json.loads(line)["body"]["model"])
+                        break
+            limits = self._token_limits if fault.unit == "tokens" else self._request_limits
+            limit = fault.limit or limits.get(model, 0)
+            unit = "token" if fault.unit == "tokens" else "request"
+            return ApiError(
+                429,
+                f"Enqueued {unit} limit reached for {model} in organization "
+                f"{self.config.organization}. Limit: {limit:,} enqueued {fault.unit}. "
+                "Please try again once some in_progress batches have been completed.",
+                type="invalid_request_error",
+                code=f"{unit}_limit_exceeded",
+            )
+
     def _batch(self, batch_id: str) -> _Batch:
         batch = self._batches.get(batch_id)
         if batch is None:
@@ -735,11 +758,14 @@ class BatchService:
             self._advance()
             return self._enqueued(model)
 
-    def _enqueued(self, model: str) -> tuple[int, int]:
+    def _enqueued(self, model: str, exclude: _Batch | None = None) -> tuple[int, int]:
+        holding = ("in_progress", "finalizing", "cancelling")
+        if self.config.hold_from_creation:
+            holding += ("validating",)
         held = [
             b
             for b in self._batches.values()
-            if b.model == model and b.status in ("in_progress", "finalizing", "cancelling")
+            if b.model == model and b.status in holding and b is not exclude
         ]
         return sum(b.total_tokens for b in held), sum(len(b.requests) for b in held)
 
@@ -865,7 +891,7 @@ class BatchService:
             return
         model = batch.model or ""
         org = self.config.organization
-        held_tokens, held_requests = self._enqueued(model)
+        held_tokens, held_requests = self._enqueued(model, exclude=batch)
         token_limit = self._token_limits.get(model)
         if token_limit is not None and held_tokens + batch.total_tokens > token_limit:
             self._fail(

@@ -87,7 +87,9 @@ def test_stale_state_copy_adopts_batches_instead_of_resubmitting(
     """CI restores an old .gptbatch/: a shard it has as `ready` is already at the API."""
     reqs = [padded_chat(f"r{i}") for i in range(10)]  # ~101 tokens each: shards of 6 and 4
     project = make_project(
-        tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": 700, "safety_margin": 0.0}
+        tmp_path,
+        {"requests.jsonl": reqs},
+        limits={"enqueued_tokens": 700, "safety_margin": 0.0, "pipeline": 1},
     )
     state = project.out / ".gptbatch"
     assert project.build("--no-wait") == EXIT_PENDING
@@ -243,7 +245,7 @@ def test_token_limit_learned_from_refusal_when_none_is_configured(
 ) -> None:
     sim = simulator_factory(token_limits={MODEL: 600})
     reqs = [padded_chat(f"r{i}") for i in range(10)]  # ~1,000 tokens in all
-    project = make_project(tmp_path, {"requests.jsonl": reqs})
+    project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"pipeline": 1})
     assert project.build() == EXIT_OK
 
     # One refusal teaches the limit (600, so 540 usable): the rest is repacked to fit it.
@@ -339,7 +341,9 @@ def test_request_over_the_service_limit_fails_for_good_after_a_refusal(
     """batch.yaml allows 100,000 tokens; the service holds 800 and says so when it refuses."""
     sim = simulator_factory(token_limits={MODEL: 800})
     reqs = [padded_chat("big", 900)] + [padded_chat(f"s{i}", 50) for i in range(3)]
-    project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": 100_000})
+    project = make_project(
+        tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": 100_000, "pipeline": 1}
+    )
     capsys.readouterr()
     assert project.build() == EXIT_FAILED_REQUESTS
     captured = capsys.readouterr()
@@ -364,7 +368,9 @@ def test_request_only_over_the_lowered_budget_is_sent_alone(
     assert 720 < tokens.estimate_request(big["url"], big["body"]).tokens < 800
     assert sim.service.prompt_tokens(big["url"], big["body"]) < 800
     reqs = [big] + [padded_chat(f"s{i}", 50) for i in range(3)]
-    project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": 100_000})
+    project = make_project(
+        tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": 100_000, "pipeline": 1}
+    )
     assert project.build() == EXIT_OK
 
     members = batch_members(sim)

@@ -58,7 +58,7 @@ def slow_project(tmp_path: Path, n: int = 12, poll: float = 0.02):
     return reqs, make_project(
         tmp_path,
         {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": 260, "safety_margin": 0},
+        limits={"enqueued_tokens": 260, "safety_margin": 0, "pipeline": 1},
         polling={"initial_seconds": poll, "max_seconds": max(poll, 0.2)},
     )
 

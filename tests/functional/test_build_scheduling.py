@@ -85,7 +85,12 @@ def test_refusals_below_our_budget_lower_it_and_reuse_files(
     project = make_project(
         tmp_path,
         {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": 2_000, "safety_margin": 0.1, "max_requests_per_batch": 8},
+        limits={
+            "enqueued_tokens": 2_000,
+            "safety_margin": 0.1,
+            "max_requests_per_batch": 8,
+            "pipeline": 1,
+        },
     )
     assert project.build("--json") == EXIT_OK
     seen = storm_checks(sim, project, reqs, json_events(capsys.readouterr().out))
@@ -107,7 +112,12 @@ def test_refused_shards_too_big_for_the_service_are_repacked(
     project = make_project(
         tmp_path,
         {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": 2_000, "safety_margin": 0.1, "max_requests_per_batch": 8},
+        limits={
+            "enqueued_tokens": 2_000,
+            "safety_margin": 0.1,
+            "max_requests_per_batch": 8,
+            "pipeline": 1,
+        },
     )
     assert project.build("--json") == EXIT_OK
     events = json_events(capsys.readouterr().out)
@@ -129,7 +139,12 @@ def test_queue_keeps_two_shards_in_flight_within_budget(
     project = make_project(
         tmp_path,
         {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": 2_000, "safety_margin": 0.1, "max_requests_per_batch": 8},
+        limits={
+            "enqueued_tokens": 2_000,
+            "safety_margin": 0.1,
+            "max_requests_per_batch": 8,
+            "pipeline": 1,
+        },
     )
     assert project.build("--json") == EXIT_OK
     weights = estimated(sim)

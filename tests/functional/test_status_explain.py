@@ -39,7 +39,7 @@ def test_explain_in_flight_and_queued_shards(tmp_path: Path, simulator_factory, 
     project = make_project(
         tmp_path,
         {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": 500, "max_requests_per_batch": 4},
+        limits={"enqueued_tokens": 500, "max_requests_per_batch": 4, "pipeline": 1},
     )
     assert project.build("--no-wait") == EXIT_PENDING
     sim.clock.advance(VALIDATING + 0.01)  # in_progress, barely started

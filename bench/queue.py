@@ -1,0 +1,219 @@
+"""Benchmark queue occupancy: how full `gptbatch build` keeps the enqueued-token queue.
+
+    python bench/queue.py [--requests 600] [--limit 30000] [--pipelines 1,2,4,8]
+                          [--before REF] [--time-scale 50]
+
+The simulator holds a batch's tokens from creation to completion (hold_from_creation) and
+processes each batch at its own rate (total_tokens_per_second=0: no shared cap), so
+splitting work into smaller batches only helps if it keeps the queue full. Each build runs
+as a separate `gptbatch build` process polling every 5 simulated seconds. `--before REF`
+also runs the engine of a git revision (e.g. the commit before pipelining) on the same
+work. Figures, all from the simulator's journal:
+
+  occupancy  time-averaged enqueued tokens (the simulator's own count) / limit, from the
+             first batch created to the last one finished
+  makespan   that span, in simulated seconds
+  calls      API calls per batch and per simulated hour (uploads, creates, polls, downloads)
+  refused    batches failed with token_limit_exceeded
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's directory comes first on sys.path, and this file's name
+# would shadow the standard library's `queue` (which the HTTP client imports).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import tarfile  # noqa: E402
+import tempfile  # noqa: E402
+from io import BytesIO  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from gptbatch.simulator import SimConfig, Simulator  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "gpt-4o-mini"
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def requests(n: int, seed: int = 0) -> list[dict]:
+    """n chat requests of ~250-550 prompt tokens (~400 on average)."""
+    rng = random.Random(seed)
+    return [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": " ".join(
+                            rng.choice(WORDS) for _ in range(rng.randint(120, 270))
+                        ),
+                    }
+                ],
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def sim_config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        time_scale=args.time_scale,
+        tokens_per_second=args.rate,
+        total_tokens_per_second=0.0,
+        validating_seconds=5.0,
+        finalizing_seconds=5.0,
+        token_limits={MODEL: args.limit},
+        hold_from_creation=True,
+    )
+
+
+def project(root: Path, reqs: list[dict], args: argparse.Namespace, pipeline: int | None) -> Path:
+    (root / "inputs").mkdir(parents=True)
+    with open(root / "inputs" / "requests.jsonl", "w") as f:
+        for r in reqs:
+            f.write(json.dumps(r) + "\n")
+    poll = 5.0 / args.time_scale  # 5 simulated seconds
+    limits: dict = {"enqueued_tokens": args.limit, "safety_margin": args.margin}
+    if pipeline is not None:
+        limits["pipeline"] = pipeline
+    doc = {
+        "version": 1,
+        "inputs": ["inputs/requests.jsonl"],
+        "output_dir": "out",
+        "project": f"bench-{root.name}",
+        "limits": limits,
+        "polling": {"initial_seconds": poll, "max_seconds": poll, "factor": 1},
+    }
+    config = root / "batch.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return config
+
+
+def measure(sim: Simulator, limit: int) -> dict:
+    """Occupancy, makespan, calls and refusals from the simulator's journal."""
+    weight = {}
+    for b in sim.service.batches():
+        data = sim.service.file_content(b["input_file_id"])
+        weight[b["id"]] = sum(
+            sim.service.prompt_tokens(r["url"], r["body"])
+            for r in (json.loads(line) for line in data.splitlines() if line.strip())
+        )
+    events = sorted(sim.journal.events, key=lambda e: e.at)
+    start, end = events[0].at, events[-1].at
+    status: dict[str, str] = {}
+    area, held, last = 0.0, 0, start
+    for e in events:
+        area += held * (e.at - last)
+        last = e.at
+        before = status.get(e.batch_id)
+        status[e.batch_id] = e.status
+        was = before is not None and before not in TERMINAL
+        now = e.status not in TERMINAL
+        held += weight[e.batch_id] * (int(now) - int(was))
+    span = max(end - start, 1e-9)
+    batches = sim.service.batches()
+    refused = sum(
+        1
+        for b in batches
+        if b["status"] == "failed"
+        and any(x["code"] == "token_limit_exceeded" for x in (b["errors"] or {}).get("data", []))
+    )
+    calls = len(sim.journal.calls)
+    return {
+        "occupancy": area / (limit * span),
+        "makespan": span,
+        "batches": len(batches),
+        "refused": refused,
+        "calls_per_batch": calls / max(1, len(batches)),
+        "calls_per_hour": calls / (span / 3600),
+        "billed_twice": sum(1 for v in sim.journal.billed_counts().values() if v > 1),
+    }
+
+
+def run(args: argparse.Namespace, pipeline: int | None, code: Path) -> dict:
+    reqs = requests(args.requests)
+    with tempfile.TemporaryDirectory() as tmp, Simulator(sim_config(args)) as sim:
+        sim.service.prompt_tokens("/v1/chat/completions", reqs[0]["body"])  # load the tokenizer
+        config = project(Path(tmp), reqs, args, pipeline)
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": sim.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "PYTHONPATH": str(code),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "gptbatch", "build", str(config)],
+            env=env,
+            cwd=code,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"build failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        return measure(sim, args.limit)
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The gptbatch package of a git revision, extracted under `into`."""
+    data = subprocess.run(
+        ["git", "archive", "--format=tar", ref, "gptbatch"], cwd=REPO, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--limit", type=int, default=30_000)
+    parser.add_argument("--margin", type=float, default=0.05)
+    parser.add_argument("--rate", type=float, default=50.0, help="tokens/s of one batch")
+    parser.add_argument("--time-scale", type=float, default=50.0)
+    parser.add_argument("--pipelines", default="1,2,4,8")
+    parser.add_argument("--before", help="also run this git revision's engine (one at a time)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.before:
+            rows.append(
+                (
+                    f"{args.before} (one at a time)",
+                    run(args, None, checkout(args.before, Path(tmp))),
+                )
+            )
+        for k in (int(x) for x in args.pipelines.split(",")):
+            rows.append((f"pipeline k={k}", run(args, k, REPO)))
+    print(
+        f"{args.requests} chat requests, limit {args.limit:,} tokens, margin {args.margin}, "
+        f"{args.rate:g} tokens/s per batch, polling every 5 simulated s"
+    )
+    print(
+        f"{'run':<28} {'occupancy':>9} {'makespan s':>10} {'batches':>7} {'refused':>7} "
+        f"{'calls/batch':>11} {'calls/hour':>10}"
+    )
+    for name, m in rows:
+        print(
+            f"{name:<28} {m['occupancy']:>9.3f} {m['makespan']:>10,.0f} {m['batches']:>7} "
+            f"{m['refused']:>7} {m['calls_per_batch']:>11.1f} {m['calls_per_hour']:>10,.0f}"
+            + ("  BILLED TWICE" if m["billed_twice"] else "")
+        )
+
+
+if __name__ == "__main__":
+    main()

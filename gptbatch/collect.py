@@ -1,0 +1,300 @@
+"""Collecting: poll -> download -> classify -> record, for every batch of ours not yet collected.
+
+Polling is one paged `batches.list` pass per round (newest first, stopping at the oldest
+batch of ours still uncollected, or once all of them were seen), so a round costs one call
+per 100 batches instead of one `retrieve` per batch; a batch the pages did not show is
+retrieved on its own. A batch that stays in `finalizing` for long is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gptbatch.crash import crashpoint
+from gptbatch.errors import NotFoundError, TransientRemoteError
+from gptbatch.remote import BatchInfo, Remote, stated_queue_limit
+from gptbatch.report import Reporter
+from gptbatch.scheduler import Scheduler
+from gptbatch.spec import Spec
+from gptbatch.store import BatchRow, ShardRow, Store
+from gptbatch.submit import Submitter, refused
+
+RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
+SLOW_FINALIZING_SECONDS = 900.0  # a batch finalizing longer than this is reported
+
+
+class Collector:
+    """Finds out what the API did with our batches and records every result exactly once."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        store: Store,
+        remote: Remote,
+        report: Reporter,
+        scheduler: Scheduler,
+        submitter: Submitter,
+        *,
+        slow_finalizing: float = SLOW_FINALIZING_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.remote = remote
+        self.report = report
+        self.scheduler = scheduler
+        self.submitter = submitter
+        self.work_dir = store.directory
+        self.slow_finalizing = slow_finalizing
+        self.clock = clock
+        self.finished: list[tuple[str, BatchInfo]] = []  # seen finished, not yet downloaded
+        self.finalizing_since: dict[str, float] = {}
+        self.slow_reported: set[str] = set()
+
+    # --- polling -------------------------------------------------------------------------
+
+    def statuses(self, batches: list[BatchRow]) -> dict[str, BatchInfo | None]:
+        """What the API says of each batch now (None: it no longer knows it); one list pass.
+
+        A batch missing from the answer could not be asked about this round.
+        """
+        found: dict[str, BatchInfo | None] = {}
+        if len(batches) >= 2:
+            try:
+                # Listing pays off only while it takes fewer calls than one retrieve each.
+                found.update(
+                    self.remote.recent_batches(
+                        since=min(b.created_at or 0 for b in batches),
+                        wanted={b.id for b in batches},
+                        max_pages=len(batches) - 1,
+                    )
+                )
+            except TransientRemoteError as exc:
+                self.report.event("api_retry", batch="", error=f"listing batches: {exc}")
+        for batch in batches:
+            if batch.id in found:
+                continue
+            try:
+                found[batch.id] = self.remote.retrieve(batch.id)
+            except TransientRemoteError as exc:
+                self.report.event("api_retry", batch=batch.id, error=str(exc))
+            except NotFoundError:
+                found[batch.id] = None
+        return found
+
+    def poll(self) -> bool:
+        """One round: record every status change; settle failed batches; queue finished ones.
+
+        Finished batches are downloaded by `collect_finished`, after the scheduler has used
+        the room they left.
+        """
+        changed = False
+        self.finished = []
+        batches = [b for b in self.store.batches() if not b.collected]
+        if not batches:
+            return False
+        found = self.statuses(batches)
+        for batch in batches:
+            if batch.id not in found:
+                continue
+            info = found[batch.id]
+            if info is None:
+                self.batch_gone(batch.shard, batch.id)
+                changed = True
+                continue
+            if info.status != batch.status:
+                changed = True
+                self.report.event(
+                    "status",
+                    batch=batch.id,
+                    status=info.status,
+                    completed=info.completed,
+                    failed=info.failed,
+                    total=info.total,
+                )
+                with self.store.transaction():
+                    self.submitter.save_batch(batch.shard, info)
+            self.watch_finalizing(info)
+            if info.status == "failed":
+                self.collect(batch.shard, info)
+                changed = True
+            elif info.terminal:
+                self.finished.append((batch.shard, info))
+                changed = True
+        return changed
+
+    def watch_finalizing(self, info: BatchInfo) -> None:
+        """Report a batch that has been finalizing for long: it holds queue room meanwhile."""
+        if info.status != "finalizing":
+            self.finalizing_since.pop(info.id, None)
+            return
+        now = self.clock()
+        since = self.finalizing_since.setdefault(info.id, now)
+        if now - since >= self.slow_finalizing and info.id not in self.slow_reported:
+            self.slow_reported.add(info.id)
+            self.report.event("slow_finalizing", batch=info.id, seconds=round(now - since))
+
+    def collect_finished(self) -> bool:
+        """Download and record the batches the last poll saw finished."""
+        changed = False
+        for shard_id, info in self.finished:
+            try:
+                self.collect(shard_id, info)
+            except TransientRemoteError as exc:
+                self.report.event("api_retry", batch=info.id, error=str(exc))
+                continue
+            changed = True
+        self.finished = []
+        return changed
+
+    def collect(self, shard_id: str, info: BatchInfo) -> None:
+        """Record a finished batch's results against its requests, in one transaction."""
+        shard = self.store.shard(shard_id)
+        assert shard is not None
+        if info.status == "failed":
+            self.collect_failed(shard, info)
+            return
+        downloads: list[Path] = []
+        gone: list[str] = []
+        for file_id in (info.output_file_id, info.error_file_id):
+            if file_id:
+                path = self.work_dir / "downloads" / f"{file_id}.jsonl"
+                try:
+                    self.remote.download(file_id, path)
+                except NotFoundError:  # deleted or expired: its requests count as missing
+                    gone.append(file_id)
+                    self.report.event("file_gone", batch=info.id, file=file_id, status=info.status)
+                    continue
+                downloads.append(path)
+        crashpoint("after_download")
+        seen: set[str] = set()
+        counts = {"ok": 0, "failed": 0, "retry": 0}
+        with self.store.transaction():
+            for path in downloads:
+                with open(path, "rb") as f:
+                    for raw in f:
+                        if not raw.strip():
+                            continue
+                        text = raw.decode("utf-8").rstrip("\r\n")
+                        obj = json.loads(text)
+                        key = self.store.member_key(shard_id, str(obj.get("custom_id")))
+                        if key is None or key in seen:
+                            continue
+                        seen.add(key)
+                        state, error = classify(obj)
+                        counts[self.record(key, state, text, error, info.id)] += 1
+            for key, _ in self.store.members(shard_id):
+                if key not in seen:
+                    why = f"no result in batch {info.id} ({info.status})"
+                    if gone:
+                        why += f"; its file {', '.join(gone)} was gone from the API"
+                    counts[self.record(key, "retry", None, why, info.id)] += 1
+            self.store.mark_collected(info.id)
+            if shard.batch_id == info.id or shard.state != "done":
+                self.store.update_shard(shard_id, state="done")
+        crashpoint("after_collect")
+        for path in downloads:
+            path.unlink(missing_ok=True)
+        if info.status == "completed":
+            with self.store.transaction():
+                change = self.scheduler.budget.raise_(shard.model)
+            self.scheduler.report_budget(shard.model, change, "a batch completed")
+        self.scheduler.dirty = True
+        self.report.event("collected", batch=info.id, status=info.status, **counts)
+
+    def batch_gone(self, shard_id: str, batch_id: str) -> None:
+        """The API no longer knows a batch of ours: its unfinished requests are retried."""
+        with self.store.transaction():
+            for key, _ in self.store.members(shard_id):
+                self.record(key, "retry", None, f"batch {batch_id} no longer exists", batch_id)
+            self.store.mark_collected(batch_id)
+            shard = self.store.shard(shard_id)
+            if shard is not None and shard.batch_id == batch_id:
+                self.store.update_shard(shard_id, state="done", note="batch gone at the API")
+        self.scheduler.dirty = True
+        self.report.event(
+            "api_retry",
+            batch=batch_id,
+            error="the API no longer knows this batch; its unfinished requests are retried",
+        )
+
+    def record(self, key: str, state: str, line: str | None, error: str | None, batch: str) -> str:
+        """Record one outcome; a retryable one past the retry limit becomes final."""
+        old = self.store.result(key)
+        attempts = (old.attempts if old else 0) + 1
+        if state == "retry" and attempts > self.spec.retries:
+            state = "failed"
+            error = f"gave up after {attempts} attempts: {error}"
+        row = self.store.record_result(key, state=state, line=line, error=error, batch_id=batch)
+        return row.state
+
+    def collect_failed(self, shard: ShardRow, info: BatchInfo) -> None:
+        """A failed batch processed nothing: a refusal waits, a validation failure is mapped."""
+        store = self.store
+        self.scheduler.dirty = True
+        if shard.batch_id != info.id and shard.state != "submitting":
+            # An extra batch of a shard that has another (adopted duplicate): nothing to redo.
+            with store.transaction():
+                store.mark_collected(info.id)
+            return
+        if refused(info):
+            error = info.errors[0]
+            stated = stated_queue_limit(error.message)
+            self.scheduler.refused(
+                shard,
+                unit="requests" if error.code == "request_limit_exceeded" else "tokens",
+                stated=stated[1] if stated else None,
+                message=error.message,
+                code=error.code,
+                batch=info.id,
+                sized_at=shard.updated_at or 0.0,
+                collected=info.id,
+            )
+            return
+        members = store.members(shard.id)
+        problems: list[str] = []
+        with store.transaction():
+            lined = [e for e in info.errors if e.line]
+            for e in lined:
+                if 1 <= e.line <= len(members):  # type: ignore[operator]
+                    key = members[e.line - 1][0]  # type: ignore[operator]
+                    row = store.locate(key)
+                    where = f"{row.path}:{row.line}" if row else f"line {e.line} of the shard"
+                    msg = f"{where}: rejected by the API: {e.code}: {e.message}"
+                    problems.append(msg)
+                    store.record_result(key, state="failed", error=msg, batch_id=info.id)
+            if not lined:
+                msg = "; ".join(f"{e.code}: {e.message}" for e in info.errors) or "batch failed"
+                for key, _ in members:
+                    self.record(key, "retry", None, f"batch {info.id} failed: {msg}", info.id)
+            store.mark_collected(info.id)
+            store.update_shard(
+                shard.id,
+                state="done" if not lined else "dropped",
+                note=f"batch failed: {info.errors[0].code if info.errors else ''}",
+            )
+        self.report.event("batch_failed", batch=info.id, problems=problems[:20])
+
+
+def classify(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """Sort one output/error line into ok, failed (final) or retry."""
+    response = obj.get("response") or {}
+    error = obj.get("error")
+    status = response.get("status_code")
+    if status == 200 and not error:
+        return "ok", None
+    if error:
+        code = error.get("code") if isinstance(error, dict) else str(error)
+        msg = f"{code}: {error.get('message') if isinstance(error, dict) else ''}"
+        return ("retry" if code in RETRYABLE_ERROR_CODES or code is None else "failed"), msg
+    body = response.get("body") or {}
+    err = body.get("error") if isinstance(body, dict) else None
+    detail = err.get("message") if isinstance(err, dict) else None
+    msg = f"HTTP {status}: {detail or 'no detail'}"
+    if status in (408, 409, 429) or (isinstance(status, int) and status >= 500):
+        return "retry", msg
+    return "failed", msg

@@ -1,0 +1,469 @@
+"""What goes next under the queue budget: working budgets, learned limits, shard sizing.
+
+Pipelining: with a token budget B per model, shards are filled (first fit over a window of
+the next pending requests) to B / k tokens, k = limits.pipeline, so k of them always fit in
+B together: while one batch turns over (poll delay, download, upload, validation) the others
+keep the queue held, and the next shard goes the moment one is seen finished. At the tail,
+once what is left fits in B, shards shrink to a k-th of what is left (never below an eighth
+of B / k), so the last batches are small and finish close together.
+
+Pure functions first (`shard_target`, `fill_shard`, `refusal_delay`); `Budget` keeps learned
+limits in the store; `Scheduler` packs shards into the store and says which may go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gptbatch.pricing import usd
+from gptbatch.report import Reporter
+from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, shard_key
+from gptbatch.spec import Spec
+from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
+from gptbatch.summary import BuildSummary
+
+TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
+SMALLEST_SHARE = 8  # tail shards never go below (B / k) / 8 tokens
+FILL_LOOKAHEAD = 2_000  # pending requests a shard may be filled from (first fit)
+DEFAULT_PIPELINE = 4
+
+
+# --- pure sizing ----------------------------------------------------------------------------
+
+
+def shard_target(working: int, pipeline: int, remaining: int) -> int:
+    """Tokens one shard aims at: B / k, or a k-th of what is left once it all fits in B."""
+    pipeline = max(1, pipeline)
+    full = max(1, working // pipeline)
+    if pipeline > 1 and remaining <= working:
+        return min(full, max(-(-remaining // pipeline), full // SMALLEST_SHARE, 1))
+    return full
+
+
+@dataclass(frozen=True)
+class Room:
+    """What one new shard may hold: tokens (aimed at), and hard room beside what flies."""
+
+    tokens: int
+    tokens_room: int  # working budget less tokens in flight (a lone request may use it all)
+    requests: int
+    bytes: int
+    inputs: int | None
+    alone: bool  # nothing in flight: the first request goes even if larger than the room
+
+
+def fill_shard(rows: Iterable[Any], room: Room, lookahead: int = FILL_LOOKAHEAD) -> list[Any]:
+    """Rows (with tokens, nbytes, inputs) for one shard: in order, then first fit.
+
+    Takes requests in input order until the next does not fit, then keeps looking at up to
+    `lookahead` further requests for ones that fill the rest, so the shard ends within one
+    request of its size. A first request larger than the aim goes alone if it fits the room.
+    """
+    chosen: list[Any] = []
+    tokens = requests = nbytes = inputs = 0
+    misses = 0
+    for row in rows:
+        fits = (
+            tokens + row.tokens <= room.tokens
+            and requests + 1 <= room.requests
+            and nbytes + row.nbytes <= room.bytes
+            and (room.inputs is None or inputs + row.inputs <= room.inputs)
+        )
+        if not fits and not chosen and (room.alone or row.tokens <= room.tokens_room):
+            return [row]  # larger than the aim: alone, within the room
+        if fits:
+            chosen.append(row)
+            tokens, requests = tokens + row.tokens, requests + 1
+            nbytes, inputs = nbytes + row.nbytes, inputs + row.inputs
+            if tokens >= room.tokens or requests >= room.requests:
+                break
+        else:
+            misses += 1
+            if misses > lookahead:
+                break
+    return chosen
+
+
+def refusal_delay(initial: float, maximum: float, attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter over its upper half: attempt 0 -> [i/2, i]."""
+    ceiling = min(maximum, initial * 2 ** min(attempt, 16))
+    return ceiling * (0.5 + 0.5 * rng.random())
+
+
+# --- budgets --------------------------------------------------------------------------------
+
+
+class Budget:
+    """Working queue budgets per model: lowered on refusals, raised on success, remembered.
+
+    The token budget starts at limits.enqueued_tokens * (1 - safety_margin); with no
+    configured limit it is learned from the first refusal. The request budget is the
+    configured limits.enqueued_requests, lowered to any limit a refusal states. Both live
+    in the state's meta table, so the next run starts from what this one learned.
+    """
+
+    def __init__(self, spec: Spec, store: Store) -> None:
+        self.spec = spec
+        self.store = store
+
+    def nominal(self, model: str | None) -> int | None:
+        limit = self.spec.limits.token_limit(model or "")
+        if limit is None:
+            return None
+        return max(1, int(limit * (1 - self.spec.limits.safety_margin)))
+
+    def _smallest(self, configured: int | None, meta_key: str) -> int | None:
+        stated = self.store.get_meta(meta_key)
+        known = [x for x in (configured, int(stated) if stated else None) if x is not None]
+        return min(known) if known else None
+
+    def hard_limit(self, model: str | None) -> int | None:
+        """The most tokens one batch may ever hold: configured or stated by the API."""
+        return self._smallest(self.spec.limits.token_limit(model or ""), f"stated:{model}")
+
+    def requests(self, model: str | None) -> int | None:
+        """The enqueued-request budget: configured, or lower if the API said so."""
+        return self._smallest(self.spec.limits.request_limit(model or ""), f"requests:{model}")
+
+    def working(self, model: str | None) -> int | None:
+        nominal = self.nominal(model)
+        saved = self.store.get_meta(f"budget:{model}")
+        if nominal is None:
+            return int(saved) if saved else None
+        return min(nominal, int(saved)) if saved else nominal
+
+    def lower(
+        self,
+        model: str | None,
+        *,
+        unit: str,
+        stated: int | None,
+        submitted_at: float,
+        shard_tokens: int,
+    ) -> tuple[int | None, int] | None:
+        """After a refusal: shrink to 3/4, or at once below the limit the API names.
+
+        A batch submitted before the last lowering was sized for the old budget: its
+        refusal says nothing new, so it does not lower the budget again.
+        """
+        if unit == "requests":
+            if stated is not None:
+                self.store.set_meta(f"requests:{model}", str(stated))
+            return None
+        current = self.working(model)
+        lowered_at = float(self.store.get_meta(f"budget_lowered_at:{model}") or 0)
+        if submitted_at < lowered_at:
+            return None
+        self.store.set_meta(f"budget_lowered_at:{model}", str(time.time()))
+        new = max(1, int((current if current is not None else shard_tokens) * 0.75))
+        if stated is not None:
+            self.store.set_meta(f"stated:{model}", str(stated))
+            new = max(1, min(new, int(stated * (1 - self.spec.limits.safety_margin))))
+        self.store.set_meta(f"budget:{model}", str(new))
+        return current, new
+
+    def raise_(self, model: str | None) -> tuple[int, int] | None:
+        """After a batch completes: grow back by a tenth, up to the nominal budget."""
+        nominal, current = self.nominal(model), self.working(model)
+        if current is None or (nominal is not None and current >= nominal):
+            return None
+        new = current + max(1, (nominal or current) // 10)
+        hard = self.hard_limit(model)
+        ceiling = [
+            x for x in (nominal, hard and int(hard * (1 - self.spec.limits.safety_margin))) if x
+        ]
+        if ceiling:
+            new = min(new, *ceiling)
+        if new <= current:
+            return None
+        self.store.set_meta(f"budget:{model}", str(new))
+        return current, new
+
+
+# --- the scheduler ----------------------------------------------------------------------------
+
+Group = tuple[str | None, str]
+
+
+class Scheduler:
+    """Packs pending requests into shards and says which shard may go to the API now."""
+
+    def __init__(
+        self, spec: Spec, store: Store, report: Reporter, budget: Budget, summary: BuildSummary
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.report = report
+        self.budget = budget
+        self.summary = summary
+        self.pipeline = max(1, getattr(spec.limits, "pipeline", DEFAULT_PIPELINE))
+        self.dirty = True  # pending requests may need packing
+
+    # --- caps and room ---------------------------------------------------------------
+
+    def caps(self, model: str | None, url: str) -> Caps:
+        limits = self.spec.limits
+        # A request count is exact, so the enqueued-request cap needs no safety margin.
+        request_limit = self.budget.requests(model)
+        return Caps(
+            max_tokens=self.budget.working(model),
+            max_requests=min(limits.max_requests_per_batch, request_limit or 1 << 62),
+            max_bytes=limits.max_bytes_per_batch,
+            max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
+        )
+
+    def in_flight(self, model: str | None, exclude: str | None = None) -> tuple[int, int]:
+        """(tokens, requests) of this model's shards holding queue room at the API.
+
+        A shard counts from the intent to create until its batch is seen finished: a
+        batch the last poll saw completed no longer holds room, though its results may
+        not be downloaded yet, so the next shard goes before the download.
+        """
+        tokens = requests = 0
+        for s in self.store.shards(IN_FLIGHT_SHARD_STATES):
+            if s.model != model or s.id == exclude:
+                continue
+            batch = self.store.batch(s.batch_id) if s.batch_id else None
+            if batch is not None and batch.status in TERMINAL_BATCH_STATUSES:
+                continue
+            tokens, requests = tokens + s.tokens, requests + s.requests
+        return tokens, requests
+
+    def fits_queue(self, shard: ShardRow) -> bool:
+        """Does the shard fit beside what is in flight? A shard alone always may go."""
+        tokens_in, requests_in = self.in_flight(shard.model, exclude=shard.id)
+        working = self.budget.working(shard.model)
+        if working is not None and tokens_in and tokens_in + shard.tokens > working:
+            return False
+        limit = self.budget.requests(shard.model)
+        return limit is None or not requests_in or requests_in + shard.requests <= limit
+
+    def within_spend_cap(self, shard: ShardRow) -> bool:
+        cap = self.spec.limits.max_cost
+        if cap is None:
+            return True
+        committed = self.store.committed_cost(exclude=shard.id)
+        cost = self.store.shard_cost(shard.id)  # from current prices, not packing-time ones
+        if cost is None:
+            reason = (
+                f"no price known for model {shard.model!r}, so limits.max_cost cannot be "
+                f"checked: add prices.{shard.model} to batch.yaml"
+            )
+        elif committed + cost > cap:
+            reason = (
+                f"spend cap reached: {usd(committed)} of {usd(cap)} committed; the next shard "
+                f"({shard.requests:,} requests) would cost {usd(cost)}: raise "
+                "limits.max_cost to continue"
+            )
+        else:
+            if cost != shard.cost or shard.note:
+                with self.store.transaction():
+                    self.store.update_shard(shard.id, cost=cost, note=None)
+            return True
+        with self.store.transaction():
+            self.store.update_shard(shard.id, cost=cost, note=reason)
+        if self.summary.stopped_by_cost != reason:
+            self.summary.stopped_by_cost = reason
+            self.report.event("spend_cap", message=reason)
+        return False
+
+    def too_big_after_refusal(self, shard: ShardRow) -> bool:
+        """Release a refused shard larger than the lowered budget, so it is repacked smaller."""
+        if not shard.refusals or shard.requests < 2:
+            return False
+        working = self.budget.working(shard.model)
+        requests = self.budget.requests(shard.model)
+        if (working is None or shard.tokens <= working) and (
+            requests is None or shard.requests <= requests
+        ):
+            return False
+        with self.store.transaction():
+            self.store.update_shard(shard.id, state="dropped", note="over lowered budget")
+        self.report.event(
+            "dropped", shard=shard.id[:12], reason="larger than the lowered queue budget"
+        )
+        self.dirty = True
+        self.plan()
+        return True
+
+    def refused(
+        self,
+        shard: ShardRow,
+        *,
+        unit: str,
+        stated: int | None,
+        message: str | None,
+        code: str | None,
+        batch: str,
+        sized_at: float,
+        collected: str | None = None,
+    ) -> None:
+        """The API had no queue room for a shard: lower the budget, let the shard wait.
+
+        Nothing was processed, so the shard keeps its uploaded file and goes again once
+        room appears (repacked smaller if it no longer fits the lowered budget).
+        """
+        polling = self.spec.polling
+        delay = min(polling.max_seconds, polling.initial_seconds * 2 ** min(shard.refusals, 10))
+        with self.store.transaction():
+            change = self.budget.lower(
+                shard.model,
+                unit=unit,
+                stated=stated,
+                submitted_at=sized_at,
+                shard_tokens=shard.tokens,
+            )
+            if collected:
+                self.store.mark_collected(collected)
+            self.store.update_shard(
+                shard.id,
+                state="waiting",
+                batch_id=None,
+                refusals=shard.refusals + 1,
+                not_before=time.time() + delay,
+                note=message,
+            )
+        self.summary.refusals += 1
+        self.dirty = True
+        self.report.event(
+            "refused", shard=shard.id[:12], batch=batch, code=code, wait=round(delay, 2)
+        )
+        self.report_budget(shard.model, change, "the API refused work for lack of queue room")
+
+    def report_budget(
+        self, model: str | None, change: tuple[int | None, int] | None, reason: str
+    ) -> None:
+        if change:
+            self.report.event("budget", model=model, old=change[0], new=change[1], reason=reason)
+
+    # --- packing -----------------------------------------------------------------------
+
+    def budgeted(self, model: str | None) -> bool:
+        """Are this model's shards cut for pipelining (it has a token budget)?"""
+        return self.budget.working(model) is not None
+
+    def plan(self) -> int:
+        """Pack every pending request into new shards; return how many were made.
+
+        With a token budget, shards are filled to B / k (first fit over a window of the
+        next pending requests), shrinking at the tail; without one, the content-defined
+        packer cuts them under the per-batch caps.
+        """
+        self.dirty = False
+        left = self.store.pending_totals()
+        packers: dict[Group, Packer] = {}
+        buffers: dict[Group, list[Any]] = {}
+        windows: dict[Group, list[Any]] = {}
+        made = 0
+        with self.store.transaction(), contextlib.closing(self.store.pending_requests()) as rows:
+            for row in rows:
+                group = (row.model, row.url)
+                if group not in packers and group not in windows:
+                    if self.budgeted(row.model):
+                        windows[group] = []
+                    else:
+                        packers[group] = Packer(self.caps(*group))
+                        buffers[group] = []
+                caps = packers[group].caps if group in packers else self.caps(*group)
+                if self.oversized(row, caps):
+                    left[group] = left.get(group, 0) - row.tokens
+                    made += 1
+                    continue
+                if group in windows:
+                    windows[group].append(row)
+                    while len(windows[group]) >= FILL_LOOKAHEAD:
+                        made += self._cut(group, windows[group], left)
+                    continue
+                buffers[group].append(row)
+                for size in packers[group].add(Item(row.key, row.tokens, row.nbytes, row.inputs)):
+                    made += self._add_shard(group, buffers[group][:size]) is not None
+                    del buffers[group][:size]
+            for group, window in windows.items():
+                while window:
+                    made += self._cut(group, window, left)
+            for group, packer in packers.items():
+                for size in packer.finish():
+                    made += self._add_shard(group, buffers[group][:size]) is not None
+                    del buffers[group][:size]
+        return made
+
+    def _cut(self, group: Group, window: list[Any], left: dict[Group, int]) -> int:
+        """Cut one pipelined shard from the front of a window of pending rows."""
+        model, url = group
+        working = self.budget.working(model) or 1
+        caps = self.caps(model, url)
+        target = shard_target(working, self.pipeline, max(0, left.get(group, 0)))
+        room = Room(target, target, caps.max_requests, caps.max_bytes, caps.max_inputs, True)
+        chosen = fill_shard(window, room, lookahead=len(window)) or window[:1]
+        taken = {id(r) for r in chosen}
+        window[:] = [r for r in window if id(r) not in taken]
+        left[group] = left.get(group, 0) - sum(r.tokens for r in chosen)
+        return self._add_shard(group, chosen) is not None
+
+    def oversized(self, row: RequestRow, caps: Caps) -> bool:
+        """Handle a request that no shard under the caps can hold: alone, or failed for good."""
+        over_tokens = caps.max_tokens is not None and row.tokens > caps.max_tokens
+        over_other = row.nbytes > caps.max_bytes or (
+            caps.max_inputs is not None and row.inputs > caps.max_inputs
+        )
+        hard = self.budget.hard_limit(row.model)
+        over_hard = hard is not None and row.tokens > hard
+        if not over_tokens and not over_other and not over_hard:
+            return False
+        if over_other or over_hard:
+            limit = (
+                f"{caps.max_bytes:,} bytes / {caps.max_inputs or 0:,} inputs per batch"
+                if over_other
+                else f"the enqueued-token limit of {hard:,} for {row.model}"
+            )
+            why = (
+                f"{row.path}:{row.line}: request has ~{row.tokens:,} tokens and {row.nbytes:,} "
+                f"bytes, more than {limit}: it can never be queued; split it into smaller "
+                "requests"
+            )
+            self.store.record_result(row.key, state="failed", error=why, attempt=False)
+            self.report.event("too_large", message=why)
+        else:  # only over the (lowered) working budget: it goes alone
+            self._add_shard((row.model, row.url), [row])
+        return True
+
+    def _add_shard(self, group: Group, rows: Sequence[Any]) -> str | None:
+        if not rows:
+            return None
+        model, url = group
+        sid = self.store.new_shard_id(shard_key(model, url, [r.key for r in rows]))
+        costs = [r.cost for r in rows]
+        self.store.add_shard(
+            sid,
+            model=model,
+            url=url,
+            members=[(r.key, r.custom_id) for r in rows],
+            tokens=sum(r.tokens for r in rows),
+            nbytes=sum(r.nbytes for r in rows),
+            cost=None if any(c is None for c in costs) else sum(costs),  # type: ignore[misc]
+        )
+        self.report.event(
+            "planned",
+            shard=sid[:12],
+            model=model,
+            url=url,
+            requests=len(rows),
+            tokens=sum(r.tokens for r in rows),
+        )
+        return sid
+
+    def drop_stale_shards(
+        self, states: tuple[str, ...] = ("ready", "uploading", "uploaded", "waiting")
+    ) -> None:
+        """Release unsent shards holding requests that are no longer in the inputs."""
+        with self.store.transaction():
+            for shard in self.store.shards(states):
+                if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id)):
+                    self.store.update_shard(shard.id, state="dropped", note="inputs changed")
+                    self.dirty = True
+                    self.report.event("dropped", shard=shard.id[:12], reason="inputs changed")

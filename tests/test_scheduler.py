@@ -1,0 +1,73 @@
+"""The scheduler's pure parts: shard targets, first-fit filling, backoff; slow finalizing."""
+
+from __future__ import annotations
+
+import random
+from collections import namedtuple
+
+from gptbatch.collect import Collector
+from gptbatch.remote import BatchInfo
+from gptbatch.scheduler import Room, fill_shard, refusal_delay, shard_target
+
+Row = namedtuple("Row", "name tokens nbytes inputs")
+
+
+def rows(*tokens: int) -> list[Row]:
+    return [Row(f"r{i}", t, 10, 1) for i, t in enumerate(tokens)]
+
+
+def room(tokens: int, requests: int = 1_000, alone: bool = True) -> Room:
+    return Room(tokens, tokens, requests, 10_000, None, alone)
+
+
+def test_target_is_a_kth_of_the_budget_and_shrinks_at_the_tail() -> None:
+    assert shard_target(28_500, 4, 200_000) == 7_125
+    assert shard_target(28_500, 1, 200_000) == 28_500
+    assert shard_target(28_500, 4, 20_000) == 5_000  # the rest fits: a k-th of it
+    assert shard_target(28_500, 4, 2_000) == 890  # never below an eighth of B / k
+    # Any k shards at the target fit the budget together.
+    assert all(k * shard_target(28_500, k, 10**6) <= 28_500 for k in range(1, 65))
+
+
+def test_fill_takes_in_order_then_first_fit_within_the_aim() -> None:
+    chosen = fill_shard(rows(400, 400, 300, 500, 150, 90), room(1_000))
+    assert [r.tokens for r in chosen] == [400, 400, 150]  # 300 and 500 do not fit; 150 does
+    assert sum(r.tokens for r in chosen) <= 1_000
+
+
+def test_fill_sends_a_request_larger_than_the_aim_alone() -> None:
+    assert [r.tokens for r in fill_shard(rows(1_500, 10), room(1_000))] == [1_500]
+
+
+def test_fill_respects_the_request_cap() -> None:
+    assert len(fill_shard(rows(*[1] * 50), room(1_000, requests=7))) == 7
+
+
+def test_backoff_grows_with_jitter_and_stays_under_the_cap() -> None:
+    rng = random.Random(1)
+    delays = [refusal_delay(1.0, 30.0, n, rng) for n in range(8)]
+    assert 0.5 <= delays[0] <= 1.0 and 2.0 <= delays[2] <= 4.0
+    assert all(d <= 30.0 for d in delays)
+    assert len({round(refusal_delay(1.0, 30.0, 3, rng), 6) for _ in range(5)}) > 1
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def event(self, kind: str, **fields: object) -> None:
+        self.events.append((kind, fields))
+
+
+def test_a_batch_long_in_finalizing_is_reported_once() -> None:
+    now = [1_000.0]
+    report = Recorder()
+    collector = Collector.__new__(Collector)
+    collector.report, collector.clock, collector.slow_finalizing = report, lambda: now[0], 600.0
+    collector.finalizing_since, collector.slow_reported = {}, set()
+    info = BatchInfo("batch_1", "finalizing", "/v1/chat/completions", "file-1", None, None, 0)
+    for step in range(0, 1_300, 100):
+        now[0] = 1_000.0 + step
+        collector.watch_finalizing(info)
+    slow = [f for k, f in report.events if k == "slow_finalizing"]
+    assert slow == [{"batch": "batch_1", "seconds": 600}]
