@@ -33,10 +33,14 @@ from buildkit import (
     make_project,
     padded_chat,
     submissions,
+    write_jsonl,
 )
 
-from gptbatch.errors import EXIT_ERROR, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.canonical import canonical_json
+from gptbatch.errors import EXIT_ERROR, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING, InputError
+from gptbatch.requests import read_requests
 from gptbatch.simulator import Fault, request_digest
+from gptbatch.simulator.validation import parse_input
 
 MODEL = "gpt-4o-mini"
 SHORT_WINDOW = 100.0  # simulated seconds: a stalled batch expires after ~1 real second
@@ -193,12 +197,33 @@ def test_token_limit_storm_converges_and_bills_once(tmp_path: Path, simulator_fa
     check_outputs(project, reqs)
 
 
+def accepted_here_rejected_there(sim: Any, tmp_path: Path) -> tuple[dict[str, Any], str]:
+    """A chat request gptbatch's own checks accept and the simulator's validation rejects,
+    with the simulator's message (which one depends on how far each check goes)."""
+    robot = chat("r2")
+    robot["body"]["messages"] = [{"role": "robot", "content": "Hi"}]
+    no_messages = chat("r2")
+    del no_messages["body"]["messages"]
+    for candidate in (robot, no_messages):
+        path = tmp_path / "candidate.jsonl"
+        write_jsonl(path, [candidate])
+        try:
+            list(read_requests([path]))
+        except InputError:
+            continue  # refused locally: never reaches the API
+        parsed = parse_input(
+            canonical_json(candidate) + b"\n", candidate["url"], sim.config, sim.service.counter
+        )
+        if parsed.errors:
+            return candidate, parsed.errors[0]["message"]
+    pytest.fail("no request passes the local checks and fails the API's")
+
+
 @pytest.mark.timeout(60)
 def test_validation_failure_fails_one_request_for_good_and_builds_the_rest(
     tmp_path: Path, simulator
 ) -> None:
-    bad = chat("r2")
-    del bad["body"]["messages"]  # the API requires messages: the batch fails at validation
+    bad, message = accepted_here_rejected_there(simulator, tmp_path)
     reqs = [chat("r0"), chat("r1"), bad, chat("r3")]
     project = make_project(tmp_path, {"requests.jsonl": reqs})
     assert project.build() == EXIT_FAILED_REQUESTS
@@ -209,7 +234,7 @@ def test_validation_failure_fails_one_request_for_good_and_builds_the_rest(
     check_outputs(project, good)
     (error,) = project.errors()
     assert error["custom_id"] == "r2" and error["input"].endswith("requests.jsonl:3")
-    assert "Messages parameter is required" in error["error"]
+    assert message in error["error"]
     assert submissions(simulator, "r2") == 1
 
 
