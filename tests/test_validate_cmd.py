@@ -180,8 +180,8 @@ BAD: list[tuple[str, str, dict[str, bytes], list[str]]] = [
         {"in.jsonl": jl({**chat("a"), "url": "v1/chat/completions"})},
         [
             "in.jsonl:1: url 'v1/chat/completions' is not a Batch API endpoint: use one of "
-            "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/completions, /v1/moderations, "
-            "/v1/images/generations, /v1/images/edits, /v1/videos"
+            "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/completions, "
+            "/v1/moderations, /v1/images/generations, /v1/images/edits, /v1/videos"
         ],
     ),
     (
