@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch.crash import crashpoint
-from gptbatch.errors import NotFoundError, TransientRemoteError
+from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
 from gptbatch.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.report import Reporter
 from gptbatch.scheduler import Scheduler
@@ -25,6 +25,7 @@ from gptbatch.submit import Submitter, refused
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 SLOW_FINALIZING_SECONDS = 900.0  # a batch finalizing longer than this is reported
+GONE_AFTER = 3  # 404s in a row (one per poll round) before a batch or file counts as gone
 
 
 class Collector:
@@ -54,6 +55,9 @@ class Collector:
         self.finished: list[tuple[str, BatchInfo]] = []  # seen finished, not yet downloaded
         self.finalizing_since: dict[str, float] = {}
         self.slow_reported: set[str] = set()
+        # 404s seen per batch or file id: one 404 can be a blip (or a request routed to the
+        # wrong project); taking it as "gone" would pay for the work again.
+        self.not_found: dict[str, int] = {}
 
     # --- polling -------------------------------------------------------------------------
 
@@ -103,9 +107,11 @@ class Collector:
                 continue
             info = found[batch.id]
             if info is None:
-                self.batch_gone(batch.shard, batch.id)
-                changed = True
+                if self.confirmed_gone(batch.id, batches):
+                    self.batch_gone(batch.shard, batch.id)
+                    changed = True
                 continue
+            self.not_found.pop(batch.id, None)
             if info.status != batch.status:
                 changed = True
                 self.report.event(
@@ -126,6 +132,32 @@ class Collector:
                 self.finished.append((batch.shard, info))
                 changed = True
         return changed
+
+    def confirmed_gone(self, batch_id: str, uncollected: list[BatchRow]) -> bool:
+        """Is a batch that got a 404 really gone? Only after GONE_AFTER 404s in a row, and
+        only if the API still knows a batch of ours it finished (else the key changed)."""
+        strikes = self.not_found[batch_id] = self.not_found.get(batch_id, 0) + 1
+        if strikes < GONE_AFTER:
+            self.report.event(
+                "api_retry",
+                batch=batch_id,
+                error=f"the API says it does not know this batch ({strikes} of {GONE_AFTER} "
+                "checks); asking again before its requests are sent again",
+            )
+            return False
+        known = next((b for b in self.store.batches() if b.collected), None)
+        if known is not None:
+            try:
+                self.remote.retrieve(known.id)
+            except NotFoundError:
+                raise RemoteError(
+                    f"the API knows neither batch {batch_id} nor the finished batch {known.id} "
+                    "of this project: the API key, organization or project probably changed. "
+                    "Nothing was resubmitted; use the key that made these batches"
+                ) from None
+            except TransientRemoteError:
+                return False
+        return True
 
     def watch_finalizing(self, info: BatchInfo) -> None:
         """Report a batch that has been finalizing for long: it holds queue room meanwhile."""
@@ -165,7 +197,13 @@ class Collector:
                 path = self.work_dir / "downloads" / f"{file_id}.jsonl"
                 try:
                     self.remote.download(file_id, path)
-                except NotFoundError:  # deleted or expired: its requests count as missing
+                except NotFoundError as exc:  # deleted or expired: its requests count as missing
+                    strikes = self.not_found[file_id] = self.not_found.get(file_id, 0) + 1
+                    if strikes < GONE_AFTER:  # a blip is retried, not paid for again
+                        raise TransientRemoteError(
+                            f"file {file_id} of batch {info.id} not found ({strikes} of "
+                            f"{GONE_AFTER} tries): {exc}"
+                        ) from exc
                     gone.append(file_id)
                     self.report.event("file_gone", batch=info.id, file=file_id, status=info.status)
                     continue

@@ -56,7 +56,9 @@ INPUTS = ("a.jsonl", "b.jsonl")
 def kill_project(tmp_path: Path) -> tuple[dict[str, list[dict[str, Any]]], Project]:
     """Six ~100-token requests in two inputs, a queue budget of two: three batches in turn."""
     inputs = {name: [padded_chat(f"{name[0]}{i}", 90) for i in range(3)] for name in INPUTS}
-    project = make_project(tmp_path, inputs, limits={"enqueued_tokens": 260, "safety_margin": 0})
+    project = make_project(
+        tmp_path, inputs, limits={"enqueued_tokens": 260, "safety_margin": 0, "pipeline": 1}
+    )
     return inputs, project
 
 
