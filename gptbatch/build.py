@@ -68,7 +68,14 @@ UNSENT_SHARD_STATES = ("submitting", "ready", "uploading", "uploaded", "waiting"
 
 
 def run_build(
-    spec: Spec, remote: Remote, reporter: Reporter, *, wait: bool = True, keep_going: bool = False
+    spec: Spec,
+    remote: Remote,
+    reporter: Reporter,
+    *,
+    wait: bool = True,
+    keep_going: bool = False,
+    force: bool = False,
+    retry_failed: bool = False,
 ) -> BuildSummary:
     """Lock the output directory, open its state and build; bad input leaves no trace.
 
@@ -84,7 +91,8 @@ def run_build(
         store = Store(directory)
         try:
             before = usage.account(store, spec.prices)
-            summary = Builder(spec, store, remote, reporter, keep_going=keep_going).run(wait=wait)
+            builder = Builder(spec, store, remote, reporter, keep_going=keep_going)
+            summary = builder.run(wait=wait, force=force, retry_failed=retry_failed)
             summary.usage_total = usage.account(store, spec.prices)
             summary.usage_run = summary.usage_total - before
             summary.seconds = time.monotonic() - started
@@ -171,8 +179,14 @@ class Builder:
 
     # --- the loop ------------------------------------------------------------------------
 
-    def run(self, *, wait: bool = True) -> BuildSummary:
-        """Build until everything is done (or, without wait, do one pass)."""
+    def run(
+        self, *, wait: bool = True, force: bool = False, retry_failed: bool = False
+    ) -> BuildSummary:
+        """Build until everything is done (or, without wait, do one pass).
+
+        force (make -B) sends every current request again; retry_failed gives requests that
+        failed for good another round of attempts. Both act on this spec's inputs only.
+        """
         # Bad input raises here, before anything is submitted or any output rewritten.
         output_paths(self.spec.inputs, self.spec.output_dir)  # refuse clobbering before paying
         # Under the lock nobody else writes here: a temp file is a killed run's leftover.
@@ -180,6 +194,12 @@ class Builder:
             self.spec.output_dir, self.work_dir / "downloads", self.work_dir / "shards"
         )
         sync_inputs(self.spec, self.store, self.report, keep_going=self.keep_going)
+        if force or retry_failed:
+            with self.store.transaction():
+                reset = self.store.reset_results(
+                    [str(p) for p in self.spec.inputs], only_failed=not force
+                )
+            self.report.event("reset", requests=reset, force=force, retry_failed=retry_failed)
         try:
             self.scheduler.drop_stale_shards()
             reconciled = False

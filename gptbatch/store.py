@@ -582,6 +582,22 @@ class Store:
         )
         return ResultRow(key, state, attempts, line, error, batch_id)
 
+    def reset_results(self, paths: list[str], *, only_failed: bool) -> int:
+        """Make these inputs' requests pending again (all, or those failed for good).
+
+        The only way a final result is ever replaced: the user asked for it (build --force or
+        --retry-failed). Attempts start again from zero.
+        """
+        marks = ",".join("?" * len(paths))
+        states = "('failed')" if only_failed else "('ok', 'failed', 'retry')"
+        cur = self.db.execute(
+            f"UPDATE results SET state='retry', attempts=0, error='rebuild asked for'"
+            f" WHERE state IN {states}"
+            f" AND key IN (SELECT key FROM requests WHERE path IN ({marks}))",
+            paths,
+        )
+        return cur.rowcount
+
     def ok_lines_after(self, rowid: int) -> Iterator[tuple[int, str]]:
         """(rowid, line) of successful results recorded after rowid, in record order."""
         cur = self.db.execute(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -47,6 +49,29 @@ def register(sub: Any) -> None:
         "<output_dir>/<input>.jsonl in input order. Safe to stop and rerun at any time.",
     )
     p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="INPUT",
+        help="build only these of the config's inputs (default: all)",
+    )
+    p.add_argument(
+        "-B",
+        "--force",
+        action="store_true",
+        help="send every request again, results or not (as make -B); costs money",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="give requests that failed for good another round of attempts",
+    )
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop submitting before the estimated spend passes USD (overrides limits.max_cost)",
+    )
     p.add_argument(
         "--no-wait",
         action="store_true",
@@ -147,7 +172,34 @@ def _models(spec: Spec) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    return execute(load_spec(args.config), args)[0]
+    config, targets = args.config, list(args.targets)
+    if config is not None and config.endswith(".jsonl"):  # `gptbatch build in/a.jsonl`
+        config, targets = None, [config, *targets]
+    spec = load_spec(config)
+    if targets:
+        spec = dataclasses.replace(spec, inputs=chosen_inputs(spec, targets))
+    if args.max_cost is not None:
+        if not math.isfinite(args.max_cost) or args.max_cost < 0:
+            raise UsageError(
+                f"--max-cost {args.max_cost}: give a dollar amount, e.g. --max-cost 20"
+            )
+        spec = dataclasses.replace(
+            spec, limits=dataclasses.replace(spec.limits, max_cost=args.max_cost)
+        )
+    return execute(spec, args)[0]
+
+
+def chosen_inputs(spec: Spec, targets: list[str]) -> tuple[Path, ...]:
+    """The config's inputs named on the command line, in config order; UsageError if not."""
+    wanted = {os.path.realpath(t): t for t in targets}
+    known = {os.path.realpath(p) for p in spec.inputs}
+    missing = [t for real, t in wanted.items() if real not in known]
+    if missing:
+        raise UsageError(
+            f"{', '.join(missing)}: not an input of {spec.path.name}; targets must be among its "
+            f"inputs ({len(spec.inputs)} files; `gptbatch validate` lists them)"
+        )
+    return tuple(p for p in spec.inputs if os.path.realpath(p) in wanted)
 
 
 def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
@@ -166,6 +218,8 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
             reporter,
             wait=not args.no_wait,
             keep_going=getattr(args, "keep_going", False),
+            force=getattr(args, "force", False),
+            retry_failed=getattr(args, "retry_failed", False),
         )
     if not args.json:
         print_summary(summary, spec)
