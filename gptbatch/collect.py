@@ -8,6 +8,7 @@ retrieved on its own. A batch that stays in `finalizing` for long is reported, n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -237,6 +238,10 @@ class Collector:
         crashpoint("after_collect")
         for path in downloads:
             path.unlink(missing_ok=True)
+        if self.spec.delete_uploads and info.input_file_id:
+            # Not found or not now: it expires by itself (upload_expires_after).
+            with contextlib.suppress(NotFoundError, TransientRemoteError):
+                self.remote.delete_file(info.input_file_id)
         if info.status == "completed":
             with self.store.transaction():
                 change = self.scheduler.budget.raise_(shard.model)

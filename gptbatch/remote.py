@@ -222,12 +222,17 @@ class Remote:
     def base_url(self) -> str:
         return str(self.client.base_url)
 
-    def upload(self, path: Path, filename: str) -> FileInfo:
-        """Upload a JSONL file with purpose=batch."""
+    def upload(self, path: Path, filename: str, *, expires_after: int | None = None) -> FileInfo:
+        """Upload a JSONL file with purpose=batch, expiring expires_after seconds after upload."""
+        expiry: Any = (
+            {"anchor": "created_at", "seconds": expires_after} if expires_after else openai.omit
+        )
 
         def go() -> FileInfo:
             with open(path, "rb") as f:
-                obj = self.client.files.create(file=(filename, f), purpose="batch")
+                obj = self.client.files.create(
+                    file=(filename, f), purpose="batch", expires_after=expiry
+                )
             return FileInfo(obj.id, obj.filename, obj.bytes, obj.created_at)
 
         return _call(go)
@@ -245,7 +250,13 @@ class Remote:
         return _call(go)
 
     def create_batch(
-        self, *, file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str]
+        self,
+        *,
+        file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, str],
+        output_expires_after: int | None = None,
     ) -> BatchInfo:
         """Create a batch, with no SDK retry (see __init__).
 
@@ -259,6 +270,11 @@ class Remote:
                     endpoint=endpoint,  # type: ignore[arg-type]
                     completion_window=completion_window,  # type: ignore[arg-type]
                     metadata=metadata,
+                    output_expires_after=(
+                        {"anchor": "created_at", "seconds": output_expires_after}
+                        if output_expires_after
+                        else openai.omit
+                    ),
                 )
             )
         except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:

@@ -53,6 +53,9 @@ project: {project}
 #   pipeline: 4                    # batches per model in flight at once (queue kept full)
 
 # completion_window: 24h   # the only window the Batch API offers
+# upload_expires_after: 2592000  # seconds until the API deletes an uploaded input file
+# output_expires_after: null     # seconds until it deletes output files (default: 30 days)
+# delete_uploads: false          # true: delete an input file once its results are in
 # metadata: {{}}             # up to 12 tags of your own on every batch
 # retries: 3               # resubmit expired, cancelled, 429 and 5xx results this often
 

@@ -128,6 +128,9 @@ class Spec:
     polling: Polling
     api: ApiSettings
     prices: Mapping[str, Mapping[str, float]]
+    upload_expires_after: int = 2_592_000
+    output_expires_after: int | None = None
+    delete_uploads: bool = False
 
 
 def load_schema() -> dict[str, Any]:
@@ -210,6 +213,9 @@ def _load(path: str | Path | None) -> Spec:
             model: {k: float(v) for k, v in price.items()}
             for model, price in full["prices"].items()
         },
+        upload_expires_after=int(full["upload_expires_after"]),
+        output_expires_after=full["output_expires_after"],
+        delete_uploads=bool(full["delete_uploads"]),
     )
 
 

@@ -132,7 +132,9 @@ class Submitter:
                 with store.transaction():
                     store.update_shard(shard.id, state="uploading")
                 crashpoint("before_upload")
-                file_id = self.remote.upload(path, filename).id
+                file_id = self.remote.upload(
+                    path, filename, expires_after=self.spec.upload_expires_after
+                ).id
                 crashpoint("after_upload")
             with store.transaction():
                 store.update_shard(shard.id, state="uploaded", file_id=file_id)
@@ -158,6 +160,7 @@ class Submitter:
                 endpoint=shard.url,
                 completion_window=self.spec.completion_window,
                 metadata=metadata,
+                output_expires_after=self.spec.output_expires_after,
             )
         except QueueFullError as exc:
             self.queue_full(store.shard(shard.id) or shard, exc, attempted_at)

@@ -322,7 +322,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
         filename, data = fields["file"]
         purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace").strip()
-        return self.server.service.create_file(filename or "upload", purpose, data)
+        seconds = fields.get("expires_after[seconds]", (None, b""))[1].strip()
+        try:
+            expires_after = float(seconds) if seconds else None
+        except ValueError:
+            raise ApiError(400, "Invalid 'expires_after.seconds'.", param="expires_after") from None
+        return self.server.service.create_file(filename or "upload", purpose, data, expires_after)
 
 
 def _json_body(body: bytes) -> Any:

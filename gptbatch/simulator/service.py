@@ -291,8 +291,9 @@ class BatchService:
         if op == "file":
             if data is None:
                 raise ValueError("a file record needs the file's bytes")
+            ttl = record.get("ttl", FILE_TTL_SECONDS)
             added = self._add_file(
-                record["id"], record["filename"], record["purpose"], data, self._t, FILE_TTL_SECONDS
+                record["id"], record["filename"], record["purpose"], data, self._t, ttl
             )
             return added.public()
         appliers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -447,9 +448,18 @@ class BatchService:
 
     # --- files -------------------------------------------------------------------------
 
-    def create_file(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
-        """Store an uploaded file; validate purpose, name and size like the real API."""
+    def create_file(
+        self, filename: str, purpose: str, data: bytes, expires_after: float | None = None
+    ) -> dict[str, Any]:
+        """Store an uploaded file; validate purpose, name, size and expiry like the real API."""
         self._check_upload(filename, purpose, data)
+        if expires_after is not None and not 3600 <= expires_after <= 2_592_000:
+            raise ApiError(
+                400,
+                "Invalid 'expires_after.seconds': must be between 3600 and 2592000.",
+                param="expires_after.seconds",
+                code="invalid_value",
+            )
         state = self._state
         staged = None
         if state is not None:  # the slow, durable write of the bytes, without holding the lock
@@ -471,6 +481,8 @@ class BatchService:
                     "purpose": purpose,
                     "bytes": len(data),
                 }
+                if expires_after is not None:
+                    record["ttl"] = float(expires_after)
                 return self._commit(record, data)
         finally:
             if staged is not None:
