@@ -200,6 +200,16 @@ class Builder:
                     [str(p) for p in self.spec.inputs], only_failed=not force
                 )
             self.report.event("reset", requests=reset, force=force, retry_failed=retry_failed)
+        counts = self.store.counts()
+        models = {m for m in self.store.models() if m}
+        self.report.event(
+            "start",
+            total=counts["total"],
+            ok=counts["ok"],
+            failed=counts["failed"],
+            pending=counts["total"] - counts["ok"] - counts["failed"],
+            budgets={m: self.budget.working(m) for m in sorted(models)},
+        )
         try:
             self.scheduler.drop_stale_shards()
             reconciled = False
@@ -237,6 +247,7 @@ class Builder:
                     [interval]
                     + [s.not_before - time.time() for s in active if s.not_before > time.time()]
                 )
+                self.report.event("tick")
                 self.sleep(max(wake, 0.01))
         finally:
             self.finish()

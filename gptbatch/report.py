@@ -29,6 +29,8 @@ class JsonReporter:
         self.stream = stream or sys.stdout
 
     def event(self, kind: str, **fields: Any) -> None:
+        if kind == "tick":  # a redraw for live displays, not an event
+            return
         record = {"event": kind, "time": round(time.time(), 3), **fields}
         self.stream.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         self.stream.flush()
@@ -45,34 +47,83 @@ def _n(value: Any) -> str:
 
 
 class Progress:
-    """What a build has done so far in this run, tallied from its events."""
+    """What a build has done so far, tallied from its events: the live display's model."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
         self.batches: dict[str, str] = {}  # in-flight batch -> status
-        self.ok = self.failed = self.retry = 0
+        self.batch_model: dict[str, tuple[str | None, int]] = {}  # batch -> (model, tokens)
+        self.budgets: dict[str, int | None] = {}
+        self.total = self.done = self.failed_total = 0
+        self.ok = self.failed = self.retry = 0  # collected in this run
 
     def update(self, kind: str, f: dict[str, Any]) -> None:
-        if kind in ("submitted", "adopted"):
+        if kind == "start":
+            self.total, self.done, self.failed_total = f["total"], f["ok"], f["failed"]
+            self.budgets.update(f.get("budgets") or {})
+        elif kind == "budget":
+            self.budgets[f["model"]] = f["new"]
+        elif kind in ("submitted", "adopted"):
             self.batches[f["batch"]] = f.get("status", "validating")
+            self.batch_model[f["batch"]] = (f.get("model"), int(f.get("tokens") or 0))
         elif kind == "status" and f["batch"] in self.batches:
             self.batches[f["batch"]] = f["status"]
         elif kind in ("collected", "refused", "batch_failed"):
             self.batches.pop(f["batch"], None)
+            self.batch_model.pop(f["batch"], None)
             self.ok += f.get("ok", 0)
             self.failed += f.get("failed", 0)
             self.retry += f.get("retry", 0)
 
     def line(self) -> str:
+        """One plain line: batches in flight by status and what was collected."""
         if not self.batches and not (self.ok or self.failed or self.retry):
             return ""
-        states: dict[str, int] = {}
-        for status in self.batches.values():
-            states[status] = states.get(status, 0) + 1
-        detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        detail = self.by_status()
         return (
             f"[{len(self.batches)} batches in flight{': ' + detail if detail else ''}] "
             f"collected {self.ok:,} ok, {self.failed:,} failed, {self.retry:,} to retry"
         )
+
+    def by_status(self) -> str:
+        states: dict[str, int] = {}
+        for status in self.batches.values():
+            states[status] = states.get(status, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+
+    def block(self, width: int = 30) -> list[str]:
+        """The live display: per model a bar of tokens in flight against the budget, then
+        batches by status, requests done / failed / pending, elapsed time and an ETA."""
+        lines = []
+        flying: dict[str | None, int] = {}
+        for model, tokens in self.batch_model.values():
+            flying[model] = flying.get(model, 0) + tokens
+        for model in sorted({*self.budgets, *flying}, key=str):
+            tokens, budget = flying.get(model, 0), self.budgets.get(model)
+            if budget:
+                filled = min(width, round(width * tokens / budget))
+                bar = "#" * filled + "." * (width - filled)
+                lines.append(f"{model or '?':<24} [{bar}] {tokens:,} / {budget:,} tokens in flight")
+            else:
+                lines.append(f"{model or '?':<24} {tokens:,} tokens in flight (no limit set)")
+        detail = self.by_status() or "none"
+        lines.append(f"batches in flight: {len(self.batches)} ({detail})")
+        done, failed = self.done + self.ok, self.failed_total + self.failed
+        pending = max(0, self.total - done - failed)
+        elapsed = self.clock() - self.started
+        rate = (self.ok + self.failed) / elapsed if elapsed > 0 else 0.0
+        eta = _clock(pending / rate) if rate > 0 and pending else ("-" if pending else "0:00:00")
+        lines.append(
+            f"requests: {done:,} done, {failed:,} failed, {pending:,} pending of {self.total:,}"
+            f"   elapsed {_clock(elapsed)}   ETA {eta}"
+        )
+        return lines
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class ConsoleReporter:
@@ -83,7 +134,7 @@ class ConsoleReporter:
         self.verbose = verbose
         self.tty = self.stream.isatty()
         self.progress = Progress()
-        self.status_shown = False
+        self.shown = 0  # lines of the live display on screen (below the log lines)
 
     def say(self, text: str) -> None:
         stamp = "" if self.tty else time.strftime("%H:%M:%S ")
@@ -92,21 +143,24 @@ class ConsoleReporter:
         self.stream.flush()
 
     def clear_status(self) -> None:
-        if self.status_shown:
-            self.stream.write("\r\x1b[K")
-            self.status_shown = False
+        """Erase the live display (the cursor sits at the end of its last line)."""
+        if self.shown:
+            up = f"\x1b[{self.shown - 1}A" if self.shown > 1 else ""
+            self.stream.write(f"\r{up}\x1b[J")
+            self.shown = 0
 
     def event(self, kind: str, **f: Any) -> None:
         self.progress.update(kind, f)
         text = self.render(kind, f)
         if text:
             self.say(text)
-        if self.tty:  # a live status line on a terminal; CI logs get plain lines only
-            line = self.progress.line() if kind != "summary" else ""
+        # On a terminal, a live display under the log lines; CI logs get plain lines only.
+        if self.tty and self.progress.total:
             self.clear_status()
-            if line:
-                self.stream.write(line)
-                self.status_shown = True
+            if kind != "summary":
+                block = self.progress.block()
+                self.stream.write("\n".join(block))
+                self.shown = len(block)
             self.stream.flush()
 
     def render(self, kind: str, f: dict[str, Any]) -> str | None:
@@ -184,6 +238,6 @@ class ConsoleReporter:
             lines = [f"{f['batch']}: failed validation at the API"]
             lines += [f"  {p}" for p in f["problems"]]
             return "\n".join(lines)
-        if kind == "summary":
-            return None  # the CLI prints the summary itself
+        if kind in ("summary", "tick", "start", "usage"):
+            return None  # the CLI prints the summary itself; the others feed the display
         return f"{kind}: {f}" if self.verbose else None

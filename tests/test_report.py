@@ -23,15 +23,35 @@ def test_progress_tallies_events() -> None:
     assert p.line() == ("[1 batches in flight: 1 validating] collected 3 ok, 1 failed, 2 to retry")
 
 
-def test_terminal_gets_a_status_line_and_logs_do_not() -> None:
+def test_terminal_gets_a_live_display_and_logs_do_not() -> None:
     tty, log = FakeTerminal(), io.StringIO()
     for stream in (tty, log):
         r = ConsoleReporter(stream)
-        r.event("submitted", shard="s", batch="b1", model="m", requests=2, tokens=9)
+        r.event("start", total=10, ok=4, failed=0, pending=6, budgets={"m": 100})
+        r.event("submitted", shard="s", batch="b1", model="m", requests=2, tokens=50)
         r.event("collected", batch="b1", status="completed", ok=2, failed=0, retry=0)
-    assert "batches in flight" in tty.getvalue() and "\x1b[K" in tty.getvalue()
+    screen = tty.getvalue()
+    assert "batches in flight" in screen and "\x1b[J" in screen  # redrawn in place
+    assert "[###############...............] 50 / 100 tokens in flight" in screen
+    assert "requests: 6 done, 0 failed, 4 pending of 10" in screen
     assert "batches in flight" not in log.getvalue()
-    assert "submitted b1 (shard s): m, 2 requests, ~9 tokens" in log.getvalue()
+    assert "submitted b1 (shard s): m, 2 requests, ~50 tokens" in log.getvalue()
+
+
+def test_the_display_shows_status_counts_elapsed_and_an_eta() -> None:
+    now = [0.0]
+    p = Progress(clock=lambda: now[0])
+    p.update("start", {"total": 100, "ok": 0, "failed": 0, "budgets": {"m": 1000}})
+    p.update("submitted", {"batch": "b1", "model": "m", "tokens": 250})
+    p.update("submitted", {"batch": "b2", "model": "m", "tokens": 250})
+    p.update("status", {"batch": "b2", "status": "in_progress"})
+    now[0] = 60.0
+    p.update("collected", {"batch": "b1", "ok": 20, "failed": 0, "retry": 0})
+    block = p.block(width=10)
+    assert block[0].startswith("m ") and "[##........] 250 / 1,000 tokens in flight" in block[0]
+    assert block[1] == "batches in flight: 1 (1 in_progress)"
+    # 20 results in a minute, 80 to go: four more minutes.
+    assert block[2].endswith("elapsed 0:01:00   ETA 0:04:00")
 
 
 def test_json_reporter_writes_one_object_per_event() -> None:
