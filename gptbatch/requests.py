@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 
 from gptbatch.canonical import canonical_json, sha256_hex
 from gptbatch.errors import InputError, Problem
+from gptbatch.fastjson import fast_decoder
 
 ENDPOINTS: tuple[str, ...] = (
     "/v1/chat/completions",
@@ -148,7 +149,7 @@ def _reject_constant(name: str) -> Any:
 
 
 # One decoder, built once: json.loads with keyword arguments builds a new one per call.
-_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+_DECODE = fast_decoder(json.JSONDecoder(parse_constant=_reject_constant).decode)
 
 
 class _Reader:

@@ -1,0 +1,82 @@
+"""JSON through orjson wherever the bytes equal the json module's; the json module elsewhere.
+
+orjson parses and serialises an order of magnitude faster, but differs from the json module
+in a few places that content keys must never see:
+
+- parsing: integers beyond 64 bits become floats (json keeps them exact), so a text with a
+  run of 19 or more digits is parsed by json;
+- serialising: floats such as 1e-05 are written "0.00001" (json: float repr), NaN as null,
+  and integers beyond 64 bits, lone surrogates, other types and deep nesting raise; so every
+  float is checked against its repr, only plain dict/list/str/int/float/bool/None trees are
+  given to orjson, and any orjson error falls back to json (which raises its own errors).
+
+tests/test_fastjson.py proves equality on generated documents with hypothesis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; json alone stays correct
+    orjson = None  # type: ignore[assignment]
+
+_JSON_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+_LONG_INT = re.compile(r"[0-9]{19}")
+_MAX_DEPTH = 200  # deeper trees go to json, which raises RecursionError where it always did
+_PLAIN = (str, int, bool, type(None))
+
+
+def _orjson_safe(value: Any, depth: int = 0) -> bool:
+    """Would orjson write value exactly as the json module does (sorted keys, no spaces)?"""
+    kind = type(value)
+    if kind is dict:
+        if depth > _MAX_DEPTH:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not _orjson_safe(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        if depth > _MAX_DEPTH:
+            return False
+        return all(_orjson_safe(item, depth + 1) for item in value)
+    if kind is float:
+        return orjson.dumps(value) == float.__repr__(value).encode()
+    return kind in _PLAIN  # int range, surrogates: orjson raises and json takes over
+
+
+def canonical_dumps(obj: Any) -> bytes:
+    """Sorted keys, separators (",", ":"), UTF-8 (ensure_ascii=False), no NaN: as json does."""
+    if orjson is not None and _orjson_safe(obj):
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # a big int or a lone surrogate: json decides (and raises where it did)
+    return _JSON_ENCODER.encode(obj).encode("utf-8")
+
+
+def fast_decoder(decode: Callable[[str], Any]) -> Callable[[str], Any]:
+    """decode (a json.JSONDecoder's), sped up by orjson wherever both give the same value.
+
+    Any text orjson rejects goes to decode, so errors and their messages are decode's.
+    """
+    if orjson is None:  # pragma: no cover
+        return decode
+    loads, error, long_int = orjson.loads, orjson.JSONDecodeError, _LONG_INT.search
+
+    def fast_decode(text: str) -> Any:
+        if long_int(text) is None:
+            try:
+                return loads(text)
+            except error:
+                pass
+        return decode(text)
+
+    return fast_decode
