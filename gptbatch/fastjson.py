@@ -3,8 +3,8 @@
 orjson parses and serialises an order of magnitude faster, but differs from the json module
 in a few places that content keys must never see:
 
-- parsing: integers beyond 64 bits become floats (json keeps them exact), so a text with a
-  run of 19 or more digits is parsed by json;
+- parsing: integers beyond 64 bits become floats (json keeps them exact), so a value holding
+  a whole float of 2**63 or more is parsed again by json;
 - serialising: floats such as 1e-05 are written "0.00001" (json: float repr), NaN as null,
   and integers beyond 64 bits, lone surrogates, other types and deep nesting raise; so every
   float is checked against its repr, only plain dict/list/str/int/float/bool/None trees are
@@ -16,7 +16,6 @@ tests/test_fastjson.py proves equality on generated documents with hypothesis.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency; json alone sta
 _JSON_ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
-_LONG_INT = re.compile(r"[0-9]{19}")
+_BIG = float(2**63)
 _MAX_DEPTH = 200  # deeper trees go to json, which raises RecursionError where it always did
 _PLAIN = (str, int, bool, type(None))
 
@@ -52,6 +51,16 @@ def _orjson_safe(value: Any, depth: int = 0) -> bool:
     return kind in _PLAIN  # int range, surrogates: orjson raises and json takes over
 
 
+def _maybe_big_int(value: Any, depth: int = 0) -> bool:
+    """Could orjson have turned an integer literal beyond 64 bits into this float?"""
+    kind = type(value)
+    if kind is dict:
+        return depth > _MAX_DEPTH or any(_maybe_big_int(v, depth + 1) for v in value.values())
+    if kind is list:
+        return depth > _MAX_DEPTH or any(_maybe_big_int(v, depth + 1) for v in value)
+    return kind is float and abs(value) >= _BIG and value.is_integer()
+
+
 def canonical_dumps(obj: Any) -> bytes:
     """Sorted keys, separators (",", ":"), UTF-8 (ensure_ascii=False), no NaN: as json does."""
     if orjson is not None and _orjson_safe(obj):
@@ -69,14 +78,13 @@ def fast_decoder(decode: Callable[[str], Any]) -> Callable[[str], Any]:
     """
     if orjson is None:  # pragma: no cover
         return decode
-    loads, error, long_int = orjson.loads, orjson.JSONDecodeError, _LONG_INT.search
+    loads, error = orjson.loads, orjson.JSONDecodeError
 
     def fast_decode(text: str) -> Any:
-        if long_int(text) is None:
-            try:
-                return loads(text)
-            except error:
-                pass
-        return decode(text)
+        try:
+            value = loads(text)
+        except error:
+            return decode(text)
+        return decode(text) if _maybe_big_int(value) else value
 
     return fast_decode

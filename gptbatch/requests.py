@@ -97,6 +97,28 @@ def read_raw_line(path: str | Path, offset: int, length: int) -> bytes:
     return data
 
 
+def line_validator(
+    paths: Sequence[str | Path],
+    *,
+    model: str | None = None,
+    endpoint: str | None = None,
+    max_problems: int = DEFAULT_MAX_PROBLEMS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> _Reader:
+    """The validator read_requests drives, for readers that feed it lines (gptbatch.scan).
+
+    Its read_line(index, number, offset, content, length, group) checks one line exactly
+    as read_requests does; problems, count and seen (custom_id -> file << 40 | line) are
+    its state; read_file(index) reads a whole file as read_requests does.
+    """
+    return _Reader([str(p) for p in paths], model, endpoint, max_problems, max_line_bytes)
+
+
+def iter_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None, int]]:
+    """(line number, offset, content or None if too long, length) per line, as read_requests."""
+    return _iter_lines(f, max_line_bytes)
+
+
 def _iter_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None, int]]:
     """Yield (line number, offset, content, content length) per line; content is None if too long.
 
