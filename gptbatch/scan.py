@@ -170,6 +170,9 @@ def _cores() -> int:
 def _chunk_size(options: ScanOptions, total_bytes: int, workers: int) -> int:
     if options.chunk_bytes is not None:
         return max(1, options.chunk_bytes)
+    env = os.environ.get("GPTBATCH_CHUNK_BYTES", "")  # for tests and benchmarks
+    if env.strip().isdigit():
+        return max(1, int(env))
     size = total_bytes // (max(workers, 1) * _CHUNKS_PER_WORKER)
     return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, size))
 
