@@ -29,7 +29,7 @@ _JSON_ENCODER = json.JSONEncoder(
 )
 _BIG = float(2**63)
 _MAX_DEPTH = 200  # deeper trees go to json, which raises RecursionError where it always did
-_PLAIN = (str, int, bool, type(None))
+_LEAVES = frozenset({str, int, bool, type(None)})  # written alike by both
 
 
 def _orjson_safe(value: Any, depth: int = 0) -> bool:
@@ -39,25 +39,33 @@ def _orjson_safe(value: Any, depth: int = 0) -> bool:
         if depth > _MAX_DEPTH:
             return False
         for key, item in value.items():
-            if type(key) is not str or not _orjson_safe(item, depth + 1):
+            if type(key) is not str:
+                return False
+            if type(item) not in _LEAVES and not _orjson_safe(item, depth + 1):
                 return False
         return True
     if kind is list:
         if depth > _MAX_DEPTH:
             return False
-        return all(_orjson_safe(item, depth + 1) for item in value)
+        for item in value:
+            if type(item) not in _LEAVES and not _orjson_safe(item, depth + 1):
+                return False
+        return True
     if kind is float:
         return orjson.dumps(value) == float.__repr__(value).encode()
-    return kind in _PLAIN  # int range, surrogates: orjson raises and json takes over
+    return kind in _LEAVES  # int range, surrogates: orjson raises and json takes over
 
 
 def _maybe_big_int(value: Any, depth: int = 0) -> bool:
     """Could orjson have turned an integer literal beyond 64 bits into this float?"""
     kind = type(value)
-    if kind is dict:
-        return depth > _MAX_DEPTH or any(_maybe_big_int(v, depth + 1) for v in value.values())
-    if kind is list:
-        return depth > _MAX_DEPTH or any(_maybe_big_int(v, depth + 1) for v in value)
+    if kind is dict or kind is list:
+        if depth > _MAX_DEPTH:
+            return True
+        for item in value.values() if kind is dict else value:
+            if type(item) not in _LEAVES and _maybe_big_int(item, depth + 1):
+                return True
+        return False
     return kind is float and abs(value) >= _BIG and value.is_integer()
 
 
