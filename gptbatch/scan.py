@@ -130,6 +130,7 @@ class ScanReport:
     chunks: list[ReadChunk] = field(default_factory=list)
     sizes: dict[int, int] = field(default_factory=dict)  # file index -> size when cut
     unchunked: set[int] = field(default_factory=set)  # files read by read_requests' reader
+    loose: dict[int, str] = field(default_factory=dict)  # unchunked files that gave requests
     records: int = 0
 
 
@@ -497,7 +498,10 @@ class _ParentState:
 
     def whole_file(self, index: int) -> Iterator[ScannedRequest]:
         """A file that is not a regular file: read_requests' own reader, counted here."""
+        report = self.scanner.report
         for request in self.validator.read_file(index):
+            report.loose[index] = request.path
+            report.records += 1
             yield self.local_record(request, 0)
 
     def local_record(self, request: Request, crc: int) -> ScannedRequest:

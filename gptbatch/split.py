@@ -253,14 +253,18 @@ def _write(
     Each chunk is read again whole and its sha256 compared with the one taken when it was
     first read, so the bytes copied are the bytes that were validated and counted.
     """
+    for path in report.loose.values():
+        raise InputError(
+            Problem(
+                path,
+                None,
+                "is not a regular file: split reads each input twice (to check and to copy)",
+                "save it to a file first",
+            )
+        )
     shards = _Shards(groups, names, out_dir, tag)
     chunks = report.chunks
     try:
-        for index in report.unchunked:
-            if report.records and any(
-                c.chunk.index == index for c in chunks
-            ):  # pragma: no cover - unchunked files have no chunks
-                raise changed_error(str(index), None)
         for c, read in enumerate(chunks):
             stop = chunks[c + 1].first_record if c + 1 < len(chunks) else report.records
             chunk = read.chunk
@@ -276,7 +280,7 @@ def _write(
                 f.write(view[begin : begin + layout.length[r]])
                 f.write(b"\n")
                 shards.wrote(group)
-        _check_sizes(report, layout)
+        _check_sizes(report)
         if shards.writers:
             raise changed_error(chunks[-1].chunk.path if chunks else "", None)
     except BaseException as exc:
@@ -285,7 +289,7 @@ def _write(
     return shards.parts
 
 
-def _check_sizes(report: ScanReport, layout: _Layout) -> None:
+def _check_sizes(report: ScanReport) -> None:
     """Every input still has the size it had when read (nothing was appended)."""
     lines: dict[int, int] = {}
     paths: dict[int, str] = {}

@@ -378,3 +378,32 @@ def test_plan_extra_facts_match_the_request(tmp_path: Path) -> None:
         output_limit(request.url, request.body),
     )
     assert [r.key for r in scan_all([source])] == [request.key]
+
+
+def test_a_pipe_is_read_by_tokens_and_refused_by_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "requests.pipe"
+
+    def feed() -> None:
+        with fifo.open("wb") as f:
+            f.write(chat("p1") + b"\n" + chat("p2") + b"\n")
+
+    for command in (["tokens"], ["split", "1000"]):
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=feed)
+        writer.start()
+        code = main(
+            [*command, str(fifo), *(["--out-dir", str(tmp_path / "o")] * (len(command) > 1))]
+        )
+        writer.join()
+        fifo.unlink()
+        out, err = capsys.readouterr()
+        if command == ["tokens"]:
+            assert code == 0 and "2 requests" in out
+        else:
+            assert code == 2 and "is not a regular file" in err
+            assert not any((tmp_path / "o").iterdir())
