@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import multiprocessing
 import os
 import signal
@@ -178,12 +179,15 @@ def _chunk_size(options: ScanOptions, total_bytes: int, workers: int) -> int:
     return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, size))
 
 
-def cut_chunks(index: int, path: str, size: int, chunk_bytes: int) -> Iterator[Chunk]:
+def cut_chunks(
+    index: int, path: str, size: int, chunk_bytes: int, first_bytes: int | None = None
+) -> Iterator[Chunk]:
     """Cut a file of size bytes into chunks ending just after a newline (or at the end)."""
     with open(path, "rb") as f:
         start = 0
         while start < size:
-            end = _next_boundary(f, start + chunk_bytes, size)
+            want = chunk_bytes if start or first_bytes is None else first_bytes
+            end = _next_boundary(f, start + want, size)
             yield Chunk(index, path, max(0, start - 1), start, end, end >= size)
             start = end
 
@@ -375,11 +379,16 @@ class Scanner:
         local = ChunkReader(options, self.version, self.cache_file)
         state = _ParentState(self, validator, local)
         if workers:
+            units = self._units(sizes, chunk_bytes, min(chunk_bytes, MIN_CHUNK_BYTES))
+            # The parent reads a small first chunk itself before forking: if that needed a
+            # count, the tokenizer is loaded here once and shared with the workers (copy on
+            # write) instead of loaded by each of them; with a warm cache it is never loaded.
+            first = next(units, None)
+            head = [] if first is None else [(first, _read_here(local, first))]
             with _context().Pool(
                 workers, _init_worker, (options, self.version, self.cache_file)
             ) as pool:
-                units = self._units(sizes, chunk_bytes)
-                yield from state.consume(_ahead(units, pool, 3 * workers))
+                yield from state.consume(itertools.chain(head, _ahead(units, pool, 3 * workers)))
         else:
             results = (
                 (u, None if isinstance(u, int) else local.read(u))
@@ -402,7 +411,9 @@ class Scanner:
                 sizes[index] = info.st_size
         return sizes
 
-    def _units(self, sizes: dict[int, int], chunk_bytes: int) -> Iterator[Chunk | int]:
+    def _units(
+        self, sizes: dict[int, int], chunk_bytes: int, first_bytes: int | None = None
+    ) -> Iterator[Chunk | int]:
         """Every file's chunks in order; a file index alone for files read whole."""
         for index, name in enumerate(self.names):
             size = sizes.get(index)
@@ -412,10 +423,16 @@ class Scanner:
                 continue
             self.report.sizes[index] = size
             try:
-                yield from cut_chunks(index, name, size, chunk_bytes)
+                yield from cut_chunks(index, name, size, chunk_bytes, first_bytes)
+                if size:
+                    first_bytes = None
             except OSError:
                 self.report.unchunked.add(index)
                 yield index  # unreadable after all: the file reader reports it
+
+
+def _read_here(reader: ChunkReader, unit: Chunk | int) -> _ChunkResult | None:
+    return None if isinstance(unit, int) else reader.read(unit)
 
 
 def _ahead(
