@@ -88,13 +88,13 @@ bodies = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(documents, bodies))
 def test_canonical_bytes_equal_the_json_module(doc: Any) -> None:
     assert outcome(canonical_dumps, doc) == outcome(reference, doc)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(documents, st.booleans(), st.sampled_from([(",", ":"), (", ", ": "), (" ,", " : ")]))
 def test_parsed_values_equal_the_json_module(doc: Any, ascii_only: bool, seps: Any) -> None:
     text = json.dumps(doc, ensure_ascii=ascii_only, separators=seps)
@@ -104,14 +104,14 @@ def test_parsed_values_equal_the_json_module(doc: Any, ascii_only: bool, seps: A
 number_literals = st.from_regex(r"\A-?(0|[1-9][0-9]{0,40})(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,4})?\Z")
 
 
-@settings(max_examples=400)
+@settings(max_examples=200)
 @given(number_literals)
 def test_number_literals_parse_to_the_same_value(literal: str) -> None:
     for text in (literal, f"[{literal}]", f'{{"n": {literal}, "s": "{literal}"}}'):
         assert outcome(FAST_PARSE, text) == outcome(PARSE, text)
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(
     st.text(
         alphabet=st.sampled_from(list('{}[]",:0123456789.eE-+ \t\n\\u"abnrtf\x01')), max_size=30

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,14 +59,18 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.mark.parametrize(("workers", "chunk"), [("1", ""), ("2", "3000")])
 def test_tokens_per_request_prints_what_the_old_code_printed(
-    mixed: list[Path], workers: str, chunk: str, monkeypatch: pytest.MonkeyPatch
+    mixed: list[Path],
+    workers: str,
+    chunk: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("GPTBATCH_WORKERS", workers)
     monkeypatch.setenv("GPTBATCH_CHUNK_BYTES", chunk)
     directory = f"{mixed[0].parent}/"
-    run = [sys.executable, "-m", "gptbatch", "tokens", "--per-request", *map(str, mixed)]
     for _ in range(2):  # counted, then from the cache
-        out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+        assert main(["tokens", "--per-request", *map(str, mixed)]) == 0
+        out = capsys.readouterr().out
         assert out.replace(directory, "{dir}/") == (DATA / "tokens_per_request.txt").read_text()
 
 
@@ -86,18 +88,15 @@ def test_parallel_and_one_process_reads_equal_read_requests(mixed: list[Path]) -
 # --- split: shard bytes as before ---------------------------------------------------------
 
 
-def split_transcript(paths: list[Path], out: Path) -> list[str]:
+def split_transcript(paths: list[Path], out: Path, capsys: Any) -> list[str]:
     lines = []
     for limit in ["20000", "60000", "300000"]:
         target = out / f"out{limit}"
         argv = [*map(str, paths), "--out-dir", str(target), "--max-requests", "25"]
-        done = subprocess.run(
-            [sys.executable, "-m", "gptbatch", "split", limit, *argv],
-            capture_output=True,
-            text=True,
-        )
-        lines.append(f"$ split {limit} --max-requests 25 -> exit {done.returncode}")
-        text = (done.stdout + done.stderr).replace(f"{paths[0].parent}/", "{dir}/")
+        code = main(["split", limit, *argv])
+        done = capsys.readouterr()
+        lines.append(f"$ split {limit} --max-requests 25 -> exit {code}")
+        text = (done.out + done.err).replace(f"{paths[0].parent}/", "{dir}/")
         lines += text.splitlines()
         if target.exists():
             for p in sorted(target.iterdir()):
@@ -107,12 +106,17 @@ def split_transcript(paths: list[Path], out: Path) -> list[str]:
 
 @pytest.mark.parametrize(("workers", "chunk"), [("1", ""), ("2", "2000")])
 def test_split_writes_the_shards_and_messages_of_the_old_code(
-    mixed: list[Path], tmp_path: Path, workers: str, chunk: str, monkeypatch: pytest.MonkeyPatch
+    mixed: list[Path],
+    tmp_path: Path,
+    workers: str,
+    chunk: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("GPTBATCH_WORKERS", workers)
     monkeypatch.setenv("GPTBATCH_CHUNK_BYTES", chunk)
     expected = (DATA / "split_expected.txt").read_text().splitlines()
-    assert split_transcript(mixed, tmp_path) == expected
+    assert split_transcript(mixed, tmp_path, capsys) == expected
 
 
 # --- chunk boundaries anywhere ------------------------------------------------------------
@@ -146,8 +150,8 @@ def render(kinds: list[str], seed: int) -> list[bytes]:
     for i, kind in enumerate(kinds):
         if kind == "ok":
             lines.append(chat(f"id-{seed}-{i}", f"text number {i} ünïcode"))
-        elif kind == "long":
-            lines.append(chat(f"id-{seed}-{i}", "word " * 150))
+        elif kind == "long":  # longer than most chunk sizes drawn, within max_line_bytes
+            lines.append(chat(f"id-{seed}-{i}", "word " * 100))
         elif kind == "blank":
             lines.append(b"")
         elif kind == "spaces":
@@ -161,8 +165,8 @@ def render(kinds: list[str], seed: int) -> list[bytes]:
             lines.append(b'{"custom_id": "broken", ')
         elif kind == "bad-method":
             lines.append(chat(f"id-{seed}-{i}").replace(b'"POST"', b'"GET"'))
-        elif kind == "too-long":
-            lines.append(chat(f"id-{seed}-{i}", "x" * 400))
+        elif kind == "too-long":  # over max_line_bytes
+            lines.append(chat(f"id-{seed}-{i}", "x" * 900))
         else:
             lines.append(b'{"custom_id": "\xff"}')
     return lines
