@@ -28,6 +28,7 @@ __all__ = [
     "EncodingUnavailable",
     "bundled_source",
     "get_encoding",
+    "release_rank_tables",
     "seed_tiktoken_cache",
     "tiktoken_cache_dir",
 ]
@@ -189,9 +190,29 @@ def _load_from_tiktoken(name: str) -> tiktoken.Encoding:
     return tiktoken.Encoding(**ENCODING_CONSTRUCTORS[name]())
 
 
+_LOADED: list[tiktoken.Encoding] = []
+
+
 @functools.cache
 def get_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken Encoding called `name`, loaded without network for the bundled ones."""
+    encoding = _load_encoding(name)
+    _LOADED.append(encoding)
+    return encoding
+
+
+def release_rank_tables() -> None:
+    """Free the Python copy of the BPE ranks of every encoding loaded so far (~28 MB each).
+
+    tiktoken keeps the ranks twice: in its Rust CoreBPE, which encodes, and in a Python dict
+    it only reads to pickle the Encoding. gptbatch never pickles one, and a reader about to
+    fork workers (gptbatch.scan) would otherwise carry that dict into every process.
+    """
+    for encoding in _LOADED:
+        encoding._mergeable_ranks = {}
+
+
+def _load_encoding(name: str) -> tiktoken.Encoding:
     blob_name = _NEEDS_BLOB.get(name)
     if blob_name is not None:
         cache_dir = tiktoken_cache_dir()

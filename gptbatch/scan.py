@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import stat
+import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -385,6 +386,8 @@ class Scanner:
             # write) instead of loaded by each of them; with a warm cache it is never loaded.
             first = next(units, None)
             head = [] if first is None else [(first, _read_here(local, first))]
+            if "gptbatch.encodings" in sys.modules:
+                sys.modules["gptbatch.encodings"].release_rank_tables()
             with _context().Pool(
                 workers, _init_worker, (options, self.version, self.cache_file)
             ) as pool:
