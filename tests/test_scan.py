@@ -411,3 +411,29 @@ def test_a_pipe_is_read_by_tokens_and_refused_by_split(
         else:
             assert code == 2 and "is not a regular file" in err
             assert not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize(("workers", "chunk"), [("1", ""), ("2", "2000")])
+def test_plan_prints_what_the_old_code_printed(
+    mixed: list[Path],
+    workers: str,
+    chunk: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GPTBATCH_WORKERS", workers)
+    monkeypatch.setenv("GPTBATCH_CHUNK_BYTES", chunk)
+    config = mixed[0].parent / "batch.yaml"
+    config.write_text(
+        "version: 1\ninputs:\n"
+        + "".join(f"  - {p.name}\n" for p in mixed)
+        + "output_dir: out\nlimits:\n  enqueued_tokens:\n    gpt-4o-mini: 300000\n"
+        + "    gpt-4o: 80000\n"
+    )
+    transcript = []
+    for args in (["plan", str(config), "--json"], ["plan", str(config)]):
+        code = main(args)
+        done = capsys.readouterr()
+        text = (done.out + done.err).replace(f"{config.parent}/", "{dir}/")
+        transcript.append(f"$ {' '.join(args[:1] + args[2:])} -> exit {code}\n{text}")
+    assert "".join(transcript) == (DATA / "plan_expected.txt").read_text()
