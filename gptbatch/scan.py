@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import multiprocessing
 import os
 import signal
@@ -44,6 +45,7 @@ from gptbatch.requests import (
     line_validator,
     read_raw_line,
 )
+from gptbatch.seen_ids import SeenIds
 from gptbatch.shards import embedding_inputs
 from gptbatch.token_cache import (
     CachedCount,
@@ -434,6 +436,29 @@ class Scanner:
                 yield index  # unreadable after all: the file reader reports it
 
 
+def _custom_id_of(content: bytes | None) -> str | None:
+    """The custom_id of a raw line, if it is a JSON object with a string custom_id."""
+    if content is None:
+        return None
+    try:
+        value = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    custom_id = value.get("custom_id") if isinstance(value, dict) else None
+    return custom_id if isinstance(custom_id, str) else None
+
+
+def _custom_id_at(path: str, offset: int) -> str | None:
+    """The custom_id of the line starting at offset, as the file is now."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            line = f.readline()
+    except OSError:
+        return None
+    return _custom_id_of(line.rstrip(b"\n").rstrip(b"\r"))
+
+
 def _read_here(reader: ChunkReader, unit: Chunk | int) -> _ChunkResult | None:
     return None if isinstance(unit, int) else reader.read(unit)
 
@@ -463,6 +488,7 @@ class _ParentState:
         self.validator = validator
         self.local = local
         self.groups: list[list[Any]] = [[None, 0] for _ in scanner.names]
+        self.ids = SeenIds()  # custom_ids of lines taken without re-validation
         self.lines: dict[int, int] = {}  # file index -> lines in its chunks so far
 
     def consume(
@@ -492,13 +518,12 @@ class _ParentState:
         number = item[0] + shift
         if len(item) == 4:  # a line the worker found wrong: validate it here, in order
             return self.replay(index, number, item[1], item[2], item[3])
-        custom_id, url = item[4], item[5]
-        seen = self.validator.seen
+        custom_id, url, offset = item[4], item[5], item[1]
         group = self.groups[index]
-        if custom_id in seen or (group[0] is not None and group[0] != url):
-            content = read_raw_line(chunk.path, item[1], item[2])
-            return self.replay(index, number, item[1], content, item[2])
-        seen[custom_id] = (index << 40) | number
+        where = (index << 40) | number
+        if self.seen_before(custom_id, where, offset) or (group[0] is not None and group[0] != url):
+            content = read_raw_line(chunk.path, offset, item[2])
+            return self.replay(index, number, offset, content, item[2])
         if group[0] is None:
             group[0], group[1] = url, number
         record = ScannedRequest(*item[3:13], chunk.path, number, item[1], item[2])
@@ -506,9 +531,51 @@ class _ParentState:
             self.remember(record)
         return record
 
+    def seen_before(self, custom_id: str, where: int, offset: int) -> bool:
+        """Was custom_id seen before this line (at where, offset)? If not, remember it.
+
+        Exact: a sighting found in the compact index is confirmed by reading it back, then
+        copied into the validator's own record so that re-validating the line reports the
+        duplicate just as read_requests does; a mere hash match is recorded exactly.
+        """
+        seen = self.validator.seen
+        if custom_id in seen:
+            return True
+        found = self.ids.first_or_add(custom_id, where, offset)
+        if found is None:
+            return False
+        first, first_offset = found
+        if _custom_id_at(self.scanner.names[first >> 40], first_offset) == custom_id:
+            seen[custom_id] = first
+            return True
+        seen[custom_id] = where  # another custom_id with the same hash
+        return False
+
+    def first_sighting(self, custom_id: str) -> int | None:
+        """Where custom_id was first seen (file << 40 | line), if it was; confirmed exactly.
+
+        A sighting found in the compact index is copied into the validator's own record, so
+        re-validating the line reports the duplicate just as read_requests does.
+        """
+        seen = self.validator.seen
+        where = seen.get(custom_id)
+        if where is not None:
+            return where
+        found = self.ids.find(custom_id)
+        if found is None:
+            return None
+        where, offset = found
+        if _custom_id_at(self.scanner.names[where >> 40], offset) != custom_id:
+            return None  # only the hash matched
+        seen[custom_id] = where
+        return where
+
     def replay(
         self, index: int, number: int, offset: int, content: bytes | None, length: int
     ) -> ScannedRequest | None:
+        custom_id = _custom_id_of(content)
+        if custom_id is not None:
+            self.first_sighting(custom_id)
         request = self.validator.read_line(
             index, number, offset, content, length, self.groups[index]
         )

@@ -437,3 +437,17 @@ def test_plan_prints_what_the_old_code_printed(
         text = (done.out + done.err).replace(f"{config.parent}/", "{dir}/")
         transcript.append(f"$ {' '.join(args[:1] + args[2:])} -> exit {code}\n{text}")
     assert "".join(transcript) == (DATA / "plan_expected.txt").read_text()
+
+
+@pytest.mark.parametrize("dup", [False, True])
+def test_custom_ids_whose_hashes_collide_are_told_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dup: bool
+) -> None:
+    monkeypatch.setattr("gptbatch.seen_ids._slot_hash", lambda custom_id: 12345)
+    paths = write_mixed_corpus(tmp_path, requests_per_file=15)
+    if dup:
+        with paths[2].open("ab") as f:
+            f.write(paths[0].read_bytes().splitlines()[3] + b"\n")
+    expected = reference(paths)
+    assert (expected[1] is not None) == dup
+    assert scanned(paths, ScanOptions(workers=0, chunk_bytes=700, use_cache=False)) == expected
