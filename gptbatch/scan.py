@@ -45,7 +45,7 @@ from gptbatch.requests import (
     line_validator,
     read_raw_line,
 )
-from gptbatch.seen_ids import SeenIds
+from gptbatch.seen_ids import OFFSET_BITS, SeenIds
 from gptbatch.shards import embedding_inputs
 from gptbatch.token_cache import (
     CachedCount,
@@ -448,15 +448,24 @@ def _custom_id_of(content: bytes | None) -> str | None:
     return custom_id if isinstance(custom_id, str) else None
 
 
-def _custom_id_at(path: str, offset: int) -> str | None:
-    """The custom_id of the line starting at offset, as the file is now."""
+def _line_at(path: str, offset: int, custom_id: str) -> int | None:
+    """The number of the line starting at offset, if its custom_id is custom_id (else None).
+
+    Only a duplicate (an error) gets here, so counting newlines from the start is fine.
+    """
     try:
         with open(path, "rb") as f:
             f.seek(offset)
-            line = f.readline()
+            if _custom_id_of(f.readline().rstrip(b"\n").rstrip(b"\r")) != custom_id:
+                return None
+            f.seek(0)
+            line, remaining = 1, offset
+            while remaining > 0 and (block := f.read(min(remaining, 1 << 20))):
+                line += block.count(b"\n")
+                remaining -= len(block)
+            return line
     except OSError:
         return None
-    return _custom_id_of(line.rstrip(b"\n").rstrip(b"\r"))
 
 
 def _read_here(reader: ChunkReader, unit: Chunk | int) -> _ChunkResult | None:
@@ -541,34 +550,27 @@ class _ParentState:
         seen = self.validator.seen
         if custom_id in seen:
             return True
-        found = self.ids.first_or_add(custom_id, where, offset)
+        index = where >> 40
+        found = self.ids.first_or_add(custom_id, (index << OFFSET_BITS) | offset)
         if found is None:
             return False
-        first, first_offset = found
-        if _custom_id_at(self.scanner.names[first >> 40], first_offset) == custom_id:
-            seen[custom_id] = first
-            return True
-        seen[custom_id] = where  # another custom_id with the same hash
-        return False
+        first = self.confirmed(custom_id, found)
+        seen[custom_id] = where if first is None else first
+        return first is not None
 
-    def first_sighting(self, custom_id: str) -> int | None:
-        """Where custom_id was first seen (file << 40 | line), if it was; confirmed exactly.
+    def first_sighting(self, custom_id: str) -> None:
+        """If custom_id is in the compact index, copy its first sighting to the validator's."""
+        if custom_id not in self.validator.seen:
+            found = self.ids.find(custom_id)
+            first = None if found is None else self.confirmed(custom_id, found)
+            if first is not None:
+                self.validator.seen[custom_id] = first
 
-        A sighting found in the compact index is copied into the validator's own record, so
-        re-validating the line reports the duplicate just as read_requests does.
-        """
-        seen = self.validator.seen
-        where = seen.get(custom_id)
-        if where is not None:
-            return where
-        found = self.ids.find(custom_id)
-        if found is None:
-            return None
-        where, offset = found
-        if _custom_id_at(self.scanner.names[where >> 40], offset) != custom_id:
-            return None  # only the hash matched
-        seen[custom_id] = where
-        return where
+    def confirmed(self, custom_id: str, found: int) -> int | None:
+        """found (file << 48 | offset) as file << 40 | line, if that line has custom_id."""
+        index, offset = found >> OFFSET_BITS, found & ((1 << OFFSET_BITS) - 1)
+        line = _line_at(self.scanner.names[index], offset, custom_id)
+        return None if line is None else (index << 40) | line
 
     def replay(
         self, index: int, number: int, offset: int, content: bytes | None, length: int
