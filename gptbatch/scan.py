@@ -6,12 +6,16 @@ read_requests makes (`line_validator`), hash the chunk, compute content keys, lo
 up in the token cache and count the rest with tiktoken. They send back compact records.
 
 The parent takes the chunks' results in file order and keeps the state that spans lines:
-custom_ids seen in any file, and each file's one endpoint. A line a worker found wrong, or
-whose custom_id or url the parent finds clashing, is validated again in the parent, in
-order, by the same validator holding that state, so problems, their order and the cap of
-shown problems are exactly read_requests'. Small inputs, or one core, take the same path in
-the parent alone (no process start-up). Files that are not regular files (pipes, missing
-paths, directories) are read by read_requests' own file reader.
+custom_ids seen in any file (a compact hash index, gptbatch.seen_ids), and each file's one
+endpoint. A line a worker found wrong, or whose custom_id or url the parent finds clashing,
+is validated again in the parent, in order, by the same validator holding that state, so
+problems, their order and the cap of shown problems are exactly read_requests'. Small
+inputs, or one core, take the same path in the parent alone (no process start-up). Files
+that are not regular files (pipes, missing paths, directories) are read by read_requests'
+own file reader.
+
+The parent reads the first 256 KB itself before forking the workers: if counting was
+needed, tiktoken's encoding is loaded once there and shared with the workers.
 
 Line numbers: a chunk after the first starts one byte early, on the newline that ends the
 previous chunk, so its first "line" is that blank newline; workers number lines from 1 in
