@@ -36,11 +36,13 @@ import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptbatch.errors import InputError, Problem
+from gptbatch.errors import GptbatchError, InputError, Problem
 from gptbatch.requests import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_PROBLEMS,
@@ -394,10 +396,16 @@ class Scanner:
             head = [] if first is None else [(first, _read_here(local, first))]
             if "gptbatch.encodings" in sys.modules:
                 sys.modules["gptbatch.encodings"].release_rank_tables()
-            with _context().Pool(
-                workers, _init_worker, (options, self.version, self.cache_file)
-            ) as pool:
-                yield from state.consume(itertools.chain(head, _ahead(units, pool, 3 * workers)))
+            pool = _start_pool(workers, (options, self.version, self.cache_file))
+            if pool is None:  # no processes to be had: read everything here
+                rest = ((u, _read_here(local, u)) for u in units)
+                yield from state.consume(itertools.chain(head, rest))
+            else:
+                try:
+                    ahead = _ahead(units, pool, 3 * workers)
+                    yield from state.consume(itertools.chain(head, ahead))
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
         else:
             results = (
                 (u, None if isinstance(u, int) else local.read(u))
@@ -476,21 +484,39 @@ def _read_here(reader: ChunkReader, unit: Chunk | int) -> _ChunkResult | None:
     return None if isinstance(unit, int) else reader.read(unit)
 
 
+def _start_pool(workers: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor | None:
+    """Worker processes for chunks, or None if the system refuses to start them."""
+    try:
+        return ProcessPoolExecutor(
+            workers, mp_context=_context(), initializer=_init_worker, initargs=initargs
+        )
+    except (OSError, ValueError):
+        return None
+
+
+def _result(pending: Future[_ChunkResult]) -> _ChunkResult:
+    try:
+        return pending.result()
+    except BrokenProcessPool:
+        raise GptbatchError(
+            "a worker process reading the inputs died (killed, or out of memory?): "
+            "run again, or set GPTBATCH_WORKERS=1 to read in one process"
+        ) from None
+
+
 def _ahead(
-    units: Iterator[Chunk | int], pool: Any, depth: int
+    units: Iterator[Chunk | int], pool: ProcessPoolExecutor, depth: int
 ) -> Iterator[tuple[Chunk | int, _ChunkResult | None]]:
     """Results in order, with up to depth chunks being read by the pool meanwhile."""
     queue: deque[tuple[Chunk | int, Any]] = deque()
     for unit in units:
-        queue.append(
-            (unit, None if isinstance(unit, int) else pool.apply_async(_read_in_worker, (unit,)))
-        )
+        queue.append((unit, None if isinstance(unit, int) else pool.submit(_read_in_worker, unit)))
         while len(queue) > depth or (queue and isinstance(queue[0][0], int)):
             head, pending = queue.popleft()
-            yield head, None if pending is None else pending.get()
+            yield head, None if pending is None else _result(pending)
     while queue:
         head, pending = queue.popleft()
-        yield head, None if pending is None else pending.get()
+        yield head, None if pending is None else _result(pending)
 
 
 class _ParentState:

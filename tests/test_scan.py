@@ -451,3 +451,23 @@ def test_custom_ids_whose_hashes_collide_are_told_apart(
     expected = reference(paths)
     assert (expected[1] is not None) == dup
     assert scanned(paths, ScanOptions(workers=0, chunk_bytes=700, use_cache=False)) == expected
+
+
+def die(chunk: Any) -> None:
+    import os
+
+    os._exit(3)  # a worker killed mid-chunk (the OOM killer, kill -9)
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_worker_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptbatch import scan
+    from gptbatch.errors import GptbatchError
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(chat(f"r{i}") for i in range(50)) + b"\n")
+    monkeypatch.setattr(scan, "_read_in_worker", die)
+    with pytest.raises(GptbatchError, match="worker process reading the inputs died"):
+        list(Scanner([source], ScanOptions(workers=2, chunk_bytes=300, use_cache=False)).requests())
