@@ -2,10 +2,11 @@
 
 Generates a chat corpus of --size-mb (default 50) and, with --big-mb (default 1024), a big
 one made by repeating it with new custom_ids, in a temporary directory. Runs each command
-in a fresh child process with an empty token cache (cold) and again with the cache filled
-(warm), and prints MB/s, CPU/wall (user+sys of the whole process tree over wall time) and
-peak memory: ru_maxrss of the largest process of the command's tree, and the peak sum of
-PSS over the tree (sampled every 20 ms from /proc: the command plus its workers).
+in a fresh child process with an empty token cache directory (cold: as on a first run,
+without the tokenizer's rank snapshot either) and again with the cache filled (warm), and
+prints MB/s, CPU seconds and CPU/wall (user+sys of the whole process tree), and peak
+memory: ru_maxrss of the largest process of the command's tree, and the peak sum of PSS
+over the tree (sampled every 20 ms from /proc: the command plus its workers).
 
 Also measured on the small corpus:
 - the floor: read + json.loads + tiktoken on every message, in one process, on one core;
