@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import multiprocessing
 import os
@@ -387,35 +386,38 @@ class Scanner:
         chunk_bytes = _chunk_size(options, total, workers)
         local = ChunkReader(options, self.version, self.cache_file)
         state = _ParentState(self, validator, local)
+        first_bytes = min(chunk_bytes, MIN_CHUNK_BYTES) if workers else None
+        units = self._units(sizes, chunk_bytes, first_bytes)
         if workers:
-            units = self._units(sizes, chunk_bytes, min(chunk_bytes, MIN_CHUNK_BYTES))
-            # The parent reads a small first chunk itself before forking: if that needed a
-            # count, the tokenizer is loaded here once and shared with the workers (copy on
-            # write) instead of loaded by each of them; with a warm cache it is never loaded.
-            first = next(units, None)
-            head = [] if first is None else [(first, _read_here(local, first))]
-            if "gptbatch.encodings" in sys.modules:
-                sys.modules["gptbatch.encodings"].release_rank_tables()
-            pool = _start_pool(workers, (options, self.version, self.cache_file))
-            if pool is None:  # no processes to be had: read everything here
-                rest = ((u, _read_here(local, u)) for u in units)
-                yield from state.consume(itertools.chain(head, rest))
-            else:
-                try:
-                    ahead = _ahead(units, pool, 3 * workers)
-                    yield from state.consume(itertools.chain(head, ahead))
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+            yield from state.consume(self._in_workers(units, local, workers))
         else:
-            results = (
-                (u, None if isinstance(u, int) else local.read(u))
-                for u in self._units(sizes, chunk_bytes)
-            )
-            yield from state.consume(results)
+            yield from state.consume((u, _read_here(local, u)) for u in units)
         if validator.count:
             raise InputError(
                 validator.problems, truncated=validator.count - len(validator.problems)
             )
+
+    def _in_workers(
+        self, units: Iterator[Chunk | int], local: ChunkReader, workers: int
+    ) -> Iterator[tuple[Chunk | int, _ChunkResult | None]]:
+        """Each unit with its result, in order, read by worker processes where possible."""
+        # The parent reads a small first chunk itself before forking: if that needed a
+        # count, the tokenizer is loaded here once and shared with the workers (copy on
+        # write) instead of loaded by each of them; with a warm cache it is never loaded.
+        first = next(units, None)
+        if first is not None:
+            yield first, _read_here(local, first)
+        encodings = sys.modules.get("gptbatch.encodings")  # imported only if it counted
+        if encodings is not None:
+            encodings.release_rank_tables()
+        pool = _start_pool(workers, (self.options, self.version, self.cache_file))
+        if pool is None:  # no processes to be had: read everything here
+            yield from ((u, _read_here(local, u)) for u in units)
+            return
+        try:
+            yield from _ahead(units, pool, 3 * workers)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _regular_sizes(self) -> dict[int, int]:
         sizes: dict[int, int] = {}
