@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-# One encoder for the whole process: json.dumps would build a new one on every call.
-_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
+from gptbatch.fastjson import canonical_dumps
 
 
 def canonical_json(obj: Any) -> bytes:
     """Serialise obj deterministically: sorted keys, no whitespace, UTF-8."""
-    return _ENCODER.encode(obj).encode("utf-8")
+    return canonical_dumps(obj)
 
 
 def sha256_hex(data: bytes) -> str:

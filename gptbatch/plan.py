@@ -10,17 +10,16 @@ from typing import Any
 
 from gptbatch.errors import InputError, Problem
 from gptbatch.pricing import Price, estimate_cost, price_for, price_table
-from gptbatch.requests import Request, read_requests
+from gptbatch.requests import Request
+from gptbatch.scan import ScannedRequest, Scanner, ScanOptions
 from gptbatch.shards import (
     EMBEDDING_MAX_INPUTS,
     Caps,
     Item,
     ItemTooLarge,
     Packer,
-    embedding_inputs,
 )
 from gptbatch.spec import Spec
-from gptbatch.tokens import estimate_request
 
 # Endpoints whose responses are not billed as generated tokens.
 NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
@@ -180,7 +179,7 @@ def _caps(spec: Spec, model: str | None, url: str) -> Caps:
     )
 
 
-def _too_large(req: Request, exc: ItemTooLarge) -> Problem:
+def _too_large(req: ScannedRequest, exc: ItemTooLarge) -> Problem:
     if exc.dimension == "tokens":
         return Problem(
             req.path,
@@ -199,41 +198,43 @@ def _too_large(req: Request, exc: ItemTooLarge) -> Problem:
     )
 
 
+def upload_facts(req: Request) -> tuple[int, int | None]:
+    """(bytes of the line a build uploads, with its newline; output_limit): per request."""
+    return len(req.canonical_line()) + 1, output_limit(req.url, req.body)
+
+
 def make_plan(spec: Spec) -> Plan:
     """Stream every request of spec and plan its shards and cost; raise InputError on bad input."""
     tallies: dict[tuple[str | None, str], _Tally] = {}
     problems: list[Problem] = []
-    requests = read_requests(spec.inputs, model=spec.model, endpoint=spec.endpoint)
+    options = ScanOptions(model=spec.model, endpoint=spec.endpoint, extra=upload_facts)
+    scanner = Scanner(spec.inputs, options)
     try:
-        for req in requests:
+        for req in scanner.requests():
             key = (req.model, req.url)
             tally = tallies.get(key)
             if tally is None:
                 caps = _caps(spec, req.model, req.url)
                 tally = _Tally(req.model, req.url, Packer(caps), caps.max_tokens)
                 tallies[key] = tally
-            estimate = estimate_request(req.url, req.body)
-            inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
-            nbytes = len(req.canonical_line()) + 1  # what the build uploads
+            nbytes, bound = req.extra
             try:
-                tally.shards += len(
-                    tally.packer.add(Item(req.key, estimate.tokens, nbytes, inputs))
-                )
+                tally.shards += len(tally.packer.add(Item(req.key, req.tokens, nbytes, req.inputs)))
             except ItemTooLarge as exc:  # report every one, then fail
                 problems.append(_too_large(req, exc))
                 continue
             tally.requests += 1
-            tally.tokens += estimate.tokens
-            bound = output_limit(req.url, req.body)
+            tally.tokens += req.tokens
             if bound is None:
                 tally.unbounded += 1
             else:
                 tally.output_max += bound
-            tally.caveats.update(caveat_key(c) for c in estimate.caveats)
+            tally.caveats.update(caveat_key(c) for c in req.caveats)
     except InputError as exc:  # bad lines: report them with any oversized requests
         raise InputError(exc.problems + problems, truncated=exc.truncated) from None
     if problems:
         raise InputError(problems[:50], truncated=max(0, len(problems) - 50))
+    scanner.commit_counts()
     table = price_table()
     groups = []
     for tally in tallies.values():

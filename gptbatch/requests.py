@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 
 from gptbatch.canonical import canonical_json, sha256_hex
 from gptbatch.errors import InputError, Problem
+from gptbatch.fastjson import fast_decoder
 
 ENDPOINTS: tuple[str, ...] = (
     "/v1/chat/completions",
@@ -116,6 +117,28 @@ def read_raw_line(path: str | Path, offset: int, length: int) -> bytes:
     return data
 
 
+def line_validator(
+    paths: Sequence[str | Path],
+    *,
+    model: str | None = None,
+    endpoint: str | None = None,
+    max_problems: int = DEFAULT_MAX_PROBLEMS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> _Reader:
+    """The validator read_requests drives, for readers that feed it lines (gptbatch.scan).
+
+    Its read_line(index, number, offset, content, length, group) checks one line exactly
+    as read_requests does; problems, count and seen (custom_id -> file << 40 | line) are
+    its state; read_file(index) reads a whole file as read_requests does.
+    """
+    return _Reader([str(p) for p in paths], model, endpoint, max_problems, max_line_bytes)
+
+
+def iter_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None, int]]:
+    """(line number, offset, content or None if too long, length) per line, as read_requests."""
+    return _iter_lines(f, max_line_bytes)
+
+
 def _iter_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None, int]]:
     """Yield (line number, offset, content, content length) per line; content is None if too long.
 
@@ -168,7 +191,7 @@ def _reject_constant(name: str) -> Any:
 
 
 # One decoder, built once: json.loads with keyword arguments builds a new one per call.
-_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+_DECODE = fast_decoder(json.JSONDecoder(parse_constant=_reject_constant).decode)
 
 
 class _Reader:

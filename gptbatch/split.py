@@ -1,10 +1,11 @@
 """Splitting request files into shard files that each fit a token limit (`gptbatch split`).
 
-Two streaming passes keep memory flat however large the input: pass 1 validates every line,
-estimates its tokens and runs one Packer per (model, url) group, keeping only shard sizes;
-pass 2 reads the files again and copies each raw line into its shard. Shards are written to
-temporary files and renamed into place only when all of them are complete, so an error never
-leaves a mix of old and new shards.
+One read of the inputs (gptbatch.scan, on every core) validates and counts every line and
+runs one Packer per (model, url) group, keeping per request only its group and byte range.
+Then each chunk of the inputs is read again as raw bytes, checked against the sha256 taken
+on the first read (a file that changed meanwhile is an error naming the line), and each
+line is copied into its shard. Shards are written to temporary files and renamed into place
+only when all of them are complete, so an error never leaves a mix of old and new shards.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import contextlib
 import hashlib
 import os
 import re
+import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import IO, Any
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.errors import InputError, Problem
-from gptbatch.requests import Request, read_requests
+from gptbatch.scan import ReadChunk, ScannedRequest, Scanner, ScanOptions, ScanReport, changed_error
 from gptbatch.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,
@@ -29,9 +32,7 @@ from gptbatch.shards import (
     Item,
     ItemTooLarge,
     Packer,
-    embedding_inputs,
 )
-from gptbatch.tokens import estimate_request
 
 SHARD_FILE = re.compile(r"shard-(\d{3,})-of-(\d{3,})\.jsonl")
 _MAX_PROBLEMS = 50
@@ -93,7 +94,7 @@ class _Group:
             self.nbytes.append(sum(b for _, b in done))
 
 
-def _too_large(req: Request, exc: ItemTooLarge) -> Problem:
+def _too_large(req: ScannedRequest, exc: ItemTooLarge) -> Problem:
     what = {
         "tokens": (
             f"request {req.custom_id!r} needs ~{exc.value:,} prompt tokens, more than the "
@@ -118,21 +119,33 @@ def _too_large(req: Request, exc: ItemTooLarge) -> Problem:
     return Problem(req.path, req.line, *what)
 
 
-def _note(digest: Any, req: Request) -> None:
-    digest.update(f"{req.path}\0{req.offset}\0{req.length}\0{req.key}\n".encode())
+@dataclass
+class _Layout:
+    """Per valid request, in input order: its group and where its bytes are (for copying)."""
+
+    group: array = field(default_factory=lambda: array("I"))
+    offset: array = field(default_factory=lambda: array("q"))
+    length: array = field(default_factory=lambda: array("q"))
+    crc: array = field(default_factory=lambda: array("I"))
+    line: array = field(default_factory=lambda: array("Q"))
+
+    def add(self, group: int, req: ScannedRequest) -> None:
+        self.group.append(group)
+        self.offset.append(req.offset)
+        self.length.append(req.length)
+        self.crc.append(req.crc)
+        self.line.append(req.line)
 
 
-def _plan(paths: Sequence[str | Path], caps: Caps) -> tuple[list[_Group], int, str]:
-    """Pass 1: validate and estimate every line; return the groups with their shard sizes."""
+def _plan(scanner: Scanner, caps: Caps) -> tuple[list[_Group], _Layout]:
+    """Read every line once: validate, count, pack; return the groups and where lines are."""
     groups: dict[tuple[str | None, str], _Group] = {}
+    order: dict[tuple[str | None, str], int] = {}
+    layout = _Layout()
     problems: list[Problem] = []
     too_many = 0
-    digest = hashlib.sha256()
-    count = 0
     try:
-        for req in read_requests(paths, max_problems=_MAX_PROBLEMS):
-            count += 1
-            _note(digest, req)
+        for req in scanner.requests():
             key = (req.model, req.url)
             group = groups.get(key)
             if group is None:
@@ -142,18 +155,18 @@ def _plan(paths: Sequence[str | Path], caps: Caps) -> tuple[list[_Group], int, s
                         caps.max_tokens, caps.max_requests, caps.max_bytes, EMBEDDING_MAX_INPUTS
                     )
                 group = groups[key] = _Group(req.model, req.url, Packer(group_caps))
-            tokens = estimate_request(req.url, req.body).tokens
-            inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
+                order[key] = len(order)
             nbytes = req.length + 1  # the line and its "\n" in the shard file
             try:
-                closed = group.packer.add(Item(req.key, tokens, nbytes, inputs))
+                closed = group.packer.add(Item(req.key, req.tokens, nbytes, req.inputs))
             except ItemTooLarge as exc:
                 if len(problems) < _MAX_PROBLEMS:
                     problems.append(_too_large(req, exc))
                 else:
                     too_many += 1
                 continue
-            group.window.append((tokens, nbytes))
+            layout.add(order[key], req)
+            group.window.append((req.tokens, nbytes))
             group.close(closed)
     except InputError as exc:
         raise InputError(exc.problems + problems, truncated=exc.truncated + too_many) from None
@@ -161,99 +174,138 @@ def _plan(paths: Sequence[str | Path], caps: Caps) -> tuple[list[_Group], int, s
         raise InputError(problems, truncated=too_many)
     for group in groups.values():
         group.close(group.packer.finish())
-    return list(groups.values()), count, digest.hexdigest()
+    return list(groups.values()), layout
 
 
-class _RawLines:
-    """Reads raw line bytes by (path, offset, length), keeping one file open at a time."""
-
-    def __init__(self) -> None:
-        self.path: str | None = None
-        self.file: IO[bytes] | None = None
-
-    def read(self, path: str, offset: int, length: int) -> bytes:
-        if path != self.path or self.file is None:
-            self.close()
-            self.file = open(path, "rb")  # noqa: SIM115 - kept open across calls
-            self.path = path
-        self.file.seek(offset)
-        data = self.file.read(length)
-        if len(data) != length:
-            raise _changed(path)
-        return data
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        self.file, self.path = None, None
+def _read_window(path: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file as it is now (shorter if it shrank)."""
+    parts = []
+    with open(path, "rb") as f:
+        f.seek(start)
+        remaining = end - start
+        while remaining > 0 and (block := f.read(min(remaining, 1 << 24))):
+            parts.append(block)
+            remaining -= len(block)
+    return b"".join(parts)
 
 
-def _changed(path: str | None = None) -> InputError:
-    return InputError(
-        Problem(
-            path or "",
-            None,
-            "an input file changed while it was being split; no shard was replaced",
-            "run the command again when the inputs are no longer being written",
-        )
-    )
+def _changed_line(read: ReadChunk, data: bytes, layout: _Layout, stop: int) -> int:
+    """The first line of a changed chunk whose bytes differ from when it was read."""
+    base = read.chunk.window_start
+    for r in range(read.first_record, stop):
+        begin = layout.offset[r] - base
+        if zlib.crc32(data[begin : begin + layout.length[r]]) != layout.crc[r]:
+            return int(layout.line[r])
+    return read.first_line
+
+
+class _Shards:
+    """The open shard file of each group, and where each group is in its list of shards."""
+
+    def __init__(self, groups: list[_Group], names: list[str], out_dir: Path, tag: str) -> None:
+        self.groups = groups
+        self.names = names
+        self.out_dir = out_dir
+        self.tag = tag
+        self.first: list[int] = []
+        index = 0
+        for group in groups:
+            self.first.append(index)
+            index += len(group.sizes)
+        self.position = [[0, 0] for _ in groups]  # shard within group, lines written to it
+        self.writers: dict[int, Any] = {}  # group -> (context manager, file)
+        self.parts: dict[str, Path] = {}
+
+    def file(self, group: int) -> IO[bytes]:
+        writer = self.writers.get(group)
+        if writer is None:
+            name = self.names[self.first[group] + self.position[group][0]]
+            self.parts[name] = self.out_dir / f".{name}.{self.tag}.part"
+            manager = atomic_writer(self.parts[name], "wb")
+            writer = self.writers[group] = (manager, manager.__enter__())
+        return writer[1]
+
+    def wrote(self, group: int) -> None:
+        where = self.position[group]
+        where[1] += 1
+        if where[1] == self.groups[group].sizes[where[0]]:
+            manager, _ = self.writers.pop(group)
+            manager.__exit__(None, None, None)
+            where[0], where[1] = where[0] + 1, 0
+
+    def abort(self, exc: BaseException) -> None:
+        for manager, _ in self.writers.values():
+            with contextlib.suppress(Exception):
+                manager.__exit__(type(exc), exc, exc.__traceback__)
+        _remove(list(self.parts.values()))
 
 
 def _write(
-    paths: Sequence[str | Path],
+    report: ScanReport,
+    layout: _Layout,
     groups: list[_Group],
     names: list[str],
     out_dir: Path,
     tag: str,
-    count: int,
-    digest: str,
 ) -> dict[str, Path]:
-    """Pass 2: copy each raw line into its shard's temporary file; return them by name."""
-    first: dict[tuple[str | None, str], int] = {}
-    index = 0
-    for group in groups:
-        first[(group.model, group.url)] = index
-        index += len(group.sizes)
-    by_key = {(g.model, g.url): g for g in groups}
-    position = {key: [0, 0] for key in by_key}  # shard within group, lines written to it
-    writers: dict[tuple[str | None, str], Any] = {}  # group -> (context manager, file)
-    parts: dict[str, Path] = {}
-    raw = _RawLines()
-    seen = hashlib.sha256()
-    written = 0
+    """Copy each line's raw bytes into its shard's temporary file; return them by name.
+
+    Each chunk is read again whole and its sha256 compared with the one taken when it was
+    first read, so the bytes copied are the bytes that were validated and counted.
+    """
+    for path in report.loose.values():
+        raise InputError(
+            Problem(
+                path,
+                None,
+                "is not a regular file: split reads each input twice (to check and to copy)",
+                "save it to a file first",
+            )
+        )
+    shards = _Shards(groups, names, out_dir, tag)
+    chunks = report.chunks
     try:
-        for req in read_requests(paths, max_problems=_MAX_PROBLEMS):
-            key = (req.model, req.url)
-            group = by_key.get(key)
-            if group is None:
-                raise _changed(req.path)
-            where = position[key]
-            if where[0] >= len(group.sizes):
-                raise _changed(req.path)
-            if key not in writers:
-                name = names[first[key] + where[0]]
-                parts[name] = out_dir / f".{name}.{tag}.part"
-                manager = atomic_writer(parts[name], "wb")
-                writers[key] = (manager, manager.__enter__())
-            writers[key][1].write(raw.read(req.path, req.offset, req.length) + b"\n")
-            _note(seen, req)
-            written += 1
-            where[1] += 1
-            if where[1] == group.sizes[where[0]]:
-                manager, _ = writers.pop(key)
-                manager.__exit__(None, None, None)
-                where[0], where[1] = where[0] + 1, 0
-        if written != count or seen.hexdigest() != digest or writers:
-            raise _changed()
+        for c, read in enumerate(chunks):
+            stop = chunks[c + 1].first_record if c + 1 < len(chunks) else report.records
+            chunk = read.chunk
+            data = _read_window(chunk.path, chunk.window_start, chunk.end)
+            if hashlib.sha256(data).hexdigest() != read.sha256:
+                raise changed_error(chunk.path, _changed_line(read, data, layout, stop))
+            view = memoryview(data)
+            base = chunk.window_start
+            for r in range(read.first_record, stop):
+                group = layout.group[r]
+                begin = layout.offset[r] - base
+                f = shards.file(group)
+                f.write(view[begin : begin + layout.length[r]])
+                f.write(b"\n")
+                shards.wrote(group)
+        _check_sizes(report)
+        if shards.writers:
+            raise changed_error(chunks[-1].chunk.path if chunks else "", None)
     except BaseException as exc:
-        for manager, _ in writers.values():
-            with contextlib.suppress(Exception):
-                manager.__exit__(type(exc), exc, exc.__traceback__)
-        _remove(list(parts.values()))
+        shards.abort(exc)
         raise
-    finally:
-        raw.close()
-    return parts
+    return shards.parts
+
+
+def _check_sizes(report: ScanReport) -> None:
+    """Every input still has the size it had when read (nothing was appended)."""
+    lines: dict[int, int] = {}
+    paths: dict[int, str] = {}
+    for read in report.chunks:
+        paths[read.chunk.index] = read.chunk.path
+        lines[read.chunk.index] = read.first_line
+    for index, size in report.sizes.items():
+        path = paths.get(index)
+        if path is None:
+            continue
+        try:
+            now = os.stat(path).st_size
+        except OSError:
+            now = -1
+        if now != size:
+            raise changed_error(path, lines.get(index))
 
 
 def _remove(paths: Sequence[Path]) -> None:
@@ -284,6 +336,7 @@ def split_files(
     out_dir: str | Path = ".",
     max_requests: int = DEFAULT_MAX_REQUESTS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    options: ScanOptions | None = None,
 ) -> SplitResult:
     """Split request files into shard files of at most `limit` estimated tokens each."""
     if limit < 1:
@@ -291,8 +344,9 @@ def split_files(
     if max_requests < 1 or max_bytes < 1:
         raise InputError(Problem("--max-requests/--max-bytes", None, "must be 1 or more", ""))
     caps = Caps(max_tokens=limit, max_requests=max_requests, max_bytes=max_bytes)
-    groups, count, digest = _plan(paths, caps)
-    if count == 0:
+    scanner = Scanner(paths, options or ScanOptions(max_problems=_MAX_PROBLEMS))
+    groups, layout = _plan(scanner, caps)
+    if not layout.group:
         raise InputError(
             Problem(", ".join(str(p) for p in paths), None, "no requests to split", "")
         )
@@ -300,13 +354,14 @@ def split_files(
     out.mkdir(parents=True, exist_ok=True)
     total = sum(len(g.sizes) for g in groups)
     names = shard_names(total)
-    parts = _write(paths, groups, names, out, os.urandom(4).hex(), count, digest)
+    parts = _write(scanner.report, layout, groups, names, out, os.urandom(4).hex())
     try:
         for name in names:
             os.replace(parts[name], out / name)
     except BaseException:
         _remove(list(parts.values()))
         raise
+    scanner.commit_counts()
     inputs = [Path(p) for p in paths]
     removed: list[str] = []
     kept: list[str] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -139,6 +140,11 @@ def encoding_name_for_model(model: str | None) -> tuple[str, str | None]:
         return DEFAULT_ENCODING, None
     if not isinstance(model, str):
         return DEFAULT_ENCODING, f"model is not a string ({model!r}): counted with o200k_base"
+    return _encoding_for_name(model)
+
+
+@functools.lru_cache(maxsize=1024)  # a batch names few models; tiktoken's lookup is slow-ish
+def _encoding_for_name(model: str) -> tuple[str, str | None]:
     try:
         name = tiktoken.model.encoding_name_for_model(model)
     except KeyError:
@@ -170,6 +176,16 @@ def _pieces_len(enc: tiktoken.Encoding, text: str) -> int:
     return total
 
 
+# encode_ordinary is a quarter faster than encode(..., disallowed_special=()) and gives the
+# same tokens, but panics where the regex runs out of stack. That takes a whitespace run of
+# most of a million characters (800,000 pass); shorter texts cannot reach it.
+_ORDINARY_MAX_CHARS = 100_000
+# Counts of short texts (roles, names, shared system prompts) remembered per encoding.
+_MEMO_MAX_CHARS = 8192
+_MEMO_ENTRIES = 1024
+_MEMOS: dict[str, dict[str, int]] = {}
+
+
 def _text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
     """(tokens, whether the text had to be counted in pieces).
 
@@ -177,6 +193,12 @@ def _text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
     encode_ordinary does, but where tiktoken's regex runs out of backtracking stack (a huge
     run of whitespace, tiktoken issue #15) it raises ValueError instead of panicking.
     """
+    if len(text) <= _ORDINARY_MAX_CHARS:
+        try:
+            return len(enc.encode_ordinary(text)), False
+        except BaseException as exc:  # pyo3's PanicException derives from BaseException
+            if type(exc).__name__ != "PanicException":
+                raise
     try:
         return len(enc.encode(text, disallowed_special=())), False
     except ValueError:
@@ -366,7 +388,7 @@ def _short(text: str, limit: int = 80) -> str:
 class _Tally:
     """Counting context for one request: its model, encoder and caveats so far."""
 
-    __slots__ = ("caveats", "enc", "encoding", "functions", "model")
+    __slots__ = ("caveats", "enc", "encoding", "functions", "memo", "model")
 
     def __init__(self, model: Any) -> None:
         self.encoding, caveat = encoding_name_for_model(model)
@@ -374,15 +396,24 @@ class _Tally:
         self.enc = get_encoding(self.encoding)
         self.functions = _FUNCTION_CONSTANTS[self.encoding]
         self.caveats: list[str] = [caveat] if caveat else []
+        self.memo = _MEMOS.setdefault(self.encoding, {})
 
     def note(self, caveat: str) -> None:
         if caveat not in self.caveats:
             self.caveats.append(caveat)
 
     def count(self, text: str) -> int:
+        memo = self.memo
+        tokens = memo.get(text)
+        if tokens is not None:
+            return tokens
         tokens, in_pieces = _text_len(self.enc, text)
         if in_pieces:
             self.note("a text too repetitive for tiktoken was counted in pieces")
+        elif len(text) <= _MEMO_MAX_CHARS:
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            memo[text] = tokens
         return tokens
 
     def text(self, value: Any) -> int:

@@ -38,3 +38,11 @@ def simulator_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[...,
 def simulator(simulator_factory: Callable[..., Simulator]) -> Simulator:
     """A running simulator (SimConfig.fast(): a small batch completes in ~0.2 s)."""
     return simulator_factory()
+
+
+@pytest.fixture(autouse=True)
+def _token_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test gets its own token-count cache, never the user's ~/.cache/gptbatch."""
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path_factory.mktemp("token-cache")))

@@ -191,3 +191,38 @@ def test_other_encodings_fail_clearly_offline(offline: Path) -> None:
 def test_unknown_encoding_name_is_a_gptbatch_error(offline: Path) -> None:
     with pytest.raises(EncodingUnavailable, match="no_such_encoding"):
         get_encoding("no_such_encoding")
+
+
+SAMPLES = ["hello world", "naïve café 東京 <|endoftext|>", " " * 1000 + "x", "1234567890" * 50]
+
+
+def test_rank_snapshot_loads_the_same_encoding_and_a_bad_one_is_rebuilt(
+    offline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path / "gptbatch-cache"))
+    reference = encodings._load_verified("o200k_base")
+    first = encodings._load_encoding("o200k_base")  # writes the snapshot
+    snapshot = encodings.rank_snapshot_path("o200k_base")
+    assert snapshot is not None and snapshot.exists()
+    loaded = encodings._snapshot_encoding("o200k_base")
+    assert loaded is not None
+    for enc in (first, loaded):
+        assert [enc.encode_ordinary(t) for t in SAMPLES] == [
+            reference.encode_ordinary(t) for t in SAMPLES
+        ]
+        assert enc.n_vocab == reference.n_vocab
+    data = bytearray(snapshot.read_bytes())
+    data[100] ^= 1  # one flipped bit: the stored sha256 no longer matches
+    snapshot.write_bytes(bytes(data))
+    assert encodings._snapshot_encoding("o200k_base") is None
+    again = encodings._load_encoding("o200k_base")  # falls back, writes a sound snapshot
+    assert again.encode_ordinary(SAMPLES[1]) == reference.encode_ordinary(SAMPLES[1])
+    assert encodings._snapshot_encoding("o200k_base") is not None
+
+
+def test_no_rank_snapshot_when_the_cache_is_off(
+    offline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", "")
+    assert encodings.rank_snapshot_path("o200k_base") is None
+    assert encodings._load_encoding("o200k_base").encode_ordinary("hi") == [3686]

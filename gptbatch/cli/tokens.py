@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptbatch.errors import InputError, UsageError
-from gptbatch.requests import ENDPOINTS, read_requests
-from gptbatch.tokens import estimate_request
+from gptbatch.requests import ENDPOINTS
+from gptbatch.scan import Scanner, ScanOptions
 
 MAX_CAVEATS_SHOWN = 10  # distinct caveats listed per file without --per-request
 _MAX_CAVEATS_KEPT = 1000  # bounds memory when every request has its own caveat (e.g. URLs)
@@ -79,18 +79,18 @@ def run(args: argparse.Namespace) -> int:
     prefix = "# " if args.per_request else ""
     encoding: str | None = None
     error: InputError | None = None
+    scanner = Scanner(args.files, ScanOptions(model=args.model, endpoint=args.endpoint))
     try:
-        for request in read_requests(args.files, model=args.model, endpoint=args.endpoint):
-            estimate = estimate_request(request.url, request.body)
+        for request in scanner.requests():
             per_file.setdefault(request.path, _FileTotal()).add(
-                estimate.tokens, estimate.encoding, estimate.caveats
+                request.tokens, request.encoding, request.caveats
             )
             if args.per_request:
-                if estimate.encoding != encoding:
-                    encoding = estimate.encoding
+                if request.encoding != encoding:
+                    encoding = request.encoding
                     print(f"# encoding: {encoding}")
-                print(f"{request.custom_id}\t{estimate.tokens}")
-                for caveat in estimate.caveats:
+                print(f"{request.custom_id}\t{request.tokens}")
+                for caveat in request.caveats:
                     print(f"# caveat: {caveat}")
     except InputError as exc:
         error = exc  # print what was valid, then report the bad lines
@@ -107,4 +107,5 @@ def run(args: argparse.Namespace) -> int:
     print(prefix + _summary(f"total ({files})", overall))
     if error is not None:
         raise error
+    scanner.commit_counts()  # only a run without bad lines is remembered
     return 0

