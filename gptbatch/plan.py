@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,14 +203,19 @@ def upload_facts(req: Request) -> tuple[int, int | None]:
     return len(req.canonical_line()) + 1, output_limit(req.url, req.body)
 
 
-def make_plan(spec: Spec) -> Plan:
-    """Stream every request of spec and plan its shards and cost; raise InputError on bad input."""
+def make_plan(spec: Spec, skip: Callable[[str], bool] | None = None) -> Plan:
+    """Stream every request of spec and plan its shards and cost; raise InputError on bad input.
+
+    skip(key) leaves out requests a build would not send (done, or in flight): `make -n`.
+    """
     tallies: dict[tuple[str | None, str], _Tally] = {}
     problems: list[Problem] = []
     options = ScanOptions(model=spec.model, endpoint=spec.endpoint, extra=upload_facts)
     scanner = Scanner(spec.inputs, options)
     try:
         for req in scanner.requests():
+            if skip is not None and skip(req.key):
+                continue
             key = (req.model, req.url)
             tally = tallies.get(key)
             if tally is None:

@@ -582,6 +582,16 @@ class Store:
         )
         return ResultRow(key, state, attempts, line, error, batch_id)
 
+    def is_settled(self, key: str) -> bool:
+        """Would a build leave this request alone: a final result, or a shard at the API?"""
+        row = self.db.execute(
+            "SELECT 1 FROM results WHERE key=? AND state IN ('ok', 'failed')"
+            " UNION ALL SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
+            f" WHERE m.key=? AND h.state IN {IN_FLIGHT_SHARD_STATES!r} LIMIT 1",
+            (key, key),
+        ).fetchone()
+        return row is not None
+
     def reset_results(self, paths: list[str], *, only_failed: bool) -> int:
         """Make these inputs' requests pending again (all, or those failed for good).
 

@@ -70,7 +70,8 @@ def test_plan_totals_match_an_independent_count_of_the_example() -> None:
 def test_plan_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(EXAMPLE), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"config", "prices", "groups", "totals"}
+    assert set(data) == {"config", "prices", "groups", "totals", "workload"}
+    assert data["workload"] == data["totals"]  # no build state: all of it is left
     assert data["prices"]["as_of"] == PRICES["as_of"]
     assert set(data["totals"]) == {"requests", "tokens", "shards", "input_cost", "output_cost_max"}
     group = data["groups"][0]

@@ -9,6 +9,7 @@ from typing import Any
 
 from gptbatch.plan import GroupPlan, Plan, make_plan
 from gptbatch.spec import load_spec
+from gptbatch.store import Store, state_dir
 
 
 def register(subparsers: Any) -> None:
@@ -16,14 +17,20 @@ def register(subparsers: Any) -> None:
         "plan",
         epilog="example: gptbatch plan batch.yaml --json",
         help="show requests, prompt tokens, shards and estimated cost per model, offline",
-        description="Read the config and every input line, offline, and print per model and "
-        "endpoint: requests, estimated prompt tokens, shards (batches) and the estimated cost "
-        "at Batch API prices, with totals.",
+        description="Like `make -n`: what `build` would send now (requests with no result "
+        "and not in flight, per the build state) per model and endpoint: requests, estimated "
+        "prompt tokens, shards and the estimated cost at Batch API prices, beside the totals "
+        "of the whole workload. Offline.",
     )
     parser.add_argument(
         "config", nargs="?", default=None, metavar="CONFIG", help="default: ./batch.yaml"
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="plan the whole workload, ignoring what earlier builds did",
+    )
     parser.set_defaults(func=run)
 
 
@@ -118,11 +125,22 @@ def _print_rich(plan: Plan, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = make_plan(load_spec(args.config))
+    spec = load_spec(args.config)
+    directory = state_dir(spec.output_dir)
+    store = None if args.all or not (directory / "state.db").exists() else Store(directory)
+    try:
+        plan = make_plan(spec, skip=store.is_settled if store is not None else None)
+    finally:
+        if store is not None:
+            store.close()
+    whole = make_plan(spec) if store is not None else plan
     if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
+        doc = plan.to_json()
+        doc["workload"] = whole.to_json()["totals"]
+        print(json.dumps(doc, indent=2))
         return 0
-    title = f"Plan for {args.config or 'batch.yaml'}"
+    what = "what `build` would send now" if store is not None else "the whole workload"
+    title = f"Plan for {args.config or 'batch.yaml'}: {what}"
     if sys.stdout.isatty():
         _print_rich(plan, title)
     else:
@@ -131,4 +149,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
     for note in _notes(plan):
         print(f"  {note}")
+    if store is not None:
+        print(
+            f"whole workload: {whole.requests:,} requests, ~{whole.tokens:,} prompt tokens, "
+            f"input cost {money(whole.input_cost)}; {whole.requests - plan.requests:,} of them "
+            "done or in flight"
+        )
     return 0

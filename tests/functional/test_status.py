@@ -67,3 +67,26 @@ def test_status_exit_4_when_built_but_some_failed_for_good(tmp_path: Path, simul
     code, doc = status_json(project, capsys)
     assert code == EXIT_FAILED_REQUESTS
     assert doc["counts"]["failed"] == 1 and doc["counts"]["pending"] == 0
+
+
+def test_plan_says_what_build_would_send_now_beside_the_whole_workload(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    reqs = [chat(f"r{i}") for i in range(5)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs})
+    capsys.readouterr()
+    assert project.cli("plan", "--json") == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["totals"]["requests"] == 5  # nothing built yet
+    assert project.build() == EXIT_OK
+    write_jsonl(project.input(), [*reqs, chat("n1"), chat("n2")])
+    capsys.readouterr()
+    assert project.cli("plan", "--json") == EXIT_OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["totals"]["requests"] == 2 and doc["totals"]["shards"] == 1
+    assert doc["workload"]["requests"] == 7
+    assert project.cli("plan") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "what `build` would send now" in out
+    assert "whole workload: 7 requests" in out and "5 of them done or in flight" in out
+    assert project.cli("plan", "--all", "--json") == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["totals"]["requests"] == 7
