@@ -69,6 +69,8 @@ class Progress:
             self.batch_model[f["batch"]] = (f.get("model"), int(f.get("tokens") or 0))
         elif kind == "status" and f["batch"] in self.batches:
             self.batches[f["batch"]] = f["status"]
+            if f["status"] in _TERMINAL:  # its queue room is free; its results come next
+                self.batch_model.pop(f["batch"], None)
         elif kind in ("collected", "refused", "batch_failed"):
             self.batches.pop(f["batch"], None)
             self.batch_model.pop(f["batch"], None)
@@ -107,8 +109,9 @@ class Progress:
                 lines.append(f"{model or '?':<24} [{bar}] {tokens:,} / {budget:,} tokens in flight")
             else:
                 lines.append(f"{model or '?':<24} {tokens:,} tokens in flight (no limit set)")
+        flying_batches = sum(1 for s in self.batches.values() if s not in _TERMINAL)
         detail = self.by_status() or "none"
-        lines.append(f"batches in flight: {len(self.batches)} ({detail})")
+        lines.append(f"batches: {flying_batches} in flight ({detail})")
         done, failed = self.done + self.ok, self.failed_total + self.failed
         pending = max(0, self.total - done - failed)
         elapsed = self.clock() - self.started
@@ -119,6 +122,9 @@ class Progress:
             f"   elapsed {_clock(elapsed)}   ETA {eta}"
         )
         return lines
+
+
+_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 def _clock(seconds: float) -> str:
@@ -157,7 +163,7 @@ class ConsoleReporter:
         # On a terminal, a live display under the log lines; CI logs get plain lines only.
         if self.tty and self.progress.total:
             self.clear_status()
-            if kind != "summary":
+            if kind not in ("summary", "usage"):  # the build is over: the CLI prints the rest
                 block = self.progress.block()
                 self.stream.write("\n".join(block))
                 self.shown = len(block)

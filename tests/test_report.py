@@ -31,10 +31,10 @@ def test_terminal_gets_a_live_display_and_logs_do_not() -> None:
         r.event("submitted", shard="s", batch="b1", model="m", requests=2, tokens=50)
         r.event("collected", batch="b1", status="completed", ok=2, failed=0, retry=0)
     screen = tty.getvalue()
-    assert "batches in flight" in screen and "\x1b[J" in screen  # redrawn in place
+    assert "batches: 0 in flight" in screen and "\x1b[J" in screen  # redrawn in place
     assert "[###############...............] 50 / 100 tokens in flight" in screen
     assert "requests: 6 done, 0 failed, 4 pending of 10" in screen
-    assert "batches in flight" not in log.getvalue()
+    assert "in flight" not in log.getvalue().replace("tokens in flight", "")
     assert "submitted b1 (shard s): m, 2 requests, ~50 tokens" in log.getvalue()
 
 
@@ -49,9 +49,13 @@ def test_the_display_shows_status_counts_elapsed_and_an_eta() -> None:
     p.update("collected", {"batch": "b1", "ok": 20, "failed": 0, "retry": 0})
     block = p.block(width=10)
     assert block[0].startswith("m ") and "[##........] 250 / 1,000 tokens in flight" in block[0]
-    assert block[1] == "batches in flight: 1 (1 in_progress)"
+    assert block[1] == "batches: 1 in flight (1 in_progress)"
     # 20 results in a minute, 80 to go: four more minutes.
     assert block[2].endswith("elapsed 0:01:00   ETA 0:04:00")
+    # A finished batch frees its queue room at once, before its results are downloaded.
+    p.update("status", {"batch": "b2", "status": "completed"})
+    assert "0 / 1,000 tokens in flight" in p.block(width=10)[0]
+    assert p.block()[1] == "batches: 0 in flight (1 completed)"
 
 
 def test_json_reporter_writes_one_object_per_event() -> None:
