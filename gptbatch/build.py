@@ -307,6 +307,21 @@ class Builder:
             changed = changed or sent
         return changed
 
+    def upload_ahead(self, shard: ShardRow) -> bool:
+        """Upload a shard that must wait for room, so only its create is left (up to
+        `limits.pipeline` shards per model wait uploaded)."""
+        if shard.state != "ready":
+            return False
+        waiting = [
+            s
+            for s in self.store.shards(("uploaded", "waiting"))
+            if s.model == shard.model and s.file_id
+        ]
+        if len(waiting) >= self.spec.limits.pipeline:
+            return False
+        self.submitter.ensure_uploaded(shard)
+        return True
+
     def send(self, shard: ShardRow) -> bool | None:
         """Try one shard; False if it must wait; None if it was released to be repacked."""
         try:
@@ -314,8 +329,10 @@ class Builder:
                 return True
             if self.scheduler.too_big_after_refusal(shard):
                 return None
-            if not self.scheduler.fits_queue(shard) or not self.scheduler.within_spend_cap(shard):
+            if not self.scheduler.within_spend_cap(shard):
                 return False
+            if not self.scheduler.fits_queue(shard):
+                return self.upload_ahead(shard)
             self.submitter.submit_shard(shard)
         except TransientRemoteError as exc:
             self.report.event("api_retry", batch="", error=f"shard {shard.id[:12]}: {exc}")

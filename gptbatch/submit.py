@@ -117,29 +117,40 @@ class Submitter:
             )
         return line
 
-    def submit_shard(self, shard: ShardRow) -> None:
-        """Upload (unless already uploaded) and create the batch, recording intent first."""
+    def ensure_uploaded(self, shard: ShardRow) -> str:
+        """The shard's uploaded file id: found again, or uploaded now (intent recorded first).
+
+        Uploading takes no queue room, so the next shards are uploaded while the queue is
+        full, and creating their batches is all that is left when room appears.
+        """
         store = self.store
         file_id = shard.file_id
         filename = f"gptbatch-{shard.id[:40]}.jsonl"
+        if file_id is not None:
+            return file_id
+        if shard.state == "uploading":  # an earlier run may have uploaded it
+            found = self.remote.find_uploads(filename)
+            file_id = found[0].id if found else None
         if file_id is None:
-            if shard.state == "uploading":  # an earlier run may have uploaded it
-                found = self.remote.find_uploads(filename)
-                file_id = found[0].id if found else None
-            if file_id is None:
-                path = self.shard_file(shard)
-                crashpoint("after_shard_file")
-                with store.transaction():
-                    store.update_shard(shard.id, state="uploading")
-                crashpoint("before_upload")
-                file_id = self.remote.upload(
-                    path, filename, expires_after=self.spec.upload_expires_after
-                ).id
-                crashpoint("after_upload")
+            path = self.shard_file(shard)
+            crashpoint("after_shard_file")
             with store.transaction():
-                store.update_shard(shard.id, state="uploaded", file_id=file_id)
-            crashpoint("after_uploaded_state")
-            self.report.event("uploaded", shard=shard.id[:12], file=file_id)
+                store.update_shard(shard.id, state="uploading")
+            crashpoint("before_upload")
+            file_id = self.remote.upload(
+                path, filename, expires_after=self.spec.upload_expires_after
+            ).id
+            crashpoint("after_upload")
+        with store.transaction():
+            store.update_shard(shard.id, state="uploaded", file_id=file_id)
+        crashpoint("after_uploaded_state")
+        self.report.event("uploaded", shard=shard.id[:12], file=file_id)
+        return file_id
+
+    def submit_shard(self, shard: ShardRow) -> None:
+        """Upload (unless already uploaded) and create the batch, recording intent first."""
+        store = self.store
+        file_id = self.ensure_uploaded(shard)
         nonce = uuid.uuid4().hex[:16]
         with store.transaction():
             store.update_shard(shard.id, state="submitting", nonce=nonce)

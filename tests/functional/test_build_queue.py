@@ -175,3 +175,23 @@ def test_limit_learned_from_a_429_is_remembered_by_the_next_run(
     new = {b: w for b, w in estimated(sim).items() if b not in batches}
     assert new and all(w <= 540 for w in new.values())
     assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in first + second)
+
+
+@pytest.mark.timeout(60)
+def test_shards_waiting_for_room_are_uploaded_ahead(tmp_path: Path, simulator_factory) -> None:
+    """While the queue is full the next shards are uploaded, so only their create waits."""
+    from buildkit import make_project, padded_chat
+
+    sim = simulator_factory(time_scale=50.0)
+    reqs = [padded_chat(f"r{i}", 90) for i in range(8)]  # ~100 tokens each
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        limits={"enqueued_tokens": 440, "safety_margin": 0, "pipeline": 2},
+    )
+    assert project.build() == 0
+    uploads = [c.at for c in sim.journal.calls if c.method == "POST" and c.path == "/v1/files"]
+    first_done = min(e.at for e in sim.journal.events if e.status == "completed")
+    # Two batches fill the queue; at least one more shard was uploaded before either ended.
+    assert sum(1 for t in uploads if t < first_done) >= 3
+    assert max(sim.journal.billed_counts().values()) == 1

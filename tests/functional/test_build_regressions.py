@@ -387,9 +387,7 @@ def test_request_only_over_the_lowered_budget_is_sent_alone(
 
 
 @pytest.mark.timeout(60)
-def test_one_404_on_an_output_file_is_asked_again_not_paid_again(
-    tmp_path: Path, simulator
-) -> None:
+def test_one_404_on_an_output_file_is_asked_again_not_paid_again(tmp_path: Path, simulator) -> None:
     reqs = [chat(f"r{i}") for i in range(4)]
     project = make_project(tmp_path, {"requests.jsonl": reqs})
     assert project.build("--no-wait") == EXIT_PENDING
