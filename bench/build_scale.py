@@ -1,10 +1,12 @@
 """Benchmark `gptbatch build` at scale against the simulator; prints figures.
 
-    python bench/build_scale.py [--requests 100000]
+    python bench/build_scale.py [--requests 100000] [--noop-requests 1000000]
 
-Measures, each as a separate `gptbatch build` process (wall time and peak RSS):
-the first build, a no-op rebuild, a rebuild after a one-line edit, and a rebuild after
-appending 1% more requests. The simulator runs in its own process on a fast clock.
+Measures, each as a separate `gptbatch build` process (wall time, its peak RSS, API calls
+the simulator's journal saw, state size): the first build, a no-op rebuild, a rebuild after
+a one-line edit, a rebuild after appending 1% more requests; then a no-op rebuild of a state
+of --noop-requests requests built synthetically (rows inserted into a store directly). The
+simulator runs in its own process on a fast clock.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +44,8 @@ def write_input(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(request(i, rng)) + "\n")
 
 
-def start_simulator() -> tuple[subprocess.Popen[str], str]:
+def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
+    """The simulator on a fast clock; the list holds how many API calls its journal printed."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -51,7 +54,6 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
             "simulator",
             "--port",
             "0",
-            "--quiet",
             "--time-scale",
             "100000",
             "--tokens-per-second",
@@ -64,73 +66,177 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    return proc, line.rsplit(" ", 1)[-1].strip()
+    url = line.rsplit(" ", 1)[-1].strip()
+    calls = [0]
+    stream = proc.stdout
+
+    def count() -> None:
+        for text in stream:  # one line per API call ("POST /v1/files -> 200")
+            if " -> " in text:
+                calls[0] += 1
+
+    threading.Thread(target=count, daemon=True).start()
+    return proc, url, calls
 
 
-def timed_build(config: Path, env: dict[str, str]) -> tuple[float, float, int]:
-    """(seconds, peak RSS MiB of the build process, exit code)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# Run from a small parent: a child forked from this (large) process counts its pages.
+WRAPPER = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:],"
+    " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
+    " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
+
+
+def peak_rss_build(config: Path, env: dict[str, str], calls: list[int]) -> dict[str, object]:
+    """One `gptbatch build` process: seconds, its own peak RSS, API calls, exit code."""
+    argv = [sys.executable, "-m", "gptbatch", "build", str(config)]
+    before = calls[0]
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "gptbatch", "build", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-c", WRAPPER, *argv], env=env, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    time.sleep(0.3)  # let the journal reader catch up
     if done.returncode != 0:
-        print(done.stdout, done.stderr, file=sys.stderr)
-    # ru_maxrss of children is the max over all children so far: report it when it grew.
-    return seconds, max(peak, before) / 1024, done.returncode
+        print(done.stderr[-2000:], file=sys.stderr)
+    return {
+        "cmd": "gptbatch build " + str(config),
+        "seconds": seconds,
+        "rss": int(done.stdout.split()[-1]) / 1024,
+        "calls": calls[0] - before,
+        "code": done.returncode,
+    }
+
+
+def write_config(root: Path) -> Path:
+    config = root / "batch.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": ["inputs/big.jsonl"],
+                "output_dir": "out",
+                "limits": {"enqueued_tokens": {"gpt-4o-mini": 20_000_000}},
+                "polling": {"initial_seconds": 0.2, "max_seconds": 1.0},
+            }
+        )
+    )
+    return config
+
+
+def show(name: str, row: dict[str, object], root: Path) -> None:
+    state = tree_size(root / "out" / ".gptbatch") / 2**20
+    print(
+        f"{name:>15}: {row['seconds']:7.2f} s  peak RSS {row['rss']:7.1f} MiB  "
+        f"API calls {row['calls']:5}  state {state:7.1f} MiB  exit {row['code']}  "
+        f"[{row['cmd']}]",
+        flush=True,
+    )
+
+
+def scale_100k(n: int, env: dict[str, str], calls: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "inputs").mkdir()
+        data = root / "inputs" / "big.jsonl"
+        write_input(data, n)
+        config = write_config(root)
+        print(f"input: {n:,} requests, {data.stat().st_size / 2**20:.1f} MiB", flush=True)
+        show("first build", peak_rss_build(config, env, calls), root)
+        show("no-op rebuild", peak_rss_build(config, env, calls), root)
+        lines = data.read_text().splitlines()
+        edited = json.loads(lines[len(lines) // 2])
+        edited["body"]["messages"][0]["content"] += " edited"
+        lines[len(lines) // 2] = json.dumps(edited)
+        data.write_text("\n".join(lines) + "\n")
+        del lines
+        show("one-line edit", peak_rss_build(config, env, calls), root)
+        rng = random.Random(1)
+        with open(data, "a") as f:
+            for i in range(n, n + n // 100):
+                f.write(json.dumps(request(i, rng)) + "\n")
+        show("append 1%", peak_rss_build(config, env, calls), root)
+        out = root / "out" / "big.jsonl"
+        with open(out) as f:
+            lines_out = sum(1 for _ in f)
+        size = out.stat().st_size / 2**20
+        print(f"output: {lines_out:,} lines, {size:.1f} MiB", flush=True)
+
+
+def synthetic_state(root: Path, n: int) -> Path:
+    """A project whose state already holds n requests, all built (rows inserted directly)."""
+    import hashlib
+    import sqlite3
+
+    from gptbatch.spec import config_fingerprint, load_spec
+    from gptbatch.store import Store
+
+    (root / "inputs").mkdir()
+    data = root / "inputs" / "big.jsonl"
+    config = write_config(root)
+    with open(data, "w") as f:
+        for i in range(n):
+            f.write(json.dumps(request(i, random.Random(i)) | {"body": {}}) + "\n")
+    spec = load_spec(str(config))
+    store = Store(root / "out" / ".gptbatch")
+    store.close()
+    db = sqlite3.connect(root / "out" / ".gptbatch" / "state.db")
+    st = data.stat()
+
+    def rows() -> object:
+        for i in range(n):
+            key = hashlib.sha256(str(i).encode()).hexdigest()
+            yield (str(data), i, i + 1, 0, 1, key, f"req-{i}", "gpt-4o-mini",
+                   "/v1/chat/completions", 30, 200, 1, 0.0, "new")  # fmt: skip
+
+    def results() -> object:
+        for i in range(n):
+            key = hashlib.sha256(str(i).encode()).hexdigest()
+            body = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 30, "completion_tokens": 9}}
+            line = json.dumps({"custom_id": f"req-{i}", "response": {"status_code": 200,
+                               "body": body}})  # fmt: skip
+            yield key, "ok", 1, line, None, "batch_x", 1.0
+
+    with db:
+        db.executemany("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows())
+        db.executemany(
+            "INSERT INTO results(key, state, attempts, line, error, batch_id, updated_at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            results(),
+        )
+        db.execute(
+            "INSERT INTO inputs VALUES (?,?,?,?,?,?,?)",
+            (str(data), st.st_size, st.st_mtime_ns, "x", config_fingerprint(spec), n, 1.0),
+        )
+    db.close()
+    return config
+
+
+def scale_1m(n: int, env: dict[str, str], calls: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = synthetic_state(root, n)
+        print(f"synthetic state: {n:,} requests, all built", flush=True)
+        show("settling build", peak_rss_build(config, env, calls), root)
+        show("no-op rebuild", peak_rss_build(config, env, calls), root)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--noop-requests", type=int, default=1_000_000, help="0: skip")
+    parser.add_argument("--skip-scale", action="store_true", help="only the large no-op")
     args = parser.parse_args()
-    sim, url = start_simulator()
+    sim, url, calls = start_simulator()
+    env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            (root / "inputs").mkdir()
-            data = root / "inputs" / "big.jsonl"
-            write_input(data, args.requests)
-            config = root / "batch.yaml"
-            config.write_text(
-                yaml.safe_dump(
-                    {
-                        "inputs": ["inputs/big.jsonl"],
-                        "output_dir": "out",
-                        "limits": {"enqueued_tokens": {"gpt-4o-mini": 20_000_000}},
-                        "polling": {"initial_seconds": 0.2, "max_seconds": 1.0},
-                    }
-                )
-            )
-            env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
-            size = data.stat().st_size / 2**20
-            print(f"input: {args.requests:,} requests, {size:.1f} MiB")
-            rows = [("first build", *timed_build(config, env))]
-            rows.append(("no-op rebuild", *timed_build(config, env)))
-            lines = data.read_text().splitlines()
-            edited = json.loads(lines[len(lines) // 2])
-            edited["body"]["messages"][0]["content"] += " edited"
-            lines[len(lines) // 2] = json.dumps(edited)
-            data.write_text("\n".join(lines) + "\n")
-            rows.append(("one-line edit", *timed_build(config, env)))
-            rng = random.Random(1)
-            with open(data, "a") as f:
-                for i in range(args.requests, args.requests + args.requests // 100):
-                    f.write(json.dumps(request(i, rng)) + "\n")
-            rows.append(("append 1%", *timed_build(config, env)))
-            for name, seconds, rss, code in rows:
-                print(
-                    f"{name:>15}: {seconds:7.2f} s   peak RSS so far {rss:7.1f} MiB   exit {code}"
-                )
-            out = root / "out" / "big.jsonl"
-            with open(out) as f:
-                lines_out = sum(1 for _ in f)
-            print(f"output: {lines_out:,} lines, {out.stat().st_size / 2**20:.1f} MiB")
+        if not args.skip_scale:
+            scale_100k(args.requests, env, calls)
+        if args.noop_requests:
+            scale_1m(args.noop_requests, env, calls)
     finally:
         sim.terminate()
         sim.wait()

@@ -136,6 +136,22 @@ def remove_stale_temp_files(*directories: Path) -> None:
                 path.unlink()
 
 
+def remove_final_shard_files(store: Store) -> None:
+    """Delete shard files whose batch is final (done or dropped): never read again.
+
+    A shard's file is read only to upload it; a refused shard is sent again under the file
+    id it was uploaded as, so only a final shard's file is certain to be garbage.
+    """
+    folder = store.directory / "shards"
+    if not folder.is_dir():
+        return
+    for path in folder.glob("*.jsonl"):
+        shard = store.shard(path.name[: -len(".jsonl")])
+        if shard is None or shard.state in ("done", "dropped"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 class Builder:
     """One build of one spec against one remote, reporting to one reporter."""
 
@@ -193,6 +209,7 @@ class Builder:
         remove_stale_temp_files(
             self.spec.output_dir, self.work_dir / "downloads", self.work_dir / "shards"
         )
+        remove_final_shard_files(self.store)
         sync_inputs(self.spec, self.store, self.report, keep_going=self.keep_going)
         if force or retry_failed:
             with self.store.transaction():
@@ -264,6 +281,7 @@ class Builder:
         crashpoint("after_outputs")
         with self.store.transaction():
             self.store.set_meta("outputs", fingerprint)
+        remove_final_shard_files(self.store)
         self.summary.outputs = summaries
         counts = self.store.counts()
         self.summary.total = counts["total"]

@@ -21,7 +21,7 @@ from gptbatch.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.report import Reporter
 from gptbatch.scheduler import Scheduler
 from gptbatch.spec import Spec
-from gptbatch.store import BatchRow, ShardRow, Store
+from gptbatch.store import FINAL_RESULT_STATES, BatchRow, ShardRow, Store
 from gptbatch.submit import Submitter, refused
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
@@ -212,7 +212,10 @@ class Collector:
         crashpoint("after_download")
         seen: set[str] = set()
         counts = {"ok": 0, "failed": 0, "retry": 0}
+        members = self.store.members(shard_id)
+        keys = {cid: key for key, cid in reversed(members)}  # the first member of a custom_id
         with self.store.transaction():
+            batch = Outcomes(self.store, [k for k, _ in members], self.spec.retries, info.id)
             for path in downloads:
                 with open(path, "rb") as f:
                     for raw in f:
@@ -220,24 +223,27 @@ class Collector:
                             continue
                         text = raw.decode("utf-8").rstrip("\r\n")
                         obj = json.loads(text)
-                        key = self.store.member_key(shard_id, str(obj.get("custom_id")))
+                        key = keys.get(str(obj.get("custom_id")))
                         if key is None or key in seen:
                             continue
                         seen.add(key)
                         state, error = classify(obj)
-                        counts[self.record(key, state, text, error, info.id)] += 1
-            for key, _ in self.store.members(shard_id):
+                        counts[batch.add(key, state, text, error)] += 1
+            for key, _ in members:
                 if key not in seen:
+                    seen.add(key)
                     why = f"no result in batch {info.id} ({info.status})"
                     if gone:
                         why += f"; its file {', '.join(gone)} was gone from the API"
-                    counts[self.record(key, "retry", None, why, info.id)] += 1
+                    counts[batch.add(key, "retry", None, why)] += 1
+            batch.flush()
             self.store.mark_collected(info.id)
             if shard.batch_id == info.id or shard.state != "done":
                 self.store.update_shard(shard_id, state="done")
         crashpoint("after_collect")
         for path in downloads:
             path.unlink(missing_ok=True)
+        (self.work_dir / "shards" / f"{shard_id}.jsonl").unlink(missing_ok=True)  # final now
         if self.spec.delete_uploads and info.input_file_id:
             # Not found or not now: it expires by itself (upload_expires_after).
             with contextlib.suppress(NotFoundError, TransientRemoteError):
@@ -321,6 +327,42 @@ class Collector:
                 note=f"batch failed: {info.errors[0].code if info.errors else ''}",
             )
         self.report.event("batch_failed", batch=info.id, problems=problems[:20])
+
+
+class Outcomes:
+    """Outcomes of one batch, written a chunk at a time (one executemany per chunk).
+
+    Applies Collector.record's rules: a final result is never overwritten, and a retryable
+    outcome past the retry limit becomes final.
+    """
+
+    CHUNK = 5_000
+
+    def __init__(self, store: Store, keys: list[str], retries: int, batch_id: str) -> None:
+        self.store = store
+        self.retries = retries
+        self.batch_id = batch_id
+        self.known = store.result_states(keys)
+        self.rows: list[tuple[str, str, int, str | None, str | None, str | None]] = []
+
+    def add(self, key: str, state: str, line: str | None, error: str | None) -> str:
+        """Queue one outcome; return the state the key ends in."""
+        old = self.known.get(key)
+        if old is not None and old[0] in FINAL_RESULT_STATES:
+            return old[0]
+        attempts = (old[1] if old else 0) + 1
+        if state == "retry" and attempts > self.retries:
+            state = "failed"
+            error = f"gave up after {attempts} attempts: {error}"
+        self.known[key] = (state, attempts)
+        self.rows.append((key, state, attempts, line, error, self.batch_id))
+        if len(self.rows) >= self.CHUNK:
+            self.flush()
+        return state
+
+    def flush(self) -> None:
+        self.store.write_results(self.rows)
+        self.rows = []
 
 
 def classify(obj: dict[str, Any]) -> tuple[str, str | None]:

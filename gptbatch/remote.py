@@ -9,10 +9,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import httpx2
-import openai
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.crash import crashpoint
@@ -25,6 +22,12 @@ from gptbatch.errors import (
     RemoteError,
     TransientRemoteError,
 )
+
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+else:  # imported by the first Remote(): 1.3 s a no-op build does not need
+    httpx2 = openai = None
 
 T = TypeVar("T")
 
@@ -111,6 +114,7 @@ _LOCAL_ERRNOS = frozenset(
 
 def _translate(exc: Exception) -> Exception:
     """Map an SDK or transport error to ours."""
+    _import_sdk()
     if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
         where = exc.filename or "a local file"
         return LocalIOError(
@@ -156,6 +160,7 @@ def stated_queue_limit(message: str | None) -> tuple[str, int | None, str | None
 
 def _create_error(exc: Exception) -> Exception:
     """Map a batches.create failure: a 429 there is a full queue or a rate limit, never both."""
+    _import_sdk()
     if isinstance(exc, openai.RateLimitError):
         message = _message(exc)
         full = stated_queue_limit(message)
@@ -185,6 +190,16 @@ def _message(exc: openai.APIStatusError) -> str:
     return str(exc.message)
 
 
+def _import_sdk() -> None:
+    """Import the SDK into this module's namespace (its names are used in except clauses)."""
+    global httpx2, openai
+    if openai is None:
+        import httpx2 as _httpx2
+        import openai as _openai
+
+        httpx2, openai = _httpx2, _openai
+
+
 def _call(fn: Callable[[], T]) -> T:
     try:
         return fn()
@@ -205,6 +220,7 @@ class Remote:
         timeout: float = 120.0,
         max_retries: int = 2,
     ) -> None:
+        _import_sdk()
         self.client = openai.OpenAI(
             api_key=api_key,
             base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,

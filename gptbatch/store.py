@@ -13,7 +13,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,49 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX batches_shard ON batches(shard);
         """,
     ),
+    (
+        # Counters bumped by triggers in the writing transaction, so cached answers keyed by
+        # them stay exact across kills; result lines stored compressed (zline) from now on.
+        "m002_counters_zline",
+        """
+        ALTER TABLE results ADD COLUMN zline BLOB;
+        CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO counters(name, value) VALUES ('requests', 0), ('results', 0), ('shards', 0);
+        """
+        + "".join(
+            f"""
+        CREATE TRIGGER {table}_{op[:3].lower()} AFTER {op} ON {table} BEGIN
+            UPDATE counters SET value=value+1 WHERE name='{table}';
+        END;"""
+            for table in ("requests", "results", "shards")
+            for op in ("INSERT", "UPDATE", "DELETE")
+        ),
+    ),
 )
+
+ZLIB_LEVEL = 1  # result lines are JSON: level 1 keeps most of the gain at a fraction of the time
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """The statements of a migration, trigger bodies (with their inner ;) kept whole."""
+    pending = ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+
+
+def pack_line(line: str | None) -> bytes | None:
+    """A result line as stored: zlib-compressed UTF-8."""
+    return None if line is None else zlib.compress(line.encode("utf-8"), ZLIB_LEVEL)
+
+
+def unpack_line(line: str | None, zline: bytes | None) -> str | None:
+    """A stored result line back as text (rows written before m002 hold it uncompressed)."""
+    return zlib.decompress(zline).decode("utf-8") if zline is not None else line
+
 
 # Shard life cycle. `ready` -> `uploading` -> `uploaded` -> `submitting` -> `submitted`
 # -> `done`; `waiting` (refused for lack of queue room, file kept) goes back to `submitting`;
@@ -281,9 +324,8 @@ class Store:
             for name, sql in MIGRATIONS:
                 if name in done:
                     continue
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                for statement in _statements(sql):
+                    self.db.execute(statement)
                 self.db.execute("INSERT INTO migrations(name) VALUES (?)", (name,))
 
     @contextlib.contextmanager
@@ -321,6 +363,28 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def version(self) -> list[int]:
+        """How often requests, results and shards were written (triggers count every row)."""
+        return [r[0] for r in self.db.execute("SELECT value FROM counters ORDER BY name")]
+
+    def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """compute(), remembered in meta until a request, result or shard row changes.
+
+        What a no-op build asks (counts, is anything pending) would otherwise scan every
+        request; the counters make the answer O(1) until something is written.
+        """
+        version = self.version()
+        raw = self.get_meta(f"cache:{name}")
+        if raw is not None:
+            stored = json.loads(raw)
+            if stored[0] == version:
+                return stored[1]
+        value = compute()
+        if not self.db.in_transaction:  # a reader's snapshot must not turn into a writer
+            with contextlib.suppress(StateError, LocalIOError), self.transaction():
+                self.set_meta(f"cache:{name}", json.dumps([version, value]))
+        return value
 
     # --- inputs and requests -------------------------------------------------------------
 
@@ -387,16 +451,28 @@ class Store:
                 out[row[0]] = (row[1], row[2], row[3], row[4])
         return out
 
-    def duplicate_custom_ids(self) -> list[tuple[str, str, int, str, int]]:
-        """(custom_id, path_a, line_a, path_b, line_b) for custom_ids used twice."""
-        return list(
-            self.db.execute(
-                "SELECT a.custom_id, a.path, a.line, b.path, b.line FROM requests a"
-                " JOIN requests b ON a.custom_id=b.custom_id AND"
-                " (a.path < b.path OR (a.path=b.path AND a.ordinal < b.ordinal))"
-                " ORDER BY a.custom_id LIMIT 50"
+    def duplicate_custom_ids(
+        self, paths: Iterable[str] | None = None
+    ) -> list[tuple[str, str, int, str, int]]:
+        """(custom_id, path_a, line_a, path_b, line_b) for custom_ids used twice.
+
+        With paths, only pairs with a request of those inputs (the ones just read): the
+        others were checked when their inputs were read.
+        """
+        if paths is None:
+            paths = self.input_paths()
+        pairs: set[tuple[str, str, int, int, str, int, int]] = set()
+        for path in paths:
+            cur = self.db.execute(
+                "SELECT b.custom_id, a.path, a.ordinal, a.line, b.path, b.ordinal, b.line"
+                " FROM requests b JOIN requests a ON a.custom_id=b.custom_id"
+                " AND NOT (a.path=b.path AND a.ordinal=b.ordinal) WHERE b.path=?",
+                (path,),
             )
-        )
+            for cid, pa, oa, la, pb, ob, lb in cur:
+                first, second = sorted([(pa, oa, la), (pb, ob, lb)])
+                pairs.add((cid, *first, *second))
+        return [(c, pa, la, pb, lb) for c, pa, _, la, pb, _, lb in sorted(pairs)[:50]]
 
     def models(self) -> list[str | None]:
         """The models current requests use."""
@@ -435,20 +511,26 @@ class Store:
         """Is any shard not yet at the API, or any current request unbuilt and unpacked?"""
         if self.shards(("ready", "uploading", "uploaded", "submitting", "waiting")):
             return True
-        return next(self._pending(self.db, limit=1), None) is not None
+        return self._cached(
+            "pending", lambda: next(self._pending(self.db, limit=1), None) is not None
+        )
 
     def request_results(self, path: str) -> Iterator[tuple[RequestRow, ResultRow | None]]:
         """An input's current requests in input order, each with its result if any."""
         cur = self.db.execute(
             "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
             " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason,"
-            " s.key, s.state, s.attempts, s.line, s.error, s.batch_id"
+            " s.key, s.state, s.attempts, s.line, s.error, s.batch_id, s.zline"
             " FROM requests r LEFT JOIN results s ON s.key=r.key"
             " WHERE r.path=? ORDER BY r.ordinal",
             (path,),
         )
         for row in cur:
-            yield RequestRow(*row[:14]), (ResultRow(*row[14:]) if row[14] else None)
+            result = None
+            if row[14]:
+                k, state, attempts, line, error, batch, zline = row[14:]
+                result = ResultRow(k, state, attempts, unpack_line(line, zline), error, batch)
+            yield RequestRow(*row[:14]), result
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -514,6 +596,9 @@ class Store:
 
     def result_counts(self, path: str) -> dict[str, int]:
         """How many of an input's requests are ok, failed for good, or missing."""
+        return self._cached(f"result_counts:{path}", lambda: self._result_counts(path))
+
+    def _result_counts(self, path: str) -> dict[str, int]:
         row = self.db.execute(
             "SELECT sum(s.state='ok'), sum(s.state='failed'), count(*)"
             " FROM requests r LEFT JOIN results s ON s.key=r.key WHERE r.path=?",
@@ -524,12 +609,15 @@ class Store:
 
     def outputs_fingerprint(self) -> str:
         """Changes whenever anything the output files are made of changes."""
-        results = self.db.execute("SELECT count(*), max(updated_at) FROM results").fetchone()
+        results = [r[0] for r in self.db.execute("SELECT value FROM counters ORDER BY name")]
         inputs = list(self.db.execute("SELECT path, sha256, defaults FROM inputs ORDER BY path"))
         return json.dumps([list(results), inputs])
 
     def counts(self) -> dict[str, int]:
         """How many current requests are ok, failed, in an active shard, or pending."""
+        return self._cached("counts", self._counts)
+
+    def _counts(self) -> dict[str, int]:
         row = self.db.execute(
             "SELECT"
             " sum(CASE WHEN s.state='ok' THEN 1 ELSE 0 END),"
@@ -555,10 +643,39 @@ class Store:
 
     def result(self, key: str) -> ResultRow | None:
         row = self.db.execute(
-            "SELECT key, state, attempts, line, error, batch_id FROM results WHERE key=?",
+            "SELECT key, state, attempts, line, error, batch_id, zline FROM results WHERE key=?",
             (key,),
         ).fetchone()
-        return ResultRow(*row) if row else None
+        if not row:
+            return None
+        return ResultRow(*row[:3], unpack_line(row[3], row[6]), *row[4:6])
+
+    def result_states(self, keys: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """key -> (state, attempts) of the keys that have a result."""
+        out: dict[str, tuple[str, int]] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, state, attempts in self.db.execute(
+                f"SELECT key, state, attempts FROM results WHERE key IN ({marks})", chunk
+            ):
+                out[key] = (state, attempts)
+        return out
+
+    def write_results(
+        self, rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]]
+    ) -> None:
+        """Write (key, state, attempts, line, error, batch_id) rows in one statement.
+
+        The caller has checked that none of these keys holds a final result.
+        """
+        now = time.time()
+        self.db.executemany(
+            "INSERT OR REPLACE INTO results(key, state, attempts, line, zline, error, batch_id,"
+            " updated_at) VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
+            ((k, st, n, pack_line(line), err, b, now) for k, st, n, line, err, b in rows),
+        )
 
     def record_result(
         self,
@@ -575,11 +692,7 @@ class Store:
         if old is not None and old.state in FINAL_RESULT_STATES:
             return old
         attempts = (old.attempts if old else 0) + (1 if attempt else 0)
-        self.db.execute(
-            "INSERT OR REPLACE INTO results(key, state, attempts, line, error, batch_id,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, state, attempts, line, error, batch_id, time.time()),
-        )
+        self.write_results([(key, state, attempts, line, error, batch_id)])
         return ResultRow(key, state, attempts, line, error, batch_id)
 
     def is_settled(self, key: str) -> bool:
@@ -611,11 +724,12 @@ class Store:
     def ok_lines_after(self, rowid: int) -> Iterator[tuple[int, str]]:
         """(rowid, line) of successful results recorded after rowid, in record order."""
         cur = self.db.execute(
-            "SELECT rowid, line FROM results WHERE rowid > ? AND state='ok' AND line IS NOT NULL"
-            " ORDER BY rowid",
+            "SELECT rowid, line, zline FROM results WHERE rowid > ? AND state='ok'"
+            " AND (line IS NOT NULL OR zline IS NOT NULL) ORDER BY rowid",
             (rowid,),
         )
-        yield from cur
+        for rowid_, line, zline in cur:
+            yield rowid_, unpack_line(line, zline)  # type: ignore[misc]
 
     # --- shards and batches --------------------------------------------------------------
 
@@ -681,6 +795,22 @@ class Store:
                 "SELECT key, custom_id FROM members WHERE shard=? ORDER BY ordinal", (shard_id,)
             )
         ]
+
+    def member_requests(self, shard_id: str) -> Iterator[tuple[str, RequestRow | None]]:
+        """(key, the first current request with that key or None) per member, in upload order."""
+        cur = self.db.execute(
+            "SELECT m.ordinal, m.key, r.path, r.ordinal, r.line, r.offset, r.length, r.key,"
+            " r.custom_id, r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
+            " FROM members m LEFT JOIN requests r ON r.key=m.key WHERE m.shard=?"
+            " ORDER BY m.ordinal, r.path, r.ordinal",
+            (shard_id,),
+        )
+        last = None
+        for row in cur:
+            if row[0] == last:
+                continue
+            last = row[0]
+            yield row[1], (RequestRow(*row[2:]) if row[2] is not None else None)
 
     def member_key(self, shard_id: str, custom_id: str) -> str | None:
         row = self.db.execute(

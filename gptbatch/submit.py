@@ -11,12 +11,14 @@ Money rules, in the order they are applied:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from gptbatch.canonical import atomic_writer, canonical_json, sha256_hex
 from gptbatch.crash import crashpoint
@@ -92,21 +94,31 @@ class Submitter:
     def shard_file(self, shard: ShardRow) -> Path:
         """Write (or rewrite) the JSONL file of a shard from the inputs; return its path."""
         path = self.work_dir / "shards" / f"{shard.id}.jsonl"
-        with atomic_writer(path, "wb") as out:
-            for key, _ in self.store.members(shard.id):
-                row = self.store.locate(key)
+        with contextlib.ExitStack() as files, atomic_writer(path, "wb") as out:
+            opened: dict[str, BinaryIO | None] = {}  # one handle per input, not one per line
+            for key, row in self.store.member_requests(shard.id):
                 if row is None:
                     raise InputChangedError(
                         f"request {key[:12]} of shard {shard.id[:12]} left the inputs while "
                         "gptbatch ran: run `gptbatch build` again"
                     )
-                out.write(self.upload_line(row, key) + b"\n")
+                if row.path not in opened:
+                    try:
+                        opened[row.path] = files.enter_context(open(row.path, "rb"))
+                    except OSError:
+                        opened[row.path] = None
+                out.write(self.upload_line(row, key, opened[row.path]) + b"\n")
         return path
 
-    def upload_line(self, row: RequestRow, key: str) -> bytes:
+    def upload_line(self, row: RequestRow, key: str, f: BinaryIO | None = None) -> bytes:
         """The line to upload for a request, checked against its key: the file may have moved."""
         try:
-            line = upload_line(read_raw_line(row.path, row.offset, row.length), self.spec)
+            if f is None:
+                raw = read_raw_line(row.path, row.offset, row.length)
+            else:
+                f.seek(row.offset)
+                raw = f.read(row.length)
+            line = upload_line(raw, self.spec) if len(raw) == row.length else b""
         except (InputError, ValueError, UnicodeDecodeError, OSError):
             line = b""
         if sha256_hex(line) != key:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gptbatch import pricing, tokens
+from gptbatch import pricing
 from gptbatch.canonical import canonical_json, content_hash, file_sha256
 from gptbatch.errors import InputError, Problem
 from gptbatch.report import Reporter
@@ -97,7 +97,7 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
                 problems.extend(exc.problems)
                 continue
             report.event("input", path=str(path), state="read", **tally)
-        duplicates = store.duplicate_custom_ids()
+        duplicates = store.duplicate_custom_ids(str(p) for p, _, _ in changed)
         for cid, pa, la, pb, lb in duplicates:
             problems.append(
                 Problem(
@@ -173,6 +173,8 @@ def _request_row(
             previous.reason,
         )
     else:
+        from gptbatch import tokens  # loads encodings: only when a request is new or changed
+
         estimate = tokens.estimate_request(req.url, req.body)
         tokens_ = estimate.tokens
         nbytes = len(req.canonical_line()) + 1

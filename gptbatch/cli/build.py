@@ -116,8 +116,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
 @contextlib.contextmanager
 def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
     """The API client: the real API (or api.base_url), or an in-process simulator."""
-    from gptbatch.remote import Remote
-
     if simulate:
         from gptbatch.simulator import SimConfig, run_simulator
 
@@ -140,7 +138,7 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
                 output_dir=output_dir,
                 polling=dataclasses.replace(spec.polling, initial_seconds=0.05, max_seconds=0.5),
             )
-            remote = Remote(api_key="sk-simulated", base_url=sim.base_url)
+            remote: Any = LazyRemote(api_key="sk-simulated", base_url=sim.base_url)
             try:
                 yield simulated, remote
             finally:
@@ -152,7 +150,7 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
             f"no API key: set {spec.api.api_key_env} (or put it in a .env file beside "
             f"{spec.path.name}), or rehearse offline with `gptbatch build --simulate`"
         )
-    remote = Remote(
+    remote = LazyRemote(
         api_key=key,
         base_url=spec.api.base_url,
         organization=spec.api.organization,
@@ -162,6 +160,25 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
         yield spec, remote
     finally:
         remote.close()
+
+
+class LazyRemote:
+    """A Remote made on first use, so a build with nothing to ask the API never imports openai."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._remote: Remote | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._remote is None:
+            from gptbatch.remote import Remote
+
+            self._remote = Remote(**self._kwargs)
+        return getattr(self._remote, name)
+
+    def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
 
 
 def _models(spec: Spec) -> list[str]:

@@ -83,7 +83,8 @@ def test_a_build_and_everything_after_it_never_show_the_key(
     for args in (("status", "--json"), ("status", "--explain"), ("plan",), ("validate",)):
         assert run(project, *args, env=env).returncode == EXIT_OK
     files = assert_no_key_in_files(project.out, tmp_path / "locks")
-    assert (project.out / ".gptbatch" / "state.db").is_file() and files >= 4
+    # state.db, the output and more (the shard file went when its batch was final)
+    assert (project.out / ".gptbatch" / "state.db").is_file() and files >= 3
 
 
 def test_a_key_from_dotenv_is_not_copied_anywhere(
