@@ -168,15 +168,23 @@ class _Tally:
 
 
 def _caps(spec: Spec, model: str | None, url: str) -> Caps:
-    """The per-shard caps a build would use (mirrors the build engine)."""
+    """The per-shard caps a build would use (mirrors the build engine's steady state: a
+    k-th of the working budget, k = limits.pipeline; a build's last shards are smaller)."""
     limits = spec.limits
     request_limit = limits.request_limit(model or "")
+    budget = limits.token_budget(model or "")
     return Caps(
-        max_tokens=limits.token_budget(model or ""),
+        max_tokens=None if budget is None else max(1, budget // max(1, limits.pipeline)),
         max_requests=min(limits.max_requests_per_batch, request_limit or 1 << 62),
         max_bytes=limits.max_bytes_per_batch,
         max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
     )
+
+
+def _fits_alone(spec: Spec, req: ScannedRequest, nbytes: int) -> bool:
+    """Does a request fit a batch of its own (every cap but the pipelined token share)?"""
+    caps = _caps(spec, req.model, req.url)
+    return nbytes <= caps.max_bytes and (caps.max_inputs is None or req.inputs <= caps.max_inputs)
 
 
 def _too_large(req: ScannedRequest, exc: ItemTooLarge) -> Problem:
@@ -226,8 +234,12 @@ def make_plan(spec: Spec, skip: Callable[[str], bool] | None = None) -> Plan:
             try:
                 tally.shards += len(tally.packer.add(Item(req.key, req.tokens, nbytes, req.inputs)))
             except ItemTooLarge as exc:  # report every one, then fail
-                problems.append(_too_large(req, exc))
-                continue
+                budget = spec.limits.token_budget(req.model or "")
+                alone = budget is not None and exc.dimension == "tokens" and req.tokens <= budget
+                if not alone or not _fits_alone(spec, req, nbytes):
+                    problems.append(_too_large(req, exc))
+                    continue
+                tally.shards += 1  # over a pipelined shard's share: a build sends it alone
             tally.requests += 1
             tally.tokens += req.tokens
             if bound is None:
