@@ -3,9 +3,9 @@ read_requests and the code before it, wherever chunk boundaries fall; changed in
 
 from __future__ import annotations
 
-import os
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--model", help="model for requests whose body names none")
     parser.add_argument("--endpoint", help="url for requests that have none")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: per file and in total (with --per-request, each request)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -72,9 +78,54 @@ def _caveat_lines(total: _FileTotal) -> list[str]:
     return lines
 
 
+def _json_total(total: _FileTotal) -> dict[str, Any]:
+    return {
+        "requests": total.requests,
+        "tokens": total.tokens,
+        "encodings": sorted(total.encodings),
+        "caveats": dict(total.caveats.most_common()),
+    }
+
+
+def run_json(args: argparse.Namespace) -> int:
+    """`tokens --json`: the same counts as one JSON document on stdout."""
+    per_file = {path: _FileTotal() for path in args.files}
+    requests: list[dict[str, Any]] = []
+    scanner = Scanner(args.files, ScanOptions(model=args.model, endpoint=args.endpoint))
+    for request in scanner.requests():  # bad input raises: an error event, exit 2
+        per_file.setdefault(request.path, _FileTotal()).add(
+            request.tokens, request.encoding, request.caveats
+        )
+        if args.per_request:
+            requests.append(
+                {
+                    "custom_id": request.custom_id,
+                    "tokens": request.tokens,
+                    "encoding": request.encoding,
+                    "caveats": list(request.caveats),
+                }
+            )
+    overall = _FileTotal()
+    for total in per_file.values():
+        overall.requests += total.requests
+        overall.tokens += total.tokens
+        overall.encodings |= total.encodings
+    doc: dict[str, Any] = {
+        "files": {path: _json_total(total) for path, total in per_file.items()},
+        "total": {k: v for k, v in _json_total(overall).items() if k != "caveats"},
+    }
+    if args.per_request:
+        doc["requests"] = requests
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    scanner.commit_counts()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.endpoint is not None and args.endpoint not in ENDPOINTS:
         raise UsageError(f"--endpoint {args.endpoint!r} is not one of {', '.join(ENDPOINTS)}")
+    if args.json:
+        return run_json(args)
     per_file = {path: _FileTotal() for path in args.files}
     prefix = "# " if args.per_request else ""
     encoding: str | None = None

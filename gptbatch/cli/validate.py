@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections import Counter
@@ -32,6 +33,11 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_MAX_PROBLEMS,
         metavar="N",
         help=f"show at most N problems (default {DEFAULT_MAX_PROBLEMS}); the rest are counted",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object (ok, counts, problems) on stdout",
     )
     parser.set_defaults(func=run)
 
@@ -105,6 +111,16 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.config)
         counts = _check(spec, max(1, args.max_problems))
     except InputError as exc:
+        if getattr(args, "json", False):
+            doc = {
+                "ok": False,
+                "problems": [
+                    {"path": p.path, "line": p.line, "message": p.message, "hint": p.hint}
+                    for p in exc.problems
+                ],
+                "more_problems": exc.truncated,
+            }
+            print(json.dumps(doc, indent=2, sort_keys=True))
         for problem in exc.problems:
             print(problem if problem.path else problem.message, file=sys.stderr)
         shown = len(exc.problems)
@@ -118,6 +134,14 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     total = sum(counts.values())
     files = len(spec.inputs)
+    if getattr(args, "json", False):
+        groups = [
+            {"model": model, "endpoint": url, "requests": n}
+            for (model, url), n in sorted(counts.items(), key=lambda kv: kv[0])
+        ]
+        doc = {"ok": True, "requests": total, "files": files, "groups": groups, "problems": []}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return EXIT_OK
     breakdown = ", ".join(
         f"{model} {url}: {n}" for (model, url), n in sorted(counts.items(), key=lambda kv: kv[0])
     )
