@@ -36,11 +36,38 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.add_argument(
+        "--remote",
+        action="store_true",
+        help="also ask the API how the batches in flight are doing (needs the key; writes nothing)",
+    )
+    p.add_argument(
         "--simulate",
         action="store_true",
         help="show the state of the last `build --simulate` rehearsal",
     )
     p.set_defaults(func=run)
+
+
+def remote_statuses(spec: Any, batch_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What the API says now of each batch in flight (status and counts); reads only."""
+    from gptbatch.connect import connect
+
+    if not batch_ids:
+        return {}
+    remote = connect(spec, "status --remote")
+    try:
+        out = {}
+        for batch_id in batch_ids:
+            info = remote.retrieve(batch_id)
+            out[batch_id] = {
+                "status": info.status,
+                "total": info.total,
+                "completed": info.completed,
+                "failed": info.failed,
+            }
+        return out
+    finally:
+        remote.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +76,12 @@ def run(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
     directory = state_dir(spec.output_dir)
     store = Store(directory) if (directory / "state.db").exists() else None
+    live: dict[str, dict[str, Any]] = {}
     try:
         status = project_status(spec, store)
         shards = shard_statuses(store) if store is not None else []
+        if args.remote and store is not None:
+            live = remote_statuses(spec, [b.id for b in store.batches() if not b.collected])
         reasons = []
         if args.explain:
             found = pending_reasons(spec, store) if store is not None else unbuilt_reasons(spec)
@@ -79,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                     "stale_inputs": [{"path": p, "reason": r} for p, r in status.stale],
                     "shards": [s.__dict__ for s in shards],
                     "pending": [r.__dict__ for r in reasons],
+                    "remote": live,
                 },
                 indent=2,
                 sort_keys=True,
@@ -99,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"shard {s.id[:12]} ({s.model} {s.url}, {s.requests:,} requests, "
             f"~{s.tokens:,} tokens): {s.reason}"
+        )
+    for batch_id, info in live.items():
+        print(
+            f"batch {batch_id} at the API: {info['status']} ({info['completed']:,}/"
+            f"{info['total']:,} done, {info['failed']:,} failed)"
         )
     if args.explain:
         for r in reasons:

@@ -90,3 +90,22 @@ def test_plan_says_what_build_would_send_now_beside_the_whole_workload(
     assert "whole workload: 7 requests" in out and "5 of them done or in flight" in out
     assert project.cli("plan", "--all", "--json") == EXIT_OK
     assert json.loads(capsys.readouterr().out)["totals"]["requests"] == 7
+
+
+def test_status_remote_asks_the_api_about_batches_in_flight(
+    tmp_path: Path, simulator_factory, capsys
+) -> None:
+    sim = simulator_factory(time_scale=0.0)  # frozen: the batch stays in flight
+    project = make_project(tmp_path, {"requests.jsonl": [chat("a"), chat("b")]})
+    assert project.build("--no-wait") == EXIT_PENDING
+    (batch,) = sim.service.batches()
+    capsys.readouterr()
+    assert project.cli("status", "--remote") == EXIT_PENDING
+    assert f"batch {batch['id']} at the API: validating (" in capsys.readouterr().out
+    assert project.cli("status", "--remote", "--json") == EXIT_PENDING
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["remote"][batch["id"]]["status"] == "validating"
+    # Plain status stays offline: no API call.
+    calls = len(sim.journal.calls)
+    assert project.cli("status") == EXIT_PENDING
+    assert len(sim.journal.calls) == calls
