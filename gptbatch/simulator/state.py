@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from gptbatch.canonical import atomic_write_bytes, canonical_json
+from gptbatch.canonical import atomic_write_bytes, canonical_json, fsync_dir
 from gptbatch.errors import StateError
 
 __all__ = ["FORMAT", "SimStateError", "StateDir"]
@@ -56,7 +56,7 @@ class StateDir:
             self.saved_time = self._read_time()
             self._remove_strays()
             self._log: IO[bytes] = open(self._log_path, "ab")  # noqa: SIM115 - kept open
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except OSError as exc:
             self._lock.close()
             raise SimStateError(
@@ -194,7 +194,7 @@ class StateDir:
     def keep(self, staged: Path, file_id: str) -> None:
         """Give a staged upload its file id (before the record naming it is appended)."""
         os.replace(staged, self._files / file_id)
-        _fsync_dir(self._files)
+        fsync_dir(self._files)
 
     @staticmethod
     def discard(staged: Path) -> None:
@@ -219,12 +219,3 @@ class StateDir:
         """Close the log and release the lock."""
         self._log.close()
         self._lock.close()
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can fsync a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
