@@ -218,7 +218,11 @@ class Builder:
                 )
             self.report.event("reset", requests=reset, force=force, retry_failed=retry_failed)
         counts = self.store.counts()
-        models = {m for m in self.store.models() if m}
+        # Models named in the config or in shards: a cheap list (every request's model would
+        # be a full scan on a no-op build); others appear as their batches do.
+        models = {m for m in self.spec.limits.models() if m} | {
+            s.model for s in self.store.shards() if s.model
+        }
         self.report.event(
             "start",
             total=counts["total"],

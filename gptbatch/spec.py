@@ -59,6 +59,14 @@ class Limits:
     max_cost: float | None
     pipeline: int = 4
 
+    def models(self) -> list[str]:
+        """Models named in the per-model limit maps (not "*")."""
+        names: set[str] = set()
+        for value in (self.enqueued_tokens, self.enqueued_requests):
+            if isinstance(value, Mapping):
+                names.update(k for k in value if k != "*")
+        return sorted(names)
+
     def token_limit(self, model: str) -> int | None:
         """The enqueued-token limit for model (a map's "*" covers other models); None: none."""
         return _per_model(self.enqueued_tokens, model)
