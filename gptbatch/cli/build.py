@@ -277,7 +277,7 @@ def print_summary(s: BuildSummary, spec: Spec) -> None:
         + usage_line("project so far", s.usage_total)
         + " (estimated before submitting: "
         + ("unknown" if s.cost_committed is None else usd(s.cost_committed))
-        + " for prompts and max output)",
+        + ": prompts, plus outputs where requests cap them)",
         file=out,
     )
     for o in s.outputs:
