@@ -559,6 +559,41 @@ class Store:
         ).fetchone()
         return RequestRow(*row) if row else None
 
+    @staticmethod
+    def previous_rows(reader: sqlite3.Connection, path: str) -> Callable[[str], RequestRow | None]:
+        """A lookup of an input's earlier rows by custom_id, cheap when the file kept its order.
+
+        It walks the snapshot's rows in input order beside the new lines: an unchanged or
+        edited line matches the next earlier row at once; only lines that moved, or came
+        after an insertion or deletion, cost an indexed query (which also resynchronises).
+        """
+        cursor = reader.execute(
+            "SELECT path, ordinal, line, offset, length, key, custom_id, model, url, tokens,"
+            " nbytes, inputs, cost, reason FROM requests WHERE path=? ORDER BY ordinal",
+            (path,),
+        )
+        head: list[RequestRow | None] = [None]
+
+        def advance() -> RequestRow | None:
+            row = cursor.fetchone()
+            head[0] = RequestRow(*row) if row else None
+            return head[0]
+
+        advance()
+
+        def lookup(custom_id: str) -> RequestRow | None:
+            current = head[0]
+            if current is not None and current.custom_id == custom_id:
+                advance()
+                return current
+            found = Store.previous_row(reader, path, custom_id)
+            if found is not None:  # skip what lies before it: deleted or moved lines
+                while head[0] is not None and head[0].ordinal <= found.ordinal:
+                    advance()
+            return found
+
+        return lookup
+
     def pending_requests(self) -> Iterator[RequestRow]:
         """Current requests with no final result and not reserved by an active shard.
 

@@ -6,7 +6,6 @@ so its sha256 is the request's content key.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -81,7 +80,7 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
         for path, st, digest in changed:
             record = store.input_record(str(path))
             config_changed = record is not None and keys_config_changed(record[3], defaults)
-            previous = functools.partial(store.previous_row, before, str(path))
+            previous = store.previous_rows(before, str(path))
             tally = {"requests": 0, "new": 0}
             try:
                 # Streams into the open transaction; a bad line rolls all of it back.
