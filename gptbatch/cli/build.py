@@ -243,6 +243,11 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
     return summary.exit_code, spec
 
 
+def rehearsal(spec: Spec) -> Spec:
+    """The spec as `build --simulate` uses it: outputs and state in <output_dir>-simulated."""
+    return dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
+
+
 def simulated_output_dir(spec: Spec) -> Path:
     """Where --simulate writes: beside the real output directory, never in it."""
     return spec.output_dir.with_name(spec.output_dir.name + SIMULATED_SUFFIX)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 from gptbatch.clean import CleanPlan, delete_uploads, plan_clean, remote_uploads, remove_local
-from gptbatch.cli.build import simulated_output_dir
+from gptbatch.cli.build import rehearsal
 from gptbatch.errors import EXIT_ERROR, UsageError
 from gptbatch.lock import BuildLock
 from gptbatch.report import shown
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.simulate:
         if args.remote:
             raise UsageError("--simulate and --remote: a rehearsal uploads nothing to the API")
-        spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
+        spec = rehearsal(spec)
     remote = None
     if args.remote:
         from gptbatch.connect import connect

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Any
 
 from gptbatch.canonical import atomic_writer
-from gptbatch.cli.build import simulated_output_dir
+from gptbatch.cli.build import rehearsal
 from gptbatch.errors import UsageError
 from gptbatch.export import FORMATS, export_rows, write_rows
 from gptbatch.spec import load_spec
@@ -40,7 +39,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     if args.simulate:
-        spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
+        spec = rehearsal(spec)
     directory = state_dir(spec.output_dir)
     if not (directory / "state.db").exists():
         raise UsageError(f"no build state in {directory}: run `gptbatch build` first")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Any
 
-from gptbatch.cli.build import simulated_output_dir
+from gptbatch.cli.build import rehearsal
 from gptbatch.report import shown
 from gptbatch.spec import load_spec
 from gptbatch.status import pending_reasons, project_status, shard_statuses, unbuilt_reasons
@@ -73,7 +72,7 @@ def remote_statuses(spec: Any, batch_ids: list[str]) -> dict[str, dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     if args.simulate:
-        spec = dataclasses.replace(spec, output_dir=simulated_output_dir(spec))
+        spec = rehearsal(spec)
     directory = state_dir(spec.output_dir)
     store = Store(directory) if (directory / "state.db").exists() else None
     live: dict[str, dict[str, Any]] = {}
