@@ -30,31 +30,29 @@ class SeenIds:
         self._hashes = array("q", bytes(8 * slots))
         self._where = array("q", bytes(8 * slots))
 
-    def find(self, custom_id: str) -> int | None:
-        """Where the first request seen whose custom_id has the same hash is, if any."""
-        h = _slot_hash(custom_id)
+    def _probe(self, h: int) -> tuple[int, int | None]:
+        """(slot, where) for hash h: its slot and sighting, or the empty slot it would take."""
         hashes, mask = self._hashes, self._mask
         i = h & mask
         while True:
             found = hashes[i]
             if found == h:
-                return self._where[i]
+                return i, self._where[i]
             if found == _EMPTY:
-                return None
+                return i, None
             i = (i + 1) & mask
+
+    def find(self, custom_id: str) -> int | None:
+        """Where the first request seen whose custom_id has the same hash is, if any."""
+        return self._probe(_slot_hash(custom_id))[1]
 
     def first_or_add(self, custom_id: str, where: int) -> int | None:
         """find(custom_id); when nothing is found, remember this sighting (one probe)."""
         h = _slot_hash(custom_id)
+        i, first = self._probe(h)
+        if first is not None:
+            return first
         hashes, mask = self._hashes, self._mask
-        i = h & mask
-        while True:
-            found = hashes[i]
-            if found == h:
-                return self._where[i]
-            if found == _EMPTY:
-                break
-            i = (i + 1) & mask
         if 3 * (self.count + 1) > 2 * (mask + 1):
             self._grow()
             self._put(h, where)
