@@ -237,40 +237,27 @@ def test_validation_failure_fails_one_request_for_good_and_builds_the_rest(
 
 
 @pytest.mark.timeout(60)
-def test_expiry_keeps_partial_results_and_resubmits_only_the_rest(
-    tmp_path: Path, simulator_factory
+@pytest.mark.parametrize("ending", ["expired", "cancelled"])
+def test_a_cut_short_batch_keeps_partial_results_and_resubmits_only_the_rest(
+    tmp_path: Path, simulator_factory, ending: str
 ) -> None:
-    sim = simulator_factory(
-        completion_window_seconds=SHORT_WINDOW, faults=(Fault.batch_expire(after_requests=2),)
-    )
+    """Expiry, or a cancel from outside, after 2 results: those stay, the rest goes again."""
+    if ending == "expired":
+        sim = simulator_factory(
+            completion_window_seconds=SHORT_WINDOW, faults=(Fault.batch_expire(after_requests=2),)
+        )
+    else:
+        sim = simulator_factory(faults=(Fault.batch_cancel(after_requests=2),))
     reqs = [chat(f"r{i}") for i in range(6)]
     project = make_project(tmp_path, {"requests.jsonl": reqs})
     assert project.build() == EXIT_OK
 
     first, second = sim.service.batches()
-    assert first["status"] == "expired" and second["status"] == "completed"
+    assert first["status"] == ending and second["status"] == "completed"
     kept = {b.custom_id for b in sim.journal.billed if b.batch_id == first["id"]}
     assert len(kept) == 2
     assert sorted(ids(batch_members(sim)[second["id"]])) == sorted(set(ids(reqs)) - kept)
     check_once_each(sim, reqs)
-    check_outputs(project, reqs)
-
-
-@pytest.mark.timeout(60)
-def test_external_cancel_keeps_partial_results_and_resubmits_the_rest(
-    tmp_path: Path, simulator
-) -> None:
-    simulator.add_fault(Fault.batch_cancel(after_requests=2))
-    reqs = [chat(f"r{i}") for i in range(6)]
-    project = make_project(tmp_path, {"requests.jsonl": reqs})
-    assert project.build() == EXIT_OK
-
-    first, second = simulator.service.batches()
-    assert first["status"] == "cancelled" and second["status"] == "completed"
-    kept = {b.custom_id for b in simulator.journal.billed if b.batch_id == first["id"]}
-    assert len(kept) == 2
-    assert sorted(ids(batch_members(simulator)[second["id"]])) == sorted(set(ids(reqs)) - kept)
-    check_once_each(simulator, reqs)
     check_outputs(project, reqs)
 
 
