@@ -17,6 +17,7 @@ from typing import Any
 
 from gptbatch.crash import crashpoint
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
+from gptbatch.eta import Forecast
 from gptbatch.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.report import Reporter
 from gptbatch.scheduler import Scheduler
@@ -59,6 +60,7 @@ class Collector:
         # 404s seen per batch or file id: one 404 can be a blip (or a request routed to the
         # wrong project); taking it as "gone" would pay for the work again.
         self.not_found: dict[str, int] = {}
+        self.forecast = Forecast()
 
     # --- polling -------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class Collector:
                 with self.store.transaction():
                     self.submitter.save_batch(batch.shard, info)
             self.watch_finalizing(info)
+            self.forecast.observe(info, self.clock())
             if info.status == "failed":
                 self.collect(batch.shard, info)
                 changed = True
@@ -133,6 +136,12 @@ class Collector:
                 self.finished.append((batch.shard, info))
                 changed = True
         return changed
+
+    def seconds_to_next_finish(self) -> float | None:
+        """Seconds until the earliest forecast finish of a batch in flight, if any."""
+        now = self.clock()
+        due = self.forecast.next_due(now)
+        return None if due is None else due - now
 
     def confirmed_gone(self, batch_id: str, uncollected: list[BatchRow]) -> bool:
         """Is a batch that got a 404 really gone? Only after GONE_AFTER 404s in a row, and

@@ -4,8 +4,8 @@ Pipelining: with a token budget B per model, shards are filled (first fit over a
 the next pending requests) to B / k tokens, k = limits.pipeline, so k of them always fit in
 B together: while one batch turns over (poll delay, download, upload, validation) the others
 keep the queue held, and the next shard goes the moment one is seen finished. At the tail,
-once what is left fits in B, shards shrink to a k-th of what is left (never below an eighth
-of B / k), so the last batches are small and finish close together.
+once what is left fits in two queue-fulls (2B), each shard takes a 2k-th of what is left
+(never below an eighth of B / k), so the last batches are small and finish close together.
 
 Pure functions first (`shard_target`, `fill_shard`, `refusal_delay`); `Budget` keeps learned
 limits in the store; `Scheduler` packs shards into the store and says which may go.
@@ -29,6 +29,7 @@ from gptbatch.summary import BuildSummary
 
 TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
 SMALLEST_SHARE = 8  # tail shards never go below (B / k) / 8 tokens
+TAIL_WAVES = 2  # shards start shrinking once what is left would fill the queue this often
 FILL_LOOKAHEAD = 2_000  # pending requests a shard may be filled from (first fit)
 DEFAULT_PIPELINE = 4
 
@@ -37,11 +38,17 @@ DEFAULT_PIPELINE = 4
 
 
 def shard_target(working: int, pipeline: int, remaining: int) -> int:
-    """Tokens one shard aims at: B / k, or a k-th of what is left once it all fits in B."""
+    """Tokens one shard aims at: B / k, shrinking once what is left fits in TAIL_WAVES * B.
+
+    In the tail each shard takes a (k * TAIL_WAVES)-th of what is left (guided
+    self-scheduling), so shards shrink as the work runs out and the last batches are small
+    and finish close together; never below an eighth of B / k.
+    """
     pipeline = max(1, pipeline)
     full = max(1, working // pipeline)
-    if pipeline > 1 and remaining <= working:
-        return min(full, max(-(-remaining // pipeline), full // SMALLEST_SHARE, 1))
+    if pipeline > 1 and remaining <= TAIL_WAVES * working:
+        share = remaining // (pipeline * TAIL_WAVES)
+        return min(full, max(share, full // SMALLEST_SHARE, 1))
     return full
 
 

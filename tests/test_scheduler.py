@@ -23,8 +23,13 @@ def room(tokens: int, requests: int = 1_000, alone: bool = True) -> Room:
 def test_target_is_a_kth_of_the_budget_and_shrinks_at_the_tail() -> None:
     assert shard_target(28_500, 4, 200_000) == 7_125
     assert shard_target(28_500, 1, 200_000) == 28_500
-    assert shard_target(28_500, 4, 20_000) == 5_000  # the rest fits: a k-th of it
+    assert shard_target(28_500, 4, 57_000) == 7_125  # two queue-fulls left: still full size
+    assert shard_target(28_500, 4, 40_000) == 5_000  # the tail: a 2k-th of what is left
+    assert shard_target(28_500, 4, 20_000) == 2_500
     assert shard_target(28_500, 4, 2_000) == 890  # never below an eighth of B / k
+    # Through the tail the target only shrinks as the work runs out.
+    targets = [shard_target(28_500, 4, left) for left in range(60_000, 0, -500)]
+    assert targets == sorted(targets, reverse=True)
     # Any k shards at the target fit the budget together.
     assert all(k * shard_target(28_500, k, 10**6) <= 28_500 for k in range(1, 65))
 

@@ -195,3 +195,32 @@ def test_shards_waiting_for_room_are_uploaded_ahead(tmp_path: Path, simulator_fa
     # Two batches fill the queue; at least one more shard was uploaded before either ended.
     assert sum(1 for t in uploads if t < first_done) >= 3
     assert max(sim.journal.billed_counts().values()) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_finish_is_noticed_when_forecast_not_a_backed_off_interval_later(
+    tmp_path: Path, simulator_factory
+) -> None:
+    """Polls back off while nothing changes; the forecast from request_counts still wakes
+    the build when the batch should finish (see gptbatch/eta.py)."""
+    sim = simulator_factory(
+        time_scale=1.0,
+        validating_seconds=0.1,
+        finalizing_seconds=0.05,
+        tokens_per_second=500.0,
+        total_tokens_per_second=0.0,
+    )
+    reqs = [chat(f"r{i}") for i in range(150)]  # ~14 tokens each: ~4 s of processing
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        polling={"initial_seconds": 0.1, "max_seconds": 4.0, "factor": 2.0},
+    )
+    assert project.build() == EXIT_OK
+    (done,) = [e.at for e in sim.journal.events if e.status == "completed"]
+    (started,) = [e.at for e in sim.journal.events if e.status == "in_progress"]
+    assert done - started > 2.5, "the batch ran too briefly for polls to back off"
+    seen = min(c.at for c in sim.journal.calls if c.at >= done)  # the next poll
+    # Backed off, the interval near the end is 1.6-3.2 s; the forecast wakes within ~0.3 s.
+    assert seen - done < 0.8, f"noticed {seen - done:.2f} s after it finished"
+    assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in reqs)
