@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.explain:
         for r in reasons:
-            print(f"{r.path}:{r.line}: {r.custom_id}: {r.reason}")
+            print(f"{shown(r.path)}:{r.line}: {r.custom_id}: {r.reason}")
         if args.limit and len(reasons) >= args.limit:
             print(f"(first {args.limit} shown; --limit 0 shows all)")
     return status.exit_code

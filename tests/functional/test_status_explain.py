@@ -103,3 +103,15 @@ def test_explain_retried_requests(tmp_path: Path, simulator_factory, capsys) -> 
     for r in reqs:
         line = reason_of(lines, project, r["custom_id"])
         assert "attempt 1" in line and "retried" in line, line
+
+
+@pytest.mark.timeout(30)
+def test_explain_names_inputs_relative_to_the_working_directory(
+    tmp_path: Path, simulator, capsys, monkeypatch
+) -> None:
+    project = make_project(tmp_path, {"requests.jsonl": [chat("r0")]})
+    assert project.build() == EXIT_OK
+    write_jsonl(project.input(), [chat("r0"), chat("n0")])
+    monkeypatch.chdir(tmp_path)
+    lines = explain(project, capsys)
+    assert lines["n0"].startswith("inputs/requests.jsonl:2: n0: "), lines["n0"]
