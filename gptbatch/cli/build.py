@@ -7,13 +7,14 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptbatch.errors import UsageError
+from gptbatch.errors import InputError, UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import SIMULATED_SUFFIX, Spec, api_key, load_spec
@@ -132,17 +133,25 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
             state_dir=str(state_dir(output_dir) / "simulator"),
             **SIMULATE_CONFIG,
         )
-        with run_simulator(config) as sim:
-            simulated = dataclasses.replace(
-                spec,
-                output_dir=output_dir,
-                polling=dataclasses.replace(spec.polling, initial_seconds=0.05, max_seconds=0.5),
-            )
-            remote: Any = LazyRemote(api_key="sk-simulated", base_url=sim.base_url)
-            try:
-                yield simulated, remote
-            finally:
-                remote.close()
+        existed = output_dir.exists()
+        try:
+            with run_simulator(config) as sim:
+                simulated = dataclasses.replace(
+                    spec,
+                    output_dir=output_dir,
+                    polling=dataclasses.replace(
+                        spec.polling, initial_seconds=0.05, max_seconds=0.5
+                    ),
+                )
+                remote: Any = LazyRemote(api_key="sk-simulated", base_url=sim.base_url)
+                try:
+                    yield simulated, remote
+                finally:
+                    remote.close()
+        except InputError:
+            if not existed:  # a first rehearsal rejected for bad input leaves no trace
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
         return
     key = api_key(spec)
     if not key:

@@ -153,3 +153,16 @@ def test_a_rehearsal_never_becomes_an_input_of_the_real_build(tmp_path: Path, ca
     capsys.readouterr()
     assert main(["validate", str(config)]) == EXIT_OK
     assert "ok: 20 requests in 2 files" in capsys.readouterr().out
+
+
+def test_a_first_rehearsal_rejected_for_bad_input_leaves_no_trace(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = copy_examples(tmp_path)
+    reviews = config.parent / "inputs" / "reviews.jsonl"
+    reviews.write_text(reviews.read_text() + '{"custom_id": "broken", \n')
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["build", str(config), "--simulate"]) == EXIT_BAD_INPUT
+    assert "reviews.jsonl" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
