@@ -269,7 +269,7 @@ class Builder:
                     + [s.not_before - time.time() for s in active if s.not_before > time.time()]
                 )
                 # Wake when a batch should finish, not an interval later (see eta.py).
-                due = self.collector.seconds_to_next_finish()
+                due = self.collector.seconds_to_next_poll()
                 if due is not None:
                     wake = min(wake, max(due, self.spec.polling.initial_seconds / 5))
                 self.report.event("tick")

@@ -137,11 +137,11 @@ class Collector:
                 changed = True
         return changed
 
-    def seconds_to_next_finish(self) -> float | None:
-        """Seconds until the earliest forecast finish of a batch in flight, if any."""
+    def seconds_to_next_poll(self) -> float | None:
+        """Seconds until a poll is due for a batch forecast to finish (see eta.py), if any."""
         now = self.clock()
-        due = self.forecast.next_due(now)
-        return None if due is None else due - now
+        at = self.forecast.next_poll(now)
+        return None if at is None else at - now
 
     def confirmed_gone(self, batch_id: str, uncollected: list[BatchRow]) -> bool:
         """Is a batch that got a 404 really gone? Only after GONE_AFTER 404s in a row, and

@@ -1,18 +1,20 @@
-"""When will a batch in flight finish? A forecast from its progress, on our own clock.
+"""When will a batch in flight finish? A forecast from what the polls saw, on our own clock.
 
-The build polls on an interval that grows while nothing changes; a batch that finishes just
-after a poll would hold its queue room, unseen, for most of an interval. So each poll feeds
-the forecast a batch's `request_counts` and status, timed by the build's own clock (the
-API's timestamps may be skewed, or, in the simulator, run faster than ours):
+The build polls on an interval that grows while nothing changes, and a batch that finishes
+just after a poll holds its queue room, unseen, until the next one. So each poll feeds the
+forecast a batch's status and `request_counts`, timed by the build's own clock (the API's
+timestamps may be skewed, or, in the simulator, run faster than ours), and the forecast
+gives a window in which the batch should finish:
 
-- in progress: the rate of completed requests between the first and the latest poll that
-  saw it in progress gives when its last request should be done;
-- finalizing: how long batches of this build took to finalize (first seen finalizing to
-  seen finished) gives when this one should be finished.
+- in progress: from the rate of completed requests since the first poll that saw it in
+  progress, its last request is done within one request's time of the extrapolation;
+- finalizing: it began finalizing between the previous poll and this one, and finalizing
+  takes about as long as it took this build's earlier batches.
 
-The build wakes at the earliest forecast finish that is still ahead, never before a floor;
-a forecast that passed without the batch finishing is dropped, so a wrong forecast costs at
-most one extra poll per batch and status.
+Both add the learned finalizing time. The build wakes at the start of the earliest window
+and polls a few times across it (a quarter of its width apart, never below a floor), so a
+finish is seen soon after it happens. A window that passes without the batch finishing is
+dropped until a later poll gives a new one, so a wrong forecast costs a few calls at most.
 """
 
 from __future__ import annotations
@@ -25,21 +27,21 @@ from gptbatch.remote import BatchInfo
 __all__ = ["Forecast"]
 
 FINALIZE_SAMPLES = 16  # recent finalizing durations kept
-SLACK = 0.05  # wake this share of the remaining time after the forecast, so it has finished
+STEPS = 4  # polls across a window
 
 
 @dataclass
 class _Seen:
-    first_at: float | None = None  # first poll that saw it in progress, with progress then
-    first_done: int = 0
-    finalizing_at: float | None = None
-    due: float | None = None  # forecast finish, on our clock
-    expired: bool = False  # the forecast passed without the batch finishing
+    last_at: float | None = None  # the previous poll that saw it
+    first_at: float | None = None  # the first poll that saw it in progress ...
+    first_done: int = 0  # ... and how many of its requests were done then
+    finalizing_from: float | None = None  # when it began finalizing (midpoint estimate)
+    window: tuple[float, float] | None = None  # it should finish within this span
 
 
 @dataclass
 class Forecast:
-    """Forecast finish times of the batches in flight, from what each poll saw."""
+    """Windows in which the batches in flight should finish, from what each poll saw."""
 
     seen: dict[str, _Seen] = field(default_factory=dict)
     finalize_seconds: list[float] = field(default_factory=list)
@@ -47,51 +49,47 @@ class Forecast:
     def observe(self, info: BatchInfo, now: float) -> None:
         """Take one poll's view of a batch."""
         seen = self.seen.setdefault(info.id, _Seen())
+        previous, seen.last_at = seen.last_at, now
+        since = previous if previous is not None else now  # it changed within [since, now]
         if info.terminal:
-            if seen.finalizing_at is not None and info.status == "completed":
-                self.finalize_seconds.append(now - seen.finalizing_at)
+            if info.status == "completed" and seen.finalizing_from is not None:
+                self.finalize_seconds.append((since + now) / 2 - seen.finalizing_from)
                 del self.finalize_seconds[:-FINALIZE_SAMPLES]
             del self.seen[info.id]
             return
-        due = seen.due
         if info.status == "in_progress":
-            due = self._processing_done(seen, info, now)
-            if due is not None:
-                due += self.finalizing()
-        elif info.status == "finalizing" and seen.finalizing_at is None:
-            # It began finalizing at some moment since the last poll: a forecast made while
-            # it was in progress (which includes finalizing) is the better guess if still
-            # ahead; else count from now.
-            seen.finalizing_at = now
-            if due is None or due <= now:
-                due = now + self.finalizing() if self.finalize_seconds else None
-        if due != seen.due:
-            seen.due, seen.expired = due, False
+            seen.window = self._in_progress(seen, info, now)
+        elif info.status == "finalizing" and seen.finalizing_from is None:
+            seen.finalizing_from = (since + now) / 2
+            known = self.finalizing()
+            seen.window = (since + known, now + known) if known is not None else None
 
-    def _processing_done(self, seen: _Seen, info: BatchInfo, now: float) -> float | None:
+    def _in_progress(self, seen: _Seen, info: BatchInfo, now: float) -> tuple[float, float] | None:
         done = info.completed + info.failed
         if seen.first_at is None:
             seen.first_at, seen.first_done = now, done
             return None
         elapsed, progress = now - seen.first_at, done - seen.first_done
-        if info.total and info.total <= done:
-            return now  # every request is done: finalizing is next
         if elapsed <= 0 or progress <= 0:
             return None
-        return now + (info.total - done) * elapsed / progress
+        per_request = elapsed / progress
+        end = now + max(0, info.total - done) * per_request + (self.finalizing() or 0.0)
+        return (end - per_request, end + per_request)
 
-    def finalizing(self) -> float:
-        """Typical seconds from finalizing to finished in this build (0 until one is seen)."""
-        return statistics.median(self.finalize_seconds) if self.finalize_seconds else 0.0
+    def finalizing(self) -> float | None:
+        """Typical seconds from finalizing to finished in this build (None until seen)."""
+        return statistics.median(self.finalize_seconds) if self.finalize_seconds else None
 
-    def next_due(self, now: float) -> float | None:
-        """The earliest forecast finish still ahead (with a little slack), if any."""
-        ahead = []
+    def next_poll(self, now: float) -> float | None:
+        """When to poll next for the earliest forecast finish, if any window is open."""
+        wake = None
         for seen in self.seen.values():
-            if seen.due is None or seen.expired:
+            if seen.window is None:
                 continue
-            if seen.due <= now:
-                seen.expired = True  # it did not finish when forecast: poll as usual
+            low, high = seen.window
+            if high < now:
+                seen.window = None  # it did not finish when forecast: poll as usual
                 continue
-            ahead.append(seen.due + SLACK * (seen.due - now))
-        return min(ahead, default=None)
+            at = low if now < low else now + (high - low) / STEPS
+            wake = at if wake is None else min(wake, at)
+        return wake
