@@ -27,7 +27,7 @@ from gptbatch.outputs import output_paths, write_outputs
 from gptbatch.pricing import usd
 from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
-from gptbatch.scheduler import Budget, Scheduler
+from gptbatch.scheduler import UNSENT_SHARD_STATES, Budget, Scheduler
 from gptbatch.spec import Spec
 from gptbatch.store import ACTIVE_SHARD_STATES, IN_FLIGHT_SHARD_STATES, ShardRow, Store, state_dir
 from gptbatch.submit import (
@@ -64,7 +64,6 @@ __all__ = [
     "usd",
 ]
 
-UNSENT_SHARD_STATES = ("submitting", "ready", "uploading", "uploaded", "waiting")
 
 
 def run_build(

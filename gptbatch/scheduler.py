@@ -28,6 +28,7 @@ from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
 from gptbatch.summary import BuildSummary
 
 TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
+UNSENT_SHARD_STATES = ("submitting", "ready", "uploading", "uploaded", "waiting")
 SMALLEST_SHARE = 8  # tail shards never go below (B / k) / 8 tokens
 TAIL_WAVES = 2  # shards start shrinking once what is left would fill the queue this often
 FILL_LOOKAHEAD = 2_000  # pending requests a shard may be filled from (first fit)
@@ -241,6 +242,11 @@ class Scheduler:
             tokens, requests = tokens + s.tokens, requests + s.requests
         return tokens, requests
 
+    def unsent_tokens(self, model: str | None) -> int:
+        """Tokens of this model's shards cut but not yet sent (they will take room first)."""
+        unsent = ("ready", "uploading", "uploaded", "waiting")  # submitting counts in flight
+        return sum(s.tokens for s in self.store.shards(unsent) if s.model == model)
+
     def fits_queue(self, shard: ShardRow) -> bool:
         """Does the shard fit beside what is in flight? A shard alone always may go."""
         tokens_in, requests_in = self.in_flight(shard.model, exclude=shard.id)
@@ -366,6 +372,7 @@ class Scheduler:
         packers: dict[Group, Packer] = {}
         buffers: dict[Group, list[Any]] = {}
         windows: dict[Group, list[Any]] = {}
+        waiting: set[Group] = set()  # tail requests left uncut until there is room
         made = 0
         with self.store.transaction(), contextlib.closing(self.store.pending_requests()) as rows:
             for row in rows:
@@ -382,35 +389,56 @@ class Scheduler:
                     made += 1
                     continue
                 if group in windows:
-                    windows[group].append(row)
-                    while len(windows[group]) >= FILL_LOOKAHEAD:
-                        made += self._cut(group, windows[group], left)
+                    window = windows[group]
+                    window.append(row)
+                    while len(window) >= FILL_LOOKAHEAD and group not in waiting:
+                        cut = self._cut(group, window, left)
+                        if cut is None:
+                            waiting.add(group)
+                        made += bool(cut)
                     continue
                 buffers[group].append(row)
                 for size in packers[group].add(Item(row.key, row.tokens, row.nbytes, row.inputs)):
                     made += self._add_shard(group, buffers[group][:size]) is not None
                     del buffers[group][:size]
             for group, window in windows.items():
-                while window:
-                    made += self._cut(group, window, left)
+                while window and group not in waiting:
+                    cut = self._cut(group, window, left)
+                    if cut is None:
+                        waiting.add(group)
+                    made += bool(cut)
             for group, packer in packers.items():
                 for size in packer.finish():
                     made += self._add_shard(group, buffers[group][:size]) is not None
                     del buffers[group][:size]
+        # Uncut tail requests: plan again when the next round may have room for them.
+        self.dirty = bool(waiting)
         return made
 
-    def _cut(self, group: Group, window: list[Any], left: dict[Group, int]) -> int:
-        """Cut one pipelined shard from the front of a window of pending rows."""
+    def _cut(self, group: Group, window: list[Any], left: dict[Group, int]) -> str | None:
+        """Cut one pipelined shard from the front of a window of pending rows.
+
+        In the tail (what is left would fill the queue at most TAIL_WAVES times) a shard is
+        cut only into the room the queue has now, beside what flies and what waits to be
+        sent: cut later, when less is left, it comes out smaller, so a large shard never
+        starts last. None: no room now; the rest waits uncut.
+        """
         model, url = group
         working = self.budget.working(model) or 1
         caps = self.caps(model, url)
-        target = shard_target(working, self.pipeline, max(0, left.get(group, 0)))
+        remaining = max(0, left.get(group, 0))
+        target = shard_target(working, self.pipeline, remaining)
+        if self.pipeline > 1 and remaining <= TAIL_WAVES * working:
+            free = working - self.in_flight(model)[0] - self.unsent_tokens(model)
+            if free < min(max(1, working // self.pipeline // SMALLEST_SHARE), remaining):
+                return None
+            target = min(target, free)
         room = Room(target, target, caps.max_requests, caps.max_bytes, caps.max_inputs, True)
         chosen = fill_shard(window, room, lookahead=len(window)) or window[:1]
         taken = {id(r) for r in chosen}
         window[:] = [r for r in window if id(r) not in taken]
         left[group] = left.get(group, 0) - sum(r.tokens for r in chosen)
-        return self._add_shard(group, chosen) is not None
+        return self._add_shard(group, chosen)
 
     def oversized(self, row: RequestRow, caps: Caps) -> bool:
         """Handle a request that no shard under the caps can hold: alone, or failed for good."""

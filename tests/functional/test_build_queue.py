@@ -224,3 +224,44 @@ def test_a_finish_is_noticed_when_forecast_not_a_backed_off_interval_later(
     # Backed off, the interval near the end is 1.6-3.2 s; the forecast wakes within ~0.3 s.
     assert seen - done < 0.8, f"noticed {seen - done:.2f} s after it finished"
     assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in reqs)
+
+
+@pytest.mark.timeout(90)
+def test_tail_shards_are_cut_into_the_room_there_is_and_shrink_as_work_runs_out(
+    tmp_path: Path, simulator_factory
+) -> None:
+    """In the tail a shard is cut when room appears, from what is left then, so no shard
+    started late is larger than a 2k-th of what was left when it started."""
+    import random
+
+    limit, margin, k = 2_000, 0.05, 4
+    sim = simulator_factory(token_limits={MODEL: limit}, hold_from_creation=True)
+    rng = random.Random(7)
+    reqs = [padded_chat(f"r{i}", words=rng.randint(20, 90)) for i in range(80)]
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        limits={"enqueued_tokens": limit, "safety_margin": margin, "pipeline": k},
+    )
+    assert project.build() == EXIT_OK
+    weights = estimated(sim)
+    working = int(limit * (1 - margin))
+    floor = working // k // 8
+    largest = max(
+        tokens.estimate_request(r["url"], r["body"]).tokens for r in reqs
+    )  # a shard may end one request past its aim
+    left = sum(weights.values())
+    tail = 0
+    created: dict[str, float] = {}
+    for event in sim.journal.events:
+        created.setdefault(event.batch_id, event.at)
+    for batch_id in sorted(created, key=created.__getitem__):
+        w = weights[batch_id]
+        if left <= 2 * working:
+            tail += 1
+            assert w <= max(left // (2 * k), floor) + largest, (w, left)
+        left -= w
+    assert tail >= 5, "the work never reached a tail"
+    peak, _ = peak_in_flight(sim, weights)
+    assert peak <= working
+    assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in reqs)
