@@ -237,6 +237,8 @@ class Builder:
             while True:
                 self.store.check_intact()
                 changed = self.collector.poll()
+                if changed:
+                    self.scheduler.room_changed()
                 # Nothing is submitted before the API has been listed once in this run; a
                 # build with nothing to submit makes no call for it.
                 unlisted = False

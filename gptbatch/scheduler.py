@@ -211,6 +211,7 @@ class Scheduler:
         self.summary = summary
         self.pipeline = max(1, getattr(spec.limits, "pipeline", DEFAULT_PIPELINE))
         self.dirty = True  # pending requests may need packing
+        self.tail_waiting = False  # tail requests wait uncut for room (see _cut)
 
     # --- caps and room ---------------------------------------------------------------
 
@@ -411,9 +412,13 @@ class Scheduler:
                 for size in packer.finish():
                     made += self._add_shard(group, buffers[group][:size]) is not None
                     del buffers[group][:size]
-        # Uncut tail requests: plan again when the next round may have room for them.
-        self.dirty = bool(waiting)
+        self.tail_waiting = bool(waiting)
         return made
+
+    def room_changed(self) -> None:
+        """A poll saw batches move: uncut tail requests may now have room (plan again)."""
+        if self.tail_waiting:
+            self.dirty = True
 
     def _cut(self, group: Group, window: list[Any], left: dict[Group, int]) -> str | None:
         """Cut one pipelined shard from the front of a window of pending rows.
