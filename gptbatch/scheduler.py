@@ -374,6 +374,7 @@ class Scheduler:
         buffers: dict[Group, list[Any]] = {}
         windows: dict[Group, list[Any]] = {}
         waiting: set[Group] = set()  # tail requests left uncut until there is room
+        held: dict[Group, int] = {}  # tokens in each window
         made = 0
         with self.store.transaction(), contextlib.closing(self.store.pending_requests()) as rows:
             for row in rows:
@@ -392,11 +393,13 @@ class Scheduler:
                 if group in windows:
                     window = windows[group]
                     window.append(row)
-                    while len(window) >= FILL_LOOKAHEAD and group not in waiting:
+                    held[group] = held.get(group, 0) + row.tokens
+                    while group not in waiting and self._ripe(group, window, held, left):
                         cut = self._cut(group, window, left)
                         if cut is None:
                             waiting.add(group)
                         made += bool(cut)
+                        held[group] = sum(r.tokens for r in window)
                     continue
                 buffers[group].append(row)
                 for size in packers[group].add(Item(row.key, row.tokens, row.nbytes, row.inputs)):
@@ -414,6 +417,16 @@ class Scheduler:
                     del buffers[group][:size]
         self.tail_waiting = bool(waiting)
         return made
+
+    def _ripe(
+        self, group: Group, window: list[Any], held: dict[Group, int], left: dict[Group, int]
+    ) -> bool:
+        """Does a window hold enough to cut a full shard with room to choose (first fit)?"""
+        working = self.budget.working(group[0]) or 1
+        target = shard_target(working, self.pipeline, max(0, left.get(group, 0)))
+        if len(window) >= self.caps(*group).max_requests + FILL_LOOKAHEAD:
+            return True
+        return len(window) >= FILL_LOOKAHEAD and held.get(group, 0) >= 2 * target
 
     def room_changed(self) -> None:
         """A poll saw batches move: uncut tail requests may now have room (plan again)."""

@@ -76,3 +76,60 @@ def test_a_batch_long_in_finalizing_is_reported_once() -> None:
         collector.watch_finalizing(info)
     slow = [f for k, f in report.events if k == "slow_finalizing"]
     assert slow == [{"batch": "batch_1", "seconds": 600}]
+
+
+def test_a_shard_holds_as_many_requests_as_its_token_share_needs(tmp_path) -> None:
+    """The first-fit window grows with the target: a shard is not capped at the window's
+    look-ahead (2,000 requests) when its share of the budget needs more."""
+    import json
+
+    import yaml
+
+    from gptbatch.report import NullReporter
+    from gptbatch.scheduler import FILL_LOOKAHEAD, Budget, Scheduler
+    from gptbatch.spec import load_spec
+    from gptbatch.store import Store
+    from gptbatch.summary import BuildSummary
+    from gptbatch.sync import sync_inputs
+
+    (tmp_path / "in.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
+                }
+            )
+            + "\n"
+            for i in range(30_000)  # 8 prompt tokens each
+        )
+    )
+    limit = 96_000  # a share of 24,000 tokens: 3,000 requests; 240,000 left: not the tail
+    (tmp_path / "batch.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "inputs": ["in.jsonl"],
+                "output_dir": "out",
+                "limits": {"enqueued_tokens": limit, "safety_margin": 0, "pipeline": 4},
+            }
+        )
+    )
+    spec = load_spec(tmp_path / "batch.yaml")
+    store = Store(tmp_path / "state")
+    try:
+        sync_inputs(spec, store, NullReporter())
+        scheduler = Scheduler(spec, store, NullReporter(), Budget(spec, store), BuildSummary())
+        scheduler.plan()
+        shards = store.shards()
+        assert shards, "nothing was planned"
+        first = shards[0]
+        assert first.tokens <= limit // 4
+        assert first.tokens == limit // 4  # filled to its share
+        assert first.requests > FILL_LOOKAHEAD
+    finally:
+        store.close()
