@@ -65,7 +65,6 @@ __all__ = [
 ]
 
 
-
 def run_build(
     spec: Spec,
     remote: Remote,

@@ -375,6 +375,7 @@ class Scheduler:
         windows: dict[Group, list[Any]] = {}
         waiting: set[Group] = set()  # tail requests left uncut until there is room
         held: dict[Group, int] = {}  # tokens in each window
+        group_caps: dict[Group, tuple[Caps, int | None]] = {}
         made = 0
         with self.store.transaction(), contextlib.closing(self.store.pending_requests()) as rows:
             for row in rows:
@@ -385,8 +386,10 @@ class Scheduler:
                     else:
                         packers[group] = Packer(self.caps(*group))
                         buffers[group] = []
-                caps = packers[group].caps if group in packers else self.caps(*group)
-                if self.oversized(row, caps):
+                if group not in group_caps:  # once per plan: these read the store's meta
+                    group_caps[group] = self.caps(*group), self.budget.hard_limit(row.model)
+                caps, hard = group_caps[group]
+                if self.oversized(row, caps, hard):
                     left[group] = left.get(group, 0) - row.tokens
                     made += 1
                     continue
@@ -394,7 +397,9 @@ class Scheduler:
                     window = windows[group]
                     window.append(row)
                     held[group] = held.get(group, 0) + row.tokens
-                    while group not in waiting and self._ripe(group, window, held, left):
+                    while group not in waiting and self._ripe(
+                        caps, window, held[group], left.get(group, 0)
+                    ):
                         cut = self._cut(group, window, left)
                         if cut is None:
                             waiting.add(group)
@@ -418,15 +423,12 @@ class Scheduler:
         self.tail_waiting = bool(waiting)
         return made
 
-    def _ripe(
-        self, group: Group, window: list[Any], held: dict[Group, int], left: dict[Group, int]
-    ) -> bool:
+    def _ripe(self, caps: Caps, window: list[Any], held: int, left: int) -> bool:
         """Does a window hold enough to cut a full shard with room to choose (first fit)?"""
-        working = self.budget.working(group[0]) or 1
-        target = shard_target(working, self.pipeline, max(0, left.get(group, 0)))
-        if len(window) >= self.caps(*group).max_requests + FILL_LOOKAHEAD:
+        target = shard_target(caps.max_tokens or 1, self.pipeline, max(0, left))
+        if len(window) >= caps.max_requests + FILL_LOOKAHEAD:
             return True
-        return len(window) >= FILL_LOOKAHEAD and held.get(group, 0) >= 2 * target
+        return len(window) >= FILL_LOOKAHEAD and held >= 2 * target
 
     def room_changed(self) -> None:
         """A poll saw batches move: uncut tail requests may now have room (plan again)."""
@@ -458,13 +460,15 @@ class Scheduler:
         left[group] = left.get(group, 0) - sum(r.tokens for r in chosen)
         return self._add_shard(group, chosen)
 
-    def oversized(self, row: RequestRow, caps: Caps) -> bool:
-        """Handle a request that no shard under the caps can hold: alone, or failed for good."""
+    def oversized(self, row: RequestRow, caps: Caps, hard: int | None) -> bool:
+        """Handle a request that no shard under the caps can hold: alone, or failed for good.
+
+        hard: the model's hard token limit (Budget.hard_limit).
+        """
         over_tokens = caps.max_tokens is not None and row.tokens > caps.max_tokens
         over_other = row.nbytes > caps.max_bytes or (
             caps.max_inputs is not None and row.inputs > caps.max_inputs
         )
-        hard = self.budget.hard_limit(row.model)
         over_hard = hard is not None and row.tokens > hard
         if not over_tokens and not over_other and not over_hard:
             return False
