@@ -273,8 +273,19 @@ def _save_snapshot(name: str, encoding: tiktoken.Encoding) -> None:
     if path is None or not isinstance(ranks, dict) or not ranks:
         return
     payload = marshal.dumps(ranks, 4)
+    # Renamed into place but not fsynced: a first run waits for this before its first count,
+    # and a snapshot torn by a crash fails its sha256 check and is simply rebuilt.
     with contextlib.suppress(OSError):
-        atomic_write_bytes(path, hashlib.sha256(payload).digest() + payload)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as f:
+            f.write(hashlib.sha256(payload).digest() + payload)
+        try:
+            os.replace(f.name, path)
+        except OSError:
+            os.unlink(f.name)
+            raise
 
 
 def _load_encoding(name: str) -> tiktoken.Encoding:
