@@ -388,12 +388,17 @@ def split_files(
     out.mkdir(parents=True, exist_ok=True)
     total = sum(len(g.sizes) for g in groups)
     names = shard_names(total)
-    parts = _write(scanner.report, layout, groups, names, out, os.urandom(4).hex())
+    scanner.prepare_counts()  # the cache's inserts run beside the copy, committed after it
     try:
-        for name in names:
-            os.replace(parts[name], out / name)
+        parts = _write(scanner.report, layout, groups, names, out, os.urandom(4).hex())
+        try:
+            for name in names:
+                os.replace(parts[name], out / name)
+        except BaseException:
+            _remove(list(parts.values()))
+            raise
     except BaseException:
-        _remove(list(parts.values()))
+        scanner.discard_counts()
         raise
     scanner.commit_counts()
     inputs = [Path(p) for p in paths]

@@ -475,3 +475,59 @@ def test_a_dead_worker_is_an_error_not_a_hang(
     monkeypatch.setattr(scan, "_read_in_worker", die)
     with pytest.raises(GptbatchError, match="worker process reading the inputs died"):
         list(Scanner([source], ScanOptions(workers=2, chunk_bytes=300, use_cache=False)).requests())
+
+
+def cached_rows(cache: Path) -> int:
+    import sqlite3
+
+    if not (cache / "tokens.sqlite").exists():
+        return 0
+    with sqlite3.connect(cache / "tokens.sqlite") as conn:
+        return int(conn.execute("SELECT count(*) FROM counts").fetchone()[0])
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: bool) -> None:
+    from gptbatch.token_cache import CachedCount, PendingCounts
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if corrupt:  # the background write fails; commit's own path rebuilds the file
+        (cache / "tokens.sqlite").write_bytes(b"this is not a database" * 100)
+    for keep in (False, True):
+        pending = PendingCounts(cache / "tokens.sqlite", "v1")
+        for i in range(50):
+            pending.add(f"key-{i}", CachedCount(i, "o200k_base", ("a caveat",) if i % 2 else ()))
+        pending.prepare()
+        with pytest.raises(RuntimeError):
+            pending.add("late", CachedCount(1, "o200k_base"))
+        if keep:
+            pending.commit()
+            assert cached_rows(cache) == 50
+        else:
+            pending.discard()
+            if not corrupt:  # (a corrupt file is left as it was)
+                assert cached_rows(cache) == 0
+    from gptbatch.token_cache import TokenCache
+
+    found = TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-4", "other"])
+    assert found == {
+        "key-3": CachedCount(3, "o200k_base", ("a caveat",)),
+        "key-4": CachedCount(4, "o200k_base", ()),
+    }
+
+
+def test_a_split_that_fails_while_copying_remembers_no_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(cache))
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(chat(f"r{i}", f"text number {i}") for i in range(40)) + b"\n")
+    monkeypatch.setattr(split_module, "_write", changing_write(source, edit_line_7))
+    assert main(["split", "300", str(source), "--out-dir", str(tmp_path / "out")]) == 2
+    assert cached_rows(cache) == 0
+    monkeypatch.undo()
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(cache))
+    assert main(["split", "300", str(source), "--out-dir", str(tmp_path / "out")]) == 0
+    assert cached_rows(cache) == 40
