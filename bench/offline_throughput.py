@@ -10,6 +10,8 @@ over the tree (sampled every 20 ms from /proc: the command plus its workers).
 
 Also measured on the small corpus:
 - the floor: read + json.loads + tiktoken on every message, in one process, on one core;
+- tiktoken alone: encode_ordinary on the texts a count must encode (no parsing), whose
+  rate times the cores bounds any cold run;
 - the original tool, gpt-batch-splitter 1.0.1 (PyPI package gpt-batch-manager==1.0.1,
   which estimates len/4 and never tokenizes), installed into its own virtual environment
   under --venv-dir; skipped with a note if pip cannot reach the index;
@@ -226,6 +228,31 @@ def floor(path: Path) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def tiktoken_alone(path: Path) -> tuple[float, float]:
+    """(seconds, CPU seconds) of encode_ordinary alone on the texts a count must encode.
+
+    The texts are parsed beforehand and repeated short texts (the shared system prompts)
+    are encoded once, as gptbatch's counting memo does: what is left is tiktoken's own
+    work, which no reader can avoid. Twice this rate is the cold ceiling on two cores.
+    """
+    from gptbatch.encodings import get_encoding
+
+    enc = get_encoding("o200k_base")
+    texts: list[str] = []
+    seen: set[str] = set()
+    with path.open("rb") as f:
+        for raw in f:
+            for message in json.loads(raw)["body"]["messages"]:
+                text = message["content"]
+                if len(text) > 8192 or text not in seen:
+                    seen.add(text)
+                    texts.append(text)
+    started, cpu = time.perf_counter(), time.process_time()
+    for text in texts:
+        enc.encode_ordinary(text)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
 def original_tool(venv: Path) -> Path | None:
     """gpt-batch-splitter 1.0.1 in its own virtual environment; None if it cannot be had."""
     exe = venv / "bin" / "gpt-batch-splitter"
@@ -359,6 +386,13 @@ def main() -> None:
             f"\n# floor on {small.name} (read + json.loads + tiktoken encode_ordinary, one "
             f"core, in-process, encoding preloaded): {size / 1e6 / seconds:.1f} MB/s, "
             f"{seconds:.2f} s, CPU/wall {cpu / seconds:.2f}"
+        )
+        seconds, cpu = tiktoken_alone(small)
+        print(
+            f"# tiktoken alone on {small.name} (encode_ordinary of the texts a count must "
+            f"encode, one core): {size / 1e6 / seconds:.1f} MB/s, {seconds:.2f} s; the cold "
+            f"ceiling on {os.cpu_count()} cores, with nothing else done: "
+            f"{size / 1e6 / seconds * (os.cpu_count() or 1):.1f} MB/s"
         )
         for n, corpus in enumerate(corpora):
             bench_corpus(corpus, work, env, before if n == 0 else None, orig, args.repeat)
