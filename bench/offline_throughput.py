@@ -15,7 +15,8 @@ Also measured on the small corpus:
 - the original tool, gpt-batch-splitter 1.0.1 (PyPI package gpt-batch-manager==1.0.1,
   which estimates len/4 and never tokenizes), installed into its own virtual environment
   under --venv-dir; skipped with a note if pip cannot reach the index;
-- with --before REV, this repository's code at git revision REV (e.g. 92ee9ff).
+- with --before REV, this repository's code at git revision REV (e.g. 92ee9ff), cold, each
+  run interleaved with one of the current code's cold runs.
 
 The load average is printed with every figure: other processes on the machine slow it.
 
@@ -329,15 +330,18 @@ def bench_corpus(
         cache = work / f"cache-{corpus.stem}-{name}"
         run_env = {**env, "GPTBATCH_CACHE_DIR": f"{cache}-0"}
         # Each cold run gets its own empty cache; the first one's is then the warm cache.
-        cold = [
-            measure(argv, {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-{n}"}, work)
-            for n in range(repeat)
-        ]
+        # The code at --before runs cold too, each run right after one of ours, so both
+        # meet the same load; with a cache of its own, a revision that has one writes it.
+        cold, old = [], []
+        for n in range(repeat):
+            cold.append(measure(argv, {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-{n}"}, work))
+            if before is not None:
+                old_env = {**env, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": f"{cache}-b{n}"}
+                old.append(measure(argv, old_env, work))
         report(f"{name} (cold cache)", size, min(cold, key=lambda r: r.wall))
+        if old:
+            report(f"{name} (before, cold)", size, min(old, key=lambda r: r.wall))
         report(f"{name} (warm cache)", size, best(argv, run_env, work, repeat))
-        if before is not None:
-            old_env = {**env, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": ""}
-            report(f"{name} (before)", size, best(argv, old_env, work, repeat))
     if orig is not None:
         shards = work / "orig-shards"
         shards.mkdir(exist_ok=True)
