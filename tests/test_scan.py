@@ -222,14 +222,23 @@ def test_worker_processes_report_problems_in_file_and_line_order(tmp_path: Path)
 # --- a file that changes between reading and copying --------------------------------------
 
 
-def changing_write(path: Path, edit: Any) -> Any:
-    real = split_module._write
+def changing_copy(path: Path, edit: Any, line: int | None) -> Any:
+    """split's chunk copy, editing path once first: before copying the chunk holding line
+    (read by then, not yet copied), or before the first copy if line is None."""
+    real = split_module._copy_chunk
+    done: list[bool] = []
 
-    def write(*args: Any, **kwargs: Any) -> Any:
-        edit(path)
-        return real(*args, **kwargs)
+    def copy(read: Any, stop: int, copier: Any) -> Any:
+        lines = copier.layout.line
+        holds = stop > read.first_record and (
+            line is None or lines[read.first_record] <= line <= lines[stop - 1]
+        )
+        if holds and not done:
+            done.append(True)
+            edit(path)
+        return real(read, stop, copier)
 
-    return write
+    return copy
 
 
 def edit_line_7(path: Path) -> None:
@@ -256,7 +265,7 @@ def test_a_file_changed_during_split_is_an_error_and_leaves_no_shards(
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"\n".join(chat(f"r{i}", f"text number {i}") for i in range(40)) + b"\n")
     out = tmp_path / "out"
-    monkeypatch.setattr(split_module, "_write", changing_write(source, edit))
+    monkeypatch.setattr(split_module, "_copy_chunk", changing_copy(source, edit, line))
     monkeypatch.setenv("GPTBATCH_WORKERS", str(workers))
     monkeypatch.setenv("GPTBATCH_CHUNK_BYTES", "500")
     assert main(["split", "300", str(source), "--out-dir", str(out)]) == 2
@@ -266,7 +275,8 @@ def test_a_file_changed_during_split_is_an_error_and_leaves_no_shards(
         assert f"{source}:{line}:" in err
     else:
         assert f"{source}:" in err
-    assert list(out.iterdir()) == []  # no shard, no temporary part file
+    # No shard, no temporary part file (and no directory if the run made it while copying).
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 # --- the token-count cache ----------------------------------------------------------------
@@ -524,7 +534,7 @@ def test_a_split_that_fails_while_copying_remembers_no_counts(
     monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(cache))
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"\n".join(chat(f"r{i}", f"text number {i}") for i in range(40)) + b"\n")
-    monkeypatch.setattr(split_module, "_write", changing_write(source, edit_line_7))
+    monkeypatch.setattr(split_module, "_copy_chunk", changing_copy(source, edit_line_7, 7))
     assert main(["split", "300", str(source), "--out-dir", str(tmp_path / "out")]) == 2
     assert cached_rows(cache) == 0
     monkeypatch.undo()

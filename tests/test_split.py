@@ -354,12 +354,36 @@ def test_copying_runs_of_lines_writes_what_copying_each_line_writes(
     if embeddings:
         paths.append(directory / "emb.jsonl")
         paths[1].write_bytes(b"\n".join(embedding_line(rng, f"e{i}") for i in range(embeddings)))
-    options = ScanOptions(workers=0, chunk_bytes=chunk, use_cache=False)
     outputs = []
-    for copy in (split_module._copy_lines, copy_line_by_line):
+    # Small chunks, copied while the inputs are read, run by run; and one chunk per file,
+    # copied line by line once the read is over (the two-pass way): the same files.
+    for copy, chunk_bytes in ((split_module._copy_lines, chunk), (copy_line_by_line, 1 << 30)):
         out = directory / copy.__name__
+        options = ScanOptions(workers=0, chunk_bytes=chunk_bytes, use_cache=False)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(split_module, "_copy_lines", copy)
             split_files(paths, limit, out_dir=out, max_requests=max_requests, options=options)
         outputs.append(all_bytes(out))
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_chunks_are_copied_while_the_inputs_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    paths, lines = write_inputs(tmp_path / "in")
+    real = split_module._copy_chunk
+    seen_then: list[int] = []  # chunks read so far at each copy
+
+    def copy(read: Any, stop: int, copier: Any) -> None:
+        seen_then.append(len(copier.report.chunks))
+        real(read, stop, copier)
+
+    monkeypatch.setattr(split_module, "_copy_chunk", copy)
+    options = ScanOptions(workers=workers, chunk_bytes=4000, use_cache=False)
+    out = tmp_path / "out"
+    result = split_files(paths, 12_000, out_dir=out, max_requests=40, options=options)
+    assert min(seen_then) < max(seen_then)  # the first copies came before the read ended
+    written = read_shards(out)
+    assert Counter(line for shard in written.values() for line in shard) == Counter(lines)
+    assert list(written) == [s.name for s in result.shards]
