@@ -2,10 +2,11 @@
 
 One read of the inputs (gptbatch.scan, on every core) validates and counts every line and
 runs one Packer per (model, url) group, keeping per request only its group and byte range.
-Then each chunk of the inputs is read again as raw bytes, checked against the sha256 taken
-on the first read (a file that changed meanwhile is an error naming the line), and each
-line is copied into its shard. Shards are written to temporary files and renamed into place
-only when all of them are complete, so an error never leaves a mix of old and new shards.
+As soon as every request of a chunk is in a closed shard (while the read goes on), the
+chunk is read again as raw bytes, checked against the sha256 taken on the first read (a
+file that changed meanwhile is an error naming the line), and each line is copied into its
+shard. Shards are written to temporary files and renamed into place only when all of them
+are complete, so an error never leaves a mix of old and new shards.
 """
 
 from __future__ import annotations
