@@ -132,7 +132,7 @@ class _Layout:
     length: array = field(default_factory=lambda: array("q"))
     crc: array = field(default_factory=lambda: array("I"))
     line: array = field(default_factory=lambda: array("Q"))
-    rank: array = field(default_factory=lambda: array("Q"))  # its place within its group
+    rank: array = field(default_factory=lambda: array("I"))  # its place within its group
 
     def add(self, group: int, rank: int, req: ScannedRequest) -> None:
         self.group.append(group)
