@@ -10,10 +10,13 @@ over the tree (sampled every 20 ms from /proc: the command plus its workers).
 
 Also measured on the small corpus:
 - the floor: read + json.loads + tiktoken on every message, in one process, on one core;
+- tiktoken alone: encode_ordinary on the texts a count must encode (no parsing), whose
+  rate times the cores bounds any cold run;
 - the original tool, gpt-batch-splitter 1.0.1 (PyPI package gpt-batch-manager==1.0.1,
   which estimates len/4 and never tokenizes), installed into its own virtual environment
   under --venv-dir; skipped with a note if pip cannot reach the index;
-- with --before REV, this repository's code at git revision REV (e.g. 92ee9ff).
+- with --before REV, this repository's code at git revision REV (e.g. 92ee9ff), cold, each
+  run interleaved with one of the current code's cold runs.
 
 The load average is printed with every figure: other processes on the machine slow it.
 
@@ -226,6 +229,40 @@ def floor(path: Path) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def tiktoken_alone(path: Path) -> tuple[float, float]:
+    """(seconds, CPU seconds) of encode_ordinary alone on the texts a count must encode.
+
+    The texts are parsed beforehand, and a text is skipped where gptbatch's counting memo
+    (gptbatch.tokens: texts of at most 8192 characters, 1024 at a time) would have it: what
+    is left is tiktoken's own work, which no reader can avoid. Its rate times the cores is
+    the cold ceiling. Parsed a block of lines at a time, so memory stays small.
+    """
+    from gptbatch.encodings import get_encoding
+
+    enc = get_encoding("o200k_base")
+    memo: set[str] = set()
+    seconds = cpu = 0.0
+    with path.open("rb") as f:
+        while block := f.readlines(8 << 20):
+            texts = []
+            for raw in block:
+                for message in json.loads(raw)["body"]["messages"]:
+                    text = message["content"]
+                    if text in memo:
+                        continue
+                    if len(text) <= 8192:
+                        if len(memo) >= 1024:
+                            memo.clear()
+                        memo.add(text)
+                    texts.append(text)
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for text in texts:
+                enc.encode_ordinary(text)
+            seconds += time.perf_counter() - started
+            cpu += time.process_time() - started_cpu
+    return seconds, cpu
+
+
 def original_tool(venv: Path) -> Path | None:
     """gpt-batch-splitter 1.0.1 in its own virtual environment; None if it cannot be had."""
     exe = venv / "bin" / "gpt-batch-splitter"
@@ -302,15 +339,18 @@ def bench_corpus(
         cache = work / f"cache-{corpus.stem}-{name}"
         run_env = {**env, "GPTBATCH_CACHE_DIR": f"{cache}-0"}
         # Each cold run gets its own empty cache; the first one's is then the warm cache.
-        cold = [
-            measure(argv, {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-{n}"}, work)
-            for n in range(repeat)
-        ]
+        # The code at --before runs cold too, each run right after one of ours, so both
+        # meet the same load; with a cache of its own, a revision that has one writes it.
+        cold, old = [], []
+        for n in range(repeat):
+            cold.append(measure(argv, {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-{n}"}, work))
+            if before is not None:
+                old_env = {**env, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": f"{cache}-b{n}"}
+                old.append(measure(argv, old_env, work))
         report(f"{name} (cold cache)", size, min(cold, key=lambda r: r.wall))
+        if old:
+            report(f"{name} (before, cold)", size, min(old, key=lambda r: r.wall))
         report(f"{name} (warm cache)", size, best(argv, run_env, work, repeat))
-        if before is not None:
-            old_env = {**env, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": ""}
-            report(f"{name} (before)", size, best(argv, old_env, work, repeat))
     if orig is not None:
         shards = work / "orig-shards"
         shards.mkdir(exist_ok=True)
@@ -359,6 +399,13 @@ def main() -> None:
             f"\n# floor on {small.name} (read + json.loads + tiktoken encode_ordinary, one "
             f"core, in-process, encoding preloaded): {size / 1e6 / seconds:.1f} MB/s, "
             f"{seconds:.2f} s, CPU/wall {cpu / seconds:.2f}"
+        )
+        seconds, cpu = tiktoken_alone(small)
+        print(
+            f"# tiktoken alone on {small.name} (encode_ordinary of the texts a count must "
+            f"encode, one core): {size / 1e6 / seconds:.1f} MB/s, {seconds:.2f} s; the cold "
+            f"ceiling on {os.cpu_count()} cores, with nothing else done: "
+            f"{size / 1e6 / seconds * (os.cpu_count() or 1):.1f} MB/s"
         )
         for n, corpus in enumerate(corpora):
             bench_corpus(corpus, work, env, before if n == 0 else None, orig, args.repeat)

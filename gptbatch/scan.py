@@ -367,6 +367,10 @@ class Scanner:
         """Remember the counts made in this run (call only when the command succeeded)."""
         self.pending.commit()
 
+    def prepare_counts(self) -> None:
+        """Start writing this run's counts in the background (see PendingCounts.prepare)."""
+        self.pending.prepare()
+
     def discard_counts(self) -> None:
         self.pending.discard()
 

@@ -2,10 +2,11 @@
 
 One read of the inputs (gptbatch.scan, on every core) validates and counts every line and
 runs one Packer per (model, url) group, keeping per request only its group and byte range.
-Then each chunk of the inputs is read again as raw bytes, checked against the sha256 taken
-on the first read (a file that changed meanwhile is an error naming the line), and each
-line is copied into its shard. Shards are written to temporary files and renamed into place
-only when all of them are complete, so an error never leaves a mix of old and new shards.
+As soon as every request of a chunk is in a closed shard (while the read goes on), the
+chunk is read again as raw bytes, checked against the sha256 taken on the first read (a
+file that changed meanwhile is an error naming the line), and each line is copied into its
+shard. Shards are written to temporary files and renamed into place only when all of them
+are complete, so an error never leaves a mix of old and new shards.
 """
 
 from __future__ import annotations
@@ -85,10 +86,13 @@ class _Group:
     sizes: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)
+    added: int = 0  # requests packed so far
+    placed: int = 0  # of them, those in closed shards
 
     def close(self, sizes: list[int]) -> None:
         for size in sizes:
             done, self.window = self.window[:size], self.window[size:]
+            self.placed += size
             self.sizes.append(size)
             self.tokens.append(sum(t for t, _ in done))
             self.nbytes.append(sum(b for _, b in done))
@@ -128,20 +132,22 @@ class _Layout:
     length: array = field(default_factory=lambda: array("q"))
     crc: array = field(default_factory=lambda: array("I"))
     line: array = field(default_factory=lambda: array("Q"))
+    rank: array = field(default_factory=lambda: array("I"))  # its place within its group
 
-    def add(self, group: int, req: ScannedRequest) -> None:
+    def add(self, group: int, rank: int, req: ScannedRequest) -> None:
         self.group.append(group)
+        self.rank.append(rank)
         self.offset.append(req.offset)
         self.length.append(req.length)
         self.crc.append(req.crc)
         self.line.append(req.line)
 
 
-def _plan(scanner: Scanner, caps: Caps) -> tuple[list[_Group], _Layout]:
-    """Read every line once: validate, count, pack; return the groups and where lines are."""
+def _plan(scanner: Scanner, caps: Caps, copier: _Copier) -> list[_Group]:
+    """Read every line once: validate, count, pack; copy lines whose shards are final."""
     groups: dict[tuple[str | None, str], _Group] = {}
     order: dict[tuple[str | None, str], int] = {}
-    layout = _Layout()
+    layout = copier.layout
     problems: list[Problem] = []
     too_many = 0
     try:
@@ -156,6 +162,7 @@ def _plan(scanner: Scanner, caps: Caps) -> tuple[list[_Group], _Layout]:
                     )
                 group = groups[key] = _Group(req.model, req.url, Packer(group_caps))
                 order[key] = len(order)
+                copier.groups.append(group)
             nbytes = req.length + 1  # the line and its "\n" in the shard file
             try:
                 closed = group.packer.add(Item(req.key, req.tokens, nbytes, req.inputs))
@@ -164,17 +171,21 @@ def _plan(scanner: Scanner, caps: Caps) -> tuple[list[_Group], _Layout]:
                     problems.append(_too_large(req, exc))
                 else:
                     too_many += 1
+                copier.stopped = True  # the split fails: copying more is wasted
                 continue
-            layout.add(order[key], req)
+            layout.add(order[key], group.added, req)
+            group.added += 1
             group.window.append((req.tokens, nbytes))
-            group.close(closed)
+            if closed:
+                group.close(closed)
+                copier.advance()
     except InputError as exc:
         raise InputError(exc.problems + problems, truncated=exc.truncated + too_many) from None
     if problems:
         raise InputError(problems, truncated=too_many)
     for group in groups.values():
         group.close(group.packer.finish())
-    return list(groups.values()), layout
+    return list(groups.values())
 
 
 def _read_window(path: str, start: int, end: int) -> bytes:
@@ -200,93 +211,176 @@ def _changed_line(read: ReadChunk, data: bytes, layout: _Layout, stop: int) -> i
 
 
 class _Shards:
-    """The open shard file of each group, and where each group is in its list of shards."""
+    """Each group's shard part files, filled in order while the inputs are read.
 
-    def __init__(self, groups: list[_Group], names: list[str], out_dir: Path, tag: str) -> None:
-        self.groups = groups
-        self.names = names
+    Final names (shard-000-of-NNN) need the total count, known only at the end, so parts
+    are named by group and ordinal until then.
+    """
+
+    def __init__(self, groups: list[_Group], out_dir: Path, tag: str) -> None:
+        self.groups = groups  # grows as the read finds new groups
         self.out_dir = out_dir
         self.tag = tag
-        self.first: list[int] = []
-        index = 0
-        for group in groups:
-            self.first.append(index)
-            index += len(group.sizes)
-        self.position = [[0, 0] for _ in groups]  # shard within group, lines written to it
+        self.position: list[list[int]] = []  # per group: shard ordinal, lines written to it
         self.writers: dict[int, Any] = {}  # group -> (context manager, file)
-        self.parts: dict[str, Path] = {}
+        self.parts: dict[tuple[int, int], Path] = {}
+        self.made_dir = False
+
+    def where(self, group: int) -> list[int]:
+        while len(self.position) <= group:
+            self.position.append([0, 0])
+        return self.position[group]
 
     def file(self, group: int) -> IO[bytes]:
         writer = self.writers.get(group)
         if writer is None:
-            name = self.names[self.first[group] + self.position[group][0]]
-            self.parts[name] = self.out_dir / f".{name}.{self.tag}.part"
-            manager = atomic_writer(self.parts[name], "wb")
+            if not self.parts and not self.out_dir.is_dir():
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self.made_dir = True
+            ordinal = self.where(group)[0]
+            part = self.out_dir / f".shard-g{group}-{ordinal}.{self.tag}.part"
+            self.parts[(group, ordinal)] = part
+            manager = atomic_writer(part, "wb")
             writer = self.writers[group] = (manager, manager.__enter__())
         return writer[1]
 
-    def wrote(self, group: int) -> None:
-        where = self.position[group]
-        where[1] += 1
+    def room(self, group: int) -> int:
+        """Lines the group's current shard still takes."""
+        where = self.where(group)
+        return self.groups[group].sizes[where[0]] - where[1]
+
+    def wrote(self, group: int, lines: int = 1) -> None:
+        where = self.where(group)
+        where[1] += lines
         if where[1] == self.groups[group].sizes[where[0]]:
             manager, _ = self.writers.pop(group)
             manager.__exit__(None, None, None)
             where[0], where[1] = where[0] + 1, 0
 
+    def keep_dir(self) -> None:
+        """Make out_dir if need be, and keep it whatever happens next."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.made_dir = False
+
+    def named(self, names: list[str]) -> dict[str, Path]:
+        """The part file of each final shard name."""
+        named: dict[str, Path] = {}
+        index = 0
+        for g, group in enumerate(self.groups):
+            for ordinal in range(len(group.sizes)):
+                named[names[index]] = self.parts[(g, ordinal)]
+                index += 1
+        return named
+
     def abort(self, exc: BaseException) -> None:
         for manager, _ in self.writers.values():
             with contextlib.suppress(Exception):
                 manager.__exit__(type(exc), exc, exc.__traceback__)
+        self.writers.clear()
         _remove(list(self.parts.values()))
+        if self.made_dir:
+            with contextlib.suppress(OSError):
+                self.out_dir.rmdir()  # only if still empty
 
 
-def _write(
-    report: ScanReport,
-    layout: _Layout,
-    groups: list[_Group],
-    names: list[str],
-    out_dir: Path,
-    tag: str,
-) -> dict[str, Path]:
-    """Copy each line's raw bytes into its shard's temporary file; return them by name.
+class _Copier:
+    """Copies each chunk's lines into their shards as soon as every one of them is in a
+    closed shard, while the read goes on, instead of in a second pass after it.
 
     Each chunk is read again whole and its sha256 compared with the one taken when it was
     first read, so the bytes copied are the bytes that were validated and counted.
     """
-    for path in report.loose.values():
-        raise InputError(
-            Problem(
-                path,
-                None,
-                "is not a regular file: split reads each input twice (to check and to copy)",
-                "save it to a file first",
+
+    def __init__(self, report: ScanReport, out_dir: Path, tag: str) -> None:
+        self.report = report
+        self.layout = _Layout()
+        self.groups: list[_Group] = []
+        self.shards = _Shards(self.groups, out_dir, tag)
+        self.placed = 0  # requests [0, placed) are all in closed shards
+        self.copied = 0  # chunks copied
+        self.stopped = False
+
+    def advance(self) -> None:
+        """Copy every chunk whose requests all have their final shard."""
+        report = self.report
+        if self.stopped or report.loose:  # a failing split, or one that will fail
+            return
+        group_of, rank, groups = self.layout.group, self.layout.rank, self.groups
+        placed, known = self.placed, len(group_of)
+        while placed < known and rank[placed] < groups[group_of[placed]].placed:
+            placed += 1
+        self.placed = placed
+        chunks = report.chunks
+        while self.copied + 1 < len(chunks) and chunks[self.copied + 1].first_record <= placed:
+            _copy_chunk(chunks[self.copied], chunks[self.copied + 1].first_record, self)
+            self.copied += 1
+
+    def finish(self) -> None:
+        """After the read and the last shards closed: copy the rest, check the inputs."""
+        report = self.report
+        for path in report.loose.values():
+            raise InputError(
+                Problem(
+                    path,
+                    None,
+                    "is not a regular file: split reads each input twice (to check and to copy)",
+                    "save it to a file first",
+                )
             )
-        )
-    shards = _Shards(groups, names, out_dir, tag)
-    chunks = report.chunks
-    try:
-        for c, read in enumerate(chunks):
+        chunks = report.chunks
+        for c in range(self.copied, len(chunks)):
             stop = chunks[c + 1].first_record if c + 1 < len(chunks) else report.records
-            chunk = read.chunk
-            data = _read_window(chunk.path, chunk.window_start, chunk.end)
-            if hashlib.sha256(data).hexdigest() != read.sha256:
-                raise changed_error(chunk.path, _changed_line(read, data, layout, stop))
-            view = memoryview(data)
-            base = chunk.window_start
-            for r in range(read.first_record, stop):
-                group = layout.group[r]
-                begin = layout.offset[r] - base
-                f = shards.file(group)
-                f.write(view[begin : begin + layout.length[r]])
-                f.write(b"\n")
-                shards.wrote(group)
+            _copy_chunk(chunks[c], stop, self)
+        self.copied = len(chunks)
         _check_sizes(report)
-        if shards.writers:
+        if self.shards.writers:
             raise changed_error(chunks[-1].chunk.path if chunks else "", None)
-    except BaseException as exc:
-        shards.abort(exc)
-        raise
-    return shards.parts
+
+
+def _copy_chunk(read: ReadChunk, stop: int, copier: _Copier) -> None:
+    """Copy requests [read.first_record, stop) of a chunk, checking its bytes are unchanged."""
+    chunk = read.chunk
+    data = _read_window(chunk.path, chunk.window_start, chunk.end)
+    if hashlib.sha256(data).hexdigest() != read.sha256:
+        raise changed_error(chunk.path, _changed_line(read, data, copier.layout, stop))
+    _copy_lines(data, chunk.window_start, copier.layout, read.first_record, stop, copier.shards)
+
+
+def _copy_lines(
+    data: bytes, base: int, layout: _Layout, first: int, stop: int, shards: _Shards
+) -> None:
+    """Copy records [first, stop) of a chunk read whole (data starts at byte base) to shards.
+
+    Consecutive records of one shard that are separated by exactly one "\n" in the input
+    (the common case: one model, LF line ends, no blank lines) go out as one write of the
+    input's own bytes, so the cost is per run of lines rather than per line.
+    """
+    view = memoryview(data)
+    group_of, offset, length = layout.group, layout.offset, layout.length
+    r = first
+    while r < stop:
+        group = group_of[r]
+        room = shards.room(group)
+        begin = offset[r] - base
+        end = begin + length[r]
+        n = 1
+        while (
+            n < room
+            and r + n < stop
+            and group_of[r + n] == group
+            and offset[r + n] - base == end + 1
+            and data[end] == 10  # the one byte between is "\n"
+        ):
+            end = offset[r + n] - base + length[r + n]
+            n += 1
+        f = shards.file(group)
+        if end < len(data) and data[end] == 10:
+            f.write(view[begin : end + 1])
+        else:
+            f.write(view[begin:end])
+            f.write(b"\n")
+        shards.wrote(group, n)
+        r += n
 
 
 def _check_sizes(report: ScanReport) -> None:
@@ -345,21 +439,24 @@ def split_files(
         raise InputError(Problem("--max-requests/--max-bytes", None, "must be 1 or more", ""))
     caps = Caps(max_tokens=limit, max_requests=max_requests, max_bytes=max_bytes)
     scanner = Scanner(paths, options or ScanOptions(max_problems=_MAX_PROBLEMS))
-    groups, layout = _plan(scanner, caps)
-    if not layout.group:
-        raise InputError(
-            Problem(", ".join(str(p) for p in paths), None, "no requests to split", "")
-        )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    total = sum(len(g.sizes) for g in groups)
-    names = shard_names(total)
-    parts = _write(scanner.report, layout, groups, names, out, os.urandom(4).hex())
+    copier = _Copier(scanner.report, out, os.urandom(4).hex())
     try:
+        groups = _plan(scanner, caps, copier)
+        if not copier.layout.group:
+            raise InputError(
+                Problem(", ".join(str(p) for p in paths), None, "no requests to split", "")
+            )
+        copier.shards.keep_dir()  # as the inputs are read: the directory stays, as it did
+        scanner.prepare_counts()  # the cache's inserts run beside the last copies
+        copier.finish()
+        names = shard_names(sum(len(g.sizes) for g in groups))
+        parts = copier.shards.named(names)
         for name in names:
             os.replace(parts[name], out / name)
-    except BaseException:
-        _remove(list(parts.values()))
+    except BaseException as exc:
+        copier.shards.abort(exc)
+        scanner.discard_counts()
         raise
     scanner.commit_counts()
     inputs = [Path(p) for p in paths]

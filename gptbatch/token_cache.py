@@ -23,6 +23,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,6 +35,7 @@ DEFAULT_MAX_ENTRIES = 1_000_000
 _SCHEMA = 1  # PRAGMA user_version of the file
 _LOOKUP_BATCH = 500  # keys per SELECT ... IN (...): below SQLite's parameter limit
 _SOURCES = ("tokens.py", "encodings.py")
+_SORT_BATCH = 50_000  # rows sorted by key before they are inserted (see PendingCounts._rows)
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,16 @@ class PendingCounts:
         self.limit = max_entries() if limit is None else limit
         self.count = 0
         self._spool: IO[str] | None = None
+        self._writer: threading.Thread | None = None
+        self._decided = threading.Event()
+        self._keep = False
+        self._written = False
 
     def add(self, key: str, count: CachedCount) -> None:
         if self.path is None:
             return
+        if self._writer is not None:
+            raise RuntimeError("PendingCounts.add after prepare")
         if self._spool is None:
             self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
         caveats = json.dumps(count.caveats, ensure_ascii=True) if count.caveats else ""
@@ -190,15 +198,71 @@ class PendingCounts:
         self.count += 1
 
     def _rows(self) -> Iterator[tuple[bytes, int, str, str]]:
+        """The spooled rows, sorted by key within batches of _SORT_BATCH.
+
+        The keys are hashes, so in spool order every insert lands on a random page of the
+        key index; in key order, neighbouring inserts share pages: a quarter less time for
+        a million rows, for a bounded ~10 MB of rows in memory at once.
+        """
         assert self._spool is not None
         self._spool.seek(0)
+        batch: list[tuple[bytes, int, str, str]] = []
         for line in self._spool:
             key, tokens, encoding, caveats = line.rstrip("\n").split("\t", 3)
-            yield row_key(self.version, key), int(tokens), encoding, caveats
+            batch.append((row_key(self.version, key), int(tokens), encoding, caveats))
+            if len(batch) >= _SORT_BATCH:
+                batch.sort()
+                yield from batch
+                batch = []
+        batch.sort()
+        yield from batch
+
+    def prepare(self) -> None:
+        """Start writing the spooled counts now, in a background thread, in a transaction
+        that commit() commits and discard() rolls back.
+
+        For a command with work left after its last count (split's copy): the SQLite
+        inserts, a few seconds at a million rows, run beside that work instead of after it.
+        Any trouble (locked, corrupt) is left to commit()'s own path.
+        """
+        if self._spool is None or self.path is None or self._writer is not None:
+            return
+        self._writer = threading.Thread(target=self._write_ahead, name="token-cache", daemon=True)
+        self._writer.start()
+
+    def _write_ahead(self) -> None:
+        conn = open_cache(self.path)
+        if conn is None:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            _insert(conn, self._rows(), self.limit)
+            self._decided.wait()
+            conn.execute("COMMIT" if self._keep else "ROLLBACK")
+            self._written = True
+        except sqlite3.OperationalError:
+            self._written = True  # locked by another run: not remembered, as in commit()
+        except (sqlite3.Error, OSError, ValueError):
+            pass  # corrupt, or a bad spool: commit() tries again (and rebuilds)
+        finally:
+            conn.close()
+
+    def _decide(self, keep: bool) -> bool:
+        """End a prepared write (keep: commit it); whether nothing is left to do."""
+        if self._writer is None:
+            return False
+        self._keep = keep
+        self._decided.set()
+        self._writer.join()
+        self._writer = None
+        return self._written or not keep
 
     def commit(self) -> None:
         """Write the spooled counts in one transaction, then evict beyond the bound."""
         if self._spool is None or self.path is None:
+            return
+        if self._decide(keep=True):
+            self.discard()
             return
         try:
             for rebuild in (False, True):
@@ -218,6 +282,7 @@ class PendingCounts:
             self.discard()
 
     def discard(self) -> None:
+        self._decide(keep=False)
         if self._spool is not None:
             self._spool.close()
             self._spool = None
@@ -228,10 +293,14 @@ def _store(
 ) -> None:
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT OR REPLACE INTO counts (key, tokens, encoding, caveats) VALUES (?, ?, ?, ?)",
-            rows,
-        )
-        conn.execute(
-            "DELETE FROM counts WHERE rowid <= (SELECT max(rowid) FROM counts) - ?", (limit,)
-        )
+        _insert(conn, rows, limit)
+
+
+def _insert(
+    conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int, str, str]], limit: int
+) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO counts (key, tokens, encoding, caveats) VALUES (?, ?, ?, ?)",
+        rows,
+    )
+    conn.execute("DELETE FROM counts WHERE rowid <= (SELECT max(rowid) FROM counts) - ?", (limit,))

@@ -226,3 +226,14 @@ def test_no_rank_snapshot_when_the_cache_is_off(
     monkeypatch.setenv("GPTBATCH_CACHE_DIR", "")
     assert encodings.rank_snapshot_path("o200k_base") is None
     assert encodings._load_encoding("o200k_base").encode_ordinary("hi") == [3686]
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_own_rank_parse_builds_the_encoding_tiktoken_builds(name: str, offline: Path) -> None:
+    ours = encodings._load_verified(name)  # parses the verified bytes itself
+    theirs = encodings._load_from_tiktoken(name)
+    assert ours._mergeable_ranks == theirs._mergeable_ranks
+    assert ours._pat_str == theirs._pat_str
+    assert ours._special_tokens == theirs._special_tokens
+    for text in SAMPLES:
+        assert ours.encode_ordinary(text) == theirs.encode_ordinary(text)

@@ -222,14 +222,23 @@ def test_worker_processes_report_problems_in_file_and_line_order(tmp_path: Path)
 # --- a file that changes between reading and copying --------------------------------------
 
 
-def changing_write(path: Path, edit: Any) -> Any:
-    real = split_module._write
+def changing_copy(path: Path, edit: Any, line: int | None) -> Any:
+    """split's chunk copy, editing path once first: before copying the chunk holding line
+    (read by then, not yet copied), or before the first copy if line is None."""
+    real = split_module._copy_chunk
+    done: list[bool] = []
 
-    def write(*args: Any, **kwargs: Any) -> Any:
-        edit(path)
-        return real(*args, **kwargs)
+    def copy(read: Any, stop: int, copier: Any) -> Any:
+        lines = copier.layout.line
+        holds = stop > read.first_record and (
+            line is None or lines[read.first_record] <= line <= lines[stop - 1]
+        )
+        if holds and not done:
+            done.append(True)
+            edit(path)
+        return real(read, stop, copier)
 
-    return write
+    return copy
 
 
 def edit_line_7(path: Path) -> None:
@@ -256,7 +265,7 @@ def test_a_file_changed_during_split_is_an_error_and_leaves_no_shards(
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"\n".join(chat(f"r{i}", f"text number {i}") for i in range(40)) + b"\n")
     out = tmp_path / "out"
-    monkeypatch.setattr(split_module, "_write", changing_write(source, edit))
+    monkeypatch.setattr(split_module, "_copy_chunk", changing_copy(source, edit, line))
     monkeypatch.setenv("GPTBATCH_WORKERS", str(workers))
     monkeypatch.setenv("GPTBATCH_CHUNK_BYTES", "500")
     assert main(["split", "300", str(source), "--out-dir", str(out)]) == 2
@@ -266,7 +275,8 @@ def test_a_file_changed_during_split_is_an_error_and_leaves_no_shards(
         assert f"{source}:{line}:" in err
     else:
         assert f"{source}:" in err
-    assert list(out.iterdir()) == []  # no shard, no temporary part file
+    # No shard, no temporary part file (and no directory if the run made it while copying).
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 # --- the token-count cache ----------------------------------------------------------------
@@ -475,3 +485,59 @@ def test_a_dead_worker_is_an_error_not_a_hang(
     monkeypatch.setattr(scan, "_read_in_worker", die)
     with pytest.raises(GptbatchError, match="worker process reading the inputs died"):
         list(Scanner([source], ScanOptions(workers=2, chunk_bytes=300, use_cache=False)).requests())
+
+
+def cached_rows(cache: Path) -> int:
+    import sqlite3
+
+    if not (cache / "tokens.sqlite").exists():
+        return 0
+    with sqlite3.connect(cache / "tokens.sqlite") as conn:
+        return int(conn.execute("SELECT count(*) FROM counts").fetchone()[0])
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: bool) -> None:
+    from gptbatch.token_cache import CachedCount, PendingCounts
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if corrupt:  # the background write fails; commit's own path rebuilds the file
+        (cache / "tokens.sqlite").write_bytes(b"this is not a database" * 100)
+    for keep in (False, True):
+        pending = PendingCounts(cache / "tokens.sqlite", "v1")
+        for i in range(50):
+            pending.add(f"key-{i}", CachedCount(i, "o200k_base", ("a caveat",) if i % 2 else ()))
+        pending.prepare()
+        with pytest.raises(RuntimeError):
+            pending.add("late", CachedCount(1, "o200k_base"))
+        if keep:
+            pending.commit()
+            assert cached_rows(cache) == 50
+        else:
+            pending.discard()
+            if not corrupt:  # (a corrupt file is left as it was)
+                assert cached_rows(cache) == 0
+    from gptbatch.token_cache import TokenCache
+
+    found = TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-4", "other"])
+    assert found == {
+        "key-3": CachedCount(3, "o200k_base", ("a caveat",)),
+        "key-4": CachedCount(4, "o200k_base", ()),
+    }
+
+
+def test_a_split_that_fails_while_copying_remembers_no_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(cache))
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(chat(f"r{i}", f"text number {i}") for i in range(40)) + b"\n")
+    monkeypatch.setattr(split_module, "_copy_chunk", changing_copy(source, edit_line_7, 7))
+    assert main(["split", "300", str(source), "--out-dir", str(tmp_path / "out")]) == 2
+    assert cached_rows(cache) == 0
+    monkeypatch.undo()
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(cache))
+    assert main(["split", "300", str(source), "--out-dir", str(tmp_path / "out")]) == 0
+    assert cached_rows(cache) == 40

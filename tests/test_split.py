@@ -9,12 +9,17 @@ import re
 import statistics
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from gptbatch import split as split_module
 from gptbatch.cli import main
 from gptbatch.cli.split import parse_count
 from gptbatch.errors import InputError
+from gptbatch.scan import ScanOptions
 from gptbatch.split import SHARD_FILE, shard_names, split_files
 from gptbatch.tokens import estimate_request
 
@@ -291,3 +296,94 @@ def test_shard_names_sort_in_order() -> None:
     names = shard_names(1001)
     assert names[0] == "shard-0000-of-1001.jsonl" and names == sorted(names)
     assert all(SHARD_FILE.fullmatch(n) for n in names)
+
+
+def copy_line_by_line(
+    data: bytes, base: int, layout: Any, first: int, stop: int, shards: Any
+) -> None:
+    """The simple copy the run-at-a-time _copy_lines must equal: each line, then "\\n"."""
+    for r in range(first, stop):
+        begin = layout.offset[r] - base
+        f = shards.file(layout.group[r])
+        f.write(data[begin : begin + layout.length[r]])
+        f.write(b"\n")
+        shards.wrote(layout.group[r])
+
+
+def all_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+KINDS = st.sampled_from(["mini", "mini", "mini", "nano", "blank"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chats=st.lists(KINDS, min_size=1, max_size=40),
+    embeddings=st.integers(0, 6),
+    eol=st.sampled_from([b"\n", b"\n", b"\r\n"]),
+    bom=st.booleans(),
+    final_eol=st.booleans(),
+    limit=st.integers(150, 3000),
+    max_requests=st.integers(1, 12),
+    chunk=st.integers(1, 2000),
+    seed=st.integers(0, 3),
+)
+def test_copying_runs_of_lines_writes_what_copying_each_line_writes(
+    tmp_path_factory: pytest.TempPathFactory,
+    chats: list[str],
+    embeddings: int,
+    eol: bytes,
+    bom: bool,
+    final_eol: bool,
+    limit: int,
+    max_requests: int,
+    chunk: int,
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    lines = [
+        b"" if kind == "blank" else chat_line(rng, f"c{i}", f"gpt-4.1-{kind}", words=8)
+        for i, kind in enumerate(chats)
+    ]
+    lines.append(chat_line(rng, "last", words=8))
+    directory = tmp_path_factory.mktemp("runs")
+    paths = [directory / "chat.jsonl"]
+    head = b"\xef\xbb\xbf" if bom else b""
+    paths[0].write_bytes(head + eol.join(lines) + (eol if final_eol else b""))
+    if embeddings:
+        paths.append(directory / "emb.jsonl")
+        paths[1].write_bytes(b"\n".join(embedding_line(rng, f"e{i}") for i in range(embeddings)))
+    outputs = []
+    # Small chunks, copied while the inputs are read, run by run; and one chunk per file,
+    # copied line by line once the read is over (the two-pass way): the same files.
+    for copy, chunk_bytes in ((split_module._copy_lines, chunk), (copy_line_by_line, 1 << 30)):
+        out = directory / copy.__name__
+        options = ScanOptions(workers=0, chunk_bytes=chunk_bytes, use_cache=False)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(split_module, "_copy_lines", copy)
+            split_files(paths, limit, out_dir=out, max_requests=max_requests, options=options)
+        outputs.append(all_bytes(out))
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_chunks_are_copied_while_the_inputs_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    paths, lines = write_inputs(tmp_path / "in")
+    real = split_module._copy_chunk
+    seen_then: list[int] = []  # chunks read so far at each copy
+
+    def copy(read: Any, stop: int, copier: Any) -> None:
+        seen_then.append(len(copier.report.chunks))
+        real(read, stop, copier)
+
+    monkeypatch.setattr(split_module, "_copy_chunk", copy)
+    options = ScanOptions(workers=workers, chunk_bytes=4000, use_cache=False)
+    out = tmp_path / "out"
+    result = split_files(paths, 12_000, out_dir=out, max_requests=40, options=options)
+    assert min(seen_then) < max(seen_then)  # the first copies came before the read ended
+    written = read_shards(out)
+    assert Counter(line for shard in written.values() for line in shard) == Counter(lines)
+    assert list(written) == [s.name for s in result.shards]
