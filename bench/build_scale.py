@@ -172,7 +172,7 @@ def synthetic_state(root: Path, n: int) -> Path:
     import sqlite3
 
     from gptbatch.spec import config_fingerprint, load_spec
-    from gptbatch.store import Store
+    from gptbatch.store import REQUEST_COLUMNS, Store
 
     (root / "inputs").mkdir()
     data = root / "inputs" / "big.jsonl"
@@ -190,7 +190,7 @@ def synthetic_state(root: Path, n: int) -> Path:
         for i in range(n):
             key = hashlib.sha256(str(i).encode()).hexdigest()
             yield (str(data), i, i + 1, 0, 1, key, f"req-{i}", "gpt-4o-mini",
-                   "/v1/chat/completions", 30, 200, 1, 0.0, "new")  # fmt: skip
+                   "/v1/chat/completions", 30, 200, 1, 0.0, "new", None)  # fmt: skip
 
     def results() -> object:
         for i in range(n):
@@ -201,7 +201,9 @@ def synthetic_state(root: Path, n: int) -> Path:
             yield key, "ok", 1, line, None, "batch_x", 1.0
 
     with db:
-        db.executemany("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows())
+        db.executemany(
+            f"INSERT INTO requests({REQUEST_COLUMNS}) VALUES ({','.join('?' * 15)})", rows()
+        )
         db.executemany(
             "INSERT INTO results(key, state, attempts, line, error, batch_id, updated_at)"
             " VALUES (?,?,?,?,?,?,?)",

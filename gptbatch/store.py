@@ -80,6 +80,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             for op in ("INSERT", "UPDATE", "DELETE")
         ),
     ),
+    (
+        # A digest of each request line's raw bytes: a sync that finds the same bytes where
+        # the walk expects them reuses the row without parsing the line again. Rows from
+        # before hold NULL and are read in full once.
+        "m003_request_digest",
+        """
+        ALTER TABLE requests ADD COLUMN digest BLOB;
+        """,
+    ),
+)
+
+# The columns of a request row, in RequestRow field order.
+REQUEST_COLUMNS = (
+    "path, ordinal, line, offset, length, key, custom_id, model, url, tokens, nbytes, inputs,"
+    " cost, reason, digest"
 )
 
 ZLIB_LEVEL = 1  # result lines are JSON: level 1 keeps most of the gain at a fraction of the time
@@ -132,6 +147,7 @@ class RequestRow:
     inputs: int
     cost: float | None
     reason: str | None
+    digest: bytes | None = None  # of the line's raw bytes (None: written before m003)
 
 
 @dataclass(frozen=True)
@@ -407,18 +423,37 @@ class Store:
         sha256: str,
         defaults: str,
         rows: Iterable[tuple[Any, ...]],
+        before: sqlite3.Connection,
     ) -> None:
-        """Replace an input's requests (rows in RequestRow field order, minus path)."""
-        db = self.db
-        db.execute("DELETE FROM requests WHERE path=?", (path,))
-        db.executemany(
-            "INSERT INTO requests(path, ordinal, line, offset, length, key, custom_id, model,"
-            " url, tokens, nbytes, inputs, cost, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ((path, *row) for row in rows),
+        """Make an input's requests these rows (RequestRow field order, minus path).
+
+        Writes only what differs from the rows the snapshot `before` holds at each ordinal:
+        an edited line rewrites its row, lines that only moved (a longer line before them)
+        are shifted by one UPDATE per run, and unchanged rows are not touched. rows must
+        come in ordinal order, from 0.
+        """
+        old = before.execute(
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? ORDER BY ordinal", (path,)
         )
-        count = db.execute("SELECT count(*) FROM requests WHERE path=?", (path,)).fetchone()[0]
-        db.execute(
+        writer = _RowWriter(self.db, path)
+        current = old.fetchone()
+        count = 0
+        for row in rows:
+            count += 1
+            ordinal = row[0]
+            while current is not None and current[1] < ordinal:
+                current = old.fetchone()
+            if current is None or current[1] != ordinal:
+                writer.put(row)
+            elif current[1:] == row:
+                writer.keep()
+            elif current[4:] == row[3:]:  # the same request on another line or offset
+                writer.shift(ordinal, row[1] - current[2], row[2] - current[3])
+            else:
+                writer.put(row)
+        writer.close()
+        self.db.execute("DELETE FROM requests WHERE path=? AND ordinal>=?", (path, count))
+        self.db.execute(
             "INSERT OR REPLACE INTO inputs(path, size, mtime_ns, sha256, defaults, requests,"
             " synced_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (path, size, mtime_ns, sha256, defaults, count, time.time()),
@@ -553,46 +588,15 @@ class Store:
     def previous_row(reader: sqlite3.Connection, path: str, custom_id: str) -> RequestRow | None:
         """An input's request with this custom_id, as a snapshot saw it."""
         row = reader.execute(
-            "SELECT path, ordinal, line, offset, length, key, custom_id, model, url, tokens,"
-            " nbytes, inputs, cost, reason FROM requests WHERE custom_id=? AND path=?",
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE custom_id=? AND path=?",
             (custom_id, path),
         ).fetchone()
         return RequestRow(*row) if row else None
 
     @staticmethod
-    def previous_rows(reader: sqlite3.Connection, path: str) -> Callable[[str], RequestRow | None]:
-        """A lookup of an input's earlier rows by custom_id, cheap when the file kept its order.
-
-        It walks the snapshot's rows in input order beside the new lines: an unchanged or
-        edited line matches the next earlier row at once; only lines that moved, or came
-        after an insertion or deletion, cost an indexed query (which also resynchronises).
-        """
-        cursor = reader.execute(
-            "SELECT path, ordinal, line, offset, length, key, custom_id, model, url, tokens,"
-            " nbytes, inputs, cost, reason FROM requests WHERE path=? ORDER BY ordinal",
-            (path,),
-        )
-        head: list[RequestRow | None] = [None]
-
-        def advance() -> RequestRow | None:
-            row = cursor.fetchone()
-            head[0] = RequestRow(*row) if row else None
-            return head[0]
-
-        advance()
-
-        def lookup(custom_id: str) -> RequestRow | None:
-            current = head[0]
-            if current is not None and current.custom_id == custom_id:
-                advance()
-                return current
-            found = Store.previous_row(reader, path, custom_id)
-            if found is not None:  # skip what lies before it: deleted or moved lines
-                while head[0] is not None and head[0].ordinal <= found.ordinal:
-                    advance()
-            return found
-
-        return lookup
+    def previous_rows(reader: sqlite3.Connection, path: str) -> PreviousRows:
+        """A lookup of an input's earlier rows, cheap when the file kept its order."""
+        return PreviousRows(reader, path)
 
     def pending_requests(self) -> Iterator[RequestRow]:
         """Current requests with no final result and not reserved by an active shard.
@@ -1028,3 +1032,100 @@ class Store:
         """Rewrite the database without free pages, and fold the WAL back into it."""
         self.db.execute("VACUUM")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+class PreviousRows:
+    """An input's earlier rows (in a snapshot), walked in input order beside the new lines.
+
+    An unchanged or edited line matches the next earlier row at once; only lines that moved,
+    or came after an insertion or deletion, cost an indexed query (which also resynchronises).
+    """
+
+    def __init__(self, reader: sqlite3.Connection, path: str) -> None:
+        self.reader = reader
+        self.path = path
+        self.cursor = reader.execute(
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? ORDER BY ordinal", (path,)
+        )
+        self.head: RequestRow | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        row = self.cursor.fetchone()
+        self.head = RequestRow(*row) if row else None
+
+    def __call__(self, custom_id: str) -> RequestRow | None:
+        """The earlier row with this custom_id, if any."""
+        current = self.head
+        if current is not None and current.custom_id == custom_id:
+            self._advance()
+            return current
+        found = Store.previous_row(self.reader, self.path, custom_id)
+        if found is not None:  # skip what lies before it: deleted or moved lines
+            while self.head is not None and self.head.ordinal <= found.ordinal:
+                self._advance()
+        return found
+
+    def same_bytes(self, digest: bytes) -> RequestRow | None:
+        """The next earlier row if its line had exactly these bytes (then it is consumed)."""
+        current = self.head
+        if current is not None and current.digest == digest:
+            self._advance()
+            return current
+        return None
+
+
+class _RowWriter:
+    """Writes an input's changed request rows in batches, and moved ones as ranged shifts."""
+
+    BATCH = 1000
+
+    def __init__(self, db: sqlite3.Connection, path: str) -> None:
+        self.db = db
+        self.path = path
+        self.rows: list[tuple[Any, ...]] = []
+        self.run: list[int] | None = None  # [first ordinal, last ordinal, line and byte shift]
+
+    def put(self, row: tuple[Any, ...]) -> None:
+        self._end_run()
+        self.rows.append((self.path, *row))
+        if len(self.rows) >= self.BATCH:
+            self._flush()
+
+    def keep(self) -> None:
+        self._end_run()
+
+    def shift(self, ordinal: int, lines: int, offset: int) -> None:
+        run = self.run
+        if run is not None and run[1] == ordinal - 1 and run[2] == lines and run[3] == offset:
+            run[1] = ordinal
+            return
+        self._end_run()
+        self.run = [ordinal, ordinal, lines, offset]
+
+    def close(self) -> None:
+        self._end_run()
+        self._flush()
+
+    def _end_run(self) -> None:
+        if self.run is not None:
+            first, last, lines, offset = self.run
+            self.db.execute(
+                "UPDATE requests SET line=line+?, offset=offset+? WHERE path=?"
+                " AND ordinal BETWEEN ? AND ?",
+                (lines, offset, self.path, first, last),
+            )
+            self.run = None
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.db.executemany(
+                f"INSERT INTO requests({REQUEST_COLUMNS}) VALUES ({','.join('?' * 15)})"
+                " ON CONFLICT(path, ordinal) DO UPDATE SET line=excluded.line,"
+                " offset=excluded.offset, length=excluded.length, key=excluded.key,"
+                " custom_id=excluded.custom_id, model=excluded.model, url=excluded.url,"
+                " tokens=excluded.tokens, nbytes=excluded.nbytes, inputs=excluded.inputs,"
+                " cost=excluded.cost, reason=excluded.reason, digest=excluded.digest",
+                self.rows,
+            )
+            self.rows = []
