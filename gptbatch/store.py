@@ -89,6 +89,41 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE requests ADD COLUMN digest BLOB;
         """,
     ),
+    (
+        # Each request row carries its key's outcome (0: none yet or to retry, 1: ok,
+        # 2: failed for good), kept by triggers in the writing transaction; the open ones
+        # have their own small index, so what is pending is found in O(pending), not by
+        # joining every request with its result.
+        "m004_request_outcome",
+        """
+        ALTER TABLE requests ADD COLUMN done INTEGER NOT NULL DEFAULT 0;
+        UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
+            WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=requests.key), 0);
+        CREATE INDEX requests_open ON requests(path, ordinal) WHERE done=0;
+        CREATE TRIGGER requests_done_ins AFTER INSERT ON requests BEGIN
+            UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
+                WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+            WHERE rowid=NEW.rowid;
+        END;
+        CREATE TRIGGER requests_done_key AFTER UPDATE OF key ON requests BEGIN
+            UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
+                WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+            WHERE rowid=NEW.rowid;
+        END;
+        CREATE TRIGGER results_done_ins AFTER INSERT ON results BEGIN
+            UPDATE requests SET done=CASE NEW.state WHEN 'ok' THEN 1 WHEN 'failed' THEN 2
+                ELSE 0 END WHERE key=NEW.key;
+        END;
+        CREATE TRIGGER results_done_upd AFTER UPDATE OF state, key ON results BEGIN
+            UPDATE requests SET done=0 WHERE key=OLD.key;
+            UPDATE requests SET done=CASE NEW.state WHEN 'ok' THEN 1 WHEN 'failed' THEN 2
+                ELSE 0 END WHERE key=NEW.key;
+        END;
+        CREATE TRIGGER results_done_del AFTER DELETE ON results BEGIN
+            UPDATE requests SET done=0 WHERE key=OLD.key;
+        END;
+        """,
+    ),
 )
 
 # The columns of a request row, in RequestRow field order.
@@ -518,9 +553,7 @@ class Store:
         cur = self.db.execute(
             "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
             " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
-            " FROM requests r LEFT JOIN results s ON s.key=r.key"
-            " WHERE r.model IS ? AND r.tokens > ?"
-            " AND (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+            " FROM requests r WHERE r.done=0 AND r.model IS ? AND r.tokens > ?"
             " ORDER BY r.path, r.ordinal",
             (model, tokens),
         )
@@ -611,8 +644,7 @@ class Store:
         cur = db.execute(
             "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
             " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
-            " FROM requests r LEFT JOIN results s ON s.key=r.key"
-            " WHERE (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+            " FROM requests r WHERE r.done=0"
             " AND NOT EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
             f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
             " ORDER BY r.path, r.ordinal LIMIT ?",
@@ -624,9 +656,7 @@ class Store:
     def pending_totals(self) -> dict[tuple[str | None, str], int]:
         """Estimated tokens of the pending, unpacked requests per (model, url)."""
         cur = self.db.execute(
-            "SELECT r.model, r.url, sum(r.tokens) FROM requests r"
-            " LEFT JOIN results s ON s.key=r.key"
-            " WHERE (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+            "SELECT r.model, r.url, sum(r.tokens) FROM requests r WHERE r.done=0"
             " AND NOT EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
             f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
             " GROUP BY r.model, r.url"
@@ -639,8 +669,7 @@ class Store:
 
     def _result_counts(self, path: str) -> dict[str, int]:
         row = self.db.execute(
-            "SELECT sum(s.state='ok'), sum(s.state='failed'), count(*)"
-            " FROM requests r LEFT JOIN results s ON s.key=r.key WHERE r.path=?",
+            "SELECT sum(done=1), sum(done=2), count(*) FROM requests WHERE path=?",
             (path,),
         ).fetchone()
         ok, failed = row[0] or 0, row[1] or 0
@@ -657,18 +686,12 @@ class Store:
         return self._cached("counts", self._counts)
 
     def _counts(self) -> dict[str, int]:
-        row = self.db.execute(
-            "SELECT"
-            " sum(CASE WHEN s.state='ok' THEN 1 ELSE 0 END),"
-            " sum(CASE WHEN s.state='failed' THEN 1 ELSE 0 END),"
-            " count(*) FROM requests r LEFT JOIN results s ON s.key=r.key"
-        ).fetchone()
+        row = self.db.execute("SELECT sum(done=1), sum(done=2), count(*) FROM requests").fetchone()
         ok, failed, total = (row[0] or 0), (row[1] or 0), row[2]
         active = self.db.execute(
-            "SELECT count(DISTINCT r.key) FROM requests r JOIN members m ON m.key=r.key"
-            " JOIN shards h ON h.id=m.shard LEFT JOIN results s ON s.key=r.key"
-            f" WHERE h.state IN {ACTIVE_SHARD_STATES!r}"
-            " AND (s.state IS NULL OR s.state NOT IN ('ok', 'failed'))"
+            "SELECT count(DISTINCT r.key) FROM requests r WHERE r.done=0"
+            " AND EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
+            f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
         ).fetchone()[0]
         return {
             "total": total,
