@@ -100,12 +100,18 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
             WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=requests.key), 0);
         CREATE INDEX requests_open ON requests(path, ordinal) WHERE done=0;
-        CREATE TRIGGER requests_done_ins AFTER INSERT ON requests BEGIN
+        CREATE TRIGGER requests_done_ins AFTER INSERT ON requests
+        WHEN NEW.done IS NOT coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
+            WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+        BEGIN
             UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
                 WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
             WHERE rowid=NEW.rowid;
         END;
-        CREATE TRIGGER requests_done_key AFTER UPDATE OF key ON requests BEGIN
+        CREATE TRIGGER requests_done_key AFTER UPDATE OF key ON requests
+        WHEN NEW.done IS NOT coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
+            WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+        BEGIN
             UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
                 WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
             WHERE rowid=NEW.rowid;
@@ -1072,6 +1078,7 @@ class PreviousRows:
         )
         self.head: RequestRow | None = None
         self._advance()
+        self.empty = self.head is None  # a new input: nothing to look up
 
     def _advance(self) -> None:
         row = self.cursor.fetchone()
@@ -1083,6 +1090,8 @@ class PreviousRows:
         if current is not None and current.custom_id == custom_id:
             self._advance()
             return current
+        if self.empty:
+            return None
         found = Store.previous_row(self.reader, self.path, custom_id)
         if found is not None:  # skip what lies before it: deleted or moved lines
             while self.head is not None and self.head.ordinal <= found.ordinal:
