@@ -130,6 +130,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         END;
         """,
     ),
+    (
+        # A member is looked up by custom_id only within one shard (whose members the primary
+        # key already lists in order): this index held a 64-character shard id per request.
+        "m005_drop_members_custom_id",
+        """
+        DROP INDEX IF EXISTS members_custom_id;
+        """,
+    ),
 )
 
 # The columns of a request row, in RequestRow field order.
