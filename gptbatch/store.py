@@ -90,43 +90,54 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
-        # Each request row carries its key's outcome (0: none yet or to retry, 1: ok,
-        # 2: failed for good), kept by triggers in the writing transaction; the open ones
-        # have their own small index, so what is pending is found in O(pending), not by
-        # joining every request with its result.
+        # Each request row carries its key's outcome (done: 0 none yet or to retry, 1 ok,
+        # 2 failed for good) and which write of that result it is (result_version), kept by
+        # triggers in the writing transaction. The open rows have their own small index, so
+        # what is pending is found in O(pending), not by joining every request with its
+        # result; an output rewrite copies a line it wrote before when its request's
+        # result_version is the same. A result's version is the results counter + 1 when
+        # write_results inserted it (unique, never 0); an UPDATE makes it unknown (NULL);
+        # results from before get -rowid (unique, and never a counter value).
         "m004_request_outcome",
         """
+        ALTER TABLE results ADD COLUMN version INTEGER;
+        UPDATE results SET version=-rowid;
         ALTER TABLE requests ADD COLUMN done INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN result_version INTEGER;
         UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
-            WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=requests.key), 0);
+            WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=requests.key), 0),
+            result_version=(SELECT s.version FROM results s WHERE s.key=requests.key);
         CREATE INDEX requests_open ON requests(path, ordinal) WHERE done=0;
         CREATE TRIGGER requests_done_ins AFTER INSERT ON requests
         WHEN NEW.done IS NOT coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
-            WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+                WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+            OR NEW.result_version IS NOT (SELECT s.version FROM results s WHERE s.key=NEW.key)
         BEGIN
             UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
-                WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+                WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0),
+                result_version=(SELECT s.version FROM results s WHERE s.key=NEW.key)
             WHERE rowid=NEW.rowid;
         END;
         CREATE TRIGGER requests_done_key AFTER UPDATE OF key ON requests
-        WHEN NEW.done IS NOT coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
-            WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+        WHEN OLD.key IS NOT NEW.key
         BEGIN
             UPDATE requests SET done=coalesce((SELECT CASE s.state WHEN 'ok' THEN 1
-                WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0)
+                WHEN 'failed' THEN 2 ELSE 0 END FROM results s WHERE s.key=NEW.key), 0),
+                result_version=(SELECT s.version FROM results s WHERE s.key=NEW.key)
             WHERE rowid=NEW.rowid;
         END;
         CREATE TRIGGER results_done_ins AFTER INSERT ON results BEGIN
             UPDATE requests SET done=CASE NEW.state WHEN 'ok' THEN 1 WHEN 'failed' THEN 2
-                ELSE 0 END WHERE key=NEW.key;
+                ELSE 0 END, result_version=NEW.version WHERE key=NEW.key;
         END;
-        CREATE TRIGGER results_done_upd AFTER UPDATE OF state, key ON results BEGIN
-            UPDATE requests SET done=0 WHERE key=OLD.key;
+        CREATE TRIGGER results_done_upd AFTER UPDATE ON results BEGIN
+            UPDATE results SET version=NULL WHERE rowid=NEW.rowid AND version IS NOT NULL;
+            UPDATE requests SET done=0, result_version=NULL WHERE key=OLD.key;
             UPDATE requests SET done=CASE NEW.state WHEN 'ok' THEN 1 WHEN 'failed' THEN 2
-                ELSE 0 END WHERE key=NEW.key;
+                ELSE 0 END, result_version=NULL WHERE key=NEW.key;
         END;
         CREATE TRIGGER results_done_del AFTER DELETE ON results BEGIN
-            UPDATE requests SET done=0 WHERE key=OLD.key;
+            UPDATE requests SET done=0, result_version=NULL WHERE key=OLD.key;
         END;
         """,
     ),
@@ -136,6 +147,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "m005_drop_members_custom_id",
         """
         DROP INDEX IF EXISTS members_custom_id;
+        """,
+    ),
+    (
+        # Per output file: the stat it had when written, and the result_version and length
+        # of each of its lines, so the next rewrite copies the lines that did not change.
+        "m006_output_index",
+        """
+        CREATE TABLE output_index(
+            output TEXT PRIMARY KEY, stat TEXT NOT NULL, entries BLOB NOT NULL);
         """,
     ),
 )
@@ -636,6 +656,68 @@ class Store:
                 result = ResultRow(k, state, attempts, self.unpack(line, zline), error, batch)
             yield RequestRow(*row[:14]), result
 
+    def output_rows(
+        self, path: str, *, lines: bool
+    ) -> Iterator[tuple[int, int, int | None, str, bytes | None]]:
+        """(ordinal, done, result_version, key, line) of an input's requests, in input order.
+
+        With lines, ok rows (done=1) come with their result line as UTF-8 (one join for the
+        whole input); without, line is None and `result_line` fetches the ones needed, so a
+        rewrite that copies most lines from the last output reads no result at all.
+        """
+        if not lines:
+            for ordinal, done, version, key in self.db.execute(
+                "SELECT ordinal, done, result_version, key FROM requests WHERE path=?"
+                " ORDER BY ordinal",
+                (path,),
+            ):
+                yield ordinal, done, version, key, None
+            return
+        cur = self.db.execute(
+            "SELECT r.ordinal, r.done, r.result_version, r.key, s.line, s.zline"
+            " FROM requests r LEFT JOIN results s ON r.done=1 AND s.key=r.key"
+            " WHERE r.path=? ORDER BY r.ordinal",
+            (path,),
+        )
+        for ordinal, done, version, key, line, zline in cur:
+            text = self.unpack(line, zline)
+            yield ordinal, done, version, key, None if text is None else text.encode("utf-8")
+
+    def result_line(self, key: str) -> bytes | None:
+        """A key's stored result line as UTF-8, if it has one."""
+        row = self.db.execute("SELECT line, zline FROM results WHERE key=?", (key,)).fetchone()
+        text = self.unpack(*row) if row else None
+        return None if text is None else text.encode("utf-8")
+
+    def request_result(self, path: str, ordinal: int) -> tuple[RequestRow, ResultRow | None]:
+        """One request of an input, with its result if any."""
+        row = self.db.execute(
+            "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
+            " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason,"
+            " s.key, s.state, s.attempts, s.line, s.error, s.batch_id, s.zline"
+            " FROM requests r LEFT JOIN results s ON s.key=r.key"
+            " WHERE r.path=? AND r.ordinal=?",
+            (path, ordinal),
+        ).fetchone()
+        result = None
+        if row[14]:
+            k, state, attempts, line, error, batch, zline = row[14:]
+            result = ResultRow(k, state, attempts, self.unpack(line, zline), error, batch)
+        return RequestRow(*row[:14]), result
+
+    def output_index(self, output: str) -> tuple[str, bytes] | None:
+        """(stat, entries) recorded when an output file was last written."""
+        row = self.db.execute(
+            "SELECT stat, entries FROM output_index WHERE output=?", (output,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_output_index(self, output: str, stat: str, entries: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO output_index(output, stat, entries) VALUES (?, ?, ?)",
+            (output, stat, entries),
+        )
+
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A second connection reading the state as committed when it first reads (WAL)."""
@@ -773,7 +855,8 @@ class Store:
         zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
         self.db.executemany(
             "INSERT OR REPLACE INTO results(key, state, attempts, line, zline, error, batch_id,"
-            " updated_at) VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
+            " updated_at, version) VALUES (?, ?, ?, NULL, ?, ?, ?, ?,"
+            " (SELECT value + 1 FROM counters WHERE name='results'))",
             ((k, st, n, pack_line(line, zdict), err, b, now) for k, st, n, line, err, b in rows),
         )
 

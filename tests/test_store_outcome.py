@@ -1,4 +1,4 @@
-"""requests.done (m004) always equals the outcome a join with results gives, whatever writes it."""
+"""requests.done and result_version (m004) always equal what a join with results gives."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def _mismatches(db: sqlite3.Connection) -> list[Any]:
         db.execute(
             "SELECT r.key, r.done, s.state FROM requests r LEFT JOIN results s ON s.key=r.key"
             " WHERE r.done != (CASE s.state WHEN 'ok' THEN 1 WHEN 'failed' THEN 2 ELSE 0 END)"
+            " OR r.result_version IS NOT s.version"
         )
     )
 
@@ -87,6 +88,8 @@ def test_done_follows_every_write(ops: list[tuple[Any, ...]]) -> None:
             for op in ops:
                 _apply(store, op)
                 assert _mismatches(store.db) == [], op
+                versions = [v for (v,) in store.db.execute("SELECT version FROM results")]
+                assert len(set(versions) - {None}) == len([v for v in versions if v is not None])
                 pending = [r.key for r in store._pending(store.db)]
                 expected = [
                     k
