@@ -9,10 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gptbatch import sync
 from gptbatch.errors import InputError
 from gptbatch.report import NullReporter
 from gptbatch.requests import read_raw_line, read_requests
@@ -127,6 +129,48 @@ def test_an_edit_rewrites_one_row_and_shifts_the_rest(tmp_path: Path) -> None:
             s.startswith("INSERT") and "in.jsonl',10,11," in s.replace(" ", "") for s in written
         ), written
         assert any(s.startswith("UPDATE") and "BETWEEN 11 AND 19" in s for s in written)
+        assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("keep_mtime", [True, False])
+def test_an_input_edited_while_it_is_read_ends_up_read_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_mtime: bool
+) -> None:
+    """An edit between the stat and the read: the rows follow the bytes read, then the file.
+
+    A row's key and digest always come from the same bytes, so a row reused by digest in
+    a later sync holds the key of exactly those bytes.
+    """
+    (tmp_path / "batch.yaml").write_text(
+        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
+    )
+    path = tmp_path / "in.jsonl"
+    lines = [_chat(f"c{i}", "a") for i in range(6)]
+    path.write_text("\n".join(lines) + "\n")
+    spec = load_spec(tmp_path / "batch.yaml")
+    store = Store(tmp_path / "state")
+    try:
+        sync_inputs(spec, store, NullReporter())
+        lines[2] = _chat("c2", "b")  # same length: only the stat's mtime can tell
+        path.write_text("\n".join(lines) + "\n")
+        real_hash = sync.file_sha256
+
+        def hash_then_edit(p: Path) -> str:
+            digest = real_hash(p)
+            st_ = p.stat()
+            lines[4] = _chat("c4", "c")
+            p.write_text("\n".join(lines) + "\n")
+            if keep_mtime:
+                os.utime(p, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+            return digest
+
+        monkeypatch.setattr(sync, "file_sha256", hash_then_edit)
+        sync_inputs(spec, store, NullReporter())
+        monkeypatch.setattr(sync, "file_sha256", real_hash)
+        assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
+        sync_inputs(spec, store, NullReporter())
         assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
     finally:
         store.close()
