@@ -370,6 +370,20 @@ class _Cursor(sqlite3.Cursor):
         except _STATE_ERRORS as exc:
             raise self._fail(exc) from exc
 
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except _BUG_ERRORS:
+            raise
+        except _STATE_ERRORS as exc:
+            raise self._fail(exc) from exc
+
+
+def _stream(cursor: sqlite3.Cursor, size: int = 1024) -> Iterator[Any]:
+    """A cursor's rows, fetched size at a time (a walk of 100k rows pays per batch, not row)."""
+    while rows := cursor.fetchmany(size):
+        yield from rows
+
 
 class _Connection(sqlite3.Connection):
     """A connection whose statements run on _Cursor."""
@@ -523,17 +537,19 @@ class Store:
         are shifted by one UPDATE per run, and unchanged rows are not touched. rows must
         come in ordinal order, from 0.
         """
-        old = before.execute(
-            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? ORDER BY ordinal", (path,)
+        old = _stream(
+            before.execute(
+                f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? ORDER BY ordinal", (path,)
+            )
         )
         writer = _RowWriter(self.db, path)
-        current = old.fetchone()
+        current = next(old, None)
         count = 0
         for row in rows:
             count += 1
             ordinal = row[0]
             while current is not None and current[1] < ordinal:
-                current = old.fetchone()
+                current = next(old, None)
             if current is None or current[1] != ordinal:
                 writer.put(row)
             elif current[1:] == row:
@@ -1221,15 +1237,17 @@ class PreviousRows:
     def __init__(self, reader: sqlite3.Connection, path: str) -> None:
         self.reader = reader
         self.path = path
-        self.cursor = reader.execute(
-            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? ORDER BY ordinal", (path,)
+        self.rows = _stream(
+            reader.execute(
+                f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? ORDER BY ordinal", (path,)
+            )
         )
         self.head: RequestRow | None = None
         self._advance()
         self.empty = self.head is None  # a new input: nothing to look up
 
     def _advance(self) -> None:
-        row = self.cursor.fetchone()
+        row = next(self.rows, None)
         self.head = RequestRow(*row) if row else None
 
     def __call__(self, custom_id: str) -> RequestRow | None:
