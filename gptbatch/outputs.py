@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
 import struct
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +173,7 @@ class _LastOutput:
     an output edited, replaced or half-written since is never copied from.
     """
 
-    def __init__(self, fd: int, spans: dict[int, tuple[int, int]]) -> None:
+    def __init__(self, fd: int, spans: _Spans) -> None:
         self.fd = fd
         self.spans = spans
 
@@ -195,17 +197,41 @@ class _LastOutput:
             os.close(fd)
 
 
-def _spans(entries: bytes, size: int) -> dict[int, tuple[int, int]] | None:
-    """result_version -> (start, end) of its line, if the entries cover size bytes."""
+def _spans(entries: bytes, size: int) -> _Spans | None:
+    """Where each known result's line is, if the entries cover exactly size bytes."""
     if len(entries) % _ENTRY.size:
         return None
-    spans: dict[int, tuple[int, int]] = {}
+    versions, starts, ends = array("q"), array("q"), array("q")
     offset = 0
     for version, length in _ENTRY.iter_unpack(entries):
         if version:
-            spans[version] = (offset, offset + length)
+            versions.append(version)
+            starts.append(offset)
+            ends.append(offset + length)
         offset += length
-    return spans if offset == size else None
+    return _Spans(versions, starts, ends) if offset == size else None
+
+
+class _Spans:
+    """result_version -> (start, end) of its line, in three sorted arrays (a dict of 100k
+    tuples would take ~20 MB more)."""
+
+    def __init__(self, versions: array[int], starts: array[int], ends: array[int]) -> None:
+        order = sorted(range(len(versions)), key=versions.__getitem__)
+        self.versions = array("q", (versions[i] for i in order))
+        self.starts = array("q", (starts[i] for i in order))
+        self.ends = array("q", (ends[i] for i in order))
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def get(self, version: int | None) -> tuple[int, int] | None:
+        if version is None:
+            return None
+        i = bisect.bisect_left(self.versions, version)
+        if i < len(self.versions) and self.versions[i] == version:
+            return self.starts[i], self.ends[i]
+        return None
 
 
 class _Copier:
