@@ -2,11 +2,11 @@
 
     python bench/build_scale.py [--requests 100000] [--noop-requests 1000000]
 
-Measures, each as a separate `gptbatch build` process (wall time, its peak RSS, API calls
-the simulator's journal saw, state size): the first build, a no-op rebuild, a rebuild after
-a one-line edit, a rebuild after appending 1% more requests; then a no-op rebuild of a state
-of --noop-requests requests built synthetically (rows inserted into a store directly). The
-simulator runs in its own process on a fast clock.
+Measures, each as a separate `gptbatch build` process (wall time, CPU time, its peak RSS,
+API calls the simulator's journal saw, state size): the first build, a no-op rebuild, a
+rebuild after a one-line edit, a rebuild after appending 1% more requests; then a no-op
+rebuild of a state of --noop-requests requests built synthetically (rows inserted into a
+store directly). The simulator runs in its own process on a fast clock.
 """
 
 from __future__ import annotations
@@ -83,16 +83,19 @@ def tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-# Run from a small parent: a child forked from this (large) process counts its pages.
+# Run from a small parent: a child forked from this (large) process counts its pages. It
+# prints the build's peak RSS (KiB) and CPU seconds (user + system): on a shared machine
+# the CPU time moves far less with other load than the wall time does.
 WRAPPER = (
     "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:],"
     " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
-    " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    " u = resource.getrusage(resource.RUSAGE_CHILDREN);"
+    " print(u.ru_maxrss, u.ru_utime + u.ru_stime); sys.exit(code)"
 )
 
 
 def peak_rss_build(config: Path, env: dict[str, str], calls: list[int]) -> dict[str, object]:
-    """One `gptbatch build` process: seconds, its own peak RSS, API calls, exit code."""
+    """One `gptbatch build` process: seconds, CPU seconds, peak RSS, API calls, exit code."""
     argv = [sys.executable, "-m", "gptbatch", "build", str(config)]
     before = calls[0]
     start = time.perf_counter()
@@ -103,10 +106,12 @@ def peak_rss_build(config: Path, env: dict[str, str], calls: list[int]) -> dict[
     time.sleep(0.3)  # let the journal reader catch up
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
+    rss, cpu = done.stdout.split()[-2:]
     return {
         "cmd": "gptbatch build " + str(config),
         "seconds": seconds,
-        "rss": int(done.stdout.split()[-1]) / 1024,
+        "cpu": float(cpu),
+        "rss": int(rss) / 1024,
         "calls": calls[0] - before,
         "code": done.returncode,
     }
@@ -130,7 +135,8 @@ def write_config(root: Path) -> Path:
 def show(name: str, row: dict[str, object], root: Path) -> None:
     state = tree_size(root / "out" / ".gptbatch") / 2**20
     print(
-        f"{name:>15}: {row['seconds']:7.2f} s  peak RSS {row['rss']:7.1f} MiB  "
+        f"{name:>15}: {row['seconds']:7.2f} s  cpu {row['cpu']:6.2f} s  "
+        f"peak RSS {row['rss']:7.1f} MiB  "
         f"API calls {row['calls']:5}  state {state:7.1f} MiB  exit {row['code']}  "
         f"[{row['cmd']}]",
         flush=True,
@@ -172,7 +178,7 @@ def synthetic_state(root: Path, n: int) -> Path:
     import sqlite3
 
     from gptbatch.spec import config_fingerprint, load_spec
-    from gptbatch.store import Store
+    from gptbatch.store import REQUEST_COLUMNS, Store
 
     (root / "inputs").mkdir()
     data = root / "inputs" / "big.jsonl"
@@ -190,7 +196,7 @@ def synthetic_state(root: Path, n: int) -> Path:
         for i in range(n):
             key = hashlib.sha256(str(i).encode()).hexdigest()
             yield (str(data), i, i + 1, 0, 1, key, f"req-{i}", "gpt-4o-mini",
-                   "/v1/chat/completions", 30, 200, 1, 0.0, "new")  # fmt: skip
+                   "/v1/chat/completions", 30, 200, 1, 0.0, "new", None)  # fmt: skip
 
     def results() -> object:
         for i in range(n):
@@ -201,7 +207,9 @@ def synthetic_state(root: Path, n: int) -> Path:
             yield key, "ok", 1, line, None, "batch_x", 1.0
 
     with db:
-        db.executemany("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows())
+        db.executemany(
+            f"INSERT INTO requests({REQUEST_COLUMNS}) VALUES ({','.join('?' * 15)})", rows()
+        )
         db.executemany(
             "INSERT INTO results(key, state, attempts, line, error, batch_id, updated_at)"
             " VALUES (?,?,?,?,?,?,?)",

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import struct
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.crash import armed, crashpoint
-from gptbatch.errors import ConfigError
+from gptbatch.errors import ConfigError, LocalIOError
 from gptbatch.spec import Spec
-from gptbatch.store import Store
+from gptbatch.store import RequestRow, ResultRow, Store
 
 
 @dataclass(frozen=True)
@@ -88,41 +92,201 @@ def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[Ou
     """Rewrite every input's output and error file from the store, streaming.
 
     With skip_if (nothing changed since the last write), files that exist are left as
-    they are and only counted.
+    they are and only counted. A line whose result is the one the last output held is
+    copied from that file (see `_LastOutput`) instead of read from the store.
     """
     summaries = []
     for path, (out_path, err_path) in output_paths(spec.inputs, spec.output_dir).items():
         if skip_if and out_path.exists():
             summaries.append(_count(store, str(path), out_path, err_path))
             continue
-        written = failed = missing = 0
-        crash = armed("mid_output_write")
-        with atomic_writer(out_path, "w") as out, _ErrorFile(err_path) as err:
-            for request, result in store.request_results(str(path)):
-                if crash and written:
-                    out.flush()
-                    crashpoint("mid_output_write")
-                if result is None or result.state == "retry":
-                    missing += 1
-                elif result.state == "ok" and result.line is not None:
-                    out.write(result.line.rstrip("\n") + "\n")
-                    written += 1
-                else:
-                    failed += 1
-                    record = {
-                        "custom_id": request.custom_id,
-                        "input": f"{request.path}:{request.line}",
-                        "error": result.error,
-                        "attempts": result.attempts,
-                        "batch_id": result.batch_id,
-                    }
-                    if result.line:
-                        record["response"] = json.loads(result.line).get("response")
-                    err.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-        summaries.append(
-            OutputSummary(str(path), str(out_path), str(err_path), written, failed, missing)
-        )
+        with _LastOutput.open(out_path, store.output_index(out_path.name)) as last:
+            summary, index = _write_output(store, str(path), out_path, err_path, last)
+        _write_index(store, out_path, index)
+        summaries.append(summary)
     return summaries
+
+
+def _write_output(
+    store: Store, path: str, out_path: Path, err_path: Path, last: _LastOutput | None
+) -> tuple[OutputSummary, bytes]:
+    """One input's output and errors file; also the index of the lines written."""
+    written = failed = missing = 0
+    index = bytearray()
+    crash = armed("mid_output_write")
+    with atomic_writer(out_path, "wb") as out, _ErrorFile(err_path) as err:
+        copier = _Copier(out, last.fd if last is not None else None)
+        for ordinal, done, version, key, line in store.output_rows(path, lines=last is None):
+            if crash and written:
+                copier.flush()
+                out.flush()
+                crashpoint("mid_output_write")
+            if done == 0:
+                missing += 1
+                continue
+            span = last.spans.get(version) if last is not None and done == 1 else None
+            if span is not None:
+                copier.copy(*span)
+                size = span[1] - span[0]
+            else:
+                if done == 1 and last is not None:
+                    line = store.result_line(key)
+                if done != 1 or line is None:
+                    failed += 1
+                    err.write(_error_record(*store.request_result(path, ordinal)))
+                    continue
+                data = line.rstrip(b"\n") + b"\n"
+                copier.write(data)
+                size = len(data)
+            index += _ENTRY.pack(version or 0, size)
+            written += 1
+        copier.flush()
+    summary = OutputSummary(path, str(out_path), str(err_path), written, failed, missing)
+    return summary, bytes(index)
+
+
+# One entry of an output's line index: the result_version its line came from (0: unknown)
+# and the line's length with its newline.
+_ENTRY = struct.Struct("<qI")
+_INDEX_FORMAT = 1
+
+
+def _stat_text(st: os.stat_result) -> str:
+    """What identifies an output file as written: format, inode, size and mtime."""
+    return json.dumps([_INDEX_FORMAT, st.st_ino, st.st_size, st.st_mtime_ns])
+
+
+def _write_index(store: Store, out_path: Path, index: bytes) -> None:
+    """Record which result each line of the output just written holds, and that file's stat.
+
+    Written after the output is renamed into place: a kill in between leaves an index whose
+    stat does not match the new file, so the next write reads everything from the store.
+    """
+    with store.transaction():
+        store.set_output_index(out_path.name, _stat_text(os.stat(out_path)), index)
+
+
+class _LastOutput:
+    """The output file as the last build wrote it, and where each result's line is in it.
+
+    Trusted only if the file has exactly the inode, size and mtime its index recorded, so
+    an output edited, replaced or half-written since is never copied from.
+    """
+
+    def __init__(self, fd: int, spans: _Spans) -> None:
+        self.fd = fd
+        self.spans = spans
+
+    @staticmethod
+    @contextlib.contextmanager
+    def open(out_path: Path, index: tuple[str, bytes] | None) -> Iterator[_LastOutput | None]:
+        if index is None:
+            yield None
+            return
+        try:
+            fd = os.open(out_path, os.O_RDONLY)
+        except OSError:
+            yield None
+            return
+        try:
+            st = os.fstat(fd)
+            spans = _spans(index[1], st.st_size) if index[0] == _stat_text(st) else None
+            # nothing to copy: one pass over the store is faster than a lookup per line
+            yield _LastOutput(fd, spans) if spans else None
+        finally:
+            os.close(fd)
+
+
+def _spans(entries: bytes, size: int) -> _Spans | None:
+    """Where each known result's line is, if the entries cover exactly size bytes."""
+    if len(entries) % _ENTRY.size:
+        return None
+    versions, starts, ends = array("q"), array("q"), array("q")
+    offset = 0
+    for version, length in _ENTRY.iter_unpack(entries):
+        if version:
+            versions.append(version)
+            starts.append(offset)
+            ends.append(offset + length)
+        offset += length
+    return _Spans(versions, starts, ends) if offset == size else None
+
+
+class _Spans:
+    """result_version -> (start, end) of its line, in three sorted arrays (a dict of 100k
+    tuples would take ~20 MB more)."""
+
+    def __init__(self, versions: array[int], starts: array[int], ends: array[int]) -> None:
+        order = sorted(range(len(versions)), key=versions.__getitem__)
+        self.versions = array("q", (versions[i] for i in order))
+        self.starts = array("q", (starts[i] for i in order))
+        self.ends = array("q", (ends[i] for i in order))
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def get(self, version: int | None) -> tuple[int, int] | None:
+        if version is None:
+            return None
+        i = bisect.bisect_left(self.versions, version)
+        if i < len(self.versions) and self.versions[i] == version:
+            return self.starts[i], self.ends[i]
+        return None
+
+
+class _Copier:
+    """Writes lines, and spans of the last output (merged when adjacent), to out.
+
+    Spans are copied by the kernel (copy_file_range) where it can, so an unchanged output
+    passes through no Python buffer and no mapped memory.
+    """
+
+    def __init__(self, out: Any, fd: int | None) -> None:
+        self.out = out
+        self.fd = fd
+        self.start = self.end = 0
+
+    def copy(self, start: int, end: int) -> None:
+        if start != self.end or self.start == self.end:
+            self.flush()
+            self.start = start
+        self.end = end
+
+    def write(self, data: bytes) -> None:
+        self.flush()
+        self.out.write(data)
+
+    def flush(self) -> None:
+        start, end = self.start, self.end
+        self.start = self.end = 0
+        if end <= start:
+            return
+        assert self.fd is not None
+        self.out.flush()
+        target = self.out.fileno()
+        while start < end:
+            try:
+                done = os.copy_file_range(self.fd, target, end - start, start)
+            except (AttributeError, OSError):  # not on this system or file system
+                done = os.write(target, os.pread(self.fd, min(end - start, 1 << 20), start))
+            if done <= 0:
+                raise LocalIOError(f"the last output ended early while copying from it ({start})")
+            start += done
+
+
+def _error_record(request: RequestRow, result: ResultRow | None) -> str:
+    """The errors file's line for a request that failed for good."""
+    assert result is not None
+    record = {
+        "custom_id": request.custom_id,
+        "input": f"{request.path}:{request.line}",
+        "error": result.error,
+        "attempts": result.attempts,
+        "batch_id": result.batch_id,
+    }
+    if result.line:
+        record["response"] = json.loads(result.line).get("response")
+    return json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 class _ErrorFile:

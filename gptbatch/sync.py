@@ -6,9 +6,10 @@ so its sha256 is the request's content key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,11 @@ from gptbatch import pricing
 from gptbatch.canonical import canonical_json, content_hash, file_sha256
 from gptbatch.errors import InputError, Problem
 from gptbatch.report import Reporter
-from gptbatch.requests import read_requests
+from gptbatch.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
 from gptbatch.scheduler import Budget
 from gptbatch.shards import embedding_inputs
 from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
-from gptbatch.store import RequestRow, Store
+from gptbatch.store import PreviousRows, RequestRow, Store
 
 
 def upload_line(raw: bytes, spec: Spec) -> bytes:
@@ -80,6 +81,8 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
         for path, st, digest in changed:
             record = store.input_record(str(path))
             config_changed = record is not None and keys_config_changed(record[3], defaults)
+            # Same config: a line with the bytes of its earlier row keeps that row unparsed.
+            reuse = record is not None and record[3] == defaults
             previous = store.previous_rows(before, str(path))
             tally = {"requests": 0, "new": 0}
             try:
@@ -90,7 +93,8 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
                     mtime_ns=st.st_mtime_ns,
                     sha256=digest,
                     defaults=defaults,
-                    rows=_rows(spec, path, previous, config_changed, tally),
+                    rows=_rows(spec, path, previous, config_changed, reuse, tally),
+                    before=before,
                 )
             except InputError as exc:
                 problems.extend(exc.problems)
@@ -144,25 +148,89 @@ def unqueueable(spec: Spec, store: Store, report: Reporter, keep_going: bool) ->
     return problems
 
 
+def line_digest(content: bytes) -> bytes:
+    """What identifies a request line's raw bytes in the store (16 bytes of BLAKE2b)."""
+    return hashlib.blake2b(content, digest_size=16).digest()
+
+
 def _rows(
     spec: Spec,
     path: Path,
-    previous: Callable[[str], RequestRow | None],
+    previous: PreviousRows,
     config_changed: bool,
+    reuse: bool,
     tally: dict[str, int],
 ) -> Iterator[tuple[Any, ...]]:
-    """Store rows for an input's requests, streamed; counts what is new in tally."""
-    reqs = read_requests([path], model=spec.model, endpoint=spec.endpoint)
-    for ordinal, req in enumerate(reqs):
-        before = previous(req.custom_id)
-        row = _request_row(spec, ordinal, req, before, config_changed)
+    """Store rows for an input's requests, streamed; counts what is new in tally.
+
+    Validates as read_requests does, except that with reuse a line whose bytes equal the
+    earlier row the walk expects takes that row (new line and offset) without being parsed:
+    the same bytes under the same config make the same request. Its custom_id and url still
+    enter the validator's state, and a line that would clash with either is validated in
+    full, so duplicates and mixed endpoints are reported exactly as read_requests does.
+    """
+    validator = line_validator([path], model=spec.model, endpoint=spec.endpoint)
+    group: list[Any] = [None, 0]  # the file's url and the line that set it
+    ordinal = 0
+    for number, offset, content, length in _lines(validator, path):
+        if content is not None and (not content or content.isspace()):
+            continue
+        digest = None if content is None else line_digest(content)
+        old = previous.same_bytes(digest) if reuse and digest is not None else None
+        if old is not None and old.custom_id not in validator.seen and group[0] in (None, old.url):
+            validator.seen[old.custom_id] = number  # file 0 of this validator
+            if group[0] is None:
+                group[0], group[1] = old.url, number
+            row = (ordinal, number, offset, length, *_fields(old), digest)
+        else:
+            req = validator.read_line(0, number, offset, content, length, group)
+            if req is None:
+                continue
+            before = old if old is not None and old.custom_id == req.custom_id else None
+            before = before or previous(req.custom_id)
+            row = (*_request_row(spec, ordinal, req, before, config_changed), digest)
+            tally["new"] += before is None or before.key != req.key
         tally["requests"] += 1
-        tally["new"] += before is None or before.key != req.key
+        ordinal += 1
         yield row
+    if validator.count:
+        raise InputError(validator.problems, truncated=validator.count - len(validator.problems))
+
+
+def _fields(row: RequestRow) -> tuple[Any, ...]:
+    """A row's columns from key to reason (what the same bytes under the same config keep)."""
+    return (
+        row.key,
+        row.custom_id,
+        row.model,
+        row.url,
+        row.tokens,
+        row.nbytes,
+        row.inputs,
+        row.cost,
+        row.reason,
+    )
+
+
+def _lines(validator: Any, path: Path) -> Iterator[tuple[int, int, bytes | None, int]]:
+    """An input's lines as read_requests reads them; an unreadable file is its problem."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the lines are read
+    except OSError:
+        for _ in validator.read_file(0):  # records why, in read_requests' own words
+            pass
+        return
+    with f:
+        try:
+            yield from iter_lines(f, DEFAULT_MAX_LINE_BYTES)
+        except OSError as exc:
+            validator.problem(
+                str(path), None, f"cannot read: {exc.strerror or exc}", "check the file"
+            )
 
 
 def _request_row(
-    spec: Spec, ordinal: int, req: Any, previous: Any, config_changed: bool
+    spec: Spec, ordinal: int, req: Request, previous: RequestRow | None, config_changed: bool
 ) -> tuple[Any, ...]:
     if previous is not None and previous.key == req.key:
         tokens_, nbytes, inputs, reason = (

@@ -14,11 +14,13 @@ from gptbatch.store import Store
 def _store_with(directory: Path, ids: list[str]) -> Store:
     store = Store(directory)
     rows = [
-        (i, i + 1, 0, 1, f"k-{cid}", cid, "m", "/v1/chat/completions", 1, 1, 1, 0.0, "new")
+        (i, i + 1, 0, 1, f"k-{cid}", cid, "m", "/v1/chat/completions", 1, 1, 1, 0.0, "new", None)
         for i, cid in enumerate(ids)
     ]
-    with store.transaction():
-        store.replace_input("in.jsonl", size=1, mtime_ns=1, sha256="x", defaults="{}", rows=rows)
+    with store.snapshot() as before, store.transaction():
+        store.replace_input(
+            "in.jsonl", size=1, mtime_ns=1, sha256="x", defaults="{}", rows=rows, before=before
+        )
     return store
 
 

@@ -7,14 +7,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
 from buildkit import REPO, Project, chat, make_project, write_jsonl
 
 from gptbatch.errors import EXIT_OK, EXIT_PENDING
-from gptbatch.store import Store, pack_line, state_dir
+from gptbatch.store import Store, pack_line, state_dir, unpack_line
 
 # A build in a child process that reports whether it imported the SDK or loaded an encoding
 # (the tiktoken module itself comes with `gptbatch plan`'s parser, which loads nothing).
@@ -87,7 +86,9 @@ def test_compressed_results_read_back_byte_for_byte(tmp_path: Path) -> None:
             "INSERT INTO results(key, state, attempts, line) VALUES ('k0', 'ok', 1, 'plain')"
         )
     raw, zline = store.db.execute("SELECT line, zline FROM results WHERE key='k1'").fetchone()
-    assert raw is None and zline == pack_line(line) and len(zline) < len(line.encode())
+    # the project's first result line became the dictionary the others are compressed with
+    assert store.get_meta("zdict") == line
+    assert raw is None and zline == pack_line(line, line.encode()) and len(zline) < 40
     assert store.result("k1").line == line  # type: ignore[union-attr]
     assert store.result("k0").line == "plain"  # type: ignore[union-attr]
     assert [text for _, text in store.ok_lines_after(0)] == [line, "plain"]
@@ -151,12 +152,13 @@ def test_results_stored_uncompressed_before_m002_write_the_same_outputs(
     assert project.build() == EXIT_OK
     expected = (project.out / "requests.jsonl").read_bytes()
     db = sqlite3.connect(state_dir(project.out) / "state.db")
+    (zdict,) = db.execute("SELECT value FROM meta WHERE key='zdict'").fetchone()
     with db:  # result lines as m001 stored them: plain text
         for (key,) in list(db.execute("SELECT key FROM results")):
             (zline,) = db.execute("SELECT zline FROM results WHERE key=?", (key,)).fetchone()
             db.execute(
                 "UPDATE results SET line=?, zline=NULL WHERE key=?",
-                (zlib.decompress(zline).decode(), key),
+                (unpack_line(None, zline, zdict.encode()), key),
             )
         db.execute("DELETE FROM meta WHERE key LIKE 'cache:%' OR key='outputs'")
     db.close()

@@ -1,0 +1,134 @@
+"""requests.done and result_version (m004) always equal what a join with results gives."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptbatch.store import MIGRATIONS, Store
+
+KEYS = [f"k{i}" for i in range(6)]
+
+OP = st.one_of(
+    st.tuples(st.just("sync"), st.lists(st.sampled_from(KEYS), max_size=6)),
+    st.tuples(st.just("write"), st.sampled_from(KEYS), st.sampled_from(["ok", "failed", "retry"])),
+    st.tuples(st.just("record"), st.sampled_from(KEYS), st.sampled_from(["ok", "failed", "retry"])),
+    st.tuples(st.just("reset"), st.booleans()),
+    st.tuples(st.just("gc"), st.lists(st.sampled_from(KEYS), max_size=3)),
+    st.tuples(st.just("delete"), st.sampled_from(KEYS)),
+)
+
+
+def _sync(store: Store, keys: list[str]) -> None:
+    rows = [
+        (
+            i,
+            i + 1,
+            0,
+            1,
+            key,
+            f"c-{i}-{key}",
+            "m",
+            "/v1/chat/completions",
+            1,
+            1,
+            1,
+            0.0,
+            "new",
+            None,
+        )
+        for i, key in enumerate(keys)
+    ]
+    with store.snapshot() as before, store.transaction():
+        store.replace_input(
+            "in.jsonl", size=1, mtime_ns=1, sha256="x", defaults="{}", rows=rows, before=before
+        )
+
+
+def _apply(store: Store, op: tuple[Any, ...]) -> None:
+    kind = op[0]
+    if kind == "sync":
+        _sync(store, op[1])
+        return
+    if kind == "gc":
+        store.drop_unreferenced(op[1])
+        return
+    with store.transaction():
+        if kind == "write":
+            store.write_results([(op[1], op[2], 1, "line", None, "b")])
+        elif kind == "record":
+            store.record_result(op[1], state=op[2], line="line")
+        elif kind == "reset":
+            store.reset_results(["in.jsonl"], only_failed=op[1])
+        elif kind == "delete":
+            store.db.execute("DELETE FROM results WHERE key=?", (op[1],))
+
+
+def _mismatches(db: sqlite3.Connection) -> list[Any]:
+    return list(
+        db.execute(
+            "SELECT r.key, r.done, s.state FROM requests r LEFT JOIN results s ON s.key=r.key"
+            " WHERE r.done != (CASE s.state WHEN 'ok' THEN 1 WHEN 'failed' THEN 2 ELSE 0 END)"
+            " OR r.result_version IS NOT s.version"
+        )
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(ops=st.lists(OP, max_size=12))
+def test_done_follows_every_write(ops: list[tuple[Any, ...]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp))
+        try:
+            for op in ops:
+                _apply(store, op)
+                assert _mismatches(store.db) == [], op
+                versions = [v for (v,) in store.db.execute("SELECT version FROM results")]
+                assert len(set(versions) - {None}) == len([v for v in versions if v is not None])
+                pending = [r.key for r in store._pending(store.db)]
+                expected = [
+                    k
+                    for (k,) in store.db.execute(
+                        "SELECT r.key FROM requests r LEFT JOIN results s ON s.key=r.key"
+                        " WHERE s.state IS NULL OR s.state NOT IN ('ok', 'failed')"
+                        " ORDER BY r.path, r.ordinal"
+                    )
+                ]
+                assert pending == expected
+        finally:
+            store.close()
+
+
+def test_a_state_from_before_m004_gets_its_outcomes(tmp_path: Path) -> None:
+    """An existing project's results mark its requests done when the migration runs."""
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("CREATE TABLE migrations(name TEXT PRIMARY KEY)")
+    for name, sql in MIGRATIONS[:3]:
+        db.executescript(sql)
+        db.execute("INSERT INTO migrations(name) VALUES (?)", (name,))
+    for i, state in enumerate(["ok", "failed", "retry", None]):
+        db.execute(
+            "INSERT INTO requests(path, ordinal, line, offset, length, key, custom_id, url,"
+            " tokens, nbytes, inputs) VALUES ('in', ?, ?, 0, 1, ?, ?, '/v1/embeddings', 1, 1, 1)",
+            (i, i + 1, f"k{i}", f"c{i}"),
+        )
+        if state:
+            db.execute("INSERT INTO results(key, state) VALUES (?, ?)", (f"k{i}", state))
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    try:
+        assert [r[0] for r in store.db.execute("SELECT done FROM requests ORDER BY ordinal")] == [
+            1,
+            2,
+            0,
+            0,
+        ]
+        assert store.counts() == {"total": 4, "ok": 1, "failed": 1, "in_shards": 0, "pending": 2}
+    finally:
+        store.close()
