@@ -59,6 +59,7 @@ class SplitResult:
     shards: tuple[ShardSummary, ...]
     removed: tuple[str, ...] = ()
     kept_inputs: tuple[str, ...] = ()  # stale-looking shard names left alone: they were inputs
+    skipped: tuple[str, ...] = ()  # shard files of an earlier split named beside the inputs
 
     @property
     def requests(self) -> int:
@@ -423,6 +424,26 @@ def _stale(out_dir: Path, keep: set[str], inputs: Sequence[Path]) -> Iterator[tu
             yield path, any(_same_file(path, i) for i in inputs)
 
 
+def earlier_shards(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Path], list[str]]:
+    """(the files to split, shard files of an earlier split that the list also named).
+
+    `split LIMIT *.jsonl`, run again in the directory it writes to, would read its own
+    shards as inputs and put every request in twice: when the files name both request files
+    and shard files in out_dir, those shard files are an earlier run's output and are
+    skipped. Shard files named alone are split again.
+    """
+    files = [Path(p) for p in paths]
+    shards = [
+        f
+        for f in files
+        if SHARD_FILE.fullmatch(f.name)
+        and _same_file(f.parent, out_dir)
+    ]
+    if not shards or len(shards) == len(files):
+        return files, []
+    return [f for f in files if f not in shards], [str(f) for f in shards]
+
+
 def split_files(
     paths: Sequence[str | Path],
     limit: int,
@@ -438,8 +459,10 @@ def split_files(
     if max_requests < 1 or max_bytes < 1:
         raise InputError(Problem("--max-requests/--max-bytes", None, "must be 1 or more", ""))
     caps = Caps(max_tokens=limit, max_requests=max_requests, max_bytes=max_bytes)
-    scanner = Scanner(paths, options or ScanOptions(max_problems=_MAX_PROBLEMS))
     out = Path(out_dir)
+    files, skipped = earlier_shards(paths, out) if out.is_dir() else ([Path(p) for p in paths], [])
+    paths = files
+    scanner = Scanner(paths, options or ScanOptions(max_problems=_MAX_PROBLEMS))
     copier = _Copier(scanner.report, out, os.urandom(4).hex())
     try:
         groups = _plan(scanner, caps, copier)
@@ -475,4 +498,4 @@ def split_files(
         for size, tokens, nbytes in zip(group.sizes, group.tokens, group.nbytes, strict=True):
             summaries.append(ShardSummary(names[i], group.model, group.url, size, tokens, nbytes))
             i += 1
-    return SplitResult(out, tuple(summaries), tuple(removed), tuple(kept))
+    return SplitResult(out, tuple(summaries), tuple(removed), tuple(kept), tuple(skipped))

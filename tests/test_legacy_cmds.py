@@ -101,3 +101,27 @@ def test_both_spellings_are_console_scripts() -> None:
         assert scripts[name].load() is splitter_main
     for name in ("gpt_batch_manager", "gpt-batch-manager"):
         assert scripts[name].load() is manager_main
+
+
+def test_splitter_rerun_over_a_glob_skips_its_own_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gpt_batch_splitter LIMIT *.jsonl` twice in one directory: the second run's glob
+    also names the first run's shards, which are output, not more requests."""
+    monkeypatch.chdir(tmp_path)
+    lines = write_requests(tmp_path / "a.jsonl", 60) + write_requests(tmp_path / "b.jsonl", 0)
+    assert splitter_main(["3000", "a.jsonl", "b.jsonl"]) == 0
+    first = {p.name: p.read_bytes() for p in shard_files(tmp_path)}
+    capsys.readouterr()
+    everything = sorted(p.name for p in tmp_path.glob("*.jsonl"))
+    assert splitter_main(["3000", *everything]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Skipped shard files of an earlier split"), out
+    assert {p.name: p.read_bytes() for p in shard_files(tmp_path)} == first
+    written = [line for data in first.values() for line in data.splitlines()]
+    assert Counter(written) == Counter(lines)
+    # Shard files named alone are split again (here: into smaller shards).
+    assert splitter_main(["1500", *sorted(first)]) == 0
+    new = [p for p in shard_files(tmp_path) if p.name not in first]  # the old ones were inputs
+    assert len(new) > len(first)
+    assert Counter(line for p in new for line in p.read_bytes().splitlines()) == Counter(lines)

@@ -78,7 +78,13 @@ def _count(n: int, noun: str) -> str:
 
 def summary_lines(result: SplitResult) -> list[str]:
     """The report the original splitter printed: a total, then one line per shard."""
-    lines = [
+    lines = []
+    if result.skipped:
+        lines.append(
+            "Skipped shard files of an earlier split (its output, not requests): "
+            f"{_names(result.skipped)}"
+        )
+    lines += [
         f"Will use {_count(len(result.shards), 'shard')} for {_count(result.requests, 'request')} "
         f"/ {result.tokens:,} tokens."
     ]
