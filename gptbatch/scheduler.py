@@ -428,7 +428,10 @@ class Scheduler:
         target = shard_target(caps.max_tokens or 1, self.pipeline, max(0, left))
         if len(window) >= caps.max_requests + FILL_LOOKAHEAD:
             return True
-        return len(window) >= FILL_LOOKAHEAD and held >= 2 * target
+        if held < target:
+            return False
+        spare = len(window) * (1 - target / held)  # about how many rows the target leaves
+        return spare >= FILL_LOOKAHEAD
 
     def room_changed(self) -> None:
         """A poll saw batches move: uncut tail requests may now have room (plan again)."""
