@@ -433,12 +433,7 @@ def earlier_shards(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Pat
     skipped. Shard files named alone are split again.
     """
     files = [Path(p) for p in paths]
-    shards = [
-        f
-        for f in files
-        if SHARD_FILE.fullmatch(f.name)
-        and _same_file(f.parent, out_dir)
-    ]
+    shards = [f for f in files if SHARD_FILE.fullmatch(f.name) and _same_file(f.parent, out_dir)]
     if not shards or len(shards) == len(files):
         return files, []
     return [f for f in files if f not in shards], [str(f) for f in shards]

@@ -125,3 +125,19 @@ def test_splitter_rerun_over_a_glob_skips_its_own_shards(
     new = [p for p in shard_files(tmp_path) if p.name not in first]  # the old ones were inputs
     assert len(new) > len(first)
     assert Counter(line for p in new for line in p.read_bytes().splitlines()) == Counter(lines)
+
+
+def test_splitter_piped_into_a_reader_that_left_exits_quietly(tmp_path: Path) -> None:
+    """`gpt_batch_splitter ... | head`: no BrokenPipeError traceback when the reader is gone."""
+    write_requests(tmp_path / "a.jsonl", 200)
+    code = "import sys; from gptbatch.cli.legacy import splitter_main; sys.exit(splitter_main())"
+    done = subprocess.run(
+        f'{sys.executable} -c "{code}" 3000 a.jsonl | true',  # `true` exits before it writes
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert shard_files(tmp_path)
