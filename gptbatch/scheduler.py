@@ -245,8 +245,8 @@ class Scheduler:
 
     def unsent_tokens(self, model: str | None) -> int:
         """Tokens of this model's shards cut but not yet sent (they will take room first)."""
-        unsent = ("ready", "uploading", "uploaded", "waiting")  # submitting counts in flight
-        return sum(s.tokens for s in self.store.shards(unsent) if s.model == model)
+        waiting = tuple(s for s in UNSENT_SHARD_STATES if s not in IN_FLIGHT_SHARD_STATES)
+        return sum(s.tokens for s in self.store.shards(waiting) if s.model == model)
 
     def fits_queue(self, shard: ShardRow) -> bool:
         """Does the shard fit beside what is in flight? A shard alone always may go."""
