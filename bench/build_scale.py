@@ -143,9 +143,10 @@ def show(name: str, row: dict[str, object], root: Path) -> None:
     )
 
 
-def scale_100k(n: int, env: dict[str, str], calls: list[int]) -> None:
+def scale_100k(n: int, env: dict[str, str], calls: list[int], keep: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         (root / "inputs").mkdir()
         data = root / "inputs" / "big.jsonl"
         write_input(data, n)
@@ -237,12 +238,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--noop-requests", type=int, default=1_000_000, help="0: skip")
     parser.add_argument("--skip-scale", action="store_true", help="only the large no-op")
+    parser.add_argument("--keep", type=Path, help="build the 100k project here and keep it")
     args = parser.parse_args()
     sim, url, calls = start_simulator()
     env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
     try:
         if not args.skip_scale:
-            scale_100k(args.requests, env, calls)
+            scale_100k(args.requests, env, calls, args.keep)
         if args.noop_requests:
             scale_1m(args.noop_requests, env, calls)
     finally:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gptbatch import usage
 from gptbatch.crash import crashpoint
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
 from gptbatch.eta import Forecast
@@ -224,7 +225,10 @@ class Collector:
         members = self.store.members(shard_id)
         keys = {cid: key for key, cid in reversed(members)}  # the first member of a custom_id
         with self.store.transaction():
-            batch = Outcomes(self.store, [k for k, _ in members], self.spec.retries, info.id)
+            usage.account(self.store, self.spec.prices)  # what earlier runs left unaccounted
+            batch = Outcomes(
+                self.store, [k for k, _ in members], self.spec.retries, info.id, self.spec.prices
+            )
             for path in downloads:
                 with open(path, "rb") as f:
                     for raw in f:
@@ -237,7 +241,7 @@ class Collector:
                             continue
                         seen.add(key)
                         state, error = classify(obj)
-                        counts[batch.add(key, state, text, error)] += 1
+                        counts[batch.add(key, state, text, error, obj)] += 1
             for key, _ in members:
                 if key not in seen:
                     seen.add(key)
@@ -246,6 +250,7 @@ class Collector:
                         why += f"; its file {', '.join(gone)} was gone from the API"
                     counts[batch.add(key, "retry", None, why)] += 1
             batch.flush()
+            usage.add_written(self.store, batch.spent)
             self.store.mark_collected(info.id)
             if shard.batch_id == info.id or shard.state != "done":
                 self.store.update_shard(shard_id, state="done")
@@ -342,20 +347,32 @@ class Outcomes:
     """Outcomes of one batch, written a chunk at a time (one executemany per chunk).
 
     Applies Collector.record's rules: a final result is never overwritten, and a retryable
-    outcome past the retry limit becomes final.
+    outcome past the retry limit becomes final. `spent` sums the usage of the ok lines
+    written.
     """
 
     CHUNK = 5_000
 
-    def __init__(self, store: Store, keys: list[str], retries: int, batch_id: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: list[str],
+        retries: int,
+        batch_id: str,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
         self.store = store
         self.retries = retries
+        self.prices = prices
         self.batch_id = batch_id
         self.known = store.result_states(keys)
         self.rows: list[tuple[str, str, int, str | None, str | None, str | None]] = []
+        self.spent = usage.Usage()
 
-    def add(self, key: str, state: str, line: str | None, error: str | None) -> str:
-        """Queue one outcome; return the state the key ends in."""
+    def add(
+        self, key: str, state: str, line: str | None, error: str | None, obj: Any = None
+    ) -> str:
+        """Queue one outcome (obj: the line parsed); return the state the key ends in."""
         old = self.known.get(key)
         if old is not None and old[0] in FINAL_RESULT_STATES:
             return old[0]
@@ -365,6 +382,9 @@ class Outcomes:
             error = f"gave up after {attempts} attempts: {error}"
         self.known[key] = (state, attempts)
         self.rows.append((key, state, attempts, line, error, self.batch_id))
+        if state == "ok" and line is not None:
+            spent = obj is None and usage.line_usage(line, self.prices)
+            self.spent += spent or usage.result_usage(obj, self.prices)
         if len(self.rows) >= self.CHUNK:
             self.flush()
         return state

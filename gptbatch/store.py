@@ -963,6 +963,9 @@ class Store:
         for rowid_, line, zline in cur:
             yield rowid_, self.unpack(line, zline)  # type: ignore[misc]
 
+    def last_result_rowid(self) -> int:
+        return self.db.execute("SELECT coalesce(max(rowid), 0) FROM results").fetchone()[0]
+
     # --- shards and batches --------------------------------------------------------------
 
     def new_shard_id(self, key: str) -> str:

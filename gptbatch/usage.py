@@ -2,7 +2,8 @@
 
 Results are accounted once each, in the order the store recorded them (a rowid watermark),
 and the project's running totals move in the same transaction, so a kill never counts a
-result twice or loses one; a no-op build reads nothing.
+result twice or loses one; a no-op build reads nothing. The collector accounts the lines it
+writes as it writes them (`add_written`); `account` catches up with any other.
 """
 
 from __future__ import annotations
@@ -63,8 +64,17 @@ def _int(value: Any) -> int:
 def line_usage(line: str, prices: Mapping[str, Mapping[str, float]] | None = None) -> Usage:
     """The usage and cost of one Batch API result line (chat, responses, embeddings, ...)."""
     try:
-        body = (json.loads(line).get("response") or {}).get("body") or {}
-    except (ValueError, AttributeError):
+        obj = json.loads(line)
+    except ValueError:
+        return Usage(requests=1)
+    return result_usage(obj, prices)
+
+
+def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = None) -> Usage:
+    """The usage and cost of one result line, parsed."""
+    try:
+        body = (obj.get("response") or {}).get("body") or {}
+    except AttributeError:
         return Usage(requests=1)
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
@@ -108,3 +118,17 @@ def account(store: Store, prices: Mapping[str, Mapping[str, float]] | None = Non
             store.set_meta(_META_THROUGH, str(last))
             store.set_meta(_META_TOTAL, json.dumps(asdict(total), sort_keys=True))
     return total
+
+
+def add_written(store: Store, spent: Usage) -> None:
+    """Add the usage of results this transaction wrote, and account every result row so far.
+
+    The collector calls `account` first in the same transaction, so every row before its
+    own writes is accounted already; it passes the usage of the ok lines it wrote (parsed
+    once, while classifying them), and no line is read back.
+    """
+    assert store.db.in_transaction
+    store.set_meta(_META_THROUGH, str(store.last_result_rowid()))
+    if spent.requests:
+        total = project_usage(store) + spent
+        store.set_meta(_META_TOTAL, json.dumps(asdict(total), sort_keys=True))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import signal
+import sqlite3
 from pathlib import Path
 
-from buildkit import chat, make_project
+import pytest
+from buildkit import chat, make_project, padded_chat
 
 from gptbatch.errors import EXIT_OK
 from gptbatch.pricing import price_for
+from gptbatch.store import state_dir
 
 
 def expected_cost(project, names: list[str]) -> tuple[int, int, float]:
@@ -55,3 +59,34 @@ def test_summary_says_the_price_is_unknown_instead_of_zero(tmp_path: Path, simul
     out = capsys.readouterr().out
     assert "cost unknown (no price for my-finetune-x" in out
     assert "$0.0000" not in out
+
+
+@pytest.mark.parametrize("point", ["after_collect:2", "mid_output_write"])
+def test_usage_is_counted_once_across_a_kill(tmp_path: Path, simulator, capsys, point: str):
+    """Results are accounted as they are collected: a kill and a rerun count each once."""
+    inputs = {"requests.jsonl": [padded_chat(f"r{i}", 90) for i in range(6)]}
+    project = make_project(
+        tmp_path, inputs, limits={"enqueued_tokens": 260, "safety_margin": 0, "pipeline": 1}
+    )
+    run = project.build_process(env={"GPTBATCH_CRASH_AT": point})
+    assert run.returncode == -signal.SIGKILL
+    capsys.readouterr()
+    assert project.build() == EXIT_OK
+    tin, tout, _ = expected_cost(project, ["requests"])
+    out = capsys.readouterr().out
+    total = next(line for line in out.splitlines() if "project so far:" in line)
+    assert f"6 results, {tin:,} input tokens (0 cached), {tout:,} output" in total
+
+
+def test_results_an_older_run_left_unaccounted_are_caught_up(tmp_path: Path, simulator, capsys):
+    project = make_project(tmp_path, {"requests.jsonl": [chat(f"r{i}") for i in range(4)]})
+    assert project.build() == EXIT_OK
+    tin, tout, _ = expected_cost(project, ["requests"])
+    db = sqlite3.connect(state_dir(project.out) / "state.db")
+    with db:  # as a build killed between recording results and accounting them left it
+        db.execute("DELETE FROM meta WHERE key IN ('usage_total', 'usage_through')")
+    db.close()
+    capsys.readouterr()
+    assert project.build() == EXIT_OK
+    total = next(x for x in capsys.readouterr().out.splitlines() if "project so far:" in x)
+    assert f"4 results, {tin:,} input tokens (0 cached), {tout:,} output" in total
