@@ -222,7 +222,7 @@ class Collector:
         crashpoint("after_download")
         seen: set[str] = set()
         counts = {"ok": 0, "failed": 0, "retry": 0}
-        members = self.store.members(shard_id)
+        members = self.store.members(shard_id) or self.submitter.file_members(info)
         keys = {cid: key for key, cid in reversed(members)}  # the first member of a custom_id
         with self.store.transaction():
             usage.account(self.store, self.spec.prices)  # what earlier runs left unaccounted
@@ -254,6 +254,7 @@ class Collector:
             self.store.mark_collected(info.id)
             if shard.batch_id == info.id or shard.state != "done":
                 self.store.update_shard(shard_id, state="done")
+            self.store.release_members(shard_id)
         crashpoint("after_collect")
         for path in downloads:
             path.unlink(missing_ok=True)
@@ -278,6 +279,7 @@ class Collector:
             shard = self.store.shard(shard_id)
             if shard is not None and shard.batch_id == batch_id:
                 self.store.update_shard(shard_id, state="done", note="batch gone at the API")
+            self.store.release_members(shard_id)
         self.scheduler.dirty = True
         self.report.event(
             "api_retry",
@@ -303,6 +305,7 @@ class Collector:
             # An extra batch of a shard that has another (adopted duplicate): nothing to redo.
             with store.transaction():
                 store.mark_collected(info.id)
+                store.release_members(shard.id)
             return
         if refused(info):
             error = info.errors[0]
@@ -340,6 +343,7 @@ class Collector:
                 state="done" if not lined else "dropped",
                 note=f"batch failed: {info.errors[0].code if info.errors else ''}",
             )
+            store.release_members(shard.id)
         self.report.event("batch_failed", batch=info.id, problems=problems[:20])
 
 

@@ -158,6 +158,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             output TEXT PRIMARY KEY, stat TEXT NOT NULL, entries BLOB NOT NULL);
         """,
     ),
+    (
+        # Finished shards forget their members once every batch of theirs is collected
+        # (Store.release_members); this releases those of states written before.
+        "m007_release_members",
+        """
+        DELETE FROM members WHERE shard IN (SELECT h.id FROM shards h WHERE h.state='done'
+            AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.shard=h.id AND b.collected=0));
+        """,
+    ),
 )
 
 # The columns of a request row, in RequestRow field order.
@@ -1047,11 +1056,20 @@ class Store:
             last = row[0]
             yield row[1], (RequestRow(*row[2:]) if row[2] is not None else None)
 
-    def member_key(self, shard_id: str, custom_id: str) -> str | None:
-        row = self.db.execute(
-            "SELECT key FROM members WHERE shard=? AND custom_id=?", (shard_id, custom_id)
-        ).fetchone()
-        return row[0] if row else None
+    def release_members(self, shard_id: str) -> int:
+        """Forget a finished shard's members once every batch of it is collected.
+
+        Only shards at the API (active states) hold their requests back; a done shard's
+        member list is needed again only to collect a batch of it, so it goes when the last
+        one is collected (a third of a 100k state). A batch of it found later (a duplicate
+        adopted from the API) names its requests in its own input file.
+        """
+        return self.db.execute(
+            "DELETE FROM members WHERE shard=?1"
+            " AND EXISTS (SELECT 1 FROM shards WHERE id=?1 AND state='done')"
+            " AND NOT EXISTS (SELECT 1 FROM batches WHERE shard=?1 AND collected=0)",
+            (shard_id,),
+        ).rowcount
 
     def locate(self, key: str) -> RequestRow | None:
         """The first current request line with this key, if any."""
@@ -1209,6 +1227,9 @@ class Store:
                     "   AND b.collected=0)"
                     " AND NOT EXISTS (SELECT 1 FROM members m JOIN gc_keep k ON k.key=m.key"
                     "   WHERE m.shard=h.id)"
+                    # a released shard (members forgotten once collected) is kept: its
+                    # batch rows stop the next reconcile from adopting its batches again
+                    " AND EXISTS (SELECT 1 FROM members m WHERE m.shard=h.id)"
                     " ORDER BY id"
                 )
             ]

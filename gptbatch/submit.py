@@ -370,6 +370,22 @@ class Submitter:
         self.summary.adopted += 1
         self.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
 
+    def file_members(self, info: BatchInfo) -> list[tuple[str, str]]:
+        """(key, custom_id) of the requests in a batch's input file ([] if it is gone).
+
+        For a batch of a finished shard whose member list was released (a duplicate found
+        after the shard's own batch was collected): its lines map back to requests by this.
+        """
+        if not info.input_file_id:
+            return []
+        path = self.work_dir / "downloads" / f"{info.input_file_id}.jsonl"
+        try:
+            self.remote.download(info.input_file_id, path)
+        except NotFoundError as exc:
+            self.report.event("recover_failed", batch=info.id, error=str(exc))
+            return []
+        return _members_in(path)
+
     def recover_shard(self, sid: str, info: BatchInfo) -> bool:
         """Rebuild a lost shard record from its batch's input file."""
         path = self.work_dir / "downloads" / f"{info.input_file_id}.jsonl"
@@ -382,13 +398,7 @@ class Submitter:
             raise TransientRemoteError(
                 f"downloading the input file of batch {info.id}: {exc}"
             ) from exc
-        members: list[tuple[str, str]] = []
-        with open(path, "rb") as f:
-            for raw in f:
-                if raw.strip():
-                    obj = json.loads(raw)
-                    members.append((sha256_hex(canonical_json(obj)), str(obj.get("custom_id"))))
-        path.unlink(missing_ok=True)
+        members = _members_in(path)
         known = self.store.known_estimates([k for k, _ in members])
         tokens_sum = sum(known[k][0] for k, _ in members if k in known)
         costs = [known[k][3] for k, _ in members if k in known]
@@ -412,3 +422,15 @@ class Submitter:
             self.store.update_shard(sid, model=model)
         self.record_submitted(sid, info)
         return True
+
+
+def _members_in(path: Path) -> list[tuple[str, str]]:
+    """(key, custom_id) of each request of a downloaded input file, in order; removes it."""
+    members: list[tuple[str, str]] = []
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                obj = json.loads(raw)
+                members.append((sha256_hex(canonical_json(obj)), str(obj.get("custom_id"))))
+    path.unlink(missing_ok=True)
+    return members

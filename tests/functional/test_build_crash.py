@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
-from buildkit import batch_count, chat, make_project
+from buildkit import batch_count, chat, make_project, write_jsonl
 
 from gptbatch.errors import EXIT_OK, EXIT_PENDING
 from gptbatch.simulator import Fault
+from gptbatch.store import state_dir
 
 # Every point in build.py where a kill -9 can land between an API call and the state write.
 CRASH_POINTS = (
@@ -117,3 +119,39 @@ def test_other_projects_batches_are_left_alone(tmp_path: Path, simulator) -> Non
     assert b.build() == EXIT_OK
     # b is another project (another metadata id): it builds its own request.
     assert batch_count(simulator) == 2
+
+
+def test_a_duplicate_found_after_its_shard_finished_is_collected_from_its_input_file(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    """A finished shard forgets its members; a duplicate of its batch found later (a lost
+    create reply the SDK retried) still maps its lines to requests, through its input file,
+    and nothing is submitted again."""
+    import json
+
+    import openai
+
+    reqs = [chat(f"r{i}") for i in range(4)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs})
+    assert project.build() == EXIT_OK
+    db = sqlite3.connect(state_dir(project.out) / "state.db")
+    assert db.execute("SELECT count(*) FROM members").fetchone()[0] == 0
+    db.close()
+    (first,) = simulator.service.batches()
+    client = openai.OpenAI(base_url=simulator.base_url, api_key="sk-test", max_retries=0)
+    twin = client.batches.create(
+        input_file_id=first["input_file_id"],
+        endpoint=first["endpoint"],
+        completion_window="24h",
+        metadata=first["metadata"],
+    )
+    reqs.append(chat("r4"))  # the next build with work to submit lists the API first
+    write_jsonl(project.input(), reqs)
+    capsys.readouterr()
+    assert project.build("--json") == EXIT_OK
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    collected = [e for e in events if e["event"] == "collected" and e["batch"] == twin.id]
+    assert collected and collected[0]["ok"] == 4  # each line matched a request
+    assert batch_count(simulator) == 3  # the first, the twin and one for r4
+    assert simulator.journal.billed_counts()["r4"] == 1
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]

@@ -126,6 +126,7 @@ def test_gc_drops_results_of_requests_in_no_input(tmp_path: Path, simulator, cap
     )
     assert project.build() == EXIT_OK
     assert _count(project, "results") == 13 and _count(project, "shards") == 2
+    assert _count(project, "members") == 0  # released once their batches were collected
     # drop five lines and the embeddings input; edit one line
     kept = reqs[:5]
     kept[0] = chat("r0", "edited")
@@ -137,11 +138,12 @@ def test_gc_drops_results_of_requests_in_no_input(tmp_path: Path, simulator, cap
     capsys.readouterr()
     assert main(["gc", str(project.config)]) == EXIT_OK
     text = capsys.readouterr().out
-    # r0's old version, r5..r9, and the three embeddings; the embeddings' shard and batch
-    # (its shard file went when its batch was final)
-    assert "dropped 9 results, 1 shards (3 members, 1 batches, 0 shard files)" in text
+    # r0's old version, r5..r9, and the three embeddings; the finished shards are kept
+    # (their members went when their batches were collected; their batch rows stop a
+    # reconcile from adopting those batches again)
+    assert "dropped 9 results, 0 shards (0 members, 0 batches, 0 shard files)" in text
     assert "bytes before" in text
-    assert _count(project, "results") == 5 and _count(project, "shards") == 2
+    assert _count(project, "results") == 5 and _count(project, "shards") == 3
     assert project.build() == EXIT_OK
     assert creates(simulator) == 3  # nothing rebuilt after gc
     assert project.output() == outputs
