@@ -175,6 +175,12 @@ REQUEST_COLUMNS = (
     " cost, reason, digest"
 )
 
+# SQLite's page cache per connection, in KiB (negative: a size, not pages). The default
+# 2 MiB holds a sliver of a 100k-request state's key indexes, so every write that looks a
+# key up reads its pages again; 32 MiB halves the time to record a batch's results (and
+# is only used as the state grows).
+CACHE_SIZE = -32 * 1024
+
 ZLIB_LEVEL = 1  # result lines are JSON: level 1 keeps most of the gain at a fraction of the time
 # Result lines are compressed one by one, so alone each finds little to repeat; against the
 # project's first result line as a preset dictionary, the JSON keys and shape that every line
@@ -430,6 +436,7 @@ class Store:
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute(f"PRAGMA cache_size={CACHE_SIZE}")
             self._migrate()
         except BaseException:
             self.db.close()
@@ -754,6 +761,7 @@ class Store:
             raise _state_error(self.path, exc) from exc
         reader.path = self.path
         try:
+            reader.execute(f"PRAGMA cache_size={CACHE_SIZE}")
             reader.execute("BEGIN")
             reader.execute("SELECT count(*) FROM meta").fetchone()  # pin the snapshot now
             yield reader
