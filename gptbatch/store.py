@@ -761,7 +761,6 @@ class Store:
             raise _state_error(self.path, exc) from exc
         reader.path = self.path
         try:
-            reader.execute(f"PRAGMA cache_size={CACHE_SIZE}")
             reader.execute("BEGIN")
             reader.execute("SELECT count(*) FROM meta").fetchone()  # pin the snapshot now
             yield reader

@@ -14,6 +14,7 @@ that each result belongs to its request.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -203,15 +204,39 @@ def result_order(seed: int, batch_id: str, count: int) -> list[int]:
     return order
 
 
+BASE62 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+HEX = "0123456789abcdef"
+
+
+def base_digits(entropy: bytes, length: int, alphabet: str) -> str:
+    """`length` digits of `alphabet`, least significant first, of the bytes as a number.
+
+    Every result line carries three such ids, so this takes two digits per division (a
+    table of digit pairs) and hex in one step; the ids are those one digit at a time gives.
+    """
+    number = int.from_bytes(entropy, "big")
+    if alphabet == HEX and length:
+        return format(number & ((1 << 4 * length) - 1), f"0{length}x")[::-1]
+    pairs = _digit_pairs(alphabet)
+    square = len(pairs)
+    out = []
+    for _ in range(length // 2):
+        number, pair = divmod(number, square)
+        out.append(pairs[pair])
+    if length % 2:
+        out.append(alphabet[number % len(alphabet)])
+    return "".join(out)
+
+
+@functools.cache
+def _digit_pairs(alphabet: str) -> tuple[str, ...]:
+    base = len(alphabet)
+    return tuple(alphabet[v % base] + alphabet[v // base] for v in range(base * base))
+
+
 def _ident(seed: str, prefix: str, length: int = 24) -> str:
     """A deterministic id: base62 digits of sha256(seed)."""
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-    number = int.from_bytes(hashlib.sha256(seed.encode()).digest(), "big")
-    digits = []
-    for _ in range(length):
-        number, digit = divmod(number, len(alphabet))
-        digits.append(alphabet[digit])
-    return prefix + "".join(digits)
+    return prefix + base_digits(hashlib.sha256(seed.encode()).digest(), length, BASE62)
 
 
 def _wants_json(body: dict[str, Any], endpoint: str) -> bool:

@@ -39,8 +39,11 @@ from gptbatch.simulator.clock import SimClock
 from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.journal import BatchEvent, Billed, Journal
 from gptbatch.simulator.results import (
+    BASE62,
     ENDPOINTS,
+    HEX,
     TokenCounter,
+    base_digits,
     error_body,
     result_order,
     success_body,
@@ -63,8 +66,8 @@ ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 EPS = 1e-9
-_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_HEX = "0123456789abcdef"
+_ALNUM = BASE62
+_HEX = HEX
 
 FAIL_MESSAGE = "The batch failed because of a simulated server error."
 EXPIRED_ERROR = {
@@ -360,14 +363,14 @@ class BatchService:
     def _new_id(self, prefix: str, length: int, alphabet: str = _ALNUM) -> str:
         """A fresh random id no file or batch has: ids never repeat across simulator runs."""
         while True:
-            candidate = prefix + _digits(self._entropy(32), length, alphabet)
+            candidate = prefix + base_digits(self._entropy(32), length, alphabet)
             if candidate not in self._files and candidate not in self._batches:
                 return candidate
 
     def _derived_id(self, prefix: str, length: int, alphabet: str, *parts: object) -> str:
         """An id that is a function of the seed and `parts`, so replaying gives the same one."""
         text = ":".join(str(part) for part in (self.config.seed, *parts))
-        return prefix + _digits(hashlib.sha256(text.encode()).digest(), length, alphabet)
+        return prefix + base_digits(hashlib.sha256(text.encode()).digest(), length, alphabet)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -1084,16 +1087,6 @@ class BatchService:
 def _jsonable(value: Any) -> Any:
     """value as it reads back from the log (tuples become lists, and so on)."""
     return json.loads(canonical_json(value))
-
-
-def _digits(entropy: bytes, length: int, alphabet: str) -> str:
-    """`length` digits of `alphabet` taken from the bytes (which must hold enough bits)."""
-    number = int.from_bytes(entropy, "big")
-    digits = []
-    for _ in range(length):
-        number, digit = divmod(number, len(alphabet))
-        digits.append(alphabet[digit])
-    return "".join(digits)
 
 
 def _page(items: list[dict[str, Any]], limit: int, after: str | None) -> dict[str, Any]:
