@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
     )
     try:
-        sim = Simulator(config, host=args.host, port=args.port)
+        sim = Simulator(config, host=args.host, port=args.port, work_ahead=True)
     except OSError as exc:
         raise UsageError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}: "

@@ -359,9 +359,20 @@ class Simulator:
     """A running (after start()) Batch API simulator on loopback."""
 
     def __init__(
-        self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SimConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        work_ahead: bool = False,
     ) -> None:
+        """work_ahead: process batches in a thread of their own between calls, as the real
+        service does (for a simulator in a process of its own; in the client's process the
+        thread would only take turns with it)."""
         self.config = config or SimConfig()
+        self.work_ahead = work_ahead
+        self._working = threading.Event()
+        self._worker: threading.Thread | None = None
         self.service = BatchService(self.config)
         self.clock: SimClock = self.service.clock
         self.journal: Journal = self.service.journal
@@ -398,8 +409,32 @@ class Simulator:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
 
+    def _start_worker(self) -> None:
+        if self.work_ahead and self._worker is None:
+            self._working.set()
+            self._worker = threading.Thread(
+                target=self._work, name=f"gptbatch-simulator-work:{self.port}", daemon=True
+            )
+            self._worker.start()
+
+    def _work(self) -> None:
+        while self._working.is_set():
+            try:
+                more = self.service.work_ahead()
+            except Exception:  # the next call meets the same error and reports it
+                more = False
+            if not more:
+                time.sleep(0.02)
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._working.clear()
+            self._worker.join()
+            self._worker = None
+
     def start(self) -> Simulator:
         """Serve in a background thread."""
+        self._start_worker()
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever,
@@ -412,6 +447,7 @@ class Simulator:
 
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted; then close."""
+        self._start_worker()
         try:
             self._httpd.serve_forever(poll_interval=0.1)
         finally:
@@ -420,6 +456,7 @@ class Simulator:
 
     def stop(self) -> None:
         """Stop serving, close every connection, save the time reached (with a state_dir)."""
+        self._stop_worker()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()

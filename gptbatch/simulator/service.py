@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,6 +218,7 @@ class BatchService:
         self._attempts: dict[tuple[int, str], int] = {}
         self._state: StateDir | None = None
         self._unsaved = False  # something visible happened since the time was last saved
+        self._ahead_step = 1.0  # simulated seconds work_ahead runs at a time (adapts)
         state = None
         if self.config.state_dir is not None:
             state = StateDir(self.config.state_dir, self.config.replay_settings())
@@ -792,7 +794,13 @@ class BatchService:
         When something visible happened, the time reached is saved before anyone sees it,
         so a restart never shows a client an earlier state than it saw.
         """
-        now = max(self._t, self.clock.now() if until is None else until)
+        self._run_to(max(self._t, self.clock.now() if until is None else until))
+        if self._unsaved and self._state is not None:
+            with self._saving():
+                self._state.save_time(self._t)
+            self._unsaved = False
+
+    def _run_to(self, now: float) -> None:
         while True:
             event = self._next_event()
             if event is None or event[0] > now:
@@ -802,10 +810,30 @@ class BatchService:
             self._process_until(max(at, self._t))
             action(batch, self._t)
             self._plan()
-        if self._unsaved and self._state is not None:
-            with self._saving():
-                self._state.save_time(self._t)
-            self._unsaved = False
+
+    def work_ahead(self, slice_seconds: float = 0.01) -> bool:
+        """Do work already due by now, as the real service works between calls; True if
+        more is due.
+
+        A standalone server calls this from its own thread, so a call does not wait for
+        the results of every batch finished since the last one. Each call runs one slice of
+        simulated time (sized to about slice_seconds of real work), holding the lock no
+        longer. Outcomes are the same: progress is computed from anchors, however often
+        anyone looks. The time reached is saved by the next call that shows it.
+        """
+        with self._lock:
+            now = self.clock.now()
+            if now <= self._t:
+                return False
+            target = min(now, self._t + self._ahead_step)
+            started = time.perf_counter()
+            self._run_to(target)
+            took = time.perf_counter() - started
+            if took < slice_seconds / 2:
+                self._ahead_step *= 2
+            elif took > slice_seconds:
+                self._ahead_step = max(self._ahead_step / 2, 0.01)
+            return target < now
 
     def _plan(self) -> None:
         """Fix which batches process, and how fast, from now until the next event.

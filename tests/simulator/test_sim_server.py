@@ -20,7 +20,7 @@ from simtools import (
     wait,
 )
 
-from gptbatch.simulator import Fault, SimConfig, request_digest
+from gptbatch.simulator import Fault, SimConfig, Simulator, request_digest
 from gptbatch.simulator.server import parse_multipart
 from gptbatch.simulator.validation import ApiError
 
@@ -434,3 +434,25 @@ def test_time_scale_can_change_while_running(simulator_factory) -> None:
     assert api.batches.retrieve(batch.id).status == "validating"
     sim.clock.time_scale = 1000.0
     assert wait(api, batch.id).status == "completed"
+
+
+def test_a_standalone_server_works_ahead_between_calls() -> None:
+    """With work_ahead (as `gptbatch simulator` runs), results are made without any call."""
+    sim = Simulator(SimConfig.fast(), work_ahead=True).start()
+    try:
+        api = client(sim)
+        batch = api.batches.create(
+            input_file_id=upload(api, [chat("a"), chat("b")]).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        calls = len(sim.journal.calls)
+        deadline = time.monotonic() + 10
+        while len(sim.journal.billed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(sim.journal.calls) == calls  # no call drove it
+        assert sorted(b.custom_id for b in sim.journal.billed) == ["a", "b"]
+        assert wait(api, batch.id).status == "completed"
+    finally:
+        sim.stop()
+    assert sim._worker is None

@@ -666,3 +666,29 @@ def test_deleted_files_are_gone() -> None:
     with pytest.raises(ApiError) as info:
         service.file(upload["id"])
     assert info.value.status == 404
+
+
+def test_working_ahead_in_slices_gives_the_same_results_as_looking_once() -> None:
+    """work_ahead (the standalone server's own thread) only does early what a call would."""
+    lines = [chat(f"r{i}", f"text {i} " * (2 * i + 1)) for i in range(15)]
+    ahead = manual_service(fixed_entropy(), total_tokens_per_second=150.0)
+    assert ahead.work_ahead() is False  # nothing due yet
+    once = manual_service(fixed_entropy(), total_tokens_per_second=150.0)
+    for service in (ahead, once):
+        submit(service, lines[:8])
+        service.add_fault(Fault.request_error("r3"))
+        submit(service, lines[8:])
+    slices = 0
+    for _ in range(40):
+        ahead.clock.advance(0.913)
+        while ahead.work_ahead(slice_seconds=1e-9):  # every slice "slow": the step halves
+            slices += 1
+    once.clock.advance(40 * 0.913)
+    assert slices > 1000  # it did the work in many small slices
+    assert ahead.journal.billed  # before anyone looked
+    assert ahead.batches() == once.batches()
+    assert ahead.journal.billed == once.journal.billed
+    for a, b in zip(ahead.batches(), once.batches(), strict=True):
+        for name in ("output_file_id", "error_file_id"):
+            assert read_lines(ahead, a[name]) == read_lines(once, b[name])
+    assert ahead.journal.events == once.journal.events
