@@ -206,8 +206,11 @@ def _too_large(req: ScannedRequest, exc: ItemTooLarge) -> Problem:
     )
 
 
-def upload_facts(req: Request) -> tuple[int, int | None]:
-    """(bytes of the line a build uploads, with its newline; output_limit): per request."""
+def upload_facts(req: Request, line: bytes | None = None) -> tuple[int, int | None]:
+    """(bytes of the line a build uploads, with its newline; output_limit): per request.
+
+    A scanner's extra hook, which also passes the raw line (not needed here).
+    """
     return len(req.canonical_line()) + 1, output_limit(req.url, req.body)
 
 

@@ -79,7 +79,7 @@ class ScannedRequest:
     encoding: str
     caveats: tuple[str, ...]
     inputs: int  # embedding inputs it counts against a batch (1 for other endpoints)
-    extra: Any  # ScanOptions.extra(request), or None
+    extra: Any  # ScanOptions.extra(request, line), or None
     crc: int  # crc32 of the line's raw bytes
     path: str
     line: int
@@ -95,8 +95,9 @@ class ScanOptions:
     endpoint: str | None = None
     max_problems: int = DEFAULT_MAX_PROBLEMS
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    # Computed per valid request in the worker; must be a module-level function.
-    extra: Callable[[Request], Any] | None = None
+    # Computed per valid request in the worker, from the request and its line's raw bytes
+    # (None for a file read whole: not a regular file); must be a module-level function.
+    extra: Callable[[Request, bytes | None], Any] | None = None
     workers: int | None = None  # None: GPTBATCH_WORKERS, else one per core for large inputs
     chunk_bytes: int | None = None  # None: sized from the input and the workers
     use_cache: bool = True
@@ -265,7 +266,7 @@ class ChunkReader:
         )
         group: list[Any] = [None, 0]
         items: list[tuple[Any, ...]] = []
-        valid: list[tuple[int, Request, int]] = []  # (position in items, request, crc)
+        valid: list[tuple[int, Request, bytes]] = []  # (position in items, request, line)
         lines = 0
         fd = os.open(chunk.path, os.O_RDONLY)
         try:
@@ -280,7 +281,7 @@ class ChunkReader:
                 if request is None:
                     items.append((number, offset, content, length))
                 else:
-                    valid.append((len(items), request, zlib.crc32(content or b"")))
+                    valid.append((len(items), request, content or b""))
                     items.append(())
         finally:
             os.close(fd)
@@ -288,9 +289,9 @@ class ChunkReader:
             not chunk.last and window.last != b"\n"
         )
         known = self.cache.lookup([request.key for _, request, _ in valid])
-        for position, request, crc in valid:
+        for position, request, line in valid:
             count = known.get(request.key)
-            items[position] = _clean(request, count, crc, options.extra)
+            items[position] = _clean(request, count, line, options.extra)
         return _ChunkResult(lines, window.digest.hexdigest(), items, torn)
 
 
@@ -304,9 +305,10 @@ def _estimate(request: Request) -> CachedCount:
 def _clean(
     request: Request,
     count: CachedCount | None,
-    crc: int,
-    extra: Callable[[Request], Any] | None,
+    line: bytes | None,
+    extra: Callable[[Request, bytes | None], Any] | None,
 ) -> tuple[Any, ...]:
+    """A valid request's record; line is its raw bytes (None if unknown: crc 0)."""
     fresh = count is None
     if count is None:
         count = _estimate(request)
@@ -323,8 +325,8 @@ def _clean(
         count.encoding,
         count.caveats,
         inputs,
-        None if extra is None else extra(request),
-        crc,
+        None if extra is None else extra(request, line),
+        zlib.crc32(line or b""),
         fresh,
     )
 
@@ -619,7 +621,7 @@ class _ParentState:
         )
         if request is None:
             return None
-        return self.local_record(request, zlib.crc32(content or b""))
+        return self.local_record(request, content)
 
     def whole_file(self, index: int) -> Iterator[ScannedRequest]:
         """A file that is not a regular file: read_requests' own reader, counted here."""
@@ -627,11 +629,11 @@ class _ParentState:
         for request in self.validator.read_file(index):
             report.loose[index] = request.path
             report.records += 1
-            yield self.local_record(request, 0)
+            yield self.local_record(request, None)
 
-    def local_record(self, request: Request, crc: int) -> ScannedRequest:
+    def local_record(self, request: Request, line: bytes | None) -> ScannedRequest:
         known = self.local.cache.lookup([request.key]).get(request.key)
-        item = _clean(request, known, crc, self.scanner.options.extra)
+        item = _clean(request, known, line, self.scanner.options.extra)
         record = ScannedRequest(*item[3:13], request.path, request.line, item[1], item[2])
         if item[13]:
             self.remember(record)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptbatch import pricing
 from gptbatch.canonical import canonical_json, content_hash, file_sha256
@@ -22,6 +23,11 @@ from gptbatch.scheduler import Budget
 from gptbatch.shards import embedding_inputs
 from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.store import PreviousRows, RequestRow, Store
+
+if TYPE_CHECKING:
+    from gptbatch.scan import Scanner
+
+_Rows = Generator[tuple[Any, ...], None, None]
 
 
 def upload_line(raw: bytes, spec: Spec) -> bytes:
@@ -71,6 +77,27 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
             report.event("input", path=str(path), state="unchanged (content hash)")
             continue
         changed.append((path, st, digest))
+    scanners: list[Scanner] = []  # new inputs read on every core; their counts kept on success
+    try:
+        _sync_changed(spec, store, report, changed, defaults, scanners, keep_going)
+    except BaseException:
+        for scanner in scanners:
+            scanner.discard_counts()
+        raise
+    for scanner in scanners:
+        scanner.commit_counts()
+
+
+def _sync_changed(
+    spec: Spec,
+    store: Store,
+    report: Reporter,
+    changed: list[tuple[Path, os.stat_result, str]],
+    defaults: str,
+    scanners: list[Scanner],
+    keep_going: bool,
+) -> None:
+    """Rewrite the changed inputs' rows in one transaction; raise InputError on bad input."""
     problems: list[Problem] = []
     # Earlier rows are looked up one by one in a snapshot taken before this transaction
     # rewrites them, rather than held in memory for a whole input.
@@ -85,6 +112,12 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
             reuse = record is not None and record[3] == defaults
             previous = store.previous_rows(before, str(path))
             tally = {"requests": 0, "new": 0}
+            scanner = _parallel_scanner(spec, path, st) if previous.empty else None
+            if scanner is None:
+                rows = _rows(spec, path, previous, config_changed, reuse, tally)
+            else:
+                scanners.append(scanner)
+                rows = _scanned_rows(spec, scanner, tally)
             try:
                 # Streams into the open transaction; a bad line rolls all of it back.
                 store.replace_input(
@@ -93,12 +126,14 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
                     mtime_ns=st.st_mtime_ns,
                     sha256=digest,
                     defaults=defaults,
-                    rows=_rows(spec, path, previous, config_changed, reuse, tally),
+                    rows=rows,
                     before=before,
                 )
             except InputError as exc:
                 problems.extend(exc.problems)
                 continue
+            finally:
+                rows.close()  # a scan's worker processes stop here, whatever happened
             report.event("input", path=str(path), state="read", **tally)
         duplicates = store.duplicate_custom_ids(str(p) for p, _, _ in changed)
         for cid, pa, la, pb, lb in duplicates:
@@ -160,7 +195,7 @@ def _rows(
     config_changed: bool,
     reuse: bool,
     tally: dict[str, int],
-) -> Iterator[tuple[Any, ...]]:
+) -> _Rows:
     """Store rows for an input's requests, streamed; counts what is new in tally.
 
     Validates as read_requests does, except that with reuse a line whose bytes equal the
@@ -195,6 +230,59 @@ def _rows(
         yield row
     if validator.count:
         raise InputError(validator.problems, truncated=validator.count - len(validator.problems))
+
+
+def _parallel_scanner(spec: Spec, path: Path, st: os.stat_result) -> Scanner | None:
+    """A scanner for a new input worth reading on every core (or GPTBATCH_WORKERS), else None.
+
+    Nothing earlier to reuse, so every line is parsed, keyed and counted: the scanner does
+    that in worker processes, by the same validator, with the same problems.
+    """
+    # Imported here: multiprocessing and the scanner cost a no-op build ~25 ms to import.
+    from gptbatch.scan import Scanner, ScanOptions, worker_count
+
+    # The shared token-count cache, as split, tokens and plan use it: counts a plan made
+    # are not made again, and this read's new counts are kept once the sync commits.
+    options = ScanOptions(model=spec.model, endpoint=spec.endpoint, extra=_scan_facts)
+    if not stat.S_ISREG(st.st_mode) or not worker_count(options, st.st_size):
+        return None
+    return Scanner([path], options)
+
+
+def _scan_facts(req: Request, line: bytes | None) -> tuple[int, int, bytes | None]:
+    """A request's (upload bytes with newline, output bound, line digest), in a scan worker.
+
+    line is None only for a file the scanner read whole (it stopped being a regular file):
+    its rows then have no digest, and the next sync parses those lines again.
+    """
+    digest = None if line is None else line_digest(line)
+    return len(req.canonical_line()) + 1, _output_bound(req.body), digest
+
+
+def _scanned_rows(spec: Spec, scanner: Scanner, tally: dict[str, int]) -> _Rows:
+    """The rows _rows gives for an input with no earlier rows, from a parallel scan."""
+    prices = spec.prices
+    for ordinal, req in enumerate(scanner.requests()):
+        nbytes, bound, digest = req.extra
+        cost = pricing.estimate_cost(req.model or "", req.tokens, bound, prices)
+        tally["requests"] += 1
+        tally["new"] += 1
+        yield (
+            ordinal,
+            req.line,
+            req.offset,
+            req.length,
+            req.key,
+            req.custom_id,
+            req.model,
+            req.url,
+            req.tokens,
+            nbytes,
+            req.inputs,
+            cost,
+            "new",
+            digest,
+        )
 
 
 def _fields(row: RequestRow) -> tuple[Any, ...]:
