@@ -99,6 +99,7 @@ def _sync_changed(
 ) -> None:
     """Rewrite the changed inputs' rows in one transaction; raise InputError on bad input."""
     problems: list[Problem] = []
+    unshown = 0  # problems an input found past its cap of shown ones
     # Earlier rows are looked up one by one in a snapshot taken before this transaction
     # rewrites them, rather than held in memory for a whole input.
     with store.snapshot() as before, store.transaction():
@@ -131,6 +132,7 @@ def _sync_changed(
                 )
             except InputError as exc:
                 problems.extend(exc.problems)
+                unshown += exc.truncated
                 continue
             finally:
                 rows.close()  # a scan's worker processes stop here, whatever happened
@@ -149,7 +151,7 @@ def _sync_changed(
         if changed or store.get_meta("limits_checked") != limits_key:
             problems += unqueueable(spec, store, report, keep_going)
         if problems:
-            raise InputError(problems[:50], truncated=max(0, len(problems) - 50))
+            raise InputError(problems[:50], truncated=max(0, len(problems) - 50) + unshown)
         store.set_meta("limits_checked", limits_key)
 
 

@@ -81,6 +81,13 @@ SHAPE_HINT = 'each line is {"custom_id": ..., "method": "POST", "url": ..., "bod
 CASES = [
     # --- request lines ---------------------------------------------------------------------
     Case(
+        "more problems than are shown",
+        {"in.jsonl": jl(*['{"custom_id": "b",'] * 70)},
+        "in.jsonl:50: not valid JSON",
+        also="... and 20 more problems not shown",
+        spec_ok=True,
+    ),
+    Case(
         "malformed json",
         {"in.jsonl": jl(chat("ok"), '{"custom_id": "b",')},
         "in.jsonl:2: not valid JSON: Expecting property name enclosed in double quotes at "
