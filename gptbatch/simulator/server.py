@@ -412,11 +412,10 @@ class Simulator:
     def _start_worker(self) -> None:
         if self.work_ahead and self._worker is None:
             self._working.set()
-            worker = threading.Thread(
+            self._worker = threading.Thread(
                 target=self._work, name=f"gptbatch-simulator-work:{self.port}", daemon=True
             )
-            worker.start()
-            self._worker = worker  # only a started thread (a signal may land in between)
+            self._worker.start()
 
     def _work(self) -> None:
         while self._working.is_set():
@@ -428,8 +427,8 @@ class Simulator:
                 time.sleep(0.02)
 
     def _stop_worker(self) -> None:
-        self._working.clear()
         if self._worker is not None:
+            self._working.clear()
             self._worker.join()
             self._worker = None
 

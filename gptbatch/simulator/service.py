@@ -54,7 +54,6 @@ from gptbatch.simulator.validation import (
     FILE_TTL_SECONDS,
     ApiError,
     InputRequest,
-    ParsedInput,
     check_limit,
     check_metadata,
     check_output_expiry,
@@ -121,10 +120,9 @@ class _Batch:
     metadata: dict[str, str] | None
     created_at: float
     expires_at: float
-    # Reads the input file, as the service's validation does. Run on first need (admission,
-    # a queue count, work_ahead), not in batches.create: the real service answers the
-    # create at once and validates afterwards.
-    read_input: Callable[[], ParsedInput] | None
+    model: str | None
+    requests: list[InputRequest]
+    validation_errors: list[dict[str, Any]]
     output_ttl: float | None
     status: str = "validating"
     times: dict[str, float] = field(default_factory=dict)
@@ -146,27 +144,6 @@ class _Batch:
     error_lines: list[bytes] = field(default_factory=list)
     output_file_id: str | None = None
     error_file_id: str | None = None
-    parsed: ParsedInput | None = None
-
-    @property
-    def input(self) -> ParsedInput:
-        """The input file as validation reads it (read now if it was not yet)."""
-        if self.parsed is None:
-            assert self.read_input is not None
-            self.parsed, self.read_input = self.read_input(), None
-        return self.parsed
-
-    @property
-    def model(self) -> str | None:
-        return self.input.model
-
-    @property
-    def requests(self) -> list[InputRequest]:
-        return self.input.requests
-
-    @property
-    def validation_errors(self) -> list[dict[str, Any]]:
-        return self.input.errors
 
     @property
     def total_tokens(self) -> int:
@@ -199,8 +176,7 @@ class _Batch:
             "cancelled_at": stamp("cancelled_at"),
             "request_counts": {"total": total, "completed": self.completed, "failed": self.failed},
             "metadata": self.metadata,
-            # known once validation read the file (the status says so, not when it ran)
-            "model": None if self.status == "validating" else self.model,
+            "model": self.model,
             "usage": {
                 "input_tokens": self.input_tokens,
                 "input_tokens_details": {"cached_tokens": 0},
@@ -681,7 +657,7 @@ class BatchService:
 
     def _apply_batch(self, record: dict[str, Any]) -> dict[str, Any]:
         source = self._file(record["input_file_id"])
-        data, endpoint, config, counter = source.data, record["endpoint"], self.config, self.counter
+        parsed = parse_input(source.data, record["endpoint"], self.config, self.counter)
         batch = _Batch(
             id=record["id"],
             seq=self._next_seq(),
@@ -691,7 +667,9 @@ class BatchService:
             metadata=record["metadata"],
             created_at=self._t,
             expires_at=self._t + self.config.completion_window_seconds,
-            read_input=lambda: parse_input(data, endpoint, config, counter),
+            model=parsed.model,
+            requests=parsed.requests,
+            validation_errors=parsed.errors,
             output_ttl=record["output_ttl"],
         )
         self._batches[batch.id] = batch
@@ -804,7 +782,7 @@ class BatchService:
         held = [
             b
             for b in self._batches.values()
-            if b.status in holding and b is not exclude and b.model == model
+            if b.model == model and b.status in holding and b is not exclude
         ]
         return sum(b.total_tokens for b in held), sum(len(b.requests) for b in held)
 
@@ -843,17 +821,6 @@ class BatchService:
         longer. Outcomes are the same: progress is computed from anchors, however often
         anyone looks. The time reached is saved by the next call that shows it.
         """
-        with self._lock:
-            unread = next((b for b in self._batches.values() if b.parsed is None), None)
-            read = unread.read_input if unread is not None else None
-        if unread is not None and read is not None:
-            # Validate a new batch's input while nobody waits for it, outside the lock (the
-            # file's bytes never change): an upload meanwhile does not wait for it.
-            parsed = read()
-            with self._lock:
-                if unread.parsed is None:  # else a call needed it first and read the same
-                    unread.parsed, unread.read_input = parsed, None
-            return True
         with self._lock:
             now = self.clock.now()
             if now <= self._t:
