@@ -412,10 +412,11 @@ class Simulator:
     def _start_worker(self) -> None:
         if self.work_ahead and self._worker is None:
             self._working.set()
-            self._worker = threading.Thread(
+            worker = threading.Thread(
                 target=self._work, name=f"gptbatch-simulator-work:{self.port}", daemon=True
             )
-            self._worker.start()
+            worker.start()
+            self._worker = worker  # only a started thread (a signal may land in between)
 
     def _work(self) -> None:
         while self._working.is_set():
@@ -427,8 +428,8 @@ class Simulator:
                 time.sleep(0.02)
 
     def _stop_worker(self) -> None:
+        self._working.clear()
         if self._worker is not None:
-            self._working.clear()
             self._worker.join()
             self._worker = None
 
