@@ -387,8 +387,10 @@ class Outcomes:
         self.known[key] = (state, attempts)
         self.rows.append((key, state, attempts, line, error, self.batch_id))
         if state == "ok" and line is not None:
-            spent = obj is None and usage.line_usage(line, self.prices)
-            self.spent += spent or usage.result_usage(obj, self.prices)
+            if obj is None:
+                self.spent += usage.line_usage(line, self.prices)
+            else:
+                self.spent += usage.result_usage(obj, self.prices)
         if len(self.rows) >= self.CHUNK:
             self.flush()
         return state
