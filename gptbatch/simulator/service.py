@@ -67,8 +67,6 @@ ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 EPS = 1e-9
-_ALNUM = BASE62
-_HEX = HEX
 
 FAIL_MESSAGE = "The batch failed because of a simulated server error."
 EXPIRED_ERROR = {
@@ -362,7 +360,7 @@ class BatchService:
 
     # --- ids, time -------------------------------------------------------------------
 
-    def _new_id(self, prefix: str, length: int, alphabet: str = _ALNUM) -> str:
+    def _new_id(self, prefix: str, length: int, alphabet: str = BASE62) -> str:
         """A fresh random id no file or batch has: ids never repeat across simulator runs."""
         while True:
             candidate = prefix + base_digits(self._entropy(32), length, alphabet)
@@ -646,7 +644,7 @@ class BatchService:
             record = {
                 "op": "batch",
                 "at": self._t,
-                "id": self._new_id("batch_", 32, _HEX),
+                "id": self._new_id("batch_", 32, HEX),
                 "input_file_id": file_id,
                 "endpoint": endpoint,
                 "completion_window": window,
@@ -1020,7 +1018,7 @@ class BatchService:
         validating = batch.status == "validating"
         for index in range(len(batch.requests)) if validating else batch.order[batch.done :]:
             line = {
-                "id": self._derived_id("batch_req_", 32, _HEX, batch.id, "line", index),
+                "id": self._derived_id("batch_req_", 32, HEX, batch.id, "line", index),
                 "custom_id": batch.requests[index].custom_id,
                 "response": None,
                 "error": dict(EXPIRED_ERROR),
@@ -1040,7 +1038,7 @@ class BatchService:
             file_id = next(  # derived from the batch, so a replay finds the same id
                 candidate
                 for n in itertools.count()
-                if (candidate := self._derived_id("file-", 22, _ALNUM, batch.id, name, n))
+                if (candidate := self._derived_id("file-", 22, BASE62, batch.id, name, n))
                 not in self._files
             )
             data = b"".join(lines)
@@ -1073,8 +1071,8 @@ class BatchService:
         request = batch.requests[index]
         batch.done += 1
         self._unsaved = True
-        line_id = self._derived_id("batch_req_", 32, _HEX, batch.id, "line", index)
-        request_id = self._derived_id("", 32, _HEX, batch.id, "request", index)
+        line_id = self._derived_id("batch_req_", 32, HEX, batch.id, "line", index)
+        request_id = self._derived_id("", 32, HEX, batch.id, "request", index)
         fault = self._request_fault(request)
         if fault is not None:
             response = {
