@@ -72,8 +72,12 @@ def test_deleting_the_state_dir_mid_build_keeps_the_lock_and_bills_once(
     first = start_build(project)
     try:
         assert wait_until(lambda: creates(sim) >= 1, timeout=30)
+        # Frozen, the first build still holds its locks but cannot notice the deletion and
+        # exit before the second one starts (which would rightly free the lock).
+        os.kill(first.pid, signal.SIGSTOP)
         shutil.rmtree(project.out / ".gptbatch")
         second = project.build_process()
+        os.kill(first.pid, signal.SIGCONT)
         assert second.returncode == EXIT_LOCKED, second.stderr
         assert "holds the lock" in second.stderr and "pid" in second.stderr
         _, err = first.communicate(timeout=60)
@@ -104,7 +108,9 @@ def test_two_state_dirs_on_one_output_dir_never_run_together(
     )
     try:
         assert wait_until(lambda: creates(sim) >= 1, timeout=30)
+        os.kill(first.pid, signal.SIGSTOP)  # alive and locked, however slow the machine
         second = project.build_process(env={"GPTBATCH_STATE_DIR": str(tmp_path / "stB")})
+        os.kill(first.pid, signal.SIGCONT)
         assert second.returncode == EXIT_LOCKED, second.stderr
         assert "holds the lock" in second.stderr
         first.communicate(timeout=90)
