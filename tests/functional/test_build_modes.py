@@ -21,8 +21,9 @@ from buildkit import (
 
 from gptbatch.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_PENDING
 
-# Batches sit in `validating` for 1 real second: long enough to act while one is in flight.
-SLOW_VALIDATION = 100.0
+# Batches sit in `validating` until the test moves the simulator's clock past HOLD (400 real
+# seconds otherwise, inside the 24 h window): a loaded machine cannot finish them early.
+HOLD = 40_000.0
 
 
 def ids(rows: list[dict]) -> list[str]:
@@ -62,7 +63,7 @@ def test_no_wait_submits_then_collects_then_does_nothing(tmp_path: Path, simulat
 def test_second_build_while_first_waits_is_locked_out(
     tmp_path: Path, simulator_factory, capsys
 ) -> None:
-    sim = simulator_factory(validating_seconds=SLOW_VALIDATION)
+    sim = simulator_factory(validating_seconds=HOLD)
     reqs = [chat(f"r{i}") for i in range(8)]
     project = make_project(tmp_path, {"requests.jsonl": reqs})
     first = start_build(project)
@@ -71,6 +72,7 @@ def test_second_build_while_first_waits_is_locked_out(
         assert project.build() == EXIT_LOCKED
         err = capsys.readouterr().err
         assert "lock" in err and str(project.out) in err
+        sim.clock.advance(HOLD)
         assert first.wait(timeout=20) == EXIT_OK, first.stderr.read() if first.stderr else ""
     finally:
         if first.poll() is None:
@@ -83,7 +85,7 @@ def test_second_build_while_first_waits_is_locked_out(
 
 @pytest.mark.timeout(60)
 def test_two_builds_started_together(tmp_path: Path, simulator_factory) -> None:
-    sim = simulator_factory(validating_seconds=SLOW_VALIDATION)
+    sim = simulator_factory(validating_seconds=HOLD)
     reqs = [chat(f"r{i}") for i in range(8)]
     project = make_project(tmp_path, {"requests.jsonl": reqs})
     results: list = [None, None]
@@ -96,6 +98,9 @@ def test_two_builds_started_together(tmp_path: Path, simulator_factory) -> None:
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
+    # The winner waits on its held batch; release it once the loser has given up.
+    assert wait_until(lambda: results.count(None) == 1 and in_flight(sim), timeout=30)
+    sim.clock.advance(HOLD)
     for t in threads:
         t.join()
     codes = sorted(r.returncode for r in results)
@@ -111,7 +116,7 @@ def test_two_builds_started_together(tmp_path: Path, simulator_factory) -> None:
 def test_interrupt_stops_promptly_and_rerun_adopts_the_batch(
     tmp_path: Path, simulator_factory, signum: int
 ) -> None:
-    sim = simulator_factory(validating_seconds=SLOW_VALIDATION)
+    sim = simulator_factory(validating_seconds=HOLD)
     reqs = [chat(f"r{i}") for i in range(8)]
     project = make_project(tmp_path, {"requests.jsonl": reqs})
     proc = start_build(project)
@@ -130,11 +135,11 @@ def test_interrupt_stops_promptly_and_rerun_adopts_the_batch(
     assert code == EXIT_INTERRUPTED, err
     assert took < 10
     assert "interrupted" in err
-    # The batch keeps running at the API: nothing cancelled it (it may have finished already
-    # on a loaded machine, so its status alone proves nothing).
+    # The batch keeps running at the API: nothing cancelled it.
     assert not any(c.path.endswith("/cancel") for c in sim.journal.calls)
-    assert all(b["status"] not in ("cancelling", "cancelled") for b in sim.service.batches())
+    assert [b["status"] for b in sim.service.batches()] == ["validating"]
 
+    sim.clock.advance(HOLD)
     assert project.build() == EXIT_OK
     assert creates(sim) == batch_count(sim) == 1
     assert sorted(billed_ids(sim)) == sorted(ids(reqs))
