@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,11 @@ import pytest
 from gptbatch.simulator import SimConfig, Simulator
 
 SIMULATOR_API_KEY = "sk-simulator-test"
+
+# A shell without job control starts `pytest &` with SIGINT ignored, and the processes the
+# tests Ctrl-C would inherit that and never see it. Handled here, it is reset in children.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
