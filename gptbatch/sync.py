@@ -22,7 +22,7 @@ from gptbatch.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_
 from gptbatch.scheduler import Budget
 from gptbatch.shards import embedding_inputs
 from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
-from gptbatch.store import PreviousRows, RequestRow, Store
+from gptbatch.store import Kept, PreviousRows, RequestRow, Store
 
 if TYPE_CHECKING:
     from gptbatch.scan import Scanner
@@ -218,7 +218,10 @@ def _rows(
             validator.seen[old.custom_id] = number  # file 0 of this validator
             if group[0] is None:
                 group[0], group[1] = old.url, number
-            row = (ordinal, number, offset, length, *_fields(old), digest)
+            if old.ordinal == ordinal:  # the earlier row, maybe moved: kept without reading
+                row = Kept(number - old.line, offset - old.offset)
+            else:
+                row = (ordinal, number, offset, length, *_fields(old), digest)
         else:
             req = validator.read_line(0, number, offset, content, length, group)
             if req is None:

@@ -14,6 +14,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gptbatch import store as store_module
 from gptbatch import sync
 from gptbatch.errors import InputError
 from gptbatch.report import NullReporter
@@ -71,6 +72,24 @@ def _expected(spec: Spec, path: Path, before: list[tuple[Any, ...]]) -> list[tup
 @settings(max_examples=60, deadline=None)
 @given(versions=st.lists(VERSION, min_size=1, max_size=5))
 def test_a_sync_leaves_the_rows_a_full_read_gives(versions: list[Any]) -> None:
+    _check_versions(versions)
+
+
+@settings(max_examples=40, deadline=None)
+@given(versions=st.lists(VERSION, min_size=1, max_size=5))
+def test_reading_earlier_rows_afresh_after_every_skip_changes_nothing(
+    versions: list[Any],
+) -> None:
+    """The earlier rows read again from each ordinal asked for: the same rows result."""
+    skip = store_module._RowsAt.SKIP
+    store_module._RowsAt.SKIP = 0
+    try:
+        _check_versions(versions)
+    finally:
+        store_module._RowsAt.SKIP = skip
+
+
+def _check_versions(versions: list[Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "batch.yaml").write_text(
@@ -130,6 +149,67 @@ def test_an_edit_rewrites_one_row_and_shifts_the_rest(tmp_path: Path) -> None:
         ), written
         assert any(s.startswith("UPDATE") and "BETWEEN 11 AND 19" in s for s in written)
         assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
+    finally:
+        store.close()
+
+
+def test_rows_moved_by_a_longer_line_leave_the_cached_answers_valid(tmp_path: Path) -> None:
+    """The rows after a longer line only move: the requests counter (which keys cached
+    answers) counts the edit the same whether 0 or 18 rows moved after it."""
+    (tmp_path / "batch.yaml").write_text(
+        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
+    )
+    lines = [_chat(f"c{i}", "text") for i in range(20)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    spec = load_spec(tmp_path / "batch.yaml")
+    store = Store(tmp_path / "state")
+    bumps = []
+    try:
+        for edited in (None, 19, 1):
+            if edited is not None:
+                lines[edited] = _chat(f"c{edited}", "a longer text than before")
+            (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+            before = store.version()
+            sync_inputs(spec, store, NullReporter())
+            bumps.append(store.version()[0] - before[0])  # counters by name: requests first
+        assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
+        assert bumps[0] >= 20 and bumps[1] == bumps[2] > 0, bumps
+    finally:
+        store.close()
+
+
+def test_edits_far_apart_read_few_earlier_rows(tmp_path: Path) -> None:
+    """Two edits and a deletion in 12,000 lines: the rows a full read gives, and the earlier
+    rows read only around the changes (unchanged or moved lines are kept unread)."""
+    (tmp_path / "batch.yaml").write_text(
+        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
+    )
+    lines = [_chat(f"c{i}", "text") for i in range(12_000)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    spec = load_spec(tmp_path / "batch.yaml")
+    store = Store(tmp_path / "state")
+    read: list[int] = []
+    real_stream = store_module._stream
+
+    def counting(cursor: Any, size: int = 1024) -> Any:
+        for row in real_stream(cursor, size):
+            read.append(1)
+            yield row
+
+    try:
+        sync_inputs(spec, store, NullReporter())
+        lines[100] = _chat("c100", "edited, and longer")  # moves every line after it
+        lines[6_000] = _chat("c6000", "edited too")
+        del lines[11_500]  # every row after it changes ordinal: those are read
+        (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+        store_module._stream = counting
+        try:
+            sync_inputs(spec, store, NullReporter())
+        finally:
+            store_module._stream = real_stream
+        assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
+        walked = 12_000  # the walk beside the new lines reads every earlier row once
+        assert walked + 499 <= len(read) < walked + 499 + 3 * 1024, len(read)
     finally:
         store.close()
 
