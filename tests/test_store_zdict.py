@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from gptbatch.errors import StateError
 from gptbatch.store import Store
 
-LINES = st.lists(st.text(min_size=0, max_size=300), min_size=1, max_size=6)
+# Short lines, and long ones (up to 20,000 characters) that outgrow the compression window.
+LINE = st.one_of(
+    st.text(min_size=0, max_size=300),
+    st.builds(lambda s, n: s * n, st.text(min_size=1, max_size=50), st.integers(100, 400)),
+)
+LINES = st.lists(LINE, min_size=1, max_size=6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -68,5 +73,26 @@ def test_plain_zlib_rows_still_read_and_a_lost_dictionary_is_a_state_error(tmp_p
         store._zdicts.clear()
         with pytest.raises(StateError, match="compression dictionary"):
             store.result("d")
+    finally:
+        store.close()
+
+
+def test_rows_packed_with_zlibs_default_window_still_read(tmp_path: Path) -> None:
+    """Lines stored before the 8 KiB window (32 KiB, memory level 8), and against a
+    dictionary longer than the window, read back; new lines against it too."""
+    store = Store(tmp_path)
+    dictionary = json.dumps({"pad": "x y z " * 4000}).encode()  # ~24 KB
+    old_line = json.dumps({"custom_id": "old", "pad": "x y z " * 3000})
+    packer = zlib.compressobj(1, zdict=dictionary)
+    old = packer.compress(old_line.encode()) + packer.flush()
+    try:
+        with store.transaction():
+            store.set_meta("zdict", dictionary.decode())
+            store.db.execute(
+                "INSERT INTO results(key, state, attempts, zline) VALUES ('o', 'ok', 1, ?)", (old,)
+            )
+            store.write_results([("n", "ok", 1, old_line.replace("old", "new"), None, "b")])
+        assert store.result("o").line == old_line  # type: ignore[union-attr]
+        assert store.result("n").line == old_line.replace("old", "new")  # type: ignore[union-attr]
     finally:
         store.close()
