@@ -9,7 +9,6 @@ retrieved on its own. A batch that stays in `finalizing` for long is reported, n
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from gptbatch import usage
 from gptbatch.crash import crashpoint
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
 from gptbatch.eta import Forecast
+from gptbatch.fastjson import loads_reply
 from gptbatch.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.report import Reporter
 from gptbatch.scheduler import Scheduler
@@ -235,7 +235,7 @@ class Collector:
                         if not raw.strip():
                             continue
                         text = raw.decode("utf-8").rstrip("\r\n")
-                        obj = json.loads(text)
+                        obj = loads_reply(text)
                         key = keys.get(str(obj.get("custom_id")))
                         if key is None or key in seen:
                             continue

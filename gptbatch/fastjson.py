@@ -96,3 +96,17 @@ def fast_decoder(decode: Callable[[str], Any]) -> Callable[[str], Any]:
         return decode(text) if _maybe_big_int(value) else value
 
     return fast_decode
+
+
+def loads_reply(text: str) -> Any:
+    """Parse a line the API sent: orjson, or json for what orjson rejects (json's errors).
+
+    Not for content keys: an integer beyond 64 bits may come back a float, which no field
+    read from a reply (custom_id, status, error code, usage) ever is.
+    """
+    if orjson is not None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)

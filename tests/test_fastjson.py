@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptbatch.canonical import canonical_json
-from gptbatch.fastjson import canonical_dumps, fast_decoder
+from gptbatch.fastjson import canonical_dumps, fast_decoder, loads_reply
 
 REFERENCE = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -149,3 +149,34 @@ def test_values_json_refuses_are_refused_alike() -> None:
     circular.append(circular)
     for value in (math.nan, math.inf, {1: "int key"}, {"s": {1, 2}}, circular, "\udc80", (1, 2)):
         assert outcome(canonical_dumps, value) == outcome(reference, value)
+
+
+def _within_64_bits(doc: Any) -> bool:
+    if isinstance(doc, dict):
+        return all(_within_64_bits(v) for v in doc.values())
+    if isinstance(doc, list):
+        return all(_within_64_bits(v) for v in doc)
+    return not isinstance(doc, int) or isinstance(doc, bool) or -(2**63) <= doc < 2**64
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(documents)
+def test_reply_lines_parse_as_json_does_up_to_64_bit_integers(doc: Any) -> None:
+    text = json.dumps(doc)
+    got, expected = outcome(loads_reply, text), outcome(json.loads, text)
+    if _within_64_bits(doc):
+        assert got == expected
+    else:  # parsed all the same, the big integer maybe as a float
+        assert got[0] == expected[0] == "ok"
+
+
+@settings(max_examples=200)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list('{}[]",:0123456789.eE-+ \t\n\\u"abnrtf\x01N')), max_size=30
+    )
+)
+def test_junk_reply_lines_are_rejected_as_json_rejects_them(text: str) -> None:
+    expected = outcome(json.loads, text)
+    if expected[0] == "error":
+        assert outcome(loads_reply, text) == expected
