@@ -10,13 +10,17 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbatch.store import MIGRATIONS, Store
+from gptbatch.store import MIGRATIONS, ResultRow, Store
 
 KEYS = [f"k{i}" for i in range(6)]
 
 OP = st.one_of(
     st.tuples(st.just("sync"), st.lists(st.sampled_from(KEYS), max_size=6)),
     st.tuples(st.just("write"), st.sampled_from(KEYS), st.sampled_from(["ok", "failed", "retry"])),
+    st.tuples(
+        st.just("write many"),
+        st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(["ok", "retry"])), max_size=4),
+    ),
     st.tuples(st.just("record"), st.sampled_from(KEYS), st.sampled_from(["ok", "failed", "retry"])),
     st.tuples(st.just("reset"), st.booleans()),
     st.tuples(st.just("gc"), st.lists(st.sampled_from(KEYS), max_size=3)),
@@ -61,6 +65,13 @@ def _apply(store: Store, op: tuple[Any, ...]) -> None:
     with store.transaction():
         if kind == "write":
             store.write_results([(op[1], op[2], 1, "line", None, "b")])
+        elif kind == "write many":  # a key may come twice: the later row stands
+            store.write_results(
+                [(k, state, 1, f"line {i}", None, "b") for i, (k, state) in enumerate(op[1])]
+            )
+            for i, (k, state) in enumerate(op[1]):
+                if all(k != later for later, _ in op[1][i + 1 :]):
+                    assert store.result(k) == ResultRow(k, state, 1, f"line {i}", None, "b")
         elif kind == "record":
             store.record_result(op[1], state=op[2], line="line")
         elif kind == "reset":
@@ -130,5 +141,24 @@ def test_a_state_from_before_m004_gets_its_outcomes(tmp_path: Path) -> None:
             0,
         ]
         assert store.counts() == {"total": 4, "ok": 1, "failed": 1, "in_shards": 0, "pending": 2}
+    finally:
+        store.close()
+
+
+def test_a_replaced_result_is_written_after_every_other_row(tmp_path: Path) -> None:
+    """A retry's row replaced by its outcome gets a rowid past all others (usage is
+    accounted by rowid), as REPLACE gave it, even when it was the last row."""
+    store = Store(tmp_path)
+    try:
+        with store.transaction():
+            store.write_results([("a", "ok", 1, "l", None, "b"), ("r", "retry", 1, None, "e", "b")])
+        last = store.last_result_rowid()
+        with store.transaction():
+            store.write_results(
+                [("r", "ok", 2, "done", None, "b2"), ("n", "ok", 1, "n", None, "b2")]
+            )
+        rowids = dict(store.db.execute("SELECT key, rowid FROM results"))
+        assert rowids["r"] > last and rowids["n"] > last and rowids["a"] <= last
+        assert [line for _, line in store.ok_lines_after(last)] in (["done", "n"], ["n", "done"])
     finally:
         store.close()
