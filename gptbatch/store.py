@@ -635,16 +635,17 @@ class Store:
         return out
 
     def duplicate_custom_ids(
-        self, paths: Iterable[str] | None = None
-    ) -> list[tuple[str, str, int, str, int]]:
-        """(custom_id, path_a, line_a, path_b, line_b) for custom_ids used in two inputs.
+        self, paths: Iterable[str] | None = None, *, limit: int = 50
+    ) -> tuple[list[tuple[str, str, int, str, int]], int]:
+        """(custom_id, path_a, line_a, path_b, line_b) for custom_ids used in two inputs, the
+        first `limit` of them in order, and how many there are in all.
 
         One input's own duplicates are found as it is read. With paths, only pairs with a
         request of those inputs (the ones just read): the others were checked when their
         inputs were read.
         """
         if len(self.input_paths()) < 2:
-            return []
+            return [], 0
         if paths is None:
             paths = self.input_paths()
         pairs: set[tuple[str, str, int, int, str, int, int]] = set()
@@ -658,7 +659,8 @@ class Store:
             for cid, pa, oa, la, pb, ob, lb in cur:
                 first, second = sorted([(pa, oa, la), (pb, ob, lb)])
                 pairs.add((cid, *first, *second))
-        return [(c, pa, la, pb, lb) for c, pa, _, la, pb, _, lb in sorted(pairs)[:50]]
+        first = [(c, pa, la, pb, lb) for c, pa, _, la, pb, _, lb in sorted(pairs)[:limit]]
+        return first, len(pairs)
 
     def models(self) -> list[str | None]:
         """The models current requests use."""

@@ -137,7 +137,8 @@ def _sync_changed(
             finally:
                 rows.close()  # a scan's worker processes stop here, whatever happened
             report.event("input", path=str(path), state="read", **tally)
-        duplicates = store.duplicate_custom_ids(str(p) for p, _, _ in changed)
+        duplicates, found = store.duplicate_custom_ids(str(p) for p, _, _ in changed)
+        unshown += found - len(duplicates)
         for cid, pa, la, pb, lb in duplicates:
             problems.append(
                 Problem(

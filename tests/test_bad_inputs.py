@@ -229,6 +229,17 @@ CASES = [
         spec_ok=True,
     ),
     Case(
+        "more duplicates across files than are shown",
+        {
+            "a.jsonl": jl(*(chat(f"c{i}") for i in range(60))),
+            "b.jsonl": jl(*(chat(f"c{i}") for i in range(60))),
+        },
+        "b.jsonl:1: duplicate custom_id 'c0' (first seen at ",
+        also="... and 10 more problems not shown",
+        config="inputs: [a.jsonl, b.jsonl]\n",
+        spec_ok=True,
+    ),
+    Case(
         "number out of range",
         {"in.jsonl": GOOD + jl(json.dumps(chat("b")).replace('"Hi"', "1e400"))},
         "in.jsonl:2: number out of range (e.g. 1e400): JSON numbers must be finite",
