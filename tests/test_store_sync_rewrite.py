@@ -120,15 +120,19 @@ def _check_versions(versions: list[Any]) -> None:
             store.close()
 
 
-def test_an_edit_rewrites_one_row_and_shifts_the_rest(tmp_path: Path) -> None:
-    """A longer line in the middle: one row written, the rows after it moved by one UPDATE."""
+def _project(tmp_path: Path, lines: list[str]) -> tuple[Spec, Store]:
+    """A project of one input holding lines, and its store."""
     (tmp_path / "batch.yaml").write_text(
         yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
     )
-    lines = [_chat(f"c{i}", "text") for i in range(20)]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    spec = load_spec(tmp_path / "batch.yaml")
-    store = Store(tmp_path / "state")
+    return load_spec(tmp_path / "batch.yaml"), Store(tmp_path / "state")
+
+
+def test_an_edit_rewrites_one_row_and_shifts_the_rest(tmp_path: Path) -> None:
+    """A longer line in the middle: one row written, the rows after it moved by one UPDATE."""
+    lines = [_chat(f"c{i}", "text") for i in range(20)]
+    spec, store = _project(tmp_path, lines)
     try:
         sync_inputs(spec, store, NullReporter())
         lines[10] = _chat("c10", "a longer text than before")
@@ -156,13 +160,8 @@ def test_an_edit_rewrites_one_row_and_shifts_the_rest(tmp_path: Path) -> None:
 def test_rows_moved_by_a_longer_line_leave_the_cached_answers_valid(tmp_path: Path) -> None:
     """The rows after a longer line only move: the requests counter (which keys cached
     answers) counts the edit the same whether 0 or 18 rows moved after it."""
-    (tmp_path / "batch.yaml").write_text(
-        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
-    )
     lines = [_chat(f"c{i}", "text") for i in range(20)]
-    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    spec = load_spec(tmp_path / "batch.yaml")
-    store = Store(tmp_path / "state")
+    spec, store = _project(tmp_path, lines)
     bumps = []
     try:
         for edited in (None, 19, 1):
@@ -181,13 +180,8 @@ def test_rows_moved_by_a_longer_line_leave_the_cached_answers_valid(tmp_path: Pa
 def test_edits_far_apart_read_few_earlier_rows(tmp_path: Path) -> None:
     """Two edits and a deletion in 12,000 lines: the rows a full read gives, and the earlier
     rows read only around the changes (unchanged or moved lines are kept unread)."""
-    (tmp_path / "batch.yaml").write_text(
-        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
-    )
     lines = [_chat(f"c{i}", "text") for i in range(12_000)]
-    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    spec = load_spec(tmp_path / "batch.yaml")
-    store = Store(tmp_path / "state")
+    spec, store = _project(tmp_path, lines)
     read: list[int] = []
     real_stream = store_module._stream
 
