@@ -273,22 +273,7 @@ def _scanned_rows(spec: Spec, scanner: Scanner, tally: dict[str, int]) -> _Rows:
         cost = pricing.estimate_cost(req.model or "", req.tokens, bound, prices)
         tally["requests"] += 1
         tally["new"] += 1
-        yield (
-            ordinal,
-            req.line,
-            req.offset,
-            req.length,
-            req.key,
-            req.custom_id,
-            req.model,
-            req.url,
-            req.tokens,
-            nbytes,
-            req.inputs,
-            cost,
-            "new",
-            digest,
-        )
+        yield (*_row(ordinal, req, req.tokens, nbytes, req.inputs, cost, "new"), digest)
 
 
 def _fields(row: RequestRow) -> tuple[Any, ...]:
@@ -343,6 +328,19 @@ def _request_row(
         reason = "new" if previous is None else "config changed" if config_changed else "changed"
     # Cheap, and always from the current prices, so a price change in batch.yaml applies.
     cost = pricing.estimate_cost(req.model or "", tokens_, _output_bound(req.body), spec.prices)
+    return _row(ordinal, req, tokens_, nbytes, inputs, cost, reason)
+
+
+def _row(
+    ordinal: int,
+    req: Request,
+    tokens_: int,
+    nbytes: int,
+    inputs: int,
+    cost: float | None,
+    reason: str,
+) -> tuple[Any, ...]:
+    """A request's row in RequestRow order, from ordinal to reason (no path, no digest)."""
     return (
         ordinal,
         req.line,
