@@ -644,10 +644,11 @@ class Store:
         request of those inputs (the ones just read): the others were checked when their
         inputs were read.
         """
-        if len(self.input_paths()) < 2:
+        inputs = self.input_paths()
+        if len(inputs) < 2:
             return [], 0
         if paths is None:
-            paths = self.input_paths()
+            paths = inputs
         pairs: set[tuple[str, str, int, int, str, int, int]] = set()
         for path in paths:
             cur = self.db.execute(
@@ -908,7 +909,7 @@ class Store:
     def write_results(
         self, rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]]
     ) -> None:
-        """Write (key, state, attempts, line, error, batch_id) rows in one statement.
+        """Write (key, state, attempts, line, error, batch_id) rows, a statement per kind.
 
         The caller has checked that none of these keys holds a final result; a key's earlier
         row (a retry) is replaced.
@@ -916,7 +917,7 @@ class Store:
         now = time.time()
         rows = list(rows)
         zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
-        earlier = set(self._result_keys([r[0] for r in rows]))
+        earlier = set(self.result_states(r[0] for r in rows))
         sql = (
             "INTO results(key, state, attempts, line, zline, error, batch_id, updated_at,"
             " version) VALUES (?, ?, ?, NULL, ?, ?, ?, ?,"
@@ -935,18 +936,6 @@ class Store:
                 f"{verb} {sql}",
                 ((k, st, n, pack_line(ln, zdict), err, b, now) for k, st, n, ln, err, b in batch),
             )
-
-    def _result_keys(self, keys: list[str]) -> list[str]:
-        """Those of keys that have a result row."""
-        found = []
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            found += [
-                r[0]
-                for r in self.db.execute(f"SELECT key FROM results WHERE key IN ({marks})", chunk)
-            ]
-        return found
 
     def _dictionary(self, sample: str | None) -> bytes | None:
         """The preset dictionary to compress result lines with; the first sample becomes it.
