@@ -209,11 +209,19 @@ class Builder:
         )
         remove_final_shard_files(self.store)
         sync_inputs(self.spec, self.store, self.report, keep_going=self.keep_going)
+        # -B / --retry-failed reset nothing: this run's resend set names what it sends again,
+        # and each old result stays the output until its replacement arrives. A run that
+        # stops early (spend cap, Ctrl-C, --no-wait) leaves the rest up to date, so the next
+        # plain build starts an empty set and drops what a forced run packed but never sent.
+        with self.store.transaction():
+            reset = self.store.begin_resend(
+                [str(p) for p in self.spec.inputs] if force or retry_failed else None,
+                only_failed=not force,
+            )
+            dropped = self.store.drop_unneeded_shards()
+        for sid in dropped:
+            self.report.event("dropped", shard=sid[:12], reason="results up to date")
         if force or retry_failed:
-            with self.store.transaction():
-                reset = self.store.reset_results(
-                    [str(p) for p in self.spec.inputs], only_failed=not force
-                )
             self.report.event("reset", requests=reset, force=force, retry_failed=retry_failed)
         counts = self.store.counts()
         # Models named in the config or in shards: a cheap list (every request's model would
@@ -226,7 +234,7 @@ class Builder:
             total=counts["total"],
             ok=counts["ok"],
             failed=counts["failed"],
-            pending=counts["total"] - counts["ok"] - counts["failed"],
+            pending=counts["total"] - counts["ok"] - counts["failed"] + self.store.resend_left(),
             budgets={m: self.budget.working(m) for m in sorted(models)},
         )
         try:
@@ -295,7 +303,9 @@ class Builder:
         self.summary.total = counts["total"]
         self.summary.ok = counts["ok"]
         self.summary.failed = counts["failed"]
-        self.summary.pending = counts["total"] - counts["ok"] - counts["failed"]
+        # Requests -B has yet to replace are not done: the run did not finish its work.
+        left = self.store.resend_left()
+        self.summary.pending = counts["total"] - counts["ok"] - counts["failed"] + left
         unpriced = self.store.committed_unpriced()
         self.summary.cost_committed = None if unpriced else self.store.committed_cost()
         self.report.event("summary", **self.summary_fields())
