@@ -801,6 +801,15 @@ class Store:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    def output_stat(self, output: str) -> str | None:
+        """The stat recorded when an output (or errors) file was last written (no entries)."""
+        row = self.db.execute("SELECT stat FROM output_index WHERE output=?", (output,)).fetchone()
+        return row[0] if row else None
+
+    def set_output_stat(self, output: str, stat: str) -> None:
+        """Record a new stat for an output file whose content did not change."""
+        self.db.execute("UPDATE output_index SET stat=? WHERE output=?", (stat, output))
+
     def set_output_index(self, output: str, stat: str, entries: bytes) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO output_index(output, stat, entries) VALUES (?, ?, ?)",
