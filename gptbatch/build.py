@@ -235,8 +235,10 @@ class Builder:
                 only_failed=not force,
             )
             dropped = self.store.drop_unneeded_shards()
-        for sid in dropped:
-            self.report.event("dropped", shard=sid[:12], reason="results up to date")
+        for sid, why in dropped:
+            self.report.event("dropped", shard=sid[:12], reason=why)
+        if dropped:
+            self.scheduler.dirty = True
         if force or retry_failed:
             self.report.event("reset", requests=reset, force=force, retry_failed=retry_failed)
         counts = self.store.counts()

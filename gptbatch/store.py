@@ -1114,26 +1114,41 @@ class Store:
             paths,
         ).rowcount
 
-    def drop_unneeded_shards(self) -> list[str]:
-        """Drop unsent shards holding a request whose final result nothing asks to replace
-        (packed by a forced run that stopped early); return their ids.
+    def drop_unneeded_shards(self) -> list[tuple[str, str]]:
+        """Drop unsent shards this run must not send; return (id, why) of each.
 
-        Their other requests are packed again; nothing of a dropped shard reached the API.
+        Those holding a request whose final result nothing asks to replace (packed by a
+        forced run that stopped early), and in a subset build those holding a request of
+        another input. Their other requests are packed again; nothing of a dropped shard
+        reached the API.
         """
-        shards = [
-            r[0]
+        scope, params = self._scope_sql()
+        unsent = "h.state IN ('ready', 'uploading', 'uploaded', 'waiting')"
+        found = [
+            (r[0], "results up to date")
             for r in self.db.execute(
-                "SELECT h.id FROM shards h WHERE h.state IN"
-                " ('ready', 'uploading', 'uploaded', 'waiting')"
+                f"SELECT h.id FROM shards h WHERE {unsent}"
                 " AND EXISTS (SELECT 1 FROM members m JOIN results s ON s.key=m.key"
                 "   WHERE m.shard=h.id AND s.state IN ('ok', 'failed')"
                 "   AND NOT EXISTS (SELECT 1 FROM resend f WHERE f.key=m.key))"
                 " ORDER BY h.created_at, h.id"
             )
         ]
-        for sid in shards:
-            self.update_shard(sid, state="dropped", note="results up to date: not sent again")
-        return shards
+        if scope:
+            found += [
+                (r[0], "holds requests of inputs this subset build leaves alone")
+                for r in self.db.execute(
+                    f"SELECT h.id FROM shards h WHERE {unsent}"
+                    " AND EXISTS (SELECT 1 FROM members m WHERE m.shard=h.id"
+                    f"   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.key=m.key{scope}))"
+                    " ORDER BY h.created_at, h.id",
+                    params,
+                )
+                if r[0] not in {sid for sid, _ in found}
+            ]
+        for sid, why in found:
+            self.update_shard(sid, state="dropped", note=f"not sent: {why}")
+        return found
 
     def resend_shard(self, shard_id: str) -> bool:
         """Was this shard packed with keys sent again (-B)? Its outcomes replace results."""

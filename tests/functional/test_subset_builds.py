@@ -75,3 +75,16 @@ def test_a_target_relative_to_the_config_is_accepted(
     assert main(["build", str(project.config), "inputs/b.jsonl"]) == EXIT_OK
     assert sorted(billed_ids(simulator)) == sorted(f"b{i}" for i in range(30))
     assert (project.out / "b.jsonl").exists() and not (project.out / "a.jsonl").exists()
+
+
+def test_a_subset_build_leaves_shards_of_other_inputs_unsent(tmp_path: Path, simulator) -> None:
+    project = two_inputs(tmp_path)
+    assert project.build("--max-cost", "0.0000001") == EXIT_PENDING  # packed, nothing sent
+    assert creates(simulator) == 0
+    assert project.build(str(project.input("a.jsonl"))) == EXIT_OK
+    assert sorted(billed_ids(simulator)) == sorted(f"a{i}" for i in range(30))
+    assert project.cli("status") == EXIT_PENDING  # b's requests are still to build
+    assert project.build() == EXIT_OK
+    assert sorted(billed_ids(simulator)) == sorted(
+        [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)]
+    )
