@@ -921,7 +921,13 @@ class Store:
 
     def outputs_fingerprint(self) -> str:
         """Changes whenever anything the output files are made of changes."""
-        results = [r[0] for r in self.db.execute("SELECT value FROM counters ORDER BY name")]
+        # what a build sends again (resend) is in no output until its result is
+        results = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT value FROM counters WHERE name<>'resend' ORDER BY name"
+            )
+        ]
         inputs = list(self.db.execute("SELECT path, sha256, defaults FROM inputs ORDER BY path"))
         return json.dumps([list(results), inputs])
 
