@@ -10,10 +10,11 @@ The steps live in their own modules; this one only ties them together:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,18 @@ def run_build(
     keep_going: bool = False,
     force: bool = False,
     retry_failed: bool = False,
+    only: Sequence[Path] | None = None,
 ) -> BuildSummary:
     """Lock the output directory, open its state and build; bad input leaves no trace.
 
     A first build rejected for bad input removes the state (and output directory) it
     created, so the project looks exactly as before; an existing state is only ever
-    changed in transactions that bad input rolls back.
+    changed in transactions that bad input rolls back. only: build just these of the
+    spec's inputs (`build CONFIG INPUT`); the others stay as they are, not removed.
     """
+    declared = spec.inputs
+    if only is not None:
+        spec = dataclasses.replace(spec, inputs=tuple(only))
     output_paths(spec.inputs, spec.output_dir)  # refuse clobbering an input before any write
     directory = state_dir(spec.output_dir)
     had_output, had_state = spec.output_dir.exists(), directory.exists()
@@ -89,7 +95,9 @@ def run_build(
         store = Store(directory)
         try:
             before = usage.account(store, spec.prices)
-            builder = Builder(spec, store, remote, reporter, keep_going=keep_going)
+            builder = Builder(
+                spec, store, remote, reporter, keep_going=keep_going, declared=declared
+            )
             summary = builder.run(wait=wait, force=force, retry_failed=retry_failed)
             summary.usage_total = usage.account(store, spec.prices)
             summary.usage_run = summary.usage_total - before
@@ -162,8 +170,14 @@ class Builder:
         *,
         sleep: Callable[[float], None] = time.sleep,
         keep_going: bool = False,
+        declared: Sequence[Path] | None = None,
     ) -> None:
         self.spec = spec
+        # Every input of the config; spec.inputs may be a subset this run builds.
+        self.declared = tuple(declared) if declared is not None else spec.inputs
+        self.subset = set(self.declared) != set(spec.inputs)
+        if self.subset:
+            store.scope = tuple(str(p) for p in spec.inputs)
         self.store = store
         self.remote = remote
         self.report = reporter
@@ -208,12 +222,24 @@ class Builder:
             self.spec.output_dir, self.work_dir / "downloads", self.work_dir / "shards"
         )
         remove_final_shard_files(self.store)
-        sync_inputs(self.spec, self.store, self.report, keep_going=self.keep_going)
+        sync_inputs(
+            self.spec, self.store, self.report, keep_going=self.keep_going, declared=self.declared
+        )
+        # -B / --retry-failed reset nothing: this run's resend set names what it sends again,
+        # and each old result stays the output until its replacement arrives. A run that
+        # stops early (spend cap, Ctrl-C, --no-wait) leaves the rest up to date, so the next
+        # plain build starts an empty set and drops what a forced run packed but never sent.
+        with self.store.transaction():
+            reset = self.store.begin_resend(
+                [str(p) for p in self.spec.inputs] if force or retry_failed else None,
+                only_failed=not force,
+            )
+            dropped = self.store.drop_unneeded_shards()
+        for sid, why in dropped:
+            self.report.event("dropped", shard=sid[:12], reason=why)
+        if dropped:
+            self.scheduler.dirty = True
         if force or retry_failed:
-            with self.store.transaction():
-                reset = self.store.reset_results(
-                    [str(p) for p in self.spec.inputs], only_failed=not force
-                )
             self.report.event("reset", requests=reset, force=force, retry_failed=retry_failed)
         counts = self.store.counts()
         # Models named in the config or in shards: a cheap list (every request's model would
@@ -226,7 +252,7 @@ class Builder:
             total=counts["total"],
             ok=counts["ok"],
             failed=counts["failed"],
-            pending=counts["total"] - counts["ok"] - counts["failed"],
+            pending=counts["total"] - counts["ok"] - counts["failed"] + self.store.resend_left(),
             budgets={m: self.budget.working(m) for m in sorted(models)},
         )
         try:
@@ -287,15 +313,18 @@ class Builder:
             self.spec, self.store, skip_if=self.store.get_meta("outputs") == fingerprint
         )
         crashpoint("after_outputs")
-        with self.store.transaction():
-            self.store.set_meta("outputs", fingerprint)
+        if not self.subset:  # a subset build wrote only its own inputs' outputs
+            with self.store.transaction():
+                self.store.set_meta("outputs", fingerprint)
         remove_final_shard_files(self.store)
         self.summary.outputs = summaries
         counts = self.store.counts()
         self.summary.total = counts["total"]
         self.summary.ok = counts["ok"]
         self.summary.failed = counts["failed"]
-        self.summary.pending = counts["total"] - counts["ok"] - counts["failed"]
+        # Requests -B has yet to replace are not done: the run did not finish its work.
+        left = self.store.resend_left()
+        self.summary.pending = counts["total"] - counts["ok"] - counts["failed"] + left
         unpriced = self.store.committed_unpriced()
         self.summary.cost_committed = None if unpriced else self.store.committed_cost()
         self.report.event("summary", **self.summary_fields())

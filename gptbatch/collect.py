@@ -227,7 +227,12 @@ class Collector:
         with self.store.transaction():
             usage.account(self.store, self.spec.prices)  # what earlier runs left unaccounted
             batch = Outcomes(
-                self.store, [k for k, _ in members], self.spec.retries, info.id, self.spec.prices
+                self.store,
+                [k for k, _ in members],
+                self.spec.retries,
+                info.id,
+                self.spec.prices,
+                replacing=self.store.resend_shard(shard_id),
             )
             for path in downloads:
                 with open(path, "rb") as f:
@@ -290,6 +295,10 @@ class Collector:
     def record(self, key: str, state: str, line: str | None, error: str | None, batch: str) -> str:
         """Record one outcome; a retryable one past the retry limit becomes final."""
         old = self.store.result(key)
+        if old is not None and old.state in FINAL_RESULT_STATES and state == "retry":
+            # a resend (-B) that did not come back: the old result stays the output
+            self.store.resend_retried([key], self.spec.retries)
+            return old.state
         attempts = (old.attempts if old else 0) + 1
         if state == "retry" and attempts > self.spec.retries:
             state = "failed"
@@ -350,9 +359,10 @@ class Collector:
 class Outcomes:
     """Outcomes of one batch, written a chunk at a time (one executemany per chunk).
 
-    Applies Collector.record's rules: a final result is never overwritten, and a retryable
-    outcome past the retry limit becomes final. `spent` sums the usage of the ok lines
-    written.
+    Applies Collector.record's rules: a final result is never overwritten (but by a final
+    outcome of a shard sent again on purpose, `replacing`: build -B / --retry-failed), and
+    a retryable outcome past the retry limit becomes final. `spent` sums the usage of the
+    ok lines written.
     """
 
     CHUNK = 5_000
@@ -364,8 +374,13 @@ class Outcomes:
         retries: int,
         batch_id: str,
         prices: Mapping[str, Mapping[str, float]] | None = None,
+        *,
+        replacing: bool = False,
     ) -> None:
         self.store = store
+        self.replacing = replacing
+        self.resent: list[str] = []  # final results replaced by a resend's
+        self.retried: list[str] = []  # resends back retryable: the old result stays
         self.retries = retries
         self.prices = prices
         self.batch_id = batch_id
@@ -379,7 +394,13 @@ class Outcomes:
         """Queue one outcome (obj: the line parsed); return the state the key ends in."""
         old = self.known.get(key)
         if old is not None and old[0] in FINAL_RESULT_STATES:
-            return old[0]
+            if not self.replacing:
+                return old[0]
+            if state == "retry":  # the old result stays the output until replaced
+                self.retried.append(key)
+                return old[0]
+            self.resent.append(key)
+            old = None
         attempts = (old[1] if old else 0) + 1
         if state == "retry" and attempts > self.retries:
             state = "failed"
@@ -398,6 +419,10 @@ class Outcomes:
     def flush(self) -> None:
         self.store.write_results(self.rows)
         self.rows = []
+        if self.resent or self.retried:
+            self.store.resend_done(self.resent)
+            self.store.resend_retried(self.retried, self.retries)
+            self.resent, self.retried = [], []
 
 
 def classify(obj: dict[str, Any]) -> tuple[str, str | None]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptbatch.canonical import atomic_writer
+from gptbatch.canonical import atomic_writer, file_sha256
 from gptbatch.crash import armed, crashpoint
 from gptbatch.errors import ConfigError, LocalIOError
 from gptbatch.spec import Spec
@@ -91,20 +91,54 @@ def _identity(path: Path) -> str:
 def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[OutputSummary]:
     """Rewrite every input's output and error file from the store, streaming.
 
-    With skip_if (nothing changed since the last write), files that exist are left as
-    they are and only counted. A line whose result is the one the last output held is
-    copied from that file (see `_LastOutput`) instead of read from the store.
+    With skip_if (nothing changed since the last write), files that are still as they
+    were written (`written_as_indexed`) are left as they are and only counted; one edited,
+    truncated or deleted since is written again. A line whose result is the one the last
+    output held is copied from that file (see `_LastOutput`) instead of read from the store.
     """
     summaries = []
     for path, (out_path, err_path) in output_paths(spec.inputs, spec.output_dir).items():
-        if skip_if and out_path.exists():
+        if (
+            skip_if
+            and written_as_indexed(store, out_path, fix=True) is None
+            and written_as_indexed(store, err_path, fix=True) is None
+        ):
             summaries.append(_count(store, str(path), out_path, err_path))
             continue
         with _LastOutput.open(out_path, store.output_index(out_path.name)) as last:
             summary, index = _write_output(store, str(path), out_path, err_path, last)
         _write_index(store, out_path, index)
+        _write_index(store, err_path, b"")
         summaries.append(summary)
     return summaries
+
+
+def written_as_indexed(store: Store, path: Path, *, fix: bool = False) -> str | None:
+    """None if an output or errors file is as the last build wrote it, else what differs.
+
+    Its stat (inode, size, mtime) against the one recorded first, one stat call; only if
+    that differs, its sha256 against the recorded one (a file touched or copied back
+    unchanged is still good: with fix, its new stat is recorded). A file with no record
+    (never written, or by a gptbatch that kept none for errors files) counts as differing.
+    """
+    recorded = store.output_stat(path.name)
+    if recorded is None:
+        return "no record of it being written"
+    fields = json.loads(recorded)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None if fields == [] else "deleted since the last build wrote it"
+    if fields == []:
+        return "not written by the last build (it had nothing to put there)"
+    if fields[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns]:
+        return None
+    if len(fields) < 5 or file_sha256(path) != fields[4]:
+        return "edited, truncated or replaced since the last build wrote it"
+    if fix:
+        with store.transaction():
+            store.set_output_stat(path.name, _stat_text(st, fields[4]))
+    return None
 
 
 def _write_output(
@@ -148,22 +182,34 @@ def _write_output(
 # One entry of an output's line index: the result_version its line came from (0: unknown)
 # and the line's length with its newline.
 _ENTRY = struct.Struct("<qI")
-_INDEX_FORMAT = 1
+_INDEX_FORMAT = 2  # 2: the file's sha256 follows its stat (1 had none)
 
 
-def _stat_text(st: os.stat_result) -> str:
-    """What identifies an output file as written: format, inode, size and mtime."""
-    return json.dumps([_INDEX_FORMAT, st.st_ino, st.st_size, st.st_mtime_ns])
+def _stat_text(st: os.stat_result, digest: str) -> str:
+    """What identifies an output file as written: format, inode, size, mtime and sha256."""
+    return json.dumps([_INDEX_FORMAT, st.st_ino, st.st_size, st.st_mtime_ns, digest])
+
+
+def _same_stat(recorded: str, st: os.stat_result) -> bool:
+    """Is a file's stat the one recorded (in either index format)?"""
+    return json.loads(recorded)[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _write_index(store: Store, out_path: Path, index: bytes) -> None:
-    """Record which result each line of the output just written holds, and that file's stat.
+    """Record which result each line of the output just written holds, and that file's stat
+    and sha256 (an errors file: no lines; `[]` when there is none).
 
     Written after the output is renamed into place: a kill in between leaves an index whose
     stat does not match the new file, so the next write reads everything from the store.
     """
+    try:
+        st = os.stat(out_path)
+    except FileNotFoundError:
+        stat = "[]"
+    else:
+        stat = _stat_text(st, file_sha256(out_path))
     with store.transaction():
-        store.set_output_index(out_path.name, _stat_text(os.stat(out_path)), index)
+        store.set_output_index(out_path.name, stat, index)
 
 
 class _LastOutput:
@@ -190,7 +236,8 @@ class _LastOutput:
             return
         try:
             st = os.fstat(fd)
-            spans = _spans(index[1], st.st_size) if index[0] == _stat_text(st) else None
+            same = index[0] != "[]" and _same_stat(index[0], st)
+            spans = _spans(index[1], st.st_size) if same else None
             # nothing to copy: one pass over the store is faster than a lookup per line
             yield _LastOutput(fd, spans) if spans else None
         finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gptbatch.canonical import file_sha256
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.outputs import output_paths, written_as_indexed
 from gptbatch.requests import read_requests
 from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.store import ACTIVE_SHARD_STATES, ResultRow, Store
@@ -50,11 +51,13 @@ class ProjectStatus:
     pending: int  # neither done nor failed for good (in_shards included)
     stale: tuple[tuple[str, str], ...]
     built: bool  # a build state exists
+    outputs: tuple[tuple[str, str], ...] = ()  # output files not as last written, with why
 
     @property
     def exit_code(self) -> int:
-        """As `make -q`: 0 up to date, 3 work pending, 4 up to date but some failed for good."""
-        if self.pending:
+        """As `make -q`: 0 up to date, 3 work pending (or an output to write again), 4 up to
+        date but some failed for good."""
+        if self.pending or self.outputs:
             return EXIT_PENDING
         return EXIT_FAILED_REQUESTS if self.failed else EXIT_OK
 
@@ -84,8 +87,31 @@ def project_status(spec: Spec, store: Store | None) -> ProjectStatus:
     if store is None:
         stale = {str(p): "never built" for p in spec.inputs}
     return ProjectStatus(
-        total, ok, failed, min(in_shards, pending), pending, tuple(stale.items()), store is not None
+        total,
+        ok,
+        failed,
+        min(in_shards, pending),
+        pending,
+        tuple(stale.items()),
+        store is not None,
+        tuple(stale_outputs(spec, store)) if store is not None else (),
     )
+
+
+def stale_outputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
+    """Output and errors files that are not as the last build wrote them, with why.
+
+    The next build writes them again; a file never written (no record) is not listed.
+    """
+    out = []
+    for targets in output_paths(spec.inputs, spec.output_dir).values():
+        for target in targets:
+            if store.output_stat(target.name) is None:
+                continue
+            why = written_as_indexed(store, target)
+            if why is not None:
+                out.append((str(target), why))
+    return out
 
 
 def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:

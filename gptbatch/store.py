@@ -181,6 +181,27 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         END;
         """,
     ),
+    (
+        # build -B / --retry-failed: the keys one run sends again although they hold a final
+        # result (resend, emptied when the next run starts), and the shards packed with them
+        # (resend_shards), whose final outcomes replace those results. Nothing is reset up
+        # front: an old result stays the output until its replacement arrives, and a forced
+        # run that stops early leaves the rest up to date. The counter keeps cached answers
+        # (is anything pending?) exact as the set changes.
+        "m009_resend",
+        """
+        CREATE TABLE resend(key TEXT PRIMARY KEY, attempts INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE resend_shards(shard TEXT PRIMARY KEY);
+        INSERT INTO counters(name, value) VALUES ('resend', 0);
+        """
+        + "".join(
+            f"""
+        CREATE TRIGGER resend_{op[:3].lower()} AFTER {op} ON resend BEGIN
+            UPDATE counters SET value=value+1 WHERE name='resend';
+        END;"""
+            for op in ("INSERT", "UPDATE", "DELETE")
+        ),
+    ),
 )
 
 # The columns of a request row, in RequestRow field order.
@@ -467,6 +488,10 @@ class Store:
             raise
         self._identity = _identity(self.path)
         self._zdicts: dict[int, bytes] = {}  # dictionaries read back, by adler32
+        # The inputs a subset build (`build CONFIG INPUT`) works on; None: every input. The
+        # other inputs keep their rows (they are not removed), but nothing of theirs is
+        # pending for this run.
+        self.scope: tuple[str, ...] | None = None
 
     # --- schema --------------------------------------------------------------------------
 
@@ -699,7 +724,8 @@ class Store:
         if self.shards(("ready", "uploading", "uploaded", "submitting", "waiting")):
             return True
         return self._cached(
-            "pending", lambda: next(self._pending(self.db, limit=1), None) is not None
+            self._scoped("pending"),
+            lambda: next(self._pending(self.db, limit=1), None) is not None,
         )
 
     def request_results(self, path: str) -> Iterator[tuple[RequestRow, ResultRow | None]]:
@@ -775,6 +801,15 @@ class Store:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    def output_stat(self, output: str) -> str | None:
+        """The stat recorded when an output (or errors) file was last written (no entries)."""
+        row = self.db.execute("SELECT stat FROM output_index WHERE output=?", (output,)).fetchone()
+        return row[0] if row else None
+
+    def set_output_stat(self, output: str, stat: str) -> None:
+        """Record a new stat for an output file whose content did not change."""
+        self.db.execute("UPDATE output_index SET stat=? WHERE output=?", (stat, output))
+
     def set_output_index(self, output: str, stat: str, entries: bytes) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO output_index(output, stat, entries) VALUES (?, ?, ?)",
@@ -821,26 +856,54 @@ class Store:
         with self.snapshot() as reader:
             yield from self._pending(reader)
 
-    def _pending(self, db: sqlite3.Connection, limit: int = -1) -> Iterator[RequestRow]:
-        cur = db.execute(
-            "SELECT r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
-            " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason"
-            " FROM requests r WHERE r.done=0"
+    def _scope_sql(self) -> tuple[str, list[str]]:
+        """The condition limiting request rows (alias r) to a subset build's inputs."""
+        if self.scope is None:
+            return "", []
+        return f" AND r.path IN ({','.join('?' * len(self.scope))})", list(self.scope)
+
+    def _scoped(self, name: str) -> str:
+        """A cached answer's name for this scope (a subset build's answers are its own)."""
+        if self.scope is None:
+            return name
+        return f"{name}@{zlib.crc32(json.dumps(sorted(self.scope)).encode()):08x}"
+
+    def _open_requests(self, db: sqlite3.Connection, columns: str) -> tuple[str, list[str]]:
+        """SQL (and parameters) selecting columns of the pending, unpacked requests (alias r):
+        those with no final result, and those this run sends again (resend).
+
+        The resend part is added only while the set is not empty, so every other build
+        reads the open rows through their own small index, in order.
+        """
+        scope, params = self._scope_sql()
+        free = (
             " AND NOT EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
             f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
-            " ORDER BY r.path, r.ordinal LIMIT ?",
-            (limit,),
         )
+        sql = f"SELECT {columns} FROM requests r WHERE r.done=0{scope}{free}"
+        if db.execute("SELECT 1 FROM resend LIMIT 1").fetchone() is None:
+            return sql, params
+        return (
+            f"{sql} UNION ALL SELECT {columns} FROM resend f JOIN requests r ON r.key=f.key"
+            f" WHERE r.done<>0{scope}{free}",
+            params + params,
+        )
+
+    def _pending(self, db: sqlite3.Connection, limit: int = -1) -> Iterator[RequestRow]:
+        sql, params = self._open_requests(
+            db,
+            "r.path, r.ordinal, r.line, r.offset, r.length, r.key, r.custom_id,"
+            " r.model, r.url, r.tokens, r.nbytes, r.inputs, r.cost, r.reason",
+        )
+        cur = db.execute(f"SELECT * FROM ({sql}) ORDER BY path, ordinal LIMIT ?", (*params, limit))
         for row in cur:  # custom_ids are unique across inputs, so keys are too
             yield RequestRow(*row)
 
     def pending_totals(self) -> dict[tuple[str | None, str], int]:
         """Estimated tokens of the pending, unpacked requests per (model, url)."""
+        sql, params = self._open_requests(self.db, "r.model, r.url, r.tokens")
         cur = self.db.execute(
-            "SELECT r.model, r.url, sum(r.tokens) FROM requests r WHERE r.done=0"
-            " AND NOT EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
-            f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
-            " GROUP BY r.model, r.url"
+            f"SELECT model, url, sum(tokens) FROM ({sql}) GROUP BY model, url", params
         )
         return {(model, url): int(total or 0) for model, url, total in cur}
 
@@ -858,21 +921,31 @@ class Store:
 
     def outputs_fingerprint(self) -> str:
         """Changes whenever anything the output files are made of changes."""
-        results = [r[0] for r in self.db.execute("SELECT value FROM counters ORDER BY name")]
+        # what a build sends again (resend) is in no output until its result is
+        results = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT value FROM counters WHERE name<>'resend' ORDER BY name"
+            )
+        ]
         inputs = list(self.db.execute("SELECT path, sha256, defaults FROM inputs ORDER BY path"))
         return json.dumps([list(results), inputs])
 
     def counts(self) -> dict[str, int]:
         """How many current requests are ok, failed, in an active shard, or pending."""
-        return self._cached("counts", self._counts)
+        return self._cached(self._scoped("counts"), self._counts)
 
     def _counts(self) -> dict[str, int]:
-        row = self.db.execute("SELECT sum(done=1), sum(done=2), count(*) FROM requests").fetchone()
-        ok, failed, total = (row[0] or 0), (row[1] or 0), row[2]
+        scope, params = self._scope_sql()
+        row = self.db.execute(
+            f"SELECT sum(done=1), sum(done=2), count(*) FROM requests r WHERE 1{scope}", params
+        ).fetchone()
+        ok, failed, total = (row[0] or 0), (row[1] or 0), row[2] or 0
         active = self.db.execute(
             "SELECT count(DISTINCT r.key) FROM requests r WHERE r.done=0"
             " AND EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
-            f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r})"
+            f"   WHERE m.key=r.key AND h.state IN {ACTIVE_SHARD_STATES!r}){scope}",
+            params,
         ).fetchone()[0]
         return {
             "total": total,
@@ -881,6 +954,14 @@ class Store:
             "in_shards": active,
             "pending": total - ok - failed - active,
         }
+
+    def resend_left(self) -> int:
+        """Requests with a result that this run (-B, --retry-failed) has yet to replace."""
+        scope, params = self._scope_sql()
+        return self.db.execute(
+            f"SELECT count(*) FROM resend f JOIN requests r ON r.key=f.key WHERE r.done<>0{scope}",
+            params,
+        ).fetchone()[0]
 
     # --- results -------------------------------------------------------------------------
 
@@ -983,6 +1064,10 @@ class Store:
         """Record an outcome for a key; a final result is never overwritten by a later one."""
         old = self.result(key)
         if old is not None and old.state in FINAL_RESULT_STATES:
+            # A key sent again (-B) whose resend ended in what is not its replacement (a
+            # rejected line, a request too large now): the old result stays, and this run
+            # does not send it once more.
+            self.db.execute("DELETE FROM resend WHERE key=?", (key,))
             return old
         attempts = (old.attempts if old else 0) + (1 if attempt else 0)
         self.write_results([(key, state, attempts, line, error, batch_id)])
@@ -1013,6 +1098,83 @@ class Store:
             paths,
         )
         return cur.rowcount
+
+    def begin_resend(self, paths: list[str] | None = None, *, only_failed: bool = False) -> int:
+        """Start a run's resend set: these inputs' keys that hold a final result (only those
+        failed for good with only_failed); None: empty it. Returns how many keys it holds.
+
+        Results are not touched: each stays the output until the outcome of its resend
+        replaces it (Outcomes). Every run starts a new set, so what a forced run did not get
+        to send is up to date again for the next plain build. Keys already in a shard at the
+        API are not packed again (their batch's outcome replaces the result).
+        """
+        if self.db.execute("SELECT 1 FROM resend LIMIT 1").fetchone() is not None:
+            self.db.execute("DELETE FROM resend")
+        if not paths:
+            return 0
+        marks = ",".join("?" * len(paths))
+        done = "r.done=2" if only_failed else "r.done<>0"
+        return self.db.execute(
+            f"INSERT OR IGNORE INTO resend(key) SELECT r.key FROM requests r"
+            f" WHERE r.path IN ({marks}) AND {done}",
+            paths,
+        ).rowcount
+
+    def drop_unneeded_shards(self) -> list[tuple[str, str]]:
+        """Drop unsent shards this run must not send; return (id, why) of each.
+
+        Those holding a request whose final result nothing asks to replace (packed by a
+        forced run that stopped early), and in a subset build those holding a request of
+        another input. Their other requests are packed again; nothing of a dropped shard
+        reached the API.
+        """
+        scope, params = self._scope_sql()
+        unsent = "h.state IN ('ready', 'uploading', 'uploaded', 'waiting')"
+        found = [
+            (r[0], "results up to date")
+            for r in self.db.execute(
+                f"SELECT h.id FROM shards h WHERE {unsent}"
+                " AND EXISTS (SELECT 1 FROM members m JOIN results s ON s.key=m.key"
+                "   WHERE m.shard=h.id AND s.state IN ('ok', 'failed')"
+                "   AND NOT EXISTS (SELECT 1 FROM resend f WHERE f.key=m.key))"
+                " ORDER BY h.created_at, h.id"
+            )
+        ]
+        if scope:
+            found += [
+                (r[0], "holds requests of inputs this subset build leaves alone")
+                for r in self.db.execute(
+                    f"SELECT h.id FROM shards h WHERE {unsent}"
+                    " AND EXISTS (SELECT 1 FROM members m WHERE m.shard=h.id"
+                    f"   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.key=m.key{scope}))"
+                    " ORDER BY h.created_at, h.id",
+                    params,
+                )
+                if r[0] not in {sid for sid, _ in found}
+            ]
+        for sid, why in found:
+            self.update_shard(sid, state="dropped", note=f"not sent: {why}")
+        return found
+
+    def resend_shard(self, shard_id: str) -> bool:
+        """Was this shard packed with keys sent again (-B)? Its outcomes replace results."""
+        row = self.db.execute("SELECT 1 FROM resend_shards WHERE shard=?", (shard_id,)).fetchone()
+        return row is not None
+
+    def resend_done(self, keys: Iterable[str]) -> None:
+        """These keys' resends ended (replaced, or given up on): not sent again this run."""
+        self.db.executemany("DELETE FROM resend WHERE key=?", ((k,) for k in keys))
+
+    def resend_retried(self, keys: Iterable[str], retries: int) -> None:
+        """A resend came back retryable: the old result stays; send it again while the
+        attempts last (as `retries` allows any request)."""
+        keys = list(keys)
+        self.db.executemany(
+            "UPDATE resend SET attempts=attempts+1 WHERE key=?", ((k,) for k in keys)
+        )
+        self.db.executemany(
+            "DELETE FROM resend WHERE key=? AND attempts>?", ((k, retries) for k in keys)
+        )
 
     def ok_lines_after(self, rowid: int) -> Iterator[tuple[int, str]]:
         """(rowid, line) of successful results recorded after rowid, in record order."""
@@ -1062,6 +1224,12 @@ class Store:
             "INSERT INTO members(shard, ordinal, key, custom_id) VALUES (?, ?, ?, ?)",
             ((shard_id, i, k, c) for i, (k, c) in enumerate(members)),
         )
+        if state == "ready":  # packed now (not recovered from the API): of a forced run?
+            self.db.execute(
+                "INSERT OR IGNORE INTO resend_shards(shard) SELECT ?1 WHERE EXISTS (SELECT 1"
+                " FROM members m JOIN resend f ON f.key=m.key WHERE m.shard=?1)",
+                (shard_id,),
+            )
 
     def update_shard(self, shard_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
@@ -1287,9 +1455,14 @@ class Store:
             ]
             counts = {"results": 0, "shards": len(shards), "members": 0, "batches": 0}
             for sid in shards:
-                for table, column in (("members", "shard"), ("batches", "shard"), ("shards", "id")):
+                for table, column in (
+                    ("members", "shard"),
+                    ("batches", "shard"),
+                    ("resend_shards", "shard"),
+                    ("shards", "id"),
+                ):
                     gone = db.execute(f"DELETE FROM {table} WHERE {column}=?", (sid,)).rowcount
-                    if table != "shards":
+                    if table in ("members", "batches"):
                         counts[table] += gone
             counts["results"] = db.execute(
                 "DELETE FROM results WHERE key NOT IN (SELECT key FROM gc_keep)"

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,11 +51,20 @@ def _output_bound(body: Any) -> int:
     return 0
 
 
-def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool = False) -> None:
+def sync_inputs(
+    spec: Spec,
+    store: Store,
+    report: Reporter,
+    *,
+    keep_going: bool = False,
+    declared: Sequence[Path] | None = None,
+) -> None:
     """Bring the store's view of every input up to date, reading only files that changed.
 
     All of it is one transaction: bad input (a malformed line, a duplicate custom_id, a
     request no queue can ever hold) raises InputError and leaves the state as it was.
+    declared: every input of the config when spec.inputs is a subset being built; only
+    inputs it does not hold count as removed from batch.yaml.
     """
     defaults = config_fingerprint(spec)
     changed: list[tuple[Path, os.stat_result, str]] = []
@@ -79,7 +88,9 @@ def sync_inputs(spec: Spec, store: Store, report: Reporter, *, keep_going: bool 
         changed.append((path, st, digest))
     scanners: list[Scanner] = []  # new inputs read on every core; their counts kept on success
     try:
-        _sync_changed(spec, store, report, changed, defaults, scanners, keep_going)
+        _sync_changed(
+            spec, store, report, changed, defaults, scanners, keep_going, declared or spec.inputs
+        )
     except BaseException:
         for scanner in scanners:
             scanner.discard_counts()
@@ -96,6 +107,7 @@ def _sync_changed(
     defaults: str,
     scanners: list[Scanner],
     keep_going: bool,
+    declared: Sequence[Path],
 ) -> None:
     """Rewrite the changed inputs' rows in one transaction; raise InputError on bad input."""
     problems: list[Problem] = []
@@ -103,7 +115,7 @@ def _sync_changed(
     # Earlier rows are looked up one by one in a snapshot taken before this transaction
     # rewrites them, rather than held in memory for a whole input.
     with store.snapshot() as before, store.transaction():
-        gone = store.forget_inputs(str(p) for p in spec.inputs)
+        gone = store.forget_inputs(str(p) for p in declared)
         for path in gone:
             report.event("input", path=path, state="removed from batch.yaml")
         for path, st, digest in changed:

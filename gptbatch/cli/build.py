@@ -202,8 +202,9 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and config.endswith(".jsonl"):  # `gptbatch build in/a.jsonl`
         config, targets = None, [config, *targets]
     spec = load_spec(config)
-    if targets:
-        spec = dataclasses.replace(spec, inputs=chosen_inputs(spec, targets))
+    # A subset build works on these inputs only; the spec keeps them all, so the others are
+    # neither taken for removed from batch.yaml nor forgotten.
+    args.only = chosen_inputs(spec, targets) if targets else None
     if args.max_cost is not None:
         if not math.isfinite(args.max_cost) or args.max_cost < 0:
             raise UsageError(
@@ -216,9 +217,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def chosen_inputs(spec: Spec, targets: list[str]) -> tuple[Path, ...]:
-    """The config's inputs named on the command line, in config order; UsageError if not."""
-    wanted = {os.path.realpath(t): t for t in targets}
+    """The config's inputs named on the command line, in config order; UsageError if not.
+
+    A target is a path from the working directory or, failing that, from the config's.
+    """
     known = {os.path.realpath(p) for p in spec.inputs}
+    wanted = {}
+    for t in targets:
+        real = os.path.realpath(t)
+        if real not in known and os.path.realpath(spec.root / t) in known:
+            real = os.path.realpath(spec.root / t)
+        wanted[real] = t
     missing = [t for real, t in wanted.items() if real not in known]
     if missing:
         raise UsageError(
@@ -246,6 +255,7 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
             keep_going=getattr(args, "keep_going", False),
             force=getattr(args, "force", False),
             retry_failed=getattr(args, "retry_failed", False),
+            only=getattr(args, "only", None),
         )
     if not args.json:
         print_summary(summary, spec)

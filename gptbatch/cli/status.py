@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                     "exit_code": status.exit_code,
                     "built": status.built,
                     "stale_inputs": [{"path": p, "reason": r} for p, r in status.stale],
+                    "stale_outputs": [{"path": p, "reason": r} for p, r in status.outputs],
                     "shards": [s.__dict__ for s in shards],
                     "pending": [r.__dict__ for r in reasons],
                     "remote": live,
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return status.exit_code
-    state = "up to date" if not status.pending else "not up to date"
+    state = "up to date" if status.exit_code != 3 else "not up to date"
     print(
         f"{state}: {status.ok:,} of {status.total:,} requests done, {status.failed:,} failed "
         f"for good, {status.pending:,} pending ({status.in_shards:,} of them in shards)"
@@ -125,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     for path, why in status.stale:
         if status.built:
             print(f"input {shown(path)}: {why}; the next build reads it again")
+    for path, why in status.outputs:
+        print(f"output {shown(path)}: {why}; the next build writes it again")
     for s in shards:
         print(
             f"shard {s.id[:12]} ({s.model} {s.url}, {s.requests:,} requests, "
