@@ -57,7 +57,7 @@ def check_export_target(target: str | os.PathLike[str], specs: Iterable[Spec]) -
         for output, errors in output_paths(spec.inputs, spec.output_dir).values():
             names.setdefault(Path(os.path.realpath(output)), "an output")
             names.setdefault(Path(os.path.realpath(errors)), "an errors file")
-        what = names.get(where)
+        what = names.get(where) or _stale_output(where, Path(os.path.realpath(spec.output_dir)))
         state = Path(os.path.realpath(state_dir(spec.output_dir)))
         if what is None and (where == state or where.is_relative_to(state)):
             what = "in the build state directory"
@@ -67,6 +67,20 @@ def check_export_target(target: str | os.PathLike[str], specs: Iterable[Spec]) -
                 "would destroy it. Nothing was written: pass another file, e.g. -o export."
                 + ("csv" if str(target).endswith(".csv") else "jsonl")
             )
+
+
+def _stale_output(where: Path, output_dir: Path) -> str | None:
+    """Is where an output pair of an input since dropped (as clean recognises them)?"""
+    if where.parent != output_dir or not where.exists():
+        return None
+    if where.name.endswith(".errors.jsonl"):
+        return "an errors file"
+    if (
+        where.name.endswith(".jsonl")
+        and where.with_name(where.name[:-6] + ".errors.jsonl").exists()
+    ):
+        return "an output"
+    return None
 
 
 def export_rows(spec: Spec, store: Store) -> Iterator[ExportRow]:

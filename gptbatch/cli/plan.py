@@ -9,6 +9,7 @@ from typing import Any
 
 from gptbatch.cli.build import rehearsal
 from gptbatch.plan import GroupPlan, Plan, make_plan
+from gptbatch.report import shown
 from gptbatch.spec import load_spec
 from gptbatch.store import Store, state_dir
 
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     what = "what `build` would send now" if store is not None else "the whole workload"
     title = f"Plan for {args.config or 'batch.yaml'}: {what}"
+    if args.simulate:
+        title += f" (the rehearsal in {shown(str(spec.output_dir))})"
     if sys.stdout.isatty():
         _print_rich(plan, title)
     else:
