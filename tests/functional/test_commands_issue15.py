@@ -201,6 +201,22 @@ def test_gc_on_a_full_disk_says_disk_full_and_the_state_is_intact(
     assert project.build() == EXIT_OK
     assert len(billed_ids(simulator)) == bought
     assert len(project.output()) == 60
+    # build says the same (here it stops reading the edited input, before sending anything)
+    write_jsonl(project.input(), [chat(f"r{i}", "again " + str(i)) for i in range(60)])
+    build = subprocess.run(
+        [sys.executable, "-m", "gptbatch", "build", str(project.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        preexec_fn=_limited(32 * 1024),
+    )
+    assert build.returncode == EXIT_ERROR, build.stderr
+    assert "disk full" in build.stderr and "the state is intact" in build.stderr
+    assert "damaged" not in build.stderr
+    assert project.build() == EXIT_OK
+    assert billed_twice(simulator) == sorted({f"r{i}" for i in range(60)})
+    assert max(simulator.journal.billed_counts().values()) == 3  # each version once
 
 
 # --- item 13: rehearsal options everywhere ---------------------------------------------------
