@@ -192,8 +192,11 @@ def existing_identity(config: Path) -> Identity | None:
     inputs_ok = (
         isinstance(inputs, list) and bool(inputs) and all(isinstance(i, str) and i for i in inputs)
     )
+    unusable = []  # keys set but not usable as written: the template's value replaces them
     if not isinstance(output_dir, str) or not output_dir:
-        output_dir = OUTPUT_DIR
+        output_dir, unusable = OUTPUT_DIR, ["output_dir"]
+    if not inputs_ok and "inputs" in data:
+        unusable.append("inputs")
     project = data.get("project")
     derived = project is None
     if derived:
@@ -202,7 +205,12 @@ def existing_identity(config: Path) -> Identity | None:
         project = default_project(output_dir, inputs)
     elif not isinstance(project, str) or not _PROJECT.fullmatch(project):
         return None
-    dropped = tuple(str(k) for k in data if k not in ("version", "inputs", "output_dir", "project"))
+    dropped = tuple(
+        [
+            *unusable,
+            *(str(k) for k in data if k not in ("version", "inputs", "output_dir", "project")),
+        ]
+    )
     return Identity(
         project, output_dir, tuple(inputs) if inputs_ok else (EXAMPLE_INPUT,), derived, dropped
     )
@@ -215,14 +223,22 @@ def _changes(kept: Identity) -> tuple[str, ...]:
         if kept.derived
         else "as it was"
     )
-    lines = [
-        f"kept project {kept.project} ({origin}), so batches it submitted are still found",
-        f"kept output_dir {kept.output_dir} (its build state) and inputs {', '.join(kept.inputs)}",
-    ]
+    lines = [f"kept project {kept.project} ({origin}), so batches it submitted are still found"]
+    if "output_dir" not in kept.dropped:
+        lines.append(f"kept output_dir {kept.output_dir} (where its build state is)")
+    if "inputs" not in kept.dropped:
+        lines.append(f"kept inputs {', '.join(kept.inputs)}")
     if kept.dropped:
         lines.append(
             f"reset to the template's defaults: {', '.join(kept.dropped)} "
             "(set them again if you need them)"
+        )
+    filling = [k for k in ("model", "endpoint") if k in kept.dropped]
+    if filling:
+        lines.append(
+            f"note: {' and '.join(filling)} filled requests that lack them: without "
+            f"{'it' if len(filling) == 1 else 'them'}, such requests change (and are sent "
+            "again) or fail validation"
         )
     return tuple(lines)
 

@@ -70,8 +70,9 @@ def test_init_force_keeps_a_derived_project_id_output_dir_and_inputs(
     assert main(["init", str(tmp_path), "--force"]) == EXIT_OK
     out = capsys.readouterr().out
     assert f"kept project {derived}" in out
-    assert "kept output_dir results" in out and "data/questions.jsonl" in out
+    assert "kept output_dir results" in out and "kept inputs data/questions.jsonl" in out
     assert "reset to the template's defaults: model, polling" in out
+    assert "note: model filled requests that lack them" in out
     doc = yaml.safe_load(config.read_text())
     assert doc["project"] == derived  # written out: it no longer depends on the template
     assert doc["output_dir"] == "results" and doc["inputs"] == ["data/questions.jsonl"]
@@ -85,6 +86,19 @@ def test_init_force_keeps_a_derived_project_id_output_dir_and_inputs(
     assert billed_twice(simulator) == []
     assert creates(simulator) == 1
     assert len(read_jsonl(tmp_path / "results" / "questions.jsonl")) == 10
+
+
+def test_init_force_writes_back_inputs_and_output_dir_yaml_would_misread(
+    tmp_path: Path, capsys
+) -> None:
+    inputs = ["data/*.jsonl", "notes #2.jsonl", "yes", "01.jsonl"]
+    doc = {"version": 1, "inputs": inputs, "output_dir": "out: results", "project": "p-1"}
+    (tmp_path / "batch.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["init", str(tmp_path), "--force"]) == EXIT_OK
+    written = yaml.safe_load((tmp_path / "batch.yaml").read_text())
+    assert written["inputs"] == inputs and written["output_dir"] == "out: results"
+    assert written["project"] == "p-1"
+    assert "kept project p-1 (as it was)" in capsys.readouterr().out
 
 
 # --- item 6: clean says which results a lost state would pay for again -----------------------
