@@ -411,7 +411,8 @@ def _no_room(path: Path) -> bool:
     except OSError as exc:
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     try:
-        os.write(fd, bytes(_ROOM_PROBE))
+        if os.write(fd, bytes(_ROOM_PROBE)) < _ROOM_PROBE:  # a short write: the room ran out
+            return True
         os.fsync(fd)
     except OSError as exc:
         return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

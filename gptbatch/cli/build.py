@@ -258,6 +258,11 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
             "interrupted: state is saved and batches already submitted keep running"
             + (" in the rehearsal's simulator" if args.simulate else " at the API")
             + f"; `{again}` picks up where this stopped"
+            + (
+                " (`gptbatch cancel --simulate` stops them)"
+                if again.startswith("gptbatch ")
+                else ""
+            )
         ) from None
     if not args.json:
         print_summary(summary, spec, again=again)
