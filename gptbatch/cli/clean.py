@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch.clean import (
+    SIMULATOR_DIR,
     CleanPlan,
     delete_uploads,
     plan_clean,
@@ -95,7 +96,9 @@ def _describe(plan: CleanPlan, uploads: list[str], work: Path) -> None:
         if path not in state:
             print(f"  remove {shown(str(path))}")
     if state:
-        print(f"  remove {shown(str(work))}/ (build state: {len(state)} files)")
+        simulated = sum(1 for p in state if p.is_relative_to(work / SIMULATOR_DIR))
+        extra = f", {simulated} of them the rehearsal's simulator" if simulated else ""
+        print(f"  remove {shown(str(work))}/ (build state: {len(state)} files{extra})")
     if uploads:
         print(f"  delete {len(uploads)} uploaded input files at the API: {', '.join(uploads)}")
     for path in plan.kept:

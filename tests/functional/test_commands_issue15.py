@@ -290,7 +290,8 @@ def test_clean_simulate_removes_the_rehearsals_simulator(tmp_path: Path, capsys)
     assert simulator_state.is_dir()
     capsys.readouterr()
     assert main(["clean", str(project.config), "--simulate", "--yes"]) == EXIT_OK
-    assert "not written by gptbatch" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not written by gptbatch" not in out and "of them the rehearsal's simulator" in out
     assert not (tmp_path / "out-simulated").exists()
     # A later rehearsal starts afresh: it adopts no batch of the old one.
     capsys.readouterr()
