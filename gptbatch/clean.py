@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 STATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 WORK_DIRS = ("shards", "downloads")  # where build keeps shard and downloaded files
+SIMULATOR_DIR = "simulator"  # `build --simulate` keeps its simulator's state here (cli.build)
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,12 @@ class CleanPlan:
     in_flight: int  # batches the state has not collected
 
 
-def plan_clean(spec: Spec) -> CleanPlan:
-    """The local files clean removes; ConfigError if an output would be an input."""
+def plan_clean(spec: Spec, *, rehearsal: bool = False) -> CleanPlan:
+    """The local files clean removes; ConfigError if an output would be an input.
+
+    With rehearsal (spec is `build --simulate`'s), the rehearsal's simulator state goes too:
+    left behind, a later rehearsal would adopt its old batches as if they were current.
+    """
     output_dir, work = spec.output_dir, state_dir(spec.output_dir)
     inputs = {os.path.realpath(p) for p in spec.inputs}
     ours: list[Path] = [t for pair in output_paths(spec.inputs, output_dir).values() for t in pair]
@@ -52,8 +57,16 @@ def plan_clean(spec: Spec) -> CleanPlan:
     for sub in WORK_DIRS:
         if (work / sub).is_dir():
             ours += (p for p in (work / sub).iterdir() if p.is_file())
-    files = _unique(p for p in ours if p.is_file() and os.path.realpath(p) not in inputs)
-    dirs = (*(work / sub for sub in WORK_DIRS), work, output_dir)
+    simulator = work / SIMULATOR_DIR
+    sim_dirs: list[Path] = []
+    if rehearsal and simulator.is_dir():
+        ours += (p for p in simulator.rglob("*") if not p.is_dir())
+        sim_dirs = sorted((p for p in simulator.rglob("*") if p.is_dir()), reverse=True)
+        sim_dirs.append(simulator)
+    files = _unique(
+        p for p in ours if (p.is_file() or p.is_symlink()) and os.path.realpath(p) not in inputs
+    )
+    dirs = (*sim_dirs, *(work / sub for sub in WORK_DIRS), work, output_dir)
     removed = {os.path.realpath(p) for p in files}
     kept = _unique(
         p
@@ -102,6 +115,30 @@ def remote_uploads(spec: Spec, remote: Remote) -> list[str]:
         if info.filename in names:
             known.setdefault(info.id)
     return list(known)
+
+
+def unrecoverable_results(spec: Spec, *, deleting_uploads: bool) -> int:
+    """Current requests whose results the API could no longer give back once the state goes.
+
+    A build without its state finds its batches at the API and recovers their results
+    through their input files. Once those are deleted (by clean --remote, or after
+    collection with delete_uploads: true), the next build submits and pays for these again.
+    """
+    work = state_dir(spec.output_dir)
+    if not (deleting_uploads or spec.delete_uploads) or not (work / "state.db").exists():
+        return 0
+    # With delete_uploads alone, only the input files of collected batches were deleted.
+    collected = "" if deleting_uploads else " AND b.collected=1"
+    store = Store(work)
+    try:
+        row = store.db.execute(
+            "SELECT count(DISTINCT q.key) FROM requests q JOIN results r ON r.key=q.key"
+            " JOIN batches b ON b.id=r.batch_id"
+            f" WHERE r.state IN ('ok', 'failed'){collected}"
+        ).fetchone()
+    finally:
+        store.close()
+    return int(row[0] or 0)
 
 
 def delete_uploads(remote: Remote, file_ids: Iterable[str]) -> list[str]:

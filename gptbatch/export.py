@@ -6,13 +6,16 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
+from gptbatch.errors import UsageError
+from gptbatch.outputs import output_paths
 from gptbatch.pricing import estimate_cost
 from gptbatch.spec import Spec
-from gptbatch.store import RequestRow, ResultRow, Store
+from gptbatch.store import RequestRow, ResultRow, Store, state_dir
 
 FORMATS = ("jsonl", "csv")
 
@@ -38,6 +41,46 @@ class ExportRow:
 
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(ExportRow))
+
+
+def check_export_target(target: str | os.PathLike[str], specs: Iterable[Spec]) -> None:
+    """UsageError if writing the export to target would destroy a file gptbatch needs.
+
+    The same rule as outputs (outputs.check_targets): never an input; and never the
+    config, an output or errors file, or anything in a build state directory, of the
+    project or its rehearsal (overwriting state.db would make every command say "damaged").
+    """
+    where = Path(os.path.realpath(target))
+    for spec in specs:
+        names = {Path(os.path.realpath(p)): "an input" for p in spec.inputs}
+        names[Path(os.path.realpath(spec.path))] = "the config"
+        for output, errors in output_paths(spec.inputs, spec.output_dir).values():
+            names.setdefault(Path(os.path.realpath(output)), "an output")
+            names.setdefault(Path(os.path.realpath(errors)), "an errors file")
+        what = names.get(where) or _stale_output(where, Path(os.path.realpath(spec.output_dir)))
+        state = Path(os.path.realpath(state_dir(spec.output_dir)))
+        if what is None and (where == state or where.is_relative_to(state)):
+            what = "in the build state directory"
+        if what is not None:
+            raise UsageError(
+                f"-o {target}: {what} of {spec.path.name} ({where}); writing the export there "
+                "would destroy it. Nothing was written: pass another file, e.g. -o export."
+                + ("csv" if str(target).endswith(".csv") else "jsonl")
+            )
+
+
+def _stale_output(where: Path, output_dir: Path) -> str | None:
+    """Is where an output pair of an input since dropped (as clean recognises them)?"""
+    if where.parent != output_dir or not where.exists():
+        return None
+    if where.name.endswith(".errors.jsonl"):
+        return "an errors file"
+    if (
+        where.name.endswith(".jsonl")
+        and where.with_name(where.name[:-6] + ".errors.jsonl").exists()
+    ):
+        return "an output"
+    return None
 
 
 def export_rows(spec: Spec, store: Store) -> Iterator[ExportRow]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -11,12 +12,11 @@ import yaml
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.errors import LocalIOError, UsageError
-from gptbatch.spec import DEFAULT_CONFIG, SCHEMA_PATH
+from gptbatch.spec import DEFAULT_CONFIG, SCHEMA_PATH, SIMULATED_SUFFIX, default_project
 
 EXAMPLE_INPUT = "inputs/requests.jsonl"
 OUTPUT_DIR = "out"
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # as the schema's pattern
-IGNORED = (f"{OUTPUT_DIR}/", f"{OUTPUT_DIR}-simulated/")
 
 TEMPLATE = """\
 # yaml-language-server: $schema={schema}
@@ -84,6 +84,22 @@ class Scaffold:
     project: str
     gitignore: Path
     ignored: tuple[str, ...]  # lines appended to .gitignore (none if all were there)
+    changes: tuple[str, ...] = ()  # with --force: what was kept, and what went back to defaults
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What identifies a project in an existing config: kept by `init --force`.
+
+    The project id tags every batch at the API, and output_dir holds the build state: a
+    change to either makes a lost state's next build pay for everything again.
+    """
+
+    project: str
+    output_dir: str
+    inputs: tuple[str, ...]
+    derived: bool  # the config set no project: the id is the default the spec derives
+    dropped: tuple[str, ...]  # other settings the config made, reset to the template
 
 
 def new_project_id() -> str:
@@ -91,14 +107,33 @@ def new_project_id() -> str:
     return f"gptbatch-{secrets.token_hex(4)}"
 
 
-def config_text(project: str, schema: Path = SCHEMA_PATH) -> str:
+def config_text(
+    project: str,
+    schema: Path = SCHEMA_PATH,
+    *,
+    output_dir: str = OUTPUT_DIR,
+    inputs: tuple[str, ...] = (EXAMPLE_INPUT,),
+) -> str:
     """The commented batch.yaml that `init` writes."""
-    return TEMPLATE.format(
+    text = TEMPLATE.format(
         schema=schema.resolve(),
-        project=project,
-        output_dir=OUTPUT_DIR,
-        example_input=EXAMPLE_INPUT,
+        project=_scalar(project),
+        output_dir=_scalar(output_dir),
+        example_input=_scalar(inputs[0]),
     )
+    if len(inputs) > 1:  # the template has one input line: add the others after it
+        first = f"  - {_scalar(inputs[0])}\n"
+        text = text.replace(first, first + "".join(f"  - {_scalar(i)}\n" for i in inputs[1:]), 1)
+    return text
+
+
+def _scalar(value: str) -> str:
+    """A string as a YAML scalar: plain when YAML reads it back unchanged, else quoted."""
+    try:
+        plain = yaml.safe_load(value) == value and "#" not in value and "\n" not in value
+    except yaml.YAMLError:
+        plain = False
+    return value if plain else json.dumps(value)  # a JSON string is a YAML scalar
 
 
 def init_project(directory: Path, *, force: bool = False) -> Scaffold:
@@ -109,29 +144,111 @@ def init_project(directory: Path, *, force: bool = False) -> Scaffold:
             f"{config} already exists: edit it, or pass --force to replace it (keeping its "
             "project id, so the batches it submitted are still found)"
         )
-    project = (existing_project(config) if config.exists() else None) or new_project_id()
+    kept = existing_identity(config) if config.exists() else None
+    if kept is not None:
+        project = kept.project
+        text = config_text(project, output_dir=kept.output_dir, inputs=kept.inputs)
+        changes = _changes(kept)
+    else:
+        project = new_project_id()
+        text = config_text(project)
+        changes = (
+            (
+                f"{config.name} could not be read as a config: replaced by the template with a "
+                f"new project id {project} (batches it submitted under another id are not found)",
+            )
+            if config.exists()
+            else ()
+        )
     gitignore = directory / ".gitignore"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_writer(config, "w") as f:
-            f.write(config_text(project))
-        added = ignore_lines(gitignore, IGNORED)
+            f.write(text)
+        added = ignore_lines(gitignore, _ignored(kept.output_dir if kept else OUTPUT_DIR))
     except OSError as exc:
         raise LocalIOError(
             f"cannot write {exc.filename or directory}: {exc.strerror or exc}: check the "
             "directory's permissions and free space"
         ) from None
-    return Scaffold(config, project, gitignore, added)
+    return Scaffold(config, project, gitignore, added, changes)
 
 
-def existing_project(config: Path) -> str | None:
-    """The project id an existing config sets, kept by --force so its batches stay found."""
+def existing_identity(config: Path) -> Identity | None:
+    """What identifies the project an existing config describes; None if nothing does.
+
+    A config without `project:` gets the id the spec derives from output_dir and inputs
+    (spec.default_project), written out so it stays the same whatever the template holds.
+    Keys that are unusable as written (e.g. inputs not a list) come from the template.
+    """
     try:
         data = yaml.safe_load(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
-    project = data.get("project") if isinstance(data, dict) else None
-    return project if isinstance(project, str) and _PROJECT.fullmatch(project) else None
+    if not isinstance(data, dict):
+        return None
+    output_dir = data.get("output_dir", OUTPUT_DIR)
+    inputs = data.get("inputs")
+    inputs_ok = (
+        isinstance(inputs, list) and bool(inputs) and all(isinstance(i, str) and i for i in inputs)
+    )
+    unusable = []  # keys set but not usable as written: the template's value replaces them
+    if not isinstance(output_dir, str) or not output_dir:
+        output_dir, unusable = OUTPUT_DIR, ["output_dir"]
+    if not inputs_ok and "inputs" in data:
+        unusable.append("inputs")
+    project = data.get("project")
+    derived = project is None
+    if derived:
+        if not inputs_ok:  # such a config never built: no batches carry a derived id
+            return None
+        project = default_project(output_dir, inputs)
+    elif not isinstance(project, str) or not _PROJECT.fullmatch(project):
+        return None
+    dropped = tuple(
+        [
+            *unusable,
+            *(str(k) for k in data if k not in ("version", "inputs", "output_dir", "project")),
+        ]
+    )
+    return Identity(
+        project, output_dir, tuple(inputs) if inputs_ok else (EXAMPLE_INPUT,), derived, dropped
+    )
+
+
+def _changes(kept: Identity) -> tuple[str, ...]:
+    """What `init --force` keeps and what it resets, for the user to read."""
+    origin = (
+        "the id it derived from output_dir and inputs, now written as project:"
+        if kept.derived
+        else "as it was"
+    )
+    lines = [f"kept project {kept.project} ({origin}), so batches it submitted are still found"]
+    if "output_dir" not in kept.dropped:
+        lines.append(f"kept output_dir {kept.output_dir} (where its build state is)")
+    if "inputs" not in kept.dropped:
+        lines.append(f"kept inputs {', '.join(kept.inputs)}")
+    if kept.dropped:
+        lines.append(
+            f"reset to the template's defaults: {', '.join(kept.dropped)} "
+            "(set them again if you need them)"
+        )
+    filling = [k for k in ("model", "endpoint") if k in kept.dropped]
+    if filling:
+        lines.append(
+            f"note: {' and '.join(filling)} filled requests that lack them: without "
+            f"{'it' if len(filling) == 1 else 'them'}, such requests change (and are sent "
+            "again) or fail validation"
+        )
+    return tuple(lines)
+
+
+def _ignored(output_dir: str) -> tuple[str, ...]:
+    """The .gitignore lines for an output_dir (none when it lies outside the directory)."""
+    if Path(output_dir).is_absolute() or output_dir.startswith(("..", "~")):
+        return ()
+    name = output_dir.rstrip("/")
+    return (f"{name}/", f"{name}{SIMULATED_SUFFIX}/")
 
 
 def ignore_lines(gitignore: Path, patterns: tuple[str, ...]) -> tuple[str, ...]:

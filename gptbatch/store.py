@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import sqlite3
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -361,10 +362,16 @@ def _state_error(path: Path, exc: BaseException) -> Exception:
     """Our error for an SQLite or OS failure on the state: full disk, permissions, damage."""
     text = str(exc)
     code = getattr(exc, "errno", None)
-    if "disk is full" in text or code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if (
+        "disk is full" in text
+        or code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        or (_maybe_no_room(exc) and _no_room(path))
+    ):
+        # SQLite rolls back what it could not write: never advise moving an intact state
+        # aside (a build without it re-buys whatever the API can no longer give back).
         return LocalIOError(
-            f"no room to write the build state {path} ({text}): free disk space (or raise "
-            "the file size limit) and run again; nothing recorded so far is lost"
+            f"disk full: free space and rerun; the state is intact (no room to write {path}: "
+            f"{text}; a file size limit or disk quota does the same: raise it)"
         )
     if (
         "readonly" in text
@@ -385,6 +392,56 @@ def _state_error(path: Path, exc: BaseException) -> Exception:
         f"(mv {path.parent} {path.parent}.broken) and run again; gptbatch then adopts its "
         "batches from the API by their metadata instead of paying twice"
     )
+
+
+# SQLite reports ENOSPC as SQLITE_FULL only on plain writes: a WAL index it cannot grow
+# (IOERR_SHMSIZE), a quota (EDQUOT) or a file size limit (EFBIG) on a write is an I/O
+# error, and a journal it cannot create is CANTOPEN. Those are checked against the disk.
+_SQLITE_IOERR, _SQLITE_CANTOPEN = 10, 14
+_SQLITE_READ_ERRORS = (266, 522)  # IOERR_READ, IOERR_SHORT_READ: reading needs no room
+_ROOM_PROBE = 1 << 20  # bytes a state write may need at once (WAL frames, index growth)
+
+
+def _maybe_no_room(exc: BaseException) -> bool:
+    """Could this SQLite error come from a full disk rather than a damaged file?"""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "disk I/O error" in str(exc) or "unable to open" in str(exc)
+    return code & 0xFF in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and code not in _SQLITE_READ_ERRORS
+
+
+def _no_room(path: Path) -> bool:
+    """Is there too little room to write beside path: free space, a quota, a size limit?"""
+    directory = path.parent
+    while not directory.is_dir() and directory != directory.parent:
+        directory = directory.parent
+    with contextlib.suppress(OSError):
+        fs = os.statvfs(directory)
+        if fs.f_bavail * fs.f_frsize < _ROOM_PROBE:
+            return True
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        biggest = max((p.stat().st_size for p in path.parent.glob(path.name + "*")), default=0)
+        if limit != resource.RLIM_INFINITY and limit < biggest + _ROOM_PROBE:
+            return True
+    # A quota shows in no statistic: try to write what a state write may need.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".room-", dir=directory)
+    except OSError as exc:
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        if os.write(fd, bytes(_ROOM_PROBE)) < _ROOM_PROBE:  # a short write: the room ran out
+            return True
+        os.fsync(fd)
+    except OSError as exc:
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return False
 
 
 # SQLite errors that mean the file, disk or permissions are at fault; others are our bugs.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptbatch.errors import InputError, UsageError
+from gptbatch.errors import InputError, Interrupted, UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
 from gptbatch.spec import SIMULATED_SUFFIX, Spec, api_key, load_spec
@@ -244,22 +244,45 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
     reporter: Reporter = (
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
     )
-    with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
-        if args.simulate and not args.json:
-            print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
-        summary = run_build(
-            spec,
-            remote,
-            reporter,
-            wait=not args.no_wait,
-            keep_going=getattr(args, "keep_going", False),
-            force=getattr(args, "force", False),
-            retry_failed=getattr(args, "retry_failed", False),
-            only=getattr(args, "only", None),
-        )
+    again = resume_command(args)
+    try:
+        with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
+            if args.simulate and not args.json:
+                print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
+            summary = run_build(
+                spec,
+                remote,
+                reporter,
+                wait=not args.no_wait,
+                keep_going=getattr(args, "keep_going", False),
+                force=getattr(args, "force", False),
+                retry_failed=getattr(args, "retry_failed", False),
+                only=getattr(args, "only", None),
+            )
+    except KeyboardInterrupt:
+        if again == "gptbatch build":
+            raise  # the CLI's own message names this command
+        # A plain `gptbatch build` would not resume a rehearsal (or a manager run): name
+        # the command that does.
+        raise Interrupted(
+            "interrupted: state is saved and batches already submitted keep running"
+            + (" in the rehearsal's simulator" if args.simulate else " at the API")
+            + f"; `{again}` picks up where this stopped"
+            + (
+                " (`gptbatch cancel --simulate` stops them)"
+                if again.startswith("gptbatch ")
+                else ""
+            )
+        ) from None
     if not args.json:
-        print_summary(summary, spec)
+        print_summary(summary, spec, again=again)
     return summary.exit_code, spec
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this build: a rehearsal resumes only with --simulate."""
+    base = getattr(args, "resume_command", None) or "gptbatch build"
+    return f"{base} --simulate" if args.simulate else base
 
 
 def rehearsal(spec: Spec) -> Spec:
@@ -286,7 +309,7 @@ def usage_line(label: str, u: Usage) -> str:
     )
 
 
-def print_summary(s: BuildSummary, spec: Spec) -> None:
+def print_summary(s: BuildSummary, spec: Spec, *, again: str = "gptbatch build") -> None:
     out = sys.stdout
     state = "done" if not s.pending else "not done"
     print(
@@ -315,7 +338,8 @@ def print_summary(s: BuildSummary, spec: Spec) -> None:
         print(f"stopped: {s.stopped_by_cost}", file=out)
     if s.pending:
         print(
-            "run `gptbatch build` again to continue; `gptbatch status --explain` says why "
-            "each request is pending",
+            f"run `{again}` again to continue; `gptbatch status --explain"
+            + (" --simulate" if again.endswith("--simulate") else "")
+            + "` says why each request is pending",
             file=out,
         )

@@ -22,6 +22,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
     p.add_argument("--json", action="store_true", help="print what was cancelled as JSON")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="cancel the batches of the `build --simulate` rehearsal (its simulator; no key)",
+    )
     p.set_defaults(func=run)
 
 
@@ -30,11 +35,22 @@ def run(args: argparse.Namespace) -> int:
     from gptbatch.connect import connect
 
     spec = load_spec(args.config)
-    remote = connect(spec, "cancel")
-    try:
-        done = cancel_in_flight(spec, remote)
-    finally:
-        remote.close()
+    if args.simulate:
+        from gptbatch.cli.build import remote_for, simulated_output_dir
+
+        if not simulated_output_dir(spec).exists():  # no rehearsal: start no simulator
+            done = []
+        else:
+            # The rehearsal's own simulator, restored from its state beside the rehearsal.
+            with remote_for(spec, True) as (spec, remote):
+                done = cancel_in_flight(spec, remote)
+    else:
+        remote = connect(spec, "cancel")
+        try:
+            done = cancel_in_flight(spec, remote)
+        finally:
+            remote.close()
+    again = "gptbatch build --simulate" if args.simulate else "gptbatch build"
     if args.json:
         print(json.dumps([dataclasses.asdict(c) for c in done], indent=2, sort_keys=True))
         return 0
@@ -46,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{c.batch_id}{origin}: {c.status}; {c.note}")
     stopped = sum(c.status in ("cancelling", "cancelled") for c in done)
     print(
-        f"cancelled {stopped} batch{'es' if stopped != 1 else ''}: run `gptbatch build` "
+        f"cancelled {stopped} batch{'es' if stopped != 1 else ''}: run `{again}` "
         "to collect what finished and resubmit the rest"
     )
     return 0

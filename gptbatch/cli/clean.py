@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptbatch.clean import CleanPlan, delete_uploads, plan_clean, remote_uploads, remove_local
+from gptbatch.clean import (
+    SIMULATOR_DIR,
+    CleanPlan,
+    delete_uploads,
+    plan_clean,
+    remote_uploads,
+    remove_local,
+    unrecoverable_results,
+)
 from gptbatch.cli.build import rehearsal
 from gptbatch.errors import EXIT_ERROR, UsageError
 from gptbatch.lock import BuildLock
@@ -53,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
         remote = connect(spec, "clean --remote")
     try:
         with BuildLock(spec.output_dir, state_dir(spec.output_dir)):
-            plan = plan_clean(spec)
+            plan = plan_clean(spec, rehearsal=args.simulate)
             uploads = remote_uploads(spec, remote) if remote else []
+            lost = (
+                0 if args.simulate else unrecoverable_results(spec, deleting_uploads=bool(uploads))
+            )
             if not plan.files and not uploads:
                 remove_local(plan)
                 print(f"nothing to clean in {shown(str(spec.output_dir))}")
@@ -64,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
                     "clean removes files and asks first: pass --yes when not on a terminal"
                 )
             _describe(plan, uploads, state_dir(spec.output_dir))
+            if lost:
+                _warn_rebuy(lost, removing_state=bool(plan.files), remote=bool(uploads))
             if not args.yes and not _confirmed():
                 print("nothing removed")
                 return EXIT_ERROR
@@ -83,7 +96,9 @@ def _describe(plan: CleanPlan, uploads: list[str], work: Path) -> None:
         if path not in state:
             print(f"  remove {shown(str(path))}")
     if state:
-        print(f"  remove {shown(str(work))}/ (build state: {len(state)} files)")
+        simulated = sum(1 for p in state if p.is_relative_to(work / SIMULATOR_DIR))
+        extra = f", {simulated} of them the rehearsal's simulator" if simulated else ""
+        print(f"  remove {shown(str(work))}/ (build state: {len(state)} files{extra})")
     if uploads:
         print(f"  delete {len(uploads)} uploaded input files at the API: {', '.join(uploads)}")
     for path in plan.kept:
@@ -93,6 +108,24 @@ def _describe(plan: CleanPlan, uploads: list[str], work: Path) -> None:
             f"  note: {plan.in_flight} batch(es) still run at the API; a later build adopts "
             "and collects them (`gptbatch cancel` stops them)"
         )
+
+
+def _warn_rebuy(lost: int, *, removing_state: bool, remote: bool) -> None:
+    """Say before asking that this clean makes the next build pay again for these results."""
+    why = (
+        "this deletes their input files at the API"
+        if remote
+        else "their input files at the API were deleted after collection (delete_uploads: true)"
+    )
+    after = (
+        "with the build state removed, the next build submits and pays for them again"
+        if removing_state
+        else "if the build state is ever lost, a build submits and pays for them again"
+    )
+    print(
+        f"  warning: {lost:,} result{'s' if lost != 1 else ''} could not be recovered from the "
+        f"API: {why}; {after} (`gptbatch export` keeps a copy of the results)"
+    )
 
 
 def _confirmed() -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 from gptbatch.canonical import atomic_writer
 from gptbatch.cli.build import rehearsal
 from gptbatch.errors import UsageError
-from gptbatch.export import FORMATS, export_rows, write_rows
+from gptbatch.export import FORMATS, check_export_target, export_rows, write_rows
 from gptbatch.spec import load_spec
 from gptbatch.status import stale_inputs
 from gptbatch.store import Store, state_dir
@@ -38,11 +38,21 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
+    real, practice = spec, rehearsal(spec)
+    if args.output:  # before anything is read or written
+        check_export_target(args.output, (real, practice))
     if args.simulate:
-        spec = rehearsal(spec)
+        spec = practice
     directory = state_dir(spec.output_dir)
     if not (directory / "state.db").exists():
-        raise UsageError(f"no build state in {directory}: run `gptbatch build` first")
+        if args.simulate:
+            raise UsageError(
+                f"no rehearsal state in {directory}: run `gptbatch build --simulate` first"
+            )
+        hint = "run `gptbatch build` first"
+        if (state_dir(practice.output_dir) / "state.db").exists():
+            hint += ", or pass --simulate to export the rehearsal"
+        raise UsageError(f"no build state in {directory}: {hint}")
     store = Store(directory)
     try:
         for path, why in stale_inputs(spec, store):

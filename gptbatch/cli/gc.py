@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gptbatch.cli.build import rehearsal
 from gptbatch.prune import collect_garbage
 from gptbatch.spec import load_spec
 
@@ -20,11 +21,17 @@ def register(sub: Any) -> None:
         "takes the build lock.",
     )
     p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
+    p.add_argument(
+        "--simulate", action="store_true", help="collect the `build --simulate` rehearsal's state"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    s = collect_garbage(load_spec(args.config))
+    spec = load_spec(args.config)
+    if args.simulate:
+        spec = rehearsal(spec)
+    s = collect_garbage(spec)
     print(
         f"dropped {s.results:,} results, {s.shards:,} shards ({s.members:,} members, "
         f"{s.batches:,} batches, {s.shard_files:,} shard files)"

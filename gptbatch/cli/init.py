@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
         description="Write DIR/batch.yaml: every key commented with its default, a new "
         "random project id, and a first line naming the schema for editors. Append the "
         "output directories to DIR/.gitignore. Refuses to replace a batch.yaml without "
-        "--force (which keeps its project id).",
+        "--force, which keeps what identifies the project (its project id, written out "
+        "if it was derived, output_dir and inputs) and says what it resets.",
     )
     p.add_argument("directory", nargs="?", default=".", help="where to write (default: .)")
     p.add_argument("--force", action="store_true", help="replace an existing batch.yaml")
@@ -27,8 +28,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     made = init_project(Path(args.directory), force=args.force)
     print(f"wrote {made.config} (project {made.project})")
+    for change in made.changes:
+        print(f"  {change}")
     if made.ignored:
         print(f"added {', '.join(made.ignored)} to {made.gitignore}")
+    if made.changes:  # --force: the project's inputs stay as they were
+        print(f"next: `gptbatch validate {made.config}`")
+        return 0
     print(
         f"next: put requests in {made.config.parent / EXAMPLE_INPUT}, then "
         f"`gptbatch validate {made.config}` and `gptbatch build {made.config} --simulate`"

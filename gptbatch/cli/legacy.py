@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,8 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.json = args.verbose = False
+    # What an interrupted or pending run is continued with (execute adds --simulate).
+    args.resume_command = shlex.join(["gpt_batch_manager", *args.files])
 
     def manage(args: argparse.Namespace) -> int:
         inputs, skipped = manager_inputs(args.files)
@@ -72,9 +75,10 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
             return 0
         config = write_manager_config(inputs, Path.cwd())
         code, spec = execute(load_spec(config), args)
-        if not args.simulate:
-            for path in publish_outputs(spec):
-                print(f"wrote {shown(str(path))}")
+        # A rehearsal publishes too (from <output_dir>-simulated), as the original tool's
+        # users expect FILE.output.jsonl either way.
+        for path in publish_outputs(spec):
+            print(f"wrote {shown(str(path))}")
         return code
 
     return run(manage, args)

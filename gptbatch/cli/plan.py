@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
+from gptbatch.cli.build import rehearsal
 from gptbatch.plan import GroupPlan, Plan, make_plan
+from gptbatch.report import shown
 from gptbatch.spec import load_spec
 from gptbatch.store import Store, state_dir
 
@@ -30,6 +32,11 @@ def register(subparsers: Any) -> None:
         "--all",
         action="store_true",
         help="plan the whole workload, ignoring what earlier builds did",
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="plan against the `build --simulate` rehearsal's state instead",
     )
     parser.set_defaults(func=run)
 
@@ -126,6 +133,8 @@ def _print_rich(plan: Plan, title: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
+    if args.simulate:
+        spec = rehearsal(spec)
     directory = state_dir(spec.output_dir)
     store = None if args.all or not (directory / "state.db").exists() else Store(directory)
     try:
@@ -141,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     what = "what `build` would send now" if store is not None else "the whole workload"
     title = f"Plan for {args.config or 'batch.yaml'}: {what}"
+    if args.simulate:
+        title += f" (the rehearsal in {shown(str(spec.output_dir))})"
     if sys.stdout.isatty():
         _print_rich(plan, title)
     else:
