@@ -24,7 +24,7 @@ from gptbatch.report import Reporter
 from gptbatch.scheduler import Scheduler
 from gptbatch.spec import Spec
 from gptbatch.store import FINAL_RESULT_STATES, BatchRow, ShardRow, Store
-from gptbatch.submit import Submitter, refused
+from gptbatch.submit import RECOVERED, Submitter, refused
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 SLOW_FINALIZING_SECONDS = 900.0  # a batch finalizing longer than this is reported
@@ -259,8 +259,10 @@ class Collector:
         for path in downloads:
             path.unlink(missing_ok=True)
         (self.work_dir / "shards" / f"{shard_id}.jsonl").unlink(missing_ok=True)  # final now
-        if self.spec.delete_uploads and info.input_file_id:
-            # Not found or not now: it expires by itself (upload_expires_after).
+        if self.spec.delete_uploads and info.input_file_id and shard.note != RECOVERED:
+            # Not found or not now: it expires by itself (upload_expires_after). A batch
+            # recovered from the API may be another project's under a shared default id:
+            # its upload is not ours to delete.
             with contextlib.suppress(NotFoundError, TransientRemoteError):
                 self.remote.delete_file(info.input_file_id)
         if info.status == "completed":

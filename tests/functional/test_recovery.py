@@ -1,0 +1,101 @@
+"""Recovery after a lost state adopts every batch of the project, however it is rebuilt.
+
+Issue 15, item 1: a partial first rebuild (a subset build, or inputs edited meanwhile) must
+not hide older batches from later builds, and no time window may be measured with the local
+clock against the API's `created_at`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from buildkit import batch_count, billed_ids, billed_twice, chat, make_project, write_jsonl
+
+from gptbatch.errors import EXIT_OK
+from gptbatch.simulator import Fault
+
+DAY = 86400.0
+
+
+def two_inputs(tmp_path: Path, **config: object):
+    a = [chat(f"a{i}") for i in range(20)]
+    b = [chat(f"b{i}") for i in range(20)]
+    return make_project(
+        tmp_path,
+        {"a.jsonl": a, "b.jsonl": b},
+        limits={"max_requests_per_batch": 5},
+        **config,
+    )
+
+
+def test_subset_rebuild_after_lost_state_does_not_hide_the_other_inputs_batches(
+    tmp_path: Path, simulator_factory
+) -> None:
+    # The API's clock is 4 days behind ours: seen from here, every batch is 4 days old.
+    sim = simulator_factory(start_time=time.time() - 4 * DAY)
+    project = two_inputs(tmp_path)
+    assert project.build() == EXIT_OK
+    assert len(billed_ids(sim)) == 40
+    shutil.rmtree(project.out / ".gptbatch")
+    assert project.build(str(project.input("a.jsonl"))) == EXIT_OK
+    assert project.build() == EXIT_OK
+    assert billed_twice(sim) == []
+    assert len(billed_ids(sim)) == 40
+    assert sorted(o["custom_id"] for o in project.output("b")) == sorted(f"b{i}" for i in range(20))
+    assert all(o["response"] is not None for o in project.output("b"))
+
+
+def test_lines_removed_during_the_recovering_build_are_not_billed_again(
+    tmp_path: Path, simulator_factory
+) -> None:
+    sim = simulator_factory(start_time=time.time() - 4 * DAY)
+    rows = [chat(f"r{i}") for i in range(30)]
+    project = make_project(tmp_path, {"requests.jsonl": rows}, limits={"max_requests_per_batch": 3})
+    assert project.build() == EXIT_OK
+    shutil.rmtree(project.out / ".gptbatch")
+    write_jsonl(project.input(), rows[:10])  # 20 of 30 lines removed while recovering
+    assert project.build() == EXIT_OK
+    write_jsonl(project.input(), rows)  # and back
+    assert project.build() == EXIT_OK
+    assert billed_twice(sim) == []
+    assert len(billed_ids(sim)) == 30
+    assert [o["custom_id"] for o in project.output()] == [f"r{i}" for i in range(30)]
+    assert all(o["response"] is not None for o in project.output())
+
+
+def test_a_foreign_project_sharing_the_id_never_marks_our_requests_done(
+    tmp_path: Path, simulator_factory
+) -> None:
+    # Two unrelated projects with one project id (a default id made from the same layout):
+    # adopting the other's batches must not give our requests its answers.
+    sim = simulator_factory()
+    ours = make_project(tmp_path / "ours", {"requests.jsonl": [chat("x", "ours")]}, project="p")
+    theirs = make_project(
+        tmp_path / "theirs", {"requests.jsonl": [chat("x", "theirs")]}, project="p"
+    )
+    assert theirs.build() == EXIT_OK
+    assert ours.build() == EXIT_OK
+    assert billed_ids(sim) == ["x", "x"]  # ours was sent: their answer is not ours
+    before = ours.output()
+    shutil.rmtree(ours.out / ".gptbatch")
+    assert ours.build() == EXIT_OK  # adopts both batches: only ours answers our request
+    assert billed_ids(sim) == ["x", "x"]
+    assert ours.output() == before
+    shutil.rmtree(theirs.out / ".gptbatch")
+    assert theirs.build() == EXIT_OK
+    assert billed_ids(sim) == ["x", "x"]
+    assert theirs.output() != before
+
+
+def test_lost_create_reply_is_adopted_when_the_api_clock_is_behind(
+    tmp_path: Path, simulator_factory
+) -> None:
+    sim = simulator_factory(start_time=time.time() - 4 * DAY)
+    sim.add_fault(Fault.lost_reply(method="POST", path="/v1/batches", count=1))
+    project = make_project(tmp_path, {"requests.jsonl": [chat(f"r{i}") for i in range(10)]})
+    assert project.build() == EXIT_OK
+    assert billed_twice(sim) == []
+    assert batch_count(sim) == 1
+    assert len(project.output()) == 10
