@@ -11,9 +11,18 @@ import shutil
 import time
 from pathlib import Path
 
-from buildkit import batch_count, billed_ids, billed_twice, chat, make_project, write_jsonl
+from buildkit import (
+    batch_count,
+    billed_ids,
+    billed_twice,
+    chat,
+    creates,
+    make_project,
+    wait_until,
+    write_jsonl,
+)
 
-from gptbatch.errors import EXIT_OK
+from gptbatch.errors import EXIT_OK, EXIT_PENDING
 from gptbatch.simulator import Fault
 
 DAY = 86400.0
@@ -99,3 +108,63 @@ def test_lost_create_reply_is_adopted_when_the_api_clock_is_behind(
     assert billed_twice(sim) == []
     assert batch_count(sim) == 1
     assert len(project.output()) == 10
+
+
+# --- issue 15, item 5: a result file that 404s is waited for, not bought again ---------------
+
+
+def all_completed(sim) -> bool:
+    return all(b["status"] == "completed" for b in sim.service.batches())
+
+
+def test_three_404s_on_a_result_file_do_not_rebuy_the_batch(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    reqs = [chat(f"r{i}") for i in range(6)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs})
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert wait_until(lambda: all_completed(simulator))
+    simulator.add_fault(Fault.http(404, method="GET", path="/v1/files/*/content", count=3))
+    capsys.readouterr()
+    assert project.build() == EXIT_OK
+    assert billed_twice(simulator) == []
+    assert creates(simulator) == 1
+    assert [o["custom_id"] for o in project.output()] == [f"r{i}" for i in range(6)]
+    seen = capsys.readouterr()
+    assert "waiting for it (nothing is sent again)" in seen.out + seen.err
+
+
+def test_a_result_file_that_keeps_404ing_is_waited_for_with_a_message(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    reqs = [chat(f"r{i}") for i in range(3)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs})
+    simulator.add_fault(Fault.http(404, method="GET", path="/v1/files/*/content", count=0))
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert wait_until(lambda: all_completed(simulator))
+    for _ in range(4):
+        assert project.build("--no-wait") == EXIT_PENDING
+    assert creates(simulator) == 1
+    assert billed_twice(simulator) == []
+    seen = capsys.readouterr()
+    assert "the API lists it but would not serve it yet" in seen.out + seen.err
+    simulator.clear_faults()
+    assert project.build() == EXIT_OK
+    assert creates(simulator) == 1
+    assert len(project.output()) == 3
+
+
+def test_an_output_file_expired_by_the_apis_clock_is_sent_again(
+    tmp_path: Path, simulator_factory
+) -> None:
+    # The API's clock runs days behind ours: expiry is judged by the API's time, not ours.
+    sim = simulator_factory(start_time=time.time() - 4 * DAY)
+    reqs = [chat(f"r{i}") for i in range(3)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs}, output_expires_after=3600)
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert wait_until(lambda: all_completed(sim))
+    sim.clock.advance(2 * 3600)  # the output file expired at the API
+    assert project.build() == EXIT_OK
+    assert creates(sim) == 2  # the expired results had to be bought again
+    assert len(project.output()) == 3
+    assert all(o["response"] is not None for o in project.output())
