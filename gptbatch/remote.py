@@ -36,6 +36,11 @@ TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 RUNNING_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 
 
+class UploadGoneError(RemoteError):
+    """batches.create: the API does not have the input file (expired or deleted); nothing
+    was created."""
+
+
 @dataclass(frozen=True)
 class BatchErrorInfo:
     """One entry of a batch's `errors.data`."""
@@ -175,6 +180,10 @@ def stated_queue_limit(message: str | None) -> tuple[str, int | None, str | None
 def _create_error(exc: Exception) -> Exception:
     """Map a batches.create failure: a 429 there is a full queue or a rate limit, never both."""
     _import_sdk()
+    if isinstance(exc, openai.BadRequestError | openai.NotFoundError) and re.search(
+        r"cannot find file|no such file", _message(exc), re.IGNORECASE
+    ):
+        return UploadGoneError(f"{exc.status_code} from the API: {_message(exc)}")
     if isinstance(exc, openai.RateLimitError):
         message = _message(exc)
         full = stated_queue_limit(message)

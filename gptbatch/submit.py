@@ -31,7 +31,7 @@ from gptbatch.errors import (
     StateError,
     TransientRemoteError,
 )
-from gptbatch.remote import BatchInfo, Remote
+from gptbatch.remote import BatchInfo, Remote, UploadGoneError
 from gptbatch.report import Reporter
 from gptbatch.requests import read_raw_line
 from gptbatch.scheduler import Scheduler, refusal_delay
@@ -201,6 +201,10 @@ class Submitter:
         except RateLimitedError as exc:
             self.rate_limited_create(shard, exc)
             return
+        except UploadGoneError as exc:
+            # Nothing was created; the file expired or was deleted while the shard waited.
+            self.upload_gone(shard, file_id, exc)
+            return
         except TransientRemoteError as exc:
             # The batch may or may not exist: find out before anything is created again.
             self.report.event("create_uncertain", shard=shard.id[:12], error=str(exc))
@@ -220,6 +224,22 @@ class Submitter:
             model=shard.model,
             requests=shard.requests,
             tokens=shard.tokens,
+        )
+
+    def upload_gone(self, shard: ShardRow, file_id: str, exc: Exception) -> None:
+        """batches.create said the shard's file does not exist: upload it again next.
+
+        A waiting shard outlives its upload when the queue stays full past
+        `upload_expires_after` (or `clean --remote` deleted it); nothing was created, so
+        the shard goes back to be uploaded, never wedging the project.
+        """
+        with self.store.transaction():
+            self.store.update_shard(shard.id, state="ready", file_id=None)
+        self.report.event(
+            "api_retry",
+            batch="",
+            error=f"shard {shard.id[:12]}: the API no longer has its uploaded file {file_id} "
+            f"({exc}); uploading it again",
         )
 
     def queue_full(self, shard: ShardRow, exc: QueueFullError, attempted_at: float) -> None:

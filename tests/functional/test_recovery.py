@@ -18,6 +18,8 @@ from buildkit import (
     chat,
     creates,
     make_project,
+    padded_chat,
+    uploads,
     wait_until,
     write_jsonl,
 )
@@ -168,3 +170,43 @@ def test_an_output_file_expired_by_the_apis_clock_is_sent_again(
     assert creates(sim) == 2  # the expired results had to be bought again
     assert len(project.output()) == 3
     assert all(o["response"] is not None for o in project.output())
+
+
+# --- issue 15, item 7: an upload the API forgot is uploaded again; results come first -------
+
+
+def test_a_waiting_shard_whose_upload_expired_is_uploaded_again(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    reqs = [padded_chat(f"r{i}") for i in range(6)]
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        upload_expires_after=3600,
+        limits={"enqueued_tokens": 400, "safety_margin": 0, "max_requests_per_batch": 3},
+    )
+    assert project.build("--no-wait") == EXIT_PENDING
+    sent, waiting = creates(simulator), uploads(simulator) - creates(simulator)
+    assert sent >= 1 and waiting >= 1  # some shards wait for room, already uploaded
+    simulator.clock.advance(2 * 3600)  # the first batches complete; the waiting uploads expire
+    assert project.build() == EXIT_OK
+    assert billed_twice(simulator) == []
+    assert uploads(simulator) >= sent + 2 * waiting  # each forgotten upload was made again
+    assert [o["custom_id"] for o in project.output()] == [f"r{i}" for i in range(6)]
+    assert all(o["response"] is not None for o in project.output())
+
+
+def test_finished_batches_are_collected_before_a_failing_submit(tmp_path: Path, simulator) -> None:
+    reqs = [padded_chat(f"r{i}") for i in range(6)]
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        limits={"enqueued_tokens": 400, "safety_margin": 0, "max_requests_per_batch": 3},
+    )
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert wait_until(lambda: all_completed(simulator))
+    # The next create fails for good (a 400 nothing can fix by retrying).
+    simulator.add_fault(Fault.http(400, method="POST", path="/v1/batches", count=0))
+    assert project.build() != EXIT_OK
+    done = [o for o in project.output() if o["response"] is not None]
+    assert [o["custom_id"] for o in done] == ["r0", "r1", "r2"]  # the paid results are out
