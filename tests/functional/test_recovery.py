@@ -7,6 +7,7 @@ clock against the API's `created_at`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -210,3 +211,24 @@ def test_finished_batches_are_collected_before_a_failing_submit(tmp_path: Path, 
     assert project.build() != EXIT_OK
     done = [o for o in project.output() if o["response"] is not None]
     assert [o["custom_id"] for o in done] == ["r0", "r1", "r2"]  # the paid results are out
+
+
+def test_recovery_pages_past_other_projects_newer_batches(tmp_path: Path, simulator) -> None:
+    project = make_project(tmp_path, {"requests.jsonl": [chat(f"r{i}") for i in range(4)]})
+    assert project.build() == EXIT_OK
+    data = json.dumps(chat("other")).encode() + b"\n"
+    for _ in range(150):  # another project's batches, newer than ours: ours are on page 2
+        upload = simulator.service.create_file("other.jsonl", "batch", data)
+        simulator.service.create_batch(
+            {
+                "input_file_id": upload["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"gptbatch_project": "someone-else", "gptbatch_shard": "x"},
+            }
+        )
+    shutil.rmtree(project.out / ".gptbatch")
+    assert project.build() == EXIT_OK
+    billed = simulator.journal.billed_counts()
+    assert [billed[f"r{i}"] for i in range(4)] == [1, 1, 1, 1]
+    assert len(project.output()) == 4
