@@ -251,7 +251,14 @@ class Builder:
                         changed = self.submit() or changed
                     else:
                         unlisted = True  # the API could not be listed: try again, never give up
-                active = self.store.shards(ACTIVE_SHARD_STATES)
+                # A batch adopted from the API that holds none of this build's requests (a
+                # subset build, or another project's under a shared id) is collected when
+                # it ends, by this build or a later one, but is not waited for.
+                active = [
+                    s
+                    for s in self.store.shards(ACTIVE_SHARD_STATES)
+                    if self.submitter.concerns_this_build(s)
+                ]
                 if not wait:
                     break
                 if not active and not unlisted and not self.store.has_work_to_submit():

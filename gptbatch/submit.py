@@ -98,6 +98,7 @@ class Submitter:
         self.rng = rng or random.Random()
         self.rate_limited: dict[str, int] = {}  # shard -> plain 429s in a row at create
         self.newest_listed: int | None = None  # newest created_at of the last list pass
+        self.concerns: dict[str, bool] = {}  # recovered shard -> holds a current request
 
     # --- one shard ---------------------------------------------------------------------
 
@@ -349,6 +350,17 @@ class Submitter:
             if self.is_ours(info):
                 yield info
         self.newest_listed = newest
+
+    def concerns_this_build(self, shard: ShardRow) -> bool:
+        """Does the shard hold a current request? Only a shard recovered from the API may
+        not; the answer is kept for the run (the inputs were read once, at its start)."""
+        if shard.note != RECOVERED:
+            return True
+        if shard.id not in self.concerns:
+            self.concerns[shard.id] = any(
+                self.store.is_current(k) for k, _ in self.store.members(shard.id)
+            )
+        return self.concerns[shard.id]
 
     def adopt_existing(self, shard: ShardRow) -> bool:
         """If a live or finished batch for this shard exists remotely, adopt it.

@@ -232,3 +232,24 @@ def test_recovery_pages_past_other_projects_newer_batches(tmp_path: Path, simula
     billed = simulator.journal.billed_counts()
     assert [billed[f"r{i}"] for i in range(4)] == [1, 1, 1, 1]
     assert len(project.output()) == 4
+
+
+def test_a_subset_rebuild_does_not_wait_for_the_other_inputs_batches(
+    tmp_path: Path, simulator_factory
+) -> None:
+    # A frozen clock: b's batch is still running when the state is lost.
+    sim = simulator_factory(time_scale=0.0, tokens_per_second=2.0, total_tokens_per_second=50.0)
+    project = make_project(
+        tmp_path,
+        {"a.jsonl": [chat("a0")], "b.jsonl": [chat("b0", "word " * 400)]},
+        limits={"max_requests_per_batch": 1},
+    )
+    assert project.build("--no-wait") == EXIT_PENDING
+    sim.clock.advance(60)  # a's small batch is done, b's is not
+    assert sorted(b["status"] for b in sim.service.batches()) == ["completed", "in_progress"]
+    shutil.rmtree(project.out / ".gptbatch")
+    assert project.build(str(project.input("a.jsonl"))) == EXIT_OK  # does not wait for b
+    sim.clock.advance(1000)
+    assert project.build() == EXIT_OK
+    assert billed_twice(sim) == []
+    assert [o["custom_id"] for o in project.output("b")] == ["b0"]
