@@ -322,7 +322,7 @@ class Collector:
             file_id,
             f"the API says it does not exist, though batch {info.id} ({batch.status}) names it "
             f"and it should be kept until {_utc(expires)} (API time); if it was deleted, "
-            "`gptbatch build -B` sends its requests again",
+            "its requests are sent again once that time has passed",
         )
         return False
 
