@@ -264,21 +264,27 @@ class Builder:
                 changed = self.collector.poll()
                 if changed:
                     self.scheduler.room_changed()
+                # Paid results are collected before anything is submitted: an error while
+                # submitting must never withhold them (issue 15, item 7).
+                if self.collector.collect_finished():
+                    changed = True
                 # Nothing is submitted before the API has been listed once in this run; a
                 # build with nothing to submit makes no call for it.
                 unlisted = False
                 if self.store.has_work_to_submit():
                     reconciled = reconciled or self.submitter.reconcile()
                     if reconciled:
-                        # Room left by finished batches is used before their downloads.
                         changed = self.submit() or changed
                     else:
                         unlisted = True  # the API could not be listed: try again, never give up
-                if self.collector.collect_finished():
-                    changed = True
-                    if not wait and reconciled:  # one pass: resubmit what just came back
-                        self.submit()
-                active = self.store.shards(ACTIVE_SHARD_STATES)
+                # A batch adopted from the API that holds none of this build's requests (a
+                # subset build, or another project's under a shared id) is collected when
+                # it ends, by this build or a later one, but is not waited for.
+                active = [
+                    s
+                    for s in self.store.shards(ACTIVE_SHARD_STATES)
+                    if self.submitter.concerns_this_build(s)
+                ]
                 if not wait:
                     break
                 if not active and not unlisted and not self.store.has_work_to_submit():

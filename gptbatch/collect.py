@@ -24,11 +24,21 @@ from gptbatch.report import Reporter
 from gptbatch.scheduler import Scheduler
 from gptbatch.spec import Spec
 from gptbatch.store import FINAL_RESULT_STATES, BatchRow, ShardRow, Store
-from gptbatch.submit import Submitter, refused
+from gptbatch.submit import RECOVERED, Submitter, refused
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 SLOW_FINALIZING_SECONDS = 900.0  # a batch finalizing longer than this is reported
-GONE_AFTER = 3  # 404s in a row (one per poll round) before a batch or file counts as gone
+GONE_AFTER = 3  # 404s in a row (one per poll round) before a batch counts as gone
+COMPLETION_WINDOW_SECONDS = 86400  # the longest a batch may run before its files are made
+DEFAULT_FILE_TTL = 30 * 86400  # output files live 30 days unless output_expires_after says
+
+
+class FileWaiting(TransientRemoteError):
+    """A finished batch's result file cannot be fetched yet: wait for it, never re-buy."""
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
 class Collector:
@@ -61,6 +71,8 @@ class Collector:
         # 404s seen per batch or file id: one 404 can be a blip (or a request routed to the
         # wrong project); taking it as "gone" would pay for the work again.
         self.not_found: dict[str, int] = {}
+        self.file_expiry: dict[str, int] = {}  # file id -> expires_at the API gave (API time)
+        self.waiting_reported: dict[str, str] = {}  # file id -> the reason last reported
         self.forecast = Forecast()
 
     # --- polling -------------------------------------------------------------------------
@@ -187,6 +199,8 @@ class Collector:
         for shard_id, info in self.finished:
             try:
                 self.collect(shard_id, info)
+            except FileWaiting:
+                continue  # reported by file_expired
             except TransientRemoteError as exc:
                 self.report.event("api_retry", batch=info.id, error=str(exc))
                 continue
@@ -208,12 +222,12 @@ class Collector:
                 path = self.work_dir / "downloads" / f"{file_id}.jsonl"
                 try:
                     self.remote.download(file_id, path)
-                except NotFoundError as exc:  # deleted or expired: its requests count as missing
-                    strikes = self.not_found[file_id] = self.not_found.get(file_id, 0) + 1
-                    if strikes < GONE_AFTER:  # a blip is retried, not paid for again
-                        raise TransientRemoteError(
-                            f"file {file_id} of batch {info.id} not found ({strikes} of "
-                            f"{GONE_AFTER} tries): {exc}"
+                except NotFoundError as exc:
+                    # A completed batch's files are paid for: only a file that expired by
+                    # the API's own data counts as gone (its requests are sent again).
+                    if not self.file_expired(info, file_id):
+                        raise FileWaiting(
+                            f"file {file_id} of batch {info.id} could not be fetched ({exc})"
                         ) from exc
                     gone.append(file_id)
                     self.report.event("file_gone", batch=info.id, file=file_id, status=info.status)
@@ -264,8 +278,10 @@ class Collector:
         for path in downloads:
             path.unlink(missing_ok=True)
         (self.work_dir / "shards" / f"{shard_id}.jsonl").unlink(missing_ok=True)  # final now
-        if self.spec.delete_uploads and info.input_file_id:
-            # Not found or not now: it expires by itself (upload_expires_after).
+        if self.spec.delete_uploads and info.input_file_id and shard.note != RECOVERED:
+            # Not found or not now: it expires by itself (upload_expires_after). A batch
+            # recovered from the API may be another project's under a shared default id:
+            # its upload is not ours to delete.
             with contextlib.suppress(NotFoundError, TransientRemoteError):
                 self.remote.delete_file(info.input_file_id)
         if info.status == "completed":
@@ -274,6 +290,58 @@ class Collector:
             self.scheduler.report_budget(shard.model, change, "a batch completed")
         self.scheduler.dirty = True
         self.report.event("collected", batch=info.id, status=info.status, **counts)
+
+    def file_expired(self, info: BatchInfo, file_id: str) -> bool:
+        """Is a result file that 404s really gone, by the API's own data?
+
+        No while the API still lists the file (it is not served yet), while the batch no
+        longer names it (the next poll reads the batch again), or while the API's clock (its
+        Date header) is before the file's expiry: the batch's end plus the expiry asked for
+        (or the file's known `expires_at`). Each such round is reported, never paid for.
+        """
+        try:
+            meta = self.remote.file_info(file_id)
+        except NotFoundError:
+            meta = None
+        if meta is not None:
+            if meta.expires_at:
+                self.file_expiry[file_id] = meta.expires_at
+            self.report_waiting(info.id, file_id, "the API lists it but would not serve it yet")
+            return False
+        try:
+            batch, api_now = self.remote.retrieve_dated(info.id)
+        except NotFoundError:
+            return False  # the poll decides whether the batch itself is gone
+        if file_id not in (batch.output_file_id, batch.error_file_id):
+            return False
+        expires = self.file_expiry.get(file_id)
+        if expires is None:
+            ended = batch.finished_at or info.finished_at
+            if ended is None:
+                ended = batch.created_at + COMPLETION_WINDOW_SECONDS
+            expires = ended + (self.spec.output_expires_after or DEFAULT_FILE_TTL)
+        if api_now is not None and api_now >= expires:
+            return True
+        self.report_waiting(
+            info.id,
+            file_id,
+            f"the API says it does not exist, though batch {info.id} ({batch.status}) names it "
+            f"and it should be kept until {_utc(expires)} (API time); if it was deleted, "
+            "its requests are sent again once that time has passed",
+        )
+        return False
+
+    def report_waiting(self, batch_id: str, file_id: str, why: str) -> None:
+        """Say once per file and reason that a paid result file is waited for, and why."""
+        if self.waiting_reported.get(file_id) == why:
+            return
+        self.waiting_reported[file_id] = why
+        self.report.event(
+            "file_waiting",
+            batch=batch_id,
+            file=file_id,
+            error=f"result file {file_id}: {why}; waiting for it (nothing is sent again)",
+        )
 
     def batch_gone(self, shard_id: str, batch_id: str) -> None:
         """The API no longer knows a batch of ours: its unfinished requests are retried."""

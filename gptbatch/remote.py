@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import os
 import re
@@ -35,6 +36,11 @@ TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 RUNNING_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 
 
+class UploadGoneError(RemoteError):
+    """batches.create: the API does not have the input file (expired or deleted); nothing
+    was created."""
+
+
 @dataclass(frozen=True)
 class BatchErrorInfo:
     """One entry of a batch's `errors.data`."""
@@ -61,6 +67,7 @@ class BatchInfo:
     total: int = 0
     completed: int = 0
     failed: int = 0
+    finished_at: int | None = None  # when it ended (API time): its files' expiry counts from it
 
     @property
     def terminal(self) -> bool:
@@ -83,6 +90,7 @@ class FileInfo:
     filename: str
     bytes: int
     created_at: int
+    expires_at: int | None = None
 
 
 def _batch_info(b: Any) -> BatchInfo:
@@ -103,6 +111,17 @@ def _batch_info(b: Any) -> BatchInfo:
         total=counts.total if counts else 0,
         completed=counts.completed if counts else 0,
         failed=counts.failed if counts else 0,
+        finished_at=max(
+            (
+                int(t)
+                for t in (
+                    getattr(b, name, None)
+                    for name in ("completed_at", "expired_at", "cancelled_at", "failed_at")
+                )
+                if t
+            ),
+            default=None,
+        ),
     )
 
 
@@ -161,6 +180,10 @@ def stated_queue_limit(message: str | None) -> tuple[str, int | None, str | None
 def _create_error(exc: Exception) -> Exception:
     """Map a batches.create failure: a 429 there is a full queue or a rate limit, never both."""
     _import_sdk()
+    if isinstance(exc, openai.BadRequestError | openai.NotFoundError) and re.search(
+        r"cannot find file|no such file", _message(exc), re.IGNORECASE
+    ):
+        return UploadGoneError(f"{exc.status_code} from the API: {_message(exc)}")
     if isinstance(exc, openai.RateLimitError):
         message = _message(exc)
         full = stated_queue_limit(message)
@@ -298,6 +321,35 @@ class Remote:
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         return _call(lambda: _batch_info(self.client.batches.retrieve(batch_id)))
+
+    def retrieve_dated(self, batch_id: str) -> tuple[BatchInfo, float | None]:
+        """A batch, and the API's own time when it answered (its Date header), if given.
+
+        The API's time, not ours, is what its files' expiry is measured against: the local
+        clock may be days off.
+        """
+
+        def go() -> tuple[BatchInfo, float | None]:
+            raw = self.client.batches.with_raw_response.retrieve(batch_id)
+            date = raw.headers.get("date")
+            when: float | None = None
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                when = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+            return _batch_info(raw.parse()), when
+
+        return _call(go)
+
+    def file_info(self, file_id: str) -> FileInfo:
+        """A file's metadata (NotFoundError once deleted or expired)."""
+
+        def go() -> FileInfo:
+            f = self.client.files.retrieve(file_id)
+            expires = getattr(f, "expires_at", None)
+            return FileInfo(
+                f.id, f.filename, f.bytes, f.created_at, int(expires) if expires else None
+            )
+
+        return _call(go)
 
     def list_batches(self, *, since: float | None = None) -> Iterator[BatchInfo]:
         """Batches newest first, stopping at the first created before `since`."""

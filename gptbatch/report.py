@@ -230,6 +230,8 @@ class ConsoleReporter:
         if kind in ("api_retry", "recover_failed"):
             prefix = f"{f['batch']}: " if f.get("batch") else ""
             return f"{prefix}{f['error']} (will retry)"
+        if kind == "file_waiting":
+            return f"{f['batch']}: {f['error']}"
         if kind == "file_gone":
             return (
                 f"{f['batch']}: file {f['file']} is gone from the API; its requests count as "

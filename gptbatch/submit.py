@@ -31,7 +31,7 @@ from gptbatch.errors import (
     StateError,
     TransientRemoteError,
 )
-from gptbatch.remote import BatchInfo, Remote
+from gptbatch.remote import BatchInfo, Remote, UploadGoneError
 from gptbatch.report import Reporter
 from gptbatch.requests import read_raw_line
 from gptbatch.scheduler import Scheduler, refusal_delay
@@ -49,7 +49,16 @@ META_SUBMIT = "gptbatch_submit"
 META_KEYS = "gptbatch_keys"
 KEY_SAMPLE = 28  # 28 * 17 - 1 = 475 characters, under the API's 512 per value
 REFUSAL_CODES = ("token_limit_exceeded", "request_limit_exceeded")
-RECONCILE_DAYS = 30  # batch files expire after 30 days: older batches cannot be collected
+# How far back a batch can still be collected, in the API's own time: files expire at most
+# 30 days after they are made, and an output file is made up to the completion window (24 h)
+# after its batch. Measured from the newest batch the list shows (a lower bound of the API's
+# clock), never from the local clock: the two may disagree by days.
+RECOVER_HORIZON = 32 * 86400.0
+# A full pass records the newest `created_at` it saw (API time); the next pass reads back to
+# that minus this margin, which covers creates racing the listing and skew between servers.
+RECONCILE_MARGIN = 2 * 86400.0
+RECOVERED = "recovered from the API"  # the note of a shard rebuilt from its batch
+RECONCILED_META = "reconciled_api"  # (the older "reconciled" held local time: ignored)
 
 
 def key_sample(keys: list[str]) -> str:
@@ -88,6 +97,8 @@ class Submitter:
         self.work_dir = store.directory
         self.rng = rng or random.Random()
         self.rate_limited: dict[str, int] = {}  # shard -> plain 429s in a row at create
+        self.newest_listed: int | None = None  # newest created_at of the last list pass
+        self.concerns: dict[str, bool] = {}  # recovered shard -> holds a current request
 
     # --- one shard ---------------------------------------------------------------------
 
@@ -191,6 +202,10 @@ class Submitter:
         except RateLimitedError as exc:
             self.rate_limited_create(shard, exc)
             return
+        except UploadGoneError as exc:
+            # Nothing was created; the file expired or was deleted while the shard waited.
+            self.upload_gone(shard, file_id, exc)
+            return
         except TransientRemoteError as exc:
             # The batch may or may not exist: find out before anything is created again.
             self.report.event("create_uncertain", shard=shard.id[:12], error=str(exc))
@@ -210,6 +225,22 @@ class Submitter:
             model=shard.model,
             requests=shard.requests,
             tokens=shard.tokens,
+        )
+
+    def upload_gone(self, shard: ShardRow, file_id: str, exc: Exception) -> None:
+        """batches.create said the shard's file does not exist: upload it again next.
+
+        A waiting shard outlives its upload when the queue stays full past
+        `upload_expires_after` (or `clean --remote` deleted it); nothing was created, so
+        the shard goes back to be uploaded, never wedging the project.
+        """
+        with self.store.transaction():
+            self.store.update_shard(shard.id, state="ready", file_id=None)
+        self.report.event(
+            "api_retry",
+            batch="",
+            error=f"shard {shard.id[:12]}: the API no longer has its uploaded file {file_id} "
+            f"({exc}); uploading it again",
         )
 
     def queue_full(self, shard: ShardRow, exc: QueueFullError, attempted_at: float) -> None:
@@ -286,24 +317,50 @@ class Submitter:
     # --- reconciling with the API ---------------------------------------------------------
 
     def is_ours(self, info: BatchInfo) -> bool:
-        """Did this project make the batch, and does it still hold requests of ours?
+        """Was the batch made under one of this state's project ids?
 
-        Default project ids are made from batch.yaml's text, so two unrelated projects with
-        the same layout can share one; the key sample tells them apart without downloading.
+        Every such batch is adopted, whether or not its requests are current: what matches
+        nothing now may match later (a subset build, an edit undone), and once the state is
+        lost the batch is the only record that those requests were paid for. Two unrelated
+        projects sharing a default id adopt each other's batches too, at no cost: results
+        are stored by content key, so an answer only ever serves a byte-identical request.
         """
-        if not info.metadata.get(META_SHARD):
-            return False
-        if info.metadata.get(META_PROJECT) not in self.project_ids:
-            return False
-        sample = info.metadata.get(META_KEYS)
-        if sample is None:  # made by a gptbatch that did not sample keys
-            return True
-        return any(self.store.has_key_prefix(p) for p in sample.split(","))
+        return bool(info.metadata.get(META_SHARD)) and (
+            info.metadata.get(META_PROJECT) in self.project_ids
+        )
 
-    def remote_batches(self, since: float | None) -> Iterator[BatchInfo]:
-        for info in self.remote.list_batches(since=since):
+    def remote_batches(self) -> Iterator[BatchInfo]:
+        """This project's batches at the API, newest first, as far back as they can matter.
+
+        Reads back to the newest batch the last full pass saw (minus a margin), or, with no
+        such pass, to RECOVER_HORIZON before the newest batch listed: both in the API's time.
+        Sets `self.newest_listed` to the newest `created_at` seen, when the pass ends.
+        """
+        last = self.store.get_meta(RECONCILED_META)
+        newest: int | None = None
+        floor = float("-inf")
+        for info in self.remote.list_batches():
+            if newest is None:
+                newest = info.created_at
+                floor = newest - RECOVER_HORIZON
+                if last is not None:
+                    floor = max(floor, float(last) - RECONCILE_MARGIN)
+            if info.created_at < floor:
+                break
             if self.is_ours(info):
                 yield info
+        self.newest_listed = newest
+
+    def concerns_this_build(self, shard: ShardRow) -> bool:
+        """Does the shard hold a current request? Only a shard recovered from the API may
+        not; the answer is kept for the run (the inputs were read once, at its start)."""
+        if shard.note != RECOVERED:
+            return True
+        if shard.id not in self.concerns:
+            self.concerns[shard.id] = any(
+                self.store.is_current(k) for k, _ in self.store.members(shard.id)
+            )
+        return self.concerns[shard.id]
 
     def adopt_existing(self, shard: ShardRow) -> bool:
         """If a live or finished batch for this shard exists remotely, adopt it.
@@ -311,8 +368,7 @@ class Submitter:
         The shard id is a hash of its members' content keys: a batch of ours carrying it
         holds exactly this work.
         """
-        since = (shard.updated_at or time.time()) - 2 * 86400
-        for info in self.remote_batches(since):
+        for info in self.remote_batches():
             if info.metadata.get(META_SHARD) != shard.id or refused(info):
                 continue
             if self.store.batch(info.id) is not None:  # known already: not a new creation
@@ -328,15 +384,14 @@ class Submitter:
     def reconcile(self) -> bool:
         """Match local state to the API before submitting: adopt batches we lost track of.
 
-        Lists batches created since the last reconcile (minus a margin), so a stale or
-        deleted state directory, or a run killed mid-submission, never leads to a second
-        batch for work already at the API. False if the API could not be listed.
+        Lists the project's batches back to the last full pass (or, after a lost state, as
+        far back as a batch can still be collected), so a stale or deleted state directory,
+        or a run killed mid-submission, never leads to a second batch for work already at
+        the API. False if the API could not be listed (nothing is recorded then).
         """
-        last = self.store.get_meta("reconciled")
-        since = (float(last) if last else time.time() - RECONCILE_DAYS * 86400) - 2 * 86400
-        started = time.time()
+        self.newest_listed = None
         try:
-            found = list(self.remote_batches(since))
+            found = list(self.remote_batches())
             known = {b.id for b in self.store.batches()}
             for info in found:
                 if info.id not in known and not refused(info):
@@ -344,8 +399,9 @@ class Submitter:
         except TransientRemoteError as exc:
             self.report.event("api_retry", batch="", error=f"reconciling with the API: {exc}")
             return False
-        with self.store.transaction():
-            self.store.set_meta("reconciled", str(started))
+        if self.newest_listed is not None:
+            with self.store.transaction():
+                self.store.set_meta(RECONCILED_META, str(self.newest_listed))
         self.scheduler.dirty = True
         # What was not adopted never reached the API: drop it now if its inputs changed,
         # before the edited requests are packed.
@@ -398,7 +454,7 @@ class Submitter:
             raise TransientRemoteError(
                 f"downloading the input file of batch {info.id}: {exc}"
             ) from exc
-        members = _members_in(path)
+        members, file_model = _read_input_file(path)
         known = self.store.known_estimates([k for k, _ in members])
         tokens_sum = sum(known[k][0] for k, _ in members if k in known)
         costs = [known[k][3] for k, _ in members if k in known]
@@ -412,25 +468,31 @@ class Submitter:
                 nbytes=0,
                 cost=sum(c for c in costs if c is not None),
                 state="submitting",
-                note="recovered from the API",
+                note=RECOVERED,
             )
-            model = (
-                self.store.locate(members[0][0]).model
-                if members and self.store.locate(members[0][0])
-                else None
-            )
-            self.store.update_shard(sid, model=model)
+            first = self.store.locate(members[0][0]) if members else None
+            self.store.update_shard(sid, model=first.model if first else file_model)
         self.record_submitted(sid, info)
         return True
 
 
 def _members_in(path: Path) -> list[tuple[str, str]]:
     """(key, custom_id) of each request of a downloaded input file, in order; removes it."""
+    return _read_input_file(path)[0]
+
+
+def _read_input_file(path: Path) -> tuple[list[tuple[str, str]], str | None]:
+    """(key, custom_id) of each request of a downloaded input file, and the first request's
+    model (a recovered batch may hold no current request to take it from); removes it."""
     members: list[tuple[str, str]] = []
+    model: str | None = None
     with open(path, "rb") as f:
         for raw in f:
             if raw.strip():
                 obj = json.loads(raw)
                 members.append((sha256_hex(canonical_json(obj)), str(obj.get("custom_id"))))
+                if model is None and isinstance(obj.get("body"), dict):
+                    found = obj["body"].get("model")
+                    model = found if isinstance(found, str) else None
     path.unlink(missing_ok=True)
-    return members
+    return members, model

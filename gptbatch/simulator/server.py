@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.message
+import email.utils
 import json
 import os
 import socket
@@ -165,6 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.read(2)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header in the simulated time, as the API's clock (files expire by it)."""
+        when = self.server.service.clock.now() if timestamp is None else timestamp
+        return email.utils.formatdate(when, usegmt=True)
 
     def _start(self, status: int, content_type: str, length: int, extra: dict[str, str]) -> None:
         self.send_response(status)

@@ -528,11 +528,17 @@ class BatchService:
         self._files[record.id] = record
         return record
 
-    def _file(self, file_id: str) -> _File:
+    def _file(self, file_id: str, *, live: bool = True) -> _File:
+        """A stored file; ApiError 404 if unknown, or (live) expired as the API forgets it."""
         record = self._files.get(file_id)
-        if record is None:
+        if record is None or (live and self._expired(record)):
             raise ApiError(404, f"No such File object: {file_id}", param="id")
         return record
+
+    def _expired(self, record: _File) -> bool:
+        """Has the file passed its expires_at? The API then deletes it: no content, no listing,
+        and no batch may be created from it."""
+        return record.expires_at is not None and record.expires_at <= self._t
 
     def file(self, file_id: str) -> dict[str, Any]:
         """A file object; ApiError 404 if unknown."""
@@ -547,7 +553,7 @@ class BatchService:
             return self._file(file_id).data
 
     def files(self) -> list[dict[str, Any]]:
-        """Every file, oldest first."""
+        """Every file, oldest first (expired ones too: a view for tests, not the API's)."""
         with self._lock:
             self._advance()
             return [f.public() for f in sorted(self._files.values(), key=lambda f: f.seq)]
@@ -574,6 +580,7 @@ class BatchService:
             records = sorted(
                 self._files.values(), key=lambda f: (f.created_at, f.seq), reverse=order == "desc"
             )
+            records = [f for f in records if not self._expired(f)]
             if purpose:
                 records = [f for f in records if f.purpose == purpose]
             return _page([f.public() for f in records], limit, after)
@@ -627,7 +634,7 @@ class BatchService:
             output_ttl = check_output_expiry(params.get("output_expires_after"))
             file_id = params["input_file_id"]
             source = self._files.get(file_id) if isinstance(file_id, str) else None
-            if source is None:
+            if source is None or self._expired(source):
                 raise ApiError(
                     400,
                     f"Cannot find file {file_id}, or organization "
@@ -654,7 +661,7 @@ class BatchService:
             return self._commit(record)
 
     def _apply_batch(self, record: dict[str, Any]) -> dict[str, Any]:
-        source = self._file(record["input_file_id"])
+        source = self._file(record["input_file_id"], live=False)  # checked live at create
         parsed = parse_input(source.data, record["endpoint"], self.config, self.counter)
         batch = _Batch(
             id=record["id"],

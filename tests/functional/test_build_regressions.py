@@ -31,6 +31,7 @@ from buildkit import (
 )
 
 from gptbatch import tokens
+from gptbatch.collect import GONE_AFTER
 from gptbatch.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED_REQUESTS,
@@ -404,21 +405,24 @@ def test_one_404_on_an_output_file_is_asked_again_not_paid_again(tmp_path: Path,
 
 
 @pytest.mark.timeout(60)
-def test_output_files_always_404_fail_after_retries(tmp_path: Path, simulator) -> None:
-    """Every output file is gone: the build ends (exit 4), it neither crashes nor loops."""
+def test_output_files_always_404_are_waited_for_not_paid_again(tmp_path: Path, simulator) -> None:
+    """Every output file 404s while the API still lists it: the build neither crashes nor
+    pays again (issue 15, item 5: it used to re-buy after 3 404s and give up); each pass
+    ends pending, and the results are collected once the file is served."""
     simulator.add_fault(Fault.http(404, method="GET", path="/v1/files/*/content", count=0))
     reqs = [chat(f"r{i}") for i in range(3)]
     project = make_project(tmp_path, {"requests.jsonl": reqs}, retries=1)
-    assert project.build() == EXIT_FAILED_REQUESTS
-    assert creates(simulator) == batch_count(simulator) == 2  # the first try and one retry
-    assert all(n == 2 for n in simulator.journal.billed_counts().values())
-    assert project.output() == []
-    errors = project.errors()
-    assert ids(errors) == ids(reqs)
-    last = [b["id"] for b in simulator.service.batches()]
-    for e in errors:
-        assert e["attempts"] == 2 and e["batch_id"] == last[-1]
-        assert "gave up after 2 attempts" in e["error"]
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert wait_until(lambda: all_completed(simulator))
+    for _ in range(GONE_AFTER + 1):
+        assert project.build("--no-wait") == EXIT_PENDING
+    assert creates(simulator) == batch_count(simulator) == 1
+    assert all(n == 1 for n in simulator.journal.billed_counts().values())
+    assert project.errors() == []
+    simulator.clear_faults()
+    assert project.build() == EXIT_OK
+    assert creates(simulator) == 1
+    assert ids(project.output()) == ids(reqs)
 
 
 # --- r7: two inputs that would write one output -----------------------------------------------
