@@ -101,7 +101,7 @@ class Step:
     what: str
     rc: int | None = None
     billed: int = 0  # requests the simulator billed during the step
-    rebilled: int = 0  # of those, billings beyond once plus what -B steps allowed so far
+    rebilled: int = 0  # extra billings of the batches this step created (see Chaos.blame)
     created: int = 0  # batches created during the step
     tail: str = ""  # the end of what the command printed
 
@@ -109,7 +109,7 @@ class Step:
         rc = "" if self.rc is None else f" rc={self.rc}"
         return (
             f"{self.n:3d}. {self.kind:<12} {self.what}{rc} billed+{self.billed} "
-            f"batches+{self.created}{f'  RE-BILLED {self.rebilled}' if self.rebilled else ''}"
+            f"batches+{self.created}{f'  RE-BILLED {self.rebilled}' if self.rebilled > 0 else ''}"
         )
 
 
@@ -229,6 +229,7 @@ class Chaos:
         self.next_id = 0
         self.steps: list[Step] = []
         self.allowed: Counter[str] = Counter()
+        self.created_by: dict[str, Step] = {}  # batch id -> the step that created it
         self.changed: list[str] = []
         self.advanced = 0.0  # simulated seconds the "days" steps moved the API's clock
         self.env = {
@@ -511,23 +512,39 @@ class Chaos:
         if "-B" in step.what.split():
             # A forced run may bill each request it submits once more; only once.
             self.allowed.update(self.members(created))
-        every = self.sim.journal.billed
-        step.billed = len(every) - billed
-        step.rebilled = self.extra_billings(every[:billed], every[billed:])
+        self.created_by.update(dict.fromkeys(created, step))
+        step.billed = len(self.sim.journal.billed) - billed
         self.check_inputs(step)
         self.steps.append(step)
         if self.echo:
             print(step.line(), file=sys.stderr, flush=True)
         return step
 
-    def extra_billings(self, earlier: list[Any], new: list[Any]) -> int:
-        """Of the `new` billings, how many go beyond once per request plus its -B allowance."""
-        counts = Counter(b.custom_id for b in earlier)
-        extra = 0
-        for b in new:
-            counts[b.custom_id] += 1
-            extra += counts[b.custom_id] > 1 + self.allowed[b.custom_id]
-        return extra
+    def blame(self) -> None:
+        """Mark each step with the extra billings of the batches it created.
+
+        Per request, in billing order: the first billing is due; a later one is due if its
+        batch came from a -B step that had not yet re-billed this request; any other is a
+        candidate. A request billed n times with a allowed re-bills has n - 1 - a extra
+        billings: its earliest candidates, charged to the steps whose batches they were.
+        """
+        every = self.sim.journal.billed
+        counts = Counter(b.custom_id for b in every)
+        extra = {c: n - 1 - self.allowed[c] for c, n in counts.items() if n > 1 + self.allowed[c]}
+        seen: Counter[str] = Counter()
+        used: set[tuple[int, str]] = set()  # (-B step, custom_id) allowances spent
+        for b in every:
+            seen[b.custom_id] += 1
+            step = self.created_by.get(b.batch_id)
+            if seen[b.custom_id] == 1 or extra.get(b.custom_id, 0) <= 0:
+                continue
+            forced = step is not None and "-B" in step.what.split()
+            if forced and (step.n, b.custom_id) not in used:
+                used.add((step.n, b.custom_id))
+                continue
+            extra[b.custom_id] -= 1
+            if step is not None:
+                step.rebilled += 1
 
     def finish(self, started: float) -> ChaosResult:
         result = ChaosResult(self.seed, self.n_steps, self.steps)
@@ -555,6 +572,7 @@ class Chaos:
             cid: n - 1 - self.allowed[cid] for cid, n in counts.items() if n > 1 + self.allowed[cid]
         }
         result.lost, result.lost_detail = self.lost_results()
+        self.blame()
         result.changed_inputs = self.changed
         result.hung = self.hung
         result.wall = time.monotonic() - started
