@@ -22,7 +22,8 @@ failures), and one more build that must bill nothing. Invariants:
 - lost: every current request has exactly one result line in its output, in input order,
   answering the request as it is now;
 - inputs: byte-identical to what the driver last wrote (checked after every step);
-- no-op: the build after the final one bills nothing.
+- no-op: the build after the final one bills nothing;
+- export: after it, `export` gives one row per current request, in input order, all ok.
 
 An edited line always gets a new custom_id, so the journal's per-custom_id counts never
 mistake a changed request for a re-bill. Prints one summary line per seed (and the steps of
@@ -538,8 +539,7 @@ class Chaos:
             step = self.created_by.get(b.batch_id)
             if seen[b.custom_id] == 1 or extra.get(b.custom_id, 0) <= 0:
                 continue
-            forced = step is not None and "-B" in step.what.split()
-            if forced and (step.n, b.custom_id) not in used:
+            if step is not None and "-B" in step.what.split() and (step.n, b.custom_id) not in used:
                 used.add((step.n, b.custom_id))
                 continue
             extra[b.custom_id] -= 1
@@ -572,11 +572,29 @@ class Chaos:
             cid: n - 1 - self.allowed[cid] for cid, n in counts.items() if n > 1 + self.allowed[cid]
         }
         result.lost, result.lost_detail = self.lost_results()
+        result.lost_detail += self.export_problems()
         self.blame()
         result.changed_inputs = self.changed
         result.hung = self.hung
         result.wall = time.monotonic() - started
         return result
+
+    def export_problems(self) -> list[str]:
+        """`export` after the final build: one ok row per current request, in input order."""
+        path = self.root / "export-final.jsonl"
+        rc, tail = self.cli("export", str(self.config), "-o", str(path))
+        if rc != 0:
+            return [f"export exit {rc}: {tail.strip()[-200:]}"]
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        want = [r["custom_id"] for name in INPUTS for r in self.inputs[name]]
+        got = [r.get("custom_id") for r in rows]
+        problems = []
+        if got != want:
+            problems.append(f"export: {len(got)} rows for {len(want)} requests or out of order")
+        not_ok = [r.get("custom_id") for r in rows if r.get("status") != "ok"]
+        if not_ok:
+            problems.append(f"export: {len(not_ok)} rows not ok: {not_ok[:8]}")
+        return problems
 
     def lost_results(self) -> tuple[int, list[str]]:
         """Current requests without exactly one matching result line in input order (count,

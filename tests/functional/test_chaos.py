@@ -5,7 +5,8 @@ cancel, clean, gc, export, init --force, lost state, kills (SIGKILL/SIGINT/SIGTE
 build subprocess), input edits, API faults and days passing, against one simulator; then a
 final full build. The simulator's journal must show no request billed more than once plus
 the -B steps that sent it, every current request with its one result line in input order,
-the inputs byte-identical to what the driver wrote, and a no-op build billing nothing.
+the inputs byte-identical to what the driver wrote, a no-op build billing nothing, and
+`export` giving one ok row per request.
 
 On failure the message is the seed's report: the seed, how to rerun it, what broke and the
 step list (with the steps that re-billed marked). `python bench/chaos.py --seeds 6 --steps
