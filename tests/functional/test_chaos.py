@@ -38,8 +38,13 @@ def load_chaos() -> ModuleType:
 
 chaos = load_chaos()
 
-# Short seeds that between them reach every kind of step; each takes a few seconds.
-SEEDS = (0, 1, 3)
+# Short seeds that between them reach every kind of step (13 brings clean and export); each
+# takes a few seconds. On e688b8b (issue 15) seed 0 fails on item 3 (`-B --max-cost` sends
+# nothing yet empties the outputs: the next build pays again), seed 1 on item 1 (after a lost
+# state, a subset build's reconcile hides older batches from the full build after it), seed 3
+# on items 3 and 2 (`init --force` gave the project a new id: a lost state pays again), seed
+# 13 on item 3.
+SEEDS = (0, 1, 3, 13)
 STEPS = 15
 
 
