@@ -6,8 +6,9 @@ For each seed, one project (three inputs, no `project:` key, so its id is the de
 is built against one simulator, whose journal records every request it billed. The seed
 picks, in order, steps among: full builds, subset builds (`build CONFIG INPUT`), `-B` (full
 or subset), `--retry-failed`, a tiny `--max-cost` (alone or with -B), `--no-wait`, cancel,
-clean, gc, export, `init --force` (then the driver puts back its inputs and settings, keeping
-the project id init wrote, as a user would), lost state (rm -rf the state dir), kills
+clean, gc, `export -o` (sometimes, by mistake, onto an input, an output or the state
+database), `init --force` (then the driver puts back its inputs and settings, keeping the
+project id init wrote, as a user would), lost state (rm -rf the state dir), kills
 (SIGKILL, SIGINT or SIGTERM of a build subprocess at a random moment), input edits
 (append, delete or rewrite lines), API faults (5xx and 429 answers, dropped downloads, a
 lost reply to batches.create, failed/expired/cancelled batches, failing requests, a full
@@ -126,6 +127,8 @@ class ChaosResult:
     duplicates: dict[str, int] = field(default_factory=dict)  # custom_id -> extra billings
     lost: int = 0  # current requests without their one result line, in order
     lost_detail: list[str] = field(default_factory=list)  # "output: what is wrong"
+    export_problems: list[str] = field(default_factory=list)
+    clobbered: list[str] = field(default_factory=list)  # export -o wrote over these
     changed_inputs: list[str] = field(default_factory=list)
     final_rc: list[int] = field(default_factory=list)
     noop_billed: int = 0
@@ -139,6 +142,8 @@ class ChaosResult:
             not self.duplicates
             and not self.lost
             and not self.lost_detail
+            and not self.export_problems
+            and not self.clobbered
             and not self.changed_inputs
             and not self.noop_billed
             and not self.hung
@@ -148,7 +153,8 @@ class ChaosResult:
         return (
             f"seed {self.seed}: steps {self.n_steps}, billed {self.billed}, "
             f"allowed re-bills {self.allowed}, duplicates {sum(self.duplicates.values())}, "
-            f"lost {self.lost}, inputs changed {len(self.changed_inputs)}, "
+            f"lost {self.lost}, export problems {len(self.export_problems)}, "
+            f"inputs changed {len(self.changed_inputs)}, clobbered {len(self.clobbered)}, "
             f"no-op billed {self.noop_billed}, hung {len(self.hung)}, "
             f"final rc {self.final_rc}, {self.wall:.1f} s"
             f"{'' if self.ok else '  FAILED'}"
@@ -165,6 +171,8 @@ class ChaosResult:
             shown = sorted(self.duplicates.items())[:20]
             lines.append(f"billed beyond what -B asked for: {dict(shown)}")
         lines += [f"lost: {x}" for x in self.lost_detail[:20]]
+        lines += [f"export after the final build: {x}" for x in self.export_problems]
+        lines += [f"export -o wrote over (it must refuse): {x}" for x in self.clobbered]
         lines += [f"input changed by the tool: {x}" for x in self.changed_inputs]
         lines += [f"hung (interrupted after {HANG:.0f} s): {x}" for x in self.hung]
         lines.append("steps:")
@@ -232,6 +240,8 @@ class Chaos:
         self.allowed: Counter[str] = Counter()
         self.created_by: dict[str, Step] = {}  # batch id -> the step that created it
         self.changed: list[str] = []
+        self.flagged: set[str] = set()  # inputs found changed since the driver wrote them
+        self.clobbered: list[str] = []  # files an `export -o` overwrote instead of refusing
         self.advanced = 0.0  # simulated seconds the "days" steps moved the API's clock
         self.env = {
             "OPENAI_BASE_URL": sim.base_url,
@@ -252,6 +262,7 @@ class Chaos:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         self.written[name] = data
+        self.flagged.discard(name)
 
     def write_config(self, project: str | None = None) -> None:
         doc = settings()
@@ -267,11 +278,13 @@ class Chaos:
         self.write_config()
 
     def check_inputs(self, step: Step) -> None:
+        """Note each input that differs from what the driver last wrote (once per change)."""
         for name, data in self.written.items():
             path = self.root / "inputs" / name
             now = path.read_bytes() if path.exists() else None
-            if now != data:
-                self.changed.append(f"inputs/{name} after step {step.n} ({step.kind})")
+            if now != data and name not in self.flagged:
+                self.flagged.add(name)
+                self.changed.append(f"inputs/{name} at step {step.n} ({step.what})")
 
     # --- running commands -------------------------------------------------------------------
 
@@ -393,10 +406,19 @@ class Chaos:
             step.what = "gc"
             step.rc, step.tail = self.cli("gc", str(self.config))
         elif kind == "export":
-            step.what = "export -o export.jsonl"
-            step.rc, step.tail = self.cli(
-                "export", str(self.config), "-o", str(self.root / "export.jsonl")
+            # Now and then a slip of the user's: -o naming an input, an output or the state,
+            # which export must refuse (the invariants see what it overwrote).
+            target = rng.choice(
+                ["export.jsonl"] * 4
+                + [f"inputs/{rng.choice(INPUTS)}", "out/a.jsonl", "out/.gptbatch/state.db"]
             )
+            step.what = f"export -o {target}"
+            path = self.root / target
+            before = path.read_bytes() if path.exists() else None
+            step.rc, step.tail = self.cli("export", str(self.config), "-o", str(path))
+            after = path.read_bytes() if path.exists() else None
+            if target != "export.jsonl" and after != before:
+                self.clobbered.append(f"{target} at step {step.n} (export exit {step.rc})")
         elif kind == "init_force":
             step.rc, step.tail = self.cli("init", "--force", str(self.root))
             # A user puts back their inputs and settings; the project id init wrote stays.
@@ -572,9 +594,10 @@ class Chaos:
             cid: n - 1 - self.allowed[cid] for cid, n in counts.items() if n > 1 + self.allowed[cid]
         }
         result.lost, result.lost_detail = self.lost_results()
-        result.lost_detail += self.export_problems()
+        result.export_problems = self.export_problems()
         self.blame()
         result.changed_inputs = self.changed
+        result.clobbered = self.clobbered
         result.hung = self.hung
         result.wall = time.monotonic() - started
         return result
@@ -617,6 +640,7 @@ class Chaos:
                     good = False
                 if not good:
                     lost.append(f"{out.name}:{n}: not a result of a current request")
+                    count += 1
                     continue
                 got.append(line["custom_id"])
             want = [r["custom_id"] for r in rows]

@@ -6,7 +6,8 @@ build subprocess), input edits, API faults and days passing, against one simulat
 final full build. The simulator's journal must show no request billed more than once plus
 the -B steps that sent it, every current request with its one result line in input order,
 the inputs byte-identical to what the driver wrote, a no-op build billing nothing, and
-`export` giving one ok row per request.
+`export` giving one ok row per request; an `export -o` aimed at an input, an output or the
+state must leave it as it was.
 
 On failure the message is the seed's report: the seed, how to rerun it, what broke and the
 step list (with the steps that re-billed marked). `python bench/chaos.py --seeds 6 --steps
@@ -43,7 +44,7 @@ chaos = load_chaos()
 # nothing yet empties the outputs: the next build pays again), seed 1 on item 1 (after a lost
 # state, a subset build's reconcile hides older batches from the full build after it), seed 3
 # on items 3 and 2 (`init --force` gave the project a new id: a lost state pays again), seed
-# 13 on item 3.
+# 13 on items 3 and 8 (`export -o out/.gptbatch/state.db` overwrote the state).
 SEEDS = (0, 1, 3, 13)
 STEPS = 15
 
