@@ -62,7 +62,13 @@ from typing import Any  # noqa: E402
 import yaml  # noqa: E402
 
 from gptbatch.cli import main as gptbatch_main  # noqa: E402
-from gptbatch.simulator import Fault, SimConfig, Simulator, request_digest  # noqa: E402
+from gptbatch.simulator import (  # noqa: E402
+    ApiError,
+    Fault,
+    SimConfig,
+    Simulator,
+    request_digest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 INPUTS = ("a.jsonl", "b.jsonl", "c.jsonl")
@@ -352,7 +358,11 @@ class Chaos:
         ids: set[str] = set()
         for b in self.sim.service.batches():
             if b["id"] in batch_ids:
-                data = self.sim.service.file_content(b["input_file_id"])
+                try:
+                    data = self.sim.service.file_content(b["input_file_id"])
+                except ApiError as exc:  # deleted or expired already: say so, allow nothing
+                    print(f"chaos: members of {b['id']} unreadable: {exc}", file=sys.stderr)
+                    continue
                 ids.update(json.loads(x)["custom_id"] for x in data.splitlines() if x.strip())
         return ids
 
