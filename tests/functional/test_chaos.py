@@ -49,6 +49,9 @@ SEEDS = (0, 1, 3, 13)
 STEPS = 15
 
 
+# A command still running after 90 s is interrupted by the driver and reported as a hang;
+# this only stops a seed whose hangs pile up.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_chaos_seed_bills_once_loses_nothing_and_leaves_inputs_alone(
     tmp_path: Path, seed: int
