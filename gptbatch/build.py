@@ -24,7 +24,7 @@ from gptbatch.crash import crashpoint
 from gptbatch.errors import InputError, Problem, TransientRemoteError
 from gptbatch.lock import BuildLock
 from gptbatch.outputs import output_paths, write_outputs
-from gptbatch.pricing import usd
+from gptbatch.pricing import unknown_model_hint, usd
 from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
 from gptbatch.scheduler import UNSENT_SHARD_STATES, Budget, Scheduler
@@ -209,6 +209,10 @@ class Builder:
         )
         remove_final_shard_files(self.store)
         sync_inputs(self.spec, self.store, self.report, keep_going=self.keep_going)
+        for model in sorted(m for m in self.store.models() if m):  # a typo fails whole batches
+            hint = unknown_model_hint(model, self.spec.prices)
+            if hint is not None:
+                self.report.event("warning", message=hint)
         if force or retry_failed:
             with self.store.transaction():
                 reset = self.store.reset_results(

@@ -22,16 +22,38 @@ class NullReporter:
         return None
 
 
+_BEFORE_START = frozenset({"input", "reset", "warning"})  # what a build says before it starts
+
+
 class JsonReporter:
-    """One JSON object per event, one per line: for machines."""
+    """One JSON object per event, one per line: for machines.
+
+    `start` comes first: what the build reports while it reads its inputs (input, reset,
+    warning) is held until it starts, and written whatever happens by close().
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.held: list[dict[str, Any]] | None = []  # None once started
 
     def event(self, kind: str, **fields: Any) -> None:
         if kind == "tick":  # a redraw for live displays, not an event
             return
         record = {"event": kind, "time": round(time.time(), 3), **fields}
+        if self.held is not None and kind in _BEFORE_START:
+            self.held.append(record)
+            return
+        self._write(record)
+        if kind == "start":
+            self.close()
+
+    def close(self) -> None:
+        """Write what was held (a build that stopped before it started still reports it)."""
+        held, self.held = self.held or [], None
+        for record in held:
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         self.stream.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         self.stream.flush()
 
@@ -240,6 +262,8 @@ class ConsoleReporter:
                 f"{f['batch']}: still finalizing after {_n(f['seconds'])}s; it holds its queue "
                 "room until it completes (nothing to do but wait)"
             )
+        if kind == "warning":
+            return f"warning: {f['message']}"
         if kind == "batch_failed":
             lines = [f"{f['batch']}: failed validation at the API"]
             lines += [f"  {p}" for p in f["problems"]]

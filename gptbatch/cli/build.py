@@ -131,6 +131,7 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
         config = SimConfig(
             token_limits=limits,
             state_dir=str(state_dir(output_dir) / "simulator"),
+            models=tuple(spec.prices),  # a model the config prices is one the user knows
             **SIMULATE_CONFIG,
         )
         existed = output_dir.exists()
@@ -238,15 +239,19 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
     with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
         if args.simulate and not args.json:
             print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
-        summary = run_build(
-            spec,
-            remote,
-            reporter,
-            wait=not args.no_wait,
-            keep_going=getattr(args, "keep_going", False),
-            force=getattr(args, "force", False),
-            retry_failed=getattr(args, "retry_failed", False),
-        )
+        try:
+            summary = run_build(
+                spec,
+                remote,
+                reporter,
+                wait=not args.no_wait,
+                keep_going=getattr(args, "keep_going", False),
+                force=getattr(args, "force", False),
+                retry_failed=getattr(args, "retry_failed", False),
+            )
+        finally:
+            if isinstance(reporter, JsonReporter):
+                reporter.close()  # events held for `start`, from a build that never started
     if not args.json:
         print_summary(summary, spec)
     return summary.exit_code, spec

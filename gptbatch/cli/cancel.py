@@ -22,7 +22,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
     p.add_argument("--json", action="store_true", help="print what was cancelled as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(
+        func=run,
+        interrupted="interrupted: the batches cancelled so far stay cancelled; the rest keep "
+        "running at the API: run `gptbatch cancel` again to cancel them (`gptbatch status` "
+        "lists what is running)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from gptbatch.plan import GroupPlan, Plan, make_plan
+from gptbatch.pricing import closest_known
 from gptbatch.spec import load_spec
 from gptbatch.store import Store, state_dir
 
@@ -83,11 +84,17 @@ def _rows(plan: Plan) -> list[tuple[str, ...]]:
     return rows
 
 
-def _notes(plan: Plan) -> list[str]:
+def _notes(plan: Plan, prices: Any = None) -> list[str]:
     notes = []
     for g in plan.groups:
         name = f"{g.model or '(none)'} {g.endpoint}"
-        if g.price is None:
+        close = closest_known(g.model, prices) if g.model and g.price is None else None
+        if close is not None:  # a likely typo: the API would fail the whole batch
+            notes.append(
+                f"{name}: warning: unknown model '{g.model}': did you mean {close}? "
+                f"(if it is real, add prices.{g.model} to the config)"
+            )
+        elif g.price is None:
             notes.append(f"{name}: no price known; add prices.{g.model} to the config")
         elif g.price.source == "config":
             notes.append(f"{name}: priced from the config (prices.{g.price.model})")
@@ -147,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         print(title)
         print(_plain(plan))
     print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
-    for note in _notes(plan):
+    for note in _notes(plan, spec.prices):
         print(f"  {note}")
     if store is not None:
         print(
