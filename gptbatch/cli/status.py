@@ -7,9 +7,17 @@ import json
 from typing import Any
 
 from gptbatch.cli.build import rehearsal
+from gptbatch.cli.validate import check_inputs
+from gptbatch.errors import InputError
 from gptbatch.report import shown
 from gptbatch.spec import load_spec
-from gptbatch.status import pending_reasons, project_status, shard_statuses, unbuilt_reasons
+from gptbatch.status import (
+    over_limit_anywhere,
+    pending_reasons,
+    project_status,
+    shard_statuses,
+    unbuilt_reasons,
+)
 from gptbatch.store import Store, state_dir
 
 
@@ -77,7 +85,16 @@ def run(args: argparse.Namespace) -> int:
     store = Store(directory) if (directory / "state.db").exists() else None
     live: dict[str, dict[str, Any]] = {}
     try:
-        status = project_status(spec, store)
+        # Status reads only the files changed since the last build; once anything is wrong
+        # there (or a lowered limit makes built requests too big), it reports what validate
+        # would, unchanged files included.
+        try:
+            status = project_status(spec, store)
+        except InputError:
+            check_inputs(spec)
+            raise
+        if store is not None and over_limit_anywhere(spec, store):
+            check_inputs(spec)
         shards = shard_statuses(store) if store is not None else []
         if args.remote and store is not None:
             live = remote_statuses(spec, [b.id for b in store.batches() if not b.collected])

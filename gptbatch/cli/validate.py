@@ -135,6 +135,11 @@ def _check(
     return counts
 
 
+def check_inputs(spec: Spec, max_problems: int = DEFAULT_MAX_PROBLEMS) -> None:
+    """Raise InputError with every problem validate finds (status reports the same ones)."""
+    _check(spec, max(1, max_problems))
+
+
 def run(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     try:

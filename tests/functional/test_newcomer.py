@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from buildkit import REPO, billed_ids, chat, json_events, make_project
+import yaml
+from buildkit import REPO, billed_ids, chat, json_events, make_project, padded_chat
 
-from gptbatch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING
+from gptbatch.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING
 from gptbatch.simulator import Fault, SimConfig
 from gptbatch.simulator.results import TokenCounter
 from gptbatch.simulator.validation import parse_input
@@ -190,3 +191,53 @@ def test_json_build_events_begin_with_start(tmp_path: Path, simulator, capsys) -
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start", kinds
     assert "input" in kinds  # still reported, after start
+
+
+# --- item 15: status reports what validate reports ----------------------------------------------
+
+
+def _problem_lines(err: str) -> list[str]:
+    """The problems a command printed: its `path:line: ...` lines, without the error prefix."""
+    lines = [line.removeprefix("gptbatch: error: ") for line in err.splitlines()]
+    return sorted(line for line in lines if ".jsonl:" in line and "warning" not in line)
+
+
+def test_status_reports_the_problems_validate_reports_unchanged_files_included(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    inputs = {
+        "a.jsonl": [padded_chat(f"a{i}") for i in range(8)],
+        "b.jsonl": [padded_chat(f"b{i}") for i in range(6)],
+    }
+    project = make_project(tmp_path, inputs)
+    assert project.build() == EXIT_OK
+    assert project.cli("status") == EXIT_OK
+    # A lowered limit makes every built request too big, in files status does not re-read;
+    # b also gets malformed lines (a changed file, which status does re-read).
+    doc = yaml.safe_load(project.config.read_text())
+    doc["limits"] = {"enqueued_tokens": {"gpt-4o-mini": 50}}
+    project.config.write_text(yaml.safe_dump(doc))
+    with project.input("b.jsonl").open("a") as f:
+        f.write("{not json\n" * 4)
+    capsys.readouterr()
+    assert project.cli("validate") == EXIT_BAD_INPUT
+    validated = _problem_lines(capsys.readouterr().err)
+    assert len(validated) == 8 + 6 + 4
+    assert project.cli("status") == EXIT_BAD_INPUT
+    assert _problem_lines(capsys.readouterr().err) == validated
+
+
+def test_status_reports_a_lowered_limit_even_when_no_file_changed(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    project = make_project(tmp_path, {"a.jsonl": [padded_chat(f"a{i}") for i in range(5)]})
+    assert project.build() == EXIT_OK
+    doc = yaml.safe_load(project.config.read_text())
+    doc["limits"] = {"enqueued_tokens": {"gpt-4o-mini": 50}}
+    project.config.write_text(yaml.safe_dump(doc))
+    capsys.readouterr()
+    assert project.cli("validate") == EXIT_BAD_INPUT
+    validated = _problem_lines(capsys.readouterr().err)
+    assert len(validated) == 5
+    assert project.cli("status") == EXIT_BAD_INPUT  # not "up to date"
+    assert _problem_lines(capsys.readouterr().err) == validated
