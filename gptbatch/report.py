@@ -68,6 +68,13 @@ def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def plural(count: Any, noun: str) -> str:
+    """ "1 batch", "2 batches", "1,000 requests": a count with its noun, agreeing."""
+    if count == 1:
+        return f"{_n(count)} {noun}"
+    return f"{_n(count)} {noun}{'es' if noun.endswith(('ch', 'sh', 's', 'x')) else 's'}"
+
+
 class Progress:
     """What a build has done so far, tallied from its events: the live display's model."""
 
@@ -106,7 +113,7 @@ class Progress:
             return ""
         detail = self.by_status()
         return (
-            f"[{len(self.batches)} batches in flight{': ' + detail if detail else ''}] "
+            f"[{plural(len(self.batches), 'batch')} in flight{': ' + detail if detail else ''}] "
             f"collected {self.ok:,} ok, {self.failed:,} failed, {self.retry:,} to retry"
         )
 
@@ -196,7 +203,7 @@ class ConsoleReporter:
             if not self.verbose and f["state"].startswith("unchanged"):
                 return None
             extra = (
-                f" ({_n(f['requests'])} requests, {_n(f['new'])} new or changed)"
+                f" ({plural(f['requests'], 'request')}, {_n(f['new'])} new or changed)"
                 if "requests" in f
                 else ""
             )
@@ -204,7 +211,7 @@ class ConsoleReporter:
         if kind == "planned":
             return (
                 f"planned shard {f['shard']}: {f['model']} {f['url']}, "
-                f"{_n(f['requests'])} requests, ~{_n(f['tokens'])} tokens"
+                f"{plural(f['requests'], 'request')}, ~{plural(f['tokens'], 'token')}"
                 if self.verbose
                 else None
             )
@@ -213,7 +220,7 @@ class ConsoleReporter:
         if kind == "submitted":
             return (
                 f"submitted {f['batch']} (shard {f['shard']}): {f['model']}, "
-                f"{_n(f['requests'])} requests, ~{_n(f['tokens'])} tokens"
+                f"{plural(f['requests'], 'request')}, ~{plural(f['tokens'], 'token')}"
             )
         if kind == "adopted":
             return f"adopted existing batch {f['batch']} for shard {f['shard']} ({f['status']})"

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from gptbatch.prune import collect_garbage
+from gptbatch.report import plural
 from gptbatch.spec import load_spec
 
 
@@ -26,8 +27,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     s = collect_garbage(load_spec(args.config))
     print(
-        f"dropped {s.results:,} results, {s.shards:,} shards ({s.members:,} members, "
-        f"{s.batches:,} batches, {s.shard_files:,} shard files)"
+        f"dropped {plural(s.results, 'result')}, {plural(s.shards, 'shard')} "
+        f"({plural(s.members, 'member')}, {plural(s.batches, 'batch')}, "
+        f"{plural(s.shard_files, 'shard file')})"
     )
     print(
         f"state: {s.bytes_before:,} bytes before, {s.bytes_after:,} after "

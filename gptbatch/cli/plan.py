@@ -9,6 +9,7 @@ from typing import Any
 
 from gptbatch.plan import GroupPlan, Plan, make_plan
 from gptbatch.pricing import closest_known
+from gptbatch.report import plural
 from gptbatch.spec import load_spec
 from gptbatch.store import Store, state_dir
 
@@ -158,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {note}")
     if store is not None:
         print(
-            f"whole workload: {whole.requests:,} requests, ~{whole.tokens:,} prompt tokens, "
+            f"whole workload: {plural(whole.requests, 'request')}, "
+            f"~{plural(whole.tokens, 'prompt token')}, "
             f"input cost {money(whole.input_cost)}; {whole.requests - plan.requests:,} of them "
             "done or in flight"
         )

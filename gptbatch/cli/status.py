@@ -9,7 +9,7 @@ from typing import Any
 from gptbatch.cli.build import rehearsal
 from gptbatch.cli.validate import check_inputs
 from gptbatch.errors import InputError
-from gptbatch.report import shown
+from gptbatch.report import plural, shown
 from gptbatch.spec import load_spec
 from gptbatch.status import (
     over_limit_anywhere,
@@ -134,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
         return status.exit_code
     state = "up to date" if not status.pending else "not up to date"
     print(
-        f"{state}: {status.ok:,} of {status.total:,} requests done, {status.failed:,} failed "
-        f"for good, {status.pending:,} pending ({status.in_shards:,} of them in shards)"
+        f"{state}: {status.ok:,} of {plural(status.total, 'request')} done, "
+        f"{status.failed:,} failed for good, {status.pending:,} pending "
+        f"({status.in_shards:,} of them in shards)"
     )
     if not status.built:
         print("nothing built yet: `gptbatch build` builds it")
@@ -144,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"input {shown(path)}: {why}; the next build reads it again")
     for s in shards:
         print(
-            f"shard {s.id[:12]} ({s.model} {s.url}, {s.requests:,} requests, "
-            f"~{s.tokens:,} tokens): {s.reason}"
+            f"shard {s.id[:12]} ({s.model} {s.url}, {plural(s.requests, 'request')}, "
+            f"~{plural(s.tokens, 'token')}): {s.reason}"
         )
     for batch_id, info in live.items():
         print(

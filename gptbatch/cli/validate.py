@@ -13,6 +13,7 @@ from typing import Any
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, InputError, Problem
 from gptbatch.outputs import output_paths
 from gptbatch.pricing import unknown_model_hint
+from gptbatch.report import plural
 from gptbatch.requests import DEFAULT_MAX_PROBLEMS, Request, over_limit, read_requests
 from gptbatch.spec import DEFAULT_CONFIG, Spec, load_spec
 
@@ -162,12 +163,9 @@ def run(args: argparse.Namespace) -> int:
             print(problem if problem.path else problem.message, file=sys.stderr)
         shown = len(exc.problems)
         if exc.truncated:
-            print(f"... and {exc.truncated} more problems not shown", file=sys.stderr)
+            print(f"... and {plural(exc.truncated, 'more problem')} not shown", file=sys.stderr)
         total = shown + exc.truncated
-        print(
-            f"gptbatch: {total} problem{'s' if total != 1 else ''} found; nothing was written",
-            file=sys.stderr,
-        )
+        print(f"gptbatch: {plural(total, 'problem')} found; nothing was written", file=sys.stderr)
         return EXIT_BAD_INPUT
     total = sum(counts.values())
     files = len(spec.inputs)
@@ -189,10 +187,9 @@ def run(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     breakdown = ", ".join(
-        f"{model} {url}: {n}" for (model, url), n in sorted(counts.items(), key=lambda kv: kv[0])
+        f"{model} {url}: {n:,}" for (model, url), n in sorted(counts.items(), key=lambda kv: kv[0])
     )
     print(
-        f"ok: {total} request{'s' if total != 1 else ''} in {files} file"
-        f"{'s' if files != 1 else ''} ({breakdown or 'no requests'})"
+        f"ok: {plural(total, 'request')} in {plural(files, 'file')} ({breakdown or 'no requests'})"
     )
     return EXIT_OK
