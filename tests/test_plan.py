@@ -238,3 +238,16 @@ def test_example_tests_pass_beside_a_built_example(tmp_path: Path, simulator: An
     )  # fmt: skip
     assert inner.returncode == 0, inner.stdout[-3000:]
     assert "3 passed" in inner.stdout
+
+
+def test_the_readme_plan_example_is_a_real_run(
+    tmp_path: Path, example_config: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """README's `plan` example is what plan prints for a fresh copy of examples/."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    command = "$ gptbatch plan examples/batch.yaml\n"
+    start = readme.index("```console\n" + command) + len("```console\n" + command)
+    shown = readme[start : readme.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "examples/batch.yaml"]) == 0
+    assert capsys.readouterr().out == shown

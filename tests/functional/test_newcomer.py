@@ -17,6 +17,7 @@ import pytest
 import yaml
 from buildkit import REPO, billed_ids, chat, json_events, make_project, padded_chat
 
+from gptbatch.cli import main
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING
 from gptbatch.simulator import Fault, SimConfig
 from gptbatch.simulator.results import TokenCounter
@@ -241,3 +242,99 @@ def test_status_reports_a_lowered_limit_even_when_no_file_changed(
     assert len(validated) == 5
     assert project.cli("status") == EXIT_BAD_INPUT  # not "up to date"
     assert _problem_lines(capsys.readouterr().err) == validated
+
+
+# --- item 15: messages a new user meets ---------------------------------------------------------
+
+
+def test_validate_given_a_request_file_says_so_and_names_the_config(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    project = make_project(tmp_path, {"x.jsonl": [chat("a"), chat("b")]})
+    monkeypatch.chdir(project.root)
+    assert main(["validate", "inputs/x.jsonl"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "YAML" not in err
+    assert "inputs/x.jsonl: this is a request file, not a config" in err
+    assert "pass the batch.yaml (gptbatch validate batch.yaml)" in err
+    # One line of JSON is also valid YAML: still a request file, not schema errors.
+    (project.root / "one.jsonl").write_text(json.dumps(chat("a")) + "\n")
+    assert main(["validate", "one.jsonl"]) == EXIT_BAD_INPUT
+    assert "one.jsonl: this is a request file, not a config" in capsys.readouterr().err
+
+
+def test_no_batch_yaml_here_points_to_init_not_to_the_repos_examples(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "status", "plan"):
+        assert main([command]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert f"no batch.yaml in {tmp_path}" in err
+        assert "`gptbatch init`" in err and "examples/" not in err
+    assert main(["validate", str(tmp_path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "gptbatch init" in err and "examples/" not in err
+
+
+def test_init_on_an_existing_batch_yaml_says_it_exists_and_suggests_force(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["init"]) == EXIT_OK
+    before = (tmp_path / "batch.yaml").read_text()
+    capsys.readouterr()
+    assert main(["init", "batch.yaml"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "File exists" not in err and "permissions" not in err
+    assert "batch.yaml already exists" in err and "--force" in err
+    assert (tmp_path / "batch.yaml").read_text() == before
+
+
+def test_plan_names_the_budget_a_too_big_request_exceeds_not_a_shards_share(
+    tmp_path: Path, capsys
+) -> None:
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": [padded_chat("big")]},
+        limits={"enqueued_tokens": {"gpt-4o-mini": 5}},
+    )
+    assert project.cli("plan") == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "the 1 a batch may hold" not in err
+    assert "more than the ~4 the batch queue may hold at once for gpt-4o-mini" in err
+    assert "limits.enqueued_tokens 5 less the 10% safety margin" in err
+
+
+def test_validate_counts_have_thousands_separators(tmp_path: Path, capsys) -> None:
+    project = make_project(tmp_path, {"x.jsonl": [chat(f"r{i}", "hi") for i in range(1200)]})
+    assert project.cli("validate") == EXIT_OK
+    out = capsys.readouterr().out
+    assert out == "ok: 1,200 requests in 1 file (gpt-4o-mini /v1/chat/completions: 1,200)\n"
+
+
+def test_one_of_a_kind_is_singular_in_build_and_status(tmp_path: Path, simulator, capsys) -> None:
+    project = make_project(tmp_path, {"requests.jsonl": [chat("only")]})
+    capsys.readouterr()
+    assert project.build() == EXIT_OK
+    out = capsys.readouterr().out
+    assert "1 of 1 request has a result" in out
+    assert "1 batch submitted" in out and "1 batches" not in out
+    assert "this run: 1 result," in out and "1 results" not in out
+    assert "out/requests.jsonl: 1 result" in out
+    assert project.cli("status") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "1 of 1 request done" in out and "1 requests" not in out
+
+
+def test_export_costs_carry_no_float_noise(tmp_path: Path, simulator, capsys) -> None:
+    texts = ["hi", "tell me more about it " * 3, "a " * 37, "why " * 11, "x"]
+    project = make_project(tmp_path, {"r.jsonl": [chat(f"r{i}", t) for i, t in enumerate(texts)]})
+    assert project.build() == EXIT_OK
+    capsys.readouterr()
+    assert project.cli("export") == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    costs = [json.loads(line)["cost"] for line in lines]
+    assert len(costs) == 5 and all(c is not None and c > 0 for c in costs)
+    assert all(c == round(c, 10) for c in costs), costs
+    assert not any("99999" in line or "00000000" in line for line in lines)
