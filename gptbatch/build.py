@@ -25,7 +25,7 @@ from gptbatch.crash import crashpoint
 from gptbatch.errors import InputError, Problem, TransientRemoteError
 from gptbatch.lock import BuildLock
 from gptbatch.outputs import output_paths, write_outputs
-from gptbatch.pricing import usd
+from gptbatch.pricing import unknown_model_hint, usd
 from gptbatch.remote import BatchInfo, Remote
 from gptbatch.report import Reporter
 from gptbatch.scheduler import UNSENT_SHARD_STATES, Budget, Scheduler
@@ -239,6 +239,10 @@ class Builder:
             self.report.event("dropped", shard=sid[:12], reason=why)
         if dropped:
             self.scheduler.dirty = True
+        for model in sorted(m for m in self.store.models() if m):  # a typo fails whole batches
+            hint = unknown_model_hint(model, self.spec.prices)
+            if hint is not None:
+                self.report.event("warning", message=hint)
         if force or retry_failed:
             self.report.event("reset", requests=reset, force=force, retry_failed=retry_failed)
         counts = self.store.counts()

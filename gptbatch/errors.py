@@ -65,7 +65,8 @@ class InputError(GptbatchError):
     def render(self) -> str:
         lines = [str(p) if p.path else p.message for p in self.problems]
         if self.truncated:
-            lines.append(f"... and {self.truncated} more problems not shown")
+            n = self.truncated
+            lines.append(f"... and {n:,} more problem{'s' if n != 1 else ''} not shown")
         return "\n".join(lines)
 
 

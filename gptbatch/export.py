@@ -119,6 +119,8 @@ def export_row(
     cost = None
     if usage[0] is not None:
         cost = estimate_cost(model, usage[0], usage[2] or 0, prices)
+    if cost is not None:  # whole units of 1e-10 dollars: no 2.1599999999999996e-05 float noise
+        cost = round(cost, 10)
     return ExportRow(
         **base,
         reply=reply,

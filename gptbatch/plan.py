@@ -187,14 +187,21 @@ def _fits_alone(spec: Spec, req: ScannedRequest, nbytes: int) -> bool:
     return nbytes <= caps.max_bytes and (caps.max_inputs is None or req.inputs <= caps.max_inputs)
 
 
-def _too_large(req: ScannedRequest, exc: ItemTooLarge) -> Problem:
+def _too_large(spec: Spec, req: ScannedRequest, exc: ItemTooLarge) -> Problem:
     if exc.dimension == "tokens":
+        # The whole working budget, not a pipelined shard's share of it: a build sends a
+        # request over the share alone, so only one over the budget can never be sent.
+        model = req.model or ""
+        limit = spec.limits.token_limit(model)
+        budget = spec.limits.token_budget(model)
+        margin = f"{spec.limits.safety_margin:.0%}"
         return Problem(
             req.path,
             req.line,
             f"request {req.custom_id!r} needs ~{exc.value:,} prompt tokens, more than the "
-            f"{exc.cap:,} a batch may hold for {req.model or 'its model'} "
-            "(limits.enqueued_tokens less the safety margin)",
+            f"~{budget if budget is not None else exc.cap:,} the batch queue may hold at once "
+            f"for {req.model or 'its model'} (limits.enqueued_tokens {limit or 0:,} less the "
+            f"{margin} safety margin)",
             "shorten the request, or raise limits.enqueued_tokens if your tier allows more",
         )
     return Problem(
@@ -240,7 +247,7 @@ def make_plan(spec: Spec, skip: Callable[[str], bool] | None = None) -> Plan:
                 budget = spec.limits.token_budget(req.model or "")
                 alone = budget is not None and exc.dimension == "tokens" and req.tokens <= budget
                 if not alone or not _fits_alone(spec, req, nbytes):
-                    problems.append(_too_large(req, exc))
+                    problems.append(_too_large(spec, req, exc))
                     continue
                 tally.shards += 1  # over a pipelined shard's share: a build sends it alone
             tally.requests += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import re
@@ -33,6 +34,7 @@ class PriceTable:
     as_of: str
     source: str
     models: Mapping[str, Mapping[str, float]]
+    unpriced: tuple[str, ...] = ()  # real models the table has no Batch API price for
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,7 +46,8 @@ def price_table() -> PriceTable:
         name: MappingProxyType({k: float(v) for k, v in entry.items()})
         for name, entry in raw["models"].items()
     }
-    return PriceTable(raw["as_of"], raw["source"], MappingProxyType(models))
+    unpriced = tuple(raw.get("known_without_price", ()))
+    return PriceTable(raw["as_of"], raw["source"], MappingProxyType(models), unpriced)
 
 
 def _match(model: str, names: Mapping[str, object]) -> str | None:
@@ -71,6 +74,46 @@ def price_for(
             entry = table[name]
             return Price(name, float(entry["input"]), float(entry.get("output", 0.0)), source)
     return None
+
+
+def known_model(model: str, overrides: Mapping[str, object] | None = None) -> bool:
+    """Whether model is one gptbatch knows: the price table, its snapshots, the config's prices.
+
+    A fine-tune (ft:BASE:org:name:id) is known when its base is.
+    """
+    table = price_table()
+    names: dict[str, object] = {**dict.fromkeys(table.unpriced), **table.models}
+    names.update(overrides or {})
+    if model.startswith("ft:") and model.count(":") >= 2:
+        model = model.split(":")[1]
+    return _match(model, names) is not None
+
+
+def closest_known(model: str, overrides: Mapping[str, object] | None = None) -> str | None:
+    """The known model name closest to an unknown one (a likely typo), if any is close."""
+    if not model or known_model(model, overrides):
+        return None
+    table = price_table()
+    names = sorted({*table.models, *table.unpriced, *(overrides or {})})
+    close = difflib.get_close_matches(model, names, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def unknown_model_hint(model: str, overrides: Mapping[str, object] | None = None) -> str | None:
+    """None for a known model; else what to say: the closest known name, if one is close.
+
+    Only a warning: a real model newer than the table must still work.
+    """
+    if not model or known_model(model, overrides):
+        return None
+    close = closest_known(model, overrides)
+    if close:
+        return f"unknown model '{model}': did you mean {close}?"
+    table = price_table()
+    return (
+        f"unknown model '{model}': not in gptbatch's model list (prices as of {table.as_of}); "
+        "check its spelling (a real model gptbatch does not list still works)"
+    )
 
 
 def estimate_cost(

@@ -22,16 +22,38 @@ class NullReporter:
         return None
 
 
+_BEFORE_START = frozenset({"input", "reset", "warning"})  # what a build says before it starts
+
+
 class JsonReporter:
-    """One JSON object per event, one per line: for machines."""
+    """One JSON object per event, one per line: for machines.
+
+    `start` comes first: what the build reports while it reads its inputs (input, reset,
+    warning) is held until it starts, and written whatever happens by close().
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.held: list[dict[str, Any]] | None = []  # None once started
 
     def event(self, kind: str, **fields: Any) -> None:
         if kind == "tick":  # a redraw for live displays, not an event
             return
         record = {"event": kind, "time": round(time.time(), 3), **fields}
+        if self.held is not None and kind in _BEFORE_START:
+            self.held.append(record)
+            return
+        self._write(record)
+        if kind == "start":
+            self.close()
+
+    def close(self) -> None:
+        """Write what was held (a build that stopped before it started still reports it)."""
+        held, self.held = self.held or [], None
+        for record in held:
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         self.stream.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         self.stream.flush()
 
@@ -44,6 +66,13 @@ def shown(path: str) -> str:
 
 def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def plural(count: Any, noun: str) -> str:
+    """ "1 batch", "2 batches", "1,000 requests": a count with its noun, agreeing."""
+    if count == 1:
+        return f"{_n(count)} {noun}"
+    return f"{_n(count)} {noun}{'es' if noun.endswith(('ch', 'sh', 's', 'x')) else 's'}"
 
 
 class Progress:
@@ -84,7 +113,7 @@ class Progress:
             return ""
         detail = self.by_status()
         return (
-            f"[{len(self.batches)} batches in flight{': ' + detail if detail else ''}] "
+            f"[{plural(len(self.batches), 'batch')} in flight{': ' + detail if detail else ''}] "
             f"collected {self.ok:,} ok, {self.failed:,} failed, {self.retry:,} to retry"
         )
 
@@ -174,7 +203,7 @@ class ConsoleReporter:
             if not self.verbose and f["state"].startswith("unchanged"):
                 return None
             extra = (
-                f" ({_n(f['requests'])} requests, {_n(f['new'])} new or changed)"
+                f" ({plural(f['requests'], 'request')}, {_n(f['new'])} new or changed)"
                 if "requests" in f
                 else ""
             )
@@ -182,7 +211,7 @@ class ConsoleReporter:
         if kind == "planned":
             return (
                 f"planned shard {f['shard']}: {f['model']} {f['url']}, "
-                f"{_n(f['requests'])} requests, ~{_n(f['tokens'])} tokens"
+                f"{plural(f['requests'], 'request')}, ~{plural(f['tokens'], 'token')}"
                 if self.verbose
                 else None
             )
@@ -191,7 +220,7 @@ class ConsoleReporter:
         if kind == "submitted":
             return (
                 f"submitted {f['batch']} (shard {f['shard']}): {f['model']}, "
-                f"{_n(f['requests'])} requests, ~{_n(f['tokens'])} tokens"
+                f"{plural(f['requests'], 'request')}, ~{plural(f['tokens'], 'token')}"
             )
         if kind == "adopted":
             return f"adopted existing batch {f['batch']} for shard {f['shard']} ({f['status']})"
@@ -242,6 +271,8 @@ class ConsoleReporter:
                 f"{f['batch']}: still finalizing after {_n(f['seconds'])}s; it holds its queue "
                 "room until it completes (nothing to do but wait)"
             )
+        if kind == "warning":
+            return f"warning: {f['message']}"
         if kind == "batch_failed":
             lines = [f"{f['batch']}: failed validation at the API"]
             lines += [f"  {p}" for p in f["problems"]]

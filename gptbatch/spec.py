@@ -164,6 +164,8 @@ def load_spec(path: str | Path | None = None) -> Spec:
 def _load(path: str | Path | None) -> Spec:
     config, display = _locate(path)
     text = _read_text(config, display)
+    if _is_request_file(text):
+        raise ConfigError(_request_file_problem(config, display))
     data, node = _parse_yaml(text, display)
     schema = load_schema()
     # jsonschema lets NaN through every bound; say "not finite" once instead of its messages.
@@ -265,7 +267,7 @@ def _locate(path: str | Path | None) -> tuple[Path, str]:
                 f"no {DEFAULT_CONFIG} in {config.parent}",
                 f"run where {DEFAULT_CONFIG} is, or pass its path "
                 f"(e.g. gptbatch validate path/to/{DEFAULT_CONFIG}); "
-                "examples/batch.yaml shows the format",
+                f"to start a project here, `gptbatch init` writes a commented {DEFAULT_CONFIG}",
             )
         )
     if config.is_dir():
@@ -274,7 +276,8 @@ def _locate(path: str | Path | None) -> tuple[Path, str]:
                 display,
                 None,
                 f"is a directory with no {DEFAULT_CONFIG}",
-                "pass the config file's path, or create one (examples/batch.yaml shows the format)",
+                f"pass the config file's path, or create one: `gptbatch init {display}` writes a "
+                f"commented {DEFAULT_CONFIG} there",
             )
         )
     raise ConfigError(
@@ -285,6 +288,35 @@ def _locate(path: str | Path | None) -> tuple[Path, str]:
             "check the path; run `gptbatch validate` in the directory that holds "
             f"{DEFAULT_CONFIG} to use it by default",
         )
+    )
+
+
+def _is_request_file(text: str) -> bool:
+    """Whether text is a JSONL request file (its first line a request), not a config."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if not first.lstrip().startswith("{"):
+        return False
+    try:
+        obj = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and ("custom_id" in obj or {"url", "body"} <= obj.keys())
+
+
+def _request_file_problem(config: Path, display: str) -> Problem:
+    """Someone passed an input where the config goes: name the config that may list it."""
+    near = next(
+        (d / DEFAULT_CONFIG for d in (config.parent, *config.parent.parents[:2])
+         if (d / DEFAULT_CONFIG).is_file()),
+        None,
+    )  # fmt: skip
+    shown = os.path.relpath(near) if near is not None else DEFAULT_CONFIG
+    return Problem(
+        display,
+        None,
+        "this is a request file, not a config",
+        f"pass the {DEFAULT_CONFIG} (gptbatch validate {shown}); it checks every request "
+        "file listed under its inputs:",
     )
 
 

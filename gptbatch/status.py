@@ -114,6 +114,24 @@ def stale_outputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
     return out
 
 
+def over_limit_anywhere(spec: Spec, store: Store) -> bool:
+    """Whether any built request is over its model's configured enqueued-token limit.
+
+    A lowered limit makes requests in unchanged files bad too; status reads only changed
+    files, so it asks the state (tokens as estimated when each file was read).
+    """
+    for model in store.models():
+        limit = spec.limits.token_limit(model or "")
+        if (
+            limit is not None
+            and store.db.execute(
+                "SELECT 1 FROM requests WHERE model IS ? AND tokens > ? LIMIT 1", (model, limit)
+            ).fetchone()
+        ):
+            return True
+    return False
+
+
 def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
     """Inputs that changed (or are new) since the last build, with why; read-only.
 

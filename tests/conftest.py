@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,3 +54,22 @@ def _token_cache_dir(
 ) -> None:
     """Every test gets its own token-count cache, never the user's ~/.cache/gptbatch."""
     monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path_factory.mktemp("token-cache")))
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def copy_examples(dest: Path) -> Path:
+    """A copy of the repo's examples/ in dest, without any build state: its batch.yaml.
+
+    Tests read the examples only through copies: a real build of examples/ leaves
+    examples/out/.gptbatch behind, which plan, status and build would read.
+    """
+    shutil.copytree(REPO / "examples", dest / "examples", ignore=shutil.ignore_patterns("out*"))
+    return dest / "examples" / "batch.yaml"
+
+
+@pytest.fixture
+def example_config(tmp_path: Path) -> Path:
+    """examples/batch.yaml, copied with its inputs into tmp_path (no build state)."""
+    return copy_examples(tmp_path)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
 from collections import defaultdict
 from pathlib import Path
@@ -18,8 +22,6 @@ from gptbatch.plan import caveat_key, make_plan, output_limit
 from gptbatch.spec import load_spec
 from gptbatch.tokens import estimate_request
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "batch.yaml"
 PRICES = json.loads((Path(gptbatch.__file__).parent / "data" / "prices.json").read_text())
 
 
@@ -43,9 +45,9 @@ def _expected_groups(spec_path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return dict(groups)
 
 
-def test_plan_totals_match_an_independent_count_of_the_example() -> None:
-    expected = _expected_groups(EXAMPLE)
-    plan = make_plan(load_spec(EXAMPLE))
+def test_plan_totals_match_an_independent_count_of_the_example(example_config: Path) -> None:
+    expected = _expected_groups(example_config)
+    plan = make_plan(load_spec(example_config))
     got = {(g.model, g.endpoint): g for g in plan.groups}
     assert set(got) == set(expected)
     total_cost = 0.0
@@ -67,8 +69,8 @@ def test_plan_totals_match_an_independent_count_of_the_example() -> None:
     assert plan.prices_as_of == PRICES["as_of"]
 
 
-def test_plan_json_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", str(EXAMPLE), "--json"]) == 0
+def test_plan_json_output(example_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(example_config), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"config", "prices", "groups", "totals", "workload"}
     assert data["workload"] == data["totals"]  # no build state: all of it is left
@@ -81,10 +83,12 @@ def test_plan_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["totals"]["tokens"] == sum(g["tokens"] for g in data["groups"])
 
 
-def test_plan_table_lists_groups_and_total(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", str(EXAMPLE)]) == 0
+def test_plan_table_lists_groups_and_total(
+    example_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(example_config)]) == 0
     out = capsys.readouterr().out
-    plan = make_plan(load_spec(EXAMPLE))
+    plan = make_plan(load_spec(example_config))
     assert f"as of {PRICES['as_of']}" in out
     for group in plan.groups:
         assert group.model is not None and group.model in out
@@ -208,3 +212,48 @@ def test_a_request_over_the_budget_is_an_error_with_its_line(tmp_path: Path) -> 
 )
 def test_output_limit(url: str, body: dict[str, Any], expected: int | None) -> None:
     assert output_limit(url, body) == expected
+
+
+EXAMPLE_TESTS = (
+    "test_plan_totals_match_an_independent_count_of_the_example",
+    "test_plan_json_output",
+    "test_plan_table_lists_groups_and_total",
+)
+
+
+def test_example_tests_pass_beside_a_built_example(tmp_path: Path, simulator: Any) -> None:
+    """The suite reads copies: a real build of examples/ must not change what these tests see.
+
+    Runs this file's example tests in a copy of the repo whose examples/ has been built.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "repo"
+    shutil.copytree(repo / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "examples", copy / "examples", ignore=shutil.ignore_patterns("out*"))
+    env = {**os.environ, "PYTHONPATH": str(repo), "GPTBATCH_CACHE_DIR": str(tmp_path / "cache")}
+    build = subprocess.run(  # a real build, against the simulator: state in examples/out
+        [sys.executable, "-m", "gptbatch", "build", "examples/batch.yaml"],
+        cwd=copy, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    assert (copy / "examples" / "out" / ".gptbatch").is_dir()
+    inner = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         *(f"tests/test_plan.py::{name}" for name in EXAMPLE_TESTS)],
+        cwd=copy, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert inner.returncode == 0, inner.stdout[-3000:]
+    assert f"{len(EXAMPLE_TESTS)} passed" in inner.stdout
+
+
+def test_the_readme_plan_example_is_a_real_run(
+    tmp_path: Path, example_config: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """README's `plan` example is what plan prints for a fresh copy of examples/."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    command = "$ gptbatch plan examples/batch.yaml\n"
+    start = readme.index("```console\n" + command) + len("```console\n" + command)
+    shown = readme[start : readme.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "examples/batch.yaml"]) == 0
+    assert capsys.readouterr().out == shown

@@ -20,7 +20,7 @@ def test_progress_tallies_events() -> None:
     p.update("status", {"batch": "b1", "status": "in_progress"})
     assert p.line().startswith("[2 batches in flight: 1 in_progress, 1 validating]")
     p.update("collected", {"batch": "b1", "ok": 3, "failed": 1, "retry": 2})
-    assert p.line() == ("[1 batches in flight: 1 validating] collected 3 ok, 1 failed, 2 to retry")
+    assert p.line() == ("[1 batch in flight: 1 validating] collected 3 ok, 1 failed, 2 to retry")
 
 
 def test_terminal_gets_a_live_display_and_logs_do_not() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -87,9 +86,11 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_example_is_ok_and_counts_match_the_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    example_config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    shutil.copytree(REPO / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("out"))
     monkeypatch.chdir(tmp_path)
     counts: Counter[tuple[str, str]] = Counter()
     for path in sorted((tmp_path / "examples" / "inputs").glob("*.jsonl")):
@@ -347,12 +348,12 @@ def test_the_api_key_is_never_printed(
     assert code == 2 and secret not in out + err
 
 
-def test_python_dash_m_exit_codes(tmp_path: Path) -> None:
+def test_python_dash_m_exit_codes(tmp_path: Path, example_config: Path) -> None:
     (tmp_path / "in.jsonl").write_bytes(jl(chat("a"), chat("a")))
     (tmp_path / "batch.yaml").write_text("inputs: [in.jsonl]\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ok = subprocess.run(
-        [sys.executable, "-m", "gptbatch", "validate", str(REPO / "examples" / "batch.yaml")],
+        [sys.executable, "-m", "gptbatch", "validate", str(example_config)],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
     )  # fmt: skip
     assert (ok.returncode, ok.stderr) == (0, "")
@@ -363,7 +364,7 @@ def test_python_dash_m_exit_codes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("in.jsonl:2: duplicate custom_id 'a' (first seen at in.jsonl:1)")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.yaml", "in.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.yaml", "examples", "in.jsonl"]
 
 
 # --- what build would refuse, validate refuses too -----------------------------------------------

@@ -53,6 +53,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# What Ctrl-C means, per command: a command that needs its own sets `interrupted` in its
+# parser's defaults (see cancel); build's is the default, as most commands leave state behind
+# that the next build continues from.
+INTERRUPTED = (
+    "interrupted: state is saved and batches already submitted keep running at the API; "
+    "`gptbatch build` picks up where this stopped (`gptbatch cancel` stops them)"
+)
+INTERRUPTED_EARLY = "interrupted before anything was done"
+
+
 def run(func, args: argparse.Namespace) -> int:
     """Call a command function, turning gptbatch errors and Ctrl-C into exit codes.
 
@@ -73,12 +83,7 @@ def run(func, args: argparse.Namespace) -> int:
             EXIT_ERROR,
         )
     except KeyboardInterrupt:
-        return _fail(
-            args,
-            "interrupted: state is saved and batches already submitted keep running at the API; "
-            "`gptbatch build` picks up where this stopped (`gptbatch cancel` stops them)",
-            EXIT_INTERRUPTED,
-        )
+        return _fail(args, getattr(args, "interrupted", INTERRUPTED), EXIT_INTERRUPTED)
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
@@ -92,8 +97,12 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
-    args = parser.parse_args(argv)
+    try:  # importing a command's modules takes a while: Ctrl-C then is no traceback either
+        parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print(f"gptbatch: {INTERRUPTED_EARLY}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptbatch.errors import InputError, Interrupted, UsageError
 from gptbatch.pricing import usd
-from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, shown
+from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
 from gptbatch.spec import SIMULATED_SUFFIX, Spec, api_key, load_spec
 from gptbatch.store import state_dir
 from gptbatch.usage import Usage
@@ -131,6 +131,7 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
         config = SimConfig(
             token_limits=limits,
             state_dir=str(state_dir(output_dir) / "simulator"),
+            models=tuple(spec.prices),  # a model the config prices is one the user knows
             **SIMULATE_CONFIG,
         )
         existed = output_dir.exists()
@@ -274,6 +275,9 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
                 else ""
             )
         ) from None
+    finally:
+        if isinstance(reporter, JsonReporter):
+            reporter.close()  # events held for `start`, from a build that never started
     if not args.json:
         print_summary(summary, spec, again=again)
     return summary.exit_code, spec
@@ -304,7 +308,8 @@ def _cost(u: Usage) -> str:
 def usage_line(label: str, u: Usage) -> str:
     """Tokens and cost of some results, as the summary shows them."""
     return (
-        f"{label}: {u.requests:,} results, {u.input:,} input tokens ({u.cached:,} cached), "
+        f"{label}: {plural(u.requests, 'result')}, {plural(u.input, 'input token')} "
+        f"({u.cached:,} cached), "
         f"{u.output:,} output ({u.reasoning:,} reasoning); cost {_cost(u)}"
     )
 
@@ -313,9 +318,10 @@ def print_summary(s: BuildSummary, spec: Spec, *, again: str = "gptbatch build")
     out = sys.stdout
     state = "done" if not s.pending else "not done"
     print(
-        f"{state}: {s.ok:,} of {s.total:,} requests have results, {s.failed:,} failed for good, "
-        f"{s.pending:,} pending; {s.submitted} batches submitted, {s.adopted} adopted, "
-        f"{s.refusals} refused for queue room; {s.seconds:.1f} s",
+        f"{state}: {s.ok:,} of {plural(s.total, 'request')} "
+        f"{'has a result' if s.total == 1 else 'have results'}, {s.failed:,} failed for good, "
+        f"{s.pending:,} pending; {plural(s.submitted, 'batch')} submitted, {s.adopted:,} "
+        f"adopted, {s.refusals:,} refused for queue room; {s.seconds:.1f} s",
         file=out,
     )
     print("  " + usage_line("this run", s.usage_run), file=out)
@@ -328,9 +334,9 @@ def print_summary(s: BuildSummary, spec: Spec, *, again: str = "gptbatch build")
         file=out,
     )
     for o in s.outputs:
-        line = f"  {shown(o.path)}: {o.written:,} results"
+        line = f"  {shown(o.path)}: {plural(o.written, 'result')}"
         if o.failed:
-            line += f", {o.failed:,} failures in {shown(o.errors_path)}"
+            line += f", {plural(o.failed, 'failure')} in {shown(o.errors_path)}"
         if o.missing:
             line += f", {o.missing:,} still missing"
         print(line, file=out)

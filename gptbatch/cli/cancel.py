@@ -27,7 +27,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="cancel the batches of the `build --simulate` rehearsal (its simulator; no key)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(
+        func=run,
+        interrupted="interrupted: the batches cancelled so far stay cancelled; the rest keep "
+        "running at the API: run `gptbatch cancel` again to cancel them (`gptbatch status` "
+        "lists what is running)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

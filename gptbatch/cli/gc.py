@@ -7,6 +7,7 @@ from typing import Any
 
 from gptbatch.cli.build import rehearsal
 from gptbatch.prune import collect_garbage
+from gptbatch.report import plural
 from gptbatch.spec import load_spec
 
 
@@ -33,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
         spec = rehearsal(spec)
     s = collect_garbage(spec)
     print(
-        f"dropped {s.results:,} results, {s.shards:,} shards ({s.members:,} members, "
-        f"{s.batches:,} batches, {s.shard_files:,} shard files)"
+        f"dropped {plural(s.results, 'result')}, {plural(s.shards, 'shard')} "
+        f"({plural(s.members, 'member')}, {plural(s.batches, 'batch')}, "
+        f"{plural(s.shard_files, 'shard file')})"
     )
     print(
         f"state: {s.bytes_before:,} bytes before, {s.bytes_after:,} after "

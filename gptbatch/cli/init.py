@@ -6,7 +6,27 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from gptbatch.errors import UsageError
 from gptbatch.scaffold import EXAMPLE_INPUT, init_project
+from gptbatch.spec import DEFAULT_CONFIG
+
+
+def target_directory(arg: str, force: bool) -> Path:
+    """The directory to initialise; `init batch.yaml` (a file, not a directory) means its own."""
+    target = Path(arg)
+    if not (target.is_file() or target.suffix in (".yaml", ".yml")):
+        return target
+    if target.name != DEFAULT_CONFIG:
+        raise UsageError(
+            f"{arg}: init writes {DEFAULT_CONFIG} into a directory: pass the directory "
+            f"(gptbatch init {target.parent})"
+        )
+    if target.is_file() and not force:
+        raise UsageError(
+            f"{arg} already exists: edit it, or pass --force to replace it (keeping its "
+            "project id, so the batches it submitted are still found)"
+        )
+    return target.parent
 
 
 def register(sub: Any) -> None:
@@ -26,7 +46,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    made = init_project(Path(args.directory), force=args.force)
+    made = init_project(target_directory(args.directory, args.force), force=args.force)
     print(f"wrote {made.config} (project {made.project})")
     for change in made.changes:
         print(f"  {change}")

@@ -9,7 +9,8 @@ from typing import Any
 
 from gptbatch.cli.build import rehearsal
 from gptbatch.plan import GroupPlan, Plan, make_plan
-from gptbatch.report import shown
+from gptbatch.pricing import closest_known
+from gptbatch.report import plural, shown
 from gptbatch.spec import load_spec
 from gptbatch.store import Store, state_dir
 
@@ -90,11 +91,17 @@ def _rows(plan: Plan) -> list[tuple[str, ...]]:
     return rows
 
 
-def _notes(plan: Plan) -> list[str]:
+def _notes(plan: Plan, prices: Any = None) -> list[str]:
     notes = []
     for g in plan.groups:
         name = f"{g.model or '(none)'} {g.endpoint}"
-        if g.price is None:
+        close = closest_known(g.model, prices) if g.model and g.price is None else None
+        if close is not None:  # a likely typo: the API would fail the whole batch
+            notes.append(
+                f"{name}: warning: unknown model '{g.model}': did you mean {close}? "
+                f"(if it is real, add prices.{g.model} to the config)"
+            )
+        elif g.price is None:
             notes.append(f"{name}: no price known; add prices.{g.model} to the config")
         elif g.price.source == "config":
             notes.append(f"{name}: priced from the config (prices.{g.price.model})")
@@ -158,11 +165,12 @@ def run(args: argparse.Namespace) -> int:
         print(title)
         print(_plain(plan))
     print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
-    for note in _notes(plan):
+    for note in _notes(plan, spec.prices):
         print(f"  {note}")
     if store is not None:
         print(
-            f"whole workload: {whole.requests:,} requests, ~{whole.tokens:,} prompt tokens, "
+            f"whole workload: {plural(whole.requests, 'request')}, "
+            f"~{plural(whole.tokens, 'prompt token')}, "
             f"input cost {money(whole.input_cost)}; {whole.requests - plan.requests:,} of them "
             "done or in flight"
         )

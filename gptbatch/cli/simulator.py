@@ -88,6 +88,12 @@ def register(subparsers: Any) -> None:
         default=0,
         help="seed for result order and contents (ids are new on every run)",
     )
+    parser.add_argument(
+        "--any-model",
+        action="store_true",
+        help="accept any model name (by default a model gptbatch does not know fails its "
+        "batch at validation with model_not_found, as at the API)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print each API call")
     parser.set_defaults(func=run)
 
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         faults=tuple(parse_fault(spec) for spec in args.fault),
         state_dir=args.state_dir,
+        any_model=args.any_model,
     )
     try:
         sim = Simulator(config, host=args.host, port=args.port, work_ahead=True)

@@ -7,9 +7,17 @@ import json
 from typing import Any
 
 from gptbatch.cli.build import rehearsal
-from gptbatch.report import shown
+from gptbatch.cli.validate import check_inputs
+from gptbatch.errors import InputError
+from gptbatch.report import plural, shown
 from gptbatch.spec import load_spec
-from gptbatch.status import pending_reasons, project_status, shard_statuses, unbuilt_reasons
+from gptbatch.status import (
+    over_limit_anywhere,
+    pending_reasons,
+    project_status,
+    shard_statuses,
+    unbuilt_reasons,
+)
 from gptbatch.store import Store, state_dir
 
 
@@ -77,7 +85,16 @@ def run(args: argparse.Namespace) -> int:
     store = Store(directory) if (directory / "state.db").exists() else None
     live: dict[str, dict[str, Any]] = {}
     try:
-        status = project_status(spec, store)
+        # Status reads only the files changed since the last build; once anything is wrong
+        # there (or a lowered limit makes built requests too big), it reports what validate
+        # would, unchanged files included.
+        try:
+            status = project_status(spec, store)
+        except InputError:
+            check_inputs(spec)
+            raise
+        if store is not None and over_limit_anywhere(spec, store):
+            check_inputs(spec)
         shards = shard_statuses(store) if store is not None else []
         if args.remote and store is not None:
             live = remote_statuses(spec, [b.id for b in store.batches() if not b.collected])
@@ -118,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
         return status.exit_code
     state = "up to date" if status.exit_code != 3 else "not up to date"
     print(
-        f"{state}: {status.ok:,} of {status.total:,} requests done, {status.failed:,} failed "
-        f"for good, {status.pending:,} pending ({status.in_shards:,} of them in shards)"
+        f"{state}: {status.ok:,} of {plural(status.total, 'request')} done, "
+        f"{status.failed:,} failed for good, {status.pending:,} pending "
+        f"({status.in_shards:,} of them in shards)"
     )
     if not status.built:
         print("nothing built yet: `gptbatch build` builds it")
@@ -130,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"output {shown(path)}: {why}; the next build writes it again")
     for s in shards:
         print(
-            f"shard {s.id[:12]} ({s.model} {s.url}, {s.requests:,} requests, "
-            f"~{s.tokens:,} tokens): {s.reason}"
+            f"shard {s.id[:12]} ({s.model} {s.url}, {plural(s.requests, 'request')}, "
+            f"~{plural(s.tokens, 'token')}): {s.reason}"
         )
     for batch_id, info in live.items():
         print(

@@ -12,6 +12,8 @@ from typing import Any
 
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, InputError, Problem
 from gptbatch.outputs import output_paths
+from gptbatch.pricing import unknown_model_hint
+from gptbatch.report import plural
 from gptbatch.requests import DEFAULT_MAX_PROBLEMS, Request, over_limit, read_requests
 from gptbatch.spec import DEFAULT_CONFIG, Spec, load_spec
 
@@ -73,9 +75,32 @@ def _too_big(spec: Spec, request: Request) -> Problem | None:
     return over_limit(request, estimate_request(request.url, request.body).tokens, limit)
 
 
-def _check(spec: Spec, max_problems: int) -> Counter[tuple[str, str]]:
-    """Count the requests per (model, url); raise InputError with every problem, in file order."""
+def model_warnings(
+    spec: Spec, first: dict[str, tuple[str, int]], counts: Counter[str]
+) -> list[str]:
+    """A warning per unknown model: where it is first used, how often, the closest known name.
+
+    Not an error: a real model newer than gptbatch's list must still work.
+    """
+    warnings = []
+    for model, (path, line) in first.items():
+        hint = unknown_model_hint(model, spec.prices)
+        if hint is not None:
+            n = counts[model]
+            warnings.append(f"{path}:{line}: {hint} ({n:,} request{'s' if n != 1 else ''})")
+    return warnings
+
+
+def _check(
+    spec: Spec, max_problems: int, warnings: list[str] | None = None
+) -> Counter[tuple[str, str]]:
+    """Count the requests per (model, url); raise InputError with every problem, in file order.
+
+    Warnings (unknown models) are appended to warnings.
+    """
     shown = [_shown(p) for p in spec.inputs]
+    first: dict[str, tuple[str, int]] = {}  # model: where it is first used
+    per_model: Counter[str] = Counter()
     problems = _output_problems(spec)
     found: list[Problem] = []  # the first max_problems over the token limit, then counted
     truncated = 0
@@ -89,6 +114,9 @@ def _check(spec: Spec, max_problems: int) -> Counter[tuple[str, str]]:
             max_line_bytes=spec.limits.max_bytes_per_batch,
         ):
             counts[(request.model or "(no model)", request.url)] += 1
+            if request.model:
+                first.setdefault(request.model, (request.path, request.line))
+                per_model[request.model] += 1
             too_big = _too_big(spec, request) if spec.limits.enqueued_tokens else None
             if too_big is not None and len(found) < max_problems:
                 found.append(too_big)
@@ -97,6 +125,8 @@ def _check(spec: Spec, max_problems: int) -> Counter[tuple[str, str]]:
     except InputError as exc:
         found += exc.problems
         truncated += exc.truncated
+    if warnings is not None:
+        warnings += model_warnings(spec, first, per_model)
     if problems or found:
         order = {name: index for index, name in enumerate(shown)}
         found.sort(key=lambda p: (order.get(p.path, -1), p.line or 0))
@@ -106,10 +136,16 @@ def _check(spec: Spec, max_problems: int) -> Counter[tuple[str, str]]:
     return counts
 
 
+def check_inputs(spec: Spec, max_problems: int = DEFAULT_MAX_PROBLEMS) -> None:
+    """Raise InputError with every problem validate finds (status reports the same ones)."""
+    _check(spec, max(1, max_problems))
+
+
 def run(args: argparse.Namespace) -> int:
+    warnings: list[str] = []
     try:
         spec = load_spec(args.config)
-        counts = _check(spec, max(1, args.max_problems))
+        counts = _check(spec, max(1, args.max_problems), warnings)
     except InputError as exc:
         if getattr(args, "json", False):
             doc = {
@@ -121,16 +157,15 @@ def run(args: argparse.Namespace) -> int:
                 "more_problems": exc.truncated,
             }
             print(json.dumps(doc, indent=2, sort_keys=True))
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         for problem in exc.problems:
             print(problem if problem.path else problem.message, file=sys.stderr)
         shown = len(exc.problems)
         if exc.truncated:
-            print(f"... and {exc.truncated} more problems not shown", file=sys.stderr)
+            print(f"... and {plural(exc.truncated, 'more problem')} not shown", file=sys.stderr)
         total = shown + exc.truncated
-        print(
-            f"gptbatch: {total} problem{'s' if total != 1 else ''} found; nothing was written",
-            file=sys.stderr,
-        )
+        print(f"gptbatch: {plural(total, 'problem')} found; nothing was written", file=sys.stderr)
         return EXIT_BAD_INPUT
     total = sum(counts.values())
     files = len(spec.inputs)
@@ -139,14 +174,22 @@ def run(args: argparse.Namespace) -> int:
             {"model": model, "endpoint": url, "requests": n}
             for (model, url), n in sorted(counts.items(), key=lambda kv: kv[0])
         ]
-        doc = {"ok": True, "requests": total, "files": files, "groups": groups, "problems": []}
+        doc = {
+            "ok": True,
+            "requests": total,
+            "files": files,
+            "groups": groups,
+            "problems": [],
+            "warnings": warnings,
+        }
         print(json.dumps(doc, indent=2, sort_keys=True))
         return EXIT_OK
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     breakdown = ", ".join(
-        f"{model} {url}: {n}" for (model, url), n in sorted(counts.items(), key=lambda kv: kv[0])
+        f"{model} {url}: {n:,}" for (model, url), n in sorted(counts.items(), key=lambda kv: kv[0])
     )
     print(
-        f"ok: {total} request{'s' if total != 1 else ''} in {files} file"
-        f"{'s' if files != 1 else ''} ({breakdown or 'no requests'})"
+        f"ok: {plural(total, 'request')} in {plural(files, 'file')} ({breakdown or 'no requests'})"
     )
     return EXIT_OK

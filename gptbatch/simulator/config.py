@@ -273,6 +273,11 @@ class SimConfig:
     # queue does; False: only from in_progress until it ends.
     hold_from_creation: bool = False
     request_limits: dict[str, int] = field(default_factory=dict)  # enqueued requests per model
+    # Models the service knows besides gptbatch's list (gptbatch.pricing.known_model): a batch
+    # naming any other fails validation with model_not_found, as at the real API. any_model:
+    # accept every name (tests with made-up models, deployments of other providers).
+    models: tuple[str, ...] = ()
+    any_model: bool = False
     max_requests_per_batch: int = 50_000
     max_bytes_per_batch: int = 200 * MiB
     max_embedding_inputs: int = 50_000
@@ -309,6 +314,8 @@ class SimConfig:
             "token_limits",
             "request_limits",
             "faults",
+            "models",
+            "any_model",
         )
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in per_run

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptbatch.pricing import known_model
 from gptbatch.simulator.config import SimConfig
 from gptbatch.simulator.results import (
     DEFAULT_MODELS,
@@ -124,6 +125,17 @@ def parse_input(
         line_errors, request = _parse_line(number, raw.rstrip(b"\r"), endpoint, seen, counter)
         if request is not None and "model" not in request.body:
             request.body["model"] = DEFAULT_MODELS[endpoint]  # the service's default model
+        if request is not None and not _known(request.body["model"], config):
+            line_errors.append(
+                line_error(
+                    "model_not_found",
+                    number,
+                    f"The provided model '{request.body['model']}' is not supported by the "
+                    "Batch API.",
+                    "body.model",
+                )
+            )
+            request = None
         if request is not None and model is not None and request.body["model"] != model:
             line_errors.append(
                 line_error(
@@ -169,6 +181,13 @@ def parse_input(
             )
         )
     return ParsedInput(requests, errors[:MAX_REPORTED_ERRORS], model)
+
+
+def _known(model: Any, config: SimConfig) -> bool:
+    """Whether the service knows this model (a made-up name fails the batch at validation)."""
+    if config.any_model or model in config.models or model in DEFAULT_MODELS.values():
+        return True
+    return isinstance(model, str) and known_model(model)
 
 
 def _parse_line(

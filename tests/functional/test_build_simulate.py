@@ -95,8 +95,8 @@ def test_the_readme_second_step_edit_one_line_and_rehearse_again(tmp_path: Path)
     reviews.write_text("\n".join(lines) + "\n")
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=REPO)
     assert second.returncode == EXIT_OK, second.stderr
-    assert "1 batches submitted" in second.stdout
-    assert "this run: 1 results" in second.stdout
+    assert "1 batch submitted" in second.stdout
+    assert "this run: 1 result," in second.stdout
     counts = rehearsal_journal(config).billed_counts()
     assert len(counts) == 20
     # The edited request was billed again (new content, same custom_id); nothing else was.

@@ -53,7 +53,10 @@ def _export(project, *args: str, capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_export_rows_match_outputs_in_both_formats(tmp_path: Path, simulator, capsys) -> None:
+def test_export_rows_match_outputs_in_both_formats(
+    tmp_path: Path, simulator_factory, capsys
+) -> None:
+    simulator = simulator_factory(any_model=True)  # gpt-unpriced-model is made up
     simulator.add_fault(Fault.request_error("bad*", status=400, message="Invalid request."))
     project = make_project(tmp_path, INPUTS)
     assert project.build() == EXIT_FAILED_REQUESTS

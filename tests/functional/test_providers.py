@@ -29,7 +29,7 @@ def test_azure_defaults_and_what_it_needs(tmp_path: Path, capsys) -> None:
 def test_azure_deployment_names_build_against_a_simulator_with_azure_caps(
     tmp_path: Path, simulator_factory, monkeypatch, capsys
 ) -> None:
-    sim = simulator_factory(max_requests_per_batch=100_000)
+    sim = simulator_factory(max_requests_per_batch=100_000, any_model=True)  # a deployment name
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-key")
     reqs = [chat(f"r{i}", model="my-gpt4o-deployment") for i in range(5)]
     project = make_project(

@@ -52,7 +52,10 @@ def test_summary_shows_tokens_and_the_cost_the_usage_implies(tmp_path: Path, sim
     assert f"6 results, {tin:,} input tokens" in total
 
 
-def test_summary_says_the_price_is_unknown_instead_of_zero(tmp_path: Path, simulator, capsys):
+def test_summary_says_the_price_is_unknown_instead_of_zero(
+    tmp_path: Path, simulator_factory, capsys
+):
+    simulator_factory(any_model=True)  # a fine-tune's name gptbatch cannot know
     project = make_project(tmp_path, {"requests.jsonl": [chat("a", model="my-finetune-x")]})
     capsys.readouterr()
     assert project.build() == EXIT_OK
