@@ -212,6 +212,7 @@ class Scheduler:
         self.pipeline = max(1, getattr(spec.limits, "pipeline", DEFAULT_PIPELINE))
         self.dirty = True  # pending requests may need packing
         self.tail_waiting = False  # tail requests wait uncut for room (see _cut)
+        self._run_base: dict[str, float] | None = None  # committed before this run, by shard
 
     # --- caps and room ---------------------------------------------------------------
 
@@ -257,22 +258,52 @@ class Scheduler:
         limit = self.budget.requests(shard.model)
         return limit is None or not requests_in or requests_in + shard.requests <= limit
 
+    def _spend_cap_source(self) -> str:
+        """Where the spend cap was set, as a message names it."""
+        if self.spec.limits.max_cost_from == "--max-cost":
+            return "--max-cost"
+        return f"limits.max_cost in {self.spec.path.name}"
+
+    def _committed_before_run(self) -> dict[str, float]:
+        """Estimated cost of each shard that reached the API before this run (read once)."""
+        if self._run_base is None:
+            committed = ("submitting", "submitted", "done")
+            self._run_base = {s.id: s.cost or 0.0 for s in self.store.shards(committed)}
+        return self._run_base
+
     def within_spend_cap(self, shard: ShardRow) -> bool:
+        """May this shard go under the spend cap? Otherwise note why on it, report once.
+
+        --max-cost caps what this run commits; limits.max_cost caps what the project has
+        committed over all its runs (a CI schedule rerunning the build must not spend the
+        config's cap again on every run).
+        """
         cap = self.spec.limits.max_cost
         if cap is None:
             return True
+        source = self._spend_cap_source()
+        per_run = self.spec.limits.max_cost_from == "--max-cost"
+        base = self._committed_before_run()
         committed = self.store.committed_cost(exclude=shard.id)
+        if per_run:  # what this run committed: all committed now less what was before it
+            committed -= sum(c for i, c in base.items() if i != shard.id)
+            committed = max(0.0, committed)
         cost = self.store.shard_cost(shard.id)  # from current prices, not packing-time ones
         if cost is None:
             reason = (
-                f"no price known for model {shard.model!r}, so limits.max_cost cannot be "
-                f"checked: add prices.{shard.model} to batch.yaml"
+                f"no price known for model {shard.model!r}, so the spend cap ({source}) cannot "
+                f"be checked: add prices.{shard.model} to {self.spec.path.name}"
             )
         elif committed + cost > cap:
+            spent = (
+                f"this run committed {usd(committed)} of --max-cost {usd(cap)}"
+                if per_run
+                else f"the project committed {usd(committed)} of {usd(cap)} ({source})"
+            )
+            remedy = "rerun with a larger --max-cost" if per_run else f"raise {source}"
             reason = (
-                f"spend cap reached: {usd(committed)} of {usd(cap)} committed; the next shard "
-                f"({shard.requests:,} requests) would cost {usd(cost)}: raise "
-                "limits.max_cost to continue"
+                f"spend cap reached: {spent}; the next shard ({shard.requests:,} requests) "
+                f"would cost {usd(cost)}: {remedy} to continue"
             )
         else:
             if cost != shard.cost or shard.note:
@@ -281,7 +312,7 @@ class Scheduler:
             return True
         with self.store.transaction():
             self.store.update_shard(shard.id, cost=cost, note=reason)
-        if self.summary.stopped_by_cost != reason:
+        if self.summary.stopped_by_cost is None:  # said once a run, not once a shard
             self.summary.stopped_by_cost = reason
             self.report.event("spend_cap", message=reason)
         return False
