@@ -14,6 +14,8 @@ limits in the store; `Scheduler` packs shards into the store and says which may 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -106,44 +108,226 @@ def refusal_delay(initial: float, maximum: float, attempt: int, rng: random.Rand
 # --- budgets --------------------------------------------------------------------------------
 
 
+REPROBE_SECONDS = 3600.0  # a learned limit older than this is tested again
+REPROBE_BATCHES = 20  # ... as is one under which this many batches completed
+ACCEPTED_STATUSES = ("in_progress", "finalizing", "completed")  # past the queue check
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A queue limit a refusal stated: evidence with an age, not a fact for ever."""
+
+    limit: int
+    at: float | None  # when it was learned (None: by an older gptbatch, time unknown)
+    against: int | None  # the configured limit it was learned under
+    where: str  # the batch (or batches.create) whose refusal stated it
+    batches: int = 0  # batches completed since
+    probed: float | None = None  # when a batch above it was last accepted
+
+
+@dataclass(frozen=True)
+class LimitInForce:
+    """The enqueued limit a build uses for one model and unit, and where it came from."""
+
+    unit: str  # "tokens" or "requests"
+    value: int | None  # None: no limit known
+    configured: int | None
+    learned: Learned | None  # still applying (learned under today's configured limit)
+    decaying: bool  # the learned limit is old: it is re-probed, one batch at a time
+
+    @property
+    def source(self) -> str:
+        """Where the limit came from, for status and plan."""
+        setting = "limits.enqueued_" + self.unit
+        learned = self.learned
+        if learned is None or (self.configured is not None and learned.limit >= self.configured):
+            return f"config ({setting})" if self.value is not None else "none configured"
+        when = (
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(learned.at))
+            if learned.at is not None
+            else "an unknown time"
+        )
+        told = f"learned from a refusal at {when} ({learned.where}): {learned.limit:,}"
+        if self.decaying:
+            target = f"{self.configured:,} ({setting})" if self.configured else "no limit"
+            return f"{told}, decaying: re-probed toward {target}, one batch at a time"
+        return told
+
+
 class Budget:
     """Working queue budgets per model: lowered on refusals, raised on success, remembered.
 
-    The token budget starts at limits.enqueued_tokens * (1 - safety_margin); with no
-    configured limit it is learned from the first refusal. The request budget is the
-    configured limits.enqueued_requests, lowered to any limit a refusal states. Both live
-    in the state's meta table, so the next run starts from what this one learned.
+    The token budget starts at limits.enqueued_tokens * (1 - safety_margin). A limit a
+    refusal states is learned with when and where, under the configured limit of the
+    time: a config that now says otherwise overrides it (the user raised it: believe the
+    user, and learn again if refused). Once REPROBE_SECONDS old or REPROBE_BATCHES batches
+    later it decays: the budget may grow past it again, but only one batch at a time goes
+    beyond what is known to fit, and each one accepted raises the learned limit. All of it
+    lives in the state's meta table, so the next run starts from what this one learned.
     """
 
     def __init__(self, spec: Spec, store: Store) -> None:
         self.spec = spec
         self.store = store
+        self.started = time.time()  # a limit learned since is fresh evidence, not stale
+
+    # --- what is configured and what was learned ---------------------------------------
+
+    def configured(self, model: str | None, unit: str = "tokens") -> int | None:
+        limits = self.spec.limits
+        if unit == "tokens":
+            return limits.token_limit(model or "")
+        return limits.request_limit(model or "")
 
     def nominal(self, model: str | None) -> int | None:
-        limit = self.spec.limits.token_limit(model or "")
+        limit = self.configured(model)
         if limit is None:
             return None
         return max(1, int(limit * (1 - self.spec.limits.safety_margin)))
 
-    def _smallest(self, configured: int | None, meta_key: str) -> int | None:
-        stated = self.store.get_meta(meta_key)
-        known = [x for x in (configured, int(stated) if stated else None) if x is not None]
-        return min(known) if known else None
+    def _margin(self, unit: str, limit: int) -> int:
+        """What of a limit the budget uses (a request count is exact: no margin)."""
+        if unit == "requests":
+            return limit
+        return max(1, int(limit * (1 - self.spec.limits.safety_margin)))
+
+    def _stored(self, model: str | None, unit: str) -> Learned | None:
+        raw = self.store.get_meta(f"learned:{unit}:{model}")
+        if raw:
+            return Learned(**json.loads(raw))
+        if raw is None:  # a limit stated to an older gptbatch: keep it, of unknown age
+            legacy = self.store.get_meta(
+                ("stated:" if unit == "tokens" else "requests:") + f"{model}"
+            )
+            if legacy:
+                return Learned(int(legacy), None, self.configured(model, unit), "an earlier build")
+        return None
+
+    def _store(self, model: str | None, unit: str, learned: Learned | None) -> None:
+        value = "" if learned is None else json.dumps(dataclasses.asdict(learned))
+        self.store.set_meta(f"learned:{unit}:{model}", value)
+
+    def learned(self, model: str | None, unit: str = "tokens") -> Learned | None:
+        """The limit a refusal stated, if it was learned under today's configured limit."""
+        learned = self._stored(model, unit)
+        if learned is None or learned.against != self.configured(model, unit):
+            return None  # the config changed since: believe the config
+        return learned
+
+    @staticmethod
+    def decaying(learned: Learned) -> bool:
+        if learned.at is None or learned.batches >= REPROBE_BATCHES:
+            return True
+        return time.time() - learned.at >= REPROBE_SECONDS
+
+    def in_force(self, model: str | None, unit: str = "tokens") -> LimitInForce:
+        """The limit used now for a model's queue, and what it rests on."""
+        configured = self.configured(model, unit)
+        learned = self.learned(model, unit)
+        if learned is None:
+            return LimitInForce(unit, configured, configured, None, False)
+        if self.decaying(learned):
+            return LimitInForce(unit, configured, configured, learned, True)
+        value = learned.limit if configured is None else min(configured, learned.limit)
+        return LimitInForce(unit, value, configured, learned, False)
 
     def hard_limit(self, model: str | None) -> int | None:
-        """The most tokens one batch may ever hold: configured or stated by the API."""
-        return self._smallest(self.spec.limits.token_limit(model or ""), f"stated:{model}")
+        """The most tokens one batch may ever hold: configured, or stated in this run.
+
+        A limit learned in an earlier run may be stale: a request over it is tried once,
+        alone, and only a refusal at its size makes it unqueueable (Scheduler.refused).
+        """
+        configured = self.configured(model)
+        learned = self.learned(model)
+        if learned is None or learned.at is None or learned.at < self.started:
+            return configured
+        return learned.limit if configured is None else min(configured, learned.limit)
 
     def requests(self, model: str | None) -> int | None:
-        """The enqueued-request budget: configured, or lower if the API said so."""
-        return self._smallest(self.spec.limits.request_limit(model or ""), f"requests:{model}")
+        """The enqueued-request budget: configured, or lower if the API said so lately."""
+        return self.in_force(model, "requests").value
 
     def working(self, model: str | None) -> int | None:
         nominal = self.nominal(model)
         saved = self.store.get_meta(f"budget:{model}")
-        if nominal is None:
-            return int(saved) if saved else None
-        return min(nominal, int(saved)) if saved else nominal
+        against = self.store.get_meta(f"budget_against:{model}")
+        if against is not None and against != str(self.configured(model)):
+            saved = None  # lowered under another configured limit: the config changed since
+        limit = self.in_force(model)
+        ceiling = None
+        if limit.learned is not None and not limit.decaying:
+            ceiling = self._margin("tokens", limit.learned.limit)
+        known = [x for x in (nominal, int(saved) if saved else None, ceiling) if x is not None]
+        return min(known) if known else None
+
+    def _save_working(self, model: str | None, value: int) -> None:
+        self.store.set_meta(f"budget:{model}", str(value))
+        self.store.set_meta(f"budget_against:{model}", str(self.configured(model)))
+
+    # --- probing a learned limit --------------------------------------------------------
+
+    def may_go(self, shard: ShardRow, tokens_in: int, requests_in: int) -> bool:
+        """May a shard go beyond what a learned limit says fits? One batch at a time.
+
+        Beyond it goes only a shard alone (a single request larger than the learned limit
+        is tried once), or, once the limit decays, one shard while everything in flight is
+        within it; that shard is the probe, and its acceptance raises the limit.
+        """
+        for unit, flying, size in (
+            ("tokens", tokens_in, shard.tokens),
+            ("requests", requests_in, shard.requests),
+        ):
+            self.confirm_probe(shard.model, unit)
+            learned = self.learned(shard.model, unit)
+            if learned is None:
+                continue
+            ceiling = self._margin(unit, learned.limit)
+            if flying + size <= ceiling:
+                continue
+            if flying and (not self.decaying(learned) or flying > ceiling):
+                return False  # not alone, and not the one probe
+            probe = {"shard": shard.id, "total": flying + size}
+            with self.store.transaction():
+                self.store.set_meta(f"probe:{unit}:{shard.model}", json.dumps(probe))
+        return True
+
+    def confirm_probe(self, model: str | None, unit: str) -> None:
+        """A probe batch the API accepted (past validation) raises the learned limit."""
+        raw = self.store.get_meta(f"probe:{unit}:{model}")
+        if not raw:
+            return
+        probe = json.loads(raw)
+        shard = self.store.shard(probe["shard"])
+        batch = self.store.batch(shard.batch_id) if shard and shard.batch_id else None
+        if shard is not None and shard.state != "dropped" and batch is None:
+            return  # not sent yet, or refused and waiting: no news
+        if batch is not None and batch.status not in ACCEPTED_STATUSES:
+            if batch.status not in TERMINAL_BATCH_STATUSES:
+                return  # still validating
+            batch = None  # failed for another reason: no evidence either way
+        with self.store.transaction():
+            self.store.set_meta(f"probe:{unit}:{model}", "")
+            learned = self.learned(model, unit)
+            if batch is None or learned is None:
+                return
+            total = self._unmargin(unit, int(probe["total"]))
+            configured = self.configured(model, unit)
+            if configured is not None and total >= configured:
+                self._store(model, unit, None)  # the configured limit holds again
+            elif total > learned.limit:
+                self._store(
+                    model,
+                    unit,
+                    dataclasses.replace(learned, limit=total, probed=time.time()),
+                )
+
+    def _unmargin(self, unit: str, total: int) -> int:
+        """A total accepted within the budget, as a limit (the margin added back)."""
+        if unit == "requests":
+            return total
+        return int(total / max(1e-9, 1 - self.spec.limits.safety_margin))
+
+    # --- refusals and completions -------------------------------------------------------
 
     def lower(
         self,
@@ -153,43 +337,51 @@ class Budget:
         stated: int | None,
         submitted_at: float,
         shard_tokens: int,
+        where: str = "a refusal",
     ) -> tuple[int | None, int] | None:
         """After a refusal: shrink to 3/4, or at once below the limit the API names.
 
-        A batch submitted before the last lowering was sized for the old budget: its
-        refusal says nothing new, so it does not lower the budget again.
+        The stated limit is learned with when and where (and the configured limit of the
+        time). A batch submitted before the last lowering was sized for the old budget:
+        its refusal says nothing new, so it does not lower the budget again.
         """
+        current = self.working(model) if unit == "tokens" else None  # before learning
+        if stated is not None:
+            self.store.set_meta(f"probe:{unit}:{model}", "")
+            against = self.configured(model, unit)
+            self._store(model, unit, Learned(stated, time.time(), against, where))
         if unit == "requests":
-            if stated is not None:
-                self.store.set_meta(f"requests:{model}", str(stated))
             return None
-        current = self.working(model)
         lowered_at = float(self.store.get_meta(f"budget_lowered_at:{model}") or 0)
         if submitted_at < lowered_at:
             return None
         self.store.set_meta(f"budget_lowered_at:{model}", str(time.time()))
         new = max(1, int((current if current is not None else shard_tokens) * 0.75))
         if stated is not None:
-            self.store.set_meta(f"stated:{model}", str(stated))
-            new = max(1, min(new, int(stated * (1 - self.spec.limits.safety_margin))))
-        self.store.set_meta(f"budget:{model}", str(new))
+            new = max(1, min(new, self._margin("tokens", stated)))
+        self._save_working(model, new)
         return current, new
 
     def raise_(self, model: str | None) -> tuple[int, int] | None:
-        """After a batch completes: grow back by a tenth, up to the nominal budget."""
+        """After a batch completes: age learned limits, grow back by a tenth, up to nominal."""
+        for unit in ("tokens", "requests"):
+            self.confirm_probe(model, unit)
+            learned = self.learned(model, unit)
+            if learned is not None:
+                self._store(model, unit, dataclasses.replace(learned, batches=learned.batches + 1))
         nominal, current = self.nominal(model), self.working(model)
         if current is None or (nominal is not None and current >= nominal):
             return None
         new = current + max(1, (nominal or current) // 10)
-        hard = self.hard_limit(model)
-        ceiling = [
-            x for x in (nominal, hard and int(hard * (1 - self.spec.limits.safety_margin))) if x
-        ]
+        limit = self.in_force(model)
+        ceiling = [x for x in (nominal,) if x]
+        if limit.learned is not None and not limit.decaying:
+            ceiling.append(self._margin("tokens", limit.learned.limit))
         if ceiling:
             new = min(new, *ceiling)
         if new <= current:
             return None
-        self.store.set_meta(f"budget:{model}", str(new))
+        self._save_working(model, new)
         return current, new
 
 
@@ -256,7 +448,9 @@ class Scheduler:
         if working is not None and tokens_in and tokens_in + shard.tokens > working:
             return False
         limit = self.budget.requests(shard.model)
-        return limit is None or not requests_in or requests_in + shard.requests <= limit
+        if limit is not None and requests_in and requests_in + shard.requests > limit:
+            return False
+        return self.budget.may_go(shard, tokens_in, requests_in)
 
     def _spend_cap_source(self) -> str:
         """Where the spend cap was set, as a message names it."""
@@ -362,23 +556,51 @@ class Scheduler:
                 stated=stated,
                 submitted_at=sized_at,
                 shard_tokens=shard.tokens,
+                where=batch,
             )
             if collected:
                 self.store.mark_collected(collected)
-            self.store.update_shard(
-                shard.id,
-                state="waiting",
-                batch_id=None,
-                refusals=shard.refusals + 1,
-                not_before=time.time() + delay,
-                note=message,
+            # A lone request refused at its own size: the learned limit was not stale.
+            failed = (
+                unit == "tokens" and stated is not None and self.unqueueable(shard, stated, batch)
             )
+            if not failed:
+                self.store.update_shard(
+                    shard.id,
+                    state="waiting",
+                    batch_id=None,
+                    refusals=shard.refusals + 1,
+                    not_before=time.time() + delay,
+                    note=message,
+                )
         self.summary.refusals += 1
         self.dirty = True
         self.report.event(
             "refused", shard=shard.id[:12], batch=batch, code=code, wait=round(delay, 2)
         )
         self.report_budget(shard.model, change, "the API refused work for lack of queue room")
+
+    def unqueueable(self, shard: ShardRow, stated: int, batch: str) -> bool:
+        """A lone request refused at a size over the limit the API states: failed for good.
+
+        It was tried because the learned limit may have been stale; the refusal at its
+        own size says it was not.
+        """
+        if shard.requests != 1 or shard.tokens <= stated:
+            return False
+        ((key, custom_id),) = self.store.members(shard.id)
+        row = self.store.locate(key)
+        place = f"{row.path}:{row.line}: " if row is not None else ""
+        why = (
+            f"{place}request {custom_id!r} has ~{shard.tokens:,} prompt tokens, over the "
+            f"enqueued-token limit of {stated:,} for {shard.model} that the API stated when "
+            f"it refused it ({batch}): it can never be queued; split it into smaller requests "
+            "(`gptbatch build --retry-failed` tries it again once your limit is higher)"
+        )
+        self.store.record_result(key, state="failed", error=why, attempt=False)
+        self.store.update_shard(shard.id, state="dropped", note=why)
+        self.report.event("too_large", message=why)
+        return True
 
     def report_budget(
         self, model: str | None, change: tuple[int | None, int] | None, reason: str
