@@ -147,10 +147,13 @@ class LimitInForce:
             if learned.at is not None
             else "an unknown time"
         )
-        told = f"learned from a refusal at {when} ({learned.where}): {learned.limit:,}"
+        told = f"learned from a refusal at {when} ({learned.where})"
         if self.decaying:
             target = f"{self.configured:,} ({setting})" if self.configured else "no limit"
-            return f"{told}, decaying: re-probed toward {target}, one batch at a time"
+            return (
+                f"{learned.limit:,} {told}, decaying: re-probed toward {target}, "
+                "one batch at a time"
+            )
         return told
 
 
@@ -383,6 +386,83 @@ class Budget:
             return None
         self._save_working(model, new)
         return current, new
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The queue limits in force for one model, for `status` and `plan`."""
+
+    model: str | None
+    tokens: LimitInForce
+    requests: LimitInForce
+    working: int | None  # the working token budget (None: none)
+
+    def describe(self) -> str:
+        parts = []
+        for limit in (self.tokens, self.requests):
+            if limit.value is None and limit.learned is None and limit.unit == "requests":
+                continue
+            value = "no limit" if limit.value is None else f"{limit.value:,}"
+            parts.append(f"enqueued {limit.unit} {value} ({limit.source})")
+        if self.working is not None:
+            parts.append(f"working budget ~{self.working:,} tokens")
+        return f"{self.model or '(no model)'}: " + "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "working_tokens": self.working,
+            **{
+                limit.unit: {
+                    "limit": limit.value,
+                    "configured": limit.configured,
+                    "source": limit.source,
+                    "decaying": limit.decaying,
+                    "learned": None if limit.learned is None else dataclasses.asdict(limit.learned),
+                }
+                for limit in (self.tokens, self.requests)
+            },
+        }
+
+
+def queue_limits(
+    spec: Spec, store: Store | None, models: Iterable[str | None] = ()
+) -> list[ModelLimits]:
+    """The limits in force per model: the config's, and what refusals taught the state."""
+    names = {m for m in models} | set(spec.limits.models())
+    if spec.model:
+        names.add(spec.model)
+    if store is None:
+        out = []
+        for model in sorted(names, key=str):
+            tokens = spec.limits.token_limit(model or "")
+            requests = spec.limits.request_limit(model or "")
+            out.append(
+                ModelLimits(
+                    model,
+                    LimitInForce("tokens", tokens, tokens, None, False),
+                    LimitInForce("requests", requests, requests, None, False),
+                    spec.limits.token_budget(model or ""),
+                )
+            )
+        return out
+    rows = store.db.execute(
+        "SELECT key FROM meta WHERE value != '' AND (key LIKE 'learned:%' OR key LIKE 'stated:%'"
+        " OR key LIKE 'budget:%')"
+    ).fetchall()
+    for (key,) in rows:
+        model = key.split(":", 2)[-1]
+        names.add(None if model == "None" else model)
+    budget = Budget(spec, store)
+    return [
+        ModelLimits(
+            model,
+            budget.in_force(model, "tokens"),
+            budget.in_force(model, "requests"),
+            budget.working(model),
+        )
+        for model in sorted(names, key=str)
+    ]
 
 
 # --- the scheduler ----------------------------------------------------------------------------

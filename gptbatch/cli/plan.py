@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from gptbatch.plan import GroupPlan, Plan, make_plan
+from gptbatch.scheduler import ModelLimits, queue_limits
 from gptbatch.spec import load_spec
 from gptbatch.store import Store, state_dir
 
@@ -124,6 +125,23 @@ def _print_rich(plan: Plan, title: str) -> None:
     Console().print(table)
 
 
+def learned_limits(spec: Any, models: list[str | None]) -> list[ModelLimits]:
+    """The queue limit in force per model and where it came from (config, or learned).
+
+    Read from the state even with --all: a limit a refusal stated applies to any plan.
+    """
+    directory = state_dir(spec.output_dir)
+    store = Store(directory) if (directory / "state.db").exists() else None
+    try:
+        limits = queue_limits(spec, store, models)
+    finally:
+        if store is not None:
+            store.close()
+    return [
+        m for m in limits if m.tokens.value is not None or m.tokens.learned or m.requests.learned
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     directory = state_dir(spec.output_dir)
@@ -134,9 +152,12 @@ def run(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     whole = make_plan(spec) if store is not None else plan
+    limits = learned_limits(spec, [g.model for g in plan.groups])
     if args.json:
         doc = plan.to_json()
         doc["workload"] = whole.to_json()["totals"]
+        if store is not None or any(m.tokens.learned or m.requests.learned for m in limits):
+            doc["queue_limits"] = [m.to_json() for m in limits]  # once a build has a state
         print(json.dumps(doc, indent=2))
         return 0
     what = "what `build` would send now" if store is not None else "the whole workload"
@@ -149,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
     for note in _notes(plan):
         print(f"  {note}")
+    for m in limits:
+        print(f"  queue limit {m.describe()}")
     if store is not None:
         print(
             f"whole workload: {whole.requests:,} requests, ~{whole.tokens:,} prompt tokens, "

@@ -8,6 +8,7 @@ from typing import Any
 
 from gptbatch.cli.build import rehearsal
 from gptbatch.report import shown
+from gptbatch.scheduler import queue_limits
 from gptbatch.spec import load_spec
 from gptbatch.status import pending_reasons, project_status, shard_statuses, unbuilt_reasons
 from gptbatch.store import Store, state_dir
@@ -78,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     live: dict[str, dict[str, Any]] = {}
     try:
         status = project_status(spec, store)
+        limits = [
+            m
+            for m in queue_limits(spec, store)
+            if m.tokens.value is not None or m.tokens.learned or m.requests.learned
+        ]
         shards = shard_statuses(store) if store is not None else []
         if args.remote and store is not None:
             live = remote_statuses(spec, [b.id for b in store.batches() if not b.collected])
@@ -109,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                     "shards": [s.__dict__ for s in shards],
                     "pending": [r.__dict__ for r in reasons],
                     "remote": live,
+                    "queue_limits": [m.to_json() for m in limits],
                 },
                 indent=2,
                 sort_keys=True,
@@ -125,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     for path, why in status.stale:
         if status.built:
             print(f"input {shown(path)}: {why}; the next build reads it again")
+    for m in limits:  # the limit in force per model, and where it came from
+        print(f"queue limit {m.describe()}")
     for s in shards:
         print(
             f"shard {s.id[:12]} ({s.model} {s.url}, {s.requests:,} requests, "
