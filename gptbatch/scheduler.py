@@ -197,7 +197,10 @@ class Budget:
     def _stored(self, model: str | None, unit: str) -> Learned | None:
         raw = self.store.get_meta(f"learned:{unit}:{model}")
         if raw:
-            return Learned(**json.loads(raw))
+            try:
+                return Learned(**json.loads(raw))
+            except (TypeError, ValueError):
+                return None  # unreadable evidence: learn again rather than trust it
         if raw is None:  # a limit stated to an older gptbatch: keep it, of unknown age
             legacy = self.store.get_meta(
                 ("stated:" if unit == "tokens" else "requests:") + f"{model}"
@@ -299,8 +302,13 @@ class Budget:
         raw = self.store.get_meta(f"probe:{unit}:{model}")
         if not raw:
             return
-        probe = json.loads(raw)
-        shard = self.store.shard(probe["shard"])
+        try:
+            probe = json.loads(raw)
+            shard = self.store.shard(str(probe["shard"]))
+            int(probe["total"])
+        except (TypeError, ValueError, KeyError):
+            self.store.set_meta(f"probe:{unit}:{model}", "")
+            return
         batch = self.store.batch(shard.batch_id) if shard and shard.batch_id else None
         if shard is not None and shard.state != "dropped" and batch is None:
             return  # not sent yet, or refused and waiting: no news
