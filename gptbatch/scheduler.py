@@ -113,6 +113,11 @@ REPROBE_BATCHES = 20  # ... as is one under which this many batches completed
 ACCEPTED_STATUSES = ("in_progress", "finalizing", "completed")  # past the queue check
 
 
+def probe_step(limit: int) -> int:
+    """How far past a decaying learned limit the budget may reach: a quarter more."""
+    return max(limit + 1, int(limit * 1.25))
+
+
 @dataclass(frozen=True)
 class Learned:
     """A queue limit a refusal stated: evidence with an age, not a fact for ever."""
@@ -151,8 +156,8 @@ class LimitInForce:
         if self.decaying:
             target = f"{self.configured:,} ({setting})" if self.configured else "no limit"
             return (
-                f"{learned.limit:,} {told}, decaying: re-probed toward {target}, "
-                "one batch at a time"
+                f"{learned.limit:,} {told}, decaying: re-probed a quarter above it toward "
+                f"{target}, one batch at a time"
             )
         return told
 
@@ -232,8 +237,10 @@ class Budget:
         learned = self.learned(model, unit)
         if learned is None:
             return LimitInForce(unit, configured, configured, None, False)
-        if self.decaying(learned):
-            return LimitInForce(unit, configured, configured, learned, True)
+        if self.decaying(learned):  # one step past what is known to fit, not at once all
+            value = probe_step(learned.limit)
+            value = value if configured is None else min(configured, value)
+            return LimitInForce(unit, value, configured, learned, True)
         value = learned.limit if configured is None else min(configured, learned.limit)
         return LimitInForce(unit, value, configured, learned, False)
 
@@ -261,8 +268,8 @@ class Budget:
             saved = None  # lowered under another configured limit: the config changed since
         limit = self.in_force(model)
         ceiling = None
-        if limit.learned is not None and not limit.decaying:
-            ceiling = self._margin("tokens", limit.learned.limit)
+        if limit.learned is not None and limit.value is not None:
+            ceiling = self._margin("tokens", limit.value)
         known = [x for x in (nominal, int(saved) if saved else None, ceiling) if x is not None]
         return min(known) if known else None
 
@@ -366,6 +373,10 @@ class Budget:
         lowered_at = float(self.store.get_meta(f"budget_lowered_at:{model}") or 0)
         if submitted_at < lowered_at:
             return None
+        if current is not None and shard_tokens > current:
+            # It went alone, larger than the budget (a request over a learned limit, tried
+            # once): its refusal says nothing about the budget, which it never fitted.
+            return None
         self.store.set_meta(f"budget_lowered_at:{model}", str(time.time()))
         new = max(1, int((current if current is not None else shard_tokens) * 0.75))
         if stated is not None:
@@ -386,8 +397,8 @@ class Budget:
         new = current + max(1, (nominal or current) // 10)
         limit = self.in_force(model)
         ceiling = [x for x in (nominal,) if x]
-        if limit.learned is not None and not limit.decaying:
-            ceiling.append(self._margin("tokens", limit.learned.limit))
+        if limit.learned is not None and limit.value is not None:
+            ceiling.append(self._margin("tokens", limit.value))
         if ceiling:
             new = min(new, *ceiling)
         if new <= current:
@@ -600,8 +611,16 @@ class Scheduler:
         return False
 
     def too_big_after_refusal(self, shard: ShardRow) -> bool:
-        """Release a refused shard larger than the lowered budget, so it is repacked smaller."""
-        if not shard.refusals or shard.requests < 2:
+        """Release an unsent shard larger than the lowered budget, so it is repacked smaller.
+
+        A shard cut before the budget fell would otherwise go alone, over the budget, and be
+        refused: a refused one is released, and so is one not uploaded yet (an uploaded one
+        keeps its file; if refused, it is released then). A shard in `submitting` may have
+        been created: it is never released here.
+        """
+        if shard.requests < 2 or shard.state == "submitting":
+            return False
+        if not shard.refusals and shard.file_id:
             return False
         working = self.budget.working(shard.model)
         requests = self.budget.requests(shard.model)
