@@ -126,17 +126,17 @@ def _print_rich(plan: Plan, title: str) -> None:
 
 
 def learned_limits(spec: Any, models: list[str | None]) -> list[ModelLimits]:
-    """The queue limit in force per model and where it came from (config, or learned).
-
-    Read from the state even with --all: a limit a refusal stated applies to any plan.
-    """
+    """Once a build has a state: the queue limit in force per model and where it came from
+    (config, or learned from a refusal). Read even with --all: a limit a refusal stated
+    applies to any plan. Without a state the notes' tokens per shard say the config's."""
     directory = state_dir(spec.output_dir)
-    store = Store(directory) if (directory / "state.db").exists() else None
+    if not (directory / "state.db").exists():
+        return []
+    store = Store(directory)
     try:
         limits = queue_limits(spec, store, models)
     finally:
-        if store is not None:
-            store.close()
+        store.close()
     return [
         m for m in limits if m.tokens.value is not None or m.tokens.learned or m.requests.learned
     ]
@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = plan.to_json()
         doc["workload"] = whole.to_json()["totals"]
-        if store is not None or any(m.tokens.learned or m.requests.learned for m in limits):
-            doc["queue_limits"] = [m.to_json() for m in limits]  # once a build has a state
+        if limits:  # once a build has a state
+            doc["queue_limits"] = [m.to_json() for m in limits]
         print(json.dumps(doc, indent=2))
         return 0
     what = "what `build` would send now" if store is not None else "the whole workload"
