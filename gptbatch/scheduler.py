@@ -14,6 +14,8 @@ limits in the store; `Scheduler` packs shards into the store and says which may 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -106,44 +108,244 @@ def refusal_delay(initial: float, maximum: float, attempt: int, rng: random.Rand
 # --- budgets --------------------------------------------------------------------------------
 
 
+REPROBE_SECONDS = 3600.0  # a learned limit older than this is tested again
+REPROBE_BATCHES = 20  # ... as is one under which this many batches completed
+ACCEPTED_STATUSES = ("in_progress", "finalizing", "completed")  # past the queue check
+
+
+def probe_step(limit: int) -> int:
+    """How far past a decaying learned limit the budget may reach: a quarter more."""
+    return max(limit + 1, int(limit * 1.25))
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A queue limit a refusal stated: evidence with an age, not a fact for ever."""
+
+    limit: int
+    at: float | None  # when it was learned (None: by an older gptbatch, time unknown)
+    against: int | None  # the configured limit it was learned under
+    where: str  # the batch (or batches.create) whose refusal stated it
+    batches: int = 0  # batches completed since
+    probed: float | None = None  # when a batch above it was last accepted
+
+
+@dataclass(frozen=True)
+class LimitInForce:
+    """The enqueued limit a build uses for one model and unit, and where it came from."""
+
+    unit: str  # "tokens" or "requests"
+    value: int | None  # None: no limit known
+    configured: int | None
+    learned: Learned | None  # still applying (learned under today's configured limit)
+    decaying: bool  # the learned limit is old: it is re-probed, one batch at a time
+
+    @property
+    def source(self) -> str:
+        """Where the limit came from, for status and plan."""
+        setting = "limits.enqueued_" + self.unit
+        learned = self.learned
+        if learned is None or (self.configured is not None and learned.limit >= self.configured):
+            return f"config ({setting})" if self.value is not None else "none configured"
+        when = (
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(learned.at))
+            if learned.at is not None
+            else "an unknown time"
+        )
+        told = f"learned from a refusal at {when} ({learned.where})"
+        if self.decaying:
+            target = f"{self.configured:,} ({setting})" if self.configured else "no limit"
+            return (
+                f"{learned.limit:,} {told}, decaying: re-probed a quarter above it toward "
+                f"{target}, one batch at a time"
+            )
+        return told
+
+
 class Budget:
     """Working queue budgets per model: lowered on refusals, raised on success, remembered.
 
-    The token budget starts at limits.enqueued_tokens * (1 - safety_margin); with no
-    configured limit it is learned from the first refusal. The request budget is the
-    configured limits.enqueued_requests, lowered to any limit a refusal states. Both live
-    in the state's meta table, so the next run starts from what this one learned.
+    The token budget starts at limits.enqueued_tokens * (1 - safety_margin). A limit a
+    refusal states is learned with when and where, under the configured limit of the
+    time: a config that now says otherwise overrides it (the user raised it: believe the
+    user, and learn again if refused). Once REPROBE_SECONDS old or REPROBE_BATCHES batches
+    later it decays: the budget may grow past it again, but only one batch at a time goes
+    beyond what is known to fit, and each one accepted raises the learned limit. All of it
+    lives in the state's meta table, so the next run starts from what this one learned.
     """
 
     def __init__(self, spec: Spec, store: Store) -> None:
         self.spec = spec
         self.store = store
+        self.started = time.time()  # a limit learned since is fresh evidence, not stale
+
+    # --- what is configured and what was learned ---------------------------------------
+
+    def configured(self, model: str | None, unit: str = "tokens") -> int | None:
+        limits = self.spec.limits
+        if unit == "tokens":
+            return limits.token_limit(model or "")
+        return limits.request_limit(model or "")
 
     def nominal(self, model: str | None) -> int | None:
-        limit = self.spec.limits.token_limit(model or "")
+        limit = self.configured(model)
         if limit is None:
             return None
         return max(1, int(limit * (1 - self.spec.limits.safety_margin)))
 
-    def _smallest(self, configured: int | None, meta_key: str) -> int | None:
-        stated = self.store.get_meta(meta_key)
-        known = [x for x in (configured, int(stated) if stated else None) if x is not None]
-        return min(known) if known else None
+    def _margin(self, unit: str, limit: int) -> int:
+        """What of a limit the budget uses (a request count is exact: no margin)."""
+        if unit == "requests":
+            return limit
+        return max(1, int(limit * (1 - self.spec.limits.safety_margin)))
+
+    def _stored(self, model: str | None, unit: str) -> Learned | None:
+        raw = self.store.get_meta(f"learned:{unit}:{model}")
+        if raw:
+            try:
+                return Learned(**json.loads(raw))
+            except (TypeError, ValueError):
+                return None  # unreadable evidence: learn again rather than trust it
+        if raw is None:  # a limit stated to an older gptbatch: keep it, of unknown age
+            legacy = self.store.get_meta(
+                ("stated:" if unit == "tokens" else "requests:") + f"{model}"
+            )
+            if legacy:
+                return Learned(int(legacy), None, self.configured(model, unit), "an earlier build")
+        return None
+
+    def _store(self, model: str | None, unit: str, learned: Learned | None) -> None:
+        value = "" if learned is None else json.dumps(dataclasses.asdict(learned))
+        self.store.set_meta(f"learned:{unit}:{model}", value)
+
+    def learned(self, model: str | None, unit: str = "tokens") -> Learned | None:
+        """The limit a refusal stated, if it was learned under today's configured limit."""
+        learned = self._stored(model, unit)
+        if learned is None or learned.against != self.configured(model, unit):
+            return None  # the config changed since: believe the config
+        return learned
+
+    @staticmethod
+    def decaying(learned: Learned) -> bool:
+        if learned.at is None or learned.batches >= REPROBE_BATCHES:
+            return True
+        return time.time() - learned.at >= REPROBE_SECONDS
+
+    def in_force(self, model: str | None, unit: str = "tokens") -> LimitInForce:
+        """The limit used now for a model's queue, and what it rests on."""
+        configured = self.configured(model, unit)
+        learned = self.learned(model, unit)
+        if learned is None:
+            return LimitInForce(unit, configured, configured, None, False)
+        if self.decaying(learned):  # one step past what is known to fit, not at once all
+            value = probe_step(learned.limit)
+            value = value if configured is None else min(configured, value)
+            return LimitInForce(unit, value, configured, learned, True)
+        value = learned.limit if configured is None else min(configured, learned.limit)
+        return LimitInForce(unit, value, configured, learned, False)
 
     def hard_limit(self, model: str | None) -> int | None:
-        """The most tokens one batch may ever hold: configured or stated by the API."""
-        return self._smallest(self.spec.limits.token_limit(model or ""), f"stated:{model}")
+        """The most tokens one batch may ever hold: configured, or stated in this run.
+
+        A limit learned in an earlier run may be stale: a request over it is tried once,
+        alone, and only a refusal at its size makes it unqueueable (Scheduler.refused).
+        """
+        configured = self.configured(model)
+        learned = self.learned(model)
+        if learned is None or learned.at is None or learned.at < self.started:
+            return configured
+        return learned.limit if configured is None else min(configured, learned.limit)
 
     def requests(self, model: str | None) -> int | None:
-        """The enqueued-request budget: configured, or lower if the API said so."""
-        return self._smallest(self.spec.limits.request_limit(model or ""), f"requests:{model}")
+        """The enqueued-request budget: configured, or lower if the API said so lately."""
+        return self.in_force(model, "requests").value
 
     def working(self, model: str | None) -> int | None:
         nominal = self.nominal(model)
         saved = self.store.get_meta(f"budget:{model}")
-        if nominal is None:
-            return int(saved) if saved else None
-        return min(nominal, int(saved)) if saved else nominal
+        against = self.store.get_meta(f"budget_against:{model}")
+        if against is not None and against != str(self.configured(model)):
+            saved = None  # lowered under another configured limit: the config changed since
+        limit = self.in_force(model)
+        ceiling = None
+        if limit.learned is not None and limit.value is not None:
+            ceiling = self._margin("tokens", limit.value)
+        known = [x for x in (nominal, int(saved) if saved else None, ceiling) if x is not None]
+        return min(known) if known else None
+
+    def _save_working(self, model: str | None, value: int) -> None:
+        self.store.set_meta(f"budget:{model}", str(value))
+        self.store.set_meta(f"budget_against:{model}", str(self.configured(model)))
+
+    # --- probing a learned limit --------------------------------------------------------
+
+    def may_go(self, shard: ShardRow, tokens_in: int, requests_in: int) -> bool:
+        """May a shard go beyond what a learned limit says fits? One batch at a time.
+
+        Beyond it goes only a shard alone (a single request larger than the learned limit
+        is tried once), or, once the limit decays, one shard while everything in flight is
+        within it; that shard is the probe, and its acceptance raises the limit.
+        """
+        for unit, flying, size in (
+            ("tokens", tokens_in, shard.tokens),
+            ("requests", requests_in, shard.requests),
+        ):
+            self.confirm_probe(shard.model, unit)
+            learned = self.learned(shard.model, unit)
+            if learned is None:
+                continue
+            ceiling = self._margin(unit, learned.limit)
+            if flying + size <= ceiling:
+                continue
+            if flying and (not self.decaying(learned) or flying > ceiling):
+                return False  # not alone, and not the one probe
+            probe = {"shard": shard.id, "total": flying + size}
+            with self.store.transaction():
+                self.store.set_meta(f"probe:{unit}:{shard.model}", json.dumps(probe))
+        return True
+
+    def confirm_probe(self, model: str | None, unit: str) -> None:
+        """A probe batch the API accepted (past validation) raises the learned limit."""
+        raw = self.store.get_meta(f"probe:{unit}:{model}")
+        if not raw:
+            return
+        try:
+            probe = json.loads(raw)
+            shard = self.store.shard(str(probe["shard"]))
+            int(probe["total"])
+        except (TypeError, ValueError, KeyError):
+            self.store.set_meta(f"probe:{unit}:{model}", "")
+            return
+        batch = self.store.batch(shard.batch_id) if shard and shard.batch_id else None
+        if shard is not None and shard.state != "dropped" and batch is None:
+            return  # not sent yet, or refused and waiting: no news
+        if batch is not None and batch.status not in ACCEPTED_STATUSES:
+            if batch.status not in TERMINAL_BATCH_STATUSES:
+                return  # still validating
+            batch = None  # failed for another reason: no evidence either way
+        with self.store.transaction():
+            self.store.set_meta(f"probe:{unit}:{model}", "")
+            learned = self.learned(model, unit)
+            if batch is None or learned is None:
+                return
+            total = self._unmargin(unit, int(probe["total"]))
+            configured = self.configured(model, unit)
+            if configured is not None and total >= configured:
+                self._store(model, unit, None)  # the configured limit holds again
+            elif total > learned.limit:
+                self._store(
+                    model,
+                    unit,
+                    dataclasses.replace(learned, limit=total, probed=time.time()),
+                )
+
+    def _unmargin(self, unit: str, total: int) -> int:
+        """A total accepted within the budget, as a limit (the margin added back)."""
+        if unit == "requests":
+            return total
+        return int(total / max(1e-9, 1 - self.spec.limits.safety_margin))
+
+    # --- refusals and completions -------------------------------------------------------
 
     def lower(
         self,
@@ -153,44 +355,133 @@ class Budget:
         stated: int | None,
         submitted_at: float,
         shard_tokens: int,
+        where: str = "a refusal",
     ) -> tuple[int | None, int] | None:
         """After a refusal: shrink to 3/4, or at once below the limit the API names.
 
-        A batch submitted before the last lowering was sized for the old budget: its
-        refusal says nothing new, so it does not lower the budget again.
+        The stated limit is learned with when and where (and the configured limit of the
+        time). A batch submitted before the last lowering was sized for the old budget:
+        its refusal says nothing new, so it does not lower the budget again.
         """
+        current = self.working(model) if unit == "tokens" else None  # before learning
+        if stated is not None:
+            self.store.set_meta(f"probe:{unit}:{model}", "")
+            against = self.configured(model, unit)
+            self._store(model, unit, Learned(stated, time.time(), against, where))
         if unit == "requests":
-            if stated is not None:
-                self.store.set_meta(f"requests:{model}", str(stated))
             return None
-        current = self.working(model)
         lowered_at = float(self.store.get_meta(f"budget_lowered_at:{model}") or 0)
         if submitted_at < lowered_at:
+            return None
+        if current is not None and shard_tokens > current:
+            # It went alone, larger than the budget (a request over a learned limit, tried
+            # once): its refusal says nothing about the budget, which it never fitted.
             return None
         self.store.set_meta(f"budget_lowered_at:{model}", str(time.time()))
         new = max(1, int((current if current is not None else shard_tokens) * 0.75))
         if stated is not None:
-            self.store.set_meta(f"stated:{model}", str(stated))
-            new = max(1, min(new, int(stated * (1 - self.spec.limits.safety_margin))))
-        self.store.set_meta(f"budget:{model}", str(new))
+            new = max(1, min(new, self._margin("tokens", stated)))
+        self._save_working(model, new)
         return current, new
 
     def raise_(self, model: str | None) -> tuple[int, int] | None:
-        """After a batch completes: grow back by a tenth, up to the nominal budget."""
+        """After a batch completes: age learned limits, grow back by a tenth, up to nominal."""
+        for unit in ("tokens", "requests"):
+            self.confirm_probe(model, unit)
+            learned = self.learned(model, unit)
+            if learned is not None:
+                self._store(model, unit, dataclasses.replace(learned, batches=learned.batches + 1))
         nominal, current = self.nominal(model), self.working(model)
         if current is None or (nominal is not None and current >= nominal):
             return None
         new = current + max(1, (nominal or current) // 10)
-        hard = self.hard_limit(model)
-        ceiling = [
-            x for x in (nominal, hard and int(hard * (1 - self.spec.limits.safety_margin))) if x
-        ]
+        limit = self.in_force(model)
+        ceiling = [x for x in (nominal,) if x]
+        if limit.learned is not None and limit.value is not None:
+            ceiling.append(self._margin("tokens", limit.value))
         if ceiling:
             new = min(new, *ceiling)
         if new <= current:
             return None
-        self.store.set_meta(f"budget:{model}", str(new))
+        self._save_working(model, new)
         return current, new
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The queue limits in force for one model, for `status` and `plan`."""
+
+    model: str | None
+    tokens: LimitInForce
+    requests: LimitInForce
+    working: int | None  # the working token budget (None: none)
+
+    def describe(self) -> str:
+        parts = []
+        for limit in (self.tokens, self.requests):
+            if limit.value is None and limit.learned is None and limit.unit == "requests":
+                continue
+            value = "no limit" if limit.value is None else f"{limit.value:,}"
+            parts.append(f"enqueued {limit.unit} {value} ({limit.source})")
+        if self.working is not None:
+            parts.append(f"working budget ~{self.working:,} tokens")
+        return f"{self.model or '(no model)'}: " + "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "working_tokens": self.working,
+            **{
+                limit.unit: {
+                    "limit": limit.value,
+                    "configured": limit.configured,
+                    "source": limit.source,
+                    "decaying": limit.decaying,
+                    "learned": None if limit.learned is None else dataclasses.asdict(limit.learned),
+                }
+                for limit in (self.tokens, self.requests)
+            },
+        }
+
+
+def queue_limits(
+    spec: Spec, store: Store | None, models: Iterable[str | None] = ()
+) -> list[ModelLimits]:
+    """The limits in force per model: the config's, and what refusals taught the state."""
+    names = {m for m in models} | set(spec.limits.models())
+    if spec.model:
+        names.add(spec.model)
+    if store is None:
+        out = []
+        for model in sorted(names, key=str):
+            tokens = spec.limits.token_limit(model or "")
+            requests = spec.limits.request_limit(model or "")
+            out.append(
+                ModelLimits(
+                    model,
+                    LimitInForce("tokens", tokens, tokens, None, False),
+                    LimitInForce("requests", requests, requests, None, False),
+                    spec.limits.token_budget(model or ""),
+                )
+            )
+        return out
+    rows = store.db.execute(
+        "SELECT key FROM meta WHERE value != '' AND (key LIKE 'learned:%' OR key LIKE 'stated:%'"
+        " OR key LIKE 'budget:%')"
+    ).fetchall()
+    for (key,) in rows:
+        model = key.split(":", 2)[-1]
+        names.add(None if model == "None" else model)
+    budget = Budget(spec, store)
+    return [
+        ModelLimits(
+            model,
+            budget.in_force(model, "tokens"),
+            budget.in_force(model, "requests"),
+            budget.working(model),
+        )
+        for model in sorted(names, key=str)
+    ]
 
 
 # --- the scheduler ----------------------------------------------------------------------------
@@ -212,6 +503,7 @@ class Scheduler:
         self.pipeline = max(1, getattr(spec.limits, "pipeline", DEFAULT_PIPELINE))
         self.dirty = True  # pending requests may need packing
         self.tail_waiting = False  # tail requests wait uncut for room (see _cut)
+        self._run_base: dict[str, float] | None = None  # committed before this run, by shard
 
     # --- caps and room ---------------------------------------------------------------
 
@@ -255,24 +547,56 @@ class Scheduler:
         if working is not None and tokens_in and tokens_in + shard.tokens > working:
             return False
         limit = self.budget.requests(shard.model)
-        return limit is None or not requests_in or requests_in + shard.requests <= limit
+        if limit is not None and requests_in and requests_in + shard.requests > limit:
+            return False
+        return self.budget.may_go(shard, tokens_in, requests_in)
+
+    def _spend_cap_source(self) -> str:
+        """Where the spend cap was set, as a message names it."""
+        if self.spec.limits.max_cost_from == "--max-cost":
+            return "--max-cost"
+        return f"limits.max_cost in {self.spec.path.name}"
+
+    def _committed_before_run(self) -> dict[str, float]:
+        """Estimated cost of each shard that reached the API before this run (read once)."""
+        if self._run_base is None:
+            committed = ("submitting", "submitted", "done")
+            self._run_base = {s.id: s.cost or 0.0 for s in self.store.shards(committed)}
+        return self._run_base
 
     def within_spend_cap(self, shard: ShardRow) -> bool:
+        """May this shard go under the spend cap? Otherwise note why on it, report once.
+
+        --max-cost caps what this run commits; limits.max_cost caps what the project has
+        committed over all its runs (a CI schedule rerunning the build must not spend the
+        config's cap again on every run).
+        """
         cap = self.spec.limits.max_cost
         if cap is None:
             return True
+        source = self._spend_cap_source()
+        per_run = self.spec.limits.max_cost_from == "--max-cost"
+        base = self._committed_before_run()
         committed = self.store.committed_cost(exclude=shard.id)
+        if per_run:  # what this run committed: all committed now less what was before it
+            committed -= sum(c for i, c in base.items() if i != shard.id)
+            committed = max(0.0, committed)
         cost = self.store.shard_cost(shard.id)  # from current prices, not packing-time ones
         if cost is None:
             reason = (
-                f"no price known for model {shard.model!r}, so limits.max_cost cannot be "
-                f"checked: add prices.{shard.model} to batch.yaml"
+                f"no price known for model {shard.model!r}, so the spend cap ({source}) cannot "
+                f"be checked: add prices.{shard.model} to {self.spec.path.name}"
             )
         elif committed + cost > cap:
+            spent = (
+                f"this run committed {usd(committed)} of --max-cost {usd(cap)}"
+                if per_run
+                else f"the project committed {usd(committed)} of {usd(cap)} ({source})"
+            )
+            remedy = "rerun with a larger --max-cost" if per_run else f"raise {source}"
             reason = (
-                f"spend cap reached: {usd(committed)} of {usd(cap)} committed; the next shard "
-                f"({shard.requests:,} requests) would cost {usd(cost)}: raise "
-                "limits.max_cost to continue"
+                f"spend cap reached: {spent}; the next shard ({shard.requests:,} requests) "
+                f"would cost {usd(cost)}: {remedy} to continue"
             )
         else:
             if cost != shard.cost or shard.note:
@@ -281,14 +605,22 @@ class Scheduler:
             return True
         with self.store.transaction():
             self.store.update_shard(shard.id, cost=cost, note=reason)
-        if self.summary.stopped_by_cost != reason:
+        if self.summary.stopped_by_cost is None:  # said once a run, not once a shard
             self.summary.stopped_by_cost = reason
             self.report.event("spend_cap", message=reason)
         return False
 
     def too_big_after_refusal(self, shard: ShardRow) -> bool:
-        """Release a refused shard larger than the lowered budget, so it is repacked smaller."""
-        if not shard.refusals or shard.requests < 2:
+        """Release an unsent shard larger than the lowered budget, so it is repacked smaller.
+
+        A shard cut before the budget fell would otherwise go alone, over the budget, and be
+        refused: a refused one is released, and so is one not uploaded yet (an uploaded one
+        keeps its file; if refused, it is released then). A shard in `submitting` may have
+        been created: it is never released here.
+        """
+        if shard.requests < 2 or shard.state == "submitting":
+            return False
+        if not shard.refusals and shard.file_id:
             return False
         working = self.budget.working(shard.model)
         requests = self.budget.requests(shard.model)
@@ -331,23 +663,51 @@ class Scheduler:
                 stated=stated,
                 submitted_at=sized_at,
                 shard_tokens=shard.tokens,
+                where=batch,
             )
             if collected:
                 self.store.mark_collected(collected)
-            self.store.update_shard(
-                shard.id,
-                state="waiting",
-                batch_id=None,
-                refusals=shard.refusals + 1,
-                not_before=time.time() + delay,
-                note=message,
+            # A lone request refused at its own size: the learned limit was not stale.
+            failed = (
+                unit == "tokens" and stated is not None and self.unqueueable(shard, stated, batch)
             )
+            if not failed:
+                self.store.update_shard(
+                    shard.id,
+                    state="waiting",
+                    batch_id=None,
+                    refusals=shard.refusals + 1,
+                    not_before=time.time() + delay,
+                    note=message,
+                )
         self.summary.refusals += 1
         self.dirty = True
         self.report.event(
             "refused", shard=shard.id[:12], batch=batch, code=code, wait=round(delay, 2)
         )
         self.report_budget(shard.model, change, "the API refused work for lack of queue room")
+
+    def unqueueable(self, shard: ShardRow, stated: int, batch: str) -> bool:
+        """A lone request refused at a size over the limit the API states: failed for good.
+
+        It was tried because the learned limit may have been stale; the refusal at its
+        own size says it was not.
+        """
+        if shard.requests != 1 or shard.tokens <= stated:
+            return False
+        ((key, custom_id),) = self.store.members(shard.id)
+        row = self.store.locate(key)
+        place = f"{row.path}:{row.line}: " if row is not None else ""
+        why = (
+            f"{place}request {custom_id!r} has ~{shard.tokens:,} prompt tokens, over the "
+            f"enqueued-token limit of {stated:,} for {shard.model} that the API stated when "
+            f"it refused it ({batch}): it can never be queued; split it into smaller requests "
+            "(`gptbatch build --retry-failed` tries it again once your limit is higher)"
+        )
+        self.store.record_result(key, state="failed", error=why, attempt=False)
+        self.store.update_shard(shard.id, state="dropped", note=why)
+        self.report.event("too_large", message=why)
+        return True
 
     def report_budget(
         self, model: str | None, change: tuple[int | None, int] | None, reason: str

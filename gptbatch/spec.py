@@ -58,6 +58,9 @@ class Limits:
     enqueued_requests: int | Mapping[str, int] | None
     max_cost: float | None
     pipeline: int = 4
+    # Where max_cost came from: "config" (a cap on the project's committed spend) or
+    # "--max-cost" (a cap on what one build commits).
+    max_cost_from: str = "config"
 
     def models(self) -> list[str]:
         """Models named in the per-model limit maps (not "*")."""

@@ -71,7 +71,8 @@ def register(sub: Any) -> None:
         "--max-cost",
         type=float,
         metavar="USD",
-        help="stop submitting before the estimated spend passes USD (overrides limits.max_cost)",
+        help="stop submitting before this run's estimated spend passes USD (instead of "
+        "limits.max_cost, which caps the project's committed spend)",
     )
     p.add_argument(
         "--no-wait",
@@ -212,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--max-cost {args.max_cost}: give a dollar amount, e.g. --max-cost 20"
             )
         spec = dataclasses.replace(
-            spec, limits=dataclasses.replace(spec.limits, max_cost=args.max_cost)
+            spec,
+            limits=dataclasses.replace(
+                spec.limits, max_cost=args.max_cost, max_cost_from="--max-cost"
+            ),
         )
     return execute(spec, args)[0]
 

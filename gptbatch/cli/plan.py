@@ -11,6 +11,7 @@ from gptbatch.cli.build import rehearsal
 from gptbatch.plan import GroupPlan, Plan, make_plan
 from gptbatch.pricing import closest_known
 from gptbatch.report import plural, shown
+from gptbatch.scheduler import ModelLimits, queue_limits
 from gptbatch.spec import load_spec
 from gptbatch.store import Store, state_dir
 
@@ -138,6 +139,23 @@ def _print_rich(plan: Plan, title: str) -> None:
     Console().print(table)
 
 
+def learned_limits(spec: Any, models: list[str | None]) -> list[ModelLimits]:
+    """Once a build has a state: the queue limit in force per model and where it came from
+    (config, or learned from a refusal). Read even with --all: a limit a refusal stated
+    applies to any plan. Without a state the notes' tokens per shard say the config's."""
+    directory = state_dir(spec.output_dir)
+    if not (directory / "state.db").exists():
+        return []
+    store = Store(directory)
+    try:
+        limits = queue_limits(spec, store, models)
+    finally:
+        store.close()
+    return [
+        m for m in limits if m.tokens.value is not None or m.tokens.learned or m.requests.learned
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     if args.simulate:
@@ -150,9 +168,12 @@ def run(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     whole = make_plan(spec) if store is not None else plan
+    limits = learned_limits(spec, [g.model for g in plan.groups])
     if args.json:
         doc = plan.to_json()
         doc["workload"] = whole.to_json()["totals"]
+        if limits:  # once a build has a state
+            doc["queue_limits"] = [m.to_json() for m in limits]
         print(json.dumps(doc, indent=2))
         return 0
     what = "what `build` would send now" if store is not None else "the whole workload"
@@ -167,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
     for note in _notes(plan, spec.prices):
         print(f"  {note}")
+    for m in limits:
+        print(f"  queue limit {m.describe()}")
     if store is not None:
         print(
             f"whole workload: {plural(whole.requests, 'request')}, "

@@ -10,6 +10,7 @@ from gptbatch.cli.build import rehearsal
 from gptbatch.cli.validate import check_inputs
 from gptbatch.errors import InputError
 from gptbatch.report import plural, shown
+from gptbatch.scheduler import queue_limits
 from gptbatch.spec import load_spec
 from gptbatch.status import (
     over_limit_anywhere,
@@ -95,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
             raise
         if store is not None and over_limit_anywhere(spec, store):
             check_inputs(spec)
+        limits = [
+            m
+            for m in queue_limits(spec, store)
+            if m.tokens.value is not None or m.tokens.learned or m.requests.learned
+        ]
         shards = shard_statuses(store) if store is not None else []
         if args.remote and store is not None:
             live = remote_statuses(spec, [b.id for b in store.batches() if not b.collected])
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                     "shards": [s.__dict__ for s in shards],
                     "pending": [r.__dict__ for r in reasons],
                     "remote": live,
+                    "queue_limits": [m.to_json() for m in limits],
                 },
                 indent=2,
                 sort_keys=True,
@@ -146,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"input {shown(path)}: {why}; the next build reads it again")
     for path, why in status.outputs:
         print(f"output {shown(path)}: {why}; the next build writes it again")
+    for m in limits:  # the limit in force per model, and where it came from
+        print(f"queue limit {m.describe()}")
     for s in shards:
         print(
             f"shard {s.id[:12]} ({s.model} {s.url}, {plural(s.requests, 'request')}, "
