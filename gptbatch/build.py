@@ -222,7 +222,7 @@ class Builder:
             self.spec.output_dir, self.work_dir / "downloads", self.work_dir / "shards"
         )
         remove_final_shard_files(self.store)
-        sync_inputs(
+        read = sync_inputs(
             self.spec, self.store, self.report, keep_going=self.keep_going, declared=self.declared
         )
         # -B / --retry-failed reset nothing: this run's resend set names what it sends again,
@@ -239,7 +239,9 @@ class Builder:
             self.report.event("dropped", shard=sid[:12], reason=why)
         if dropped:
             self.scheduler.dirty = True
-        for model in sorted(m for m in self.store.models() if m):  # a typo fails whole batches
+        # A typo'd model fails whole batches. Only a build that read an input can have a new
+        # model, so a no-op build does not scan every request for them.
+        for model in sorted(m for m in self.store.models() if m) if read else ():
             hint = unknown_model_hint(model, self.spec.prices)
             if hint is not None:
                 self.report.event("warning", message=hint)

@@ -58,8 +58,9 @@ def sync_inputs(
     *,
     keep_going: bool = False,
     declared: Sequence[Path] | None = None,
-) -> None:
-    """Bring the store's view of every input up to date, reading only files that changed.
+) -> bool:
+    """Bring the store's view of every input up to date, reading only files that changed;
+    True if any file was read again.
 
     All of it is one transaction: bad input (a malformed line, a duplicate custom_id, a
     request no queue can ever hold) raises InputError and leaves the state as it was.
@@ -97,6 +98,7 @@ def sync_inputs(
         raise
     for scanner in scanners:
         scanner.commit_counts()
+    return bool(changed)
 
 
 def _sync_changed(
