@@ -297,7 +297,7 @@ def test_clean_simulate_removes_the_rehearsals_simulator(tmp_path: Path, capsys)
     capsys.readouterr()
     assert main(["build", str(project.config), "--simulate"]) == EXIT_OK
     summary = capsys.readouterr().out
-    assert "1 batches submitted, 0 adopted" in summary, summary
+    assert "1 batch submitted, 0 adopted" in summary, summary
 
 
 def test_export_after_only_a_rehearsal_mentions_simulate(tmp_path: Path, capsys) -> None:
