@@ -178,8 +178,8 @@ def synthetic_state(root: Path, n: int) -> Path:
     import hashlib
     import sqlite3
 
-    from gptbatch.spec import config_fingerprint, load_spec
-    from gptbatch.store import REQUEST_COLUMNS, Store
+    from gptbatch.config.spec import config_fingerprint, load_spec
+    from gptbatch.state.store import REQUEST_COLUMNS, Store
 
     (root / "inputs").mkdir()
     data = root / "inputs" / "big.jsonl"

@@ -216,7 +216,7 @@ def floor(path: Path) -> tuple[float, float]:
     """(seconds, CPU seconds) to read, json.loads and tokenize every message, in-process."""
     import tiktoken  # noqa: F401 - loaded before timing, as a warm process would have it
 
-    from gptbatch.encodings import get_encoding
+    from gptbatch.inputs.encodings import get_encoding
 
     enc = get_encoding("o200k_base")
     started, cpu = time.perf_counter(), time.process_time()
@@ -233,11 +233,11 @@ def tiktoken_alone(path: Path) -> tuple[float, float]:
     """(seconds, CPU seconds) of encode_ordinary alone on the texts a count must encode.
 
     The texts are parsed beforehand, and a text is skipped where gptbatch's counting memo
-    (gptbatch.tokens: texts of at most 8192 characters, 1024 at a time) would have it: what
+    (gptbatch.inputs.tokens: texts of at most 8192 characters, 1024 at a time) would have it: what
     is left is tiktoken's own work, which no reader can avoid. Its rate times the cores is
     the cold ceiling. Parsed a block of lines at a time, so memory stays small.
     """
-    from gptbatch.encodings import get_encoding
+    from gptbatch.inputs.encodings import get_encoding
 
     enc = get_encoding("o200k_base")
     memo: set[str] = set()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gptbatch.cli import main
-from gptbatch.tokens import estimate_request
+from gptbatch.inputs.tokens import estimate_request
 
 CHAT = "/v1/chat/completions"
 SECRET = "sk-proj-" + "Zq7" * 16  # a key pasted into the wrong field

@@ -13,15 +13,15 @@ import pytest
 import tiktoken
 from tiktoken_ext import openai_public
 
-from gptbatch import encodings
-from gptbatch.encodings import (
+from gptbatch.errors import GptbatchError
+from gptbatch.inputs import encodings
+from gptbatch.inputs.encodings import (
     BUNDLED,
     EncodingUnavailable,
     bundled_source,
     get_encoding,
     seed_tiktoken_cache,
 )
-from gptbatch.errors import GptbatchError
 
 SAMPLES = [
     "hello world",

@@ -1,11 +1,11 @@
-"""The forecast of when a batch in flight finishes (gptbatch/eta.py)."""
+"""The forecast of when a batch in flight finishes (gptbatch/engine/eta.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gptbatch.eta import STEPS, Forecast
-from gptbatch.remote import BatchInfo
+from gptbatch.api.remote import BatchInfo
+from gptbatch.engine.eta import STEPS, Forecast
 
 
 def info(status: str, done: int = 0, total: int = 100, batch: str = "batch_a") -> BatchInfo:

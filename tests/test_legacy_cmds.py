@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gptbatch.cli.legacy import manager_main, splitter_main
-from gptbatch.split import SHARD_FILE
-from gptbatch.tokens import estimate_request
+from gptbatch.commands.split import SHARD_FILE
+from gptbatch.inputs.tokens import estimate_request
 
 
 def write_requests(path: Path, count: int) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""Tests for gptbatch.plan and `gptbatch plan`: totals, shards, costs, caveats, JSON."""
+"""Tests for gptbatch.commands.plan and `gptbatch plan`: totals, shards, costs, caveats, JSON."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import pytest
 
 import gptbatch
 from gptbatch.cli import main
+from gptbatch.commands.plan import caveat_key, make_plan, output_limit
+from gptbatch.config.spec import load_spec
 from gptbatch.errors import InputError
-from gptbatch.plan import caveat_key, make_plan, output_limit
-from gptbatch.spec import load_spec
-from gptbatch.tokens import estimate_request
+from gptbatch.inputs.tokens import estimate_request
 
 PRICES = json.loads((Path(gptbatch.__file__).parent / "data" / "prices.json").read_text())
 
 
 def _expected_groups(spec_path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (model, url): requests, tokens, output bound, computed without gptbatch.plan."""
+    """Per (model, url): requests, tokens, output bound, computed without gptbatch.commands.plan."""
     spec = load_spec(spec_path)
     groups: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"requests": 0, "tokens": 0, "output": 0}

@@ -1,4 +1,4 @@
-"""Tests for gptbatch.requests: streaming, validation messages, content keys, raw line offsets."""
+"""Tests for gptbatch.inputs.requests: streaming, validation messages, keys, raw line offsets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gptbatch.errors import InputError
-from gptbatch.requests import ENDPOINTS, Request, over_limit, read_raw_line, read_requests
+from gptbatch.inputs.requests import ENDPOINTS, Request, over_limit, read_raw_line, read_requests
 
 CHAT = "/v1/chat/completions"
 EMB = "/v1/embeddings"

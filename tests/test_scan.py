@@ -15,12 +15,12 @@ from corpus import write_mixed_corpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gptbatch import split as split_module
 from gptbatch.cli import main
+from gptbatch.commands import split as split_module
 from gptbatch.errors import InputError
-from gptbatch.requests import read_requests
-from gptbatch.scan import Scanner, ScanOptions
-from gptbatch.tokens import estimate_request
+from gptbatch.inputs.requests import read_requests
+from gptbatch.inputs.scan import Scanner, ScanOptions
+from gptbatch.inputs.tokens import estimate_request
 
 DATA = Path(__file__).parent / "data"
 CHAT = "/v1/chat/completions"
@@ -283,7 +283,7 @@ def test_a_file_changed_during_split_is_an_error_and_leaves_no_shards(
 
 
 def count_estimates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    from gptbatch import scan
+    from gptbatch.inputs import scan
 
     calls: list[str] = []
     real = scan._estimate
@@ -325,7 +325,7 @@ def test_cache_hit_miss_and_never_another_requests_count(
     assert calls[2:] == ["b", "a", "c"]
     assert swapped == {"b": first["a"], "a": first["b"], "c": swapped["c"]}
     # A new estimator version (changed counting rules) misses everything.
-    monkeypatch.setattr("gptbatch.scan.estimator_version", lambda: "another-version")
+    monkeypatch.setattr("gptbatch.inputs.scan.estimator_version", lambda: "another-version")
     assert tokens_of([source]) == swapped and calls[5:] == ["b", "a", "c"]
 
 
@@ -383,7 +383,7 @@ def scan_all(paths: list[Path]) -> Iterator[Any]:
 
 
 def test_plan_extra_facts_match_the_request(tmp_path: Path) -> None:
-    from gptbatch.plan import output_limit, upload_facts
+    from gptbatch.commands.plan import output_limit, upload_facts
 
     source = tmp_path / "in.jsonl"
     source.write_bytes(chat("a") + b"\n")
@@ -457,7 +457,7 @@ def test_plan_prints_what_the_old_code_printed(
 def test_custom_ids_whose_hashes_collide_are_told_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dup: bool
 ) -> None:
-    monkeypatch.setattr("gptbatch.seen_ids._slot_hash", lambda custom_id: 12345)
+    monkeypatch.setattr("gptbatch.inputs.seen_ids._slot_hash", lambda custom_id: 12345)
     paths = write_mixed_corpus(tmp_path, requests_per_file=15)
     if dup:
         with paths[2].open("ab") as f:
@@ -477,8 +477,8 @@ def die(chunk: Any) -> None:
 def test_a_dead_worker_is_an_error_not_a_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gptbatch import scan
     from gptbatch.errors import GptbatchError
+    from gptbatch.inputs import scan
 
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"\n".join(chat(f"r{i}") for i in range(50)) + b"\n")
@@ -498,7 +498,7 @@ def cached_rows(cache: Path) -> int:
 
 @pytest.mark.parametrize("corrupt", [False, True])
 def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: bool) -> None:
-    from gptbatch.token_cache import CachedCount, PendingCounts
+    from gptbatch.inputs.token_cache import CachedCount, PendingCounts
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -518,7 +518,7 @@ def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: b
             pending.discard()
             if not corrupt:  # (a corrupt file is left as it was)
                 assert cached_rows(cache) == 0
-    from gptbatch.token_cache import TokenCache
+    from gptbatch.inputs.token_cache import TokenCache
 
     found = TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-4", "other"])
     assert found == {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from collections import namedtuple
 
-from gptbatch.collect import Collector
-from gptbatch.remote import BatchInfo
-from gptbatch.scheduler import Room, fill_shard, refusal_delay, shard_target
+from gptbatch.api.remote import BatchInfo
+from gptbatch.engine.collect import Collector
+from gptbatch.engine.scheduler import Room, fill_shard, refusal_delay, shard_target
 
 Row = namedtuple("Row", "name tokens nbytes inputs")
 
@@ -85,12 +85,12 @@ def test_a_shard_holds_as_many_requests_as_its_token_share_needs(tmp_path) -> No
 
     import yaml
 
+    from gptbatch.config.spec import load_spec
+    from gptbatch.engine.scheduler import FILL_LOOKAHEAD, Budget, Scheduler
+    from gptbatch.engine.summary import BuildSummary
+    from gptbatch.engine.sync import sync_inputs
     from gptbatch.report import NullReporter
-    from gptbatch.scheduler import FILL_LOOKAHEAD, Budget, Scheduler
-    from gptbatch.spec import load_spec
-    from gptbatch.store import Store
-    from gptbatch.summary import BuildSummary
-    from gptbatch.sync import sync_inputs
+    from gptbatch.state.store import Store
 
     (tmp_path / "in.jsonl").write_text(
         "".join(

@@ -1,4 +1,4 @@
-"""Tests for gptbatch.spec and the batch.yaml schema: defaults, errors with key path and line."""
+"""Tests for gptbatch.config.spec and the batch.yaml schema: defaults, located errors."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from gptbatch.errors import ConfigError
-from gptbatch.requests import ENDPOINTS, read_requests
-from gptbatch.spec import (
+from gptbatch.config.spec import (
     SCHEMA_PATH,
     SIMULATED_SUFFIX,
     Limits,
@@ -25,6 +23,8 @@ from gptbatch.spec import (
     load_schema,
     load_spec,
 )
+from gptbatch.errors import ConfigError
+from gptbatch.inputs.requests import ENDPOINTS, read_requests
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for gptbatch.split and `gptbatch split`: shard files on disk, errors, stale files."""
+"""Tests for gptbatch.commands.split and `gptbatch split`: shard files, errors, stale files."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gptbatch import split as split_module
 from gptbatch.cli import main
 from gptbatch.cli.split import parse_count
+from gptbatch.commands import split as split_module
+from gptbatch.commands.split import SHARD_FILE, shard_names, split_files
 from gptbatch.errors import InputError
-from gptbatch.scan import ScanOptions
-from gptbatch.split import SHARD_FILE, shard_names, split_files
-from gptbatch.tokens import estimate_request
+from gptbatch.inputs.scan import ScanOptions
+from gptbatch.inputs.tokens import estimate_request
 
 WORDS = [
     "alpha",

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbatch.store import MIGRATIONS, ResultRow, Store
+from gptbatch.state.store import MIGRATIONS, ResultRow, Store
 
 KEYS = [f"k{i}" for i in range(6)]
 

@@ -14,9 +14,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbatch.outputs import write_outputs
-from gptbatch.spec import Spec, load_spec
-from gptbatch.store import Store
+from gptbatch.config.spec import Spec, load_spec
+from gptbatch.engine.outputs import write_outputs
+from gptbatch.state.store import Store
 
 KEYS = [f"k{i}" for i in range(6)]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbatch.store import Store
+from gptbatch.state.store import Store
 
 
 def _store_with(directory: Path, ids: list[str]) -> Store:

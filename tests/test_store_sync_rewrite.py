@@ -14,14 +14,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbatch import store as store_module
-from gptbatch import sync
+from gptbatch.config.spec import Spec, load_spec
+from gptbatch.engine import sync
+from gptbatch.engine.sync import _request_row, line_digest, sync_inputs
 from gptbatch.errors import InputError
+from gptbatch.inputs.requests import read_raw_line, read_requests
 from gptbatch.report import NullReporter
-from gptbatch.requests import read_raw_line, read_requests
-from gptbatch.spec import Spec, load_spec
-from gptbatch.store import REQUEST_COLUMNS, RequestRow, Store
-from gptbatch.sync import _request_row, line_digest, sync_inputs
+from gptbatch.state import store as store_module
+from gptbatch.state.store import REQUEST_COLUMNS, RequestRow, Store
 
 
 def _chat(cid: str, text: str, url: str = "/v1/chat/completions") -> str:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptbatch.errors import StateError
-from gptbatch.store import Store
+from gptbatch.state.store import Store
 
 # Short lines, and long ones (up to 20,000 characters) that outgrow the compression window.
 LINE = st.one_of(

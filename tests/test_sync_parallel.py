@@ -15,12 +15,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbatch import sync
+from gptbatch.config.spec import load_spec
+from gptbatch.engine import sync
 from gptbatch.errors import InputError
+from gptbatch.inputs.token_cache import cache_path
 from gptbatch.report import NullReporter
-from gptbatch.spec import load_spec
-from gptbatch.store import REQUEST_COLUMNS, Store
-from gptbatch.token_cache import cache_path
+from gptbatch.state.store import REQUEST_COLUMNS, Store
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"

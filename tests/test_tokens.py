@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gptbatch.encodings import get_encoding
-from gptbatch.tokens import (
+from gptbatch.inputs.encodings import get_encoding
+from gptbatch.inputs.tokens import (
     TOKENS_PER_TOOL_CALL,
     Estimate,
     count_text,

@@ -401,7 +401,7 @@ def test_inputs_whose_results_collide_are_refused(
 def test_a_request_over_the_token_limit_is_reported_at_its_line(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gptbatch.tokens import estimate_request
+    from gptbatch.inputs.tokens import estimate_request
 
     big_chat = chat("b", messages=[{"role": "user", "content": "word " * 200}])
     big_emb = emb("c", "word " * 200)
@@ -444,12 +444,12 @@ def test_the_token_limit_check_respects_max_problems(
 def test_tokens_are_not_estimated_without_a_limit(
     work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptbatch.tokens
+    import gptbatch.inputs.tokens
 
     def refuse(*args: Any) -> None:
         raise AssertionError("estimated without a limit")
 
-    monkeypatch.setattr(gptbatch.tokens, "estimate_request", refuse)
+    monkeypatch.setattr(gptbatch.inputs.tokens, "estimate_request", refuse)
     (work / "a.jsonl").write_bytes(jl(chat("a")))
     (work / "batch.yaml").write_text("inputs: [a.jsonl]\nlimits: {enqueued_tokens: {o3: 5}}\n")
     assert validate(work, capsys)[0] == 0

@@ -14,16 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gptbatch.config.spec import SIMULATED_SUFFIX, Spec, api_key, load_spec
+from gptbatch.engine.usage import Usage
 from gptbatch.errors import InputError, Interrupted, UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
-from gptbatch.spec import SIMULATED_SUFFIX, Spec, api_key, load_spec
-from gptbatch.store import state_dir
-from gptbatch.usage import Usage
+from gptbatch.state.store import state_dir
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
-    from gptbatch.build import BuildSummary
-    from gptbatch.remote import Remote
+    from gptbatch.api.remote import Remote
+    from gptbatch.engine.build import BuildSummary
 
 # In --simulate, time runs 20x faster and processing is quick, so each status (validating,
 # in_progress, finalizing) shows for a moment; 10M prompt tokens take about a second.
@@ -182,7 +182,7 @@ class LazyRemote:
 
     def __getattr__(self, name: str) -> Any:
         if self._remote is None:
-            from gptbatch.remote import Remote
+            from gptbatch.api.remote import Remote
 
             self._remote = Remote(**self._kwargs)
         return getattr(self._remote, name)
@@ -244,7 +244,7 @@ def chosen_inputs(spec: Spec, targets: list[str]) -> tuple[Path, ...]:
 
 def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
     """Build a loaded spec as the arguments say; return the exit code and the spec used."""
-    from gptbatch.build import run_build
+    from gptbatch.engine.build import run_build
 
     reporter: Reporter = (
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)

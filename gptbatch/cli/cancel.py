@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import Any
 
-from gptbatch.spec import load_spec
+from gptbatch.config.spec import load_spec
 
 
 def register(sub: Any) -> None:
@@ -36,8 +36,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptbatch.cancel import cancel_in_flight
-    from gptbatch.connect import connect
+    from gptbatch.api.connect import connect
+    from gptbatch.commands.cancel import cancel_in_flight
 
     spec = load_spec(args.config)
     if args.simulate:

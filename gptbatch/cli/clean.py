@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptbatch.clean import (
+from gptbatch.cli.build import rehearsal
+from gptbatch.commands.clean import (
     SIMULATOR_DIR,
     CleanPlan,
     delete_uploads,
@@ -16,12 +17,11 @@ from gptbatch.clean import (
     remove_local,
     unrecoverable_results,
 )
-from gptbatch.cli.build import rehearsal
+from gptbatch.config.spec import load_spec
 from gptbatch.errors import EXIT_ERROR, UsageError
-from gptbatch.lock import BuildLock
 from gptbatch.report import shown
-from gptbatch.spec import load_spec
-from gptbatch.store import state_dir
+from gptbatch.state.lock import BuildLock
+from gptbatch.state.store import state_dir
 
 
 def register(sub: Any) -> None:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         spec = rehearsal(spec)
     remote = None
     if args.remote:
-        from gptbatch.connect import connect
+        from gptbatch.api.connect import connect
 
         remote = connect(spec, "clean --remote")
     try:

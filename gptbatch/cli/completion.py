@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptbatch.completion import SHELLS, script
+from gptbatch.commands.completion import SHELLS, script
 
 
 def register(sub: Any) -> None:

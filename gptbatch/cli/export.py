@@ -8,11 +8,11 @@ from typing import Any
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.cli.build import rehearsal
+from gptbatch.commands.export import FORMATS, check_export_target, export_rows, write_rows
+from gptbatch.commands.status import stale_inputs
+from gptbatch.config.spec import load_spec
 from gptbatch.errors import UsageError
-from gptbatch.export import FORMATS, check_export_target, export_rows, write_rows
-from gptbatch.spec import load_spec
-from gptbatch.status import stale_inputs
-from gptbatch.store import Store, state_dir
+from gptbatch.state.store import Store, state_dir
 
 
 def register(sub: Any) -> None:

@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from gptbatch.cli.build import rehearsal
-from gptbatch.prune import collect_garbage
+from gptbatch.commands.gc import collect_garbage
+from gptbatch.config.spec import load_spec
 from gptbatch.report import plural
-from gptbatch.spec import load_spec
 
 
 def register(sub: Any) -> None:

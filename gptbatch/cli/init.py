@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from gptbatch.commands.init import EXAMPLE_INPUT, init_project
+from gptbatch.config.spec import DEFAULT_CONFIG
 from gptbatch.errors import UsageError
-from gptbatch.scaffold import EXAMPLE_INPUT, init_project
-from gptbatch.spec import DEFAULT_CONFIG
 
 
 def target_directory(arg: str, force: bool) -> Path:

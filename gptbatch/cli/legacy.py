@@ -12,11 +12,11 @@ from pathlib import Path
 from gptbatch.cli import run
 from gptbatch.cli.build import execute
 from gptbatch.cli.split import add_split_arguments, summary_lines
+from gptbatch.commands.legacy import manager_inputs, publish_outputs, write_manager_config
+from gptbatch.commands.split import split_files
+from gptbatch.config.spec import load_spec
 from gptbatch.errors import EXIT_INTERRUPTED, GptbatchError
-from gptbatch.legacy import manager_inputs, publish_outputs, write_manager_config
 from gptbatch.report import shown
-from gptbatch.spec import load_spec
-from gptbatch.split import split_files
 
 
 def splitter_main(argv: Sequence[str] | None = None) -> int:

@@ -8,12 +8,12 @@ import sys
 from typing import Any
 
 from gptbatch.cli.build import rehearsal
-from gptbatch.plan import GroupPlan, Plan, make_plan
+from gptbatch.commands.plan import GroupPlan, Plan, make_plan
+from gptbatch.config.spec import load_spec
+from gptbatch.engine.scheduler import ModelLimits, queue_limits
 from gptbatch.pricing import closest_known
 from gptbatch.report import plural, shown
-from gptbatch.scheduler import ModelLimits, queue_limits
-from gptbatch.spec import load_spec
-from gptbatch.store import Store, state_dir
+from gptbatch.state.store import Store, state_dir
 
 
 def register(subparsers: Any) -> None:

@@ -6,8 +6,8 @@ import argparse
 import re
 from typing import Any
 
+from gptbatch.commands.split import SplitResult, split_files
 from gptbatch.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
-from gptbatch.split import SplitResult, split_files
 
 _COUNT = re.compile(r"(\d+(?:\.\d+)?)([kKmM]?)")
 _MAX_NAMES_SHOWN = 10

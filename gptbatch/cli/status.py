@@ -8,18 +8,18 @@ from typing import Any
 
 from gptbatch.cli.build import rehearsal
 from gptbatch.cli.validate import check_inputs
-from gptbatch.errors import InputError
-from gptbatch.report import plural, shown
-from gptbatch.scheduler import queue_limits
-from gptbatch.spec import load_spec
-from gptbatch.status import (
+from gptbatch.commands.status import (
     over_limit_anywhere,
     pending_reasons,
     project_status,
     shard_statuses,
     unbuilt_reasons,
 )
-from gptbatch.store import Store, state_dir
+from gptbatch.config.spec import load_spec
+from gptbatch.engine.scheduler import queue_limits
+from gptbatch.errors import InputError
+from gptbatch.report import plural, shown
+from gptbatch.state.store import Store, state_dir
 
 
 def register(sub: Any) -> None:
@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
 
 def remote_statuses(spec: Any, batch_ids: list[str]) -> dict[str, dict[str, Any]]:
     """What the API says now of each batch in flight (status and counts); reads only."""
-    from gptbatch.connect import connect
+    from gptbatch.api.connect import connect
 
     if not batch_ids:
         return {}

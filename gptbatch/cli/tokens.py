@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptbatch.errors import InputError, UsageError
-from gptbatch.requests import ENDPOINTS
-from gptbatch.scan import Scanner, ScanOptions
+from gptbatch.inputs.requests import ENDPOINTS
+from gptbatch.inputs.scan import Scanner, ScanOptions
 
 MAX_CAVEATS_SHOWN = 10  # distinct caveats listed per file without --per-request
 _MAX_CAVEATS_KEPT = 1000  # bounds memory when every request has its own caveat (e.g. URLs)

@@ -10,12 +10,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from gptbatch.config.spec import DEFAULT_CONFIG, Spec, load_spec
+from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, InputError, Problem
-from gptbatch.outputs import output_paths
+from gptbatch.inputs.requests import DEFAULT_MAX_PROBLEMS, Request, over_limit, read_requests
 from gptbatch.pricing import unknown_model_hint
 from gptbatch.report import plural
-from gptbatch.requests import DEFAULT_MAX_PROBLEMS, Request, over_limit, read_requests
-from gptbatch.spec import DEFAULT_CONFIG, Spec, load_spec
 
 
 def register(subparsers: Any) -> None:
@@ -70,7 +70,7 @@ def _too_big(spec: Spec, request: Request) -> Problem | None:
     limit = spec.limits.token_limit(request.model or "")
     if limit is None:
         return None
-    from gptbatch.tokens import estimate_request  # tiktoken: only paid for with a limit
+    from gptbatch.inputs.tokens import estimate_request  # tiktoken: only paid for with a limit
 
     return over_limit(request, estimate_request(request.url, request.body).tokens, limit)
 

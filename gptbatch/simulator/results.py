@@ -1,6 +1,6 @@
 """The simulator's own token counts and deterministic response bodies for each endpoint.
 
-This deliberately does not use gptbatch's estimator (gptbatch.tokens): the simulator checks
+This deliberately does not use gptbatch's estimator (gptbatch.inputs.tokens): the simulator checks
 it, so it counts in its own simple way with tiktoken directly:
 - chat: 3 tokens per message + its text parts (+1 and the name if named) + 3 to prime the reply;
   each image part counts 85 tokens; tools count as the tokens of their JSON;
@@ -25,7 +25,7 @@ from typing import Any
 import tiktoken
 
 from gptbatch.canonical import canonical_json, sha256_hex
-from gptbatch.encodings import get_encoding
+from gptbatch.inputs.encodings import get_encoding
 
 __all__ = [
     "ENDPOINTS",

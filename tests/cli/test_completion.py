@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptbatch.cli import COMMANDS, build_parser, main
-from gptbatch.completion import SHELLS, commands_of
+from gptbatch.commands.completion import SHELLS, commands_of
 
 
 def _script(shell: str, capsys) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gptbatch.cli import main
-from gptbatch.encodings import get_encoding
+from gptbatch.inputs.encodings import get_encoding
 
 
 def n(text: str, encoding: str = "o200k_base") -> int:

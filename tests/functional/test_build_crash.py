@@ -12,7 +12,7 @@ from buildkit import batch_count, chat, make_project, write_jsonl
 
 from gptbatch.errors import EXIT_OK, EXIT_PENDING
 from gptbatch.simulator import Fault
-from gptbatch.store import state_dir
+from gptbatch.state.store import state_dir
 
 # Every point in build.py where a kill -9 can land between an API call and the state write.
 CRASH_POINTS = (

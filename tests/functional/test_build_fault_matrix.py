@@ -38,7 +38,7 @@ from buildkit import (
 
 from gptbatch.canonical import canonical_json
 from gptbatch.errors import EXIT_ERROR, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING, InputError
-from gptbatch.requests import read_requests
+from gptbatch.inputs.requests import read_requests
 from gptbatch.simulator import Fault, request_digest
 from gptbatch.simulator.validation import parse_input
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from buildkit import chat, embedding, make_project, write_jsonl
 
-from gptbatch import sync
+from gptbatch.engine import sync
 from gptbatch.errors import EXIT_OK
 from gptbatch.simulator import request_digest
-from gptbatch.store import REQUEST_COLUMNS
+from gptbatch.state.store import REQUEST_COLUMNS
 
 
 def _inputs() -> dict[str, list[dict[str, Any]]]:

@@ -20,8 +20,8 @@ from buildkit import (
     write_jsonl,
 )
 
-from gptbatch import tokens
 from gptbatch.errors import EXIT_OK, EXIT_PENDING
+from gptbatch.inputs import tokens
 from gptbatch.simulator import Fault
 
 MODEL = "gpt-4o-mini"
@@ -202,7 +202,7 @@ def test_a_finish_is_noticed_when_forecast_not_a_backed_off_interval_later(
     tmp_path: Path, simulator_factory
 ) -> None:
     """Polls back off while nothing changes; the forecast from request_counts still wakes
-    the build when the batch should finish (see gptbatch/eta.py)."""
+    the build when the batch should finish (see gptbatch/engine/eta.py)."""
     sim = simulator_factory(
         time_scale=1.0,
         validating_seconds=0.1,

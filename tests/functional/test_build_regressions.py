@@ -30,14 +30,14 @@ from buildkit import (
     write_jsonl,
 )
 
-from gptbatch import tokens
-from gptbatch.collect import GONE_AFTER
+from gptbatch.engine.collect import GONE_AFTER
 from gptbatch.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
     EXIT_PENDING,
 )
+from gptbatch.inputs import tokens
 from gptbatch.simulator import Fault
 
 MODEL = "gpt-4o-mini"

@@ -230,11 +230,11 @@ def test_manager_refuses_to_publish_over_an_input(
 def test_a_reused_batch_id_is_refused_not_mistaken_for_a_finished_batch(
     tmp_path: Path, simulator
 ) -> None:
-    from gptbatch.build import Builder
-    from gptbatch.remote import BatchInfo, Remote
+    from gptbatch.api.remote import BatchInfo, Remote
+    from gptbatch.config.spec import load_spec
+    from gptbatch.engine.build import Builder
     from gptbatch.report import NullReporter
-    from gptbatch.spec import load_spec
-    from gptbatch.store import Store, state_dir
+    from gptbatch.state.store import Store, state_dir
 
     project = make_project(tmp_path, {"requests.jsonl": [chat("a"), chat("b")]})
     assert project.build() == EXIT_OK

@@ -18,8 +18,8 @@ from buildkit import (
     uploads,
 )
 
-from gptbatch import tokens
 from gptbatch.errors import EXIT_OK, EXIT_PENDING
+from gptbatch.inputs import tokens
 
 MODEL = "gpt-4o-mini"
 # Batches hold their place in the queue for a real second while finalizing, so batches

@@ -62,8 +62,8 @@ def test_simulate_recovers_from_a_killed_rehearsal(tmp_path: Path) -> None:
 def rehearsal_journal(config: Path):
     """The billing journal of a rehearsal's simulator, restored from its state directory."""
     from gptbatch.cli.build import SIMULATE_CONFIG
+    from gptbatch.config.spec import load_spec
     from gptbatch.simulator import SimConfig, Simulator
-    from gptbatch.spec import load_spec
 
     spec = load_spec(config)
     limits = {m: spec.limits.token_limit(m) for m in ("gpt-4o-mini", "text-embedding-3-small")}

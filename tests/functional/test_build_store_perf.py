@@ -13,7 +13,7 @@ import pytest
 from buildkit import REPO, Project, chat, make_project, write_jsonl
 
 from gptbatch.errors import EXIT_OK, EXIT_PENDING
-from gptbatch.store import Store, pack_line, state_dir, unpack_line
+from gptbatch.state.store import Store, pack_line, state_dir, unpack_line
 
 # A build in a child process that reports whether it imported the SDK or loaded an encoding
 # (the tiktoken module itself comes with `gptbatch plan`'s parser, which loads nothing).
@@ -96,7 +96,7 @@ def test_compressed_results_read_back_byte_for_byte(tmp_path: Path) -> None:
 
 
 def test_a_final_result_is_not_overwritten_by_a_batched_write(tmp_path: Path) -> None:
-    from gptbatch.collect import Outcomes
+    from gptbatch.engine.collect import Outcomes
 
     store = Store(tmp_path)
     with store.transaction():

@@ -11,7 +11,7 @@ from buildkit import billed_ids, chat, make_project, wait_until
 
 from gptbatch.cli import main
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PENDING
-from gptbatch.store import Store, state_dir
+from gptbatch.state.store import Store, state_dir
 
 # Slow enough that a batch is still running when cancel comes: ~25 simulated tokens per
 # request at 40 tokens/s and 10x speed, so 20 requests take over a second of real time.
@@ -105,7 +105,7 @@ def test_cancel_without_key_is_a_usage_error(
 
 def test_cancel_waits_for_no_build(tmp_path: Path, simulator, capsys) -> None:
     from gptbatch.errors import EXIT_LOCKED
-    from gptbatch.lock import BuildLock
+    from gptbatch.state.lock import BuildLock
 
     project = make_project(tmp_path, {"requests.jsonl": [chat("r0")]})
     with BuildLock(project.out, state_dir(project.out)):

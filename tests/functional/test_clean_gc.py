@@ -19,8 +19,8 @@ from buildkit import (
 
 from gptbatch.cli import main
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_LOCKED, EXIT_OK, EXIT_PENDING
-from gptbatch.lock import BuildLock
-from gptbatch.store import state_dir
+from gptbatch.state.lock import BuildLock
+from gptbatch.state.store import state_dir
 
 
 class _Terminal(io.StringIO):

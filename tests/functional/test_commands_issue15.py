@@ -30,9 +30,9 @@ from buildkit import (
 
 from gptbatch.cli import main
 from gptbatch.cli.legacy import manager_main
+from gptbatch.config.spec import load_spec
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING
-from gptbatch.spec import load_spec
-from gptbatch.store import state_dir
+from gptbatch.state.store import state_dir
 
 FAST_POLLING = {"initial_seconds": 0.02, "max_seconds": 0.2, "factor": 1.5}
 

@@ -11,8 +11,8 @@ import pytest
 from buildkit import chat, embedding, make_project, read_jsonl
 
 from gptbatch.cli import main
+from gptbatch.commands.export import COLUMNS, reply_of, usage_of
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
-from gptbatch.export import COLUMNS, reply_of, usage_of
 from gptbatch.simulator import Fault
 
 

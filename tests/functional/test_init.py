@@ -11,9 +11,9 @@ import yaml
 from buildkit import chat, write_jsonl
 
 from gptbatch.cli import main
+from gptbatch.commands.init import EXAMPLE_INPUT
+from gptbatch.config.spec import SCHEMA_PATH, load_spec
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK
-from gptbatch.scaffold import EXAMPLE_INPUT
-from gptbatch.spec import SCHEMA_PATH, load_spec
 
 
 def _leaves(schema: dict[str, Any]) -> dict[str, Any]:

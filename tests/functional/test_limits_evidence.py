@@ -22,8 +22,8 @@ from buildkit import (
     write_jsonl,
 )
 
-from gptbatch import tokens
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.inputs import tokens
 from gptbatch.simulator import Fault
 
 MODEL = "gpt-4o-mini"

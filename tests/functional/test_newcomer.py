@@ -140,7 +140,7 @@ runpy.run_module("gptbatch", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.parametrize("command", ["build", "validate", "cancel"])
-@pytest.mark.parametrize("loading", ["gptbatch.errors", "gptbatch.spec", "jsonschema"])
+@pytest.mark.parametrize("loading", ["gptbatch.errors", "gptbatch.config.spec", "jsonschema"])
 def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(
     tmp_path: Path, command: str, loading: str
 ) -> None:

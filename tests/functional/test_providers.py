@@ -6,8 +6,8 @@ from pathlib import Path
 
 from buildkit import chat, make_project, update_config
 
+from gptbatch.config.spec import load_spec
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK
-from gptbatch.spec import load_spec
 
 
 def test_azure_defaults_and_what_it_needs(tmp_path: Path, capsys) -> None:

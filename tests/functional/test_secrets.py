@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from buildkit import REPO, Project, chat, json_events, make_project
 
+from gptbatch.config.spec import load_spec
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PENDING, InputError
 from gptbatch.simulator import Fault
-from gptbatch.spec import load_spec
 
 KEY = "sk-proj-SECRETSECRET1234567890abcd"
 SECRET_PARTS = (KEY, "SECRETSECRET", "1234567890abcd")

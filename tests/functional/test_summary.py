@@ -12,7 +12,7 @@ from buildkit import chat, make_project, padded_chat
 
 from gptbatch.errors import EXIT_OK
 from gptbatch.pricing import price_for
-from gptbatch.store import state_dir
+from gptbatch.state.store import state_dir
 
 
 def expected_cost(project, names: list[str]) -> tuple[int, int, float]:

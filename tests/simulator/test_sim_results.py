@@ -12,7 +12,7 @@ from openai.types import Completion, CreateEmbeddingResponse, ModerationCreateRe
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from gptbatch.encodings import get_encoding
+from gptbatch.inputs.encodings import get_encoding
 from gptbatch.simulator.results import (
     TokenCounter,
     embedding_input_count,

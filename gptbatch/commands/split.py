@@ -1,6 +1,6 @@
 """Splitting request files into shard files that each fit a token limit (`gptbatch split`).
 
-One read of the inputs (gptbatch.scan, on every core) validates and counts every line and
+One read of the inputs (gptbatch.inputs.scan, on every core) validates and counts every line and
 runs one Packer per (model, url) group, keeping per request only its group and byte range.
 As soon as every request of a chunk is in a closed shard (while the read goes on), the
 chunk is read again as raw bytes, checked against the sha256 taken on the first read (a
@@ -24,7 +24,14 @@ from typing import IO, Any
 
 from gptbatch.canonical import atomic_writer
 from gptbatch.errors import InputError, Problem
-from gptbatch.scan import ReadChunk, ScannedRequest, Scanner, ScanOptions, ScanReport, changed_error
+from gptbatch.inputs.scan import (
+    ReadChunk,
+    ScannedRequest,
+    Scanner,
+    ScanOptions,
+    ScanReport,
+    changed_error,
+)
 from gptbatch.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,

@@ -224,7 +224,7 @@ def release_rank_tables() -> None:
 
     tiktoken keeps the ranks twice: in its Rust CoreBPE, which encodes, and in a Python dict
     it only reads to pickle the Encoding. gptbatch never pickles one, and a reader about to
-    fork workers (gptbatch.scan) would otherwise carry that dict into every process.
+    fork workers (gptbatch.inputs.scan) would otherwise carry that dict into every process.
     """
     for encoding in _LOADED:
         encoding._mergeable_ranks = {}
@@ -235,7 +235,7 @@ def rank_snapshot_path(name: str) -> Path | None:
 
     None when the token cache is off (GPTBATCH_CACHE_DIR="") or name is not bundled.
     """
-    from gptbatch.token_cache import cache_path
+    from gptbatch.inputs.token_cache import cache_path
 
     cache = cache_path()
     if cache is None or name not in BUNDLED:

@@ -20,11 +20,11 @@ from pathlib import Path
 import yaml
 
 from gptbatch.canonical import atomic_writer
+from gptbatch.config.spec import Spec
+from gptbatch.engine.outputs import check_targets, output_names
 from gptbatch.errors import InputError, Problem
-from gptbatch.outputs import check_targets, output_names
-from gptbatch.requests import read_requests
-from gptbatch.spec import Spec
-from gptbatch.tokens import estimate_request
+from gptbatch.inputs.requests import read_requests
+from gptbatch.inputs.tokens import estimate_request
 
 STATE_DIR = ".gpt_batch_manager"
 

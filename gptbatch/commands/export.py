@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from gptbatch.config.spec import Spec
+from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import UsageError
-from gptbatch.outputs import output_paths
 from gptbatch.pricing import estimate_cost
-from gptbatch.spec import Spec
-from gptbatch.store import RequestRow, ResultRow, Store, state_dir
+from gptbatch.state.store import RequestRow, ResultRow, Store, state_dir
 
 FORMATS = ("jsonl", "csv")
 

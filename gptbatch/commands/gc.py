@@ -11,11 +11,11 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptbatch.config.spec import Spec
 from gptbatch.errors import UsageError
-from gptbatch.lock import BuildLock
-from gptbatch.requests import read_requests
-from gptbatch.spec import Spec
-from gptbatch.store import Store, state_dir
+from gptbatch.inputs.requests import read_requests
+from gptbatch.state.lock import BuildLock
+from gptbatch.state.store import Store, state_dir
 
 STATE_FILES_GLOB = "state.db*"
 

@@ -31,7 +31,7 @@ import tiktoken
 import tiktoken.model
 
 from gptbatch.canonical import canonical_json
-from gptbatch.encodings import get_encoding
+from gptbatch.inputs.encodings import get_encoding
 
 __all__ = [
     "Estimate",

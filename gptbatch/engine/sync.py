@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from gptbatch import pricing
 from gptbatch.canonical import canonical_json, content_hash, file_sha256
+from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
+from gptbatch.engine.scheduler import Budget
 from gptbatch.errors import InputError, Problem
+from gptbatch.inputs.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
 from gptbatch.report import Reporter
-from gptbatch.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
-from gptbatch.scheduler import Budget
 from gptbatch.shards import embedding_inputs
-from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
-from gptbatch.store import Kept, PreviousRows, RequestRow, Store
+from gptbatch.state.store import Kept, PreviousRows, RequestRow, Store
 
 if TYPE_CHECKING:
-    from gptbatch.scan import Scanner
+    from gptbatch.inputs.scan import Scanner
 
 _Rows = Generator[tuple[Any, ...], None, None]
 
@@ -259,7 +259,7 @@ def _parallel_scanner(spec: Spec, path: Path, st: os.stat_result) -> Scanner | N
     that in worker processes, by the same validator, with the same problems.
     """
     # Imported here: multiprocessing and the scanner cost a no-op build ~25 ms to import.
-    from gptbatch.scan import Scanner, ScanOptions, worker_count
+    from gptbatch.inputs.scan import Scanner, ScanOptions, worker_count
 
     # The shared token-count cache, as split, tokens and plan use it: counts a plan made
     # are not made again, and this read's new counts are kept once the sync commits.

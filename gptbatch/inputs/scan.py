@@ -6,7 +6,7 @@ read_requests makes (`line_validator`), hash the chunk, compute content keys, lo
 up in the token cache and count the rest with tiktoken. They send back compact records.
 
 The parent takes the chunks' results in file order and keeps the state that spans lines:
-custom_ids seen in any file (a compact hash index, gptbatch.seen_ids), and each file's one
+custom_ids seen in any file (a compact hash index, gptbatch.inputs.seen_ids), and each file's one
 endpoint. A line a worker found wrong, or whose custom_id or url the parent finds clashing,
 is validated again in the parent, in order, by the same validator holding that state, so
 problems, their order and the cap of shown problems are exactly read_requests'. Small
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch.errors import GptbatchError, InputError, Problem
-from gptbatch.requests import (
+from gptbatch.inputs.requests import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_PROBLEMS,
     Request,
@@ -50,15 +50,15 @@ from gptbatch.requests import (
     line_validator,
     read_raw_line,
 )
-from gptbatch.seen_ids import OFFSET_BITS, SeenIds
-from gptbatch.shards import embedding_inputs
-from gptbatch.token_cache import (
+from gptbatch.inputs.seen_ids import OFFSET_BITS, SeenIds
+from gptbatch.inputs.token_cache import (
     CachedCount,
     PendingCounts,
     TokenCache,
     cache_path,
     estimator_version,
 )
+from gptbatch.shards import embedding_inputs
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, process start-up costs more than it saves
 MIN_CHUNK_BYTES = 256 << 10
@@ -296,7 +296,9 @@ class ChunkReader:
 
 
 def _estimate(request: Request) -> CachedCount:
-    from gptbatch.tokens import estimate_request  # tiktoken loads only when a count is needed
+    from gptbatch.inputs.tokens import (
+        estimate_request,  # tiktoken loads only when a count is needed
+    )
 
     estimate = estimate_request(request.url, request.body)
     return CachedCount(estimate.tokens, estimate.encoding, estimate.caveats)
@@ -413,7 +415,7 @@ class Scanner:
         first = next(units, None)
         if first is not None:
             yield first, _read_here(local, first)
-        encodings = sys.modules.get("gptbatch.encodings")  # imported only if it counted
+        encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
         if encodings is not None:
             encodings.release_rank_tables()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))

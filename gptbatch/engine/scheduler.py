@@ -22,12 +22,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gptbatch.config.spec import Spec
+from gptbatch.engine.summary import BuildSummary
 from gptbatch.pricing import usd
 from gptbatch.report import Reporter
 from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, shard_key
-from gptbatch.spec import Spec
-from gptbatch.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
-from gptbatch.summary import BuildSummary
+from gptbatch.state.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
 
 TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
 UNSENT_SHARD_STATES = ("submitting", "ready", "uploading", "uploaded", "waiting")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gptbatch.pricing import TOKENS_PER_UNIT, price_for
-from gptbatch.store import Store
+from gptbatch.state.store import Store
 
 _META_TOTAL = "usage_total"
 _META_THROUGH = "usage_through"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from gptbatch.remote import BatchInfo
+from gptbatch.api.remote import BatchInfo
 
 __all__ = ["Forecast"]
 

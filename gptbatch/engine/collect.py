@@ -14,17 +14,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gptbatch import usage
-from gptbatch.crash import crashpoint
+from gptbatch.api.remote import BatchInfo, Remote, stated_queue_limit
+from gptbatch.config.spec import Spec
+from gptbatch.engine import usage
+from gptbatch.engine.crash import crashpoint
+from gptbatch.engine.eta import Forecast
+from gptbatch.engine.scheduler import Scheduler
+from gptbatch.engine.submit import RECOVERED, Submitter, refused
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
-from gptbatch.eta import Forecast
 from gptbatch.fastjson import loads_reply
-from gptbatch.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.report import Reporter
-from gptbatch.scheduler import Scheduler
-from gptbatch.spec import Spec
-from gptbatch.store import FINAL_RESULT_STATES, BatchRow, ShardRow, Store
-from gptbatch.submit import RECOVERED, Submitter, refused
+from gptbatch.state.store import FINAL_RESULT_STATES, BatchRow, ShardRow, Store
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 SLOW_FINALIZING_SECONDS = 900.0  # a batch finalizing longer than this is reported

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from gptbatch.canonical import atomic_writer
+from gptbatch.config.spec import DEFAULT_CONFIG, SCHEMA_PATH, SIMULATED_SUFFIX, default_project
 from gptbatch.errors import LocalIOError, UsageError
-from gptbatch.spec import DEFAULT_CONFIG, SCHEMA_PATH, SIMULATED_SUFFIX, default_project
 
 EXAMPLE_INPUT = "inputs/requests.jsonl"
 OUTPUT_DIR = "out"

@@ -19,19 +19,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gptbatch import usage
-from gptbatch.collect import RETRYABLE_ERROR_CODES, Collector, classify
-from gptbatch.crash import crashpoint
-from gptbatch.errors import InputError, Problem, TransientRemoteError
-from gptbatch.lock import BuildLock
-from gptbatch.outputs import output_paths, write_outputs
-from gptbatch.pricing import unknown_model_hint, usd
-from gptbatch.remote import BatchInfo, Remote
-from gptbatch.report import Reporter
-from gptbatch.scheduler import UNSENT_SHARD_STATES, Budget, Scheduler
-from gptbatch.spec import Spec
-from gptbatch.store import ACTIVE_SHARD_STATES, IN_FLIGHT_SHARD_STATES, ShardRow, Store, state_dir
-from gptbatch.submit import (
+from gptbatch.api.remote import BatchInfo, Remote
+from gptbatch.config.spec import Spec
+from gptbatch.engine import usage
+from gptbatch.engine.collect import RETRYABLE_ERROR_CODES, Collector, classify
+from gptbatch.engine.crash import crashpoint
+from gptbatch.engine.outputs import output_paths, write_outputs
+from gptbatch.engine.scheduler import UNSENT_SHARD_STATES, Budget, Scheduler
+from gptbatch.engine.submit import (
     KEY_SAMPLE,
     META_KEYS,
     META_PROJECT,
@@ -41,8 +36,19 @@ from gptbatch.submit import (
     Submitter,
     key_sample,
 )
-from gptbatch.summary import BuildSummary
-from gptbatch.sync import sync_inputs, unqueueable, upload_line
+from gptbatch.engine.summary import BuildSummary
+from gptbatch.engine.sync import sync_inputs, unqueueable, upload_line
+from gptbatch.errors import InputError, Problem, TransientRemoteError
+from gptbatch.pricing import unknown_model_hint, usd
+from gptbatch.report import Reporter
+from gptbatch.state.lock import BuildLock
+from gptbatch.state.store import (
+    ACTIVE_SHARD_STATES,
+    IN_FLIGHT_SHARD_STATES,
+    ShardRow,
+    Store,
+    state_dir,
+)
 
 __all__ = [
     "KEY_SAMPLE",

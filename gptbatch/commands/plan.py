@@ -8,10 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptbatch.config.spec import Spec
 from gptbatch.errors import InputError, Problem
+from gptbatch.inputs.requests import Request
+from gptbatch.inputs.scan import ScannedRequest, Scanner, ScanOptions
 from gptbatch.pricing import Price, estimate_cost, price_for, price_table
-from gptbatch.requests import Request
-from gptbatch.scan import ScannedRequest, Scanner, ScanOptions
 from gptbatch.shards import (
     EMBEDDING_MAX_INPUTS,
     Caps,
@@ -19,7 +20,6 @@ from gptbatch.shards import (
     ItemTooLarge,
     Packer,
 )
-from gptbatch.spec import Spec
 
 # Endpoints whose responses are not billed as generated tokens.
 NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})

@@ -25,7 +25,7 @@ from gptbatch.canonical import canonical_json, content_hash
 from gptbatch.errors import ConfigError, Problem, redact
 
 DEFAULT_CONFIG = "batch.yaml"
-SCHEMA_PATH = Path(__file__).parent / "schema" / "batch.schema.json"
+SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "batch.schema.json"
 RESERVED_METADATA_PREFIX = "gptbatch_"  # gptbatch's own 2 of the API's 16 metadata pairs
 SIMULATED_SUFFIX = "-simulated"  # `build --simulate` writes to <output_dir>-simulated
 LEGACY_STATE_DIR = ".gpt_batch_manager"  # where gpt_batch_manager keeps its generated project

@@ -20,8 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from gptbatch.api.remote import BatchInfo, Remote, UploadGoneError
 from gptbatch.canonical import atomic_writer, canonical_json, sha256_hex
-from gptbatch.crash import crashpoint
+from gptbatch.config.spec import Spec
+from gptbatch.engine.crash import crashpoint
+from gptbatch.engine.scheduler import Scheduler, refusal_delay
+from gptbatch.engine.summary import BuildSummary
+from gptbatch.engine.sync import upload_line
 from gptbatch.errors import (
     InputChangedError,
     InputError,
@@ -31,14 +36,9 @@ from gptbatch.errors import (
     StateError,
     TransientRemoteError,
 )
-from gptbatch.remote import BatchInfo, Remote, UploadGoneError
+from gptbatch.inputs.requests import read_raw_line
 from gptbatch.report import Reporter
-from gptbatch.requests import read_raw_line
-from gptbatch.scheduler import Scheduler, refusal_delay
-from gptbatch.spec import Spec
-from gptbatch.store import RequestRow, ShardRow, Store
-from gptbatch.summary import BuildSummary
-from gptbatch.sync import upload_line
+from gptbatch.state.store import RequestRow, ShardRow, Store
 
 META_PROJECT = "gptbatch_project"
 META_SHARD = "gptbatch_shard"

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch.canonical import atomic_writer, file_sha256
-from gptbatch.crash import armed, crashpoint
+from gptbatch.config.spec import Spec
+from gptbatch.engine.crash import armed, crashpoint
 from gptbatch.errors import ConfigError, LocalIOError
-from gptbatch.spec import Spec
-from gptbatch.store import RequestRow, ResultRow, Store
+from gptbatch.state.store import RequestRow, ResultRow, Store
 
 
 @dataclass(frozen=True)

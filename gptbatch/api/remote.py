@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gptbatch.canonical import atomic_writer
-from gptbatch.crash import crashpoint
+from gptbatch.engine.crash import crashpoint
 from gptbatch.errors import (
     AuthError,
     LocalIOError,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gptbatch.engine.outputs import OutputSummary
+from gptbatch.engine.usage import Usage
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
-from gptbatch.outputs import OutputSummary
-from gptbatch.usage import Usage
 
 
 @dataclass

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gptbatch.config.spec import Spec
+from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import NotFoundError, UsageError
-from gptbatch.outputs import output_paths
-from gptbatch.spec import Spec
-from gptbatch.store import Store, state_dir
+from gptbatch.state.store import Store, state_dir
 
 if TYPE_CHECKING:
-    from gptbatch.remote import Remote
+    from gptbatch.api.remote import Remote
 
 STATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 WORK_DIRS = ("shards", "downloads")  # where build keeps shard and downloaded files

@@ -125,7 +125,7 @@ def line_validator(
     max_problems: int = DEFAULT_MAX_PROBLEMS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> _Reader:
-    """The validator read_requests drives, for readers that feed it lines (gptbatch.scan).
+    """The validator read_requests drives, for readers that feed it lines (gptbatch.inputs.scan).
 
     Its read_line(index, number, offset, content, length, group) checks one line exactly
     as read_requests does; problems, count and seen (custom_id -> file << 40 | line) are

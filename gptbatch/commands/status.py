@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptbatch.canonical import file_sha256
+from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
+from gptbatch.engine.outputs import output_paths, written_as_indexed
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
-from gptbatch.outputs import output_paths, written_as_indexed
-from gptbatch.requests import read_requests
-from gptbatch.spec import Spec, config_fingerprint, keys_config_changed
-from gptbatch.store import ACTIVE_SHARD_STATES, ResultRow, Store
+from gptbatch.inputs.requests import read_requests
+from gptbatch.state.store import ACTIVE_SHARD_STATES, ResultRow, Store
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gptbatch.config.spec import Spec
 from gptbatch.errors import NotFoundError, RemoteError
-from gptbatch.lock import BuildLock
-from gptbatch.spec import Spec
-from gptbatch.store import Store, state_dir
+from gptbatch.state.lock import BuildLock
+from gptbatch.state.store import Store, state_dir
 
 if TYPE_CHECKING:
-    from gptbatch.remote import BatchInfo, Remote
+    from gptbatch.api.remote import BatchInfo, Remote
 
 # The metadata keys build tags every batch with (build.py META_PROJECT, META_SHARD, META_KEYS);
 # repeated here so cancel does not import the build engine.

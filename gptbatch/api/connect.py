@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gptbatch.config.spec import Spec, api_key
 from gptbatch.errors import UsageError
-from gptbatch.spec import Spec, api_key
 
 if TYPE_CHECKING:  # remote imports the openai SDK: only commands that call the API pay for it
-    from gptbatch.remote import Remote
+    from gptbatch.api.remote import Remote
 
 
 def connect(spec: Spec, purpose: str) -> Remote:
@@ -19,7 +19,7 @@ def connect(spec: Spec, purpose: str) -> Remote:
             f"no API key: {purpose} needs one: set {spec.api.api_key_env} (or put it in a "
             f".env file beside {spec.path.name})"
         )
-    from gptbatch.remote import Remote
+    from gptbatch.api.remote import Remote
 
     return Remote(
         api_key=key,

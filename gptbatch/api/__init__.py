@@ -1,0 +1,1 @@
+"""The provider boundary: the only package that imports a provider SDK."""

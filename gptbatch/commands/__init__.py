@@ -1,0 +1,1 @@
+"""The core of each CLI command but build, paired with gptbatch/cli/ by name."""

@@ -1,0 +1,1 @@
+"""batch.yaml: the Spec model, safe YAML loading, schema messages, input globs, .env."""

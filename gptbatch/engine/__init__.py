@@ -1,0 +1,1 @@
+"""The build: sync, the scheduler and its budget, submit, collect, outputs, usage."""

@@ -1,0 +1,1 @@
+"""Request files -> Requests: validation, content keys, token counts, the parallel scan."""
