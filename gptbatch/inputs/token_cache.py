@@ -34,7 +34,14 @@ CACHE_FILE = "tokens.sqlite"
 DEFAULT_MAX_ENTRIES = 1_000_000
 _SCHEMA = 1  # PRAGMA user_version of the file
 _LOOKUP_BATCH = 500  # keys per SELECT ... IN (...): below SQLite's parameter limit
-_SOURCES = ("tokens.py", "encodings.py")
+# The estimator's own source, relative to this package: a change to any of it is a new version.
+_SOURCES = (
+    "tokens/__init__.py",
+    "tokens/text.py",
+    "tokens/images.py",
+    "tokens/endpoints.py",
+    "encodings.py",
+)
 _SORT_BATCH = 50_000  # rows sorted by key before they are inserted (see PendingCounts._rows)
 
 

@@ -1,49 +1,24 @@
-"""Prompt-token estimates for Batch API request bodies, per endpoint and model (pure functions).
-
-Shard packing trusts these numbers against the organisation's enqueued-token budget, so every
-rule follows a published source, and wherever the source runs out the estimate errs high and
-says so in a caveat:
-
-- Chat messages: OpenAI cookbook "How to count tokens with tiktoken", `num_tokens_from_messages`
-  (3 tokens per message, plus the tokens of every string field including the role, +1 when
-  `name` is present, +3 to prime the reply). Its example_messages are 129 tokens with
-  cl100k_base models and 124 with o200k_base ones, as verified there against the API.
-- Function/tool definitions: the same cookbook, `num_tokens_for_tools` (func_init, prop_init,
-  prop_key, enum_init, enum_item, func_end), whose example is 105 (cl100k) / 101 (o200k) tokens.
-- Images: OpenAI "Images and vision" guide, section "Calculating costs"
-  (platform.openai.com/docs/guides/images-vision#calculating-costs): 512px tiles for most
-  models, 32px patches times a multiplier for gpt-4.1-mini/-nano, gpt-5-mini/-nano, o4-mini.
-"""
+"""Per-endpoint walkers: the prompt tokens of one request body, with the doubts noted."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
-
-import tiktoken
-import tiktoken.model
 
 from gptbatch.canonical import canonical_json
 from gptbatch.inputs.encodings import get_encoding
-
-__all__ = [
-    "Estimate",
-    "count_text",
-    "encoding_name_for_model",
-    "estimate_request",
-    "image_size",
-    "image_tokens",
-    "max_image_tokens",
-]
-
-DEFAULT_ENCODING = "o200k_base"
+from gptbatch.inputs.tokens.images import (
+    GPT4O_TILES,
+    PatchRule,
+    TileRule,
+    image_rule,
+    image_size,
+    image_tokens,
+    max_image_tokens,
+)
+from gptbatch.inputs.tokens.text import encoding_name_for_model, text_len
 
 # --- chat formatting constants (cookbook num_tokens_from_messages) ---------------------------
 TOKENS_PER_MESSAGE = 3  # <|start|>{role/name}\n{content}<|end|>\n
@@ -53,6 +28,11 @@ REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 # and arguments text: about what the harmony rendering
 # `to=functions.NAME<|channel|>commentary json<|message|>ARGS<|call|>` adds.
 TOKENS_PER_TOOL_CALL = 7
+_MODERATION_IMAGE_TOKENS = 85  # our constant: the gpt-4o low-detail image cost
+# Counts of short texts (roles, names, shared system prompts) remembered per encoding.
+_MEMO_MAX_CHARS = 8192
+_MEMO_ENTRIES = 1024
+_MEMOS: dict[str, dict[str, int]] = {}
 
 
 @dataclass(frozen=True)
@@ -73,57 +53,6 @@ _FUNCTION_CONSTANTS = {
     "cl100k_base": _FunctionConstants(10, 3, 3, -3, 3, 12),
 }
 
-# --- images (vision guide, "Calculating costs") -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TileRule:
-    """Fit in 2048x2048, shortest side to 768, then base + tile tokens per 512px square."""
-
-    base: int
-    tile: int
-
-
-@dataclass(frozen=True)
-class _PatchRule:
-    """32px patches (at most 1536) times a multiplier, kept in hundredths to stay exact."""
-
-    multiplier_pct: int
-
-
-_GPT4O_TILES = _TileRule(85, 170)
-# Checked in order, first prefix wins: the more specific names come first.
-_IMAGE_RULES: tuple[tuple[str, _TileRule | _PatchRule], ...] = (
-    ("gpt-5-mini", _PatchRule(162)),
-    ("gpt-5-nano", _PatchRule(246)),
-    ("gpt-4.1-mini", _PatchRule(162)),
-    ("gpt-4.1-nano", _PatchRule(246)),
-    ("o4-mini", _PatchRule(172)),
-    ("gpt-4o-mini", _TileRule(2833, 5667)),
-    ("gpt-5", _TileRule(70, 140)),  # gpt-5, gpt-5-chat-latest
-    ("gpt-4o", _GPT4O_TILES),
-    ("chatgpt-4o", _GPT4O_TILES),
-    ("gpt-4.1", _GPT4O_TILES),
-    ("gpt-4.5", _GPT4O_TILES),
-    ("gpt-4-turbo", _GPT4O_TILES),  # the guide's original rule, before per-model tables
-    ("o1", _TileRule(75, 150)),  # o1, o1-pro
-    ("o3", _TileRule(75, 150)),
-    ("computer-use-preview", _TileRule(65, 129)),
-)
-_MAX_PATCHES = 1536
-_PATCH = 32
-# With the long side at most 2048 and the short side at most 768, a high-detail image never
-# needs more than 4 x 2 tiles of 512px.
-_MAX_TILES = 8
-_MODERATION_IMAGE_TOKENS = 85  # our constant: the gpt-4o low-detail image cost
-
-# Models tiktoken does not know. OpenAI publishes no tokenizer for the moderation models;
-# omni-moderation is built on GPT-4o, so o200k_base.
-_EXTRA_MODEL_PREFIXES = {"omni-moderation": "o200k_base", "text-moderation": "o200k_base"}
-_OFFLINE_ENCODINGS = {"o200k_base", "cl100k_base"}
-# Same ranks and split pattern as o200k_base, so ordinary text counts the same.
-_ENCODING_ALIASES = {"o200k_harmony": "o200k_base"}
-
 
 @dataclass(frozen=True)
 class Estimate:
@@ -132,250 +61,6 @@ class Estimate:
     tokens: int
     encoding: str
     caveats: tuple[str, ...] = ()
-
-
-def encoding_name_for_model(model: str | None) -> tuple[str, str | None]:
-    """(encoding name, caveat or None) for a model name, falling back to o200k_base."""
-    if model is None:
-        return DEFAULT_ENCODING, None
-    if not isinstance(model, str):
-        return DEFAULT_ENCODING, f"model is not a string ({model!r}): counted with o200k_base"
-    return _encoding_for_name(model)
-
-
-@functools.lru_cache(maxsize=1024)  # a batch names few models; tiktoken's lookup is slow-ish
-def _encoding_for_name(model: str) -> tuple[str, str | None]:
-    try:
-        name = tiktoken.model.encoding_name_for_model(model)
-    except KeyError:
-        for prefix, encoding in _EXTRA_MODEL_PREFIXES.items():
-            if model.startswith(prefix):
-                return encoding, None
-        return DEFAULT_ENCODING, f"unknown model {model!r}: counted with {DEFAULT_ENCODING}"
-    name = _ENCODING_ALIASES.get(name, name)
-    if name not in _OFFLINE_ENCODINGS:
-        return DEFAULT_ENCODING, (
-            f"model {model!r} uses {name}, which gptbatch cannot load offline: "
-            f"counted with {DEFAULT_ENCODING}"
-        )
-    return name, None
-
-
-_PIECE = 10_000  # characters per piece when tiktoken gives up on a whole text
-
-
-def _pieces_len(enc: tiktoken.Encoding, text: str) -> int:
-    """Tokens of text counted in pieces: a little high at the cuts, never fails."""
-    total = 0
-    for start in range(0, len(text), _PIECE):
-        piece = text[start : start + _PIECE]
-        try:
-            total += len(enc.encode(piece, disallowed_special=()))
-        except ValueError:
-            total += len(piece.encode("utf-8", "surrogatepass"))  # byte-level BPE: <= bytes
-    return total
-
-
-# encode_ordinary is a quarter faster than encode(..., disallowed_special=()) and gives the
-# same tokens, but panics where the regex runs out of stack. That takes a whitespace run of
-# most of a million characters (800,000 pass); shorter texts cannot reach it.
-_ORDINARY_MAX_CHARS = 100_000
-# Counts of short texts (roles, names, shared system prompts) remembered per encoding.
-_MEMO_MAX_CHARS = 8192
-_MEMO_ENTRIES = 1024
-_MEMOS: dict[str, dict[str, int]] = {}
-
-
-def _text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
-    """(tokens, whether the text had to be counted in pieces).
-
-    `encode(..., disallowed_special=())` counts special-token strings as text like
-    encode_ordinary does, but where tiktoken's regex runs out of backtracking stack (a huge
-    run of whitespace, tiktoken issue #15) it raises ValueError instead of panicking.
-    """
-    if len(text) <= _ORDINARY_MAX_CHARS:
-        try:
-            return len(enc.encode_ordinary(text)), False
-        except BaseException as exc:  # pyo3's PanicException derives from BaseException
-            if type(exc).__name__ != "PanicException":
-                raise
-    try:
-        return len(enc.encode(text, disallowed_special=())), False
-    except ValueError:
-        return _pieces_len(enc, text), True
-
-
-def count_text(text: str, encoding: str) -> int:
-    """Tokens in text; special-token strings such as <|endoftext|> count as ordinary text."""
-    return _text_len(get_encoding(encoding), text)[0] if text else 0
-
-
-# --- images ------------------------------------------------------------------------------------
-
-
-def _base_model(model: str) -> str:
-    """'ft:gpt-4o-mini-2024-07-18:org::id' -> 'gpt-4o-mini-2024-07-18'."""
-    if model.startswith("ft:"):
-        return model.split(":")[1]
-    return model
-
-
-def _image_rule(model: str | None) -> _TileRule | _PatchRule | None:
-    if isinstance(model, str):
-        base = _base_model(model)
-        for prefix, rule in _IMAGE_RULES:
-            if base.startswith(prefix):
-                return rule
-    return None
-
-
-def _tile_tokens(width: int, height: int, rule: _TileRule) -> int:
-    w, h = Fraction(width), Fraction(height)
-    if max(w, h) > 2048:
-        scale = 2048 / max(w, h)
-        w, h = w * scale, h * scale
-    if min(w, h) > 768:  # only ever scaled down
-        scale = 768 / min(w, h)
-        w, h = w * scale, h * scale
-    return rule.base + rule.tile * math.ceil(w / 512) * math.ceil(h / 512)
-
-
-def _patch_tokens(width: int, height: int, rule: _PatchRule) -> int:
-    patches = math.ceil(width / _PATCH) * math.ceil(height / _PATCH)
-    if patches > _MAX_PATCHES:
-        r = math.sqrt(_PATCH * _PATCH * _MAX_PATCHES / (width * height))
-        pw, ph = width * r / _PATCH, height * r / _PATCH
-        r *= min(max(1, math.floor(pw)) / pw, max(1, math.floor(ph)) / ph)
-        # the guide's arithmetic is exact; step back from float noise above whole patches
-        pw, ph = width * r / _PATCH, height * r / _PATCH
-        patches = min(_MAX_PATCHES, math.ceil(pw - 1e-9) * math.ceil(ph - 1e-9))
-    return -(-patches * rule.multiplier_pct // 100)
-
-
-def image_tokens(width: int, height: int, detail: str, model: str) -> int:
-    """Tokens for an image of known size; unknown models get gpt-4o's rule."""
-    rule = _image_rule(model) or _GPT4O_TILES
-    width, height = max(1, int(width)), max(1, int(height))
-    if isinstance(rule, _PatchRule):  # the guide gives these models no detail levels
-        return _patch_tokens(width, height, rule)
-    if detail == "low":
-        return rule.base
-    return _tile_tokens(width, height, rule)
-
-
-def max_image_tokens(detail: str, model: str) -> int:
-    """The most an image of any size can cost at this detail level for this model."""
-    rule = _image_rule(model) or _GPT4O_TILES
-    if isinstance(rule, _PatchRule):
-        return -(-_MAX_PATCHES * rule.multiplier_pct // 100)
-    if detail == "low":
-        return rule.base
-    return rule.base + _MAX_TILES * rule.tile
-
-
-_TRUNCATED = "truncated"
-
-_JPEG_SOF = frozenset(
-    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-)
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | str | None:
-    i, n = 2, len(data)
-    while True:
-        while i < n and data[i] != 0xFF:  # tolerate garbage between segments
-            i += 1
-        while i < n and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= n:
-            return _TRUNCATED
-        marker = data[i]
-        i += 1
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            return None
-        if i + 2 > n:
-            return _TRUNCATED
-        if marker in _JPEG_SOF:
-            if i + 7 > n:
-                return _TRUNCATED
-            height = int.from_bytes(data[i + 3 : i + 5], "big")
-            width = int.from_bytes(data[i + 5 : i + 7], "big")
-            return width, height
-        i += int.from_bytes(data[i : i + 2], "big")
-
-
-def _webp_size(data: bytes) -> tuple[int, int] | str | None:
-    if len(data) < 30:
-        return _TRUNCATED
-    chunk = data[12:16]
-    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
-        width = int.from_bytes(data[26:28], "little") & 0x3FFF
-        height = int.from_bytes(data[28:30], "little") & 0x3FFF
-        return width, height
-    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit width-1, height-1
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":  # extended: 24-bit canvas width-1, height-1
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    return None
-
-
-def _header_size(data: bytes) -> tuple[int, int] | str | None:
-    """(width, height) from a PNG/JPEG/GIF/WebP header; _TRUNCATED if more bytes are needed."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        if len(data) < 24:
-            return _TRUNCATED
-        if data[12:16] != b"IHDR":
-            return None
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data.startswith(b"\xff\xd8"):
-        return _jpeg_size(data)
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        if len(data) < 10:
-            return _TRUNCATED
-        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return _webp_size(data)
-    if len(data) < 12 and any(
-        sig.startswith(data) for sig in (b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"GIF8", b"RIFF")
-    ):
-        return _TRUNCATED
-    return None
-
-
-def _data_url_size(url: str) -> tuple[int, int] | None:
-    """Decode only as much of a base64 data URL as the header needs (JPEG EXIF may need more)."""
-    comma = url.find(",")
-    if comma < 0 or not url[:comma].lower().endswith(";base64"):
-        return None
-    payload_start, chars = comma + 1, 4096
-    while True:
-        chunk = "".join(url[payload_start : payload_start + chars].split())  # MIME line breaks
-        chunk = chunk[: len(chunk) - len(chunk) % 4]
-        try:
-            data = base64.b64decode(chunk)
-        except (binascii.Error, ValueError):
-            return None
-        found = _header_size(data)
-        if found != _TRUNCATED:
-            return found if isinstance(found, tuple) else None
-        if payload_start + chars >= len(url):
-            return None
-        chars *= 8
-
-
-def image_size(data_url_or_bytes: str | bytes) -> tuple[int, int] | None:
-    """(width, height) of a PNG, JPEG, GIF or WebP image given as bytes or a base64 data URL."""
-    if isinstance(data_url_or_bytes, str):
-        if not data_url_or_bytes.startswith("data:"):
-            return None
-        return _data_url_size(data_url_or_bytes)
-    found = _header_size(bytes(data_url_or_bytes[:65536]))
-    if found == _TRUNCATED and len(data_url_or_bytes) > 65536:
-        found = _header_size(bytes(data_url_or_bytes))
-    return found if isinstance(found, tuple) else None
 
 
 # --- counting one request ----------------------------------------------------------------------
@@ -407,7 +92,7 @@ class _Tally:
         tokens = memo.get(text)
         if tokens is not None:
             return tokens
-        tokens, in_pieces = _text_len(self.enc, text)
+        tokens, in_pieces = text_len(self.enc, text)
         if in_pieces:
             self.note("a text too repetitive for tiktoken was counted in pieces")
         elif len(text) <= _MEMO_MAX_CHARS:
@@ -444,13 +129,13 @@ class _Tally:
     def image(self, url: Any, detail: Any) -> int:
         detail = detail if detail in ("low", "high", "auto") else "auto"
         model = self.model or ""
-        if _image_rule(self.model) is None:
+        if image_rule(self.model) is None:
             self.note(
                 f"no published image rule for model {self.model!r}: images counted with "
                 "gpt-4o's (85 + 170 per tile)"
             )
-        rule = _image_rule(self.model) or _GPT4O_TILES
-        if isinstance(rule, _TileRule) and detail == "low":
+        rule = image_rule(self.model) or GPT4O_TILES
+        if isinstance(rule, TileRule) and detail == "low":
             return rule.base
         size = image_size(url) if isinstance(url, str) else None
         if size is not None:
@@ -462,7 +147,7 @@ class _Tally:
             where = "a data URL of an unrecognised format"
         else:
             where = _short(url)
-        which = "the maximum" if isinstance(rule, _PatchRule) else "the high-detail maximum"
+        which = "the maximum" if isinstance(rule, PatchRule) else "the high-detail maximum"
         self.note(f"image of unknown size at {where}: counted as {which} {maximum}")
         return maximum
 
