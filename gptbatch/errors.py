@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gptbatch.shards import Item
 
 # Exit codes, documented in the README. The CLI maps results and errors to these in one place.
 EXIT_OK = 0  # everything done
@@ -100,6 +104,24 @@ class LocalIOError(GptbatchError):
 
 class InputChangedError(GptbatchError):
     """An input file changed while gptbatch was using it; state is saved, run again."""
+
+
+# --- estimating and packing -----------------------------------------------------------------
+
+
+class EncodingUnavailable(GptbatchError):
+    """A tokenizer encoding could not be loaded (offline, or a corrupt file)."""
+
+
+class ItemTooLarge(GptbatchError):
+    """A single request exceeds a per-shard cap; the caller names its file and line."""
+
+    def __init__(self, item: Item, dimension: str, value: int, cap: int) -> None:
+        self.item = item
+        self.dimension = dimension
+        self.value = value
+        self.cap = cap
+        super().__init__(f"request {item.key[:12]} has {value:,} {dimension}, over the cap {cap:,}")
 
 
 # --- remote API ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from gptbatch.canonical import content_hash
-from gptbatch.errors import GptbatchError
+from gptbatch.errors import ItemTooLarge
 
 DEFAULT_MAX_REQUESTS = 50_000  # Batch API: requests per batch file
 DEFAULT_MAX_BYTES = 200_000_000  # Batch API: 200 MB per batch input file
@@ -66,17 +66,6 @@ class Item:
     tokens: int
     nbytes: int
     inputs: int = 1
-
-
-class ItemTooLarge(GptbatchError):
-    """A single request exceeds a per-shard cap; the caller names its file and line."""
-
-    def __init__(self, item: Item, dimension: str, value: int, cap: int) -> None:
-        self.item = item
-        self.dimension = dimension
-        self.value = value
-        self.cap = cap
-        super().__init__(f"request {item.key[:12]} has {value:,} {dimension}, over the cap {cap:,}")
 
 
 def anchor(key: str) -> int:

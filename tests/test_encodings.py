@@ -13,11 +13,10 @@ import pytest
 import tiktoken
 from tiktoken_ext import openai_public
 
-from gptbatch.errors import GptbatchError
+from gptbatch.errors import EncodingUnavailable, GptbatchError
 from gptbatch.inputs import encodings
 from gptbatch.inputs.encodings import (
     BUNDLED,
-    EncodingUnavailable,
     bundled_source,
     get_encoding,
     seed_tiktoken_cache,

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptbatch import shards
+from gptbatch.errors import ItemTooLarge
 from gptbatch.shards import (
     Caps,
     Item,
-    ItemTooLarge,
     Packer,
     embedding_inputs,
     pack,

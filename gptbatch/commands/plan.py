@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptbatch.config.spec import Spec
-from gptbatch.errors import InputError, Problem
+from gptbatch.errors import InputError, ItemTooLarge, Problem
 from gptbatch.inputs.requests import Request
 from gptbatch.inputs.scan import ScannedRequest, Scanner, ScanOptions
 from gptbatch.pricing import Price, estimate_cost, price_for, price_table
@@ -17,7 +17,6 @@ from gptbatch.shards import (
     EMBEDDING_MAX_INPUTS,
     Caps,
     Item,
-    ItemTooLarge,
     Packer,
 )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptbatch.canonical import atomic_writer
-from gptbatch.errors import InputError, Problem
+from gptbatch.errors import InputError, ItemTooLarge, Problem
 from gptbatch.inputs.scan import (
     ReadChunk,
     ScannedRequest,
@@ -38,7 +38,6 @@ from gptbatch.shards import (
     EMBEDDING_MAX_INPUTS,
     Caps,
     Item,
-    ItemTooLarge,
     Packer,
 )
 

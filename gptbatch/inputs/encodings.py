@@ -24,11 +24,10 @@ from pathlib import Path
 import tiktoken
 
 from gptbatch.canonical import atomic_write_bytes
-from gptbatch.errors import GptbatchError
+from gptbatch.errors import EncodingUnavailable
 
 __all__ = [
     "BUNDLED",
-    "EncodingUnavailable",
     "bundled_source",
     "get_encoding",
     "rank_snapshot_path",
@@ -36,10 +35,6 @@ __all__ = [
     "seed_tiktoken_cache",
     "tiktoken_cache_dir",
 ]
-
-
-class EncodingUnavailable(GptbatchError):
-    """A tokenizer encoding could not be loaded (offline, or a corrupt file)."""
 
 
 @dataclass(frozen=True)
