@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptbatch.pricing import known_model
 from gptbatch.simulator.config import SimConfig
+from gptbatch.simulator.models import served
 from gptbatch.simulator.results import (
     DEFAULT_MODELS,
     ENDPOINTS,
@@ -187,7 +187,7 @@ def _known(model: Any, config: SimConfig) -> bool:
     """Whether the service knows this model (a made-up name fails the batch at validation)."""
     if config.any_model or model in config.models or model in DEFAULT_MODELS.values():
         return True
-    return isinstance(model, str) and known_model(model)
+    return isinstance(model, str) and served(model)
 
 
 def _parse_line(
