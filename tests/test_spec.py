@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from gptbatch.config.rehearsal import SIMULATED_SUFFIX
 from gptbatch.config.spec import (
     SCHEMA_PATH,
-    SIMULATED_SUFFIX,
     Limits,
     api_key,
     load_schema,

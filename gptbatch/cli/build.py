@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptbatch.config.spec import SIMULATED_SUFFIX, Spec, api_key, load_spec
+from gptbatch.config.rehearsal import SIMULATED_SUFFIX
+from gptbatch.config.spec import Spec, api_key, load_spec
 from gptbatch.engine.usage import Usage
 from gptbatch.errors import InputError, Interrupted, UsageError
 from gptbatch.pricing import usd

@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gptbatch.config.spec import DEFAULT_CONFIG, Spec, load_spec
+from gptbatch.config.spec import Spec, load_spec
+from gptbatch.config.yaml_source import DEFAULT_CONFIG
 from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, InputError, Problem
 from gptbatch.inputs.requests import DEFAULT_MAX_PROBLEMS, Request, over_limit, read_requests
