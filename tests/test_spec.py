@@ -786,6 +786,6 @@ def test_an_output_dir_reached_through_a_symlink_is_still_excluded(work: Path) -
 
 
 def test_the_simulated_suffix_is_the_one_build_writes_to() -> None:
-    from gptbatch.cli import build
+    from gptbatch.config import rehearsal as build
 
     assert build.SIMULATED_SUFFIX == SIMULATED_SUFFIX
