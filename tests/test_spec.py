@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from gptbatch.config.rehearsal import SIMULATED_SUFFIX
 from gptbatch.config.spec import (
     SCHEMA_PATH,
-    SIMULATED_SUFFIX,
     Limits,
     api_key,
     load_schema,
@@ -786,6 +786,6 @@ def test_an_output_dir_reached_through_a_symlink_is_still_excluded(work: Path) -
 
 
 def test_the_simulated_suffix_is_the_one_build_writes_to() -> None:
-    from gptbatch.cli import build
+    from gptbatch.config import rehearsal as build
 
     assert build.SIMULATED_SUFFIX == SIMULATED_SUFFIX

@@ -1,14 +1,30 @@
-"""The Batch API client for commands other than build: the key from the spec, as build gets it."""
+"""Reaching the Batch API: the real API with the spec's key, or a rehearsal's own simulator."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import dataclasses
+import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
+from gptbatch.config.rehearsal import simulated_output_dir
 from gptbatch.config.spec import Spec, api_key
-from gptbatch.errors import UsageError
+from gptbatch.errors import InputError, UsageError
+from gptbatch.state.store import state_dir
 
 if TYPE_CHECKING:  # remote imports the openai SDK: only commands that call the API pay for it
     from gptbatch.api.remote import Remote
+
+# In --simulate, time runs 20x faster and processing is quick, so each status (validating,
+# in_progress, finalizing) shows for a moment; 10M prompt tokens take about a second.
+SIMULATE_CONFIG = {
+    "time_scale": 20.0,
+    "tokens_per_second": 1_000_000.0,
+    "total_tokens_per_second": 5_000_000.0,
+    "validating_seconds": 4.0,
+    "finalizing_seconds": 4.0,
+}
 
 
 def connect(spec: Spec, purpose: str) -> Remote:
@@ -27,3 +43,87 @@ def connect(spec: Spec, purpose: str) -> Remote:
         organization=spec.api.organization,
         project=spec.api.project,
     )
+
+
+@contextlib.contextmanager
+def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
+    """The API client: the real API (or api.base_url), or an in-process simulator."""
+    if simulate:
+        from gptbatch.simulator import SimConfig, run_simulator
+
+        limits = {}
+        for model in {m for m in _models(spec)}:
+            limit = spec.limits.token_limit(model)
+            if limit is not None:
+                limits[model] = limit
+        # The rehearsal's simulator keeps its files and batches beside the rehearsal's state,
+        # so an interrupted rehearsal resumes like a real build instead of starting over.
+        output_dir = simulated_output_dir(spec)
+        config = SimConfig(
+            token_limits=limits,
+            state_dir=str(state_dir(output_dir) / "simulator"),
+            models=tuple(spec.prices),  # a model the config prices is one the user knows
+            **SIMULATE_CONFIG,
+        )
+        existed = output_dir.exists()
+        try:
+            with run_simulator(config) as sim:
+                simulated = dataclasses.replace(
+                    spec,
+                    output_dir=output_dir,
+                    polling=dataclasses.replace(
+                        spec.polling, initial_seconds=0.05, max_seconds=0.5
+                    ),
+                )
+                remote: Any = LazyRemote(api_key="sk-simulated", base_url=sim.base_url)
+                try:
+                    yield simulated, remote
+                finally:
+                    remote.close()
+        except InputError:
+            if not existed:  # a first rehearsal rejected for bad input leaves no trace
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+        return
+    key = api_key(spec)
+    if not key:
+        raise UsageError(
+            f"no API key: set {spec.api.api_key_env} (or put it in a .env file beside "
+            f"{spec.path.name}), or rehearse offline with `gptbatch build --simulate`"
+        )
+    remote = LazyRemote(
+        api_key=key,
+        base_url=spec.api.base_url,
+        organization=spec.api.organization,
+        project=spec.api.project,
+    )
+    try:
+        yield spec, remote
+    finally:
+        remote.close()
+
+
+class LazyRemote:
+    """A Remote made on first use, so a build with nothing to ask the API never imports openai."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._remote: Remote | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._remote is None:
+            from gptbatch.api.remote import Remote
+
+            self._remote = Remote(**self._kwargs)
+        return getattr(self._remote, name)
+
+    def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
+
+
+def _models(spec: Spec) -> list[str]:
+    limit = spec.limits.enqueued_tokens
+    if isinstance(limit, dict) or hasattr(limit, "keys"):
+        return [m for m in limit if m != "*"]  # type: ignore[union-attr]
+    return [spec.model] if spec.model else []

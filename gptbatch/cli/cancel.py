@@ -7,6 +7,8 @@ import dataclasses
 import json
 from typing import Any
 
+from gptbatch.cli.common import add_simulate_flag
+from gptbatch.config.rehearsal import simulated_output_dir
 from gptbatch.config.spec import load_spec
 
 
@@ -22,10 +24,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
     p.add_argument("--json", action="store_true", help="print what was cancelled as JSON")
-    p.add_argument(
-        "--simulate",
-        action="store_true",
-        help="cancel the batches of the `build --simulate` rehearsal (its simulator; no key)",
+    add_simulate_flag(
+        p, "cancel the batches of the `build --simulate` rehearsal (its simulator; no key)"
     )
     p.set_defaults(
         func=run,
@@ -36,13 +36,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptbatch.api.connect import connect
+    from gptbatch.api.connect import connect, remote_for
     from gptbatch.commands.cancel import cancel_in_flight
 
     spec = load_spec(args.config)
     if args.simulate:
-        from gptbatch.cli.build import remote_for, simulated_output_dir
-
         if not simulated_output_dir(spec).exists():  # no rehearsal: start no simulator
             done = []
         else:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptbatch.cli.build import rehearsal
+from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
 from gptbatch.commands.clean import (
     SIMULATOR_DIR,
     CleanPlan,
@@ -17,7 +17,6 @@ from gptbatch.commands.clean import (
     remove_local,
     unrecoverable_results,
 )
-from gptbatch.config.spec import load_spec
 from gptbatch.errors import EXIT_ERROR, UsageError
 from gptbatch.report import shown
 from gptbatch.state.lock import BuildLock
@@ -42,18 +41,14 @@ def register(sub: Any) -> None:
         "later build can then no longer recover lost batches from them)",
     )
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument(
-        "--simulate", action="store_true", help="clean the `build --simulate` rehearsal instead"
-    )
+    add_simulate_flag(p, "clean the `build --simulate` rehearsal instead")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.config)
-    if args.simulate:
-        if args.remote:
-            raise UsageError("--simulate and --remote: a rehearsal uploads nothing to the API")
-        spec = rehearsal(spec)
+    spec = load_chosen_spec(args)
+    if args.simulate and args.remote:
+        raise UsageError("--simulate and --remote: a rehearsal uploads nothing to the API")
     remote = None
     if args.remote:
         from gptbatch.api.connect import connect

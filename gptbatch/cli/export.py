@@ -7,9 +7,10 @@ import sys
 from typing import Any
 
 from gptbatch.canonical import atomic_writer
-from gptbatch.cli.build import rehearsal
+from gptbatch.cli.common import add_simulate_flag
 from gptbatch.commands.export import FORMATS, check_export_target, export_rows, write_rows
 from gptbatch.commands.status import stale_inputs
+from gptbatch.config.rehearsal import rehearsal
 from gptbatch.config.spec import load_spec
 from gptbatch.errors import UsageError
 from gptbatch.state.store import Store, state_dir
@@ -30,9 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE atomically (default: stdout)"
     )
-    p.add_argument(
-        "--simulate", action="store_true", help="export the last `build --simulate` rehearsal"
-    )
+    add_simulate_flag(p, "export the last `build --simulate` rehearsal")
     p.set_defaults(func=run)
 
 

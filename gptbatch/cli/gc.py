@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptbatch.cli.build import rehearsal
+from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
 from gptbatch.commands.gc import collect_garbage
-from gptbatch.config.spec import load_spec
 from gptbatch.report import plural
 
 
@@ -22,16 +21,12 @@ def register(sub: Any) -> None:
         "takes the build lock.",
     )
     p.add_argument("config", nargs="?", default=None, help="batch.yaml (default: ./batch.yaml)")
-    p.add_argument(
-        "--simulate", action="store_true", help="collect the `build --simulate` rehearsal's state"
-    )
+    add_simulate_flag(p, "collect the `build --simulate` rehearsal's state")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.config)
-    if args.simulate:
-        spec = rehearsal(spec)
+    spec = load_chosen_spec(args)
     s = collect_garbage(spec)
     print(
         f"dropped {plural(s.results, 'result')}, {plural(s.shards, 'shard')} "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch.commands.init import EXAMPLE_INPUT, init_project
-from gptbatch.config.spec import DEFAULT_CONFIG
+from gptbatch.config.yaml_source import DEFAULT_CONFIG
 from gptbatch.errors import UsageError
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gptbatch.cli import run
 from gptbatch.cli.build import execute
+from gptbatch.cli.common import add_simulate_flag
 from gptbatch.cli.split import add_split_arguments, summary_lines
 from gptbatch.commands.legacy import manager_inputs, publish_outputs, write_manager_config
 from gptbatch.commands.split import split_files
@@ -56,11 +57,7 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-wait", action="store_true", help="submit what fits, collect what finished, then exit"
     )
-    parser.add_argument(
-        "--simulate",
-        action="store_true",
-        help="rehearse against the built-in simulator (no key, no cost)",
-    )
+    add_simulate_flag(parser, "rehearse against the built-in simulator (no key, no cost)")
     args = parser.parse_args(argv)
     args.json = args.verbose = False
     # What an interrupted or pending run is continued with (execute adds --simulate).

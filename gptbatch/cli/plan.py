@@ -7,9 +7,8 @@ import json
 import sys
 from typing import Any
 
-from gptbatch.cli.build import rehearsal
+from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
 from gptbatch.commands.plan import GroupPlan, Plan, make_plan
-from gptbatch.config.spec import load_spec
 from gptbatch.engine.scheduler import ModelLimits, queue_limits
 from gptbatch.pricing import closest_known
 from gptbatch.report import plural, shown
@@ -35,11 +34,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="plan the whole workload, ignoring what earlier builds did",
     )
-    parser.add_argument(
-        "--simulate",
-        action="store_true",
-        help="plan against the `build --simulate` rehearsal's state instead",
-    )
+    add_simulate_flag(parser, "plan against the `build --simulate` rehearsal's state instead")
     parser.set_defaults(func=run)
 
 
@@ -157,9 +152,7 @@ def learned_limits(spec: Any, models: list[str | None]) -> list[ModelLimits]:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.config)
-    if args.simulate:
-        spec = rehearsal(spec)
+    spec = load_chosen_spec(args)
     directory = state_dir(spec.output_dir)
     store = None if args.all or not (directory / "state.db").exists() else Store(directory)
     try:

@@ -6,8 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from gptbatch.cli.build import rehearsal
-from gptbatch.cli.validate import check_inputs
+from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
 from gptbatch.commands.status import (
     over_limit_anywhere,
     pending_reasons,
@@ -15,7 +14,7 @@ from gptbatch.commands.status import (
     shard_statuses,
     unbuilt_reasons,
 )
-from gptbatch.config.spec import load_spec
+from gptbatch.commands.validate import check_inputs
 from gptbatch.engine.scheduler import queue_limits
 from gptbatch.errors import InputError
 from gptbatch.report import plural, shown
@@ -48,11 +47,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="also ask the API how the batches in flight are doing (needs the key; writes nothing)",
     )
-    p.add_argument(
-        "--simulate",
-        action="store_true",
-        help="show the state of the last `build --simulate` rehearsal",
-    )
+    add_simulate_flag(p, "show the state of the last `build --simulate` rehearsal")
     p.set_defaults(func=run)
 
 
@@ -79,9 +74,7 @@ def remote_statuses(spec: Any, batch_ids: list[str]) -> dict[str, dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.config)
-    if args.simulate:
-        spec = rehearsal(spec)
+    spec = load_chosen_spec(args)
     directory = state_dir(spec.output_dir)
     store = Store(directory) if (directory / "state.db").exists() else None
     live: dict[str, dict[str, Any]] = {}

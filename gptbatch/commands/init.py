@@ -11,7 +11,9 @@ from pathlib import Path
 import yaml
 
 from gptbatch.canonical import atomic_writer
-from gptbatch.config.spec import DEFAULT_CONFIG, SCHEMA_PATH, SIMULATED_SUFFIX, default_project
+from gptbatch.config.rehearsal import SIMULATED_SUFFIX
+from gptbatch.config.spec import SCHEMA_PATH, default_project
+from gptbatch.config.yaml_source import DEFAULT_CONFIG
 from gptbatch.errors import LocalIOError, UsageError
 
 EXAMPLE_INPUT = "inputs/requests.jsonl"

@@ -61,7 +61,7 @@ def test_simulate_recovers_from_a_killed_rehearsal(tmp_path: Path) -> None:
 
 def rehearsal_journal(config: Path):
     """The billing journal of a rehearsal's simulator, restored from its state directory."""
-    from gptbatch.cli.build import SIMULATE_CONFIG
+    from gptbatch.api.connect import SIMULATE_CONFIG
     from gptbatch.config.spec import load_spec
     from gptbatch.simulator import SimConfig, Simulator
 
