@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import sqlite3
 import tempfile
@@ -13,14 +14,9 @@ from typing import Any, TypeVar
 
 from gptbatch.errors import LocalIOError, StateError
 
-# SQLite's page cache per connection, in KiB (negative: a size, not pages). The default
-# 2 MiB holds a sliver of a 100k-request state's key indexes, so every write that looks a
-# key up reads its pages again; 32 MiB halves the time to record a batch's results (and
-# is only used as the state grows).
-CACHE_SIZE = -32 * 1024
-
 
 def _identity(path: Path) -> tuple[int, int] | None:
+    """A file's (device, inode), to notice it deleted or replaced; None: it is gone."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -125,6 +121,7 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 def _translated(method: _Method) -> _Method:
     """A cursor method whose state errors (not our bugs) become ours, naming the file."""
 
+    @functools.wraps(method)
     def call(self: sqlite3.Cursor, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
@@ -133,8 +130,6 @@ def _translated(method: _Method) -> _Method:
         except _STATE_ERRORS as exc:
             raise _state_error(self.connection.path, exc) from exc  # type: ignore[attr-defined]
 
-    call.__name__ = call.__qualname__ = method.__name__
-    call.__doc__ = method.__doc__
     return call  # type: ignore[return-value]
 
 
