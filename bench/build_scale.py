@@ -179,7 +179,8 @@ def synthetic_state(root: Path, n: int) -> Path:
     import sqlite3
 
     from gptbatch.config.spec import config_fingerprint, load_spec
-    from gptbatch.state.store import REQUEST_COLUMNS, Store
+    from gptbatch.state.rows import REQUEST_COLUMNS
+    from gptbatch.state.store import Store
 
     (root / "inputs").mkdir()
     data = root / "inputs" / "big.jsonl"

@@ -10,7 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbatch.state.store import MIGRATIONS, ResultRow, Store
+from gptbatch.state.migrations import MIGRATIONS
+from gptbatch.state.rows import ResultRow
+from gptbatch.state.store import Store
 
 KEYS = [f"k{i}" for i in range(6)]
 

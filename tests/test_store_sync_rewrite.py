@@ -20,8 +20,9 @@ from gptbatch.engine.sync import _request_row, line_digest, sync_inputs
 from gptbatch.errors import InputError
 from gptbatch.inputs.requests import read_raw_line, read_requests
 from gptbatch.report import NullReporter
-from gptbatch.state import store as store_module
-from gptbatch.state.store import REQUEST_COLUMNS, RequestRow, Store
+from gptbatch.state import diff as diff_module
+from gptbatch.state.rows import REQUEST_COLUMNS, RequestRow
+from gptbatch.state.store import Store
 
 
 def _chat(cid: str, text: str, url: str = "/v1/chat/completions") -> str:
@@ -81,12 +82,12 @@ def test_reading_earlier_rows_afresh_after_every_skip_changes_nothing(
     versions: list[Any],
 ) -> None:
     """The earlier rows read again from each ordinal asked for: the same rows result."""
-    skip = store_module._RowsAt.SKIP
-    store_module._RowsAt.SKIP = 0
+    skip = diff_module._RowsAt.SKIP
+    diff_module._RowsAt.SKIP = 0
     try:
         _check_versions(versions)
     finally:
-        store_module._RowsAt.SKIP = skip
+        diff_module._RowsAt.SKIP = skip
 
 
 def _check_versions(versions: list[Any]) -> None:
@@ -183,7 +184,7 @@ def test_edits_far_apart_read_few_earlier_rows(tmp_path: Path) -> None:
     lines = [_chat(f"c{i}", "text") for i in range(12_000)]
     spec, store = _project(tmp_path, lines)
     read: list[int] = []
-    real_stream = store_module._stream
+    real_stream = diff_module._stream
 
     def counting(cursor: Any, size: int = 1024) -> Any:
         for row in real_stream(cursor, size):
@@ -196,11 +197,11 @@ def test_edits_far_apart_read_few_earlier_rows(tmp_path: Path) -> None:
         lines[6_000] = _chat("c6000", "edited too")
         del lines[11_500]  # every row after it changes ordinal: those are read
         (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-        store_module._stream = counting
+        diff_module._stream = counting
         try:
             sync_inputs(spec, store, NullReporter())
         finally:
-            store_module._stream = real_stream
+            diff_module._stream = real_stream
         assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
         walked = 12_000  # the walk beside the new lines reads every earlier row once
         assert walked + 499 <= len(read) < walked + 499 + 3 * 1024, len(read)

@@ -20,7 +20,8 @@ from gptbatch.engine import sync
 from gptbatch.errors import InputError
 from gptbatch.inputs.token_cache import cache_path
 from gptbatch.report import NullReporter
-from gptbatch.state.store import REQUEST_COLUMNS, Store
+from gptbatch.state.rows import REQUEST_COLUMNS
+from gptbatch.state.store import Store
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"

@@ -15,7 +15,8 @@ from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import UsageError
 from gptbatch.pricing import estimate_cost
-from gptbatch.state.store import RequestRow, ResultRow, Store, state_dir
+from gptbatch.state.rows import RequestRow, ResultRow
+from gptbatch.state.store import Store, state_dir
 
 FORMATS = ("jsonl", "csv")
 

@@ -12,7 +12,8 @@ from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.engine.outputs import output_paths, written_as_indexed
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
 from gptbatch.inputs.requests import read_requests
-from gptbatch.state.store import ACTIVE_SHARD_STATES, ResultRow, Store
+from gptbatch.state.rows import ACTIVE_SHARD_STATES, ResultRow
+from gptbatch.state.store import Store
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,8 @@ from gptbatch.errors import InputError, Problem, TransientRemoteError
 from gptbatch.pricing import unknown_model_hint, usd
 from gptbatch.report import Reporter
 from gptbatch.state.lock import BuildLock
-from gptbatch.state.store import (
-    ACTIVE_SHARD_STATES,
-    IN_FLIGHT_SHARD_STATES,
-    ShardRow,
-    Store,
-    state_dir,
-)
+from gptbatch.state.rows import ACTIVE_SHARD_STATES, IN_FLIGHT_SHARD_STATES, ShardRow
+from gptbatch.state.store import Store, state_dir
 
 __all__ = [
     "KEY_SAMPLE",

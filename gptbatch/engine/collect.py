@@ -24,7 +24,8 @@ from gptbatch.engine.submit import RECOVERED, Submitter, refused
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
 from gptbatch.fastjson import loads_reply
 from gptbatch.report import Reporter
-from gptbatch.state.store import FINAL_RESULT_STATES, BatchRow, ShardRow, Store
+from gptbatch.state.rows import FINAL_RESULT_STATES, BatchRow, ShardRow
+from gptbatch.state.store import Store
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 SLOW_FINALIZING_SECONDS = 900.0  # a batch finalizing longer than this is reported

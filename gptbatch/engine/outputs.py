@@ -17,7 +17,8 @@ from gptbatch.canonical import atomic_writer, file_sha256
 from gptbatch.config.spec import Spec
 from gptbatch.engine.crash import armed, crashpoint
 from gptbatch.errors import ConfigError, LocalIOError
-from gptbatch.state.store import RequestRow, ResultRow, Store
+from gptbatch.state.rows import RequestRow, ResultRow
+from gptbatch.state.store import Store
 
 
 @dataclass(frozen=True)

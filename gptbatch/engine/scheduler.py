@@ -27,7 +27,8 @@ from gptbatch.engine.summary import BuildSummary
 from gptbatch.pricing import usd
 from gptbatch.report import Reporter
 from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, shard_key
-from gptbatch.state.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
+from gptbatch.state.rows import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow
+from gptbatch.state.store import Store
 
 TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
 UNSENT_SHARD_STATES = ("submitting", "ready", "uploading", "uploaded", "waiting")

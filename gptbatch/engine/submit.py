@@ -38,7 +38,8 @@ from gptbatch.errors import (
 )
 from gptbatch.inputs.requests import read_raw_line
 from gptbatch.report import Reporter
-from gptbatch.state.store import RequestRow, ShardRow, Store
+from gptbatch.state.rows import RequestRow, ShardRow
+from gptbatch.state.store import Store
 
 META_PROJECT = "gptbatch_project"
 META_SHARD = "gptbatch_shard"

@@ -22,7 +22,9 @@ from gptbatch.errors import InputError, Problem
 from gptbatch.inputs.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
 from gptbatch.report import Reporter
 from gptbatch.shards import embedding_inputs
-from gptbatch.state.store import Kept, PreviousRows, RequestRow, Store
+from gptbatch.state.diff import Kept, PreviousRows
+from gptbatch.state.rows import RequestRow
+from gptbatch.state.store import Store
 
 if TYPE_CHECKING:
     from gptbatch.inputs.scan import Scanner

@@ -14,7 +14,7 @@ from buildkit import chat, embedding, make_project, write_jsonl
 from gptbatch.engine import sync
 from gptbatch.errors import EXIT_OK
 from gptbatch.simulator import request_digest
-from gptbatch.state.store import REQUEST_COLUMNS
+from gptbatch.state.rows import REQUEST_COLUMNS
 
 
 def _inputs() -> dict[str, list[dict[str, Any]]]:

@@ -13,7 +13,8 @@ import pytest
 from buildkit import REPO, Project, chat, make_project, write_jsonl
 
 from gptbatch.errors import EXIT_OK, EXIT_PENDING
-from gptbatch.state.store import Store, pack_line, state_dir, unpack_line
+from gptbatch.state.lines import pack_line, unpack_line
+from gptbatch.state.store import Store, state_dir
 
 # A build in a child process that reports whether it imported the SDK or loaded an encoding
 # (the tiktoken module itself comes with `gptbatch plan`'s parser, which loads nothing).

@@ -1,0 +1,309 @@
+"""Result rows and outcomes: compressed lines, final results kept, resends, output reads."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+
+from gptbatch.errors import StateError
+from gptbatch.state.base import StoreBase
+from gptbatch.state.lines import ZDICT_MAX, ZDICT_META, pack_line, unpack_line, zline_dictionary_id
+from gptbatch.state.rows import (
+    FINAL_RESULT_STATES,
+    IN_FLIGHT_SHARD_STATES,
+    REQUEST_SELECT,
+    RequestRow,
+    ResultRow,
+)
+
+
+class ResultsMixin(StoreBase):
+    """The Store's results (one row per request key) and what output files are read from."""
+
+    def result(self, key: str) -> ResultRow | None:
+        row = self.db.execute(
+            "SELECT key, state, attempts, line, error, batch_id, zline FROM results WHERE key=?",
+            (key,),
+        ).fetchone()
+        if not row:
+            return None
+        return ResultRow(*row[:3], self.unpack(row[3], row[6]), *row[4:6])
+
+    def result_states(self, keys: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """key -> (state, attempts) of the keys that have a result."""
+        out: dict[str, tuple[str, int]] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, state, attempts in self.db.execute(
+                f"SELECT key, state, attempts FROM results WHERE key IN ({marks})", chunk
+            ):
+                out[key] = (state, attempts)
+        return out
+
+    def write_results(
+        self, rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]]
+    ) -> None:
+        """Write (key, state, attempts, line, error, batch_id) rows, a statement per kind.
+
+        The caller has checked that none of these keys holds a final result; a key's earlier
+        row (a retry) is replaced.
+        """
+        now = time.time()
+        rows = list(rows)
+        zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
+        earlier = set(self.result_states(r[0] for r in rows))
+        sql = (
+            "INTO results(key, state, attempts, line, zline, error, batch_id, updated_at,"
+            " version) VALUES (?, ?, ?, NULL, ?, ?, ?, ?,"
+            " (SELECT value + 1 FROM counters WHERE name='results'))"
+        )
+        # Keys with no row yet (nearly all) go in with OR FAIL: REPLACE, or the default
+        # ABORT, keeps a statement journal for the triggers' writes (each row's pages copied
+        # to a temp file, a third of the time), and any error here rolls the whole
+        # transaction back anyway.
+        fresh, again = [], []
+        for row in rows:
+            (again if row[0] in earlier else fresh).append(row)
+            earlier.add(row[0])  # given twice: the later one replaces the first
+        for verb, batch in (("INSERT OR FAIL", fresh), ("INSERT OR REPLACE", again)):
+            self.db.executemany(
+                f"{verb} {sql}",
+                ((k, st, n, pack_line(ln, zdict), err, b, now) for k, st, n, ln, err, b in batch),
+            )
+
+    def _dictionary(self, sample: str | None) -> bytes | None:
+        """The preset dictionary to compress result lines with; the first sample becomes it.
+
+        Read from meta on every write (never trusted from memory), so a rolled-back
+        transaction that chose it cannot leave lines compressed against a lost dictionary.
+        """
+        text = self.get_meta(ZDICT_META)
+        if text is None:
+            if sample is None:
+                return None
+            text = sample.encode("utf-8")[-ZDICT_MAX:].decode("utf-8", "ignore")
+            self.set_meta(ZDICT_META, text)
+        return text.encode("utf-8")
+
+    def unpack(self, line: str | None, zline: bytes | None) -> str | None:
+        """A stored result line as text, whichever way it was stored."""
+        if zline is None or zline_dictionary_id(zline) is None:
+            return unpack_line(line, zline)
+        wanted = zline_dictionary_id(zline)
+        zdict = self._zdicts.get(wanted)  # type: ignore[arg-type]
+        if zdict is None:
+            text = self.get_meta(ZDICT_META)
+            zdict = text.encode("utf-8") if text is not None else b""
+            if zlib.adler32(zdict) != wanted:
+                raise StateError(
+                    f"{self.path}: a stored result needs a compression dictionary the state "
+                    f"no longer holds: move it aside (mv {self.path.parent} "
+                    f"{self.path.parent}.broken) and run again; gptbatch then adopts its "
+                    "batches from the API by their metadata instead of paying twice"
+                )
+            self._zdicts[wanted] = zdict  # type: ignore[index]
+        return unpack_line(line, zline, zdict)
+
+    def record_result(
+        self,
+        key: str,
+        *,
+        state: str,
+        line: str | None = None,
+        error: str | None = None,
+        batch_id: str | None = None,
+        attempt: bool = True,
+    ) -> ResultRow:
+        """Record an outcome for a key; a final result is never overwritten by a later one."""
+        old = self.result(key)
+        if old is not None and old.state in FINAL_RESULT_STATES:
+            # A key sent again (-B) whose resend ended in what is not its replacement (a
+            # rejected line, a request too large now): the old result stays, and this run
+            # does not send it once more.
+            self.db.execute("DELETE FROM resend WHERE key=?", (key,))
+            return old
+        attempts = (old.attempts if old else 0) + (1 if attempt else 0)
+        self.write_results([(key, state, attempts, line, error, batch_id)])
+        return ResultRow(key, state, attempts, line, error, batch_id)
+
+    def is_settled(self, key: str) -> bool:
+        """Would a build leave this request alone: a final result, or a shard at the API?"""
+        row = self.db.execute(
+            "SELECT 1 FROM results WHERE key=? AND state IN ('ok', 'failed')"
+            " UNION ALL SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
+            f" WHERE m.key=? AND h.state IN {IN_FLIGHT_SHARD_STATES!r} LIMIT 1",
+            (key, key),
+        ).fetchone()
+        return row is not None
+
+    def reset_results(self, paths: list[str], *, only_failed: bool) -> int:
+        """Make these inputs' requests pending again (all, or those failed for good).
+
+        The only way a final result is ever replaced: the user asked for it (build --force or
+        --retry-failed). Attempts start again from zero.
+        """
+        marks = ",".join("?" * len(paths))
+        states = "('failed')" if only_failed else "('ok', 'failed', 'retry')"
+        cur = self.db.execute(
+            f"UPDATE results SET state='retry', attempts=0, error='rebuild asked for'"
+            f" WHERE state IN {states}"
+            f" AND key IN (SELECT key FROM requests WHERE path IN ({marks}))",
+            paths,
+        )
+        return cur.rowcount
+
+    def begin_resend(self, paths: list[str] | None = None, *, only_failed: bool = False) -> int:
+        """Start a run's resend set: these inputs' keys that hold a final result (only those
+        failed for good with only_failed); None: empty it. Returns how many keys it holds.
+
+        Results are not touched: each stays the output until the outcome of its resend
+        replaces it (Outcomes). Every run starts a new set, so what a forced run did not get
+        to send is up to date again for the next plain build. Keys already in a shard at the
+        API are not packed again (their batch's outcome replaces the result).
+        """
+        if self.db.execute("SELECT 1 FROM resend LIMIT 1").fetchone() is not None:
+            self.db.execute("DELETE FROM resend")
+        if not paths:
+            return 0
+        marks = ",".join("?" * len(paths))
+        done = "r.done=2" if only_failed else "r.done<>0"
+        return self.db.execute(
+            f"INSERT OR IGNORE INTO resend(key) SELECT r.key FROM requests r"
+            f" WHERE r.path IN ({marks}) AND {done}",
+            paths,
+        ).rowcount
+
+    def resend_shard(self, shard_id: str) -> bool:
+        """Was this shard packed with keys sent again (-B)? Its outcomes replace results."""
+        row = self.db.execute("SELECT 1 FROM resend_shards WHERE shard=?", (shard_id,)).fetchone()
+        return row is not None
+
+    def resend_done(self, keys: Iterable[str]) -> None:
+        """These keys' resends ended (replaced, or given up on): not sent again this run."""
+        self.db.executemany("DELETE FROM resend WHERE key=?", ((k,) for k in keys))
+
+    def resend_retried(self, keys: Iterable[str], retries: int) -> None:
+        """A resend came back retryable: the old result stays; send it again while the
+        attempts last (as `retries` allows any request)."""
+        keys = list(keys)
+        self.db.executemany(
+            "UPDATE resend SET attempts=attempts+1 WHERE key=?", ((k,) for k in keys)
+        )
+        self.db.executemany(
+            "DELETE FROM resend WHERE key=? AND attempts>?", ((k, retries) for k in keys)
+        )
+
+    def ok_lines_after(self, rowid: int) -> Iterator[tuple[int, str]]:
+        """(rowid, line) of successful results recorded after rowid, in record order."""
+        cur = self.db.execute(
+            "SELECT rowid, line, zline FROM results WHERE rowid > ? AND state='ok'"
+            " AND (line IS NOT NULL OR zline IS NOT NULL) ORDER BY rowid",
+            (rowid,),
+        )
+        for rowid_, line, zline in cur:
+            yield rowid_, self.unpack(line, zline)  # type: ignore[misc]
+
+    def last_result_rowid(self) -> int:
+        return self.db.execute("SELECT coalesce(max(rowid), 0) FROM results").fetchone()[0]
+
+    def request_results(self, path: str) -> Iterator[tuple[RequestRow, ResultRow | None]]:
+        """An input's current requests in input order, each with its result if any."""
+        cur = self.db.execute(
+            f"SELECT {REQUEST_SELECT},"
+            " s.key, s.state, s.attempts, s.line, s.error, s.batch_id, s.zline"
+            " FROM requests r LEFT JOIN results s ON s.key=r.key"
+            " WHERE r.path=? ORDER BY r.ordinal",
+            (path,),
+        )
+        for row in cur:
+            result = None
+            if row[14]:
+                k, state, attempts, line, error, batch, zline = row[14:]
+                result = ResultRow(k, state, attempts, self.unpack(line, zline), error, batch)
+            yield RequestRow(*row[:14]), result
+
+    def request_result(self, path: str, ordinal: int) -> tuple[RequestRow, ResultRow | None]:
+        """One request of an input, with its result if any."""
+        row = self.db.execute(
+            f"SELECT {REQUEST_SELECT},"
+            " s.key, s.state, s.attempts, s.line, s.error, s.batch_id, s.zline"
+            " FROM requests r LEFT JOIN results s ON s.key=r.key"
+            " WHERE r.path=? AND r.ordinal=?",
+            (path, ordinal),
+        ).fetchone()
+        result = None
+        if row[14]:
+            k, state, attempts, line, error, batch, zline = row[14:]
+            result = ResultRow(k, state, attempts, self.unpack(line, zline), error, batch)
+        return RequestRow(*row[:14]), result
+
+    def output_rows(
+        self, path: str, *, lines: bool
+    ) -> Iterator[tuple[int, int, int | None, str, bytes | None]]:
+        """(ordinal, done, result_version, key, line) of an input's requests, in input order.
+
+        With lines, ok rows (done=1) come with their result line as UTF-8 (one join for the
+        whole input); without, line is None and `result_line` fetches the ones needed, so a
+        rewrite that copies most lines from the last output reads no result at all.
+        """
+        if not lines:
+            for ordinal, done, version, key in self.db.execute(
+                "SELECT ordinal, done, result_version, key FROM requests WHERE path=?"
+                " ORDER BY ordinal",
+                (path,),
+            ):
+                yield ordinal, done, version, key, None
+            return
+        cur = self.db.execute(
+            "SELECT r.ordinal, r.done, r.result_version, r.key, s.line, s.zline"
+            " FROM requests r LEFT JOIN results s ON r.done=1 AND s.key=r.key"
+            " WHERE r.path=? ORDER BY r.ordinal",
+            (path,),
+        )
+        for ordinal, done, version, key, line, zline in cur:
+            text = self.unpack(line, zline)
+            yield ordinal, done, version, key, None if text is None else text.encode("utf-8")
+
+    def result_line(self, key: str) -> bytes | None:
+        """A key's stored result line as UTF-8, if it has one."""
+        row = self.db.execute("SELECT line, zline FROM results WHERE key=?", (key,)).fetchone()
+        text = self.unpack(*row) if row else None
+        return None if text is None else text.encode("utf-8")
+
+    def output_index(self, output: str) -> tuple[str, bytes] | None:
+        """(stat, entries) recorded when an output file was last written."""
+        row = self.db.execute(
+            "SELECT stat, entries FROM output_index WHERE output=?", (output,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def output_stat(self, output: str) -> str | None:
+        """The stat recorded when an output (or errors) file was last written (no entries)."""
+        row = self.db.execute("SELECT stat FROM output_index WHERE output=?", (output,)).fetchone()
+        return row[0] if row else None
+
+    def set_output_stat(self, output: str, stat: str) -> None:
+        """Record a new stat for an output file whose content did not change."""
+        self.db.execute("UPDATE output_index SET stat=? WHERE output=?", (stat, output))
+
+    def set_output_index(self, output: str, stat: str, entries: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO output_index(output, stat, entries) VALUES (?, ?, ?)",
+            (output, stat, entries),
+        )
+
+    def outputs_fingerprint(self) -> str:
+        """Changes whenever anything the output files are made of changes."""
+        # what a build sends again (resend) is in no output until its result is
+        results = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT value FROM counters WHERE name<>'resend' ORDER BY name"
+            )
+        ]
+        inputs = list(self.db.execute("SELECT path, sha256, defaults FROM inputs ORDER BY path"))
+        return json.dumps([list(results), inputs])
