@@ -333,7 +333,7 @@ def _request_row(
             previous.reason,
         )
     else:
-        from gptbatch import tokens  # loads encodings: only when a request is new or changed
+        from gptbatch.inputs import tokens  # loads encodings: only when a request is new or changed
 
         estimate = tokens.estimate_request(req.url, req.body)
         tokens_ = estimate.tokens
