@@ -26,7 +26,7 @@ from gptbatch.config.spec import Spec
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.pricing import usd
 from gptbatch.report import Reporter
-from gptbatch.shards import EMBEDDING_MAX_INPUTS, Caps, Item, Packer, shard_key
+from gptbatch.shards import Caps, Item, Packer, batch_caps, shard_key
 from gptbatch.state.store import IN_FLIGHT_SHARD_STATES, RequestRow, ShardRow, Store
 
 TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
@@ -508,14 +508,14 @@ class Scheduler:
     # --- caps and room ---------------------------------------------------------------
 
     def caps(self, model: str | None, url: str) -> Caps:
+        """A shard's caps: the working budget, and the enqueued-request budget in force."""
         limits = self.spec.limits
-        # A request count is exact, so the enqueued-request cap needs no safety margin.
-        request_limit = self.budget.requests(model)
-        return Caps(
-            max_tokens=self.budget.working(model),
-            max_requests=min(limits.max_requests_per_batch, request_limit or 1 << 62),
+        return batch_caps(
+            url,
+            self.budget.working(model),
+            max_requests=limits.max_requests_per_batch,
             max_bytes=limits.max_bytes_per_batch,
-            max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
+            enqueued_requests=self.budget.requests(model),
         )
 
     def in_flight(self, model: str | None, exclude: str | None = None) -> tuple[int, int]:
