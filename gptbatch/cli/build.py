@@ -23,7 +23,7 @@ from gptbatch.state.store import state_dir
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
     from gptbatch.api.remote import Remote
-    from gptbatch.engine.build import BuildSummary
+    from gptbatch.engine.summary import BuildSummary
 
 # In --simulate, time runs 20x faster and processing is quick, so each status (validating,
 # in_progress, finalizing) shows for a moment; 10M prompt tokens take about a second.

@@ -10,7 +10,7 @@ from typing import Any
 from gptbatch.cli.build import rehearsal
 from gptbatch.commands.plan import GroupPlan, Plan, make_plan
 from gptbatch.config.spec import load_spec
-from gptbatch.engine.scheduler import ModelLimits, queue_limits
+from gptbatch.engine.budget import ModelLimits, queue_limits
 from gptbatch.pricing import closest_known
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir
