@@ -58,6 +58,28 @@ class Caps:
                 raise ValueError(f"Caps.{name} must be at least 1, got {value}")
 
 
+def batch_caps(
+    url: str,
+    max_tokens: int | None,
+    *,
+    max_requests: int = DEFAULT_MAX_REQUESTS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    enqueued_requests: int | None = None,
+) -> Caps:
+    """The caps of one shard of `url` requests, as build, plan and split all cut them.
+
+    max_tokens: the shard's token cap (a build's working budget, plan's pipelined share of
+    it, split's LIMIT). An enqueued-request limit caps the requests too (a count is exact:
+    no safety margin), and /v1/embeddings shards are capped in embedding inputs.
+    """
+    return Caps(
+        max_tokens=max_tokens,
+        max_requests=min(max_requests, enqueued_requests or 1 << 62),
+        max_bytes=max_bytes,
+        max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
+    )
+
+
 @dataclass(frozen=True)
 class Item:
     """One request as the packer sees it: content key, estimated tokens, line bytes, inputs."""

@@ -6,8 +6,9 @@ import random
 from collections import namedtuple
 
 from gptbatch.api.remote import BatchInfo
+from gptbatch.engine.budget import refusal_delay
 from gptbatch.engine.collect import Collector
-from gptbatch.engine.scheduler import Room, fill_shard, refusal_delay, shard_target
+from gptbatch.engine.scheduler import Room, fill_shard, shard_target
 
 Row = namedtuple("Row", "name tokens nbytes inputs")
 
@@ -86,7 +87,8 @@ def test_a_shard_holds_as_many_requests_as_its_token_share_needs(tmp_path) -> No
     import yaml
 
     from gptbatch.config.spec import load_spec
-    from gptbatch.engine.scheduler import FILL_LOOKAHEAD, Budget, Scheduler
+    from gptbatch.engine.budget import Budget
+    from gptbatch.engine.scheduler import FILL_LOOKAHEAD, Scheduler
     from gptbatch.engine.summary import BuildSummary
     from gptbatch.engine.sync import sync_inputs
     from gptbatch.report import NullReporter

@@ -22,7 +22,7 @@ from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
-    from gptbatch.engine.build import BuildSummary
+    from gptbatch.engine.summary import BuildSummary
 
 
 def register(sub: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
 from gptbatch.commands.plan import GroupPlan, Plan, make_plan
-from gptbatch.engine.scheduler import ModelLimits, queue_limits
+from gptbatch.engine.budget import ModelLimits, queue_limits
 from gptbatch.pricing import closest_known
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir

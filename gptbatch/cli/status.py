@@ -15,7 +15,7 @@ from gptbatch.commands.status import (
     unbuilt_reasons,
 )
 from gptbatch.commands.validate import check_inputs
-from gptbatch.engine.scheduler import queue_limits
+from gptbatch.engine.budget import queue_limits
 from gptbatch.errors import InputError
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir

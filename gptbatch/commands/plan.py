@@ -13,12 +13,7 @@ from gptbatch.errors import InputError, ItemTooLarge, Problem
 from gptbatch.inputs.requests import Request
 from gptbatch.inputs.scan import ScannedRequest, Scanner, ScanOptions
 from gptbatch.pricing import Price, estimate_cost, price_for, price_table
-from gptbatch.shards import (
-    EMBEDDING_MAX_INPUTS,
-    Caps,
-    Item,
-    Packer,
-)
+from gptbatch.shards import Caps, Item, Packer, batch_caps
 
 # Endpoints whose responses are not billed as generated tokens.
 NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
@@ -170,13 +165,13 @@ def _caps(spec: Spec, model: str | None, url: str) -> Caps:
     """The per-shard caps a build would use (mirrors the build engine's steady state: a
     k-th of the working budget, k = limits.pipeline; a build's last shards are smaller)."""
     limits = spec.limits
-    request_limit = limits.request_limit(model or "")
     budget = limits.token_budget(model or "")
-    return Caps(
-        max_tokens=None if budget is None else max(1, budget // max(1, limits.pipeline)),
-        max_requests=min(limits.max_requests_per_batch, request_limit or 1 << 62),
+    return batch_caps(
+        url,
+        None if budget is None else max(1, budget // max(1, limits.pipeline)),
+        max_requests=limits.max_requests_per_batch,
         max_bytes=limits.max_bytes_per_batch,
-        max_inputs=EMBEDDING_MAX_INPUTS if url == "/v1/embeddings" else None,
+        enqueued_requests=limits.request_limit(model or ""),
     )
 
 

@@ -35,10 +35,10 @@ from gptbatch.inputs.scan import (
 from gptbatch.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,
-    EMBEDDING_MAX_INPUTS,
     Caps,
     Item,
     Packer,
+    batch_caps,
 )
 
 SHARD_FILE = re.compile(r"shard-(\d{3,})-of-(\d{3,})\.jsonl")
@@ -162,11 +162,12 @@ def _plan(scanner: Scanner, caps: Caps, copier: _Copier) -> list[_Group]:
             key = (req.model, req.url)
             group = groups.get(key)
             if group is None:
-                group_caps = caps
-                if req.url == "/v1/embeddings":
-                    group_caps = Caps(
-                        caps.max_tokens, caps.max_requests, caps.max_bytes, EMBEDDING_MAX_INPUTS
-                    )
+                group_caps = batch_caps(
+                    req.url,
+                    caps.max_tokens,
+                    max_requests=caps.max_requests,
+                    max_bytes=caps.max_bytes,
+                )
                 group = groups[key] = _Group(req.model, req.url, Packer(group_caps))
                 order[key] = len(order)
                 copier.groups.append(group)

@@ -2,9 +2,13 @@
 
 The steps live in their own modules; this one only ties them together:
 - sync.py: the store's view of the inputs (what is pending, and why)
-- scheduler.py: what goes next under the queue budget (pipelined shard sizes, budgets)
+- scheduler.py: what goes next under the queue budget (pipelined shard sizes)
+- budget.py: the queue budgets, learned limits, and what a refusal does
 - submit.py: intent -> upload -> create -> record, and adopting batches found at the API
 - collect.py: poll (one list pass) -> download -> classify -> record
+Scheduler, submit and collect are siblings: none imports another. Submit and collect return
+what happened (batches.Outcome); this loop alone decides what follows (pack again, lower or
+raise a budget, drop stale shards).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,49 +26,21 @@ from typing import Any
 from gptbatch.api.remote import BatchInfo, Remote
 from gptbatch.config.spec import Spec
 from gptbatch.engine import usage
-from gptbatch.engine.collect import RETRYABLE_ERROR_CODES, Collector, classify
+from gptbatch.engine.batches import Outcome
+from gptbatch.engine.budget import Budget, report_budget, take_refusal
+from gptbatch.engine.collect import Collector
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.outputs import output_paths, write_outputs
-from gptbatch.engine.scheduler import UNSENT_SHARD_STATES, Budget, Scheduler
-from gptbatch.engine.submit import (
-    KEY_SAMPLE,
-    META_KEYS,
-    META_PROJECT,
-    META_SHARD,
-    META_SUBMIT,
-    REFUSAL_CODES,
-    Submitter,
-    key_sample,
-)
+from gptbatch.engine.scheduler import UNSENT_SHARD_STATES, Scheduler
+from gptbatch.engine.submit import Submitter
 from gptbatch.engine.summary import BuildSummary
-from gptbatch.engine.sync import sync_inputs, unqueueable, upload_line
+from gptbatch.engine.sync import sync_inputs
 from gptbatch.errors import InputError, Problem, TransientRemoteError
-from gptbatch.pricing import unknown_model_hint, usd
+from gptbatch.pricing import unknown_model_hint
 from gptbatch.report import Reporter
 from gptbatch.state.lock import BuildLock
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, IN_FLIGHT_SHARD_STATES, ShardRow
 from gptbatch.state.store import Store, state_dir
-
-__all__ = [
-    "KEY_SAMPLE",
-    "META_KEYS",
-    "META_PROJECT",
-    "META_SHARD",
-    "META_SUBMIT",
-    "REFUSAL_CODES",
-    "RETRYABLE_ERROR_CODES",
-    "Budget",
-    "BuildSummary",
-    "Builder",
-    "classify",
-    "key_sample",
-    "remove_stale_temp_files",
-    "run_build",
-    "sync_inputs",
-    "unqueueable",
-    "upload_line",
-    "usd",
-]
 
 
 def run_build(
@@ -189,10 +165,8 @@ class Builder:
         self.budget = Budget(spec, store)
         self.project_ids = self.remember_project(spec.project)
         self.scheduler = Scheduler(spec, store, reporter, self.budget, self.summary)
-        self.submitter = Submitter(
-            spec, store, remote, reporter, self.summary, self.scheduler, self.project_ids
-        )
-        self.collector = Collector(spec, store, remote, reporter, self.scheduler, self.submitter)
+        self.submitter = Submitter(spec, store, remote, reporter, self.summary, self.project_ids)
+        self.collector = Collector(spec, store, remote, reporter)
 
     def remember_project(self, project: str) -> frozenset[str]:
         """Every project id this state has built under (a config edit can change the default)."""
@@ -268,18 +242,19 @@ class Builder:
             interval = self.spec.polling.initial_seconds
             while True:
                 self.store.check_intact()
-                changed = self.collector.poll()
+                changed = self.settle_all(self.collector.poll())
                 if changed:
                     self.scheduler.room_changed()
                 # Paid results are collected before anything is submitted: an error while
                 # submitting must never withhold them (issue 15, item 7).
-                if self.collector.collect_finished():
+                if self.settle_all(self.collector.collect_finished()):
                     changed = True
                 # Nothing is submitted before the API has been listed once in this run; a
                 # build with nothing to submit makes no call for it.
                 unlisted = False
                 if self.store.has_work_to_submit():
-                    reconciled = reconciled or self.submitter.reconcile()
+                    if not reconciled:
+                        reconciled = self.reconcile()
                     if reconciled:
                         changed = self.submit() or changed
                     else:
@@ -357,6 +332,41 @@ class Builder:
             "outputs": [o.path for o in s.outputs],
         }
 
+    # --- what happens next: the outcomes of submit and collect -------------------------------
+
+    def settle(self, outcome: Outcome) -> None:
+        """Act on what a step reported: refused shards wait, budgets move, shards repack."""
+        if outcome.refusal is not None:
+            take_refusal(self.budget, outcome.refusal, self.report)
+            self.summary.refusals += 1
+            self.scheduler.dirty = True
+        if outcome.completed:
+            with self.store.transaction():
+                change = self.budget.raise_(outcome.model)
+            report_budget(self.report, outcome.model, change, "a batch completed")
+        if outcome.shards_changed:
+            self.scheduler.dirty = True
+
+    def settle_all(self, outcomes: Iterable[Outcome]) -> bool:
+        """Settle each outcome as it happens; True if batches moved at the API."""
+        moved = False
+        for outcome in outcomes:
+            self.settle(outcome)
+            moved = moved or outcome.room_changed
+        return moved
+
+    def reconcile(self) -> bool:
+        """Adopt batches of ours the state lost track of; False if the API could not be listed.
+
+        Then pack again, and drop what never reached the API if its inputs changed, before
+        the edited requests are packed.
+        """
+        if not self.submitter.reconcile():
+            return False
+        self.scheduler.dirty = True
+        self.scheduler.drop_stale_shards(("submitting",))
+        return True
+
     # --- submitting: what the scheduler allows, through the submitter -----------------------
 
     def submit(self) -> bool:
@@ -393,15 +403,18 @@ class Builder:
     def send(self, shard: ShardRow) -> bool | None:
         """Try one shard; False if it must wait; None if it was released to be repacked."""
         try:
-            if shard.state == "submitting" and self.submitter.resolve_submitting(shard):
-                return True
+            if shard.state == "submitting":
+                resolved = self.submitter.resolve_submitting(shard)
+                if resolved is not None:
+                    self.settle(resolved)
+                    return True
             if self.scheduler.too_big_after_refusal(shard):
                 return None
             if not self.scheduler.within_spend_cap(shard):
                 return False
             if not self.scheduler.fits_queue(shard):
                 return self.upload_ahead(shard)
-            self.submitter.submit_shard(shard)
+            self.settle(self.submitter.submit_shard(shard))
         except TransientRemoteError as exc:
             self.report.event("api_retry", batch="", error=f"shard {shard.id[:12]}: {exc}")
             with self.store.transaction():

@@ -4,23 +4,34 @@ Polling is one paged `batches.list` pass per round (newest first, stopping at th
 batch of ours still uncollected, or once all of them were seen), so a round costs one call
 per 100 batches instead of one `retrieve` per batch; a batch the pages did not show is
 retrieved on its own. A batch that stays in `finalizing` for long is reported, not hidden.
+
+`poll` and `collect_finished` yield an `Outcome` as each thing happens (a batch moved, a
+refusal, a completion); the build loop settles each one before the collector goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from gptbatch.api.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.config.spec import Spec
 from gptbatch.engine import usage
+from gptbatch.engine.batches import (
+    RECOVERED,
+    ROOM_CHANGED,
+    SHARDS_CHANGED,
+    Outcome,
+    Refusal,
+    file_members,
+    refused,
+    save_batch,
+)
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.eta import Forecast
-from gptbatch.engine.scheduler import Scheduler
-from gptbatch.engine.submit import RECOVERED, Submitter, refused
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
 from gptbatch.fastjson import loads_reply
 from gptbatch.report import Reporter
@@ -51,8 +62,6 @@ class Collector:
         store: Store,
         remote: Remote,
         report: Reporter,
-        scheduler: Scheduler,
-        submitter: Submitter,
         *,
         slow_finalizing: float = SLOW_FINALIZING_SECONDS,
         clock: Callable[[], float] = time.time,
@@ -61,8 +70,6 @@ class Collector:
         self.store = store
         self.remote = remote
         self.report = report
-        self.scheduler = scheduler
-        self.submitter = submitter
         self.work_dir = store.directory
         self.slow_finalizing = slow_finalizing
         self.clock = clock
@@ -107,17 +114,16 @@ class Collector:
                 found[batch.id] = None
         return found
 
-    def poll(self) -> bool:
+    def poll(self) -> Iterator[Outcome]:
         """One round: record every status change; settle failed batches; queue finished ones.
 
-        Finished batches are downloaded by `collect_finished`, after the scheduler has used
-        the room they left.
+        Yields what happened as it happens (a batch moved, a refusal). Finished batches are
+        downloaded by `collect_finished`, after the scheduler has used the room they left.
         """
-        changed = False
         self.finished = []
         batches = [b for b in self.store.batches() if not b.collected]
         if not batches:
-            return False
+            return
         found = self.statuses(batches)
         for batch in batches:
             if batch.id not in found:
@@ -125,12 +131,12 @@ class Collector:
             info = found[batch.id]
             if info is None:
                 if self.confirmed_gone(batch.id, batches):
-                    self.batch_gone(batch.shard, batch.id)
-                    changed = True
+                    yield self.batch_gone(batch.shard, batch.id)
+                    yield ROOM_CHANGED
                 continue
             self.not_found.pop(batch.id, None)
             if info.status != batch.status:
-                changed = True
+                yield ROOM_CHANGED
                 self.report.event(
                     "status",
                     batch=batch.id,
@@ -140,16 +146,15 @@ class Collector:
                     total=info.total,
                 )
                 with self.store.transaction():
-                    self.submitter.save_batch(batch.shard, info)
+                    save_batch(self.store, batch.shard, info)
             self.watch_finalizing(info)
             self.forecast.observe(info, self.clock())
             if info.status == "failed":
-                self.collect(batch.shard, info)
-                changed = True
+                yield from self.collect(batch.shard, info)
+                yield ROOM_CHANGED
             elif info.terminal:
                 self.finished.append((batch.shard, info))
-                changed = True
-        return changed
+                yield ROOM_CHANGED
 
     def seconds_to_next_poll(self) -> float | None:
         """Seconds until a poll is due for a batch forecast to finish (see eta.py), if any."""
@@ -194,27 +199,25 @@ class Collector:
             self.slow_reported.add(info.id)
             self.report.event("slow_finalizing", batch=info.id, seconds=round(now - since))
 
-    def collect_finished(self) -> bool:
+    def collect_finished(self) -> Iterator[Outcome]:
         """Download and record the batches the last poll saw finished."""
-        changed = False
         for shard_id, info in self.finished:
             try:
-                self.collect(shard_id, info)
+                yield from self.collect(shard_id, info)
             except FileWaiting:
                 continue  # reported by file_expired
             except TransientRemoteError as exc:
                 self.report.event("api_retry", batch=info.id, error=str(exc))
                 continue
-            changed = True
+            yield ROOM_CHANGED
         self.finished = []
-        return changed
 
-    def collect(self, shard_id: str, info: BatchInfo) -> None:
+    def collect(self, shard_id: str, info: BatchInfo) -> Iterator[Outcome]:
         """Record a finished batch's results against its requests, in one transaction."""
         shard = self.store.shard(shard_id)
         assert shard is not None
         if info.status == "failed":
-            self.collect_failed(shard, info)
+            yield from self.collect_failed(shard, info)
             return
         downloads: list[Path] = []
         gone: list[str] = []
@@ -237,7 +240,9 @@ class Collector:
         crashpoint("after_download")
         seen: set[str] = set()
         counts = {"ok": 0, "failed": 0, "retry": 0}
-        members = self.store.members(shard_id) or self.submitter.file_members(info)
+        members = self.store.members(shard_id) or file_members(
+            self.remote, self.report, self.work_dir, info
+        )
         keys = {cid: key for key, cid in reversed(members)}  # the first member of a custom_id
         with self.store.transaction():
             usage.account(self.store, self.spec.prices)  # what earlier runs left unaccounted
@@ -286,10 +291,8 @@ class Collector:
             with contextlib.suppress(NotFoundError, TransientRemoteError):
                 self.remote.delete_file(info.input_file_id)
         if info.status == "completed":
-            with self.store.transaction():
-                change = self.scheduler.budget.raise_(shard.model)
-            self.scheduler.report_budget(shard.model, change, "a batch completed")
-        self.scheduler.dirty = True
+            yield Outcome(completed=True, model=shard.model)
+        yield SHARDS_CHANGED
         self.report.event("collected", batch=info.id, status=info.status, **counts)
 
     def file_expired(self, info: BatchInfo, file_id: str) -> bool:
@@ -344,7 +347,7 @@ class Collector:
             error=f"result file {file_id}: {why}; waiting for it (nothing is sent again)",
         )
 
-    def batch_gone(self, shard_id: str, batch_id: str) -> None:
+    def batch_gone(self, shard_id: str, batch_id: str) -> Outcome:
         """The API no longer knows a batch of ours: its unfinished requests are retried."""
         with self.store.transaction():
             for key, _ in self.store.members(shard_id):
@@ -354,12 +357,12 @@ class Collector:
             if shard is not None and shard.batch_id == batch_id:
                 self.store.update_shard(shard_id, state="done", note="batch gone at the API")
             self.store.release_members(shard_id)
-        self.scheduler.dirty = True
         self.report.event(
             "api_retry",
             batch=batch_id,
             error="the API no longer knows this batch; its unfinished requests are retried",
         )
+        return SHARDS_CHANGED
 
     def record(self, key: str, state: str, line: str | None, error: str | None, batch: str) -> str:
         """Record one outcome; a retryable one past the retry limit becomes final."""
@@ -375,10 +378,10 @@ class Collector:
         row = self.store.record_result(key, state=state, line=line, error=error, batch_id=batch)
         return row.state
 
-    def collect_failed(self, shard: ShardRow, info: BatchInfo) -> None:
+    def collect_failed(self, shard: ShardRow, info: BatchInfo) -> Iterator[Outcome]:
         """A failed batch processed nothing: a refusal waits, a validation failure is mapped."""
         store = self.store
-        self.scheduler.dirty = True
+        yield SHARDS_CHANGED
         if shard.batch_id != info.id and shard.state != "submitting":
             # An extra batch of a shard that has another (adopted duplicate): nothing to redo.
             with store.transaction():
@@ -388,7 +391,7 @@ class Collector:
         if refused(info):
             error = info.errors[0]
             stated = stated_queue_limit(error.message)
-            self.scheduler.refused(
+            refusal = Refusal(
                 shard,
                 unit="requests" if error.code == "request_limit_exceeded" else "tokens",
                 stated=stated[1] if stated else None,
@@ -398,6 +401,7 @@ class Collector:
                 sized_at=shard.updated_at or 0.0,
                 collected=info.id,
             )
+            yield Outcome(refusal=refusal)
             return
         members = store.members(shard.id)
         problems: list[str] = []

@@ -7,12 +7,14 @@ Money rules, in the order they are applied:
 2. `batches.create` is never retried by the SDK (see remote.py); an ambiguous failure is
    resolved the same way, by listing. A 429 (full queue or rate limit) is not ambiguous:
    nothing was created, and the shard waits with its uploaded file.
+
+What a refusal or a dropped shard means for the budget and the packing is not decided here:
+`submit_shard` and `resolve_submitting` return an Outcome (batches.py) to the build loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 import uuid
@@ -21,12 +23,26 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gptbatch.api.remote import BatchInfo, Remote, UploadGoneError
-from gptbatch.canonical import atomic_writer, canonical_json, sha256_hex
+from gptbatch.canonical import atomic_writer, sha256_hex
 from gptbatch.config.spec import Spec
+from gptbatch.engine.batches import (
+    META_KEYS,
+    META_PROJECT,
+    META_SHARD,
+    META_SUBMIT,
+    NOTHING,
+    RECOVERED,
+    SHARDS_CHANGED,
+    Outcome,
+    Refusal,
+    key_sample,
+    read_input_file,
+    refused,
+    save_batch,
+)
+from gptbatch.engine.budget import refusal_delay
 from gptbatch.engine.crash import crashpoint
-from gptbatch.engine.scheduler import Scheduler, refusal_delay
 from gptbatch.engine.summary import BuildSummary
-from gptbatch.engine.sync import upload_line
 from gptbatch.errors import (
     InputChangedError,
     InputError,
@@ -37,19 +53,11 @@ from gptbatch.errors import (
     TransientRemoteError,
 )
 from gptbatch.inputs.requests import read_raw_line
+from gptbatch.inputs.upload import upload_line
 from gptbatch.report import Reporter
 from gptbatch.state.rows import RequestRow, ShardRow
 from gptbatch.state.store import Store
 
-META_PROJECT = "gptbatch_project"
-META_SHARD = "gptbatch_shard"
-META_SUBMIT = "gptbatch_submit"
-# A sample of the members' content keys (16 hex digits each), so a build that lost its state
-# can recognise its own work at the API even when the project id changed (renamed config,
-# moved checkout), and never download another project's files to find out.
-META_KEYS = "gptbatch_keys"
-KEY_SAMPLE = 28  # 28 * 17 - 1 = 475 characters, under the API's 512 per value
-REFUSAL_CODES = ("token_limit_exceeded", "request_limit_exceeded")
 # How far back a batch can still be collected, in the API's own time: files expire at most
 # 30 days after they are made, and an output file is made up to the completion window (24 h)
 # after its batch. Measured from the newest batch the list shows (a lower bound of the API's
@@ -58,19 +66,7 @@ RECOVER_HORIZON = 32 * 86400.0
 # A full pass records the newest `created_at` it saw (API time); the next pass reads back to
 # that minus this margin, which covers creates racing the listing and skew between servers.
 RECONCILE_MARGIN = 2 * 86400.0
-RECOVERED = "recovered from the API"  # the note of a shard rebuilt from its batch
 RECONCILED_META = "reconciled_api"  # (the older "reconciled" held local time: ignored)
-
-
-def key_sample(keys: list[str]) -> str:
-    """Up to KEY_SAMPLE evenly spread 16-hex prefixes of keys, comma-separated."""
-    step = max(1, -(-len(keys) // KEY_SAMPLE))
-    return ",".join(k[:16] for k in keys[::step][:KEY_SAMPLE])
-
-
-def refused(info: BatchInfo) -> bool:
-    """Did the API fail this batch for lack of queue room (nothing was processed)?"""
-    return info.status == "failed" and any(e.code in REFUSAL_CODES for e in info.errors)
 
 
 class Submitter:
@@ -83,7 +79,6 @@ class Submitter:
         remote: Remote,
         report: Reporter,
         summary: BuildSummary,
-        scheduler: Scheduler,
         project_ids: frozenset[str],
         *,
         rng: random.Random | None = None,
@@ -93,7 +88,6 @@ class Submitter:
         self.remote = remote
         self.report = report
         self.summary = summary
-        self.scheduler = scheduler
         self.project_ids = project_ids
         self.work_dir = store.directory
         self.rng = rng or random.Random()
@@ -130,7 +124,8 @@ class Submitter:
             else:
                 f.seek(row.offset)
                 raw = f.read(row.length)
-            line = upload_line(raw, self.spec) if len(raw) == row.length else b""
+            spec = self.spec
+            line = upload_line(raw, spec.model, spec.endpoint) if len(raw) == row.length else b""
         except (InputError, ValueError, UnicodeDecodeError, OSError):
             line = b""
         if sha256_hex(line) != key:
@@ -171,8 +166,9 @@ class Submitter:
         self.report.event("uploaded", shard=shard.id[:12], file=file_id)
         return file_id
 
-    def submit_shard(self, shard: ShardRow) -> None:
-        """Upload (unless already uploaded) and create the batch, recording intent first."""
+    def submit_shard(self, shard: ShardRow) -> Outcome:
+        """Upload (unless already uploaded) and create the batch, recording intent first;
+        the outcome holds a refusal if the queue had no room."""
         store = self.store
         file_id = self.ensure_uploaded(shard)
         nonce = uuid.uuid4().hex[:16]
@@ -198,22 +194,21 @@ class Submitter:
                 output_expires_after=self.spec.output_expires_after,
             )
         except QueueFullError as exc:
-            self.queue_full(store.shard(shard.id) or shard, exc, attempted_at)
-            return
+            return self.queue_full(store.shard(shard.id) or shard, exc, attempted_at)
         except RateLimitedError as exc:
             self.rate_limited_create(shard, exc)
-            return
+            return NOTHING
         except UploadGoneError as exc:
             # Nothing was created; the file expired or was deleted while the shard waited.
             self.upload_gone(shard, file_id, exc)
-            return
+            return NOTHING
         except TransientRemoteError as exc:
             # The batch may or may not exist: find out before anything is created again.
             self.report.event("create_uncertain", shard=shard.id[:12], error=str(exc))
             if not self.adopt_existing(store.shard(shard.id) or shard):
                 with store.transaction():
                     store.update_shard(shard.id, not_before=time.time() + 1.0)
-            return
+            return NOTHING
         crashpoint("after_create")
         self.rate_limited.pop(shard.id, None)
         self.record_submitted(shard.id, info)
@@ -227,6 +222,7 @@ class Submitter:
             requests=shard.requests,
             tokens=shard.tokens,
         )
+        return NOTHING
 
     def upload_gone(self, shard: ShardRow, file_id: str, exc: Exception) -> None:
         """batches.create said the shard's file does not exist: upload it again next.
@@ -244,9 +240,9 @@ class Submitter:
             f"({exc}); uploading it again",
         )
 
-    def queue_full(self, shard: ShardRow, exc: QueueFullError, attempted_at: float) -> None:
+    def queue_full(self, shard: ShardRow, exc: QueueFullError, attempted_at: float) -> Outcome:
         """A 429 "Enqueued ... limit reached" at create: nothing exists; wait for room."""
-        self.scheduler.refused(
+        refusal = Refusal(
             shard,
             unit=exc.unit,
             stated=exc.limit,
@@ -255,6 +251,7 @@ class Submitter:
             batch="batches.create",
             sized_at=attempted_at,
         )
+        return Outcome(refusal=refusal)
 
     def rate_limited_create(self, shard: ShardRow, exc: RateLimitedError) -> None:
         """A plain 429 at create: nothing was created; back off with jitter, keep the file."""
@@ -274,19 +271,6 @@ class Submitter:
             f"{delay:.2f}s",
         )
 
-    def save_batch(self, shard_id: str, info: BatchInfo) -> None:
-        """Record what the API says of a batch (inside the caller's transaction)."""
-        self.store.upsert_batch(
-            info.id,
-            shard=shard_id,
-            status=info.status,
-            input_file_id=info.input_file_id,
-            output_file_id=info.output_file_id,
-            error_file_id=info.error_file_id,
-            created_at=info.created_at,
-            info=info.summary(),
-        )
-
     def record_submitted(self, shard_id: str, info: BatchInfo) -> None:
         known = self.store.batch(info.id)
         if known is not None and (known.shard != shard_id or known.collected):
@@ -300,20 +284,22 @@ class Submitter:
                 f"{self.store.directory} aside to start over"
             )
         with self.store.transaction():
-            self.save_batch(shard_id, info)
+            save_batch(self.store, shard_id, info)
             self.store.update_shard(shard_id, state="submitted", batch_id=info.id)
 
-    def resolve_submitting(self, shard: ShardRow) -> bool:
-        """A shard whose create may have happened: adopt its batch, or drop it if stale."""
+    def resolve_submitting(self, shard: ShardRow) -> Outcome | None:
+        """A shard whose create may have happened: adopt its batch, or drop it if stale.
+
+        None: neither (no batch of it at the API, its inputs current): it is created next.
+        """
         if self.adopt_existing(shard):
-            return True
+            return NOTHING
         if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id)):
             with self.store.transaction():
                 self.store.update_shard(shard.id, state="dropped", note="inputs changed")
-            self.scheduler.dirty = True
             self.report.event("dropped", shard=shard.id[:12], reason="inputs changed")
-            return True
-        return False
+            return SHARDS_CHANGED
+        return None
 
     # --- reconciling with the API ---------------------------------------------------------
 
@@ -388,7 +374,8 @@ class Submitter:
         Lists the project's batches back to the last full pass (or, after a lost state, as
         far back as a batch can still be collected), so a stale or deleted state directory,
         or a run killed mid-submission, never leads to a second batch for work already at
-        the API. False if the API could not be listed (nothing is recorded then).
+        the API. False if the API could not be listed (nothing is recorded then); True
+        leaves the build loop to pack again and drop unsent shards whose inputs changed.
         """
         self.newest_listed = None
         try:
@@ -403,10 +390,6 @@ class Submitter:
         if self.newest_listed is not None:
             with self.store.transaction():
                 self.store.set_meta(RECONCILED_META, str(self.newest_listed))
-        self.scheduler.dirty = True
-        # What was not adopted never reached the API: drop it now if its inputs changed,
-        # before the edited requests are packed.
-        self.scheduler.drop_stale_shards(("submitting",))
         return True
 
     def adopt(self, info: BatchInfo) -> None:
@@ -421,27 +404,11 @@ class Submitter:
         elif shard.state in ("done", "dropped", "submitted"):
             # Another batch for a shard that has one: collect it too, never resubmit.
             with self.store.transaction():
-                self.save_batch(sid, info)
+                save_batch(self.store, sid, info)
         else:
             self.record_submitted(sid, info)
         self.summary.adopted += 1
         self.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
-
-    def file_members(self, info: BatchInfo) -> list[tuple[str, str]]:
-        """(key, custom_id) of the requests in a batch's input file ([] if it is gone).
-
-        For a batch of a finished shard whose member list was released (a duplicate found
-        after the shard's own batch was collected): its lines map back to requests by this.
-        """
-        if not info.input_file_id:
-            return []
-        path = self.work_dir / "downloads" / f"{info.input_file_id}.jsonl"
-        try:
-            self.remote.download(info.input_file_id, path)
-        except NotFoundError as exc:
-            self.report.event("recover_failed", batch=info.id, error=str(exc))
-            return []
-        return _members_in(path)
 
     def recover_shard(self, sid: str, info: BatchInfo) -> bool:
         """Rebuild a lost shard record from its batch's input file."""
@@ -455,7 +422,7 @@ class Submitter:
             raise TransientRemoteError(
                 f"downloading the input file of batch {info.id}: {exc}"
             ) from exc
-        members, file_model = _read_input_file(path)
+        members, file_model = read_input_file(path)
         known = self.store.known_estimates([k for k, _ in members])
         tokens_sum = sum(known[k][0] for k, _ in members if k in known)
         costs = [known[k][3] for k, _ in members if k in known]
@@ -475,25 +442,3 @@ class Submitter:
             self.store.update_shard(sid, model=first.model if first else file_model)
         self.record_submitted(sid, info)
         return True
-
-
-def _members_in(path: Path) -> list[tuple[str, str]]:
-    """(key, custom_id) of each request of a downloaded input file, in order; removes it."""
-    return _read_input_file(path)[0]
-
-
-def _read_input_file(path: Path) -> tuple[list[tuple[str, str]], str | None]:
-    """(key, custom_id) of each request of a downloaded input file, and the first request's
-    model (a recovered batch may hold no current request to take it from); removes it."""
-    members: list[tuple[str, str]] = []
-    model: str | None = None
-    with open(path, "rb") as f:
-        for raw in f:
-            if raw.strip():
-                obj = json.loads(raw)
-                members.append((sha256_hex(canonical_json(obj)), str(obj.get("custom_id"))))
-                if model is None and isinstance(obj.get("body"), dict):
-                    found = obj["body"].get("model")
-                    model = found if isinstance(found, str) else None
-    path.unlink(missing_ok=True)
-    return members, model

@@ -1,13 +1,9 @@
-"""Syncing the store with the inputs: read only changed files, key every request, refuse bad input.
-
-Also the one place that turns an input line into the exact line uploaded (`upload_line`),
-so its sha256 is the request's content key.
-"""
+"""Syncing the store with the inputs: read only changed files, key every request, refuse bad input
+(a request over its model's enqueued-token limit, found by budget.unqueueable)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from collections.abc import Generator, Iterator, Sequence
@@ -15,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptbatch import pricing
-from gptbatch.canonical import canonical_json, content_hash, file_sha256
+from gptbatch.canonical import content_hash, file_sha256
 from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
-from gptbatch.engine.scheduler import Budget
+from gptbatch.engine.budget import unqueueable
 from gptbatch.errors import InputError, Problem
 from gptbatch.inputs.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
 from gptbatch.report import Reporter
@@ -30,17 +26,6 @@ if TYPE_CHECKING:
     from gptbatch.inputs.scan import Scanner
 
 _Rows = Generator[tuple[Any, ...], None, None]
-
-
-def upload_line(raw: bytes, spec: Spec) -> bytes:
-    """The canonical line to upload for a raw input line, with the config's defaults applied."""
-    obj = json.loads(raw.lstrip(b"\xef\xbb\xbf"))
-    if spec.endpoint is not None and "url" not in obj:
-        obj["url"] = spec.endpoint
-    body = obj.get("body")
-    if spec.model is not None and isinstance(body, dict) and "model" not in body:
-        body["model"] = spec.model
-    return canonical_json({k: obj[k] for k in ("custom_id", "method", "url", "body")})
 
 
 def _output_bound(body: Any) -> int:
@@ -170,36 +155,6 @@ def _sync_changed(
         if problems:
             raise InputError(problems[:50], truncated=max(0, len(problems) - 50) + unshown)
         store.set_meta("limits_checked", limits_key)
-
-
-def unqueueable(spec: Spec, store: Store, report: Reporter, keep_going: bool) -> list[Problem]:
-    """Requests over their model's enqueued-token limit: no queue can ever hold them.
-
-    Known offline, so the build stops before submitting anything; with keep_going (as
-    make -k) they are recorded as failed for good and the rest is built.
-    """
-    budget = Budget(spec, store)
-    problems = []
-    for model in store.models():
-        limit = budget.hard_limit(model)
-        if limit is None:
-            continue
-        for row in store.requests_over(model, limit):
-            problem = Problem(
-                row.path,
-                row.line,
-                f"request {row.custom_id!r} has ~{row.tokens:,} prompt tokens, over the "
-                f"enqueued-token limit of {limit:,} for {model}: no batch can ever be queued "
-                "with it",
-                "split it into smaller requests, or raise limits.enqueued_tokens if your tier "
-                "allows more (--keep-going builds the rest and records it as failed)",
-            )
-            if keep_going:
-                store.record_result(row.key, state="failed", error=str(problem), attempt=False)
-                report.event("too_large", message=str(problem))
-            else:
-                problems.append(problem)
-    return problems
 
 
 def line_digest(content: bytes) -> bytes:
@@ -335,7 +290,7 @@ def _request_row(
             previous.reason,
         )
     else:
-        from gptbatch import tokens  # loads encodings: only when a request is new or changed
+        from gptbatch.inputs import tokens  # loads encodings: only when a request is new or changed
 
         estimate = tokens.estimate_request(req.url, req.body)
         tokens_ = estimate.tokens

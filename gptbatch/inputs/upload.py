@@ -1,0 +1,19 @@
+"""The exact line a build uploads for an input line: its sha256 is the request's content key."""
+
+from __future__ import annotations
+
+import json
+
+from gptbatch.canonical import canonical_json
+
+
+def upload_line(raw: bytes, model: str | None, endpoint: str | None) -> bytes:
+    """The canonical line to upload for a raw input line, with the config's defaults applied
+    (model and endpoint, as the validator applies them when it keys the request)."""
+    obj = json.loads(raw.lstrip(b"\xef\xbb\xbf"))
+    if endpoint is not None and "url" not in obj:
+        obj["url"] = endpoint
+    body = obj.get("body")
+    if model is not None and isinstance(body, dict) and "model" not in body:
+        body["model"] = model
+    return canonical_json({k: obj[k] for k in ("custom_id", "method", "url", "body")})
