@@ -294,10 +294,15 @@ class Submitter:
         """
         if self.adopt_existing(shard):
             return NOTHING
-        if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id)):
+        why = (
+            "inputs changed"
+            if not all(self.store.is_current(k) for k, _ in self.store.members(shard.id))
+            else self.store.unneeded_reason(shard.id)
+        )
+        if why is not None:  # nothing of it reached the API: the list above shows no batch
             with self.store.transaction():
-                self.store.update_shard(shard.id, state="dropped", note="inputs changed")
-            self.report.event("dropped", shard=shard.id[:12], reason="inputs changed")
+                self.store.update_shard(shard.id, state="dropped", note=why)
+            self.report.event("dropped", shard=shard.id[:12], reason=why)
             return SHARDS_CHANGED
         return None
 

@@ -209,32 +209,46 @@ class ShardsMixin(StoreBase):
         another input. Their other requests are packed again; nothing of a dropped shard
         reached the API.
         """
+        found = self._unneeded("h.state IN ('ready', 'uploading', 'uploaded', 'waiting')")
+        for sid, why in found:
+            self.update_shard(sid, state="dropped", note=f"not sent: {why}")
+        return found
+
+    def unneeded_reason(self, shard_id: str) -> str | None:
+        """Why this run must not send this shard (as drop_unneeded_shards), or None.
+
+        For a shard left in `submitting` once the API's list shows its create never
+        happened: a forced run killed before its create leaves requests up to date.
+        """
+        found = self._unneeded("h.id = ?", (shard_id,))
+        return found[0][1] if found else None
+
+    def _unneeded(self, where: str, args: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+        """(id, why) of the shards matching `where` that this run must not send."""
         scope, params = self._scope_sql()
-        unsent = "h.state IN ('ready', 'uploading', 'uploaded', 'waiting')"
         found = [
             (r[0], "results up to date")
             for r in self.db.execute(
-                f"SELECT h.id FROM shards h WHERE {unsent}"
+                f"SELECT h.id FROM shards h WHERE {where}"
                 " AND EXISTS (SELECT 1 FROM members m JOIN results s ON s.key=m.key"
                 "   WHERE m.shard=h.id AND s.state IN ('ok', 'failed')"
                 "   AND NOT EXISTS (SELECT 1 FROM resend f WHERE f.key=m.key))"
-                " ORDER BY h.created_at, h.id"
+                " ORDER BY h.created_at, h.id",
+                args,
             )
         ]
         if scope:
             found += [
                 (r[0], "holds requests of inputs this subset build leaves alone")
                 for r in self.db.execute(
-                    f"SELECT h.id FROM shards h WHERE {unsent}"
+                    f"SELECT h.id FROM shards h WHERE {where}"
                     " AND EXISTS (SELECT 1 FROM members m WHERE m.shard=h.id"
                     f"   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.key=m.key{scope}))"
                     " ORDER BY h.created_at, h.id",
-                    params,
+                    (*args, *params),
                 )
                 if r[0] not in {sid for sid, _ in found}
             ]
-        for sid, why in found:
-            self.update_shard(sid, state="dropped", note=f"not sent: {why}")
         return found
 
     def drop_unreferenced(self, keep: Iterable[str] = ()) -> dict[str, Any]:
