@@ -187,7 +187,10 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
         if isinstance(reporter, JsonReporter):
             reporter.close()  # events held for `start`, from a build that never started
     if not args.json:
-        print_summary(summary, spec, again=again)
+        forced = "-B" if getattr(args, "force", False) else None
+        if forced is None and getattr(args, "retry_failed", False):
+            forced = "--retry-failed"
+        print_summary(summary, spec, again=again, forced=forced)
     return summary.exit_code, spec
 
 
@@ -212,7 +215,9 @@ def usage_line(label: str, u: Usage) -> str:
     )
 
 
-def print_summary(s: BuildSummary, spec: Spec, *, again: str = "gptbatch build") -> None:
+def print_summary(
+    s: BuildSummary, spec: Spec, *, again: str = "gptbatch build", forced: str | None = None
+) -> None:
     out = sys.stdout
     state = "done" if not s.pending else "not done"
     print(
@@ -240,7 +245,15 @@ def print_summary(s: BuildSummary, spec: Spec, *, again: str = "gptbatch build")
         print(line, file=out)
     if s.stopped_by_cost:
         print(f"stopped: {s.stopped_by_cost}", file=out)
-    if s.pending:
+    if s.stopped_by_cost and forced:
+        # A plain build would not continue a forced one: what it did not send keeps its
+        # old result, which is up to date.
+        print(
+            f"the requests this {forced} run did not send keep their earlier results; run "
+            f"`{again} {forced}` with a larger --max-cost to send them again",
+            file=out,
+        )
+    elif s.pending:
         print(
             f"run `{again}` again to continue; `gptbatch status --explain"
             + (" --simulate" if again.endswith("--simulate") else "")

@@ -71,7 +71,7 @@ class LimitInForce:
         setting = "limits.enqueued_" + self.unit
         learned = self.learned
         if learned is None or (self.configured is not None and learned.limit >= self.configured):
-            return f"config ({setting})" if self.value is not None else "none configured"
+            return f"from {setting} in the config" if self.value is not None else "none configured"
         when = (
             time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(learned.at))
             if learned.at is not None

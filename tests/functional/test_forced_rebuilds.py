@@ -98,9 +98,13 @@ def test_forced_rehearsal_refused_by_the_spend_cap_keeps_every_result(
     assert project.build("--simulate") == EXIT_OK
     before = outputs(out)
     assert_complete(before)
+    capsys.readouterr()
     assert project.build("--simulate", "-B", "--max-cost", "0.0000001") == EXIT_PENDING
     assert outputs(out) == before
-    capsys.readouterr()
+    said = capsys.readouterr().out
+    # A plain build would not continue a forced one, so the summary does not say it would.
+    assert "keep their earlier results" in said and "--simulate -B` with a larger" in said
+    assert "again to continue" not in said
     assert project.build("--simulate") == EXIT_OK
     assert "0 batches submitted" in capsys.readouterr().out
     assert outputs(out) == before

@@ -156,7 +156,7 @@ def test_raising_the_config_overrides_a_learned_limit(
     assert not [e for e in events if e["event"] == "refused"]
     assert project.cli("status") == EXIT_OK
     line = queue_line(capsys.readouterr().out)
-    assert "enqueued tokens 5,000 (config (limits.enqueued_tokens))" in line, line
+    assert "enqueued tokens 5,000 (from limits.enqueued_tokens in the config)" in line, line
 
 
 @pytest.mark.timeout(90)
