@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gptbatch.config.spec import Spec
+from gptbatch.engine.batches import META_KEYS, META_PROJECT, META_SHARD, TERMINAL_BATCH_STATUSES
 from gptbatch.errors import NotFoundError, RemoteError
 from gptbatch.state.lock import BuildLock
 from gptbatch.state.store import Store, state_dir
@@ -20,14 +21,8 @@ from gptbatch.state.store import Store, state_dir
 if TYPE_CHECKING:
     from gptbatch.api.remote import BatchInfo, Remote
 
-# The metadata keys build tags every batch with (build.py META_PROJECT, META_SHARD, META_KEYS);
-# repeated here so cancel does not import the build engine.
-META_PROJECT = "gptbatch_project"
-META_SHARD = "gptbatch_shard"
-META_KEYS = "gptbatch_keys"
 # A batch not terminal is at most a day old (the 24h window) plus cancelling time.
 LIST_WINDOW_SECONDS = 3 * 86400
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,7 @@ def cancel_in_flight(spec: Spec, remote: Remote) -> list[Cancelled]:
 def _cancel_known(store: Store, remote: Remote) -> list[Cancelled]:
     out = []
     for batch in store.batches():
-        if batch.collected or batch.status in TERMINAL:
+        if batch.collected or batch.status in TERMINAL_BATCH_STATUSES:
             continue
         info = _cancel(remote, batch.id)
         if info is not None:
@@ -75,7 +70,7 @@ def _cancel_listed(
     check_keys = store is not None and store.has_requests()
     out = []
     for info in remote.list_batches(since=time.time() - LIST_WINDOW_SECONDS):
-        if info.id in seen or info.status in (*TERMINAL, "cancelling"):
+        if info.id in seen or info.status in (*TERMINAL_BATCH_STATUSES, "cancelling"):
             continue
         if not is_ours(info, projects, store if check_keys else None):
             continue
@@ -106,7 +101,7 @@ def _cancel(remote: Remote, batch_id: str) -> BatchInfo | None:
         return None
     except RemoteError:
         info = remote.retrieve(batch_id)  # 409: it ended, or is ending, already
-        if info.status in (*TERMINAL, "cancelling"):
+        if info.status in (*TERMINAL_BATCH_STATUSES, "cancelling"):
             return info
         raise
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 STATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 WORK_DIRS = ("shards", "downloads")  # where build keeps shard and downloaded files
-SIMULATOR_DIR = "simulator"  # `build --simulate` keeps its simulator's state here (cli.build)
+SIMULATOR_DIR = "simulator"  # `build --simulate` keeps its simulator's state here (api.connect)
 
 
 @dataclass(frozen=True)
