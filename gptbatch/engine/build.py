@@ -245,20 +245,30 @@ class Builder:
                 changed = self.settle_all(self.collector.poll())
                 if changed:
                     self.scheduler.room_changed()
-                # Paid results are collected before anything is submitted: an error while
-                # submitting must never withhold them (issue 15, item 7).
-                if self.settle_all(self.collector.collect_finished()):
-                    changed = True
-                # Nothing is submitted before the API has been listed once in this run; a
-                # build with nothing to submit makes no call for it.
+                # The room a finished batch frees is refilled before its results are
+                # downloaded, so the queue never idles through a download. Nothing is
+                # submitted before the API has been listed once in this run; a build with
+                # nothing to submit makes no call for it.
                 unlisted = False
                 if self.store.has_work_to_submit():
                     if not reconciled:
                         reconciled = self.reconcile()
                     if reconciled:
-                        changed = self.submit() or changed
+                        try:
+                            changed = self.submit() or changed
+                        except Exception:
+                            # An error while submitting never withholds paid results.
+                            self.settle_all(self.collector.collect_finished())
+                            raise
                     else:
                         unlisted = True  # the API could not be listed: try again, never give up
+                if self.settle_all(self.collector.collect_finished()):
+                    changed = True
+                    # One pass (--no-wait) also sends the retries its results asked for.
+                    if not wait and self.store.has_work_to_submit():
+                        reconciled = reconciled or self.reconcile()
+                        if reconciled:
+                            self.submit()
                 # A batch adopted from the API that holds none of this build's requests (a
                 # subset build, or another project's under a shared id) is collected when
                 # it ends, by this build or a later one, but is not waited for.
