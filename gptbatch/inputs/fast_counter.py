@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "CANARY",
@@ -32,8 +32,9 @@ __all__ = [
     "counter_tag",
     "describe",
     "fastokens_version",
-    "guarded",
+    "guarded_counter",
     "load",
+    "raw_tokenizer",
     "select",
     "status",
 ]
@@ -109,16 +110,9 @@ def counter_tag() -> str:
     return f"fastokens={fastokens_version()}"
 
 
-def guarded(encoding: str, text: str) -> bool:
-    """Whether text must go to tiktoken (length aside: text.text_len checks that first)."""
-    chars = GUARDED_CHARS.get(encoding)
-    if chars is None:
-        return True  # an encoding nobody checked fastokens against
-    return any(c in text for c in chars)
-
-
-def _guarded_counter(encoding: str, tokenizer: object) -> Callable[[str], int | None]:
-    encode = tokenizer.encode_ordinary  # type: ignore[attr-defined]
+def guarded_counter(encoding: str, tokenizer: Any) -> Callable[[str], int | None]:
+    """count(text) with tokenizer, or None for the texts tiktoken must count (see above)."""
+    encode = tokenizer.encode_ordinary
     chars = tuple(GUARDED_CHARS[encoding])
 
     def count(text: str) -> int | None:
@@ -131,6 +125,25 @@ def _guarded_counter(encoding: str, tokenizer: object) -> Callable[[str], int | 
             return None
 
     return count
+
+
+def raw_tokenizer(encoding: str) -> Any:
+    """fastokens' Tokenizer for a bundled encoding, unguarded (for load, tests and bench).
+
+    Built from the rank file gptbatch.inputs.encodings seeds into tiktoken's cache, with the
+    split pattern and special tokens gptbatch gives tiktoken: never the network.
+    """
+    from fastokens import Tokenizer
+
+    from gptbatch.inputs import encodings
+
+    path = encodings.seed_tiktoken_cache(encoding)
+    if path is None:
+        raise OSError("tiktoken's cache is disabled (TIKTOKEN_CACHE_DIR='')")
+    blob = encodings.BUNDLED[encoding]
+    return Tokenizer.from_tiktoken(
+        str(path), pattern=blob.pat_str, special_tokens=dict(blob.special_tokens)
+    )
 
 
 def load(encoding: str) -> bool:
@@ -147,19 +160,11 @@ def load(encoding: str) -> bool:
     from gptbatch.inputs import encodings
 
     try:
-        from fastokens import Tokenizer
-
-        path = encodings.seed_tiktoken_cache(encoding)
-        if path is None:
-            raise OSError("tiktoken's cache is disabled (TIKTOKEN_CACHE_DIR='')")
-        blob = encodings.BUNDLED[encoding]
-        tokenizer = Tokenizer.from_tiktoken(
-            str(path), pattern=blob.pat_str, special_tokens=dict(blob.special_tokens)
-        )
-    except Exception as exc:
+        tokenizer = raw_tokenizer(encoding)
+    except Exception as exc:  # any failure to load just keeps tiktoken
         _switch_off(f"loading fastokens for {encoding} failed: {type(exc).__name__}: {exc}")
         return False
-    count = _guarded_counter(encoding, tokenizer)
+    count = guarded_counter(encoding, tokenizer)
     reference = encodings.get_encoding(encoding)
     for text in CANARY:
         expected, got = len(reference.encode_ordinary(text)), count(text)
