@@ -39,9 +39,11 @@ __all__ = [
     "status",
 ]
 
-# Input bytes from which fastokens repays its load (~1.5-2.5 s): tiktoken estimates ~10 MB/s
-# per core, the guarded fastokens several times that (bench/counters.py).
-MIN_BYTES = 32 << 20
+# Input bytes per counting process from which fastokens repays its load (~1.5-2 s). Counting
+# is ~40% of a cold scan's time with tiktoken (the rest: JSON, hashing, validation); fastokens
+# saves ~0.035 s per MB of a chat file per process (bench/counters.py, o200k, 2 cores), so it
+# pays from ~50 MB per process.
+MIN_BYTES_PER_PROCESS = 48 << 20
 
 # Characters fastokens does not count like tiktoken, per encoding (tests/test_fast_counter.py
 # sweeps every code point to prove this set is exactly the mismatching one).
@@ -77,14 +79,15 @@ def fastokens_version() -> str | None:
         return None
 
 
-def select(total_bytes: int, min_bytes: int = MIN_BYTES) -> bool:
-    """Choose fastokens for this process when total_bytes repays its load; say why either way.
+def select(total_bytes: int, processes: int = 1) -> bool:
+    """Choose fastokens when total_bytes, read by processes, repay its load; say why either way.
 
     GPTBATCH_COUNTER=tiktoken keeps tiktoken; GPTBATCH_COUNTER=fastokens uses fastokens
     whatever the size.
     """
     wanted = os.environ.get("GPTBATCH_COUNTER", "").strip().lower()
     version = fastokens_version()
+    min_bytes = MIN_BYTES_PER_PROCESS * max(1, processes)
     if wanted == "tiktoken":
         reason, chosen = "GPTBATCH_COUNTER=tiktoken", False
     elif version is None:
@@ -92,7 +95,10 @@ def select(total_bytes: int, min_bytes: int = MIN_BYTES) -> bool:
     elif wanted == "fastokens":
         reason, chosen = "GPTBATCH_COUNTER=fastokens", True
     elif total_bytes < min_bytes:
-        reason = f"{total_bytes:,} bytes to read, under the {min_bytes:,} that repay its load"
+        reason = (
+            f"{total_bytes:,} bytes to read in {processes} process(es), under the "
+            f"{min_bytes:,} that repay its load"
+        )
         chosen = False
     else:
         reason, chosen = f"{total_bytes:,} bytes to read repay its load", True
@@ -242,7 +248,7 @@ def describe() -> str:
     if forced == "fastokens":
         return f"counter: fastokens {version}, guarded, {reference} for the rest (GPTBATCH_COUNTER)"
     return (
-        f"counter: {reference} for inputs under {MIN_BYTES >> 20} MB; fastokens {version}, "
-        f"guarded, for larger ones, where it repays its load (GPTBATCH_COUNTER=tiktoken or "
-        f"fastokens forces one)"
+        f"counter: {reference} for inputs under {MIN_BYTES_PER_PROCESS >> 20} MB per counting "
+        f"process; fastokens {version}, guarded, for larger ones, where it repays its load "
+        "(GPTBATCH_COUNTER=tiktoken or fastokens forces one)"
     )

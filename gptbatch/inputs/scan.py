@@ -362,7 +362,8 @@ class Scanner:
     def __init__(self, paths: Sequence[str | Path], options: ScanOptions | None = None) -> None:
         self.options = options or ScanOptions()
         self.names = [str(p) for p in paths]
-        fast_counter.select(sum(self._regular_sizes().values()))  # the version names it
+        total = sum(self._regular_sizes().values())  # the counter first: the version names it
+        fast_counter.select(total, worker_count(self.options, total))
         self.version = estimator_version()
         self.cache_file = cache_path() if self.options.use_cache else None
         self.pending = PendingCounts(self.cache_file, self.version)
