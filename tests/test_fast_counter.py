@@ -234,3 +234,29 @@ def test_the_cache_key_names_the_counter(fast_on: None) -> None:
         os.environ["GPTBATCH_COUNTER"] = saved
         fast_counter.select(0)
     assert estimator_version() == with_fast
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_scanner_with_fastokens_counts_as_with_tiktoken(
+    tmp_path, monkeypatch, workers: int
+) -> None:
+    """Through the scanner: fastokens loaded in the parent (before the fork) counts the same,
+    and the token cache keys its counts apart from tiktoken's."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=40)
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path / "cache"))
+    runs = {}
+    for counter in ("tiktoken", "fastokens"):
+        monkeypatch.setenv("GPTBATCH_COUNTER", counter)
+        endpoints._MEMOS.clear()
+        options = ScanOptions(workers=workers, chunk_bytes=4096)
+        scanner = Scanner(paths, options)
+        counts = [(r.custom_id, r.tokens, r.caveats) for r in scanner.requests()]
+        assert fast_counter.status()[0] == counter
+        scanner.commit_counts()
+        runs[counter] = (counts, scanner.version)
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
+    assert runs["tiktoken"][0] == runs["fastokens"][0]
+    assert runs["tiktoken"][1] != runs["fastokens"][1]
