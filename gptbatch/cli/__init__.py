@@ -40,7 +40,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="make for the OpenAI Batch API: build outputs from batch.yaml, "
         "doing only what is missing.",
     )
-    parser.add_argument("--version", action="version", version=f"gptbatch {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gptbatch {__version__}",
+        help="show the version and exit (with -v, also which token counter runs and why)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS if only is None else (only,):
         try:
@@ -95,8 +100,19 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     return code
 
 
+def _print_version_verbose() -> int:
+    """`gptbatch --version -v`: the version, then which token counter runs and why."""
+    from gptbatch.inputs.fast_counter import describe
+
+    print(f"gptbatch {__version__}")
+    print(describe())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in words and len(words) > 1 and set(words) <= {"--version", "-v", "--verbose"}:
+        return _print_version_verbose()
     try:  # importing a command's modules takes a while: Ctrl-C then is no traceback either
         parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
         args = parser.parse_args(argv)

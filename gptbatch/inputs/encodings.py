@@ -30,6 +30,7 @@ __all__ = [
     "BUNDLED",
     "bundled_source",
     "get_encoding",
+    "loaded_encoding_names",
     "rank_snapshot_path",
     "release_rank_tables",
     "seed_tiktoken_cache",
@@ -212,6 +213,11 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     encoding = _load_encoding(name)
     _LOADED.append(encoding)
     return encoding
+
+
+def loaded_encoding_names() -> list[str]:
+    """Names of the encodings loaded in this process so far."""
+    return [encoding.name for encoding in _LOADED]
 
 
 def release_rank_tables() -> None:

@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import signal
 import stat
-import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch.errors import GptbatchError, InputError, Problem
+from gptbatch.inputs import fast_counter
 from gptbatch.inputs.requests import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_PROBLEMS,
@@ -362,6 +362,8 @@ class Scanner:
     def __init__(self, paths: Sequence[str | Path], options: ScanOptions | None = None) -> None:
         self.options = options or ScanOptions()
         self.names = [str(p) for p in paths]
+        total = sum(self._regular_sizes().values())  # the counter first: the version names it
+        fast_counter.select(total, worker_count(self.options, total))
         self.version = estimator_version()
         self.cache_file = cache_path() if self.options.use_cache else None
         self.pending = PendingCounts(self.cache_file, self.version)
@@ -399,7 +401,8 @@ class Scanner:
         if workers:
             yield from state.consume(self._in_workers(units, local, workers))
         else:
-            yield from state.consume((u, _read_here(local, u)) for u in units)
+            here = ((u, _read_here(local, u)) for u in units)
+            yield from state.consume(fast_counter.loading_after_first(here))
         if validator.count:
             raise InputError(
                 validator.problems, truncated=validator.count - len(validator.problems)
@@ -410,14 +413,12 @@ class Scanner:
     ) -> Iterator[tuple[Chunk | int, _ChunkResult | None]]:
         """Each unit with its result, in order, read by worker processes where possible."""
         # The parent reads a small first chunk itself before forking: if that needed a
-        # count, the tokenizer is loaded here once and shared with the workers (copy on
-        # write) instead of loaded by each of them; with a warm cache it is never loaded.
+        # count, the counters (tiktoken; fastokens if selected) load here once, shared with
+        # the workers (copy on write) instead of loaded by each; a warm cache loads neither.
         first = next(units, None)
         if first is not None:
             yield first, _read_here(local, first)
-        encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
-        if encodings is not None:
-            encodings.release_rank_tables()
+        fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
         if pool is None:  # no processes to be had: read everything here
             yield from ((u, _read_here(local, u)) for u in units)

