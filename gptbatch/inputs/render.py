@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from gptbatch.errors import InputError, Problem
 
 RENDER_FORMAT = 1  # bump when rendering changes, so every target renders again
 MAX_PROBLEMS = 20
+_UNDEFINED = re.compile(r"'([^']+)' is undefined")
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,14 @@ def _render_value(
         return template.render(row)
     except UndefinedError as exc:
         columns = ", ".join(row) or "none"
+        name = _UNDEFINED.fullmatch(exc.message or "")
+        what = f"placeholder {{{{ {name.group(1)} }}}} names no column" if name else exc.message
         raise InputError(
             Problem(
                 target.data_display,
                 line,
                 f"row {custom_id!r}: template {target.template_display}:"
-                f"{_template_line(target, where)} uses {exc.message}, not a column",
+                f"{_template_line(target, where)}: {what}",
                 f"the columns are {columns}; fix the placeholder or add the column",
             )
         ) from None
