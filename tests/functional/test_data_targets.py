@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from buildkit import Project, billed_ids, chat, read_jsonl, write_jsonl
+from conftest import copy_examples
 
 from gptbatch.cli import main
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_OK
@@ -228,3 +229,25 @@ def test_a_bad_target_entry_names_its_yaml_line(tmp_path: Path, capsys) -> None:
     lines = project.config.read_text().splitlines()
     line = next(i for i, text in enumerate(lines, 1) if "missing.csv" in text)
     assert f"batch.yaml:{line}: inputs[1]: target sentiment: no data file 'data/missing.csv'" in err
+
+
+def test_the_data_example_builds_and_rebuilds_what_changed(tmp_path: Path, simulator) -> None:
+    copy_examples(tmp_path)
+    config = tmp_path / "examples" / "data.yaml"
+    with open(config, "a") as f:  # the test's simulator is fast: poll it often
+        f.write("polling: {initial_seconds: 0.02, max_seconds: 0.2, factor: 1.5}\n")
+    assert main(["build", str(config), "--simulate"]) == EXIT_OK
+    rehearsed = read_jsonl(tmp_path / "examples" / "out-data-simulated" / "sentiment.jsonl")
+    assert [o["custom_id"] for o in rehearsed] == [f"rv-00{i}" for i in range(1, 7)]
+    assert main(["build", str(config)]) == EXIT_OK  # against the test's simulator
+    assert len(billed_ids(simulator)) == 6
+    data = tmp_path / "examples" / "data" / "reviews.csv"
+    data.write_text(data.read_text().replace("Boils fast", "Boils slowly"))
+    assert main(["build", str(config)]) == EXIT_OK
+    assert billed_ids(simulator)[6:] == ["rv-001"]
+    template = tmp_path / "examples" / "data" / "sentiment.yaml"
+    template.write_text(template.read_text().replace("one word", "a single word"))
+    assert main(["build", str(config)]) == EXIT_OK
+    assert len(billed_ids(simulator)) == 13
+    assert main(["build", str(config)]) == EXIT_OK
+    assert len(billed_ids(simulator)) == 13
