@@ -7,7 +7,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,8 @@ class Spec:
     upload_expires_after: int = 2_592_000
     output_expires_after: int | None = None
     delete_uploads: bool = False
+    # Data targets by name -> the request file each renders to (also among inputs).
+    targets: Mapping[str, Path] = field(default_factory=dict)
 
 
 def load_schema() -> dict[str, Any]:
@@ -236,6 +238,7 @@ def _load(path: str | Path | None) -> Spec:
         upload_expires_after=int(full["upload_expires_after"]),
         output_expires_after=full["output_expires_after"],
         delete_uploads=bool(full["delete_uploads"]),
+        targets={t.name: rendered_path(state_dir(output_dir), t.name) for t in targets.values()},
     )
 
 

@@ -251,3 +251,10 @@ def test_the_data_example_builds_and_rebuilds_what_changed(tmp_path: Path, simul
     assert len(billed_ids(simulator)) == 13
     assert main(["build", str(config)]) == EXIT_OK
     assert len(billed_ids(simulator)) == 13
+
+
+def test_a_target_is_built_alone_by_its_name(tmp_path: Path, simulator) -> None:
+    project = data_project(tmp_path)
+    assert project.build("sentiment") == EXIT_OK
+    assert sorted(billed_ids(simulator)) == [f"rv{i}" for i in range(6)]
+    assert not (project.out / "extra.jsonl").exists()
