@@ -128,12 +128,13 @@ def run(args: argparse.Namespace) -> int:
 def chosen_inputs(spec: Spec, targets: list[str]) -> tuple[Path, ...]:
     """The config's inputs named on the command line, in config order; UsageError if not.
 
-    A target is a path from the working directory or, failing that, from the config's.
+    A target is a data target's name, or a path from the working directory or, failing that,
+    from the config's.
     """
     known = {os.path.realpath(p) for p in spec.inputs}
     wanted = {}
     for t in targets:
-        real = os.path.realpath(t)
+        real = os.path.realpath(spec.targets.get(t, t))
         if real not in known and os.path.realpath(spec.root / t) in known:
             real = os.path.realpath(spec.root / t)
         wanted[real] = t

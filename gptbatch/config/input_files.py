@@ -7,8 +7,9 @@ import glob
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -22,17 +23,27 @@ _MAGIC = re.compile(r"[*?[]")
 
 
 def expand_inputs(
-    patterns: Sequence[str], root: Path, output_dir: Path, node: yaml.Node, display: str
+    patterns: Sequence[str | Mapping[str, Any]],
+    root: Path,
+    output_dir: Path,
+    node: yaml.Node,
+    display: str,
+    rendered: Mapping[int, Path] | None = None,
 ) -> tuple[tuple[Path, ...], list[Problem]]:
     """Input files: globs expanded and sorted per pattern, de-duplicated, absolute.
 
     A pattern naming an existing file is that file, even with glob characters in its name
     (in/a[1].jsonl); files under output and state directories are results, never inputs.
+    A data target (a mapping) is the file rendered for it, from rendered, in its place.
     """
     excluded = _excluded_dirs(root, output_dir)
     found: dict[Path, None] = {}
     problems: list[Problem] = []
     for index, pattern in enumerate(patterns):
+        if not isinstance(pattern, str):
+            if rendered is not None and index in rendered:
+                found.setdefault(rendered[index], None)
+            continue
         expanded = os.path.expanduser(pattern)
         literal = Path(os.path.abspath(root / expanded))
         if _MAGIC.search(expanded) and not os.path.lexists(literal):

@@ -7,7 +7,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from gptbatch.config.messages import (
     non_finite_problem,
     schema_problems,
 )
+from gptbatch.config.targets import load_targets
 from gptbatch.config.yaml_source import (
     duplicate_keys,
     is_request_file,
@@ -33,7 +34,9 @@ from gptbatch.config.yaml_source import (
     read_text,
     request_file_problem,
 )
-from gptbatch.errors import ConfigError, Problem, redact
+from gptbatch.errors import ConfigError, InputError, Problem, redact
+from gptbatch.inputs.render import Target, render_targets, rendered_path
+from gptbatch.state.store import state_dir
 
 SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "batch.schema.json"
 RESERVED_METADATA_PREFIX = "gptbatch_"  # gptbatch's own 2 of the API's 16 metadata pairs
@@ -136,6 +139,8 @@ class Spec:
     upload_expires_after: int = 2_592_000
     output_expires_after: int | None = None
     delete_uploads: bool = False
+    # Data targets by name -> the request file each renders to (also among inputs).
+    targets: Mapping[str, Path] = field(default_factory=dict)
 
 
 def load_schema() -> dict[str, Any]:
@@ -193,21 +198,31 @@ def _load(path: str | Path | None) -> Spec:
     output_dir = Path(os.path.abspath(root / os.path.expanduser(str(full.get("output_dir")))))
     inputs: tuple[Path, ...] = ()
     later: list[Problem] = []
+    targets: dict[int, Target] = {}
     if not invalid & {"inputs", "output_dir"}:
-        inputs, later = expand_inputs(full["inputs"], root, output_dir, node, display)
+        targets, later = load_targets(full["inputs"], root, node, display)
+        state = state_dir(output_dir)
+        rendered = {i: rendered_path(state, t.name) for i, t in targets.items()}
+        files, wrong = expand_inputs(full["inputs"], root, output_dir, node, display, rendered)
+        inputs, later = files, later + wrong
     later += _semantic_problems(full, node, display, invalid)
     if not invalid & {"api", "limits", "completion_window"}:
         later += _provider_problems(full, node, display)
     problems += sorted(later, key=lambda p: p.line or 0)
     if problems:
         raise ConfigError(problems)
+    # Data targets render (when their data or template changed) once the config is valid.
+    try:
+        render_targets(list(targets.values()), state_dir(output_dir))
+    except InputError as exc:
+        raise ConfigError(exc.problems, truncated=exc.truncated) from None
     _load_env(root)
     return Spec(
         path=config,
         root=root,
         inputs=inputs,
         output_dir=output_dir,
-        project=full["project"] or default_project(full["output_dir"], full["inputs"]),
+        project=full["project"] or default_project(full["output_dir"], _as_written(full["inputs"])),
         model=full["model"],
         endpoint=full["endpoint"],
         limits=_limits(full["limits"]),
@@ -223,6 +238,7 @@ def _load(path: str | Path | None) -> Spec:
         upload_expires_after=int(full["upload_expires_after"]),
         output_expires_after=full["output_expires_after"],
         delete_uploads=bool(full["delete_uploads"]),
+        targets={t.name: rendered_path(state_dir(output_dir), t.name) for t in targets.values()},
     )
 
 
@@ -370,6 +386,11 @@ def _per_model(value: int | Mapping[str, int] | None, model: str) -> int | None:
     if value is None or isinstance(value, int):
         return value
     return value.get(model, value.get("*"))
+
+
+def _as_written(inputs: Sequence[Any]) -> list[str]:
+    """Inputs for the default project id: a target by its name, so editing it keeps the id."""
+    return [i if isinstance(i, str) else f"target:{i['name']}" for i in inputs]
 
 
 def default_project(output_dir: str, inputs: Sequence[str]) -> str:

@@ -1,0 +1,121 @@
+"""batch.yaml's data targets: `inputs:` mappings (name, data, id, request) checked and located."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gptbatch.config.yaml_source import line_of, parse_yaml
+from gptbatch.errors import ConfigError, Problem
+from gptbatch.inputs.render import Target
+
+
+def load_targets(
+    entries: Sequence[Any], root: Path, node: yaml.Node, display: str
+) -> tuple[dict[int, Target], list[Problem]]:
+    """The targets among inputs, by their index, and what is wrong with them (located)."""
+    targets: dict[int, Target] = {}
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            continue
+        where = ["inputs", index]
+        name = str(entry["name"])
+        if name in names:
+            problems.append(
+                Problem(
+                    display,
+                    line_of(node, [*where, "name"]),
+                    f"inputs[{index}]: target name {name!r} is also inputs[{names[name]}]'s",
+                    "give each target its own name (it names the output file)",
+                )
+            )
+        names.setdefault(name, index)
+        data = Path(os.path.abspath(root / os.path.expanduser(str(entry["data"]))))
+        if not data.is_file():
+            problems.append(
+                Problem(
+                    display,
+                    line_of(node, [*where, "data"]),
+                    f"inputs[{index}]: target {name}: no data file {entry['data']!r}",
+                    f"paths are relative to the config's directory, {root}; the data is a CSV "
+                    "with a header row or JSONL records",
+                )
+            )
+        request = entry["request"]
+        if isinstance(request, str):
+            try:
+                loaded = _template_file(root, request, node, [*where, "request"], display)
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
+            request, template_display, template_node, template_path, text = loaded
+        else:
+            template_display, template_node = display, node
+            template_path, text = (*where, "request"), None
+        wrong = _template_problem(request)
+        if wrong:
+            problems.append(
+                Problem(
+                    template_display,
+                    line_of(template_node, list(template_path)),
+                    f"inputs[{index}]: target {name}: {wrong}",
+                    "the request template is a mapping with url and body, e.g. "
+                    "{url: /v1/chat/completions, body: {model: ..., messages: [...]}}",
+                )
+            )
+            continue
+        targets[index] = Target(
+            name=name,
+            data=data,
+            data_display=str(entry["data"]),
+            id=str(entry["id"]),
+            request=request,
+            template_display=template_display,
+            template_node=template_node,
+            template_path=tuple(template_path),
+            template_text=text,
+        )
+    return targets, problems
+
+
+def _template_file(
+    root: Path, written: str, node: yaml.Node, where: list[Any], display: str
+) -> tuple[Any, str, yaml.Node, tuple[Any, ...], str]:
+    """A template file's request, its name for messages, node, path in it, and text."""
+    path = Path(os.path.abspath(root / os.path.expanduser(written)))
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "cannot be read"
+        if isinstance(exc, FileNotFoundError):
+            why = "does not exist"
+        raise ConfigError(
+            Problem(
+                display,
+                line_of(node, where),
+                f"{where[0]}[{where[1]}]: request template {written!r} {why}",
+                f"paths are relative to the config's directory, {root}",
+            )
+        ) from None
+    data, template_node = parse_yaml(text, written)
+    return data, written, template_node, (), text
+
+
+def _template_problem(request: Any) -> str | None:
+    """What makes a template unusable as a request, or None."""
+    if not isinstance(request, Mapping):
+        return "the request template is not a mapping"
+    if "custom_id" in request:
+        return "the request template sets custom_id, which comes from id:"
+    extra = set(request) - {"url", "body", "method"}
+    if extra:
+        return f"the request template has {', '.join(sorted(map(str, extra)))}"
+    if not isinstance(request.get("body"), Mapping):
+        return "the request template has no body mapping"
+    return None

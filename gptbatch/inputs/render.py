@@ -1,0 +1,325 @@
+"""Data targets: a table (CSV or JSONL records) and a Jinja2 request template rendered to JSONL.
+
+A target renders to an ordinary request file under the state directory, which the build then
+takes as an input like any other: content keys, shards, the queue and crash safety are the
+build's. Rendering is deterministic (canonical JSON, rows in data order), so identical data and
+template give a byte-identical file; a fingerprint of both skips rendering when nothing changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gptbatch.canonical import atomic_write_bytes, atomic_writer, canonical_json, file_sha256
+from gptbatch.errors import InputError, Problem
+
+RENDER_FORMAT = 1  # bump when rendering changes, so every target renders again
+MAX_PROBLEMS = 20
+_UNDEFINED = re.compile(r"'([^']+)' is undefined")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One `inputs:` entry that is a mapping: a table rendered through a request template."""
+
+    name: str
+    data: Path  # absolute
+    data_display: str  # as written in batch.yaml
+    id: str
+    request: Any  # the template: a mapping of strings to render
+    template_display: str  # batch.yaml or the template file, as shown in messages
+    template_node: yaml.Node  # the template's YAML node, for the line of each string
+    template_path: tuple[Any, ...]  # where the template sits inside template_node
+    template_text: str | None  # a template file's text (part of the fingerprint)
+
+
+def rendered_path(state: Path, name: str) -> Path:
+    """Where a target's requests are rendered: <state>/rendered/<name>.jsonl."""
+    return state / "rendered" / f"{name}.jsonl"
+
+
+def fingerprint(target: Target) -> str:
+    """What a target's rendered file depends on: data bytes, template and settings."""
+    return canonical_json(
+        {
+            "format": RENDER_FORMAT,
+            "data": file_sha256(target.data),
+            "id": target.id,
+            "name": target.name,
+            "request": target.request,
+        }
+    ).decode()
+
+
+def render_targets(targets: list[Target], state: Path) -> None:
+    """Render every target whose fingerprint changed; InputError, writing nothing, if any fails."""
+    todo: list[tuple[Path, str, bytes]] = []
+    problems: list[Problem] = []
+    for target in targets:
+        path = rendered_path(state, target.name)
+        stamp = fingerprint(target)
+        marker = path.with_suffix(".fingerprint")
+        if path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp:
+            continue
+        try:
+            todo.append((path, stamp, render(target)))
+        except InputError as exc:
+            problems += exc.problems
+    if problems:
+        raise InputError(problems[:MAX_PROBLEMS], truncated=max(0, len(problems) - MAX_PROBLEMS))
+    for path, stamp, data in todo:
+        with atomic_writer(path, "wb") as out:
+            out.write(data)
+        # The fingerprint goes last: a kill in between leaves a stale one, so it renders again.
+        atomic_write_bytes(path.with_suffix(".fingerprint"), stamp.encode())
+
+
+def render(target: Target) -> bytes:
+    """The target's request lines, one per data row in data order; InputError if any is wrong."""
+    from jinja2 import StrictUndefined, TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    strings: list[tuple[tuple[Any, ...], str]] = list(_strings(target.request, ()))
+    compiled: dict[tuple[Any, ...], Any] = {}
+    problems: list[Problem] = []
+    for where, text in strings:
+        if "{" not in text:
+            continue  # nothing to render: the string is itself
+        try:
+            compiled[where] = env.from_string(text)
+        except TemplateSyntaxError as exc:
+            line = _template_line(target, where) + (exc.lineno or 1) - 1
+            problems.append(
+                Problem(
+                    target.template_display,
+                    line,
+                    f"target {target.name}: Jinja2 syntax error: {exc.message}",
+                    "fix the template; placeholders look like {{ column }}",
+                )
+            )
+    if problems:
+        raise InputError(problems)
+    out = io.BytesIO()
+    seen: dict[str, int] = {}
+    for line, row in _rows(target):
+        custom_id = _row_id(target, line, row, seen)
+        body = _render_value(target, target.request, (), compiled, row, line, custom_id)
+        request = {"custom_id": custom_id, "method": "POST", **body}
+        out.write(canonical_json(request) + b"\n")
+    if not seen:
+        raise InputError(
+            Problem(target.data_display, None, f"target {target.name}: no data rows", "")
+        )
+    return out.getvalue()
+
+
+def _strings(value: Any, where: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Every string in a template, with where it sits."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, (*where, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, (*where, i))
+
+
+def _template_line(target: Target, where: tuple[Any, ...]) -> int:
+    from gptbatch.config.yaml_source import line_of
+
+    return line_of(target.template_node, [*target.template_path, *where])
+
+
+def _render_value(
+    target: Target,
+    value: Any,
+    where: tuple[Any, ...],
+    compiled: Mapping[tuple[Any, ...], Any],
+    row: Mapping[str, Any],
+    line: int,
+    custom_id: str,
+) -> Any:
+    """value with every string rendered against row; other values as they are."""
+    if isinstance(value, Mapping):
+        return {
+            k: _render_value(target, v, (*where, k), compiled, row, line, custom_id)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _render_value(target, v, (*where, i), compiled, row, line, custom_id)
+            for i, v in enumerate(value)
+        ]
+    template = compiled.get(where) if isinstance(value, str) else None
+    if template is None:
+        return value
+    from jinja2.exceptions import SecurityError, UndefinedError
+
+    try:
+        return template.render(row)
+    except UndefinedError as exc:
+        columns = ", ".join(row) or "none"
+        name = _UNDEFINED.fullmatch(exc.message or "")
+        what = f"placeholder {{{{ {name.group(1)} }}}} names no column" if name else exc.message
+        raise InputError(
+            Problem(
+                target.data_display,
+                line,
+                f"row {custom_id!r}: template {target.template_display}:"
+                f"{_template_line(target, where)}: {what}",
+                f"the columns are {columns}; fix the placeholder or add the column",
+            )
+        ) from None
+    except SecurityError as exc:
+        raise InputError(
+            Problem(
+                target.template_display,
+                _template_line(target, where),
+                f"target {target.name}, row {custom_id!r}: the sandbox refused: {exc}",
+                "templates may only insert columns ({{ column }}) and use filters; "
+                "no attribute access or code",
+            )
+        ) from None
+    except Exception as exc:  # a filter or test failing on this row's value
+        raise InputError(
+            Problem(
+                target.data_display,
+                line,
+                f"row {custom_id!r}: template {target.template_display}:"
+                f"{_template_line(target, where)} failed: {exc}",
+                "fix the template or this row",
+            )
+        ) from None
+
+
+def _row_id(target: Target, line: int, row: Mapping[str, Any], seen: dict[str, int]) -> str:
+    """The row's custom_id from its id column; InputError if missing, empty or repeated."""
+    if target.id not in row:
+        raise InputError(
+            Problem(
+                target.data_display,
+                line,
+                f"target {target.name}: no id column {target.id!r}",
+                f"the columns are {', '.join(row) or 'none'}; set id: to one of them",
+            )
+        )
+    value = row[target.id]
+    custom_id = value if isinstance(value, str) else json.dumps(value)
+    if value is None or custom_id.strip() == "":
+        raise InputError(
+            Problem(
+                target.data_display,
+                line,
+                f"target {target.name}: empty id (column {target.id!r})",
+                "every row needs a unique, non-empty id",
+            )
+        )
+    if custom_id in seen:
+        raise InputError(
+            Problem(
+                target.data_display,
+                line,
+                f"target {target.name}: duplicate id {custom_id!r} (first on line "
+                f"{seen[custom_id]})",
+                "ids must be unique within a target",
+            )
+        )
+    seen[custom_id] = line
+    return custom_id
+
+
+def _text(target: Target) -> str:
+    try:
+        raw = target.data.read_bytes()
+    except OSError as exc:
+        raise InputError(
+            Problem(target.data_display, None, f"cannot read: {exc.strerror}", "")
+        ) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            Problem(
+                target.data_display,
+                line,
+                f"not UTF-8 (byte {exc.start + 1})",
+                "save the data as UTF-8 (with or without a BOM)",
+            )
+        ) from None
+
+
+def _rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, record) of each data row: JSONL records for .jsonl/.ndjson, else CSV."""
+    text = _text(target)
+    if target.data.suffix.lower() in (".jsonl", ".ndjson"):
+        yield from _jsonl_rows(target, text)
+    else:
+        yield from _csv_rows(target, text)
+
+
+def _jsonl_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise InputError(
+                Problem(target.data_display, number, f"not JSON: {exc}", "one object a line")
+            ) from None
+        if not isinstance(record, dict):
+            raise InputError(
+                Problem(target.data_display, number, "not a JSON object", "one object a line")
+            )
+        yield number, record
+
+
+def _csv_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise InputError(Problem(target.data_display, 1, "empty CSV", "add a header row"))
+        columns = [c.strip() for c in header]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated or "" in columns:
+            raise InputError(
+                Problem(
+                    target.data_display,
+                    1,
+                    f"header has {'repeated' if repeated else 'empty'} column names"
+                    + (f" ({', '.join(repeated)})" if repeated else ""),
+                    "give every column a unique name",
+                )
+            )
+        start = reader.line_num + 1
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(columns):
+                raise InputError(
+                    Problem(
+                        target.data_display,
+                        line,
+                        f"row has {len(fields)} fields, the header {len(columns)}",
+                        "quote fields holding commas; every row needs one field per column",
+                    )
+                )
+            yield line, dict(zip(columns, fields, strict=True))
+    except csv.Error as exc:
+        raise InputError(
+            Problem(target.data_display, reader.line_num, f"bad CSV: {exc}", "")
+        ) from None
