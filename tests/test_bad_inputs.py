@@ -327,7 +327,7 @@ CASES = [
                 chat("ok"), chat("big", messages=[{"role": "user", "content": "a " * 50}])
             )
         },
-        "in.jsonl:2: ~",
+        "in.jsonl:2: request 'big': ~",
         also=" tokens, over the enqueued-token limit of 20 for gpt-4o-mini: it can never be "
         "queued; split it into smaller requests or raise limits.enqueued_tokens",
         config="inputs: [in.jsonl]\nlimits: {enqueued_tokens: {gpt-4o-mini: 20}}\n",

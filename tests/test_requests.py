@@ -682,6 +682,7 @@ def test_over_limit_names_the_request_its_tokens_and_what_to_do(work: Path) -> N
     problem = over_limit(second, 1234, 1000)
     assert problem is not None and (problem.path, problem.line) == ("in.jsonl", 2)
     assert str(problem) == (
-        "in.jsonl:2: ~1,234 tokens, over the enqueued-token limit of 1,000 for gpt-4o-mini: "
-        "it can never be queued; split it into smaller requests or raise limits.enqueued_tokens"
+        "in.jsonl:2: request 'b': ~1,234 tokens, over the enqueued-token limit of 1,000 for "
+        "gpt-4o-mini: it can never be queued; split it into smaller requests or raise "
+        "limits.enqueued_tokens"
     )

@@ -417,13 +417,13 @@ def test_a_request_over_the_token_limit_is_reported_at_its_line(
     assert (code, out) == (2, "")
     lines = err.splitlines()
     assert lines[0] == (
-        f"a.jsonl:2: ~{chat_tokens} tokens, over the enqueued-token limit of 100 for "
+        f"a.jsonl:2: request 'b': ~{chat_tokens} tokens, over the enqueued-token limit of 100 for "
         "gpt-4o-mini: it can never be queued; split it into smaller requests or raise "
         "limits.enqueued_tokens"
     )
     assert lines[1].startswith("a.jsonl:3: not valid JSON")
     assert lines[2].startswith(
-        f"b.jsonl:1: ~{emb_tokens} tokens, over the enqueued-token limit of 150 for "
+        f"b.jsonl:1: request 'c': ~{emb_tokens} tokens, over the enqueued-token limit of 150 for "
         "text-embedding-3-small"
     )
     assert lines[3:] == [DONE.format(n=3, s="s")]

@@ -19,6 +19,7 @@ from typing import Any
 from gptbatch.config.spec import Spec
 from gptbatch.engine.batches import TERMINAL_BATCH_STATUSES, Refusal
 from gptbatch.errors import Problem
+from gptbatch.inputs.requests import over_limit_problem
 from gptbatch.report import Reporter
 from gptbatch.state.rows import ShardRow
 from gptbatch.state.store import Store
@@ -428,14 +429,14 @@ def unqueueable(spec: Spec, store: Store, report: Reporter, keep_going: bool) ->
         if limit is None:
             continue
         for row in store.requests_over(model, limit):
-            problem = Problem(
+            problem = over_limit_problem(
                 row.path,
                 row.line,
-                f"request {row.custom_id!r} has ~{row.tokens:,} prompt tokens, over the "
-                f"enqueued-token limit of {limit:,} for {model}: no batch can ever be queued "
-                "with it",
-                "split it into smaller requests, or raise limits.enqueued_tokens if your tier "
-                "allows more (--keep-going builds the rest and records it as failed)",
+                row.custom_id,
+                model,
+                row.tokens,
+                limit,
+                also=" (--keep-going builds the rest and records it as failed)",
             )
             if keep_going:
                 store.record_result(row.key, state="failed", error=str(problem), attempt=False)

@@ -308,7 +308,7 @@ def test_request_over_the_configured_token_limit_stops_before_anything_is_billed
     capsys.readouterr()
     assert project.build() == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert "requests.jsonl:2: request 'big' has ~" in err
+    assert "requests.jsonl:2: request 'big': ~" in err
     assert "over the enqueued-token limit of 500 for gpt-4o-mini" in err
     assert "--keep-going" in err
     assert simulator.journal.calls == []  # knowable offline: the API was never called
