@@ -161,9 +161,16 @@ def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
 def shard_statuses(store: Store) -> list[ShardStatus]:
     """Every active shard with the reason it is not finished."""
     out = []
+    forced = store.left_by_forced_run()
     for s in store.shards(ACTIVE_SHARD_STATES):
         batch = store.batch(s.batch_id) if s.batch_id else None
-        reason = {
+        reason = (
+            "packed by a -B or --retry-failed run that stopped before sending it; its "
+            "requests keep their results, a plain build drops it, and `gptbatch build -B` "
+            "sends it"
+            if s.id in forced
+            else None
+        ) or {
             "ready": s.note or "planned; waiting for queue room (or for the next build)",
             "uploading": "upload started; the next build checks whether it finished",
             "uploaded": s.note or "uploaded; waiting for queue room to create its batch",

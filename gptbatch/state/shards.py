@@ -223,6 +223,22 @@ class ShardsMixin(StoreBase):
         found = self._unneeded("h.id = ?", (shard_id,))
         return found[0][1] if found else None
 
+    def left_by_forced_run(self) -> set[str]:
+        """Unsent shards a plain build would drop: they hold a request with a final result.
+
+        Only a -B or --retry-failed run that stopped before sending them packs such shards;
+        the next plain build starts an empty resend set, so it never sends them.
+        """
+        return {
+            r[0]
+            for r in self.db.execute(
+                "SELECT h.id FROM shards h"
+                " WHERE h.state IN ('ready', 'uploading', 'uploaded', 'waiting')"
+                " AND EXISTS (SELECT 1 FROM members m JOIN results s ON s.key=m.key"
+                "   WHERE m.shard=h.id AND s.state IN ('ok', 'failed'))"
+            )
+        }
+
     def _unneeded(self, where: str, args: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
         """(id, why) of the shards matching `where` that this run must not send."""
         scope, params = self._scope_sql()

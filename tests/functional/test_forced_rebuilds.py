@@ -83,10 +83,16 @@ def test_forced_build_refused_by_the_spend_cap_keeps_every_result(
     assert main(["export", str(project.config)]) == EXIT_OK
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 20 and all(r["status"] == "ok" and r["reply"] for r in rows)
+    # status says what becomes of the shards the capped run packed, not the stale cap.
+    assert main(["status", str(project.config), "--explain"]) == EXIT_OK
+    explained = capsys.readouterr().out
+    assert explained.count("stopped before sending it") == 2 and "spend cap" not in explained
 
     assert project.build() == EXIT_OK  # up to date: nothing more is sent or billed
     assert creates(simulator) == sent and sorted(billed_ids(simulator)) == billed
     assert outputs(project.out) == before
+    assert main(["status", str(project.config), "--explain"]) == EXIT_OK
+    assert "stopped before sending it" not in capsys.readouterr().out  # dropped by the build
 
 
 @pytest.mark.timeout(90)
