@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from gptbatch.errors import InputError
-from gptbatch.inputs.requests import ENDPOINTS, Request, over_limit, read_raw_line, read_requests
+from gptbatch.inputs.over_limit import over_limit
+from gptbatch.inputs.requests import ENDPOINTS, Request, read_raw_line, read_requests
 
 CHAT = "/v1/chat/completions"
 EMB = "/v1/embeddings"

@@ -9,7 +9,8 @@ from pathlib import Path
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import ConfigError, InputError, Problem
-from gptbatch.inputs.requests import DEFAULT_MAX_PROBLEMS, Request, over_limit, read_requests
+from gptbatch.inputs.over_limit import over_limit
+from gptbatch.inputs.requests import DEFAULT_MAX_PROBLEMS, Request, read_requests
 from gptbatch.pricing import unknown_model_hint
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from gptbatch.config.spec import Spec
 from gptbatch.engine.batches import TERMINAL_BATCH_STATUSES, Refusal
 from gptbatch.errors import Problem
-from gptbatch.inputs.requests import over_limit_problem
+from gptbatch.inputs.over_limit import over_limit_problem
 from gptbatch.report import Reporter
 from gptbatch.state.rows import ShardRow
 from gptbatch.state.store import Store
