@@ -42,12 +42,41 @@ def register(sub: Any) -> None:
     )
     p.add_argument("directory", nargs="?", default=".", help="where to write (default: .)")
     p.add_argument("--force", action="store_true", help="replace an existing batch.yaml")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="scaffold a data target over this table (CSV with a header row, or JSONL "
+        "records): each row becomes a request, rendered through a template written to "
+        "prompts/<name>.yaml",
+    )
+    p.add_argument(
+        "--id", dest="id_column", metavar="COLUMN", help="with --data: the column naming each row"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    made = init_project(target_directory(args.directory, args.force), force=args.force)
+    if args.id_column is not None and args.data is None:
+        raise UsageError("--id names the id column of --data FILE: pass --data too")
+    made = init_project(
+        target_directory(args.directory, args.force),
+        force=args.force,
+        data=Path(args.data) if args.data else None,
+        id_column=args.id_column,
+    )
     print(f"wrote {made.config} (project {made.project})")
+    if made.target is not None:
+        t = made.target
+        template = made.config.parent / t.template
+        print(f"  target {t.name}: one request per row of {t.data}, custom_id from column {t.id}")
+        print(f"  {'wrote' if made.template_written else 'kept the existing'} template {template}")
+        if made.ignored:
+            print(f"added {', '.join(made.ignored)} to {made.gitignore}")
+        print(
+            f"next: edit {template} into your prompt, then `gptbatch validate {made.config}` "
+            f"and `gptbatch build {made.config} --simulate`"
+        )
+        return 0
     for change in made.changes:
         print(f"  {change}")
     if made.ignored:

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from gptbatch.canonical import atomic_writer
+from gptbatch.commands.init_data import DataScaffold, inputs_block, scaffold_data_target
 from gptbatch.config.rehearsal import SIMULATED_SUFFIX
 from gptbatch.config.spec import SCHEMA_PATH, default_project
 from gptbatch.config.yaml_source import DEFAULT_CONFIG
@@ -87,6 +88,8 @@ class Scaffold:
     gitignore: Path
     ignored: tuple[str, ...]  # lines appended to .gitignore (none if all were there)
     changes: tuple[str, ...] = ()  # with --force: what was kept, and what went back to defaults
+    target: DataScaffold | None = None  # with --data: the target written
+    template_written: bool = False  # with --data: False when the template file existed
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def config_text(
     *,
     output_dir: str = OUTPUT_DIR,
     inputs: tuple[str, ...] = (EXAMPLE_INPUT,),
+    data: DataScaffold | None = None,
 ) -> str:
     """The commented batch.yaml that `init` writes."""
     text = TEMPLATE.format(
@@ -123,6 +127,15 @@ def config_text(
         output_dir=_scalar(output_dir),
         example_input=_scalar(inputs[0]),
     )
+    if data is not None:  # a data target instead of the example request file
+        first = f"  - {_scalar(inputs[0])}\n"
+        return text.replace(
+            first,
+            "  # A data target: each row of a table becomes one request, rendered through its\n"
+            "  # template; its results go to <output_dir>/<name>.jsonl. Plain request files\n"
+            "  # (paths or globs) can be listed beside it.\n" + inputs_block(data),
+            1,
+        )
     if len(inputs) > 1:  # the template has one input line: add the others after it
         first = f"  - {_scalar(inputs[0])}\n"
         text = text.replace(first, first + "".join(f"  - {_scalar(i)}\n" for i in inputs[1:]), 1)
@@ -138,14 +151,47 @@ def _scalar(value: str) -> str:
     return value if plain else json.dumps(value)  # a JSON string is a YAML scalar
 
 
-def init_project(directory: Path, *, force: bool = False) -> Scaffold:
-    """Write DIR/batch.yaml (refusing to overwrite one without force) and update .gitignore."""
+def init_project(
+    directory: Path,
+    *,
+    force: bool = False,
+    data: Path | None = None,
+    id_column: str | None = None,
+) -> Scaffold:
+    """Write DIR/batch.yaml (refusing to overwrite one without force) and update .gitignore.
+
+    With data (a CSV or JSONL table), the config's input is a data target over it, and its
+    request template is written to DIR/prompts/<name>.yaml unless that file exists.
+    """
     config = directory / DEFAULT_CONFIG
-    if config.exists() and not force:
+    if config.exists() and (not force or data is not None):
         raise UsageError(
-            f"{config} already exists: edit it, or pass --force to replace it (keeping its "
-            "project id, so the batches it submitted are still found)"
+            f"{config} already exists: "
+            + (
+                "add the data target to its inputs by hand (the README's data section shows "
+                "one), or run init --data in a new directory"
+                if data is not None
+                else "edit it, or pass --force to replace it (keeping its project id, so the "
+                "batches it submitted are still found)"
+            )
         )
+    target = scaffold_data_target(directory, data, id_column=id_column) if data else None
+    if target is not None:
+        project = new_project_id()
+        written = _write_template(directory, target)
+        text = config_text(project, data=target)
+        changes: tuple[str, ...] = ()
+        gitignore = directory / ".gitignore"
+        try:
+            with atomic_writer(config, "w") as f:
+                f.write(text)
+            added = ignore_lines(gitignore, _ignored(OUTPUT_DIR))
+        except OSError as exc:
+            raise LocalIOError(
+                f"cannot write {exc.filename or directory}: {exc.strerror or exc}: check the "
+                "directory's permissions and free space"
+            ) from None
+        return Scaffold(config, project, gitignore, added, changes, target, written)
     kept = existing_identity(config) if config.exists() else None
     if kept is not None:
         project = kept.project
@@ -174,6 +220,23 @@ def init_project(directory: Path, *, force: bool = False) -> Scaffold:
             "directory's permissions and free space"
         ) from None
     return Scaffold(config, project, gitignore, added, changes)
+
+
+def _write_template(directory: Path, target: DataScaffold) -> bool:
+    """Write the target's template file unless one exists (never overwritten); True if written."""
+    path = directory / target.template
+    if path.exists():
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(path, "w") as f:
+            f.write(target.template_text)
+    except OSError as exc:
+        raise LocalIOError(
+            f"cannot write {exc.filename or path}: {exc.strerror or exc}: check the "
+            "directory's permissions and free space"
+        ) from None
+    return True
 
 
 def existing_identity(config: Path) -> Identity | None:
