@@ -1,0 +1,178 @@
+"""The Python API for notebooks and scripts: load a project, build it, read its results.
+
+    import gptbatch
+    project = gptbatch.load("batch.yaml", simulate=True)
+    summary = project.build(progress=lambda kind, fields: print(kind, fields))
+    for row in project.results("sentiment"):
+        ...
+
+The same engine as `gptbatch build`: content keys, the queue, crash safety, never paying
+twice. Nothing here prints; errors are gptbatch.errors exceptions with the CLI's messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gptbatch.config.rehearsal import rehearsal
+from gptbatch.config.spec import Spec, load_spec
+from gptbatch.errors import UsageError
+
+if TYPE_CHECKING:
+    from gptbatch.commands.status import ProjectStatus
+    from gptbatch.engine.summary import BuildSummary
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+class _CallbackReporter:
+    """Hands every build event to a callback: (kind, fields), as `build --json` prints them."""
+
+    def __init__(self, callback: Progress | None) -> None:
+        self.callback = callback
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.callback is not None:
+            self.callback(kind, fields)
+
+
+@dataclass(frozen=True)
+class Project:
+    """A loaded batch.yaml. simulate: every call works on the rehearsal (as --simulate)."""
+
+    spec: Spec
+    simulate: bool = False
+
+    @property
+    def output_dir(self) -> Path:
+        """Where outputs and state go (<output_dir>-simulated for a rehearsal)."""
+        return self._spec().output_dir
+
+    def build(
+        self,
+        *,
+        wait: bool = True,
+        force: bool = False,
+        retry_failed: bool = False,
+        keep_going: bool = False,
+        max_cost: float | None = None,
+        only: list[str] | None = None,
+        progress: Progress | None = None,
+    ) -> BuildSummary:
+        """Build what is missing, as `gptbatch build` does; the run's BuildSummary.
+
+        progress(kind, fields) receives every event (`submitted`, `status`, `collected`, ...).
+        max_cost caps this run's spend in US dollars (as --max-cost); only names inputs (paths
+        or data target names) to build alone.
+        """
+        from gptbatch.api.connect import remote_for
+        from gptbatch.engine.build import run_build
+
+        spec = self.spec
+        if max_cost is not None:
+            spec = dataclasses.replace(
+                spec,
+                limits=dataclasses.replace(
+                    spec.limits, max_cost=max_cost, max_cost_from="max_cost="
+                ),
+            )
+        chosen = tuple(self._input(name) for name in only) if only else None
+        with remote_for(spec, self.simulate) as (used, remote):
+            return run_build(
+                used,
+                remote,
+                _CallbackReporter(progress),
+                wait=wait,
+                keep_going=keep_going,
+                force=force,
+                retry_failed=retry_failed,
+                only=chosen,
+            )
+
+    def status(self) -> ProjectStatus:
+        """Where the project stands (offline): done, failed, pending, stale inputs."""
+        from gptbatch.commands.status import project_status
+        from gptbatch.state.store import Store, state_dir
+
+        spec = self._spec()
+        directory = state_dir(spec.output_dir)
+        if not (directory / "state.db").exists():
+            return project_status(spec, None)
+        store = Store(directory)
+        try:
+            return project_status(spec, store)
+        finally:
+            store.close()
+
+    def inputs(self) -> list[str]:
+        """The names results() accepts: data target names, then request files' paths."""
+        rendered = {os.path.realpath(p) for p in self.spec.targets.values()}
+        return [*self.spec.targets] + [
+            str(p) for p in self.spec.inputs if os.path.realpath(p) not in rendered
+        ]
+
+    def results(self, name: str) -> Iterator[dict[str, Any]]:
+        """An input's result lines as dicts, in input order (Batch API output objects).
+
+        name: a data target's name, or a request file (a path, or its file name). Nothing
+        is yielded before a build wrote the output.
+        """
+        from gptbatch.engine.outputs import output_paths
+
+        spec = self._spec()
+        path = self._input(name)
+        output, _ = output_paths(spec.inputs, spec.output_dir)[path]
+        if not output.exists():
+            return
+        with open(output, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+    def errors(self, name: str) -> Iterator[dict[str, Any]]:
+        """An input's requests that failed for good, as dicts (its errors file)."""
+        from gptbatch.engine.outputs import output_paths
+
+        spec = self._spec()
+        _, errors = output_paths(spec.inputs, spec.output_dir)[self._input(name)]
+        if not errors.exists():
+            return
+        with open(errors, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+    def _spec(self) -> Spec:
+        return rehearsal(self.spec) if self.simulate else self.spec
+
+    def _input(self, name: str) -> Path:
+        """The input a name means: a data target, a path (from here or the config), a file name."""
+        if name in self.spec.targets:
+            return self.spec.targets[name]
+        known = {os.path.realpath(p): p for p in self.spec.inputs}
+        for candidate in (Path(name), self.spec.root / name):
+            found = known.get(os.path.realpath(candidate))
+            if found is not None:
+                return found
+        by_name = [p for p in self.spec.inputs if p.name == name or p.stem == name]
+        if len(by_name) == 1:
+            return by_name[0]
+        raise UsageError(
+            f"{name}: not an input of {self.spec.path.name} (its inputs: "
+            f"{', '.join(self.inputs()) or 'none'})"
+        )
+
+
+def load(config: str | os.PathLike[str] | None = None, *, simulate: bool = False) -> Project:
+    """Load batch.yaml (default: ./batch.yaml) as a Project; ConfigError/InputError if bad.
+
+    simulate: build against the built-in simulator and read the rehearsal's outputs, as
+    `--simulate` does (no API key, no cost).
+    """
+    return Project(load_spec(None if config is None else Path(config)), simulate=simulate)
