@@ -8,14 +8,14 @@ template give a byte-identical file; a fingerprint of both skips rendering when 
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
 import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -40,6 +40,7 @@ class Target:
     template_node: yaml.Node  # the template's YAML node, for the line of each string
     template_path: tuple[Any, ...]  # where the template sits inside template_node
     template_text: str | None  # a template file's text (part of the fingerprint)
+    retry_invalid: bool = False  # send again an answer that is not JSON matching its schema
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -61,30 +62,58 @@ def fingerprint(target: Target) -> str:
 
 
 def render_targets(targets: list[Target], state: Path) -> None:
-    """Render every target whose fingerprint changed; InputError, writing nothing, if any fails."""
-    todo: list[tuple[Path, str, bytes]] = []
-    problems: list[Problem] = []
+    """Render every target whose fingerprint changed; InputError, writing nothing, if any fails.
+
+    Each target streams into its own temp file beside its rendered file; they are renamed
+    into place only once every target rendered, so a bad row anywhere leaves every rendered
+    file (and the directories, if this made them) as it was.
+    """
+    todo: list[tuple[Target, Path, str]] = []
     for target in targets:
         path = rendered_path(state, target.name)
         stamp = fingerprint(target)
         marker = path.with_suffix(".fingerprint")
         if path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp:
             continue
-        try:
-            todo.append((path, stamp, render(target)))
-        except InputError as exc:
-            problems += exc.problems
-    if problems:
-        raise InputError(problems[:MAX_PROBLEMS], truncated=max(0, len(problems) - MAX_PROBLEMS))
-    for path, stamp, data in todo:
-        with atomic_writer(path, "wb") as out:
-            out.write(data)
+        todo.append((target, path, stamp))
+    if not todo:
+        return
+    made = _missing_dirs(rendered_path(state, "x").parent)
+    problems: list[Problem] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for target, path, _ in todo:
+                out = stack.enter_context(atomic_writer(path, "wb"))
+                try:
+                    render(target, out)
+                except InputError as exc:
+                    problems += exc.problems
+            if problems:  # raised inside the stack: every temp file is removed
+                raise InputError(
+                    problems[:MAX_PROBLEMS], truncated=max(0, len(problems) - MAX_PROBLEMS)
+                )
+    except BaseException:
+        for directory in made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    for _, path, stamp in todo:
         # The fingerprint goes last: a kill in between leaves a stale one, so it renders again.
         atomic_write_bytes(path.with_suffix(".fingerprint"), stamp.encode())
 
 
-def render(target: Target) -> bytes:
-    """The target's request lines, one per data row in data order; InputError if any is wrong."""
+def _missing_dirs(directory: Path) -> list[Path]:
+    """directory and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory.parent != directory:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def render(target: Target, out: IO[bytes]) -> None:
+    """Write the target's request lines to out, one per data row in data order, as rows are
+    read; InputError if any is wrong."""
     from jinja2 import StrictUndefined, TemplateSyntaxError
     from jinja2.sandbox import SandboxedEnvironment
 
@@ -109,9 +138,8 @@ def render(target: Target) -> bytes:
             )
     if problems:
         raise InputError(problems)
-    out = io.BytesIO()
     seen: dict[str, int] = {}
-    for line, row in _rows(target):
+    for line, row in data_rows(target):
         custom_id = _row_id(target, line, row, seen)
         body = _render_value(target, target.request, (), compiled, row, line, custom_id)
         request = {"custom_id": custom_id, "method": "POST", **body}
@@ -120,7 +148,6 @@ def render(target: Target) -> bytes:
         raise InputError(
             Problem(target.data_display, None, f"target {target.name}: no data rows", "")
         )
-    return out.getvalue()
 
 
 def _strings(value: Any, where: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -239,38 +266,44 @@ def _row_id(target: Target, line: int, row: Mapping[str, Any], seen: dict[str, i
     return custom_id
 
 
-def _text(target: Target) -> str:
-    try:
-        raw = target.data.read_bytes()
-    except OSError as exc:
-        raise InputError(
-            Problem(target.data_display, None, f"cannot read: {exc.strerror}", "")
-        ) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(
-            Problem(
-                target.data_display,
-                line,
-                f"not UTF-8 (byte {exc.start + 1})",
-                "save the data as UTF-8 (with or without a BOM)",
-            )
-        ) from None
+def _lines(target: Target) -> Iterator[str]:
+    """The data file's lines, decoded as read (a BOM dropped); InputError at the first byte
+    that is not UTF-8, with its line."""
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(open(target.data, "rb"))
+        except OSError as exc:
+            raise InputError(
+                Problem(target.data_display, None, f"cannot read: {exc.strerror}", "")
+            ) from None
+        offset = 0
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bom = 3 if number == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+                raise InputError(
+                    Problem(
+                        target.data_display,
+                        number,
+                        f"not UTF-8 (byte {offset + exc.start + bom + 1})",
+                        "save the data as UTF-8 (with or without a BOM)",
+                    )
+                ) from None
+            offset += len(raw)
+            yield text
 
 
-def _rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, record) of each data row: JSONL records for .jsonl/.ndjson, else CSV."""
-    text = _text(target)
+def data_rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, record) of each data row, as read: JSONL records for .jsonl/.ndjson, else CSV."""
     if target.data.suffix.lower() in (".jsonl", ".ndjson"):
-        yield from _jsonl_rows(target, text)
+        yield from _jsonl_rows(target, _lines(target))
     else:
-        yield from _csv_rows(target, text)
+        yield from _csv_rows(target, _lines(target))
 
 
-def _jsonl_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.splitlines(), 1):
+def _jsonl_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -286,8 +319,8 @@ def _jsonl_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]
         yield number, record
 
 
-def _csv_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(lines)
     try:
         header = next(reader, None)
         if header is None:
