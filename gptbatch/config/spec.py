@@ -141,6 +141,8 @@ class Spec:
     delete_uploads: bool = False
     # Data targets by name -> the request file each renders to (also among inputs).
     targets: Mapping[str, Path] = field(default_factory=dict)
+    # The data targets themselves, in config order (answers tables, invalid answers).
+    data_targets: tuple[Target, ...] = ()
 
 
 def load_schema() -> dict[str, Any]:
@@ -239,6 +241,7 @@ def _load(path: str | Path | None) -> Spec:
         output_expires_after=full["output_expires_after"],
         delete_uploads=bool(full["delete_uploads"]),
         targets={t.name: rendered_path(state_dir(output_dir), t.name) for t in targets.values()},
+        data_targets=tuple(targets[i] for i in sorted(targets)),
     )
 
 

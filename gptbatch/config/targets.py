@@ -80,6 +80,7 @@ def load_targets(
             template_node=template_node,
             template_path=tuple(template_path),
             template_text=text,
+            retry_invalid=bool(entry.get("retry_invalid", False)),
         )
     return targets, problems
 

@@ -35,6 +35,7 @@ from gptbatch.engine.scheduler import UNSENT_SHARD_STATES, Scheduler
 from gptbatch.engine.submit import Submitter
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.engine.sync import sync_inputs
+from gptbatch.engine.tables import table_inputs, write_tables
 from gptbatch.errors import InputError, Problem, TransientRemoteError
 from gptbatch.pricing import unknown_model_hint
 from gptbatch.report import Reporter
@@ -308,8 +309,20 @@ class Builder:
         # neither the results nor the inputs changed since the outputs were written.
         fingerprint = self.store.outputs_fingerprint()
         summaries = write_outputs(
-            self.spec, self.store, skip_if=self.store.get_meta("outputs") == fingerprint
+            self.spec,
+            self.store,
+            skip_if=self.store.get_meta("outputs") == fingerprint,
+            errors_elsewhere=set(table_inputs(self.spec)),
         )
+        # Data targets' tables, and their errors files (failures and invalid answers).
+        for table in write_tables(self.spec, self.store):
+            if table.invalid:
+                self.report.event(
+                    "warning",
+                    message=f"{table.invalid} answer(s) of {table.name} are not JSON matching "
+                    f"the request's schema: their reasons are in {table.name}.errors.jsonl "
+                    "(retry_invalid: true sends such requests again)",
+                )
         crashpoint("after_outputs")
         if not self.subset:  # a subset build wrote only its own inputs' outputs
             with self.store.transaction():

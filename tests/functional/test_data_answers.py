@@ -1,0 +1,184 @@
+"""Answers back to data: a data target's <name>.csv table, its schema columns, invalid
+answers and retry_invalid, built with the real CLI against the simulator."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from buildkit import billed_ids
+from jsonschema import Draft202012Validator
+from test_data_targets import TEMPLATE, data_project, reviews
+
+from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.simulator import Fault
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["sentiment", "score"],
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+}
+SCHEMA_TEMPLATE: dict[str, Any] = {
+    "url": TEMPLATE["url"],
+    "body": {
+        **TEMPLATE["body"],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "sentiment", "strict": True, "schema": SCHEMA},
+        },
+    },
+}
+IDS = [f"rv{i}" for i in range(6)]
+
+
+def table(project: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of out/sentiment.csv."""
+    with open(project.out / "sentiment.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_the_table_has_one_row_per_data_row_with_schema_columns(tmp_path: Path, simulator):
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE)
+    assert project.build() == EXIT_OK
+    header, rows = table(project)
+    assert header == ["review_id", "text", "answer", "sentiment", "score"]
+    assert [r["review_id"] for r in rows] == IDS
+    assert rows[4]["text"] == "Review number 4, fine enough"
+    validator = Draft202012Validator(SCHEMA)
+    for row in rows:
+        answer = json.loads(row["answer"])
+        assert list(validator.iter_errors(answer)) == []
+        assert row["sentiment"] == answer["sentiment"]
+        assert row["score"] == str(answer["score"])
+    assert not (project.out / "sentiment.errors.jsonl").exists()
+    # the plain request file gets no table
+    assert not (project.out / "extra.csv").exists()
+
+    # No change: nothing billed and the table is not written again.
+    stamp = (project.out / "sentiment.csv").stat().st_mtime_ns
+    assert project.build() == EXIT_OK
+    assert len(billed_ids(simulator)) == 9
+    assert (project.out / "sentiment.csv").stat().st_mtime_ns == stamp
+
+    # A deleted table comes back on the next build, for free.
+    (project.out / "sentiment.csv").unlink()
+    assert project.build() == EXIT_OK
+    assert table(project)[1] == rows
+    assert len(billed_ids(simulator)) == 9
+
+    # One row edited: one request billed, and only that row of the table changes.
+    edited = reviews(edit={3: "Changed my mind: awful"})
+    (tmp_path / "data" / "reviews.csv").write_text(edited)
+    assert project.build() == EXIT_OK
+    assert billed_ids(simulator)[9:] == ["rv3"]
+    _, after = table(project)
+    assert [r["review_id"] for r in after] == IDS
+    assert after[3]["text"] == "Changed my mind: awful"
+    assert after[3]["answer"] and after[3]["answer"] != rows[3]["answer"]
+    assert [r for i, r in enumerate(after) if i != 3] == [r for i, r in enumerate(rows) if i != 3]
+
+    # A column the template does not use: the table follows, nothing is billed.
+    lines = edited.splitlines()
+    starred = [lines[0] + ",stars"] + [f"{line},{i % 5 + 1}" for i, line in enumerate(lines[1:])]
+    (tmp_path / "data" / "reviews.csv").write_text("\n".join(starred) + "\n")
+    assert project.build() == EXIT_OK
+    assert len(billed_ids(simulator)) == 10
+    header, rows = table(project)
+    assert header == ["review_id", "text", "stars", "answer", "sentiment", "score"]
+    assert [r["stars"] for r in rows] == ["1", "2", "3", "4", "5", "1"]
+    assert [r["answer"] for r in rows] == [r["answer"] for r in after]
+
+
+def test_rows_without_an_answer_yet_are_empty(tmp_path: Path, simulator) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE)
+    # one pass: submitted, nothing collected yet (it only collects what it polled before)
+    assert project.build("--no-wait") == EXIT_PENDING
+    header, rows = table(project)
+    assert header[-3:] == ["answer", "sentiment", "score"]
+    assert [r["review_id"] for r in rows] == IDS
+    assert all(r["answer"] == r["sentiment"] == r["score"] == "" for r in rows)
+    assert project.build() == EXIT_OK
+    assert all(r["sentiment"] for r in table(project)[1])
+    assert len(billed_ids(simulator)) == 9
+
+
+def test_an_invalid_answer_is_recorded_not_retried_by_default(
+    tmp_path: Path, simulator_factory
+) -> None:
+    sim = simulator_factory(faults=(Fault.invalid_json("rv2"),))
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE)
+    assert project.build() == EXIT_OK
+    assert billed_ids(sim).count("rv2") == 1
+    _, rows = table(project)
+    assert [r["review_id"] for r in rows] == IDS
+    assert rows[2]["answer"] == rows[2]["sentiment"] == rows[2]["score"] == ""
+    assert all(r["sentiment"] for i, r in enumerate(rows) if i != 2)
+    [error] = project.errors("sentiment")
+    assert error["custom_id"] == "rv2"
+    assert error["error"].startswith("invalid answer: the answer is not JSON")
+    assert error["input"] == "data/reviews.csv:4"
+    # the result line itself is kept in the JSONL output, as the API returned it
+    assert [o["custom_id"] for o in project.output("sentiment")] == IDS
+    # a later build sends nothing again
+    assert project.build() == EXIT_OK
+    assert billed_ids(sim).count("rv2") == 1
+    assert len(project.errors("sentiment")) == 1
+
+
+def test_retry_invalid_sends_an_invalid_answer_again(tmp_path: Path, simulator_factory) -> None:
+    sim = simulator_factory(faults=(Fault.invalid_json("rv2", attempts=1),))
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE, retry_invalid=True)
+    assert project.build() == EXIT_OK
+    assert billed_ids(sim).count("rv2") == 2
+    assert all(billed_ids(sim).count(i) == 1 for i in IDS if i != "rv2")
+    _, rows = table(project)
+    assert rows[2]["sentiment"] in ("positive", "negative", "mixed")
+    assert project.errors("sentiment") == []
+
+
+def test_retry_invalid_gives_up_after_retries(tmp_path: Path, simulator_factory) -> None:
+    sim = simulator_factory(faults=(Fault.invalid_json("rv2"),))
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE, retry_invalid=True)
+    doc = project.config.read_text() + "retries: 1\n"
+    project.config.write_text(doc)
+    assert project.build() == EXIT_FAILED_REQUESTS
+    assert billed_ids(sim).count("rv2") == 2  # the first try and one retry
+    [error] = project.errors("sentiment")
+    assert error["custom_id"] == "rv2"
+    assert "gave up after 2 attempts: invalid answer: the answer is not JSON" in error["error"]
+    assert error["input"] == "data/reviews.csv:4"
+    _, rows = table(project)
+    assert rows[2]["answer"] == ""
+    assert project.build() == EXIT_FAILED_REQUESTS
+    assert billed_ids(sim).count("rv2") == 2
+
+
+def test_a_plain_answer_and_an_embedding_row(tmp_path: Path, simulator) -> None:
+    embed = {
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small", "input": "{{ t }}"},
+    }
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "words.jsonl").write_text(
+        "".join(json.dumps({"wid": f"w{i}", "t": f"word {i}", "n": i}) + "\n" for i in range(3))
+    )
+    extra = [{"name": "vectors", "data": "data/words.jsonl", "id": "wid", "request": embed}]
+    project = data_project(tmp_path, extra=extra)
+    assert project.build() == EXIT_OK
+    header, rows = table(project)
+    assert header == ["review_id", "text", "answer"]
+    assert all(r["answer"].startswith("Simulated reply to request") for r in rows)
+    with open(project.out / "vectors.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        vectors = list(reader)
+    assert reader.fieldnames == ["wid", "t", "n", "answer"]
+    assert [(r["wid"], r["n"]) for r in vectors] == [("w0", "0"), ("w1", "1"), ("w2", "2")]
+    assert all(r["answer"] == "" for r in vectors)  # vectors are in vectors.jsonl only
+    assert project.output("vectors")[0]["response"]["body"]["data"][0]["embedding"]
