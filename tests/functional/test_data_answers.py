@@ -10,10 +10,11 @@ from typing import Any
 
 from buildkit import billed_ids
 from jsonschema import Draft202012Validator
-from test_data_targets import TEMPLATE, data_project, reviews
+from test_data_targets import TEMPLATE, data_project, reviews, set_template
 
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
 from gptbatch.simulator import Fault
+from gptbatch.state.store import Store
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -182,3 +183,47 @@ def test_a_plain_answer_and_an_embedding_row(tmp_path: Path, simulator) -> None:
     assert [(r["wid"], r["n"]) for r in vectors] == [("w0", "0"), ("w1", "1"), ("w2", "2")]
     assert all(r["answer"] == "" for r in vectors)  # vectors are in vectors.jsonl only
     assert project.output("vectors")[0]["response"]["body"]["data"][0]["embedding"]
+
+
+def explained(project: Any, capsys: Any) -> dict[str, str]:
+    """custom_id -> its line of `status --explain --limit 0`."""
+    capsys.readouterr()
+    assert project.cli("status", "--explain", "--limit", "0") == EXIT_PENDING
+    lines = {}
+    for line in capsys.readouterr().out.splitlines():
+        parts = line.split(": ")
+        if len(parts) > 2:
+            lines[parts[1]] = line
+    return lines
+
+
+def test_explain_says_whether_the_row_or_the_template_changed(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    project = data_project(tmp_path)
+    assert project.build() == EXIT_OK
+    data = tmp_path / "data" / "reviews.csv"
+    data.write_text(reviews(edit={3: "Changed my mind: awful"}))
+    lines = explained(project, capsys)
+    assert list(lines) == ["rv3"]
+    assert "its data row changed since its last result" in lines["rv3"]
+
+    # Synced by a build that sends nothing (a spend cap of 0): the store keeps the reason.
+    assert project.build("--no-wait", "--max-cost", "0") in (EXIT_OK, EXIT_PENDING)
+    rendered = project.out / ".gptbatch" / "rendered" / "sentiment.jsonl"
+    store = Store(project.out / ".gptbatch")
+    try:
+        reasons = {r.custom_id: r.reason for r in store.requests_of(str(rendered))}
+    finally:
+        store.close()
+    assert reasons["rv3"] == "row changed"
+    assert project.build() == EXIT_OK
+    assert billed_ids(simulator)[9:] == ["rv3"]
+
+    changed = json.loads(json.dumps(TEMPLATE))
+    changed["body"]["messages"][0]["content"] = "Is this review positive or negative?"
+    set_template(project, changed)
+    data.write_text(reviews(edit={3: "Changed my mind: awful", 1: "Edited too"}))
+    lines = explained(project, capsys)
+    assert sorted(lines) == IDS
+    assert all("request template changed" in line for line in lines.values())
