@@ -244,6 +244,11 @@ def print_summary(
         if o.missing:
             line += f", {o.missing:,} still missing"
         print(line, file=out)
+    for t in s.tables:
+        line = f"  {shown(t.path)}: {plural(t.rows, 'row')}, {t.answered:,} answered"
+        if t.invalid:
+            line += f", {plural(t.invalid, 'invalid answer')} (reasons in the errors file)"
+        print(line, file=out)
     if s.stopped_by_cost:
         print(f"stopped: {s.stopped_by_cost}", file=out)
     if s.stopped_by_cost and forced:

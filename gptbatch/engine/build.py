@@ -315,7 +315,8 @@ class Builder:
             errors_elsewhere=set(table_inputs(self.spec)),
         )
         # Data targets' tables, and their errors files (failures and invalid answers).
-        for table in write_tables(self.spec, self.store):
+        tables = write_tables(self.spec, self.store)
+        for table in tables:
             if table.invalid:
                 self.report.event(
                     "warning",
@@ -329,6 +330,7 @@ class Builder:
                 self.store.set_meta("outputs", fingerprint)
         remove_final_shard_files(self.store)
         self.summary.outputs = summaries
+        self.summary.tables = tables
         counts = self.store.counts()
         self.summary.total = counts["total"]
         self.summary.ok = counts["ok"]
@@ -353,6 +355,7 @@ class Builder:
             "cost": None if s.cost_committed is None else round(s.cost_committed, 6),
             "stopped_by_cost": s.stopped_by_cost,
             "outputs": [o.path for o in s.outputs],
+            "tables": [t.path for t in s.tables],
         }
 
     # --- what happens next: the outcomes of submit and collect -------------------------------

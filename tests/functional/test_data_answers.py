@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from buildkit import billed_ids
+from conftest import copy_examples
 from jsonschema import Draft202012Validator
 from test_data_targets import TEMPLATE, data_project, reviews, set_template
 
+from gptbatch.cli import main
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
 from gptbatch.simulator import Fault
 from gptbatch.state.store import Store
@@ -227,3 +229,19 @@ def test_explain_says_whether_the_row_or_the_template_changed(
     lines = explained(project, capsys)
     assert sorted(lines) == IDS
     assert all("request template changed" in line for line in lines.values())
+
+
+def test_the_data_example_writes_its_table(tmp_path: Path) -> None:
+    copy_examples(tmp_path)
+    config = tmp_path / "examples" / "data.yaml"
+    with open(config, "a") as f:  # poll the rehearsal's simulator often
+        f.write("polling: {initial_seconds: 0.02, max_seconds: 0.2, factor: 1.5}\n")
+    assert main(["build", str(config), "--simulate"]) == EXIT_OK
+    path = tmp_path / "examples" / "out-data-simulated" / "sentiment.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["review_id", "product", "text", "answer", "sentiment", "stars"]
+    assert [r["review_id"] for r in rows] == [f"rv-00{i}" for i in range(1, 7)]
+    assert all(r["sentiment"] in ("positive", "negative", "mixed") for r in rows)
+    assert all(1 <= int(r["stars"]) <= 5 for r in rows)
