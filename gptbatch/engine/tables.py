@@ -20,6 +20,7 @@ from typing import Any
 from gptbatch.canonical import atomic_writer
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import ErrorFile, error_record, write_index, written_as_indexed
+from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
 from gptbatch.inputs.render import Target, data_rows
 from gptbatch.state.rows import RequestRow, ResultRow
@@ -136,7 +137,7 @@ def _write_table(
             if result is not None and result.state == "failed":
                 err.write(error_record(request, result, f"{target.data_display}:{line}"))
             elif result is not None and result.state == "ok" and result.line:
-                text = answer_text(json.loads(result.line))
+                text = answer_text(loads_reply(result.line))
                 if check is None:
                     answer[0] = text or ""
                     answered += 1 if text is not None else 0
