@@ -64,6 +64,13 @@ def register(sub: Any) -> None:
         "limits.max_cost, which caps the project's committed spend)",
     )
     p.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="build only N rows of each data target, the same N every time (spread over the "
+        "table); a full build later reuses their results",
+    )
+    p.add_argument(
         "--no-wait",
         action="store_true",
         help="submit what fits, collect what finished, then exit (for CI schedules)",
@@ -107,7 +114,10 @@ def run(args: argparse.Namespace) -> int:
     config, targets = args.config, list(args.targets)
     if config is not None and config.endswith(".jsonl"):  # `gptbatch build in/a.jsonl`
         config, targets = None, [config, *targets]
-    spec = load_spec(config)
+    sample = getattr(args, "sample", None)
+    if sample is not None and sample < 1:
+        raise UsageError(f"--sample {sample}: give a number of rows, e.g. --sample 20")
+    spec = load_spec(config, sample=sample)
     # A subset build works on these inputs only; the spec keeps them all, so the others are
     # neither taken for removed from batch.yaml nor forgotten.
     args.only = chosen_inputs(spec, targets) if targets else None
@@ -198,6 +208,8 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
 def resume_command(args: argparse.Namespace) -> str:
     """The command that continues this build: a rehearsal resumes only with --simulate."""
     base = getattr(args, "resume_command", None) or "gptbatch build"
+    if getattr(args, "sample", None):
+        base += f" --sample {args.sample}"
     return f"{base} --simulate" if args.simulate else base
 
 

@@ -150,14 +150,14 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def load_spec(path: str | Path | None = None) -> Spec:
+def load_spec(path: str | Path | None = None, *, sample: int | None = None) -> Spec:
     """Load and validate a config (default ./batch.yaml); raise ConfigError listing every problem.
 
     Also loads `.env` beside the config and in the working directory (existing variables win).
     Every message passes through redact(): a key pasted into the config is never printed back.
     """
     try:
-        return _load(path)
+        return _load(path, sample)
     except ConfigError as exc:
         raise ConfigError(
             [Problem(p.path, p.line, redact(p.message), redact(p.hint)) for p in exc.problems],
@@ -165,7 +165,7 @@ def load_spec(path: str | Path | None = None) -> Spec:
         ) from None
 
 
-def _load(path: str | Path | None) -> Spec:
+def _load(path: str | Path | None, sample: int | None = None) -> Spec:
     config, display = locate(path)
     text = read_text(config, display)
     if is_request_file(text):
@@ -215,7 +215,7 @@ def _load(path: str | Path | None) -> Spec:
         raise ConfigError(problems)
     # Data targets render (when their data or template changed) once the config is valid.
     try:
-        render_targets(list(targets.values()), state_dir(output_dir))
+        render_targets(list(targets.values()), state_dir(output_dir), sample=sample)
     except InputError as exc:
         raise ConfigError(exc.problems, truncated=exc.truncated) from None
     _load_env(root)

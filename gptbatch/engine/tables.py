@@ -126,14 +126,18 @@ def _write_table(
     with atomic_writer(csv_path, "w") as out, ErrorFile(err_path) as err:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([*columns, *_answer_columns(columns, properties)])
+        upcoming = next(results, None)
         for line, row in data_rows(target):
             rows += 1
-            request, result = next(results, (None, None))
             cells = [_cell(row.get(c)) for c in columns]
             answer: list[str] = [""] * (1 + len(properties))
-            if request is None or request.custom_id != _row_id(row.get(target.id)):
-                writer.writerow(cells + answer)  # the data changed since it was rendered
+            # The requests are the rows' in data order, or some of them (build --sample):
+            # a row whose request is not next has none (or the data changed since).
+            if upcoming is None or upcoming[0].custom_id != _row_id(row.get(target.id)):
+                writer.writerow(cells + answer)
                 continue
+            request, result = upcoming
+            upcoming = next(results, None)
             if result is not None and result.state == "failed":
                 err.write(error_record(request, result, f"{target.data_display}:{line}"))
             elif result is not None and result.state == "ok" and result.line:

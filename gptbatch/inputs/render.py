@@ -8,8 +8,10 @@ template give a byte-identical file; a fingerprint of both skips rendering when 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -48,30 +50,32 @@ def rendered_path(state: Path, name: str) -> Path:
     return state / "rendered" / f"{name}.jsonl"
 
 
-def fingerprint(target: Target) -> str:
+def fingerprint(target: Target, sample: int | None = None) -> str:
     """What a target's rendered file depends on: data bytes, template and settings."""
-    return canonical_json(
-        {
-            "format": RENDER_FORMAT,
-            "data": file_sha256(target.data),
-            "id": target.id,
-            "name": target.name,
-            "request": target.request,
-        }
-    ).decode()
+    facts = {
+        "format": RENDER_FORMAT,
+        "data": file_sha256(target.data),
+        "id": target.id,
+        "name": target.name,
+        "request": target.request,
+    }
+    if sample is not None:
+        facts["sample"] = sample
+    return canonical_json(facts).decode()
 
 
-def render_targets(targets: list[Target], state: Path) -> None:
+def render_targets(targets: list[Target], state: Path, *, sample: int | None = None) -> None:
     """Render every target whose fingerprint changed; InputError, writing nothing, if any fails.
 
     Each target streams into its own temp file beside its rendered file; they are renamed
     into place only once every target rendered, so a bad row anywhere leaves every rendered
-    file (and the directories, if this made them) as it was.
+    file (and the directories, if this made them) as it was. sample: render only that many
+    rows of each target (`sampled_ids`).
     """
     todo: list[tuple[Target, Path, str]] = []
     for target in targets:
         path = rendered_path(state, target.name)
-        stamp = fingerprint(target)
+        stamp = fingerprint(target, sample)
         marker = path.with_suffix(".fingerprint")
         if path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp:
             continue
@@ -85,7 +89,7 @@ def render_targets(targets: list[Target], state: Path) -> None:
             for target, path, _ in todo:
                 out = stack.enter_context(atomic_writer(path, "wb"))
                 try:
-                    render(target, out)
+                    render(target, out, sample)
                 except InputError as exc:
                     problems += exc.problems
             if problems:  # raised inside the stack: every temp file is removed
@@ -111,9 +115,9 @@ def _missing_dirs(directory: Path) -> list[Path]:
     return missing
 
 
-def render(target: Target, out: IO[bytes]) -> None:
+def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
     """Write the target's request lines to out, one per data row in data order, as rows are
-    read; InputError if any is wrong."""
+    read; InputError if any is wrong. sample: only the rows `sampled_ids` picks."""
     from jinja2 import StrictUndefined, TemplateSyntaxError
     from jinja2.sandbox import SandboxedEnvironment
 
@@ -138,9 +142,12 @@ def render(target: Target, out: IO[bytes]) -> None:
             )
     if problems:
         raise InputError(problems)
+    chosen = sampled_ids(target, sample) if sample is not None else None
     seen: dict[str, int] = {}
     for line, row in data_rows(target):
         custom_id = _row_id(target, line, row, seen)
+        if chosen is not None and custom_id not in chosen:
+            continue
         body = _render_value(target, target.request, (), compiled, row, line, custom_id)
         request = {"custom_id": custom_id, "method": "POST", **body}
         out.write(canonical_json(request) + b"\n")
@@ -148,6 +155,25 @@ def render(target: Target, out: IO[bytes]) -> None:
         raise InputError(
             Problem(target.data_display, None, f"target {target.name}: no data rows", "")
         )
+
+
+def sampled_ids(target: Target, count: int) -> set[str]:
+    """The ids of `count` rows of a target: those whose ids hash lowest (sha256 of target name
+    and id). The same rows every time, spread over the table whatever its order, and stable
+    as rows are added (a new row joins only if it hashes lower than one picked). One pass,
+    holding only the picks; every id is checked as rendering checks it."""
+    picked: list[tuple[bytes, str]] = []  # sorted by hash, at most count long
+    seen: dict[str, int] = {}
+    prefix = target.name.encode() + b"\0"
+    for line, row in data_rows(target):
+        custom_id = _row_id(target, line, row, seen)
+        digest = hashlib.sha256(prefix + custom_id.encode()).digest()
+        if len(picked) < count:
+            bisect.insort(picked, (digest, custom_id))
+        elif count and digest < picked[-1][0]:
+            bisect.insort(picked, (digest, custom_id))
+            picked.pop()
+    return {custom_id for _, custom_id in picked}
 
 
 def _strings(value: Any, where: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:

@@ -245,3 +245,36 @@ def test_the_data_example_writes_its_table(tmp_path: Path) -> None:
     assert [r["review_id"] for r in rows] == [f"rv-00{i}" for i in range(1, 7)]
     assert all(r["sentiment"] in ("positive", "negative", "mixed") for r in rows)
     assert all(1 <= int(r["stars"]) <= 5 for r in rows)
+
+
+def test_sample_builds_the_same_few_rows_and_the_full_build_reuses_them(
+    tmp_path: Path, simulator
+) -> None:
+    project = data_project(tmp_path, reviews(40), request=SCHEMA_TEMPLATE)
+    assert project.build("sentiment", "--sample", "5") == EXIT_OK
+    sampled = billed_ids(simulator)
+    assert len(sampled) == 5 and len(set(sampled)) == 5
+    positions = sorted(int(i[2:]) for i in sampled)
+    assert positions[-1] - positions[0] > 5  # spread over the table, not its first rows
+    _, rows = table(project)
+    assert [r["review_id"] for r in rows] == [f"rv{i}" for i in range(40)]
+    assert sorted(r["review_id"] for r in rows if r["sentiment"]) == sorted(sampled)
+    assert [o["custom_id"] for o in project.output("sentiment")] == [f"rv{i}" for i in positions]
+
+    # The same sample again: nothing billed.
+    assert project.build("sentiment", "--sample", "5") == EXIT_OK
+    assert len(billed_ids(simulator)) == 5
+
+    # Rows added: the sample keeps its rows but for new ones that hash lower.
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(60))
+    assert project.build("sentiment", "--sample", "5") == EXIT_OK
+    again = billed_ids(simulator)[5:]
+    assert all(int(i[2:]) >= 40 for i in again)
+    assert len(again) <= 5
+
+    # The full build: every other row, none of the sampled ones again.
+    assert project.build() == EXIT_OK
+    billed = billed_ids(simulator)
+    assert sorted(billed) == sorted({f"rv{i}" for i in range(60)} | {"x0", "x1", "x2"})
+    assert len(billed) == len(set(billed))  # nothing paid twice
+    assert all(r["sentiment"] for r in table(project)[1])
