@@ -278,3 +278,15 @@ def test_sample_builds_the_same_few_rows_and_the_full_build_reuses_them(
     assert sorted(billed) == sorted({f"rv{i}" for i in range(60)} | {"x0", "x1", "x2"})
     assert len(billed) == len(set(billed))  # nothing paid twice
     assert all(r["sentiment"] for r in table(project)[1])
+
+
+def test_clean_removes_the_tables_and_rendered_requests(tmp_path: Path, simulator) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE)
+    assert project.build() == EXIT_OK
+    assert (project.out / "sentiment.csv").exists()
+    assert main(["clean", str(project.config), "--yes"]) == EXIT_OK
+    assert not project.out.exists()
+    assert (tmp_path / "data" / "reviews.csv").exists()
+    assert project.build() == EXIT_OK  # the batches are adopted: nothing paid again
+    assert len(billed_ids(simulator)) == 9
+    assert len(table(project)[1]) == 6
