@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +17,10 @@ from gptbatch.api.connect import remote_for
 from gptbatch.cli.common import add_simulate_flag
 from gptbatch.config.spec import Spec, load_spec
 from gptbatch.engine.usage import Usage
-from gptbatch.errors import Interrupted, UsageError
+from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, Interrupted, UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
+from gptbatch.state.store import state_dir
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
     from gptbatch.engine.summary import BuildSummary
@@ -117,7 +118,46 @@ def run(args: argparse.Namespace) -> int:
     sample = getattr(args, "sample", None)
     if sample is not None and sample < 1:
         raise UsageError(f"--sample {sample}: give a number of rows, e.g. --sample 20")
-    spec = load_spec(config, sample=sample)
+    # Steps build in dependency order: a round builds every target, then a step whose
+    # upstream answers changed renders again from them and the next round builds it.
+    rounds = 0
+    while True:
+        spec = load_spec(config, sample=sample, simulate=bool(getattr(args, "simulate", False)))
+        code = _build_once(spec, args, targets)
+        rounds += 1
+        stale = stale_steps(spec, sample, args.only)
+        if not stale or code not in (EXIT_OK, EXIT_FAILED_REQUESTS):
+            return code
+        if args.no_wait or args.max_cost is not None or rounds > len(spec.data_targets):
+            print(
+                f"steps {', '.join(stale)}: their upstream answers changed; run "
+                f"`{resume_command(args)}` again to build them",
+                file=sys.stderr,
+            )
+            return code
+        print(
+            f"steps {', '.join(stale)}: their upstream answers changed: building them",
+            file=sys.stderr,
+        )
+
+
+def stale_steps(spec: Spec, sample: int | None, only: Sequence[Path] | None) -> list[str]:
+    """The steps (among the inputs built) whose upstream table is not what they rendered."""
+    from gptbatch.inputs.render import is_rendered
+
+    state = state_dir(spec.output_dir)
+    built = set(only if only is not None else spec.inputs)
+    return [
+        t.name
+        for t in spec.data_targets
+        if t.upstream is not None
+        and spec.targets[t.name] in built
+        and not is_rendered(t, state, sample)
+    ]
+
+
+def _build_once(spec: Spec, args: argparse.Namespace, targets: list[str]) -> int:
+    """One build of a loaded spec, as the arguments say."""
     # A subset build works on these inputs only; the spec keeps them all, so the others are
     # neither taken for removed from batch.yaml nor forgotten.
     args.only = chosen_inputs(spec, targets) if targets else None

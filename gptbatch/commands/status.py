@@ -203,6 +203,7 @@ def _reason(result: ResultRow | None, shard: str | None, new_reason: str | None)
         "changed": "request changed since its last result (same custom_id, new content)",
         "row changed": "its data row changed since its last result (same id, new content)",
         "template changed": "its target's request template changed since its last result",
+        "upstream changed": "its upstream target's answer (or row) changed since its last result",
         "config changed": "model or endpoint in batch.yaml changed",
     }.get(new_reason or "", "no result yet")
 

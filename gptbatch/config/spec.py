@@ -23,6 +23,7 @@ from gptbatch.config.messages import (
     non_finite_problem,
     schema_problems,
 )
+from gptbatch.config.rehearsal import SIMULATED_SUFFIX
 from gptbatch.config.targets import load_targets
 from gptbatch.config.yaml_source import (
     duplicate_keys,
@@ -150,14 +151,18 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def load_spec(path: str | Path | None = None, *, sample: int | None = None) -> Spec:
+def load_spec(
+    path: str | Path | None = None, *, sample: int | None = None, simulate: bool = False
+) -> Spec:
     """Load and validate a config (default ./batch.yaml); raise ConfigError listing every problem.
 
     Also loads `.env` beside the config and in the working directory (existing variables win).
     Every message passes through redact(): a key pasted into the config is never printed back.
+    sample: render that many rows of each data target (build --sample); simulate: steps take
+    their upstream answers from the rehearsal's output directory.
     """
     try:
-        return _load(path, sample)
+        return _load(path, sample, simulate)
     except ConfigError as exc:
         raise ConfigError(
             [Problem(p.path, p.line, redact(p.message), redact(p.hint)) for p in exc.problems],
@@ -165,7 +170,7 @@ def load_spec(path: str | Path | None = None, *, sample: int | None = None) -> S
         ) from None
 
 
-def _load(path: str | Path | None, sample: int | None = None) -> Spec:
+def _load(path: str | Path | None, sample: int | None = None, simulate: bool = False) -> Spec:
     config, display = locate(path)
     text = read_text(config, display)
     if is_request_file(text):
@@ -202,7 +207,10 @@ def _load(path: str | Path | None, sample: int | None = None) -> Spec:
     later: list[Problem] = []
     targets: dict[int, Target] = {}
     if not invalid & {"inputs", "output_dir"}:
-        targets, later = load_targets(full["inputs"], root, node, display)
+        tables = (
+            output_dir.with_name(output_dir.name + SIMULATED_SUFFIX) if simulate else output_dir
+        )
+        targets, later = load_targets(full["inputs"], root, node, display, tables)
         state = state_dir(output_dir)
         rendered = {i: rendered_path(state, t.name) for i, t in targets.items()}
         files, wrong = expand_inputs(full["inputs"], root, output_dir, node, display, rendered)

@@ -164,7 +164,7 @@ def edit_kind(spec: Spec, store: Store, path: Path) -> tuple[str, str | None]:
     """What a changed request of this input is, and the digest of its data target's template
     (None: a plain request file). A data target's request changed either because its request
     template changed since the last sync ("template changed") or, the template being the
-    same, because its row did ("row changed")."""
+    same, because its row did ("row changed"; a step's: "upstream changed")."""
     target = next((t for t in spec.data_targets if spec.targets.get(t.name) == path), None)
     if target is None:
         return "changed", None
@@ -172,7 +172,10 @@ def edit_kind(spec: Spec, store: Store, path: Path) -> tuple[str, str | None]:
     last = store.get_meta(f"template:{path}")
     if last is None:
         return "changed", template
-    return ("template changed" if last != template else "row changed"), template
+    if last != template:
+        return "template changed", template
+    # a step's row is its upstream target's answer (and that row's columns)
+    return ("upstream changed" if target.upstream is not None else "row changed"), template
 
 
 def line_digest(content: bytes) -> bytes:

@@ -22,7 +22,7 @@ from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import ErrorFile, error_record, write_index, written_as_indexed
 from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
-from gptbatch.inputs.render import Target, data_rows
+from gptbatch.inputs.render import Target, data_rows, request_id
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
 
@@ -133,7 +133,9 @@ def _write_table(
             answer: list[str] = [""] * (1 + len(properties))
             # The requests are the rows' in data order, or some of them (build --sample):
             # a row whose request is not next has none (or the data changed since).
-            if upcoming is None or upcoming[0].custom_id != _row_id(row.get(target.id)):
+            if upcoming is None or upcoming[0].custom_id != request_id(
+                target, _row_id(row.get(target.id))
+            ):
                 writer.writerow(cells + answer)
                 continue
             request, result = upcoming

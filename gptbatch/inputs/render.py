@@ -43,6 +43,7 @@ class Target:
     template_path: tuple[Any, ...]  # where the template sits inside template_node
     template_text: str | None  # a template file's text (part of the fingerprint)
     retry_invalid: bool = False  # send again an answer that is not JSON matching its schema
+    upstream: str | None = None  # a step: the target whose answers table is its data
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -54,7 +55,8 @@ def fingerprint(target: Target, sample: int | None = None) -> str:
     """What a target's rendered file depends on: data bytes, template and settings."""
     facts = {
         "format": RENDER_FORMAT,
-        "data": file_sha256(target.data),
+        # a step's upstream table does not exist until its upstream target is built
+        "data": file_sha256(target.data) if target.data.exists() else None,
         "id": target.id,
         "name": target.name,
         "request": target.request,
@@ -62,6 +64,17 @@ def fingerprint(target: Target, sample: int | None = None) -> str:
     if sample is not None:
         facts["sample"] = sample
     return canonical_json(facts).decode()
+
+
+def is_rendered(target: Target, state: Path, sample: int | None = None) -> bool:
+    """Is the target's rendered file the one its data and template make now?"""
+    path = rendered_path(state, target.name)
+    marker = path.with_suffix(".fingerprint")
+    return (
+        path.is_file()
+        and marker.is_file()
+        and marker.read_text("utf-8") == fingerprint(target, sample)
+    )
 
 
 def render_targets(targets: list[Target], state: Path, *, sample: int | None = None) -> None:
@@ -74,12 +87,9 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
     """
     todo: list[tuple[Target, Path, str]] = []
     for target in targets:
-        path = rendered_path(state, target.name)
-        stamp = fingerprint(target, sample)
-        marker = path.with_suffix(".fingerprint")
-        if path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp:
-            continue
-        todo.append((target, path, stamp))
+        if not is_rendered(target, state, sample):
+            path = rendered_path(state, target.name)
+            todo.append((target, path, fingerprint(target, sample)))
     if not todo:
         return
     made = _missing_dirs(rendered_path(state, "x").parent)
@@ -149,9 +159,9 @@ def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
         if chosen is not None and custom_id not in chosen:
             continue
         body = _render_value(target, target.request, (), compiled, row, line, custom_id)
-        request = {"custom_id": custom_id, "method": "POST", **body}
+        request = {"custom_id": request_id(target, custom_id), "method": "POST", **body}
         out.write(canonical_json(request) + b"\n")
-    if not seen:
+    if not seen and target.upstream is None:  # a step may have no answered rows yet
         raise InputError(
             Problem(target.data_display, None, f"target {target.name}: no data rows", "")
         )
@@ -320,8 +330,23 @@ def _lines(target: Target) -> Iterator[str]:
             yield text
 
 
+def request_id(target: Target, row_id: str) -> str:
+    """The custom_id a row's request is sent with: its id; a step's is `<step>:<id>`, so
+    that the rows it shares with its upstream target are told apart."""
+    return f"{target.name}:{row_id}" if target.upstream is not None else row_id
+
+
 def data_rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, record) of each data row, as read: JSONL records for .jsonl/.ndjson, else CSV."""
+    """(line, record) of each data row, as read: JSONL records for .jsonl/.ndjson, else CSV.
+
+    A step's rows are those of its upstream target's table that have an answer (none while
+    that table is not written yet)."""
+    if target.upstream is not None:
+        if target.data.exists():
+            for line, row in _csv_rows(target, _lines(target)):
+                if row.get("answer"):
+                    yield line, row
+        return
     if target.data.suffix.lower() in (".jsonl", ".ndjson"):
         yield from _jsonl_rows(target, _lines(target))
     else:
