@@ -17,7 +17,7 @@ from gptbatch.api.connect import remote_for
 from gptbatch.cli.common import add_simulate_flag
 from gptbatch.config.spec import Spec, load_spec
 from gptbatch.engine.usage import Usage
-from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, Interrupted, UsageError
+from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING, Interrupted, UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
 from gptbatch.state.store import state_dir
@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
                 f"`{resume_command(args)}` again to build them",
                 file=sys.stderr,
             )
-            return code
+            return EXIT_PENDING  # as any build that left work to do
+
         print(
             f"steps {', '.join(stale)}: their upstream answers changed: building them",
             file=sys.stderr,

@@ -113,3 +113,14 @@ def test_a_step_over_itself_or_an_unknown_target_is_an_error(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert "target reply: no data file 'sentimnet'" in err
     assert "the name of another target (a step over its answers: reply, sentiment)" in err
+
+
+def test_one_pass_leaves_the_steps_pending_and_says_so(tmp_path: Path, simulator, capsys) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
+    assert project.build("--max-cost", "5") == EXIT_PENDING  # one round only
+    assert "steps reply: their upstream answers changed; run" in capsys.readouterr().err
+    assert not any(i.startswith("reply:") for i in billed_ids(simulator))
+    assert project.build() == EXIT_OK
+    assert sorted(i for i in billed_ids(simulator) if i.startswith("reply:")) == [
+        f"reply:{i}" for i in IDS
+    ]
