@@ -290,3 +290,16 @@ def test_clean_removes_the_tables_and_rendered_requests(tmp_path: Path, simulato
     assert project.build() == EXIT_OK  # the batches are adopted: nothing paid again
     assert len(billed_ids(simulator)) == 9
     assert len(table(project)[1]) == 6
+
+
+def test_an_edited_table_is_written_again_for_free(tmp_path: Path, simulator) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE)
+    assert project.build() == EXIT_OK
+    path = project.out / "sentiment.csv"
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"rv3", b"XX3"))
+    (project.out / "sentiment.errors.jsonl").write_text('{"custom_id": "bogus"}\n')
+    assert project.build() == EXIT_OK
+    assert path.read_bytes() == good
+    assert not (project.out / "sentiment.errors.jsonl").exists()
+    assert len(billed_ids(simulator)) == 9
