@@ -51,10 +51,11 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
     """Write each data target's table and errors file unless both are as last written and
     nothing they are made of changed."""
     summaries = []
+    results = store.outputs_fingerprint()  # changes whenever a result or an input does
     for rendered, target in table_inputs(spec).items():
         csv_path = spec.output_dir / f"{target.name}.csv"
         err_path = spec.output_dir / f"{target.name}.errors.jsonl"
-        stamp = json.dumps([TABLE_FORMAT, store.outputs_fingerprint(), _rendered_stamp(rendered)])
+        stamp = json.dumps([TABLE_FORMAT, results, _rendered_stamp(rendered)])
         meta = f"table:{target.name}"
         last = json.loads(store.get_meta(meta) or "null")
         if (
