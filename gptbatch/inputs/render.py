@@ -152,13 +152,16 @@ def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
             )
     if problems:
         raise InputError(problems)
+    # Where a template is, and the mappings and lists holding one: everything else is the
+    # same in every request and is shared, not walked (a large JSON schema, say).
+    live = frozenset(where[:i] for where in compiled for i in range(len(where) + 1))
     chosen = sampled_ids(target, sample) if sample is not None else None
     seen: dict[str, int] = {}
     for line, row in data_rows(target):
         custom_id = _row_id(target, line, row, seen)
         if chosen is not None and custom_id not in chosen:
             continue
-        body = _render_value(target, target.request, (), compiled, row, line, custom_id)
+        body = _render_value(target, target.request, (), compiled, live, row, line, custom_id)
         request = {"custom_id": request_id(target, custom_id), "method": "POST", **body}
         out.write(canonical_json(request) + b"\n")
     if not seen and target.upstream is None:  # a step may have no answered rows yet
@@ -209,19 +212,22 @@ def _render_value(
     value: Any,
     where: tuple[Any, ...],
     compiled: Mapping[tuple[Any, ...], Any],
+    live: frozenset[tuple[Any, ...]],
     row: Mapping[str, Any],
     line: int,
     custom_id: str,
 ) -> Any:
-    """value with every string rendered against row; other values as they are."""
+    """value with every string rendered against row; other values as they are (shared)."""
+    if where not in live:
+        return value
     if isinstance(value, Mapping):
         return {
-            k: _render_value(target, v, (*where, k), compiled, row, line, custom_id)
+            k: _render_value(target, v, (*where, k), compiled, live, row, line, custom_id)
             for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            _render_value(target, v, (*where, i), compiled, row, line, custom_id)
+            _render_value(target, v, (*where, i), compiled, live, row, line, custom_id)
             for i, v in enumerate(value)
         ]
     template = compiled.get(where) if isinstance(value, str) else None
