@@ -140,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
             f"steps {', '.join(stale)}: their upstream answers changed: building them",
             file=sys.stderr,
         )
+        # -B and --retry-failed acted in the first round; a later one sends only what
+        # changed, or a forced build would pay for every request once per round.
+        args.force = args.retry_failed = False
 
 
 def stale_steps(spec: Spec, sample: int | None, only: Sequence[Path] | None) -> list[str]:

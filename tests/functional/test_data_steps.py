@@ -124,3 +124,17 @@ def test_one_pass_leaves_the_steps_pending_and_says_so(tmp_path: Path, simulator
     assert sorted(i for i in billed_ids(simulator) if i.startswith("reply:")) == [
         f"reply:{i}" for i in IDS
     ]
+
+
+def test_a_forced_build_with_steps_sends_each_request_once(tmp_path: Path, simulator) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
+    assert project.build() == EXIT_OK
+    first = len(billed_ids(simulator))
+    assert first == 15
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(edit={3: "Changed my mind: awful"}))
+    assert project.build("-B") == EXIT_OK
+    again = billed_ids(simulator)[first:]
+    # round 1 sends all 15 again (reply:rv3 as it was); round 2 only the new reply:rv3
+    assert sorted(again) == sorted(
+        [*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2", "reply:rv3"]
+    )
