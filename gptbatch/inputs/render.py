@@ -68,13 +68,13 @@ def fingerprint(target: Target, sample: int | None = None) -> str:
 
 def is_rendered(target: Target, state: Path, sample: int | None = None) -> bool:
     """Is the target's rendered file the one its data and template make now?"""
-    path = rendered_path(state, target.name)
+    return _rendered_as(rendered_path(state, target.name), fingerprint(target, sample))
+
+
+def _rendered_as(path: Path, stamp: str) -> bool:
+    """Is the rendered file at path there, and was it rendered from what stamp says?"""
     marker = path.with_suffix(".fingerprint")
-    return (
-        path.is_file()
-        and marker.is_file()
-        and marker.read_text("utf-8") == fingerprint(target, sample)
-    )
+    return path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp
 
 
 def render_targets(targets: list[Target], state: Path, *, sample: int | None = None) -> None:
@@ -87,9 +87,9 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
     """
     todo: list[tuple[Target, Path, str]] = []
     for target in targets:
-        if not is_rendered(target, state, sample):
-            path = rendered_path(state, target.name)
-            todo.append((target, path, fingerprint(target, sample)))
+        path, stamp = rendered_path(state, target.name), fingerprint(target, sample)
+        if not _rendered_as(path, stamp):
+            todo.append((target, path, stamp))
     if not todo:
         return
     made = _missing_dirs(rendered_path(state, "x").parent)
