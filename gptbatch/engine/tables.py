@@ -10,8 +10,13 @@ and its result at a time), and skipped when neither the results nor the data cha
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import io
 import json
+import os
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,7 @@ from typing import Any
 from gptbatch.canonical import atomic_writer
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import ErrorFile, error_record, write_index, written_as_indexed
+from gptbatch.errors import LocalIOError
 from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
 from gptbatch.inputs.render import Target, data_rows, request_id
@@ -67,7 +73,6 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
             summaries.append(TableSummary(target.name, str(csv_path), *last["counts"]))
             continue
         counts = _write_table(store, target, rendered, csv_path, err_path)
-        write_index(store, csv_path, b"")
         write_index(store, err_path, b"")
         with store.transaction():
             store.set_meta(meta, json.dumps({"stamp": stamp, "counts": counts}))
@@ -114,53 +119,152 @@ def _cell(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+# One entry of a table's row index: a digest of what the row is made of (the header, its
+# cells, its request's key and result version), its line's length, and flags (_ANSWERED,
+# _INVALID). The header line is entry 0.
+_ENTRY = struct.Struct("<12sIB")
+_ANSWERED, _INVALID = 1, 2
+
+
 def _write_table(
     store: Store, target: Target, rendered: Path, csv_path: Path, err_path: Path
 ) -> list[int]:
-    """Write one target's table and errors file; [rows, answered, invalid]."""
+    """Write one target's table and errors file, and its row index; [rows, answered, invalid].
+
+    A row made of what it was made of last time is copied from the last table (if that is as
+    written), so an edit of one row reads, parses and checks one answer, not every one.
+    """
     schema = answer_schema(target.request)
     check = AnswerCheck(schema) if schema is not None else None
     properties = check.properties if check is not None else []
     columns = _columns(target)
+    path = str(rendered)
     rows = answered = invalid = 0
-    results: Iterator[tuple[RequestRow, ResultRow | None]] = store.request_results(str(rendered))
-    with atomic_writer(csv_path, "w") as out, ErrorFile(err_path) as err:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([*columns, *_answer_columns(columns, properties)])
-        upcoming = next(results, None)
+    requests = store.table_rows(path)
+    entries = bytearray()
+    line_of = _CsvLine()
+    with (
+        _LastTable.open(store, csv_path) as last,
+        atomic_writer(csv_path, "wb") as out,
+        ErrorFile(err_path) as err,
+    ):
+        header = line_of([*columns, *_answer_columns(columns, properties)])
+        out.write(header)
+        entries += _ENTRY.pack(_digest(header), len(header), 0)
+        upcoming = next(requests, None)
         for line, row in data_rows(target):
             rows += 1
             cells = [_cell(row.get(c)) for c in columns]
-            answer: list[str] = [""] * (1 + len(properties))
             # The requests are the rows' in data order, or some of them (build --sample):
             # a row whose request is not next has none (or the data changed since).
-            if upcoming is None or upcoming[0].custom_id != request_id(
+            request = None
+            if upcoming is not None and upcoming[1] == request_id(
                 target, _row_id(row.get(target.id))
             ):
-                writer.writerow(cells + answer)
-                continue
-            request, result = upcoming
-            upcoming = next(results, None)
-            if result is not None and result.state == "failed":
-                err.write(error_record(request, result, f"{target.data_display}:{line}"))
-            elif result is not None and result.state == "ok" and result.line:
-                text = answer_text(loads_reply(result.line))
-                if check is None:
-                    answer[0] = text or ""
-                    answered += 1 if text is not None else 0
-                else:
-                    value, why = check(text)
-                    if why is None:
-                        answer = [text or ""] + [
-                            _cell(value.get(p)) if isinstance(value, dict) else ""
-                            for p in properties
-                        ]
-                        answered += 1
+                request, upcoming = upcoming, next(requests, None)
+            ordinal, _, key, done, version = request or (0, "", None, 0, None)
+            digest = _digest(header, cells, key, done, version)
+            span = last.get(digest) if last is not None else None
+            if span is not None and not span[2] & _INVALID and done != 2:
+                data, flags = last.read(span), span[2]  # type: ignore[union-attr]
+            else:
+                answer: list[str] = [""] * (1 + len(properties))
+                flags = 0
+                if done == 2:
+                    err.write(
+                        error_record(
+                            *store.request_result(path, ordinal), f"{target.data_display}:{line}"
+                        )
+                    )
+                elif done == 1 and key is not None:
+                    result_line = store.result_line(key)
+                    text = answer_text(loads_reply(result_line)) if result_line else None
+                    if check is None:
+                        answer[0] = text or ""
+                        flags = _ANSWERED if text is not None else 0
                     else:
-                        invalid += 1
-                        err.write(_invalid_record(target, line, request, result, text, why))
-            writer.writerow(cells + answer)
+                        value, why = check(text)
+                        if why is None:
+                            answer = [text or ""] + [
+                                _cell(value.get(p)) if isinstance(value, dict) else ""
+                                for p in properties
+                            ]
+                            flags = _ANSWERED
+                        else:
+                            flags = _INVALID
+                            req, res = store.request_result(path, ordinal)
+                            assert res is not None
+                            err.write(_invalid_record(target, line, req, res, text, why))
+                data = line_of(cells + answer)
+            answered += bool(flags & _ANSWERED)
+            invalid += bool(flags & _INVALID)
+            out.write(data)
+            entries += _ENTRY.pack(digest, len(data), flags)
+    write_index(store, csv_path, bytes(entries))
     return [rows, answered, invalid]
+
+
+def _digest(*parts: Any) -> bytes:
+    """What a table line is made of, in 12 bytes."""
+    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=12).digest()
+
+
+class _CsvLine:
+    """One CSV line as UTF-8 bytes (the table's dialect: minimal quoting, \\n)."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer, lineterminator="\n")
+
+    def __call__(self, fields: list[str]) -> bytes:
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        self.writer.writerow(fields)
+        return self.buffer.getvalue().encode("utf-8")
+
+
+class _LastTable:
+    """The table as the last build wrote it, and where each row's line is in it: trusted
+    only if the file has the inode, size and mtime its index recorded."""
+
+    def __init__(self, fd: int, spans: dict[bytes, tuple[int, int, int]]) -> None:
+        self.fd = fd
+        self.spans = spans
+
+    def get(self, digest: bytes) -> tuple[int, int, int] | None:
+        return self.spans.get(digest)
+
+    def read(self, span: tuple[int, int, int]) -> bytes:
+        data = os.pread(self.fd, span[1], span[0])
+        if len(data) != span[1]:
+            raise LocalIOError(f"the last table ended early while copying from it ({span[0]})")
+        return data
+
+    @staticmethod
+    @contextlib.contextmanager
+    def open(store: Store, path: Path) -> Iterator[_LastTable | None]:
+        index = store.output_index(path.name)
+        try:
+            fd = os.open(path, os.O_RDONLY) if index is not None and index[0] != "[]" else None
+        except OSError:
+            fd = None
+        if fd is None or index is None:
+            yield None
+            return
+        try:
+            st = os.fstat(fd)
+            spans: dict[bytes, tuple[int, int, int]] = {}
+            offset = 0
+            entries = index[1]
+            if json.loads(index[0])[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns] and not (
+                len(entries) % _ENTRY.size
+            ):
+                for digest, length, flags in _ENTRY.iter_unpack(entries):
+                    spans[digest] = (offset, length, flags)
+                    offset += length
+            yield _LastTable(fd, spans) if spans and offset == st.st_size else None
+        finally:
+            os.close(fd)
 
 
 def _invalid_record(
