@@ -135,7 +135,6 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_PENDING  # as any build that left work to do
-
         print(
             f"steps {', '.join(stale)}: their upstream answers changed: building them",
             file=sys.stderr,
