@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +17,10 @@ from gptbatch.api.connect import remote_for
 from gptbatch.cli.common import add_simulate_flag
 from gptbatch.config.spec import Spec, load_spec
 from gptbatch.engine.usage import Usage
-from gptbatch.errors import Interrupted, UsageError
+from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING, Interrupted, UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
+from gptbatch.state.store import state_dir
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
     from gptbatch.engine.summary import BuildSummary
@@ -62,6 +63,13 @@ def register(sub: Any) -> None:
         metavar="USD",
         help="stop submitting before this run's estimated spend passes USD (instead of "
         "limits.max_cost, which caps the project's committed spend)",
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="build only N rows of each data target, the same N every time (spread over the "
+        "table); a full build later reuses their results",
     )
     p.add_argument(
         "--no-wait",
@@ -107,7 +115,52 @@ def run(args: argparse.Namespace) -> int:
     config, targets = args.config, list(args.targets)
     if config is not None and config.endswith(".jsonl"):  # `gptbatch build in/a.jsonl`
         config, targets = None, [config, *targets]
-    spec = load_spec(config)
+    sample = getattr(args, "sample", None)
+    if sample is not None and sample < 1:
+        raise UsageError(f"--sample {sample}: give a number of rows, e.g. --sample 20")
+    # Steps build in dependency order: a round builds every target, then a step whose
+    # upstream answers changed renders again from them and the next round builds it.
+    rounds = 0
+    while True:
+        spec = load_spec(config, sample=sample, simulate=bool(getattr(args, "simulate", False)))
+        code = _build_once(spec, args, targets)
+        rounds += 1
+        stale = stale_steps(spec, sample, args.only)
+        if not stale or code not in (EXIT_OK, EXIT_FAILED_REQUESTS):
+            return code
+        if args.no_wait or args.max_cost is not None or rounds > len(spec.data_targets):
+            print(
+                f"steps {', '.join(stale)}: their upstream answers changed; run "
+                f"`{resume_command(args)}` again to build them",
+                file=sys.stderr,
+            )
+            return EXIT_PENDING  # as any build that left work to do
+        print(
+            f"steps {', '.join(stale)}: their upstream answers changed: building them",
+            file=sys.stderr,
+        )
+        # -B and --retry-failed acted in the first round; a later one sends only what
+        # changed, or a forced build would pay for every request once per round.
+        args.force = args.retry_failed = False
+
+
+def stale_steps(spec: Spec, sample: int | None, only: Sequence[Path] | None) -> list[str]:
+    """The steps (among the inputs built) whose upstream table is not what they rendered."""
+    from gptbatch.inputs.render import is_rendered
+
+    state = state_dir(spec.output_dir)
+    built = set(only if only is not None else spec.inputs)
+    return [
+        t.name
+        for t in spec.data_targets
+        if t.upstream is not None
+        and spec.targets[t.name] in built
+        and not is_rendered(t, state, sample)
+    ]
+
+
+def _build_once(spec: Spec, args: argparse.Namespace, targets: list[str]) -> int:
+    """One build of a loaded spec, as the arguments say."""
     # A subset build works on these inputs only; the spec keeps them all, so the others are
     # neither taken for removed from batch.yaml nor forgotten.
     args.only = chosen_inputs(spec, targets) if targets else None
@@ -198,6 +251,8 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
 def resume_command(args: argparse.Namespace) -> str:
     """The command that continues this build: a rehearsal resumes only with --simulate."""
     base = getattr(args, "resume_command", None) or "gptbatch build"
+    if getattr(args, "sample", None):
+        base += f" --sample {args.sample}"
     return f"{base} --simulate" if args.simulate else base
 
 
@@ -243,6 +298,11 @@ def print_summary(
             line += f", {plural(o.failed, 'failure')} in {shown(o.errors_path)}"
         if o.missing:
             line += f", {o.missing:,} still missing"
+        print(line, file=out)
+    for t in s.tables:
+        line = f"  {shown(t.path)}: {plural(t.rows, 'row')}, {t.answered:,} answered"
+        if t.invalid:
+            line += f", {plural(t.invalid, 'invalid answer')} (reasons in the errors file)"
         print(line, file=out)
     if s.stopped_by_cost:
         print(f"stopped: {s.stopped_by_cost}", file=out)

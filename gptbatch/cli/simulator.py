@@ -94,6 +94,14 @@ def register(subparsers: Any) -> None:
         help="accept any model name (by default a model gptbatch does not know fails its "
         "batch at validation with model_not_found, as at the API)",
     )
+    parser.add_argument(
+        "--invalid-json",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="answer this fraction (0..1) of requests that ask for JSON with text that is not "
+        "JSON, drawn per attempt (default 0)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print each API call")
     parser.set_defaults(func=run)
 
@@ -110,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.time_scale < 0:
         raise UsageError("--time-scale must be >= 0")
+    if not 0 <= args.invalid_json <= 1:
+        raise UsageError("--invalid-json must be a fraction between 0 and 1")
     config = SimConfig(
         time_scale=args.time_scale,
         tokens_per_second=args.tokens_per_second,
@@ -125,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         faults=tuple(parse_fault(spec) for spec in args.fault),
         state_dir=args.state_dir,
         any_model=args.any_model,
+        invalid_json=args.invalid_json,
     )
     try:
         sim = Simulator(config, host=args.host, port=args.port, work_ahead=True)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from gptbatch.api.remote import Remote
 
 STATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
-WORK_DIRS = ("shards", "downloads")  # where build keeps shard and downloaded files
+# where build keeps shard and downloaded files, and data targets' rendered requests
+WORK_DIRS = ("shards", "downloads", "rendered")
 SIMULATOR_DIR = "simulator"  # `build --simulate` keeps its simulator's state here (api.connect)
 
 
@@ -47,8 +48,11 @@ def plan_clean(spec: Spec, *, rehearsal: bool = False) -> CleanPlan:
     left behind, a later rehearsal would adopt its old batches as if they were current.
     """
     output_dir, work = spec.output_dir, state_dir(spec.output_dir)
-    inputs = {os.path.realpath(p) for p in spec.inputs}
+    # A data target's rendered requests are an input made from its data: ours to remove.
+    rendered = {os.path.realpath(p) for p in spec.targets.values()}
+    inputs = {os.path.realpath(p) for p in spec.inputs} - rendered
     ours: list[Path] = [t for pair in output_paths(spec.inputs, output_dir).values() for t in pair]
+    ours += [output_dir / f"{t.name}.csv" for t in spec.data_targets]  # answers tables
     if output_dir.is_dir():
         for path in output_dir.glob("*.errors.jsonl"):  # inputs since dropped from batch.yaml
             ours += [path, path.with_name(path.name[: -len(".errors.jsonl")] + ".jsonl")]

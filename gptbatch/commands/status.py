@@ -10,6 +10,7 @@ from pathlib import Path
 from gptbatch.canonical import file_sha256
 from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.engine.outputs import output_paths, written_as_indexed
+from gptbatch.engine.sync import edit_kind
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
 from gptbatch.inputs.requests import read_requests
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, ResultRow
@@ -207,6 +208,9 @@ def _reason(result: ResultRow | None, shard: str | None, new_reason: str | None)
     return {
         "new": "new request: never built",
         "changed": "request changed since its last result (same custom_id, new content)",
+        "row changed": "its data row changed since its last result (same id, new content)",
+        "template changed": "its target's request template changed since its last result",
+        "upstream changed": "its upstream target's answer (or row) changed since its last result",
         "config changed": "model or endpoint in batch.yaml changed",
     }.get(new_reason or "", "no result yet")
 
@@ -242,12 +246,13 @@ def _stale_reasons(
     spec: Spec, store: Store, path: Path, in_shard: dict[str, str], why_stale: str
 ) -> Iterator[PendingReason]:
     config = why_stale.startswith("model or endpoint")
+    edit = edit_kind(spec, store, path)[0]
     for req in read_requests([path], model=spec.model, endpoint=spec.endpoint):
         previous = store.previous_row(store.db, str(path), req.custom_id)
         if previous is None:
             new_reason = "new"
         elif previous.key != req.key:
-            new_reason = "config changed" if config else "changed"
+            new_reason = "config changed" if config else edit
         else:
             new_reason = None
         why = _reason(store.result(req.key), in_shard.get(req.key), new_reason)

@@ -23,6 +23,7 @@ from gptbatch.config.messages import (
     non_finite_problem,
     schema_problems,
 )
+from gptbatch.config.rehearsal import SIMULATED_SUFFIX
 from gptbatch.config.targets import load_targets
 from gptbatch.config.yaml_source import (
     duplicate_keys,
@@ -141,6 +142,8 @@ class Spec:
     delete_uploads: bool = False
     # Data targets by name -> the request file each renders to (also among inputs).
     targets: Mapping[str, Path] = field(default_factory=dict)
+    # The data targets themselves, in config order (answers tables, invalid answers).
+    data_targets: tuple[Target, ...] = ()
 
 
 def load_schema() -> dict[str, Any]:
@@ -148,14 +151,18 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def load_spec(path: str | Path | None = None) -> Spec:
+def load_spec(
+    path: str | Path | None = None, *, sample: int | None = None, simulate: bool = False
+) -> Spec:
     """Load and validate a config (default ./batch.yaml); raise ConfigError listing every problem.
 
     Also loads `.env` beside the config and in the working directory (existing variables win).
     Every message passes through redact(): a key pasted into the config is never printed back.
+    sample: render that many rows of each data target (build --sample); simulate: steps take
+    their upstream answers from the rehearsal's output directory.
     """
     try:
-        return _load(path)
+        return _load(path, sample, simulate)
     except ConfigError as exc:
         raise ConfigError(
             [Problem(p.path, p.line, redact(p.message), redact(p.hint)) for p in exc.problems],
@@ -163,7 +170,7 @@ def load_spec(path: str | Path | None = None) -> Spec:
         ) from None
 
 
-def _load(path: str | Path | None) -> Spec:
+def _load(path: str | Path | None, sample: int | None = None, simulate: bool = False) -> Spec:
     config, display = locate(path)
     text = read_text(config, display)
     if is_request_file(text):
@@ -200,7 +207,10 @@ def _load(path: str | Path | None) -> Spec:
     later: list[Problem] = []
     targets: dict[int, Target] = {}
     if not invalid & {"inputs", "output_dir"}:
-        targets, later = load_targets(full["inputs"], root, node, display)
+        tables = (
+            output_dir.with_name(output_dir.name + SIMULATED_SUFFIX) if simulate else output_dir
+        )
+        targets, later = load_targets(full["inputs"], root, node, display, tables)
         state = state_dir(output_dir)
         rendered = {i: rendered_path(state, t.name) for i, t in targets.items()}
         files, wrong = expand_inputs(full["inputs"], root, output_dir, node, display, rendered)
@@ -213,7 +223,7 @@ def _load(path: str | Path | None) -> Spec:
         raise ConfigError(problems)
     # Data targets render (when their data or template changed) once the config is valid.
     try:
-        render_targets(list(targets.values()), state_dir(output_dir))
+        render_targets(list(targets.values()), state_dir(output_dir), sample=sample)
     except InputError as exc:
         raise ConfigError(exc.problems, truncated=exc.truncated) from None
     _load_env(root)
@@ -239,6 +249,7 @@ def _load(path: str | Path | None) -> Spec:
         output_expires_after=full["output_expires_after"],
         delete_uploads=bool(full["delete_uploads"]),
         targets={t.name: rendered_path(state_dir(output_dir), t.name) for t in targets.values()},
+        data_targets=tuple(targets[i] for i in sorted(targets)),
     )
 
 

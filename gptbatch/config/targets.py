@@ -15,12 +15,19 @@ from gptbatch.inputs.render import Target
 
 
 def load_targets(
-    entries: Sequence[Any], root: Path, node: yaml.Node, display: str
+    entries: Sequence[Any], root: Path, node: yaml.Node, display: str, tables: Path
 ) -> tuple[dict[int, Target], list[Problem]]:
-    """The targets among inputs, by their index, and what is wrong with them (located)."""
+    """The targets among inputs, by their index, and what is wrong with them (located).
+
+    A target whose `data:` names another target is a step: its data is that target's answers
+    table, <tables>/<name>.csv (tables: the output directory this build writes to).
+    """
     targets: dict[int, Target] = {}
     problems: list[Problem] = []
     names: dict[str, int] = {}
+    declared = {
+        str(e["name"]): i for i, e in enumerate(entries) if isinstance(e, Mapping) and "name" in e
+    }
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             continue
@@ -36,15 +43,19 @@ def load_targets(
                 )
             )
         names.setdefault(name, index)
+        upstream = str(entry["data"]) if str(entry["data"]) in declared else None
         data = Path(os.path.abspath(root / os.path.expanduser(str(entry["data"]))))
-        if not data.is_file():
+        if upstream is not None:
+            data = tables / f"{upstream}.csv"
+        elif not data.is_file():
             problems.append(
                 Problem(
                     display,
                     line_of(node, [*where, "data"]),
                     f"inputs[{index}]: target {name}: no data file {entry['data']!r}",
                     f"paths are relative to the config's directory, {root}; the data is a CSV "
-                    "with a header row or JSONL records",
+                    "with a header row or JSONL records, or the name of another target (a "
+                    f"step over its answers: {', '.join(sorted(declared)) or 'none here'})",
                 )
             )
         request = entry["request"]
@@ -73,15 +84,47 @@ def load_targets(
         targets[index] = Target(
             name=name,
             data=data,
-            data_display=str(entry["data"]),
+            data_display=str(entry["data"]) if upstream is None else os.path.relpath(data, root),
             id=str(entry["id"]),
             request=request,
             template_display=template_display,
             template_node=template_node,
             template_path=tuple(template_path),
             template_text=text,
+            retry_invalid=bool(entry.get("retry_invalid", False)),
+            upstream=upstream,
         )
+    problems += _cycles(targets, node, display)
     return targets, problems
+
+
+def _cycles(targets: Mapping[int, Target], node: yaml.Node, display: str) -> list[Problem]:
+    """A problem for each cycle of steps (a target whose own answers its data depends on),
+    located at the `data:` of the cycle's first target in config order."""
+    by_name = {t.name: t for t in targets.values()}
+    problems: list[Problem] = []
+    reported: set[str] = set()
+    for index, target in sorted(targets.items()):
+        chain = [target.name]
+        current = target
+        while current.upstream is not None and current.upstream in by_name:
+            current = by_name[current.upstream]
+            if current.name in chain:
+                if current.name == target.name and target.name not in reported:
+                    reported.update(chain)
+                    problems.append(
+                        Problem(
+                            display,
+                            line_of(node, ["inputs", index, "data"]),
+                            f"inputs[{index}]: target {target.name}: its steps form a cycle: "
+                            + " -> ".join([*chain, target.name]),
+                            "a step's data: names the target whose answers it takes; "
+                            "one of these must read a file instead",
+                        )
+                    )
+                break
+            chain.append(current.name)
+    return problems
 
 
 def _template_file(

@@ -35,6 +35,7 @@ from gptbatch.engine.scheduler import UNSENT_SHARD_STATES, Scheduler
 from gptbatch.engine.submit import Submitter
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.engine.sync import sync_inputs
+from gptbatch.engine.tables import table_inputs, write_tables
 from gptbatch.errors import InputError, Problem, TransientRemoteError
 from gptbatch.pricing import unknown_model_hint
 from gptbatch.report import Reporter
@@ -308,14 +309,28 @@ class Builder:
         # neither the results nor the inputs changed since the outputs were written.
         fingerprint = self.store.outputs_fingerprint()
         summaries = write_outputs(
-            self.spec, self.store, skip_if=self.store.get_meta("outputs") == fingerprint
+            self.spec,
+            self.store,
+            skip_if=self.store.get_meta("outputs") == fingerprint,
+            errors_elsewhere=set(table_inputs(self.spec)),
         )
+        # Data targets' tables, and their errors files (failures and invalid answers).
+        tables = write_tables(self.spec, self.store)
+        for table in tables:
+            if table.invalid:
+                self.report.event(
+                    "warning",
+                    message=f"{table.invalid} answer(s) of {table.name} are not JSON matching "
+                    f"the request's schema: their reasons are in {table.name}.errors.jsonl "
+                    "(retry_invalid: true sends such requests again)",
+                )
         crashpoint("after_outputs")
         if not self.subset:  # a subset build wrote only its own inputs' outputs
             with self.store.transaction():
                 self.store.set_meta("outputs", fingerprint)
         remove_final_shard_files(self.store)
         self.summary.outputs = summaries
+        self.summary.tables = tables
         counts = self.store.counts()
         self.summary.total = counts["total"]
         self.summary.ok = counts["ok"]
@@ -340,6 +355,7 @@ class Builder:
             "cost": None if s.cost_committed is None else round(s.cost_committed, 6),
             "stopped_by_cost": s.stopped_by_cost,
             "outputs": [o.path for o in s.outputs],
+            "tables": [t.path for t in s.tables],
         }
 
     # --- what happens next: the outcomes of submit and collect -------------------------------

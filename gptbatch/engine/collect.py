@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.eta import Forecast
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
 from gptbatch.fastjson import loads_reply
+from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
 from gptbatch.report import Reporter
 from gptbatch.state.rows import FINAL_RESULT_STATES, BatchRow, ShardRow
 from gptbatch.state.store import Store
@@ -244,6 +245,7 @@ class Collector:
             self.remote, self.report, self.work_dir, info
         )
         keys = {cid: key for key, cid in reversed(members)}  # the first member of a custom_id
+        checks = self.answer_checks(keys.values())
         with self.store.transaction():
             usage.account(self.store, self.spec.prices)  # what earlier runs left unaccounted
             batch = Outcomes(
@@ -266,6 +268,11 @@ class Collector:
                             continue
                         seen.add(key)
                         state, error = classify(obj)
+                        check = checks.get(key) if state == "ok" else None
+                        if check is not None:
+                            why = check(answer_text(obj))[1]
+                            if why is not None:  # retry_invalid: sent again, up to retries
+                                state, error = "retry", f"invalid answer: {why}"
                         counts[batch.add(key, state, text, error, obj)] += 1
             for key, _ in members:
                 if key not in seen:
@@ -294,6 +301,25 @@ class Collector:
             yield Outcome(completed=True, model=shard.model)
         yield SHARDS_CHANGED
         self.report.event("collected", batch=info.id, status=info.status, **counts)
+
+    def answer_checks(self, keys: Iterable[str]) -> dict[str, AnswerCheck]:
+        """The schema check of each of keys that belongs to a data target with retry_invalid
+        (an answer failing it is retried like a failed request); none without such targets."""
+        wanted = [
+            (t, self.spec.targets[t.name])
+            for t in self.spec.data_targets
+            if t.retry_invalid and answer_schema(t.request) is not None
+        ]
+        if not wanted:
+            return {}
+        members = set(keys)
+        checks: dict[str, AnswerCheck] = {}
+        for target, path in wanted:
+            check = AnswerCheck(answer_schema(target.request) or {})
+            for request in self.store.requests_of(str(path)):
+                if request.key in members:
+                    checks[request.key] = check
+        return checks
 
     def file_expired(self, info: BatchInfo, file_id: str) -> bool:
         """Is a result file that 404s really gone, by the API's own data?

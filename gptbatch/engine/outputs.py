@@ -8,7 +8,7 @@ import json
 import os
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,13 @@ def _identity(path: Path) -> str:
     return os.path.realpath(path)
 
 
-def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[OutputSummary]:
+def write_outputs(
+    spec: Spec, store: Store, *, skip_if: bool = False, errors_elsewhere: Collection[Path] = ()
+) -> list[OutputSummary]:
     """Rewrite every input's output and error file from the store, streaming.
+
+    errors_elsewhere: inputs whose errors file another writer owns (a data target's, which
+    also records invalid answers: engine/tables.py); only their output is written here.
 
     With skip_if (nothing changed since the last write), files that are still as they
     were written (`written_as_indexed`) are left as they are and only counted; one edited,
@@ -99,17 +104,21 @@ def write_outputs(spec: Spec, store: Store, *, skip_if: bool = False) -> list[Ou
     """
     summaries = []
     for path, (out_path, err_path) in output_paths(spec.inputs, spec.output_dir).items():
+        own_errors = path not in errors_elsewhere
         if (
             skip_if
             and written_as_indexed(store, out_path, fix=True) is None
-            and written_as_indexed(store, err_path, fix=True) is None
+            and (not own_errors or written_as_indexed(store, err_path, fix=True) is None)
         ):
             summaries.append(_count(store, str(path), out_path, err_path))
             continue
         with _LastOutput.open(out_path, store.output_index(out_path.name)) as last:
-            summary, index = _write_output(store, str(path), out_path, err_path, last)
-        _write_index(store, out_path, index)
-        _write_index(store, err_path, b"")
+            summary, index = _write_output(
+                store, str(path), out_path, err_path if own_errors else None, last
+            )
+        write_index(store, out_path, index)
+        if own_errors:
+            write_index(store, err_path, b"")
         summaries.append(summary)
     return summaries
 
@@ -143,13 +152,15 @@ def written_as_indexed(store: Store, path: Path, *, fix: bool = False) -> str | 
 
 
 def _write_output(
-    store: Store, path: str, out_path: Path, err_path: Path, last: _LastOutput | None
+    store: Store, path: str, out_path: Path, err_path: Path | None, last: _LastOutput | None
 ) -> tuple[OutputSummary, bytes]:
-    """One input's output and errors file; also the index of the lines written."""
+    """One input's output and errors file (None: only counted); also the index of the
+    lines written."""
     written = failed = missing = 0
     index = bytearray()
     crash = armed("mid_output_write")
-    with atomic_writer(out_path, "wb") as out, _ErrorFile(err_path) as err:
+    errors = ErrorFile(err_path) if err_path is not None else contextlib.nullcontext(None)
+    with atomic_writer(out_path, "wb") as out, errors as err:
         copier = _Copier(out, last.fd if last is not None else None)
         for ordinal, done, version, key, line in store.output_rows(path, lines=last is None):
             if crash and written:
@@ -168,7 +179,8 @@ def _write_output(
                     line = store.result_line(key)
                 if done != 1 or line is None:
                     failed += 1
-                    err.write(_error_record(*store.request_result(path, ordinal)))
+                    if err is not None:
+                        err.write(error_record(*store.request_result(path, ordinal)))
                     continue
                 data = line.rstrip(b"\n") + b"\n"
                 copier.write(data)
@@ -176,7 +188,8 @@ def _write_output(
             index += _ENTRY.pack(version or 0, size)
             written += 1
         copier.flush()
-    summary = OutputSummary(path, str(out_path), str(err_path), written, failed, missing)
+    shown_errors = str(err_path if err_path is not None else out_path.with_suffix(".errors.jsonl"))
+    summary = OutputSummary(path, str(out_path), shown_errors, written, failed, missing)
     return summary, bytes(index)
 
 
@@ -196,7 +209,7 @@ def _same_stat(recorded: str, st: os.stat_result) -> bool:
     return json.loads(recorded)[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def _write_index(store: Store, out_path: Path, index: bytes) -> None:
+def write_index(store: Store, out_path: Path, index: bytes) -> None:
     """Record which result each line of the output just written holds, and that file's stat
     and sha256 (an errors file: no lines; `[]` when there is none).
 
@@ -322,12 +335,13 @@ class _Copier:
             start += done
 
 
-def _error_record(request: RequestRow, result: ResultRow | None) -> str:
-    """The errors file's line for a request that failed for good."""
+def error_record(request: RequestRow, result: ResultRow | None, at: str | None = None) -> str:
+    """The errors file's line for a request that failed for good (at: where its input is,
+    if not the request's own file and line)."""
     assert result is not None
     record = {
         "custom_id": request.custom_id,
-        "input": f"{request.path}:{request.line}",
+        "input": at or f"{request.path}:{request.line}",
         "error": result.error,
         "attempts": result.attempts,
         "batch_id": result.batch_id,
@@ -337,7 +351,7 @@ def _error_record(request: RequestRow, result: ResultRow | None) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-class _ErrorFile:
+class ErrorFile:
     """An errors file written atomically only if something failed; else any old one goes."""
 
     def __init__(self, path: Path) -> None:
@@ -351,7 +365,7 @@ class _ErrorFile:
             self._file = self._writer.__enter__()
         self._file.write(text)
 
-    def __enter__(self) -> _ErrorFile:
+    def __enter__(self) -> ErrorFile:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gptbatch.engine.outputs import OutputSummary
+from gptbatch.engine.tables import TableSummary
 from gptbatch.engine.usage import Usage
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
 
@@ -26,6 +27,7 @@ class BuildSummary:
     usage_total: Usage = field(default_factory=Usage)  # every result of the project
     seconds: float = 0.0
     outputs: list[OutputSummary] = field(default_factory=list)
+    tables: list[TableSummary] = field(default_factory=list)  # data targets' answer tables
 
     @property
     def exit_code(self) -> int:

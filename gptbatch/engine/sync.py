@@ -110,13 +110,14 @@ def _sync_changed(
         for path, st, digest in changed:
             record = store.input_record(str(path))
             config_changed = record is not None and keys_config_changed(record[3], defaults)
+            edit, template = edit_kind(spec, store, path)
             # Same config: a line with the bytes of its earlier row keeps that row unparsed.
             reuse = record is not None and record[3] == defaults
             previous = store.previous_rows(before, str(path))
             tally = {"requests": 0, "new": 0}
             scanner = _parallel_scanner(spec, path, st) if previous.empty else None
             if scanner is None:
-                rows = _rows(spec, path, previous, config_changed, reuse, tally)
+                rows = _rows(spec, path, previous, config_changed, reuse, tally, edit)
             else:
                 scanners.append(scanner)
                 rows = _scanned_rows(spec, scanner, tally)
@@ -137,6 +138,8 @@ def _sync_changed(
                 continue
             finally:
                 rows.close()  # a scan's worker processes stop here, whatever happened
+            if template is not None:  # what the next edit of this target is compared with
+                store.set_meta(f"template:{path}", template)
             report.event("input", path=str(path), state="read", **tally)
         duplicates, found = store.duplicate_custom_ids(str(p) for p, _, _ in changed)
         unshown += found - len(duplicates)
@@ -157,6 +160,24 @@ def _sync_changed(
         store.set_meta("limits_checked", limits_key)
 
 
+def edit_kind(spec: Spec, store: Store, path: Path) -> tuple[str, str | None]:
+    """What a changed request of this input is, and the digest of its data target's template
+    (None: a plain request file). A data target's request changed either because its request
+    template changed since the last sync ("template changed") or, the template being the
+    same, because its row did ("row changed"; a step's: "upstream changed")."""
+    target = next((t for t in spec.data_targets if spec.targets.get(t.name) == path), None)
+    if target is None:
+        return "changed", None
+    template = content_hash(target.request)
+    last = store.get_meta(f"template:{path}")
+    if last is None:
+        return "changed", template
+    if last != template:
+        return "template changed", template
+    # a step's row is its upstream target's answer (and that row's columns)
+    return ("upstream changed" if target.upstream is not None else "row changed"), template
+
+
 def line_digest(content: bytes) -> bytes:
     """What identifies a request line's raw bytes in the store (16 bytes of BLAKE2b)."""
     return hashlib.blake2b(content, digest_size=16).digest()
@@ -169,6 +190,7 @@ def _rows(
     config_changed: bool,
     reuse: bool,
     tally: dict[str, int],
+    edit: str = "changed",
 ) -> _Rows:
     """Store rows for an input's requests, streamed; counts what is new in tally.
 
@@ -200,7 +222,7 @@ def _rows(
                 continue
             before = old if old is not None and old.custom_id == req.custom_id else None
             before = before or previous(req.custom_id)
-            row = (*_request_row(spec, ordinal, req, before, config_changed), digest)
+            row = (*_request_row(spec, ordinal, req, before, config_changed, edit), digest)
             tally["new"] += before is None or before.key != req.key
         tally["requests"] += 1
         ordinal += 1
@@ -280,7 +302,12 @@ def _lines(validator: Any, path: Path) -> Iterator[tuple[int, int, bytes | None,
 
 
 def _request_row(
-    spec: Spec, ordinal: int, req: Request, previous: RequestRow | None, config_changed: bool
+    spec: Spec,
+    ordinal: int,
+    req: Request,
+    previous: RequestRow | None,
+    config_changed: bool,
+    edit: str = "changed",
 ) -> tuple[Any, ...]:
     if previous is not None and previous.key == req.key:
         tokens_, nbytes, inputs, reason = (
@@ -296,7 +323,7 @@ def _request_row(
         tokens_ = estimate.tokens
         nbytes = len(req.canonical_line()) + 1
         inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
-        reason = "new" if previous is None else "config changed" if config_changed else "changed"
+        reason = "new" if previous is None else "config changed" if config_changed else edit
     # Cheap, and always from the current prices, so a price change in batch.yaml applies.
     cost = pricing.estimate_cost(req.model or "", tokens_, _output_bound(req.body), spec.prices)
     return _row(ordinal, req, tokens_, nbytes, inputs, cost, reason)

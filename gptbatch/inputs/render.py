@@ -8,14 +8,16 @@ template give a byte-identical file; a fingerprint of both skips rendering when 
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import csv
-import io
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -40,6 +42,8 @@ class Target:
     template_node: yaml.Node  # the template's YAML node, for the line of each string
     template_path: tuple[Any, ...]  # where the template sits inside template_node
     template_text: str | None  # a template file's text (part of the fingerprint)
+    retry_invalid: bool = False  # send again an answer that is not JSON matching its schema
+    upstream: str | None = None  # a step: the target whose answers table is its data
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -47,44 +51,83 @@ def rendered_path(state: Path, name: str) -> Path:
     return state / "rendered" / f"{name}.jsonl"
 
 
-def fingerprint(target: Target) -> str:
+def fingerprint(target: Target, sample: int | None = None) -> str:
     """What a target's rendered file depends on: data bytes, template and settings."""
-    return canonical_json(
-        {
-            "format": RENDER_FORMAT,
-            "data": file_sha256(target.data),
-            "id": target.id,
-            "name": target.name,
-            "request": target.request,
-        }
-    ).decode()
+    facts = {
+        "format": RENDER_FORMAT,
+        # a step's upstream table does not exist until its upstream target is built
+        "data": file_sha256(target.data) if target.data.exists() else None,
+        "id": target.id,
+        "name": target.name,
+        "request": target.request,
+    }
+    if sample is not None:
+        facts["sample"] = sample
+    return canonical_json(facts).decode()
 
 
-def render_targets(targets: list[Target], state: Path) -> None:
-    """Render every target whose fingerprint changed; InputError, writing nothing, if any fails."""
-    todo: list[tuple[Path, str, bytes]] = []
-    problems: list[Problem] = []
+def is_rendered(target: Target, state: Path, sample: int | None = None) -> bool:
+    """Is the target's rendered file the one its data and template make now?"""
+    return _rendered_as(rendered_path(state, target.name), fingerprint(target, sample))
+
+
+def _rendered_as(path: Path, stamp: str) -> bool:
+    """Is the rendered file at path there, and was it rendered from what stamp says?"""
+    marker = path.with_suffix(".fingerprint")
+    return path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp
+
+
+def render_targets(targets: list[Target], state: Path, *, sample: int | None = None) -> None:
+    """Render every target whose fingerprint changed; InputError, writing nothing, if any fails.
+
+    Each target streams into its own temp file beside its rendered file; they are renamed
+    into place only once every target rendered, so a bad row anywhere leaves every rendered
+    file (and the directories, if this made them) as it was. sample: render only that many
+    rows of each target (`sampled_ids`).
+    """
+    todo: list[tuple[Target, Path, str]] = []
     for target in targets:
-        path = rendered_path(state, target.name)
-        stamp = fingerprint(target)
-        marker = path.with_suffix(".fingerprint")
-        if path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp:
-            continue
-        try:
-            todo.append((path, stamp, render(target)))
-        except InputError as exc:
-            problems += exc.problems
-    if problems:
-        raise InputError(problems[:MAX_PROBLEMS], truncated=max(0, len(problems) - MAX_PROBLEMS))
-    for path, stamp, data in todo:
-        with atomic_writer(path, "wb") as out:
-            out.write(data)
+        path, stamp = rendered_path(state, target.name), fingerprint(target, sample)
+        if not _rendered_as(path, stamp):
+            todo.append((target, path, stamp))
+    if not todo:
+        return
+    made = _missing_dirs(rendered_path(state, "x").parent)
+    problems: list[Problem] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for target, path, _ in todo:
+                out = stack.enter_context(atomic_writer(path, "wb"))
+                try:
+                    render(target, out, sample)
+                except InputError as exc:
+                    problems += exc.problems
+            if problems:  # raised inside the stack: every temp file is removed
+                raise InputError(
+                    problems[:MAX_PROBLEMS], truncated=max(0, len(problems) - MAX_PROBLEMS)
+                )
+    except BaseException:
+        for directory in made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    for _, path, stamp in todo:
         # The fingerprint goes last: a kill in between leaves a stale one, so it renders again.
         atomic_write_bytes(path.with_suffix(".fingerprint"), stamp.encode())
 
 
-def render(target: Target) -> bytes:
-    """The target's request lines, one per data row in data order; InputError if any is wrong."""
+def _missing_dirs(directory: Path) -> list[Path]:
+    """directory and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory.parent != directory:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
+    """Write the target's request lines to out, one per data row in data order, as rows are
+    read; InputError if any is wrong. sample: only the rows `sampled_ids` picks."""
     from jinja2 import StrictUndefined, TemplateSyntaxError
     from jinja2.sandbox import SandboxedEnvironment
 
@@ -109,18 +152,41 @@ def render(target: Target) -> bytes:
             )
     if problems:
         raise InputError(problems)
-    out = io.BytesIO()
+    # Where a template is, and the mappings and lists holding one: everything else is the
+    # same in every request and is shared, not walked (a large JSON schema, say).
+    live = frozenset(where[:i] for where in compiled for i in range(len(where) + 1))
+    chosen = sampled_ids(target, sample) if sample is not None else None
     seen: dict[str, int] = {}
-    for line, row in _rows(target):
+    for line, row in data_rows(target):
         custom_id = _row_id(target, line, row, seen)
-        body = _render_value(target, target.request, (), compiled, row, line, custom_id)
-        request = {"custom_id": custom_id, "method": "POST", **body}
+        if chosen is not None and custom_id not in chosen:
+            continue
+        body = _render_value(target, target.request, (), compiled, live, row, line, custom_id)
+        request = {"custom_id": request_id(target, custom_id), "method": "POST", **body}
         out.write(canonical_json(request) + b"\n")
-    if not seen:
+    if not seen and target.upstream is None:  # a step may have no answered rows yet
         raise InputError(
             Problem(target.data_display, None, f"target {target.name}: no data rows", "")
         )
-    return out.getvalue()
+
+
+def sampled_ids(target: Target, count: int) -> set[str]:
+    """The ids of `count` rows of a target: those whose ids hash lowest (sha256 of target name
+    and id). The same rows every time, spread over the table whatever its order, and stable
+    as rows are added (a new row joins only if it hashes lower than one picked). One pass,
+    holding only the picks; every id is checked as rendering checks it."""
+    picked: list[tuple[bytes, str]] = []  # sorted by hash, at most count long
+    seen: dict[str, int] = {}
+    prefix = target.name.encode() + b"\0"
+    for line, row in data_rows(target):
+        custom_id = _row_id(target, line, row, seen)
+        digest = hashlib.sha256(prefix + custom_id.encode()).digest()
+        if len(picked) < count:
+            bisect.insort(picked, (digest, custom_id))
+        elif count and digest < picked[-1][0]:
+            bisect.insort(picked, (digest, custom_id))
+            picked.pop()
+    return {custom_id for _, custom_id in picked}
 
 
 def _strings(value: Any, where: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -146,19 +212,22 @@ def _render_value(
     value: Any,
     where: tuple[Any, ...],
     compiled: Mapping[tuple[Any, ...], Any],
+    live: frozenset[tuple[Any, ...]],
     row: Mapping[str, Any],
     line: int,
     custom_id: str,
 ) -> Any:
-    """value with every string rendered against row; other values as they are."""
+    """value with every string rendered against row; other values as they are (shared)."""
+    if where not in live:
+        return value
     if isinstance(value, Mapping):
         return {
-            k: _render_value(target, v, (*where, k), compiled, row, line, custom_id)
+            k: _render_value(target, v, (*where, k), compiled, live, row, line, custom_id)
             for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            _render_value(target, v, (*where, i), compiled, row, line, custom_id)
+            _render_value(target, v, (*where, i), compiled, live, row, line, custom_id)
             for i, v in enumerate(value)
         ]
     template = compiled.get(where) if isinstance(value, str) else None
@@ -239,38 +308,59 @@ def _row_id(target: Target, line: int, row: Mapping[str, Any], seen: dict[str, i
     return custom_id
 
 
-def _text(target: Target) -> str:
-    try:
-        raw = target.data.read_bytes()
-    except OSError as exc:
-        raise InputError(
-            Problem(target.data_display, None, f"cannot read: {exc.strerror}", "")
-        ) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(
-            Problem(
-                target.data_display,
-                line,
-                f"not UTF-8 (byte {exc.start + 1})",
-                "save the data as UTF-8 (with or without a BOM)",
-            )
-        ) from None
+def _lines(target: Target) -> Iterator[str]:
+    """The data file's lines, decoded as read (a BOM dropped); InputError at the first byte
+    that is not UTF-8, with its line."""
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(open(target.data, "rb"))
+        except OSError as exc:
+            raise InputError(
+                Problem(target.data_display, None, f"cannot read: {exc.strerror}", "")
+            ) from None
+        offset = 0
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bom = 3 if number == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+                raise InputError(
+                    Problem(
+                        target.data_display,
+                        number,
+                        f"not UTF-8 (byte {offset + exc.start + bom + 1})",
+                        "save the data as UTF-8 (with or without a BOM)",
+                    )
+                ) from None
+            offset += len(raw)
+            yield text
 
 
-def _rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, record) of each data row: JSONL records for .jsonl/.ndjson, else CSV."""
-    text = _text(target)
+def request_id(target: Target, row_id: str) -> str:
+    """The custom_id a row's request is sent with: its id; a step's is `<step>:<id>`, so
+    that the rows it shares with its upstream target are told apart."""
+    return f"{target.name}:{row_id}" if target.upstream is not None else row_id
+
+
+def data_rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, record) of each data row, as read: JSONL records for .jsonl/.ndjson, else CSV.
+
+    A step's rows are those of its upstream target's table that have an answer (none while
+    that table is not written yet)."""
+    if target.upstream is not None:
+        if target.data.exists():
+            for line, row in _csv_rows(target, _lines(target)):
+                if row.get("answer"):
+                    yield line, row
+        return
     if target.data.suffix.lower() in (".jsonl", ".ndjson"):
-        yield from _jsonl_rows(target, text)
+        yield from _jsonl_rows(target, _lines(target))
     else:
-        yield from _csv_rows(target, text)
+        yield from _csv_rows(target, _lines(target))
 
 
-def _jsonl_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.splitlines(), 1):
+def _jsonl_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -286,8 +376,8 @@ def _jsonl_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]
         yield number, record
 
 
-def _csv_rows(target: Target, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(lines)
     try:
         header = next(reader, None)
         if header is None:

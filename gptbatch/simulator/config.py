@@ -129,6 +129,12 @@ class Fault:
         return cls("batch_fail", custom_id=custom_id, count=count, code=code, message=message)
 
     @classmethod
+    def invalid_json(cls, custom_id: str = "*", *, attempts: int | None = None) -> Fault:
+        """Answer matching requests that ask for JSON with text that does not parse: for
+        ever, or only their first `attempts`."""
+        return cls("invalid_json", custom_id=custom_id, attempts=attempts, count=0)
+
+    @classmethod
     def batch_expire(
         cls, custom_id: str = "*", *, count: int = 1, after_requests: int = 0
     ) -> Fault:
@@ -149,6 +155,7 @@ FAULT_KINDS = (
     "slow",
     "lost_reply",
     "request",
+    "invalid_json",
     "batch_fail",
     "batch_expire",
     "batch_cancel",
@@ -162,6 +169,7 @@ _SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "slow": ("delay", "method", "path", "count"),
     "lost_reply": ("method", "path", "count"),
     "request": ("custom_id", "status", "attempts", "message", "code"),
+    "invalid_json": ("custom_id", "attempts"),
     "batch_fail": ("custom_id", "count", "code", "message"),
     "batch_expire": ("custom_id", "count", "after_requests"),
     "batch_cancel": ("custom_id", "count", "after_requests"),
@@ -173,6 +181,7 @@ _SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
     "slow": {"count": 0},
     "lost_reply": {"method": "POST", "path": "/v1/batches"},
     "request": {"status": 400, "count": 0},
+    "invalid_json": {"count": 0},
     "batch_fail": {"code": "server_error"},
     "queue_full": {"method": "POST", "path": "/v1/batches", "status": 429},
 }
@@ -191,6 +200,9 @@ Fault SPEC mini-language: KIND[:KEY=VALUE,KEY=VALUE...]  (count=0 means every ti
                         fail matching requests inside batches for ever (error file)
   request:custom_id=req-2*,status=500,attempts=1
                         fail only the first ATTEMPTS tries of each matching request
+  invalid_json:custom_id=rv*,attempts=1
+                        answer matching requests that ask for JSON with text that is not
+                        JSON (for ever, or only their first ATTEMPTS tries)
   batch_fail:custom_id=*,count=1,code=server_error
                         fail the next matching batch at the end of validation
   batch_expire:after_requests=3
@@ -284,6 +296,9 @@ class SimConfig:
     max_upload_bytes: int = 512 * MiB
     organization: str = "org-simulator"
     seed: int = 0
+    # The fraction of requests asking for JSON that get text that does not parse instead,
+    # drawn per attempt (a request sent again may come back valid).
+    invalid_json: float = 0.0
     faults: tuple[Fault, ...] = ()
     start_time: float | None = None  # simulated epoch at start (None: the real time)
     # Where to save state so a simulator restarted on it continues (None: memory only; see
@@ -314,6 +329,7 @@ class SimConfig:
             "token_limits",
             "request_limits",
             "faults",
+            "invalid_json",
             "models",
             "any_model",
         )

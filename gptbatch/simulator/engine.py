@@ -170,6 +170,17 @@ class BatchEngine:
         """Start a world with nothing in it at t."""
         self.t = self._anchor_t = t
 
+    def _invalid_json(self, request: InputRequest, seed: str) -> bool:
+        """Does this attempt of a request get a reply that is not JSON (a fault, or the
+        configured fraction, drawn from the seed so a replay draws the same)?"""
+        if self.faults.request_fault(request, "invalid_json") is not None:
+            return True
+        share = self.config.invalid_json
+        if share <= 0:
+            return False
+        draw = hashlib.sha256(f"{self.config.seed}:{seed}:invalid".encode()).digest()
+        return int.from_bytes(draw[:8], "big") / 2**64 < share
+
     def _derived_id(self, prefix: str, length: int, alphabet: str, *parts: object) -> str:
         """An id that is a function of the seed and `parts`, so replaying gives the same one."""
         text = ":".join(str(part) for part in (self.config.seed, *parts))
@@ -465,13 +476,15 @@ class BatchEngine:
             batch.failed += 1
             target = batch.error_lines
         else:
+            seed = f"{batch.id}:{request.custom_id}"
             body, completion = success_body(
                 batch.endpoint,
                 request.body,
                 prompt_tokens=request.prompt_tokens,
                 counter=self.counter,
                 created=int(at),
-                seed=f"{batch.id}:{request.custom_id}",
+                seed=seed,
+                invalid_json=self._invalid_json(request, seed),
             )
             response = {"status_code": 200, "request_id": request_id, "body": body}
             batch.completed += 1

@@ -77,13 +77,12 @@ class FaultTable:
                 return armed.fault
         return None
 
-    def request_fault(self, request: InputRequest) -> Fault | None:
-        """The request fault failing this attempt of the request, if any (counts attempts)."""
+    def request_fault(self, request: InputRequest, kind: str = "request") -> Fault | None:
+        """The request fault (or invalid_json fault) hitting this attempt of the request, if
+        any (counts attempts)."""
         for armed in self._faults:
             fault = armed.fault
-            if fault.kind != "request" or not fnmatch.fnmatchcase(
-                request.custom_id, fault.custom_id
-            ):
+            if fault.kind != kind or not fnmatch.fnmatchcase(request.custom_id, fault.custom_id):
                 continue
             if fault.attempts is None:
                 return fault

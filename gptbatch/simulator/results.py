@@ -26,6 +26,7 @@ import tiktoken
 
 from gptbatch.canonical import canonical_json, sha256_hex
 from gptbatch.inputs.encodings import get_encoding
+from gptbatch.simulator.answers import INVALID_JSON, json_schema, reply_json
 
 __all__ = [
     "ENDPOINTS",
@@ -247,7 +248,11 @@ def _wants_json(body: dict[str, Any], endpoint: str) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
 
 
-def _reply_text(digest: str, index: int, as_json: bool) -> str:
+def _reply_text(
+    digest: str, index: int, as_json: bool, schema: dict[str, Any] | None = None
+) -> str:
+    if schema is not None:
+        return reply_json(schema, digest, index)
     if as_json:
         return json.dumps({"simulated": True, "request_sha256": digest, "choice": index})
     suffix = f" (choice {index})" if index else ""
@@ -255,15 +260,22 @@ def _reply_text(digest: str, index: int, as_json: bool) -> str:
 
 
 def _chat(
-    body: dict[str, Any], digest: str, prompt: int, counter: TokenCounter, created: int, seed: str
+    body: dict[str, Any],
+    digest: str,
+    prompt: int,
+    counter: TokenCounter,
+    created: int,
+    seed: str,
+    invalid: bool = False,
 ) -> tuple[dict[str, Any], int]:
     model = str(body["model"])
     as_json = _wants_json(body, "/v1/chat/completions")
+    schema = json_schema(body, "/v1/chat/completions")
     n = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 0) > 0 else 1
     choices = []
     completion = 0
     for index in range(n):
-        text = _reply_text(digest, index, as_json)
+        text = INVALID_JSON if invalid and as_json else _reply_text(digest, index, as_json, schema)
         completion += counter.text(model, text)
         choices.append(
             {
@@ -303,10 +315,18 @@ def _chat(
 
 
 def _responses(
-    body: dict[str, Any], digest: str, prompt: int, counter: TokenCounter, created: int, seed: str
+    body: dict[str, Any],
+    digest: str,
+    prompt: int,
+    counter: TokenCounter,
+    created: int,
+    seed: str,
+    invalid: bool = False,
 ) -> tuple[dict[str, Any], int]:
     model = str(body["model"])
-    text = _reply_text(digest, 0, _wants_json(body, "/v1/responses"))
+    as_json = _wants_json(body, "/v1/responses")
+    schema = json_schema(body, "/v1/responses")
+    text = INVALID_JSON if invalid and as_json else _reply_text(digest, 0, as_json, schema)
     completion = counter.text(model, text)
     message = {
         "id": _ident(seed + ":msg", "msg_", 32),
@@ -435,13 +455,17 @@ def success_body(
     counter: TokenCounter,
     created: int,
     seed: str,
+    invalid_json: bool = False,
 ) -> tuple[dict[str, Any], int]:
-    """The 200 response body for a request, and its completion tokens."""
+    """The 200 response body for a request, and its completion tokens.
+
+    A request asking for JSON gets JSON (matching its schema, if it has one), or with
+    invalid_json a reply that does not parse."""
     digest = request_digest(body)
     if endpoint == "/v1/chat/completions":
-        return _chat(body, digest, prompt_tokens, counter, created, seed)
+        return _chat(body, digest, prompt_tokens, counter, created, seed, invalid_json)
     if endpoint == "/v1/responses":
-        return _responses(body, digest, prompt_tokens, counter, created, seed)
+        return _responses(body, digest, prompt_tokens, counter, created, seed, invalid_json)
     if endpoint == "/v1/embeddings":
         return _embeddings(body, prompt_tokens), 0
     if endpoint == "/v1/completions":

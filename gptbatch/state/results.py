@@ -268,6 +268,15 @@ class ResultsMixin(StoreBase):
             text = self.unpack(line, zline)
             yield ordinal, done, version, key, None if text is None else text.encode("utf-8")
 
+    def table_rows(self, path: str) -> Iterator[tuple[int, str, str, int, int | None]]:
+        """(ordinal, custom_id, key, done, result_version) of an input's requests, in input
+        order: what an answers table needs to tell a row's answer changed, reading no result."""
+        yield from self.db.execute(
+            "SELECT ordinal, custom_id, key, done, result_version FROM requests WHERE path=?"
+            " ORDER BY ordinal",
+            (path,),
+        )
+
     def result_line(self, key: str) -> bytes | None:
         """A key's stored result line as UTF-8, if it has one."""
         row = self.db.execute("SELECT line, zline FROM results WHERE key=?", (key,)).fetchone()

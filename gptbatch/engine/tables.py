@@ -1,0 +1,282 @@
+"""Answers back to data: <output_dir>/<name>.csv, each data row with its answer columns.
+
+A data target's table holds, in data order, the row's own columns, `answer` (the response's
+text) and, when the request template asks for a JSON schema, one column per top-level
+property of the schema, from the answer parsed and checked against it. An answer that does
+not parse or match is recorded in <name>.errors.jsonl (beside the failures) and its columns
+are left empty. The table and that errors file are written atomically, streaming (a data row
+and its result at a time), and skipped when neither the results nor the data changed since.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptbatch.canonical import atomic_writer
+from gptbatch.config.spec import Spec
+from gptbatch.engine.outputs import ErrorFile, error_record, write_index, written_as_indexed
+from gptbatch.errors import LocalIOError
+from gptbatch.fastjson import loads_reply
+from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
+from gptbatch.inputs.render import Target, data_rows, request_id
+from gptbatch.state.rows import RequestRow, ResultRow
+from gptbatch.state.store import Store
+
+TABLE_FORMAT = 1  # bump when the table's layout changes, so every table is written again
+INVALID = "invalid answer"
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    """What was written for one data target's table."""
+
+    name: str
+    path: str
+    rows: int
+    answered: int
+    invalid: int
+
+
+def table_inputs(spec: Spec) -> dict[Path, Target]:
+    """The rendered request file of each data target this spec builds, with its target."""
+    chosen = set(spec.inputs)
+    return {spec.targets[t.name]: t for t in spec.data_targets if spec.targets[t.name] in chosen}
+
+
+def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
+    """Write each data target's table and errors file unless both are as last written and
+    nothing they are made of changed."""
+    summaries = []
+    results = store.outputs_fingerprint()  # changes whenever a result or an input does
+    for rendered, target in table_inputs(spec).items():
+        csv_path = spec.output_dir / f"{target.name}.csv"
+        err_path = spec.output_dir / f"{target.name}.errors.jsonl"
+        stamp = json.dumps([TABLE_FORMAT, results, _rendered_stamp(rendered)])
+        meta = f"table:{target.name}"
+        last = json.loads(store.get_meta(meta) or "null")
+        if (
+            last is not None
+            and last["stamp"] == stamp
+            and written_as_indexed(store, csv_path, fix=True) is None
+            and written_as_indexed(store, err_path, fix=True) is None
+        ):
+            summaries.append(TableSummary(target.name, str(csv_path), *last["counts"]))
+            continue
+        counts = _write_table(store, target, rendered, csv_path, err_path)
+        write_index(store, err_path, b"")
+        with store.transaction():
+            store.set_meta(meta, json.dumps({"stamp": stamp, "counts": counts}))
+        summaries.append(TableSummary(target.name, str(csv_path), *counts))
+    return summaries
+
+
+def _rendered_stamp(rendered: Path) -> str:
+    """What the rendered requests were made from (data and template): render's fingerprint."""
+    try:
+        return rendered.with_suffix(".fingerprint").read_text("utf-8")
+    except OSError:
+        return ""
+
+
+def _columns(target: Target) -> list[str]:
+    """The data's columns: a CSV's header, or every key of the JSONL records in first-seen
+    order (one pass over the data, holding only the names)."""
+    seen: dict[str, None] = {}
+    for _, row in data_rows(target):
+        seen.update(dict.fromkeys(row))
+        if target.data.suffix.lower() not in (".jsonl", ".ndjson"):
+            break  # a CSV's rows all have the header's columns
+    return list(seen)
+
+
+def _answer_columns(columns: Sequence[str], properties: Sequence[str]) -> list[str]:
+    """`answer` and the schema's properties, each named answer.NAME if the data has it."""
+    taken = set(columns)
+    return [f"answer.{c}" if c in taken else c for c in ["answer", *properties]]
+
+
+def _row_id(value: Any) -> str:
+    """A row's id as its custom_id (as render makes it)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _cell(value: Any) -> str:
+    """A value as a CSV field: strings as they are, null empty, anything else as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+# One entry of a table's row index: a digest of what the row is made of (the header, its
+# cells, its request's key and result version), its line's length, and flags (_ANSWERED,
+# _INVALID). The header line is entry 0.
+_ENTRY = struct.Struct("<12sIB")
+_ANSWERED, _INVALID = 1, 2
+
+
+def _write_table(
+    store: Store, target: Target, rendered: Path, csv_path: Path, err_path: Path
+) -> list[int]:
+    """Write one target's table and errors file, and its row index; [rows, answered, invalid].
+
+    A row made of what it was made of last time is copied from the last table (if that is as
+    written), so an edit of one row reads, parses and checks one answer, not every one.
+    """
+    schema = answer_schema(target.request)
+    check = AnswerCheck(schema) if schema is not None else None
+    properties = check.properties if check is not None else []
+    columns = _columns(target)
+    path = str(rendered)
+    rows = answered = invalid = 0
+    requests = store.table_rows(path)
+    entries = bytearray()
+    line_of = _CsvLine()
+    with (
+        _LastTable.open(store, csv_path) as last,
+        atomic_writer(csv_path, "wb") as out,
+        ErrorFile(err_path) as err,
+    ):
+        header = line_of([*columns, *_answer_columns(columns, properties)])
+        out.write(header)
+        entries += _ENTRY.pack(_digest(header), len(header), 0)
+        upcoming = next(requests, None)
+        for line, row in data_rows(target):
+            rows += 1
+            cells = [_cell(row.get(c)) for c in columns]
+            # The requests are the rows' in data order, or some of them (build --sample):
+            # a row whose request is not next has none (or the data changed since).
+            request = None
+            if upcoming is not None and upcoming[1] == request_id(
+                target, _row_id(row.get(target.id))
+            ):
+                request, upcoming = upcoming, next(requests, None)
+            ordinal, _, key, done, version = request or (0, "", None, 0, None)
+            digest = _digest(header, cells, key, done, version)
+            span = last.get(digest) if last is not None else None
+            if span is not None and not span[2] & _INVALID and done != 2:
+                data, flags = last.read(span), span[2]  # type: ignore[union-attr]
+            else:
+                answer: list[str] = [""] * (1 + len(properties))
+                flags = 0
+                if done == 2:
+                    err.write(
+                        error_record(
+                            *store.request_result(path, ordinal), f"{target.data_display}:{line}"
+                        )
+                    )
+                elif done == 1 and key is not None:
+                    result_line = store.result_line(key)
+                    text = answer_text(loads_reply(result_line)) if result_line else None
+                    if check is None:
+                        answer[0] = text or ""
+                        flags = _ANSWERED if text is not None else 0
+                    else:
+                        value, why = check(text)
+                        if why is None:
+                            answer = [text or ""] + [
+                                _cell(value.get(p)) if isinstance(value, dict) else ""
+                                for p in properties
+                            ]
+                            flags = _ANSWERED
+                        else:
+                            flags = _INVALID
+                            req, res = store.request_result(path, ordinal)
+                            assert res is not None
+                            err.write(_invalid_record(target, line, req, res, text, why))
+                data = line_of(cells + answer)
+            answered += bool(flags & _ANSWERED)
+            invalid += bool(flags & _INVALID)
+            out.write(data)
+            entries += _ENTRY.pack(digest, len(data), flags)
+    write_index(store, csv_path, bytes(entries))
+    return [rows, answered, invalid]
+
+
+def _digest(*parts: Any) -> bytes:
+    """What a table line is made of, in 12 bytes."""
+    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=12).digest()
+
+
+class _CsvLine:
+    """One CSV line as UTF-8 bytes (the table's dialect: minimal quoting, \\n)."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer, lineterminator="\n")
+
+    def __call__(self, fields: list[str]) -> bytes:
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        self.writer.writerow(fields)
+        return self.buffer.getvalue().encode("utf-8")
+
+
+class _LastTable:
+    """The table as the last build wrote it, and where each row's line is in it: trusted
+    only if the file has the inode, size and mtime its index recorded."""
+
+    def __init__(self, fd: int, spans: dict[bytes, tuple[int, int, int]]) -> None:
+        self.fd = fd
+        self.spans = spans
+
+    def get(self, digest: bytes) -> tuple[int, int, int] | None:
+        return self.spans.get(digest)
+
+    def read(self, span: tuple[int, int, int]) -> bytes:
+        data = os.pread(self.fd, span[1], span[0])
+        if len(data) != span[1]:
+            raise LocalIOError(f"the last table ended early while copying from it ({span[0]})")
+        return data
+
+    @staticmethod
+    @contextlib.contextmanager
+    def open(store: Store, path: Path) -> Iterator[_LastTable | None]:
+        index = store.output_index(path.name)
+        try:
+            fd = os.open(path, os.O_RDONLY) if index is not None and index[0] != "[]" else None
+        except OSError:
+            fd = None
+        if fd is None or index is None:
+            yield None
+            return
+        try:
+            st = os.fstat(fd)
+            spans: dict[bytes, tuple[int, int, int]] = {}
+            offset = 0
+            entries = index[1]
+            if json.loads(index[0])[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns] and not (
+                len(entries) % _ENTRY.size
+            ):
+                for digest, length, flags in _ENTRY.iter_unpack(entries):
+                    spans[digest] = (offset, length, flags)
+                    offset += length
+            yield _LastTable(fd, spans) if spans and offset == st.st_size else None
+        finally:
+            os.close(fd)
+
+
+def _invalid_record(
+    target: Target, line: int, request: RequestRow, result: ResultRow, text: str | None, why: str
+) -> str:
+    """The errors file's line for an answer that is not JSON matching the schema."""
+    record = {
+        "custom_id": request.custom_id,
+        "input": f"{target.data_display}:{line}",
+        "error": f"{INVALID}: {why}",
+        "attempts": result.attempts,
+        "batch_id": result.batch_id,
+        "answer": text,
+    }
+    return json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
