@@ -74,7 +74,8 @@ class Project:
         from gptbatch.api.connect import remote_for
         from gptbatch.engine.build import run_build
 
-        spec = self.spec
+        # Loaded again to render data targets into the build's state (load() wrote nothing).
+        spec = load_spec(self.spec.path, simulate=self.simulate, build=True)
         if max_cost is not None:
             spec = dataclasses.replace(
                 spec,
@@ -82,7 +83,7 @@ class Project:
                     spec.limits, max_cost=max_cost, max_cost_from="max_cost="
                 ),
             )
-        chosen = tuple(self._input(name) for name in only) if only else None
+        chosen = tuple(self._input(name, spec) for name in only) if only else None
         with remote_for(spec, self.simulate) as (used, remote):
             return run_build(
                 used,
@@ -151,16 +152,17 @@ class Project:
     def _spec(self) -> Spec:
         return rehearsal(self.spec) if self.simulate else self.spec
 
-    def _input(self, name: str) -> Path:
+    def _input(self, name: str, spec: Spec | None = None) -> Path:
         """The input a name means: a data target, a path (from here or the config), a file name."""
-        if name in self.spec.targets:
-            return self.spec.targets[name]
-        known = {os.path.realpath(p): p for p in self.spec.inputs}
-        for candidate in (Path(name), self.spec.root / name):
+        spec = spec or self.spec
+        if name in spec.targets:
+            return spec.targets[name]
+        known = {os.path.realpath(p): p for p in spec.inputs}
+        for candidate in (Path(name), spec.root / name):
             found = known.get(os.path.realpath(candidate))
             if found is not None:
                 return found
-        by_name = [p for p in self.spec.inputs if p.name == name or p.stem == name]
+        by_name = [p for p in spec.inputs if p.name == name or p.stem == name]
         if len(by_name) == 1:
             return by_name[0]
         raise UsageError(
@@ -175,4 +177,5 @@ def load(config: str | os.PathLike[str] | None = None, *, simulate: bool = False
     simulate: build against the built-in simulator and read the rehearsal's outputs, as
     `--simulate` does (no API key, no cost).
     """
-    return Project(load_spec(None if config is None else Path(config)), simulate=simulate)
+    path = None if config is None else Path(config)
+    return Project(load_spec(path, simulate=simulate), simulate=simulate)

@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     # upstream answers changed renders again from them and the next round builds it.
     rounds = 0
     while True:
-        spec = load_spec(config, sample=sample, simulate=bool(getattr(args, "simulate", False)))
+        spec = load_spec(
+            config, sample=sample, simulate=bool(getattr(args, "simulate", False)), build=True
+        )
         code = _build_once(spec, args, targets)
         rounds += 1
         stale = stale_steps(spec, sample, args.only)

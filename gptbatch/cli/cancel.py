@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from gptbatch.api.connect import connect, remote_for
     from gptbatch.commands.cancel import cancel_in_flight
 
-    spec = load_spec(args.config)
+    spec = load_spec(args.config, simulate=args.simulate)
     if args.simulate:
         if not simulated_output_dir(spec).exists():  # no rehearsal: start no simulator
             done = []

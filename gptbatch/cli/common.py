@@ -16,5 +16,5 @@ def add_simulate_flag(parser: Any, help: str) -> None:
 
 def load_chosen_spec(args: argparse.Namespace) -> Spec:
     """The config args names; under --simulate, the rehearsal's (<output_dir>-simulated)."""
-    spec = load_spec(args.config)
+    spec = load_spec(args.config, simulate=bool(getattr(args, "simulate", False)))
     return rehearsal(spec) if args.simulate else spec

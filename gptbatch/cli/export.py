@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.config)
+    spec = load_spec(args.config, simulate=args.simulate)
     real, practice = spec, rehearsal(spec)
     if args.output:  # before anything is read or written
         check_export_target(args.output, (real, practice))

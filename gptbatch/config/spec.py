@@ -36,7 +36,7 @@ from gptbatch.config.yaml_source import (
     request_file_problem,
 )
 from gptbatch.errors import ConfigError, InputError, Problem, redact
-from gptbatch.inputs.render import Target, render_targets, rendered_path
+from gptbatch.inputs.render import Target, render_directory, render_targets, rendered_path
 from gptbatch.state.store import state_dir
 
 SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "batch.schema.json"
@@ -152,17 +152,23 @@ def load_schema() -> dict[str, Any]:
 
 
 def load_spec(
-    path: str | Path | None = None, *, sample: int | None = None, simulate: bool = False
+    path: str | Path | None = None,
+    *,
+    sample: int | None = None,
+    simulate: bool = False,
+    build: bool = False,
 ) -> Spec:
     """Load and validate a config (default ./batch.yaml); raise ConfigError listing every problem.
 
     Also loads `.env` beside the config and in the working directory (existing variables win).
     Every message passes through redact(): a key pasted into the config is never printed back.
     sample: render that many rows of each data target (build --sample); simulate: steps take
-    their upstream answers from the rehearsal's output directory.
+    their upstream answers from the rehearsal's output directory, and data targets render
+    into its state; build: render data targets into the state directory, creating it (other
+    commands render into a scratch directory until a build made one).
     """
     try:
-        return _load(path, sample, simulate)
+        return _load(path, sample, simulate, build)
     except ConfigError as exc:
         raise ConfigError(
             [Problem(p.path, p.line, redact(p.message), redact(p.hint)) for p in exc.problems],
@@ -170,7 +176,12 @@ def load_spec(
         ) from None
 
 
-def _load(path: str | Path | None, sample: int | None = None, simulate: bool = False) -> Spec:
+def _load(
+    path: str | Path | None,
+    sample: int | None = None,
+    simulate: bool = False,
+    build: bool = False,
+) -> Spec:
     config, display = locate(path)
     text = read_text(config, display)
     if is_request_file(text):
@@ -206,13 +217,16 @@ def _load(path: str | Path | None, sample: int | None = None, simulate: bool = F
     inputs: tuple[Path, ...] = ()
     later: list[Problem] = []
     targets: dict[int, Target] = {}
+    rendered: dict[int, Path] = {}
+    render_in = output_dir
     if not invalid & {"inputs", "output_dir"}:
+        # A rehearsal's data targets render into its own state and read its own tables.
         tables = (
             output_dir.with_name(output_dir.name + SIMULATED_SUFFIX) if simulate else output_dir
         )
         targets, later = load_targets(full["inputs"], root, node, display, tables)
-        state = state_dir(output_dir)
-        rendered = {i: rendered_path(state, t.name) for i, t in targets.items()}
+        render_in = render_directory(state_dir(tables), build=build) if targets else tables
+        rendered = {i: rendered_path(render_in, t.name) for i, t in targets.items()}
         files, wrong = expand_inputs(full["inputs"], root, output_dir, node, display, rendered)
         inputs, later = files, later + wrong
     later += _semantic_problems(full, node, display, invalid)
@@ -223,7 +237,8 @@ def _load(path: str | Path | None, sample: int | None = None, simulate: bool = F
         raise ConfigError(problems)
     # Data targets render (when their data or template changed) once the config is valid.
     try:
-        render_targets(list(targets.values()), state_dir(output_dir), sample=sample)
+        if targets:
+            render_targets(list(targets.values()), render_in, sample=sample)
     except InputError as exc:
         raise ConfigError(exc.problems, truncated=exc.truncated) from None
     _load_env(root)
@@ -248,7 +263,7 @@ def _load(path: str | Path | None, sample: int | None = None, simulate: bool = F
         upload_expires_after=int(full["upload_expires_after"]),
         output_expires_after=full["output_expires_after"],
         delete_uploads=bool(full["delete_uploads"]),
-        targets={t.name: rendered_path(state_dir(output_dir), t.name) for t in targets.values()},
+        targets={t.name: rendered[i] for i, t in targets.items()},
         data_targets=tuple(targets[i] for i in sorted(targets)),
     )
 

@@ -8,12 +8,15 @@ template give a byte-identical file; a fingerprint of both skips rendering when 
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import contextlib
 import csv
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +78,20 @@ def _rendered_as(path: Path, stamp: str) -> bool:
     """Is the rendered file at path there, and was it rendered from what stamp says?"""
     marker = path.with_suffix(".fingerprint")
     return path.is_file() and marker.is_file() and marker.read_text("utf-8") == stamp
+
+
+def render_directory(state: Path, *, build: bool) -> Path:
+    """Where a command renders data targets: the build state, or a scratch directory.
+
+    A build renders into its state directory, where later builds find the rendered files
+    current. Other commands (validate, plan, status...) never create an output or state
+    directory: before the first build they render into a scratch directory removed at exit.
+    """
+    if build or state.is_dir():
+        return state
+    scratch = Path(tempfile.mkdtemp(prefix="gptbatch-rendered-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch
 
 
 def render_targets(targets: list[Target], state: Path, *, sample: int | None = None) -> None:

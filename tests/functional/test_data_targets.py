@@ -258,3 +258,21 @@ def test_a_target_is_built_alone_by_its_name(tmp_path: Path, simulator) -> None:
     assert project.build("sentiment") == EXIT_OK
     assert sorted(billed_ids(simulator)) == [f"rv{i}" for i in range(6)]
     assert not (project.out / "extra.jsonl").exists()
+
+
+def test_commands_other_than_build_write_nothing_and_a_rehearsal_keeps_to_its_own_dir(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    project = data_project(tmp_path)
+    config = str(project.config)
+    for command in (["validate"], ["plan"], ["status"]):
+        assert main([*command, config]) in (EXIT_OK, 3), command
+        assert not project.out.exists(), f"{command[0]} created {project.out}"
+    capsys.readouterr()
+    assert main(["build", config, "--simulate"]) == EXIT_OK
+    assert not project.out.exists()  # rendered into the rehearsal's own state
+    rehearsal = tmp_path / "out-simulated"
+    assert (rehearsal / ".gptbatch" / "rendered" / "sentiment.jsonl").is_file()
+    assert main(["status", config, "--simulate"]) == EXIT_OK
+    assert main(["build", config]) == EXIT_OK  # for real: its own rendered requests
+    assert (project.out / ".gptbatch" / "rendered" / "sentiment.jsonl").is_file()
