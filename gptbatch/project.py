@@ -65,17 +65,49 @@ class Project:
         only: list[str] | None = None,
         progress: Progress | None = None,
     ) -> BuildSummary:
-        """Build what is missing, as `gptbatch build` does; the run's BuildSummary.
+        """Build what is missing, as `gptbatch build` does; the last round's BuildSummary.
 
         progress(kind, fields) receives every event (`submitted`, `status`, `collected`, ...).
         max_cost caps this run's spend in US dollars (as --max-cost); only names inputs (paths
-        or data target names) to build alone.
+        or data target names) to build alone. Steps (`data: <target>`) build in rounds, as
+        the CLI does: a step whose upstream answers changed is rendered again and built.
         """
+        from gptbatch.engine.tables import stale_steps
+
+        rounds = 0
+        while True:
+            # Loaded each round: data targets render into the build's state (load() wrote
+            # nothing), and a step renders again from its upstream's new answers.
+            spec = load_spec(self.spec.path, simulate=self.simulate, build=True)
+            chosen = tuple(self._input(name, spec) for name in only) if only else None
+            summary = self._build_once(
+                spec, wait, force, retry_failed, keep_going, max_cost, chosen, progress
+            )
+            rounds += 1
+            if (
+                not wait
+                or max_cost is not None
+                or summary.exit_code not in (0, 4)
+                or rounds > len(spec.data_targets)
+                or not stale_steps(spec, None, chosen)
+            ):
+                return summary
+            force = retry_failed = False  # they acted in the first round only
+
+    def _build_once(
+        self,
+        spec: Spec,
+        wait: bool,
+        force: bool,
+        retry_failed: bool,
+        keep_going: bool,
+        max_cost: float | None,
+        chosen: tuple[Path, ...] | None,
+        progress: Progress | None,
+    ) -> BuildSummary:
         from gptbatch.api.connect import remote_for
         from gptbatch.engine.build import run_build
 
-        # Loaded again to render data targets into the build's state (load() wrote nothing).
-        spec = load_spec(self.spec.path, simulate=self.simulate, build=True)
         if max_cost is not None:
             spec = dataclasses.replace(
                 spec,
@@ -83,7 +115,6 @@ class Project:
                     spec.limits, max_cost=max_cost, max_cost_from="max_cost="
                 ),
             )
-        chosen = tuple(self._input(name, spec) for name in only) if only else None
         with remote_for(spec, self.simulate) as (used, remote):
             return run_build(
                 used,
@@ -135,6 +166,44 @@ class Project:
             for line in f:
                 if line.strip():
                     yield json.loads(line)
+
+    def answers(self, name: str) -> Iterator[dict[str, Any]]:
+        """Each request's answer as a dict, in input order.
+
+        A data target: its table's rows (<output_dir>/<name>.csv: the data columns, `answer`
+        and one column per schema property, as strings; empty where there is no answer yet).
+        A request file: {custom_id, answer, error} from its results (answer: the reply's
+        text; None for embeddings and failures).
+        """
+        import csv
+
+        from gptbatch.inputs.answers import answer_text
+
+        spec = self._spec()
+        path = self._input(name)
+        target = next((t for t, p in spec.targets.items() if p == path), None)
+        if target is not None:
+            table = spec.output_dir / f"{target}.csv"
+            if table.exists():
+                with open(table, encoding="utf-8", newline="") as f:
+                    yield from csv.DictReader(f)
+            return
+        for line in self.results(name):
+            yield {
+                "custom_id": line.get("custom_id"),
+                "answer": answer_text(line),
+                "error": line.get("error"),
+            }
+
+    def dataframe(self, name: str) -> Any:
+        """answers(name) as a pandas DataFrame (needs pandas: `pip install pandas`)."""
+        try:
+            import pandas
+        except ImportError:
+            raise UsageError(
+                "dataframe() needs pandas: `pip install pandas`, or read answers() as dicts"
+            ) from None
+        return pandas.DataFrame(list(self.answers(name)))
 
     def errors(self, name: str) -> Iterator[dict[str, Any]]:
         """An input's requests that failed for good, as dicts (its errors file)."""

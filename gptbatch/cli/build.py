@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,6 @@ from gptbatch.engine.usage import Usage
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING, Interrupted, UsageError
 from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
-from gptbatch.state.store import state_dir
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
     from gptbatch.engine.summary import BuildSummary
@@ -127,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         )
         code = _build_once(spec, args, targets)
         rounds += 1
+        from gptbatch.engine.tables import stale_steps
+
         stale = stale_steps(spec, sample, args.only)
         if not stale or code not in (EXIT_OK, EXIT_FAILED_REQUESTS):
             return code
@@ -144,21 +145,6 @@ def run(args: argparse.Namespace) -> int:
         # -B and --retry-failed acted in the first round; a later one sends only what
         # changed, or a forced build would pay for every request once per round.
         args.force = args.retry_failed = False
-
-
-def stale_steps(spec: Spec, sample: int | None, only: Sequence[Path] | None) -> list[str]:
-    """The steps (among the inputs built) whose upstream table is not what they rendered."""
-    from gptbatch.inputs.render import is_rendered
-
-    state = state_dir(spec.output_dir)
-    built = set(only if only is not None else spec.inputs)
-    return [
-        t.name
-        for t in spec.data_targets
-        if t.upstream is not None
-        and spec.targets[t.name] in built
-        and not is_rendered(t, state, sample)
-    ]
 
 
 def _build_once(spec: Spec, args: argparse.Namespace, targets: list[str]) -> int:

@@ -53,6 +53,21 @@ def table_inputs(spec: Spec) -> dict[Path, Target]:
     return {spec.targets[t.name]: t for t in spec.data_targets if spec.targets[t.name] in chosen}
 
 
+def stale_steps(spec: Spec, sample: int | None, only: Sequence[Path] | None) -> list[str]:
+    """The steps (among the inputs built) whose upstream table is not what they rendered."""
+    from gptbatch.inputs.render import is_rendered
+
+    built = set(only if only is not None else spec.inputs)
+    return [
+        t.name
+        for t in spec.data_targets
+        if t.upstream is not None
+        and spec.targets[t.name] in built
+        # <state>/rendered/<name>.jsonl: a rehearsal's state, or the build's own
+        and not is_rendered(t, spec.targets[t.name].parent.parent, sample)
+    ]
+
+
 def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
     """Write each data target's table and errors file unless both are as last written and
     nothing they are made of changed."""

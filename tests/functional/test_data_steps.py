@@ -138,3 +138,16 @@ def test_a_forced_build_with_steps_sends_each_request_once(tmp_path: Path, simul
     assert sorted(again) == sorted(
         [*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2", "reply:rv3"]
     )
+
+
+def test_a_rehearsal_builds_steps_in_its_own_state(tmp_path: Path, capsys) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
+    assert project.build("--simulate") == EXIT_OK
+    rehearsal = tmp_path / "out-simulated"
+    assert [r["review_id"] for r in rows(rehearsal / "reply.csv")] == IDS
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(edit={3: "Changed my mind: awful"}))
+    capsys.readouterr()
+    assert project.build("--simulate") == EXIT_OK  # both rounds, not "run it again"
+    assert "their upstream answers changed: building them" in capsys.readouterr().err
+    assert rows(rehearsal / "reply.csv")[3]["text"] == "Changed my mind: awful"
+    assert not project.out.exists()  # the real project is untouched

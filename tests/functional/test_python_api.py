@@ -61,3 +61,58 @@ def test_bad_names_and_configs_raise_the_cli_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("version: 1\ninputs: 3\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml"):
         gptbatch.load(tmp_path / "bad.yaml")
+
+
+def test_answers_of_a_data_target_and_a_request_file(tmp_path: Path, simulator) -> None:
+    from test_data_answers import SCHEMA, SCHEMA_TEMPLATE
+    from test_data_targets import data_project, reviews
+
+    made = data_project(tmp_path, request=SCHEMA_TEMPLATE)
+    project = gptbatch.load(made.config)
+    assert project.inputs() == ["sentiment", str(made.input("extra.jsonl"))]
+    assert list(project.answers("sentiment")) == []  # nothing built yet
+    assert project.build().ok == 9
+
+    rows = list(project.answers("sentiment"))
+    assert [r["review_id"] for r in rows] == [f"rv{i}" for i in range(6)]
+    for row in rows:  # the data row's columns, the answer, one column per schema property
+        assert set(SCHEMA["properties"]) <= set(row) and row["answer"]
+        assert row["text"].startswith("Review number")
+    plain = list(project.answers("extra.jsonl"))
+    assert [a["custom_id"] for a in plain] == ["x0", "x1", "x2"]
+    assert all(a["answer"] and a["error"] is None for a in plain)
+
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(edit={4: "Broke on day one"}))
+    assert project.build().submitted == 1
+    assert billed_ids(simulator).count("rv4") == 2 and billed_ids(simulator).count("rv3") == 1
+    assert [r["text"] for r in project.answers("sentiment")][4] == "Broke on day one"
+
+
+def test_dataframe_needs_pandas_or_says_so(tmp_path: Path, simulator) -> None:
+    made = make_project(tmp_path, {"a.jsonl": [chat("x"), chat("y")]})
+    project = gptbatch.load(made.config)
+    project.build()
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(UsageError, match="pip install pandas"):
+            project.dataframe("a.jsonl")
+    else:
+        frame = project.dataframe("a.jsonl")
+        assert list(frame["custom_id"]) == ["x", "y"] and frame["answer"].notna().all()
+
+
+def test_build_runs_steps_in_rounds_as_the_cli_does(tmp_path: Path, simulator) -> None:
+    from test_data_answers import SCHEMA_TEMPLATE
+    from test_data_steps import IDS, STEP
+    from test_data_targets import data_project, reviews
+
+    made = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
+    project = gptbatch.load(made.config, simulate=False)
+    assert project.build().pending == 0
+    assert [r["review_id"] for r in project.answers("reply")] == IDS
+    billed = len(billed_ids(simulator))
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(edit={3: "Changed my mind: awful"}))
+    summary = project.build()  # round 1: rv3; round 2: its step's row
+    assert summary.pending == 0 and billed_ids(simulator)[billed:] == ["rv3", "reply:rv3"]
+    assert project.build().submitted == 0 and len(billed_ids(simulator)) == billed + 2
