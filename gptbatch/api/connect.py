@@ -110,6 +110,13 @@ class LazyRemote:
         self._kwargs = kwargs
         self._remote: Remote | None = None
 
+    @property
+    def caps(self) -> Any:
+        """The provider's caps, known without making the client."""
+        from gptbatch.api.provider import OPENAI_CAPS
+
+        return self._kwargs.get("caps", OPENAI_CAPS)
+
     def __getattr__(self, name: str) -> Any:
         if self._remote is None:
             from gptbatch.api.remote import Remote
