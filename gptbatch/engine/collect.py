@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from gptbatch.api.provider import caps_of
 from gptbatch.api.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.config.spec import Spec
-from gptbatch.engine import usage
+from gptbatch.engine import nometa, usage
 from gptbatch.engine.batches import (
     RECOVERED,
     ROOM_CHANGED,
@@ -244,6 +245,10 @@ class Collector:
             self.remote, self.report, self.work_dir, info
         )
         keys = {cid: key for key, cid in reversed(members)}  # the first member of a custom_id
+        named: dict[str, str] | None = None  # key -> custom_id, where requests went by key
+        if caps_of(self.remote).custom_id_is_key:
+            named = nometa.user_ids(self.store, members)
+            keys = {key: key for key in named}
         with self.store.transaction():
             usage.account(self.store, self.spec.prices)  # what earlier runs left unaccounted
             batch = Outcomes(
@@ -265,6 +270,8 @@ class Collector:
                         if key is None or key in seen:
                             continue
                         seen.add(key)
+                        if named is not None:
+                            text, obj = nometa.named(text, obj, named[key])
                         state, error = classify(obj)
                         counts[batch.add(key, state, text, error, obj)] += 1
             for key, _ in members:
