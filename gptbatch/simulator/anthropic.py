@@ -76,7 +76,7 @@ class AnthropicBatches:
         self._lock = threading.RLock()
         self._batches: dict[str, _Batch] = {}
         self._serial = 0
-        # custom_ids whose result is `errored` (type), for tests: {custom_id: error type}
+        # custom_ids whose next result is `errored` (type), once each: {custom_id: error type}
         self.errored: dict[str, str] = {}
 
     # --- routes ----------------------------------------------------------------------------
@@ -118,6 +118,7 @@ class AnthropicBatches:
         """Newest first; after_id: the page after that id; before_id: the page before it."""
         limit = max(1, min(limit, 1000))
         with self._lock:
+            self._advance()
             order = list(reversed(self._batches.values()))  # newest first: creation order
             ids = [b.id for b in order]
             if after_id is not None:
@@ -194,7 +195,7 @@ class AnthropicBatches:
             if unfinished is not None:
                 result: dict[str, Any] = {"type": unfinished}
             elif cid in self.errored:
-                kind = self.errored[cid]
+                kind = self.errored.pop(cid)
                 err = {"type": kind, "message": f"simulated {kind}"}
                 result = {"type": "errored", "error": {"type": "error", "error": err}}
             else:

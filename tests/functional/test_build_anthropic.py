@@ -1,0 +1,226 @@
+"""`gptbatch build` on Anthropic's Message Batches, through the real SDK, against the simulator.
+
+Requests go out under their content keys (no metadata exists on a batch), results come back
+in no fixed order: outputs are in input order under the user's custom_ids, an edit bills one
+request, a no-op none, and a lost state (or a kill after create) never pays twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from buildkit import REPO, Project, make_project, write_jsonl
+
+from gptbatch.canonical import sha256_hex
+from gptbatch.errors import EXIT_BAD_INPUT, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.inputs.messages_lines import upload_line
+
+MODEL = "claude-sonnet-4-5"
+
+
+def claude(custom_id: str, text: str | None = None) -> dict[str, Any]:
+    """An Anthropic request line (the model comes from the config)."""
+    return {
+        "custom_id": custom_id,
+        "params": {
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": text or f"Tell me about {custom_id}."}],
+        },
+    }
+
+
+def key_of(row: dict[str, Any]) -> str:
+    """The content key a request is sent under (its custom_id at the API)."""
+    return sha256_hex(upload_line(json.dumps(row).encode(), MODEL))
+
+
+def claude_project(tmp_path: Path, rows: list[dict[str, Any]], **config: Any) -> Project:
+    return make_project(
+        tmp_path, {"requests.jsonl": rows}, api={"provider": "anthropic"}, model=MODEL, **config
+    )
+
+
+def billed(sim: Any) -> list[str]:
+    return [b.custom_id for b in sim.journal.billed]
+
+
+def test_build_outputs_in_input_order_from_unordered_results(tmp_path: Path, simulator) -> None:
+    rows = [claude(f"q{i}") for i in range(30)]
+    project = claude_project(tmp_path, rows)
+    assert project.build() == EXIT_OK
+    out = project.output()
+    assert [o["custom_id"] for o in out] == [r["custom_id"] for r in rows]
+    assert all(o["response"]["status_code"] == 200 for o in out)
+    assert all(o["response"]["body"]["type"] == "message" for o in out)
+    keys = [key_of(r) for r in rows]
+    assert sorted(billed(simulator)) == sorted(keys)  # each sent once, under its key
+    (batch_id,) = simulator.service.anthropic.ids()
+    sent = [r["custom_id"] for r in simulator.service.anthropic.requests_of(batch_id)]
+    assert sent == keys
+    client = anthropic.Anthropic(api_key="sk-test", max_retries=0)
+    order = [r.custom_id for r in client.messages.batches.results(batch_id)]
+    assert order != keys and sorted(order) == sorted(keys)  # results came out of order
+
+
+def test_edit_one_line_bills_one_and_a_no_op_bills_none(tmp_path: Path, simulator) -> None:
+    rows = [claude(f"q{i}") for i in range(12)]
+    project = claude_project(tmp_path, rows)
+    assert project.build() == EXIT_OK
+    rows[5] = claude("q5", "Something else entirely.")
+    write_jsonl(project.input(), rows)
+    assert project.build() == EXIT_OK
+    assert len(billed(simulator)) == 13 and billed(simulator)[-1] == key_of(rows[5])
+    calls = len(simulator.journal.calls)
+    assert project.build() == EXIT_OK
+    assert len(billed(simulator)) == 13
+    assert len(simulator.journal.calls) == calls  # a no-op asks the API nothing
+    assert project.output()[5]["custom_id"] == "q5"
+
+
+def test_lost_state_with_ended_batches_pays_nothing_twice(tmp_path: Path, simulator) -> None:
+    rows = [claude(f"q{i}") for i in range(9)]
+    project = claude_project(tmp_path, rows, limits={"max_requests_per_batch": 4})
+    assert project.build() == EXIT_OK
+    first = project.output()
+    assert len(simulator.service.anthropic.ids()) == 3
+    shutil.rmtree(project.out / ".gptbatch")
+    (project.out / "requests.jsonl").unlink()
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)  # none twice
+    assert len(simulator.service.anthropic.ids()) == 3  # nothing created again
+    assert project.output() == first
+
+
+def test_lost_state_with_batches_in_flight_waits_for_them(tmp_path: Path, simulator) -> None:
+    simulator.service.anthropic.processing_seconds = 150.0  # ~1.5 s of real time
+    rows = [claude(f"q{i}") for i in range(6)]
+    project = claude_project(tmp_path, rows, limits={"max_requests_per_batch": 3})
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert len(simulator.service.anthropic.ids()) == 2 and billed(simulator) == []
+    shutil.rmtree(project.out / ".gptbatch")
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)
+    assert len(simulator.service.anthropic.ids()) == 2  # waited for, not sent again
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "point", ["before_create", "after_create", "after_submitted_state", "mid_download"]
+)
+def test_kill_then_rerun_pays_nothing_twice(tmp_path: Path, simulator, point: str) -> None:
+    rows = [claude(f"q{i}") for i in range(6)]
+    project = claude_project(tmp_path, rows, limits={"max_requests_per_batch": 3})
+    run = project.build_process(env={"GPTBATCH_CRASH_AT": f"{point}:1"}, timeout=90)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    rerun = project.build_process(timeout=90)
+    assert rerun.returncode == EXIT_OK, rerun.stderr[-2000:]
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)  # once each
+    assert len(simulator.service.anthropic.ids()) == 2
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+
+
+def test_errored_results_are_classified(tmp_path: Path, simulator) -> None:
+    rows = [claude(f"q{i}") for i in range(4)]
+    project = claude_project(tmp_path, rows)
+    errored = simulator.service.anthropic.errored
+    errored[key_of(rows[1])] = "overloaded_error"  # transient: sent again
+    errored[key_of(rows[2])] = "invalid_request_error"  # permanent: failed for good
+    assert project.build() == EXIT_FAILED_REQUESTS
+    (error,) = project.errors()
+    assert error["custom_id"] == "q2" and "400" in error["error"]
+    out = {o["custom_id"]: o for o in project.output()}
+    assert set(out) == {"q0", "q1", "q3"}  # q1 came back on its retry
+    sent = [
+        r["custom_id"]
+        for b in simulator.service.anthropic.ids()
+        for r in simulator.service.anthropic.requests_of(b)
+    ]
+    assert sent.count(key_of(rows[1])) == 2 and sent.count(key_of(rows[2])) == 1
+
+
+def test_an_openai_line_in_an_anthropic_target_is_a_located_error(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    openai_line = {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    project = claude_project(tmp_path, [claude("q0"), openai_line])
+    assert project.build() == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert (
+        "requests.jsonl:2: this line looks like an OpenAI request; the target's provider is "
+        "anthropic" in err
+    )
+    assert simulator.service.anthropic.ids() == [] and simulator.journal.billed == []
+
+
+def test_an_anthropic_line_in_an_openai_target_is_a_located_error(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    project = make_project(tmp_path, {"requests.jsonl": [claude("q0")]})
+    assert project.build() == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "requests.jsonl:1: this line looks like an Anthropic request" in err
+    assert "the target's provider is openai" in err
+
+
+def test_simulate_builds_the_claude_example(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptbatch",
+            "build",
+            str(tmp_path / "examples/claude.yaml"),
+            "--simulate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
+    )
+    assert run.returncode == EXIT_OK, run.stderr[-2000:]
+    out = tmp_path / "examples/out-claude-simulated/claude.ndjson.jsonl"
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [o["custom_id"] for o in lines] == [f"fact-{i}" for i in range(1, 9)]
+
+
+def test_without_the_sdk_the_error_names_the_extra(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow" / "anthropic"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'anthropic'\")\n")
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    path = os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", str(REPO))])
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptbatch",
+            "build",
+            str(tmp_path / "examples/claude.yaml"),
+            "--simulate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert run.returncode != EXIT_OK
+    assert "pip install 'gptbatch[anthropic]'" in run.stderr
