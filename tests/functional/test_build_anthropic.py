@@ -113,10 +113,24 @@ def test_lost_state_with_batches_in_flight_waits_for_them(tmp_path: Path, simula
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize(
-    "point", ["before_create", "after_create", "after_submitted_state", "mid_download"]
+# Every crash point of a build (tests/functional/test_build_kills.py lists them) but the
+# output writes, which do not depend on the provider.
+ANTHROPIC_KILL_POINTS = (
+    "after_shard_file",
+    "before_upload",
+    "after_upload",
+    "after_uploaded_state",
+    "before_create",
+    "after_create",
+    "after_submitted_state",
+    "mid_download",
+    "after_download",
+    "after_collect",
 )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("point", ANTHROPIC_KILL_POINTS)
 def test_kill_then_rerun_pays_nothing_twice(tmp_path: Path, simulator, point: str) -> None:
     rows = [claude(f"q{i}") for i in range(6)]
     project = claude_project(tmp_path, rows, limits={"max_requests_per_batch": 3})
@@ -224,3 +238,18 @@ def test_without_the_sdk_the_error_names_the_extra(tmp_path: Path) -> None:
     )
     assert run.returncode != EXIT_OK
     assert "pip install 'gptbatch[anthropic]'" in run.stderr
+
+
+def test_cancel_then_build_sends_the_canceled_requests_once_more(tmp_path: Path, simulator) -> None:
+    from gptbatch.cli import main
+
+    simulator.service.anthropic.processing_seconds = 3600.0
+    rows = [claude(f"q{i}") for i in range(4)]
+    project = claude_project(tmp_path, rows)
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert main(["cancel", str(project.config)]) == EXIT_OK
+    simulator.service.anthropic.processing_seconds = 20.0
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)  # once each
+    assert len(simulator.service.anthropic.ids()) == 2
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
