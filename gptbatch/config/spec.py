@@ -334,6 +334,16 @@ def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -
                 "remove endpoint from the config",
             )
         )
+    if name == "anthropic" and isinstance(limits, dict) and limits.get("enqueued_tokens"):
+        problems.append(
+            Problem(
+                display,
+                line_of(node, ["limits", "enqueued_tokens"]),
+                "limits.enqueued_tokens does not apply to api.provider anthropic: its queue is "
+                "limited by requests, and Claude's tokens cannot be counted offline",
+                "use limits.enqueued_requests instead",
+            )
+        )
     windows = provider.completion_windows
     if windows is not None and full["completion_window"] not in windows:
         problems.append(

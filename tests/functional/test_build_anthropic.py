@@ -253,3 +253,24 @@ def test_cancel_then_build_sends_the_canceled_requests_once_more(tmp_path: Path,
     assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)  # once each
     assert len(simulator.service.anthropic.ids()) == 2
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+
+
+def test_the_queue_is_budgeted_by_requests(tmp_path: Path, simulator, capsys) -> None:
+    simulator.service.anthropic.processing_seconds = 100.0
+    rows = [claude(f"q{i}") for i in range(6)]
+    project = claude_project(
+        tmp_path,
+        rows,
+        limits={"max_requests_per_batch": 2, "enqueued_requests": 4, "safety_margin": 0},
+    )
+    assert project.build("--no-wait") == EXIT_PENDING
+    assert len(simulator.service.anthropic.ids()) == 2  # 4 requests in the queue, no more
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)
+
+
+def test_a_token_limit_on_an_anthropic_target_is_a_config_error(tmp_path: Path, capsys) -> None:
+    project = claude_project(tmp_path, [claude("q0")], limits={"enqueued_tokens": 1000})
+    assert project.build() == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "batch.yaml" in err and "limits.enqueued_tokens does not apply" in err
