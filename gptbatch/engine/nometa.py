@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gptbatch.engine.batches import RECOVERED, save_batch
-from gptbatch.errors import TransientRemoteError
+from gptbatch.errors import NotFoundError, TransientRemoteError
 from gptbatch.shards import shard_key
 from gptbatch.state.rows import ShardRow
 
@@ -29,6 +31,17 @@ if TYPE_CHECKING:
     from gptbatch.state.store import Store
 
 _HEX = frozenset("0123456789abcdef")
+
+
+@dataclass
+class _Seen:
+    """What one build learned of batches it cannot adopt (kept for the run)."""
+
+    empty: set[str] = field(default_factory=set)  # ended batches naming none of ours
+    reported: set[str] = field(default_factory=set)  # in-progress batches said to be waited for
+
+
+_SEEN: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
 
 
 def is_key(value: Any) -> bool:
@@ -103,7 +116,8 @@ def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
     if not lost and not submitting:
         return []  # every batch of ours is on record
     known = {b.id for b in store.batches()}
-    skipped: set[str] = sub.__dict__.setdefault("_nometa_empty", set())
+    seen = _SEEN.setdefault(sub, _Seen())
+    skipped = seen.empty
     floor = float("-inf")
     waiting: list[BatchInfo] = []
     newest: int | None = None
@@ -123,7 +137,7 @@ def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
         if not adopt_ended(sub, info, submitting):
             skipped.add(info.id)
     sub.newest_listed = newest
-    reported: set[str] = sub.__dict__.setdefault("_nometa_reported", set())
+    reported = seen.reported
     for info in waiting:
         if info.id not in reported:
             reported.add(info.id)
@@ -143,7 +157,11 @@ def adopt_ended(sub: Submitter, info: BatchInfo, submitting: list[ShardRow]) -> 
     keys: list[str] = []
     if info.output_file_id:
         path = sub.work_dir / "downloads" / f"adopt-{info.id}.jsonl"
-        sub.remote.download(info.output_file_id, path)
+        try:
+            sub.remote.download(info.output_file_id, path)
+        except NotFoundError as exc:  # its results expired (29 days): nothing to recover
+            sub.report.event("recover_failed", batch=info.id, error=str(exc))
+            return False
         with open(path, "rb") as f:
             for raw in f:
                 if raw.strip():

@@ -274,3 +274,16 @@ def test_a_token_limit_on_an_anthropic_target_is_a_config_error(tmp_path: Path, 
     assert project.build() == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "batch.yaml" in err and "limits.enqueued_tokens does not apply" in err
+
+
+def test_lost_state_after_the_results_expired_builds_again(tmp_path: Path, simulator) -> None:
+    """Results are kept 29 days: after that a lost state has nothing to recover, and the
+    build sends the requests again rather than stopping on the 404."""
+    rows = [claude(f"q{i}") for i in range(3)]
+    project = claude_project(tmp_path, rows)
+    assert project.build() == EXIT_OK
+    shutil.rmtree(project.out / ".gptbatch")
+    simulator.clock.advance(30 * 86400)
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(2 * [key_of(r) for r in rows])
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
