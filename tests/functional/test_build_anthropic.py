@@ -23,6 +23,7 @@ from buildkit import REPO, Project, make_project, write_jsonl
 from gptbatch.canonical import sha256_hex
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
 from gptbatch.inputs.messages_lines import upload_line
+from gptbatch.simulator import Fault
 
 MODEL = "claude-sonnet-4-5"
 
@@ -287,3 +288,55 @@ def test_lost_state_after_the_results_expired_builds_again(tmp_path: Path, simul
     assert project.build() == EXIT_OK
     assert sorted(billed(simulator)) == sorted(2 * [key_of(r) for r in rows])
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+
+
+# --- API faults on each Message Batches route --------------------------------------------------
+
+CREATE = ("POST", "/v1/messages/batches")
+LIST = ("GET", "/v1/messages/batches")
+RETRIEVE = ("GET", "/v1/messages/batches/*")
+RESULTS = "/v1/messages/batches/*/results"
+
+
+def _faults(case: str) -> tuple[Fault, ...]:
+    if case == "create lost reply":  # the batch exists; the build cannot know it did
+        return (Fault.lost_reply(method=CREATE[0], path=CREATE[1], count=2),)
+    if case == "create 500":
+        return (Fault.http(500, method=CREATE[0], path=CREATE[1], count=2, retry_after=0.05),)
+    if case == "create 429":
+        return (Fault.http(429, method=CREATE[0], path=CREATE[1], count=3, retry_after=0.05),)
+    if case == "list 500":
+        return (Fault.http(500, method=LIST[0], path=LIST[1], count=4, retry_after=0.05),)
+    if case == "retrieve lost reply":
+        return (Fault.lost_reply(method=RETRIEVE[0], path=RETRIEVE[1], count=3),)
+    if case == "results dropped":
+        return (Fault.drop_download(after_bytes=200, path=RESULTS, count=3),)
+    raise AssertionError(case)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "case",
+    [
+        "create lost reply",
+        "create 500",
+        "create 429",
+        "list 500",
+        "retrieve lost reply",
+        "results dropped",
+    ],
+)
+def test_api_faults_never_bill_twice_nor_lose_a_result(
+    tmp_path: Path, simulator, case: str
+) -> None:
+    for fault in _faults(case):
+        simulator.add_fault(fault)
+    rows = [claude(f"q{i}") for i in range(6)]
+    project = claude_project(tmp_path, rows, limits={"max_requests_per_batch": 3})
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)  # once each
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+    fired = [c for c in simulator.journal.calls if c.fault is not None]
+    assert fired, f"the {case} fault never fired"
+    if case == "create lost reply":  # both lost creates made batches: adopted, not redone
+        assert len(simulator.service.anthropic.ids()) == 2
