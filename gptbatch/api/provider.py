@@ -30,11 +30,21 @@ class Caps:
     uploads: bool  # requests go in an uploaded file (else inline in the create call)
     # custom_id sent is the request's content key (no metadata: results identify requests)
     custom_id_is_key: bool = False
+    # results downloadable this long after the batch's creation (None: OpenAI's file rule,
+    # output_expires_after or 30 days from the batch's end)
+    results_ttl: int | None = None
 
 
 OPENAI_CAPS = Caps("openai", 50_000, 200 * 1024 * 1024, "tokens", True, True)
 ANTHROPIC_CAPS = Caps(
-    "anthropic", 100_000, 256 * 1000 * 1000, "requests", False, False, custom_id_is_key=True
+    "anthropic",
+    100_000,
+    256 * 1000 * 1000,
+    "requests",
+    False,
+    False,
+    custom_id_is_key=True,
+    results_ttl=29 * 86400,
 )
 
 

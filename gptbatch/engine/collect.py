@@ -331,6 +331,9 @@ class Collector:
             if ended is None:
                 ended = batch.created_at + COMPLETION_WINDOW_SECONDS
             expires = ended + (self.spec.output_expires_after or DEFAULT_FILE_TTL)
+            ttl = caps_of(self.remote).results_ttl
+            if ttl is not None:  # kept for a while after creation, whatever was asked
+                expires = batch.created_at + ttl
         if api_now is not None and api_now >= expires:
             return True
         self.report_waiting(

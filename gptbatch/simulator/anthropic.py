@@ -181,10 +181,13 @@ class AnthropicBatches:
         for batch in self._batches.values():
             if batch.status == "canceling":
                 self._end(batch, max(now, batch.cancel_at or now), "canceled")
-            elif batch.status == "in_progress" and now >= batch.created + EXPIRES_AFTER:
-                self._end(batch, batch.created + EXPIRES_AFTER, "expired")
-            elif batch.status == "in_progress" and now >= batch.ends:
-                self._end(batch, batch.ends, None)
+            elif batch.status == "in_progress" and now >= min(
+                batch.ends, expiry := batch.created + EXPIRES_AFTER
+            ):
+                if batch.ends <= expiry:  # processed in time
+                    self._end(batch, batch.ends, None)
+                else:  # still unprocessed 24 h after creation
+                    self._end(batch, expiry, "expired")
 
     def _end(self, batch: _Batch, at: float, unfinished: str | None) -> None:
         """Every request's result at once, shuffled: no order is promised."""

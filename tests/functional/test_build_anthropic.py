@@ -340,3 +340,19 @@ def test_api_faults_never_bill_twice_nor_lose_a_result(
     assert fired, f"the {case} fault never fired"
     if case == "create lost reply":  # both lost creates made batches: adopted, not redone
         assert len(simulator.service.anthropic.ids()) == 2
+
+
+def test_results_expired_before_collection_are_sent_again_not_waited_for(
+    tmp_path: Path, simulator
+) -> None:
+    """Anthropic keeps results 29 days after a batch's creation: a build coming back later
+    finds them gone by the API's clock and sends the requests again (it does not wait out
+    OpenAI's 30 days from the batch's end)."""
+    simulator.service.anthropic.processing_seconds = 100.0
+    rows = [claude(f"q{i}") for i in range(3)]
+    project = claude_project(tmp_path, rows)
+    assert project.build("--no-wait") == EXIT_PENDING
+    simulator.clock.advance(29 * 86400 + 3600)
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(2 * [key_of(r) for r in rows])
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
