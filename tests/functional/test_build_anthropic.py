@@ -356,3 +356,41 @@ def test_results_expired_before_collection_are_sent_again_not_waited_for(
     assert project.build() == EXIT_OK
     assert sorted(billed(simulator)) == sorted(2 * [key_of(r) for r in rows])
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+
+
+def test_bad_anthropic_lines_are_located_by_validate(tmp_path: Path, capsys) -> None:
+    from gptbatch.cli import main
+
+    good = claude("ok")
+    bad = [
+        good,
+        {"custom_id": "a", "params": {"messages": [{"role": "user", "content": "x"}]}},
+        {"custom_id": "b", "params": "not an object"},
+        {"custom_id": "c", "params": {"max_tokens": 5, "messages": []}},
+        {**claude("d"), "extra": 1},
+        {"custom_id": "e", "params": {**claude("e")["params"], "model": "claude-other"}},
+        {"custom_id": "f", "params": {**claude("f")["params"], "stream": True}},
+        claude("ok"),
+    ]
+    project = claude_project(tmp_path, bad)
+    assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    for line, what in [
+        (2, "params.max_tokens must be a positive integer"),
+        (3, "params must be a JSON object"),
+        (4, "params.messages must be a non-empty list"),
+        (5, "unknown key 'extra'"),
+        (6, "params.model 'claude-other' differs from the config's model"),
+        (7, "params.stream is true"),
+        (8, "duplicate custom_id"),
+    ]:
+        assert f"requests.jsonl:{line}: {what}" in err, (line, what, err)
+    assert "7 problems found" in err  # the good first line is not one of them
+
+
+def test_an_openai_endpoint_on_an_anthropic_target_is_a_config_error(
+    tmp_path: Path, capsys
+) -> None:
+    project = claude_project(tmp_path, [claude("q0")], endpoint="/v1/chat/completions")
+    assert project.build() == EXIT_BAD_INPUT
+    assert "endpoint /v1/chat/completions is an OpenAI endpoint" in capsys.readouterr().err
