@@ -34,7 +34,9 @@ def simulator_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[...,
         sim = Simulator(base.replace(**overrides) if overrides else base).start()
         started.append(sim)
         monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url.removesuffix("/v1"))
         monkeypatch.setenv("OPENAI_API_KEY", SIMULATOR_API_KEY)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", SIMULATOR_API_KEY)
         return sim
 
     yield start

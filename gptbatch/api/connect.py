@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from gptbatch.api.provider import ANTHROPIC_CAPS, OPENAI_CAPS, Caps
 from gptbatch.config.rehearsal import simulated_output_dir
 from gptbatch.config.spec import Spec, api_key
 from gptbatch.errors import InputError, UsageError
@@ -35,14 +36,24 @@ def connect(spec: Spec, purpose: str) -> Remote:
             f"no API key: {purpose} needs one: set {spec.api.api_key_env} (or put it in a "
             f".env file beside {spec.path.name})"
         )
-    from gptbatch.api.remote import Remote
-
-    return Remote(
+    return make_remote(
+        spec.api.provider,
         api_key=key,
         base_url=spec.api.base_url,
         organization=spec.api.organization,
         project=spec.api.project,
     )
+
+
+def make_remote(provider: str, **kwargs: Any) -> Any:
+    """The client of a provider: Anthropic's, or the OpenAI-shaped Remote for the rest."""
+    if provider == "anthropic":
+        from gptbatch.api.anthropic import AnthropicRemote
+
+        return AnthropicRemote(**kwargs)
+    from gptbatch.api.remote import Remote
+
+    return Remote(**kwargs)
 
 
 @contextlib.contextmanager
@@ -75,7 +86,9 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
                         spec.polling, initial_seconds=0.05, max_seconds=0.5
                     ),
                 )
-                remote: Any = LazyRemote(api_key="sk-simulated", base_url=sim.base_url)
+                remote: Any = LazyRemote(
+                    provider=spec.api.provider, api_key="sk-simulated", base_url=sim.base_url
+                )
                 try:
                     yield simulated, remote
                 finally:
@@ -92,6 +105,7 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
             f"{spec.path.name}), or rehearse offline with `gptbatch build --simulate`"
         )
     remote = LazyRemote(
+        provider=spec.api.provider,
         api_key=key,
         base_url=spec.api.base_url,
         organization=spec.api.organization,
@@ -104,17 +118,22 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
 
 
 class LazyRemote:
-    """A Remote made on first use, so a build with nothing to ask the API never imports openai."""
+    """A provider's client made on first use, so a build with nothing to ask the API never
+    imports its SDK."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, provider: str = "openai", **kwargs: Any) -> None:
+        self._provider = provider
         self._kwargs = kwargs
         self._remote: Remote | None = None
 
+    @property
+    def caps(self) -> Caps:
+        """The provider's caps, known without making the client (nor importing its SDK)."""
+        return ANTHROPIC_CAPS if self._provider == "anthropic" else OPENAI_CAPS
+
     def __getattr__(self, name: str) -> Any:
         if self._remote is None:
-            from gptbatch.api.remote import Remote
-
-            self._remote = Remote(**self._kwargs)
+            self._remote = make_remote(self._provider, **self._kwargs)
         return getattr(self._remote, name)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gptbatch.api.provider import OPENAI_CAPS, Caps
 from gptbatch.canonical import atomic_writer
 from gptbatch.engine.crash import crashpoint
 from gptbatch.errors import (
@@ -231,7 +232,9 @@ def _call(fn: Callable[[], T]) -> T:
 
 
 class Remote:
-    """A thin, typed client for the Files and Batches endpoints."""
+    """A thin, typed client for the Files and Batches endpoints (a `provider.Provider`)."""
+
+    caps: Caps = OPENAI_CAPS
 
     def __init__(
         self,

@@ -116,7 +116,10 @@ PROVIDERS: dict[str, Provider] = {
     "openai": Provider(50_000, ("24h",), False, "OPENAI_API_KEY"),
     "azure": Provider(100_000, ("24h",), True, "AZURE_OPENAI_API_KEY"),
     "compatible": Provider(50_000, None, True, "OPENAI_API_KEY"),
+    # Message Batches: requests inline, custom_ids are content keys (see api/anthropic.py).
+    "anthropic": Provider(100_000, ("24h",), False, "ANTHROPIC_API_KEY"),
 }
+ANTHROPIC_ENDPOINT = "/v1/messages"  # the endpoint of every request of an anthropic target
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,8 @@ def _apply_provider(data: Mapping[str, Any], full: dict[str, Any]) -> None:
         full["limits"]["max_requests_per_batch"] = provider.max_requests_per_batch
     if "api_key_env" not in given_api:
         full["api"]["api_key_env"] = provider.api_key_env
+    if full["api"]["provider"] == "anthropic" and full.get("endpoint") is None:
+        full["endpoint"] = ANTHROPIC_ENDPOINT  # every request is a Messages request
 
 
 def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -> list[Problem]:
@@ -343,6 +348,26 @@ def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -
                 f"limits.max_requests_per_batch {limits['max_requests_per_batch']} is over "
                 f"{name}'s cap of {cap:,} requests per batch",
                 f"use at most {cap}",
+            )
+        )
+    if name == "anthropic" and full.get("endpoint") != ANTHROPIC_ENDPOINT:
+        problems.append(
+            Problem(
+                display,
+                line_of(node, ["endpoint"]),
+                f"endpoint {full.get('endpoint')} is an OpenAI endpoint; api.provider anthropic "
+                "sends Messages requests",
+                "remove endpoint from the config",
+            )
+        )
+    if name == "anthropic" and isinstance(limits, dict) and limits.get("enqueued_tokens"):
+        problems.append(
+            Problem(
+                display,
+                line_of(node, ["limits", "enqueued_tokens"]),
+                "limits.enqueued_tokens does not apply to api.provider anthropic: its queue is "
+                "limited by requests, and Claude's tokens cannot be counted offline",
+                "use limits.enqueued_requests instead",
             )
         )
     windows = provider.completion_windows

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from gptbatch.api.provider import caps_of
 from gptbatch.api.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.config.spec import Spec
-from gptbatch.engine import usage
+from gptbatch.engine import nometa, usage
 from gptbatch.engine.batches import (
     RECOVERED,
     ROOM_CHANGED,
@@ -245,6 +246,10 @@ class Collector:
             self.remote, self.report, self.work_dir, info
         )
         keys = {cid: key for key, cid in reversed(members)}  # the first member of a custom_id
+        named: dict[str, str] | None = None  # key -> custom_id, where requests went by key
+        if caps_of(self.remote).custom_id_is_key:
+            named = nometa.user_ids(self.store, members)
+            keys = {key: key for key in named}
         checks = self.answer_checks(keys.values())
         with self.store.transaction():
             usage.account(self.store, self.spec.prices)  # what earlier runs left unaccounted
@@ -267,6 +272,8 @@ class Collector:
                         if key is None or key in seen:
                             continue
                         seen.add(key)
+                        if named is not None:
+                            text, obj = nometa.named(text, obj, named[key])
                         state, error = classify(obj)
                         check = checks.get(key) if state == "ok" else None
                         if check is not None:
@@ -350,6 +357,9 @@ class Collector:
             if ended is None:
                 ended = batch.created_at + COMPLETION_WINDOW_SECONDS
             expires = ended + (self.spec.output_expires_after or DEFAULT_FILE_TTL)
+            ttl = caps_of(self.remote).results_ttl
+            if ttl is not None:  # kept for a while after creation, whatever was asked
+                expires = batch.created_at + ttl
         if api_now is not None and api_now >= expires:
             return True
         self.report_waiting(

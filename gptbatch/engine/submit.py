@@ -22,9 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from gptbatch.api.provider import caps_of
 from gptbatch.api.remote import BatchInfo, Remote, UploadGoneError
 from gptbatch.canonical import atomic_writer, sha256_hex
 from gptbatch.config.spec import Spec
+from gptbatch.engine import nometa
 from gptbatch.engine.batches import (
     META_KEYS,
     META_PROJECT,
@@ -360,6 +362,8 @@ class Submitter:
         The shard id is a hash of its members' content keys: a batch of ours carrying it
         holds exactly this work.
         """
+        if not caps_of(self.remote).metadata:  # no tags: found by the keys it answered
+            return nometa.adopt_existing(self, shard)
         for info in self.remote_batches():
             if info.metadata.get(META_SHARD) != shard.id or refused(info):
                 continue
@@ -382,6 +386,8 @@ class Submitter:
         the API. False if the API could not be listed (nothing is recorded then); True
         leaves the build loop to pack again and drop unsent shards whose inputs changed.
         """
+        if not caps_of(self.remote).metadata:  # no tags: found by the keys it answered
+            return nometa.reconcile(self)
         self.newest_listed = None
         try:
             found = list(self.remote_batches())

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 from gptbatch.canonical import canonical_json, sha256_hex
 from gptbatch.errors import InputError, Problem
 from gptbatch.fastjson import fast_decoder
+from gptbatch.inputs.messages_lines import MESSAGES_URL, check_line
 
 ENDPOINTS: tuple[str, ...] = (
     "/v1/chat/completions",
@@ -78,7 +79,7 @@ def read_requests(
     model and endpoint come from the config: they fill `body.model` and `url` where a request
     has none (before its key is computed), and a request naming another one is an error.
     """
-    if endpoint is not None and endpoint not in ENDPOINTS:
+    if endpoint is not None and endpoint not in (*ENDPOINTS, MESSAGES_URL):
         raise ValueError(f"endpoint {endpoint!r} is not one of {_ENDPOINT_LIST}")
     reader = _Reader([str(p) for p in paths], model, endpoint, max_problems, max_line_bytes)
     for index in range(len(reader.names)):
@@ -112,12 +113,9 @@ def line_validator(
     max_problems: int = DEFAULT_MAX_PROBLEMS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> _Reader:
-    """The validator read_requests drives, for readers that feed it lines (gptbatch.inputs.scan).
-
-    Its read_line(index, number, offset, content, length, group) checks one line exactly
-    as read_requests does; problems, count and seen (custom_id -> file << 40 | line) are
-    its state; read_file(index) reads a whole file as read_requests does.
-    """
+    """The validator read_requests drives, for readers that feed it lines (inputs.scan): its
+    read_line(index, number, offset, content, length, group) checks one line as read_requests
+    does; problems, count and seen (custom_id -> file << 40 | line) are its state."""
     return _Reader([str(p) for p in paths], model, endpoint, max_problems, max_line_bytes)
 
 
@@ -312,6 +310,8 @@ class _Reader:
         self, index: int, number: int, obj: dict[str, Any], group: list[Any]
     ) -> tuple[str, str, str, dict[str, Any]] | None:
         """Check every field of a request, recording each problem; its fields if none."""
+        if self.endpoint == MESSAGES_URL or ("params" in obj and "body" not in obj):
+            return check_line(self, index, number, obj)  # Anthropic's shape, or a mix-up
         path = self.names[index]
         before = self.count
         custom_id = self.check_custom_id(index, number, obj)

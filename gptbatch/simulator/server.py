@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from gptbatch.simulator.anthropic import AnthropicBatches, AnthropicError
 from gptbatch.simulator.clock import SimClock
 from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.journal import ApiCall, Journal
@@ -213,9 +214,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         body = self._read_body()
         auth = self.headers.get("Authorization", "")
+        if path.startswith("/v1/messages") and self.headers.get("x-api-key"):
+            auth = "Bearer " + self.headers["x-api-key"]  # Anthropic's own header
         if not auth.startswith("Bearer ") or not auth[len("Bearer ") :].strip():
             record(401)
-            self._send_json(401, ApiError(401, MISSING_KEY).body())
+            error = ApiError(401, MISSING_KEY)
+            if path.startswith("/v1/messages"):
+                error = AnthropicError(401, "invalid x-api-key", type="authentication_error")
+            self._send_json(401, error.body())
             return
         slow = service.take_route_fault("slow", method, path)
         if slow is not None:
@@ -301,6 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return service.file_content(parts[2])
             else:
                 raise ApiError(404, f"Invalid URL ({method} {path})")
+        elif parts[:3] == ["v1", "messages", "batches"]:
+            return self._anthropic(method, parts[3:], params, body)
         elif parts[:2] == ["v1", "batches"]:
             if len(parts) == 2:
                 if method == "POST":
@@ -319,6 +327,35 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise ApiError(404, f"Invalid URL ({method} {path})")
         raise ApiError(405, f"Invalid method for URL ({method} {path})")
+
+    def _anthropic(
+        self, method: str, rest: list[str], params: dict[str, str], body: bytes
+    ) -> dict[str, Any] | bytes:
+        """Anthropic's /v1/messages/batches routes (see simulator/anthropic.py)."""
+        batches: AnthropicBatches = self.server.service.anthropic
+        host = (
+            self.headers.get("Host")
+            or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        )
+        base = f"http://{host}"
+        if not rest and method == "POST":
+            return batches.create(body, base)
+        if not rest and method == "GET":
+            return batches.list(
+                base,
+                limit=_int_param(params, "limit", 20),
+                after_id=params.get("after_id"),
+                before_id=params.get("before_id"),
+            )
+        if len(rest) == 1 and method == "GET":
+            return batches.retrieve(rest[0], base)
+        if len(rest) == 2 and rest[1] == "cancel" and method == "POST":
+            return batches.cancel(rest[0], base)
+        if len(rest) == 2 and rest[1] == "results" and method == "GET":
+            return batches.results(rest[0])
+        raise AnthropicError(
+            404, f"Invalid URL ({method} /v1/messages/batches)", type="not_found_error"
+        )
 
     def _upload(self, body: bytes) -> dict[str, Any]:
         fields = parse_multipart(body, self.headers.get("Content-Type", ""))

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gptbatch.canonical import canonical_json
+from gptbatch.simulator.anthropic import AnthropicBatches
 from gptbatch.simulator.clock import SimClock
 from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.engine import FAIL_MESSAGE, BatchEngine
@@ -99,6 +100,12 @@ class BatchService:
             self._engine.reset_time(self.clock.now())
         self._state = state
         self._start_session(records)
+        # Anthropic's Message Batches: their own routes, the same clock and journal.
+        self.anthropic = AnthropicBatches(
+            self.now,
+            self.journal,
+            processing_seconds=self.config.validating_seconds + self.config.finalizing_seconds,
+        )
 
     # --- saving and replaying changes ----------------------------------------------------
 

@@ -456,7 +456,17 @@ def _prompt_only(what: str) -> Callable[[_Tally, Mapping[str, Any]], int]:
     return count
 
 
+def _claude(t: _Tally, body: Mapping[str, Any]) -> int:
+    """Anthropic's Messages: no offline Claude tokenizer exists, so this is an estimate with
+    an OpenAI encoding (the system prompt and messages' text; images as chat images)."""
+    t.note("Claude's tokenizer is not public: an estimate with an OpenAI encoding")
+    system = body.get("system")
+    total = _content(t, system, _chat_part) if system is not None else 0
+    return total + _chat(t, {"messages": body.get("messages")})
+
+
 _ENDPOINTS: dict[str, Callable[[_Tally, Mapping[str, Any]], int]] = {
+    "/v1/messages": _claude,
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
     "/v1/embeddings": _embeddings,

@@ -1,0 +1,207 @@
+"""Finding our batches at a provider whose batches carry no metadata (Anthropic).
+
+With no tags, a batch cannot say whose it is; what it can say, once it has ended, is which
+requests it answered: each was sent under its content key as custom_id. So:
+- an ended batch the state does not know is adopted by its results: a shard that was being
+  submitted with exactly those keys takes it, else a shard is rebuilt from the keys (results
+  are stored by content key, so an answer only ever serves a byte-identical request);
+- a batch still in progress cannot say what it holds: while one exists that the state does
+  not know, and the state was lost or a create may have happened, nothing is submitted; it
+  is waited for, never sent again.
+An intact state with no create in doubt made every batch of its own on record, so it looks
+at no other batch (another project's, in the same workspace).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gptbatch.engine.batches import RECOVERED, save_batch
+from gptbatch.errors import NotFoundError, TransientRemoteError
+from gptbatch.shards import shard_key
+from gptbatch.state.rows import ShardRow
+
+if TYPE_CHECKING:
+    from gptbatch.api.remote import BatchInfo
+    from gptbatch.engine.submit import Submitter
+    from gptbatch.state.store import Store
+
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass
+class _Seen:
+    """What one build learned of batches it cannot adopt (kept for the run)."""
+
+    empty: set[str] = field(default_factory=set)  # ended batches naming none of ours
+    reported: set[str] = field(default_factory=set)  # in-progress batches said to be waited for
+
+
+_SEEN: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
+
+
+def is_key(value: Any) -> bool:
+    """Is value a content key (64 lowercase hex digits)?"""
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def user_ids(store: Store, members: list[tuple[str, str]]) -> dict[str, str]:
+    """key -> the user's custom_id for a batch's members (a rebuilt shard's members carry
+    their key until the request is read again: the current request's id is taken then)."""
+    out: dict[str, str] = {}
+    for key, cid in members:
+        if cid == key:
+            row = store.locate(key)
+            cid = row.custom_id if row is not None else key
+        out[key] = cid
+    return out
+
+
+def named(text: str, obj: dict[str, Any], custom_id: str) -> tuple[str, dict[str, Any]]:
+    """A result line (sent under its key) under the user's custom_id again."""
+    if obj.get("custom_id") == custom_id:
+        return text, obj
+    obj = {**obj, "custom_id": custom_id}
+    return json.dumps(obj, ensure_ascii=False), obj
+
+
+def reconcile(sub: Submitter) -> bool:
+    """Submitter.reconcile for a provider without metadata (see the module docstring).
+
+    False (nothing may be submitted yet) while the API cannot be listed or a batch that may
+    hold our requests is still in progress.
+    """
+    store = sub.store
+    try:
+        waiting = scan(sub, store.shards(("submitting",)))
+    except TransientRemoteError as exc:
+        sub.report.event("api_retry", batch="", error=f"reconciling with the API: {exc}")
+        return False
+    if waiting:
+        return False
+    if sub.newest_listed is not None:
+        from gptbatch.engine.submit import RECONCILED_META
+
+        with store.transaction():
+            store.set_meta(RECONCILED_META, str(sub.newest_listed))
+    return True
+
+
+def adopt_existing(sub: Submitter, shard: ShardRow) -> bool:
+    """Submitter.adopt_existing without metadata: True if the shard's batch was found, or if
+    a batch that may be it is still in progress (the shard waits; it is not created again)."""
+    waiting = scan(sub, [shard])
+    current = sub.store.shard(shard.id)
+    if current is not None and current.state != "submitting":
+        return True
+    if waiting:
+        with sub.store.transaction():
+            sub.store.update_shard(shard.id, not_before=time.time() + sub.spec.polling.max_seconds)
+        return True
+    return False
+
+
+def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
+    """Adopt the ended batches the state does not know; the unknown ones in progress."""
+    from gptbatch.engine.submit import RECONCILE_MARGIN, RECONCILED_META, RECOVER_HORIZON
+
+    store = sub.store
+    last = store.get_meta(RECONCILED_META)
+    lost = last is None
+    sub.newest_listed = None
+    if not lost and not submitting:
+        return []  # every batch of ours is on record
+    known = {b.id for b in store.batches()}
+    seen = _SEEN.setdefault(sub, _Seen())
+    skipped = seen.empty
+    floor = float("-inf")
+    waiting: list[BatchInfo] = []
+    newest: int | None = None
+    for info in sub.remote.list_batches():
+        if newest is None:
+            newest = info.created_at
+            floor = newest - RECOVER_HORIZON
+            if last is not None:
+                floor = max(floor, float(last) - RECONCILE_MARGIN)
+        if info.created_at < floor:
+            break
+        if info.id in known or info.id in skipped:
+            continue
+        if not info.terminal:
+            waiting.append(info)
+            continue
+        if not adopt_ended(sub, info, submitting):
+            skipped.add(info.id)
+    sub.newest_listed = newest
+    reported = seen.reported
+    for info in waiting:
+        if info.id not in reported:
+            reported.add(info.id)
+            sub.report.event(
+                "api_retry",
+                batch=info.id,
+                error="a batch this state does not know is still in progress; batches carry "
+                "no tags here, so nothing is submitted until it ends and its results show "
+                "which requests it holds",
+            )
+    return waiting
+
+
+def adopt_ended(sub: Submitter, info: BatchInfo, submitting: list[ShardRow]) -> bool:
+    """Take an ended batch by the keys its results name; False if they name none."""
+    store = sub.store
+    keys: list[str] = []
+    if info.output_file_id:
+        path = sub.work_dir / "downloads" / f"adopt-{info.id}.jsonl"
+        try:
+            sub.remote.download(info.output_file_id, path)
+        except NotFoundError as exc:  # its results expired (29 days): nothing to recover
+            sub.report.event("recover_failed", batch=info.id, error=str(exc))
+            return False
+        with open(path, "rb") as f:
+            for raw in f:
+                if raw.strip():
+                    cid = json.loads(raw).get("custom_id")
+                    if is_key(cid):
+                        keys.append(cid)
+        path.unlink(missing_ok=True)
+    if not keys:
+        return False
+    wanted = set(keys)
+    shard = next((s for s in submitting if {k for k, _ in store.members(s.id)} == wanted), None)
+    if shard is not None:
+        sub.record_submitted(shard.id, info)
+        sid = shard.id
+    else:
+        sid = rebuild_shard(store, info, sorted(wanted))
+    sub.summary.adopted += 1
+    sub.report.event("adopted", shard=sid[:12], batch=info.id, status=info.status)
+    return True
+
+
+def rebuild_shard(store: Store, info: BatchInfo, keys: list[str]) -> str:
+    """A shard for an ended batch found at the API, its members the keys it answered."""
+    located = {k: store.locate(k) for k in keys}
+    members = [(k, row.custom_id if row is not None else k) for k, row in located.items()]
+    known = store.known_estimates(keys)
+    first = next((row for row in located.values() if row is not None), None)
+    with store.transaction():
+        sid = store.new_shard_id(shard_key(None, info.endpoint, keys))
+        store.add_shard(
+            sid,
+            model=first.model if first is not None else None,
+            url=info.endpoint,
+            members=members,
+            tokens=sum(known[k][0] for k in keys if k in known),
+            nbytes=0,
+            cost=sum(c for c in (known[k][3] for k in keys if k in known) if c is not None),
+            state="submitted",
+            note=RECOVERED,
+        )
+        save_batch(store, sid, info)
+        store.update_shard(sid, batch_id=info.id)
+    return sid
