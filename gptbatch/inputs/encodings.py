@@ -50,7 +50,8 @@ class BundledBlob:
 
 
 # URLs, hashes, split patterns and special tokens as in tiktoken_ext/openai_public.py
-# (tiktoken 0.7-0.14). tests/test_encodings.py checks them against tiktoken's own constructors.
+# (tiktoken 0.7-0.14). tests/inputs/test_encodings.py checks them against tiktoken's own
+# constructors.
 _O200K_PAT = "|".join(
     [
         r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",

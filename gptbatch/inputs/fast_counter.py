@@ -45,7 +45,7 @@ __all__ = [
 # pays from ~50 MB per process.
 MIN_BYTES_PER_PROCESS = 48 << 20
 
-# Characters fastokens does not count like tiktoken, per encoding (tests/test_fast_counter.py
+# Characters fastokens does not count like tiktoken, per encoding (tests/inputs/test_fast_counter.py
 # sweeps every code point to prove this set is exactly the mismatching one).
 GUARDED_CHARS: dict[str, frozenset[str]] = {
     "cl100k_base": frozenset("\u180e"),

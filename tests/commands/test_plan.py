@@ -226,7 +226,7 @@ def test_example_tests_pass_beside_a_built_example(tmp_path: Path, simulator: An
 
     Runs this file's example tests in a copy of the repo whose examples/ has been built.
     """
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     copy = tmp_path / "repo"
     shutil.copytree(repo / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(repo / "examples", copy / "examples", ignore=shutil.ignore_patterns("out*"))
@@ -239,7 +239,7 @@ def test_example_tests_pass_beside_a_built_example(tmp_path: Path, simulator: An
     assert (copy / "examples" / "out" / ".gptbatch").is_dir()
     inner = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         *(f"tests/test_plan.py::{name}" for name in EXAMPLE_TESTS)],
+         *(f"tests/commands/test_plan.py::{name}" for name in EXAMPLE_TESTS)],
         cwd=copy, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert inner.returncode == 0, inner.stdout[-3000:]
@@ -250,7 +250,7 @@ def test_the_readme_plan_example_is_a_real_run(
     tmp_path: Path, example_config: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """README's `plan` example is what plan prints for a fresh copy of examples/."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     command = "$ gptbatch plan examples/batch.yaml\n"
     start = readme.index("```console\n" + command) + len("```console\n" + command)
     shown = readme[start : readme.index("```", start)]

@@ -13,7 +13,7 @@ from gptbatch.api.anthropic import AnthropicRemote
 from gptbatch.api.provider import ANTHROPIC_CAPS, OPENAI_CAPS, Provider, caps_of
 from gptbatch.api.remote import Remote
 
-ROOT = Path(__file__).resolve().parents[1] / "gptbatch"
+ROOT = Path(__file__).resolve().parents[2] / "gptbatch"
 
 
 def _members() -> set[str]:

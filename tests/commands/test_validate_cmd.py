@@ -15,7 +15,7 @@ import pytest
 
 from gptbatch.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHAT = "/v1/chat/completions"
 EMB = "/v1/embeddings"
 DONE = "gptbatch: {n} problem{s} found; nothing was written"

@@ -22,7 +22,7 @@ from gptbatch.inputs.requests import read_requests
 from gptbatch.inputs.scan import Scanner, ScanOptions
 from gptbatch.inputs.tokens import estimate_request
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 CHAT = "/v1/chat/completions"
 
 

@@ -26,7 +26,7 @@ from gptbatch.config.spec import (
 from gptbatch.errors import ConfigError
 from gptbatch.inputs.requests import ENDPOINTS, read_requests
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
