@@ -67,7 +67,7 @@ def test_one_row_per_data_row_in_order(rows: list[tuple[str, str]], jsonl: bool)
                 )
         target = {"name": "t", "data": data.name, "id": "k", "request": REQUEST}
         (root / "batch.yaml").write_text(yaml.safe_dump({"inputs": [target], "output_dir": "out"}))
-        spec = load_spec(root / "batch.yaml")
+        spec = load_spec(root / "batch.yaml", build=True)  # renders into the state, as build
         store = Store(state_dir(spec.output_dir))
         try:
             sync_inputs(spec, store, NullReporter())
@@ -156,7 +156,7 @@ def test_a_table_written_again_equals_one_written_afresh(
         data = write_data(root, [(t, o) for t, o, _, _ in rows], jsonl)
         target = {"name": "t", "data": data.name, "id": "k", "request": REQUEST}
         (root / "batch.yaml").write_text(yaml.safe_dump({"inputs": [target], "output_dir": "out"}))
-        spec = load_spec(root / "batch.yaml")
+        spec = load_spec(root / "batch.yaml", build=True)  # renders into the state, as build
         path = str(spec.targets["t"])
         store = Store(state_dir(spec.output_dir))
         try:
@@ -165,7 +165,7 @@ def test_a_table_written_again_equals_one_written_afresh(
             write_tables(spec, store)
             edited = [(t + "!" if edit else t, later) for t, _, edit, later in rows]
             write_data(root, edited, jsonl)
-            spec = load_spec(root / "batch.yaml")
+            spec = load_spec(root / "batch.yaml", build=True)  # renders into the state, as build
             sync_inputs(spec, store, NullReporter())
             give_results(store, path, [later for _, later in edited])
             [again] = write_tables(spec, store)
