@@ -116,6 +116,11 @@ def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
     if not lost and not submitting:
         return []  # every batch of ours is on record
     known = {b.id for b in store.batches()}
+    # Any shard whose create is in doubt may own an ended batch, not only the one asked
+    # about: taken for a stranger, its batch would be rebuilt as a new shard and the shard
+    # itself, finding no batch, created again (billed twice).
+    mine = {s.id for s in submitting}
+    submitting = [*submitting, *(s for s in store.shards(("submitting",)) if s.id not in mine)]
     seen = _SEEN.setdefault(sub, _Seen())
     skipped = seen.empty
     floor = float("-inf")

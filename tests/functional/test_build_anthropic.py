@@ -13,12 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
-from buildkit import REPO, Project, make_project, write_jsonl
+from buildkit import REPO, Project, make_project, wait_until, write_jsonl
 
 from gptbatch.canonical import sha256_hex
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
@@ -394,3 +395,48 @@ def test_an_openai_endpoint_on_an_anthropic_target_is_a_config_error(
     project = claude_project(tmp_path, [claude("q0")], endpoint="/v1/chat/completions")
     assert project.build() == EXIT_BAD_INPUT
     assert "endpoint /v1/chat/completions is an OpenAI endpoint" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_a_later_create_in_doubt_that_ends_first_is_adopted_by_its_own_shard(
+    tmp_path: Path, simulator
+) -> None:
+    """Two creates lose their replies; the second batch ends while the first is still in
+    progress. Looking for the first shard's batch, the build must give the second batch to
+    the second shard, not rebuild it as a stranger's and create the second shard again."""
+    import threading
+
+    sim = simulator.service.anthropic
+    sim.processing_seconds = 10_000_000.0  # nothing ends by itself while the test runs
+    simulator.add_fault(Fault.lost_reply(method=CREATE[0], path=CREATE[1], count=2))
+    rows = [claude(f"q{i}") for i in range(6)]
+    project = claude_project(tmp_path, rows, limits={"max_requests_per_batch": 3})
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(project.build()), daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: len(sim.ids()) == 2, timeout=60), "both creates never came"
+        first, second = sim.ids()
+        sim.finish_now(second)
+        time.sleep(2)  # the build polls for the first shard's batch meanwhile (every 0.2 s)
+        sim.finish_now(first)
+        thread.join(timeout=90)
+    finally:
+        for batch in sim.ids():  # a failed assertion must not leave the build waiting
+            sim.finish_now(batch)
+        thread.join(timeout=90)
+    assert codes == [EXIT_OK]
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)  # once each
+    assert len(sim.ids()) == 2  # no third create
+    # Each batch went to the shard that created it; none was taken for a stranger's (whose
+    # rebuilt shard leaves the real one to be created again when collection comes later).
+    from gptbatch.engine.batches import RECOVERED
+    from gptbatch.state.store import Store, state_dir
+
+    store = Store(state_dir(project.out))
+    try:
+        assert [s.note for s in store.shards() if s.note == RECOVERED] == []
+        assert len({s.batch_id for s in store.shards() if s.batch_id}) == 2
+    finally:
+        store.close()
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
