@@ -28,6 +28,7 @@ from gptbatch.config.spec import Spec
 from gptbatch.engine import usage
 from gptbatch.engine.batches import Outcome
 from gptbatch.engine.budget import Budget, report_budget, take_refusal
+from gptbatch.engine.census import Census
 from gptbatch.engine.collect import Collector
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.outputs import output_paths, write_outputs
@@ -167,6 +168,9 @@ class Builder:
         self.scheduler = Scheduler(spec, store, reporter, self.budget, self.summary)
         self.submitter = Submitter(spec, store, remote, reporter, self.summary, self.project_ids)
         self.collector = Collector(spec, store, remote, reporter)
+        # Other gptbatch projects' tokens in the same queue, counted afresh by each listing.
+        self.census = Census(self.project_ids)
+        self.scheduler.census = self.census
 
     def remember_project(self, project: str) -> frozenset[str]:
         """Every project id this state has built under (a config edit can change the default)."""
@@ -242,7 +246,13 @@ class Builder:
             interval = self.spec.polling.initial_seconds
             while True:
                 self.store.check_intact()
-                changed = self.settle_all(self.collector.poll())
+                # While something waits for room, the poll's listing also counts what other
+                # projects hold (a few pages at most, see census.py); their batches ending
+                # or starting moves our room as our own do.
+                view = self.census.view
+                census = self.census if self.census_wanted() else None
+                changed = self.settle_all(self.collector.poll(census))
+                changed = changed or self.census.view != view
                 if changed:
                     self.scheduler.room_changed()
                 # The room a finished batch frees is refilled before its results are
@@ -365,14 +375,26 @@ class Builder:
             moved = moved or outcome.room_changed
         return moved
 
+    def census_wanted(self) -> bool:
+        """Count other projects' batches this round? Only while something waits to be sent
+        under a token budget: a census costs list calls, and without a budget no room is
+        computed from it."""
+        if not self.store.has_work_to_submit():
+            return False
+        if self.spec.limits.enqueued_tokens is not None:
+            return True
+        return any(self.budget.working(s.model) is not None for s in self.store.shards())
+
     def reconcile(self) -> bool:
         """Adopt batches of ours the state lost track of; False if the API could not be listed.
 
         Then pack again, and drop what never reached the API if its inputs changed, before
-        the edited requests are packed.
+        the edited requests are packed. The same pass takes the first census of the queue.
         """
-        if not self.submitter.reconcile():
+        self.census.begin()
+        if not self.submitter.reconcile(self.census.see):
             return False
+        self.census.end()
         self.scheduler.dirty = True
         self.scheduler.drop_stale_shards(("submitting",))
         return True
@@ -425,6 +447,8 @@ class Builder:
             if not self.scheduler.fits_queue(shard):
                 return self.upload_ahead(shard)
             self.settle(self.submitter.submit_shard(shard))
+            if self.scheduler.first_sent_at is None and self.summary.submitted:
+                self.scheduler.first_sent_at = self.census.listings
         except TransientRemoteError as exc:
             self.report.event("api_retry", batch="", error=f"shard {shard.id[:12]}: {exc}")
             with self.store.transaction():

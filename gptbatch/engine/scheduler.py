@@ -21,6 +21,7 @@ from typing import Any
 from gptbatch.config.spec import Spec
 from gptbatch.engine.batches import TERMINAL_BATCH_STATUSES
 from gptbatch.engine.budget import Budget
+from gptbatch.engine.census import Census, share
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.pricing import usd
 from gptbatch.report import Reporter
@@ -117,6 +118,31 @@ class Scheduler:
         self.dirty = True  # pending requests may need packing
         self.tail_waiting = False  # tail requests wait uncut for room (see _cut)
         self._run_base: dict[str, float] | None = None  # committed before this run, by shard
+        # Other projects' batches on the same queue (None: plan with the whole budget).
+        self.census: Census | None = None
+        self.first_sent_at: int | None = None  # census.listings when this run first sent
+
+    def room(self, model: str | None) -> int | None:
+        """The tokens this build may hold of a model's queue: the working budget, less what
+        other gptbatch projects hold and share with it (census.py); None: no budget."""
+        working = self.budget.working(model)
+        census = self.census
+        if working is None or census is None:
+            return working
+        return share(
+            working,
+            census.others(model),
+            census.senders(model),
+            member=self.first_sent_at is not None or self.in_flight(model)[0] > 0,
+            # Until a listing taken after this run's first create shows what others did
+            # meanwhile (a build started at the same instant saw the same empty queue).
+            first_wave=self.first_sent_at is None or self.first_sent_at == census.listings,
+        )
+
+    def crowded(self, model: str | None) -> bool:
+        """Do other projects hold or claim this model's queue (a lone shard must fit too)?"""
+        census = self.census
+        return census is not None and (census.others(model) > 0 or census.senders(model) > 0)
 
     # --- caps and room ---------------------------------------------------------------
 
@@ -154,10 +180,12 @@ class Scheduler:
         return sum(s.tokens for s in self.store.shards(waiting) if s.model == model)
 
     def fits_queue(self, shard: ShardRow) -> bool:
-        """Does the shard fit beside what is in flight? A shard alone always may go."""
+        """Does the shard fit beside what is in flight? A shard alone may go, unless other
+        projects hold the queue: then it waits for room like any other."""
         tokens_in, requests_in = self.in_flight(shard.model, exclude=shard.id)
-        working = self.budget.working(shard.model)
-        if working is not None and tokens_in and tokens_in + shard.tokens > working:
+        room = self.room(shard.model)
+        alone = not tokens_in and not self.crowded(shard.model)
+        if room is not None and not alone and tokens_in + shard.tokens > room:
             return False
         limit = self.budget.requests(shard.model)
         if limit is not None and requests_in and requests_in + shard.requests > limit:
@@ -345,7 +373,9 @@ class Scheduler:
         remaining = max(0, left.get(group, 0))
         target = shard_target(working, self.pipeline, remaining)
         if self.pipeline > 1 and remaining <= TAIL_WAVES * working:
-            free = working - self.in_flight(model)[0] - self.unsent_tokens(model)
+            room = self.room(model)
+            room = working if room is None else room
+            free = room - self.in_flight(model)[0] - self.unsent_tokens(model)
             if free < min(max(1, working // self.pipeline // SMALLEST_SHARE), remaining):
                 return None
             target = min(target, free)
