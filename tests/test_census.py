@@ -34,7 +34,7 @@ def batch(
     if project is not None:
         metadata[META_PROJECT] = project
     if tokens is not None:
-        metadata[META_TOKENS] = queue_value(tokens, more)
+        metadata[META_TOKENS] = queue_value(tokens, more, model)
     return BatchInfo(
         id=f"batch_{next(_ids)}",
         status=status,
@@ -60,11 +60,11 @@ def census_of(*infos: BatchInfo, ours: str = "mine") -> Census:
 
 
 def test_the_tag_round_trips_and_rejects_what_it_cannot_read() -> None:
-    assert queue_tag({META_TOKENS: queue_value(1_234, True)}) == (1_234, True)
-    assert queue_tag({META_TOKENS: queue_value(7, False)}) == (7, False)
+    assert queue_tag({META_TOKENS: queue_value(1_234, True, MODEL)}) == (1_234, True, MODEL)
+    assert queue_tag({META_TOKENS: queue_value(7, False, None)}) == (7, False, None)
     assert queue_tag({}) is None
     assert queue_tag({META_TOKENS: "lots more"}) is None
-    assert len(queue_value(10**12, True)) <= 512
+    assert len(queue_value(10**12, True, "m" * 600)) <= 512
 
 
 def test_only_other_projects_batches_in_flight_with_the_estimate_count() -> None:
@@ -83,6 +83,8 @@ def test_only_other_projects_batches_in_flight_with_the_estimate_count() -> None
     assert census.others("gpt-4o") == 800
     assert census.others("gpt-4.1") == 0
     assert census.senders(MODEL) == 1  # "other": in flight, more to follow
+    assert census.sending(MODEL)  # others see this build sending: they leave it its share
+    assert not census_of(batch("mine", 2_000, more=False)).sending(MODEL)
 
 
 def test_each_listing_replaces_the_counts() -> None:

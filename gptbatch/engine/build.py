@@ -171,6 +171,7 @@ class Builder:
         # Other gptbatch projects' tokens in the same queue, counted afresh by each listing.
         self.census = Census(self.project_ids)
         self.scheduler.census = self.census
+        self.listed_before_create = False
 
     def remember_project(self, project: str) -> frozenset[str]:
         """Every project id this state has built under (a config edit can change the default)."""
@@ -385,6 +386,28 @@ class Builder:
             return True
         return any(self.budget.working(s.model) is not None for s in self.store.shards())
 
+    def fits_queue(self, shard: ShardRow) -> bool:
+        """Does the shard fit the room now? The census is taken again at the two moments a
+        build started with another one at the same instant could be misled (one list call
+        each, once a run): just before its first create, after uploading its file, so the
+        listing is as close to the create as it can be; and when its first wave (half the
+        budget, see census.py) is full, so the rest goes at once, not a poll round later."""
+        scheduler = self.scheduler
+        if self.census_wanted():
+            if scheduler.first_sent_at is None and not self.listed_before_create:
+                self.listed_before_create = True
+                self.submitter.ensure_uploaded(shard)
+                self.take_census()
+            elif scheduler.first_sent_at == self.census.listings and not scheduler.fits_queue(
+                shard
+            ):
+                self.take_census()
+        return scheduler.fits_queue(shard)
+
+    def take_census(self) -> None:
+        """List the queue for the census alone (the view stays as it was if that fails)."""
+        self.collector.statuses([], self.census)
+
     def reconcile(self) -> bool:
         """Adopt batches of ours the state lost track of; False if the API could not be listed.
 
@@ -444,11 +467,14 @@ class Builder:
                 return None
             if not self.scheduler.within_spend_cap(shard):
                 return False
-            if not self.scheduler.fits_queue(shard):
+            if not self.fits_queue(shard):
                 return self.upload_ahead(shard)
+            sent = self.summary.submitted
             self.settle(self.submitter.submit_shard(shard))
-            if self.scheduler.first_sent_at is None and self.summary.submitted:
-                self.scheduler.first_sent_at = self.census.listings
+            if self.summary.submitted > sent:
+                self.scheduler.sent_at[shard.model] = self.census.listings
+                if self.scheduler.first_sent_at is None:
+                    self.scheduler.first_sent_at = self.census.listings
         except TransientRemoteError as exc:
             self.report.event("api_retry", batch="", error=f"shard {shard.id[:12]}: {exc}")
             with self.store.transaction():

@@ -16,9 +16,10 @@ How the room is shared, per model, with B the working budget and O the tokens ot
 projects hold:
 - no other project is sending (none has work in flight with more to follow): B - O, so a
   build uses what another one's last batches leave and fills the queue as they drain;
-- n - 1 others are sending: min(B - O, B / n) for a build that holds room already or sent
-  in this run, a fixed share that the others respect too, so two builds refilling the room
-  their own batches free never race for the same tokens;
+- n - 1 others are sending: min(B - O, B / n) for a build the others see sending too (by
+  the same rule, from its own batches listed, or one it created since the last listing),
+  a fixed share that the others respect too, so two builds refilling the room their own
+  batches free never race for the same tokens;
 - a build that finds others sending and holds nothing waits (0) until they send their last
   batch: taking room another build is about to refill would be refused. It joins once the
   others drain, never collides with them;
@@ -61,6 +62,7 @@ class QueueView:
 
     tokens: dict[str, int] = field(default_factory=dict)  # model -> tokens in flight
     senders: dict[str, set[str]] = field(default_factory=dict)  # model -> projects sending
+    ours: set[str] = field(default_factory=set)  # models others see this build sending on
 
 
 def share(working: int, others: int, senders: int, *, member: bool, first_wave: bool) -> int:
@@ -108,14 +110,17 @@ class Census:
         self._quiet = 0 if flying else self._quiet + 1
         project = info.metadata.get(META_PROJECT)
         tag = queue_tag(info.metadata)
-        if tag is None or not project or project in self.project_ids:
-            return  # ours (our own state counts it), or no estimate to count
-        tokens, more = tag
-        key = (info.model or "", project)
+        if tag is None or not project:
+            return  # no estimate to count
+        tokens, more, model = tag
+        ours = project in self.project_ids
+        # Project "" is this build, as the others see it (a sender or not).
+        key = (model or info.model or "", "" if ours else project)
         if key not in self._last:  # newest first: the project's latest word on more work
             self._last[key] = (more, info.finished_at)
         if flying:
-            self._next.tokens[key[0]] = self._next.tokens.get(key[0], 0) + tokens
+            if not ours:  # our own batches are counted from our state
+                self._next.tokens[key[0]] = self._next.tokens.get(key[0], 0) + tokens
             self._flying.add(key)
 
     def page_done(self) -> bool:
@@ -130,8 +135,12 @@ class Census:
         """The listing ended (whether or not it read every page): its counts are the view."""
         for key, (more, finished) in self._last.items():
             recent = finished is not None and finished >= self._now - SENDING_GRACE
-            if more and (key in self._flying or recent):
+            if not more or not (key in self._flying or recent):
+                continue
+            if key[1]:
                 self._next.senders.setdefault(key[0], set()).add(key[1])
+            else:
+                self._next.ours.add(key[0])
         self.view = self._next
         self.listings += 1
         self._reset()
@@ -141,3 +150,7 @@ class Census:
 
     def senders(self, model: str | None) -> int:
         return len(self.view.senders.get(model or "", ()))
+
+    def sending(self, model: str | None) -> bool:
+        """Do others see this build sending on the model (so they leave it its share)?"""
+        return (model or "") in self.view.ours

@@ -121,10 +121,14 @@ class Scheduler:
         # Other projects' batches on the same queue (None: plan with the whole budget).
         self.census: Census | None = None
         self.first_sent_at: int | None = None  # census.listings when this run first sent
+        self.sent_at: dict[str | None, int] = {}  # model -> census.listings at its last create
 
-    def room(self, model: str | None) -> int | None:
+    def room(self, model: str | None, *, first_wave: bool = True) -> int | None:
         """The tokens this build may hold of a model's queue: the working budget, less what
-        other gptbatch projects hold and share with it (census.py); None: no budget."""
+        other gptbatch projects hold and share with it (census.py); None: no budget.
+
+        first_wave=False: without the first wave's cap (it lasts until the next listing,
+        which fits_queue takes at once: shards are cut for the room after it)."""
         working = self.budget.working(model)
         census = self.census
         if working is None or census is None:
@@ -133,10 +137,13 @@ class Scheduler:
             working,
             census.others(model),
             census.senders(model),
-            member=self.first_sent_at is not None or self.in_flight(model)[0] > 0,
+            # Do the others leave this build a share? Only if they see it sending: its
+            # newest batch listed says more follows, or it created one since that listing.
+            member=census.sending(model) or self.sent_at.get(model) == census.listings,
             # Until a listing taken after this run's first create shows what others did
             # meanwhile (a build started at the same instant saw the same empty queue).
-            first_wave=self.first_sent_at is None or self.first_sent_at == census.listings,
+            first_wave=first_wave
+            and (self.first_sent_at is None or self.first_sent_at == census.listings),
         )
 
     def crowded(self, model: str | None) -> bool:
@@ -373,7 +380,7 @@ class Scheduler:
         remaining = max(0, left.get(group, 0))
         target = shard_target(working, self.pipeline, remaining)
         if self.pipeline > 1 and remaining <= TAIL_WAVES * working:
-            room = self.room(model)
+            room = self.room(model, first_wave=False)
             room = working if room is None else room
             free = room - self.in_flight(model)[0] - self.unsent_tokens(model)
             if free < min(max(1, working // self.pipeline // SMALLEST_SHARE), remaining):

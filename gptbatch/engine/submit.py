@@ -189,7 +189,7 @@ class Submitter:
                 META_SUBMIT: nonce,
                 META_KEYS: key_sample([k for k, _ in self.store.members(shard.id)]),
                 META_TOKENS: queue_value(
-                    shard.tokens, self.store.has_work_to_submit(besides=shard.id)
+                    shard.tokens, self.store.has_work_to_submit(besides=shard.id), shard.model
                 ),
             }
         )

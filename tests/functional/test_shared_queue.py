@@ -81,6 +81,14 @@ def test_two_projects_started_together_share_one_limit_without_refusals(
     }
     for b in batches:
         tag = queue_tag(b["metadata"])
-        assert tag is not None and tag[0] == weights[b["id"]], b["metadata"].get(META_TOKENS)
+        assert tag is not None, b["metadata"]
+        assert tag[0] == weights[b["id"]] and tag[2] == MODEL, b["metadata"][META_TOKENS]
+    # ... and whether more of its project follows: only each project's newest says no.
+    for name in ("shared-a", "shared-b"):
+        mine = sorted(
+            (b for b in batches if b["metadata"]["gptbatch_project"] == name),
+            key=lambda b: b["created_at"],
+        )
+        assert [queue_tag(b["metadata"])[1] for b in mine] == [True] * (len(mine) - 1) + [False]
     peak, _ = peak_in_flight(sim, {k: float(v) for k, v in weights.items()})
     assert limit * 0.7 <= peak <= limit * (1 - margin)
