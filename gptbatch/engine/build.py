@@ -386,23 +386,25 @@ class Builder:
             return True
         return any(self.budget.working(s.model) is not None for s in self.store.shards())
 
-    def fits_queue(self, shard: ShardRow) -> bool:
-        """Does the shard fit the room now? The census is taken again at the two moments a
-        build started with another one at the same instant could be misled (one list call
-        each, once a run): just before its first create, after uploading its file, so the
-        listing is as close to the create as it can be; and when its first wave (half the
-        budget, see census.py) is full, so the rest goes at once, not a poll round later."""
+    def fits_queue(self, shard: ShardRow) -> tuple[bool, ShardRow]:
+        """Does the shard fit the room now (and the shard as it is now)? The census is taken
+        again at the two moments a build started with another one at the same instant could
+        be misled (one list call each, once a run): just before its first create, after
+        uploading its file, so the listing is as close to the create as it can be; and when
+        its first wave (half the budget, see census.py) is full, so the rest goes at once,
+        not a poll round later."""
         scheduler = self.scheduler
         if self.census_wanted():
             if scheduler.first_sent_at is None and not self.listed_before_create:
                 self.listed_before_create = True
                 self.submitter.ensure_uploaded(shard)
+                shard = self.store.shard(shard.id) or shard  # now with its file id
                 self.take_census()
             elif scheduler.first_sent_at == self.census.listings and not scheduler.fits_queue(
                 shard
             ):
                 self.take_census()
-        return scheduler.fits_queue(shard)
+        return scheduler.fits_queue(shard), shard
 
     def take_census(self) -> None:
         """List the queue for the census alone (the view stays as it was if that fails)."""
@@ -467,7 +469,8 @@ class Builder:
                 return None
             if not self.scheduler.within_spend_cap(shard):
                 return False
-            if not self.fits_queue(shard):
+            fits, shard = self.fits_queue(shard)
+            if not fits:
                 return self.upload_ahead(shard)
             sent = self.summary.submitted
             self.settle(self.submitter.submit_shard(shard))
