@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 from gptbatch.api.remote import BatchInfo
-from gptbatch.engine.batches import META_PROJECT, META_TOKENS, queue_tag, queue_value
+from gptbatch.engine.batches import META_PROJECT, META_TOKENS, QueueTag, queue_tag, queue_value
 from gptbatch.engine.census import (
     CENSUS_PAGES,
     IN_FLIGHT_HORIZON,
@@ -26,6 +26,7 @@ def batch(
     status: str = "in_progress",
     *,
     more: bool = True,
+    sharing: int = 1,
     model: str = MODEL,
     created: int = 1_000_000,
     finished: int | None = None,
@@ -34,7 +35,7 @@ def batch(
     if project is not None:
         metadata[META_PROJECT] = project
     if tokens is not None:
-        metadata[META_TOKENS] = queue_value(tokens, more, model)
+        metadata[META_TOKENS] = queue_value(tokens, more, model, sharing)
     return BatchInfo(
         id=f"batch_{next(_ids)}",
         status=status,
@@ -60,8 +61,9 @@ def census_of(*infos: BatchInfo, ours: str = "mine") -> Census:
 
 
 def test_the_tag_round_trips_and_rejects_what_it_cannot_read() -> None:
-    assert queue_tag({META_TOKENS: queue_value(1_234, True, MODEL)}) == (1_234, True, MODEL)
-    assert queue_tag({META_TOKENS: queue_value(7, False, None)}) == (7, False, None)
+    tag = queue_tag({META_TOKENS: queue_value(1_234, True, MODEL, 2)})
+    assert tag == QueueTag(1_234, True, 2, MODEL)
+    assert queue_tag({META_TOKENS: queue_value(7, False, None)}) == QueueTag(7, False, 1, None)
     assert queue_tag({}) is None
     assert queue_tag({META_TOKENS: "lots more"}) is None
     assert len(queue_value(10**12, True, "m" * 600)) <= 512
@@ -151,3 +153,17 @@ def test_paging_is_bounded() -> None:
         if not census.page_done():
             break
     assert pages == CENSUS_PAGES
+
+
+def test_a_build_that_joined_shares_once_every_sender_saw_others() -> None:
+    joined_at = 1_000
+    unaware = census_of(batch("other", 900, created=joined_at + 5), batch("mine", 100))
+    assert not unaware.acknowledged(MODEL, joined_at)  # it made a batch seeing nobody else
+    before = census_of(batch("other", 900, sharing=2, created=joined_at - 5))
+    assert not before.acknowledged(MODEL, joined_at)  # it saw someone, before we joined
+    aware = census_of(
+        batch("other", 900, sharing=2, created=joined_at + 5),
+        batch("other", 900, created=joined_at - 50),
+    )
+    assert aware.acknowledged(MODEL, joined_at)
+    assert census_of(batch("other", 900, more=False)).acknowledged(MODEL, joined_at)  # draining

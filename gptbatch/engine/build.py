@@ -171,6 +171,7 @@ class Builder:
         # Other gptbatch projects' tokens in the same queue, counted afresh by each listing.
         self.census = Census(self.project_ids)
         self.scheduler.census = self.census
+        self.submitter.sharing = lambda model: 1 + self.census.senders(model)
         self.listed_before_create = False
 
     def remember_project(self, project: str) -> frozenset[str]:
@@ -473,9 +474,14 @@ class Builder:
             if not fits:
                 return self.upload_ahead(shard)
             sent = self.summary.submitted
+            announcing = self.census.senders(shard.model) and not self.scheduler.member(shard.model)
             self.settle(self.submitter.submit_shard(shard))
             if self.summary.submitted > sent:
                 self.scheduler.sent_at[shard.model] = self.census.listings
+                row = self.store.shard(shard.id)
+                batch = self.store.batch(row.batch_id) if row and row.batch_id else None
+                if announcing and batch is not None and shard.model not in self.scheduler.joined:
+                    self.scheduler.joined[shard.model] = batch.created_at or 0
                 if self.scheduler.first_sent_at is None:
                     self.scheduler.first_sent_at = self.census.listings
         except TransientRemoteError as exc:

@@ -20,9 +20,13 @@ projects hold:
   the same rule, from its own batches listed, or one it created since the last listing),
   a fixed share that the others respect too, so two builds refilling the room their own
   batches free never race for the same tokens;
-- a build that finds others sending and holds nothing waits (0) until they send their last
-  batch: taking room another build is about to refill would be refused. It joins once the
-  others drain, never collides with them;
+- a build the others do not see sending gets no share (0): taking room another build is
+  about to refill would be refused. It sends one small batch into the API's headroom above
+  their budget (half the safety margin, Scheduler.announce) to be seen. It takes a share
+  only once every sender made a batch after that one saying it saw others sending (each
+  batch says how many projects its build saw): then they keep to their shares and it
+  grows into its own as their batches end. With no margin it waits until the others send
+  their last batch;
 - the first wave of a run (before a listing has shown what the others did meanwhile) takes
   at most B / 2: two builds that start at the same instant and both see an empty queue
   then fill it together, not twice.
@@ -37,6 +41,7 @@ from gptbatch.api.remote import BatchInfo
 from gptbatch.engine.batches import (
     META_PROJECT,
     TERMINAL_BATCH_STATUSES,
+    QueueTag,
     queue_tag,
 )
 
@@ -63,6 +68,9 @@ class QueueView:
     tokens: dict[str, int] = field(default_factory=dict)  # model -> tokens in flight
     senders: dict[str, set[str]] = field(default_factory=dict)  # model -> projects sending
     ours: set[str] = field(default_factory=set)  # models others see this build sending on
+    # (model, project) -> created_at of its newest batch, if that batch was made seeing
+    # other projects sending: it shares the queue, if we were among those it saw.
+    aware: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def share(working: int, others: int, senders: int, *, member: bool, first_wave: bool) -> int:
@@ -90,8 +98,8 @@ class Census:
         self._next = QueueView()
         self._newest: int | None = None  # created_at of the newest batch listed (API time)
         self._now = 0  # the latest API timestamp listed: a lower bound of the API's clock
-        # (model, project) -> what its newest batch listed says: more to follow, ended when
-        self._last: dict[tuple[str, str], tuple[bool, int | None]] = {}
+        # (model, project) -> what its newest batch listed says, and when it ended
+        self._last: dict[tuple[str, str], tuple[QueueTag, int, int | None]] = {}
         self._flying: set[tuple[str, str]] = set()
         self._pages = 0
         self._quiet = 0  # batches in a row, newest first, that ended
@@ -112,15 +120,14 @@ class Census:
         tag = queue_tag(info.metadata)
         if tag is None or not project:
             return  # no estimate to count
-        tokens, more, model = tag
         ours = project in self.project_ids
         # Project "" is this build, as the others see it (a sender or not).
-        key = (model or info.model or "", "" if ours else project)
+        key = (tag.model or info.model or "", "" if ours else project)
         if key not in self._last:  # newest first: the project's latest word on more work
-            self._last[key] = (more, info.finished_at)
+            self._last[key] = (tag, info.created_at, info.finished_at)
         if flying:
             if not ours:  # our own batches are counted from our state
-                self._next.tokens[key[0]] = self._next.tokens.get(key[0], 0) + tokens
+                self._next.tokens[key[0]] = self._next.tokens.get(key[0], 0) + tag.tokens
             self._flying.add(key)
 
     def page_done(self) -> bool:
@@ -133,12 +140,14 @@ class Census:
 
     def end(self) -> None:
         """The listing ended (whether or not it read every page): its counts are the view."""
-        for key, (more, finished) in self._last.items():
+        for key, (tag, created, finished) in self._last.items():
             recent = finished is not None and finished >= self._now - SENDING_GRACE
-            if not more or not (key in self._flying or recent):
+            if not tag.more or not (key in self._flying or recent):
                 continue
             if key[1]:
                 self._next.senders.setdefault(key[0], set()).add(key[1])
+                if tag.sharing > 1:
+                    self._next.aware[key] = created
             else:
                 self._next.ours.add(key[0])
         self.view = self._next
@@ -150,6 +159,16 @@ class Census:
 
     def senders(self, model: str | None) -> int:
         return len(self.view.senders.get(model or "", ()))
+
+    def acknowledged(self, model: str | None, since: int) -> bool:
+        """Did every project sending on the model make a batch since `since` (API time)
+        seeing others send? Then it saw this build's batch made at `since`, and keeps to
+        its share (with two projects exactly; with more, about)."""
+        name = model or ""
+        return all(
+            self.view.aware.get((name, project), -1) >= since
+            for project in self.view.senders.get(name, ())
+        )
 
     def sending(self, model: str | None) -> bool:
         """Do others see this build sending on the model (so they leave it its share)?"""

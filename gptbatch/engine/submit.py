@@ -96,6 +96,8 @@ class Submitter:
         self.rate_limited: dict[str, int] = {}  # shard -> plain 429s in a row at create
         self.newest_listed: int | None = None  # newest created_at of the last list pass
         self.concerns: dict[str, bool] = {}  # recovered shard -> holds a current request
+        # How many projects (this one included) send on a model, as the last listing saw.
+        self.sharing: Callable[[str | None], int] = lambda model: 1
 
     # --- one shard ---------------------------------------------------------------------
 
@@ -189,7 +191,10 @@ class Submitter:
                 META_SUBMIT: nonce,
                 META_KEYS: key_sample([k for k, _ in self.store.members(shard.id)]),
                 META_TOKENS: queue_value(
-                    shard.tokens, self.store.has_work_to_submit(besides=shard.id), shard.model
+                    shard.tokens,
+                    self.store.has_work_to_submit(besides=shard.id),
+                    shard.model,
+                    self.sharing(shard.model),
                 ),
             }
         )
