@@ -74,6 +74,10 @@ def test_two_projects_started_together_share_one_limit_without_refusals(
 
     batches = sim.service.batches()
     assert refused(sim) == []
+    # Each build collected its own requests only: the other's batches were counted, not taken.
+    for name, project in zip("ab", projects, strict=True):
+        assert [o["custom_id"] for o in project.output()] == [f"{name}{i}" for i in range(48)]
+        assert all(o["response"] is not None for o in project.output())
     assert all(b["status"] == "completed" for b in batches)
     assert sorted(billed_ids(sim)) == sorted(wanted)
     # Every batch says what it holds, in gptbatch's own estimate.
