@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--pipelines", default="1,2,3,4,8")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row (median shown)")
-    parser.add_argument("--before", help="also run this git revision's engine (one at a time)")
+    parser.add_argument("--before", help="also run this git revision's engine, its defaults")
     parser.add_argument(
         "--projects", type=int, default=1, help="builds started at once on one limit"
     )
@@ -248,7 +248,7 @@ def main() -> None:
         if args.before:
             code = checkout(args.before, Path(tmp))
             runs = [run(args, None, code) for _ in range(args.repeat)]
-            rows.append((f"{args.before} (one at a time)", runs))
+            rows.append((f"{args.before} (its defaults)", runs))
         for k in (int(x) for x in args.pipelines.split(",")):
             rows.append((f"pipeline k={k}", [run(args, k, REPO) for _ in range(args.repeat)]))
     print(
