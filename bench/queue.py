@@ -1,7 +1,7 @@
 """Benchmark queue occupancy: how full `gptbatch build` keeps the enqueued-token queue.
 
     python bench/queue.py [--requests 600] [--limit 30000] [--pipelines 1,2,3,4,8]
-                          [--before REF] [--time-scale 10] [--repeat 1]
+                          [--before REF] [--time-scale 10] [--repeat 1] [--projects 1]
 
 The simulator holds a batch's tokens from creation to completion (hold_from_creation) and
 processes each batch at its own rate (total_tokens_per_second=0: no shared cap), so
@@ -17,10 +17,17 @@ also runs the engine of a git revision (e.g. the commit before pipelining) on th
 work. Figures, all from the simulator's journal:
 
   occupancy  time-averaged enqueued tokens (the simulator's own count) / limit, from the
-             first batch created to the last one finished
+             first batch created to the last one finished (--hold-in-progress: tokens are
+             held from in_progress only, so validation after each turnover counts as idle)
   makespan   that span, in simulated seconds
   calls      API calls per batch and per simulated hour (uploads, creates, polls, downloads)
   refused    batches failed with token_limit_exceeded
+  turnover   mean simulated seconds from a batch completing to the next batch's creation
+
+--projects N starts N projects (each --requests requests, its own project id and output
+directory) as N `gptbatch build` processes at once on one simulator and one limit: the
+figures are for the queue they share, and `shared` is the fraction of the span in which
+more than one project held tokens.
 """
 
 from __future__ import annotations
@@ -84,11 +91,12 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
         validating_seconds=5.0,
         finalizing_seconds=5.0,
         token_limits={MODEL: args.limit},
-        hold_from_creation=True,
+        hold_from_creation=not args.hold_in_progress,
     )
 
 
 def project(root: Path, reqs: list[dict], args: argparse.Namespace, pipeline: int | None) -> Path:
+    """A project directory with its inputs and batch.yaml; returns the config's path."""
     (root / "inputs").mkdir(parents=True)
     with open(root / "inputs" / "requests.jsonl", "w") as f:
         for r in reqs:
@@ -110,10 +118,11 @@ def project(root: Path, reqs: list[dict], args: argparse.Namespace, pipeline: in
     return config
 
 
-def measure(sim: Simulator, limit: int) -> dict:
+def measure(sim: Simulator, limit: int, holding: tuple[str, ...]) -> dict:
     """Occupancy, makespan, calls and refusals from the simulator's journal."""
-    weight = {}
+    weight, owner = {}, {}
     for b in sim.service.batches():
+        owner[b["id"]] = (b["metadata"] or {}).get("gptbatch_project", "")
         data = sim.service.file_content(b["input_file_id"])
         weight[b["id"]] = sum(
             sim.service.prompt_tokens(r["url"], r["body"])
@@ -122,16 +131,30 @@ def measure(sim: Simulator, limit: int) -> dict:
     events = sorted(sim.journal.events, key=lambda e: e.at)
     start, end = events[0].at, events[-1].at
     status: dict[str, str] = {}
-    area, held, last = 0.0, 0, start
+    area, held, last, shared = 0.0, 0, start, 0.0
+    flying: dict[str, int] = {}  # project -> batches in flight
     for e in events:
         area += held * (e.at - last)
+        if sum(1 for n in flying.values() if n) > 1:
+            shared += e.at - last
         last = e.at
         before = status.get(e.batch_id)
         status[e.batch_id] = e.status
-        was = before is not None and before not in TERMINAL
-        now = e.status not in TERMINAL
+        was = before is not None and before in holding
+        now = e.status in holding
         held += weight[e.batch_id] * (int(now) - int(was))
+        who = owner[e.batch_id]
+        was_flying = before is not None and before not in TERMINAL
+        flying[who] = flying.get(who, 0) + int(e.status not in TERMINAL) - int(was_flying)
     span = max(end - start, 1e-9)
+    # Turnover: from a batch completing to the next batch created (while any are still made).
+    created = sorted(e.at for e in events if e.status == "validating")
+    gaps = []
+    for e in events:
+        if e.status == "completed":
+            later = [t for t in created if t >= e.at]
+            if later:
+                gaps.append(later[0] - e.at)
     batches = sim.service.batches()
     refused = sum(
         1
@@ -143,6 +166,8 @@ def measure(sim: Simulator, limit: int) -> dict:
     return {
         "occupancy": area / (limit * span),
         "makespan": span,
+        "shared": shared / span,
+        "turnover": sum(gaps) / max(1, len(gaps)),
         "batches": len(batches),
         "refused": refused,
         "calls_per_batch": calls / max(1, len(batches)),
@@ -152,26 +177,41 @@ def measure(sim: Simulator, limit: int) -> dict:
 
 
 def run(args: argparse.Namespace, pipeline: int | None, code: Path) -> dict:
-    reqs = requests(args.requests)
+    """One measured run: args.projects builds at once on one simulator."""
     with tempfile.TemporaryDirectory() as tmp, Simulator(sim_config(args)) as sim:
+        configs = []
+        for i in range(args.projects):
+            reqs = requests(args.requests, seed=i)
+            if i:
+                for r in reqs:
+                    r["custom_id"] = f"p{i}-{r['custom_id']}"
+            configs.append(project(Path(tmp) / f"p{i}", reqs, args, pipeline))
         sim.service.prompt_tokens("/v1/chat/completions", reqs[0]["body"])  # load the tokenizer
-        config = project(Path(tmp), reqs, args, pipeline)
         env = {
             **os.environ,
             "OPENAI_BASE_URL": sim.base_url,
             "OPENAI_API_KEY": "sk-bench",
             "PYTHONPATH": str(code),
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "gptbatch", "build", str(config)],
-            env=env,
-            cwd=code,
-            capture_output=True,
-            text=True,
+        builds = [
+            subprocess.Popen(
+                [sys.executable, "-m", "gptbatch", "build", str(config)],
+                env=env,
+                cwd=code,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for config in configs
+        ]
+        for build in builds:
+            _, err = build.communicate()
+            if build.returncode != 0:
+                raise SystemExit(f"build failed ({build.returncode}):\n{err[-2000:]}")
+        holding = ("in_progress", "finalizing", "cancelling")
+        return measure(
+            sim, args.limit, holding + (() if args.hold_in_progress else ("validating",))
         )
-        if done.returncode != 0:
-            raise SystemExit(f"build failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        return measure(sim, args.limit)
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -190,27 +230,37 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=30_000)
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--rate", type=float, default=50.0, help="tokens/s of one batch")
+    parser.add_argument(
+        "--hold-in-progress",
+        action="store_true",
+        help="the simulator holds tokens from in_progress, not from creation",
+    )
     parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--pipelines", default="1,2,3,4,8")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row (median shown)")
-    parser.add_argument("--before", help="also run this git revision's engine (one at a time)")
+    parser.add_argument("--before", help="also run this git revision's engine, its defaults")
+    parser.add_argument(
+        "--projects", type=int, default=1, help="builds started at once on one limit"
+    )
     args = parser.parse_args()
     rows: list[tuple[str, list[dict]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.before:
             code = checkout(args.before, Path(tmp))
             runs = [run(args, None, code) for _ in range(args.repeat)]
-            rows.append((f"{args.before} (one at a time)", runs))
+            rows.append((f"{args.before} (its defaults)", runs))
         for k in (int(x) for x in args.pipelines.split(",")):
             rows.append((f"pipeline k={k}", [run(args, k, REPO) for _ in range(args.repeat)]))
     print(
         f"{args.requests} chat requests, limit {args.limit:,} tokens, margin {args.margin}, "
         f"{args.rate:g} tokens/s per batch, polling every 5 simulated s, time scale "
-        f"{args.time_scale:g}, {args.repeat} run(s) per row (median, range)"
+        f"{args.time_scale:g}, {args.repeat} run(s) per row (median, range), tokens held from "
+        + ("in_progress" if args.hold_in_progress else "creation")
+        + (f", {args.projects} projects at once on the limit" if args.projects > 1 else "")
     )
     print(
         f"{'run':<28} {'occupancy':>9} {'range':>13} {'makespan s':>10} {'batches':>7} "
-        f"{'refused':>7} {'calls/batch':>11} {'calls/hour':>10}"
+        f"{'refused':>7} {'calls/batch':>11} {'calls/hour':>10} {'shared':>6} {'turnover s':>10}"
     )
     for name, runs in rows:
         runs.sort(key=lambda m: m["occupancy"])
@@ -219,7 +269,8 @@ def main() -> None:
         print(
             f"{name:<28} {m['occupancy']:>9.3f} {spread:>13} {m['makespan']:>10,.0f} "
             f"{m['batches']:>7} {sum(r['refused'] for r in runs):>7} "
-            f"{m['calls_per_batch']:>11.1f} {m['calls_per_hour']:>10,.0f}"
+            f"{m['calls_per_batch']:>11.1f} {m['calls_per_hour']:>10,.0f} {m['shared']:>6.2f} "
+            f"{m['turnover']:>10.1f}"
             + ("  BILLED TWICE" if any(r["billed_twice"] for r in runs) else "")
         )
 

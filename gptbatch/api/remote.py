@@ -69,6 +69,7 @@ class BatchInfo:
     completed: int = 0
     failed: int = 0
     finished_at: int | None = None  # when it ended (API time): its files' expiry counts from it
+    model: str | None = None  # the model the API says the batch uses (queue limits are per model)
 
     @property
     def terminal(self) -> bool:
@@ -123,6 +124,7 @@ def _batch_info(b: Any) -> BatchInfo:
             ),
             default=None,
         ),
+        model=getattr(b, "model", None),
     )
 
 
@@ -366,27 +368,43 @@ class Remote:
             raise _translate(exc) from exc
 
     def recent_batches(
-        self, *, since: float, wanted: set[str], max_pages: int
+        self,
+        *,
+        since: float,
+        wanted: set[str],
+        max_pages: int,
+        observe: Callable[[BatchInfo], None] | None = None,
+        more: Callable[[], bool] | None = None,
     ) -> dict[str, BatchInfo]:
         """One paged pass over batches.list, newest first: the wanted ones found.
 
         Stops at the first batch created before `since`, once every wanted id was seen, or
-        after `max_pages` pages (100 batches each), whichever comes first.
+        after `max_pages` pages (100 batches each), whichever comes first. observe: shown
+        every batch of each page read (whole pages); more: asked after each page, keeps
+        paging (within max_pages) after the wanted ones were found while it says so.
         """
 
         def go() -> dict[str, BatchInfo]:
             found: dict[str, BatchInfo] = {}
             page = self.client.batches.list(limit=100)
             for _ in range(max_pages):
+                done = False
                 for b in page.data:
                     info = _batch_info(b)
+                    if observe is not None:
+                        observe(info)
+                    if done:
+                        continue
                     if info.created_at < since:
-                        return found
-                    if info.id in wanted:
+                        done = True
+                    elif info.id in wanted:
                         found[info.id] = info
-                        if len(found) == len(wanted):
-                            return found
-                if not page.has_next_page():
+                        done = len(found) == len(wanted)
+                    if done and observe is None:
+                        return found
+                done = done or len(found) == len(wanted)
+                wants_more = more() if more is not None else False
+                if (done and not wants_more) or not page.has_next_page():
                     break
                 page = page.get_next_page()
             return found

@@ -27,6 +27,12 @@ META_SUBMIT = "gptbatch_submit"
 # moved checkout), and never download another project's files to find out.
 META_KEYS = "gptbatch_keys"
 KEY_SAMPLE = 28  # 28 * 17 - 1 = 475 characters, under the API's 512 per value
+# The batch's estimated prompt tokens, whether its project had more to send after it, how
+# many projects (itself included) it saw sending on the model when it made it, and its
+# model ("1200 more/2 gpt-4o-mini", "1200 last/1 gpt-4o-mini"): other builds on the same
+# API count it against the shared enqueued-token limit (census.py). Batches without it
+# (older gptbatch, other tools) are not counted.
+META_TOKENS = "gptbatch_tokens"
 REFUSAL_CODES = ("token_limit_exceeded", "request_limit_exceeded")
 RECOVERED = "recovered from the API"  # the note of a shard rebuilt from its batch
 
@@ -35,6 +41,39 @@ def key_sample(keys: list[str]) -> str:
     """Up to KEY_SAMPLE evenly spread 16-hex prefixes of keys, comma-separated."""
     step = max(1, -(-len(keys) // KEY_SAMPLE))
     return ",".join(k[:16] for k in keys[::step][:KEY_SAMPLE])
+
+
+def queue_value(tokens: int, more: bool, model: str | None, sharing: int = 1) -> str:
+    """The META_TOKENS value of a batch (at most 512 characters: a long model is left out)."""
+    value = f"{max(0, int(tokens))} {'more' if more else 'last'}/{max(1, sharing)}"
+    return f"{value} {model}" if model and len(value) + 1 + len(model) <= 512 else value
+
+
+@dataclass(frozen=True)
+class QueueTag:
+    """What a batch's META_TOKENS says (see queue_value)."""
+
+    tokens: int
+    more: bool
+    sharing: int
+    model: str | None
+
+
+def queue_tag(metadata: dict[str, str]) -> QueueTag | None:
+    """A batch's META_TOKENS read back; None if absent or unreadable."""
+    raw = metadata.get(META_TOKENS)
+    if not raw:
+        return None
+    parts = raw.split(" ", 2)
+    if not parts[0].isdigit():
+        return None
+    word, _, sharing = (parts[1] if len(parts) > 1 else "").partition("/")
+    return QueueTag(
+        int(parts[0]),
+        word != "last",
+        int(sharing) if sharing.isdigit() else 1,
+        parts[2] if len(parts) > 2 and parts[2] else None,
+    )
 
 
 def refused(info: BatchInfo) -> bool:

@@ -28,6 +28,7 @@ from gptbatch.config.spec import Spec
 from gptbatch.engine import usage
 from gptbatch.engine.batches import Outcome
 from gptbatch.engine.budget import Budget, report_budget, take_refusal
+from gptbatch.engine.census import Census
 from gptbatch.engine.collect import Collector
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.outputs import output_paths, write_outputs
@@ -168,6 +169,11 @@ class Builder:
         self.scheduler = Scheduler(spec, store, reporter, self.budget, self.summary)
         self.submitter = Submitter(spec, store, remote, reporter, self.summary, self.project_ids)
         self.collector = Collector(spec, store, remote, reporter)
+        # Other gptbatch projects' tokens in the same queue, counted afresh by each listing.
+        self.census = Census(self.project_ids)
+        self.scheduler.census = self.census
+        self.submitter.sharing = lambda model: 1 + self.census.senders(model)
+        self.listed_before_create = False
 
     def remember_project(self, project: str) -> frozenset[str]:
         """Every project id this state has built under (a config edit can change the default)."""
@@ -243,7 +249,13 @@ class Builder:
             interval = self.spec.polling.initial_seconds
             while True:
                 self.store.check_intact()
-                changed = self.settle_all(self.collector.poll())
+                # While something waits for room, the poll's listing also counts what other
+                # projects hold (a few pages at most, see census.py); their batches ending
+                # or starting moves our room as our own do.
+                view = self.census.view
+                census = self.census if self.census_wanted() else None
+                changed = self.settle_all(self.collector.poll(census))
+                changed = changed or self.census.view != view
                 if changed:
                     self.scheduler.room_changed()
                 # The room a finished batch frees is refilled before its results are
@@ -381,14 +393,50 @@ class Builder:
             moved = moved or outcome.room_changed
         return moved
 
+    def census_wanted(self) -> bool:
+        """Count other projects' batches this round? Only while something waits to be sent
+        under a token budget: a census costs list calls, and without a budget no room is
+        computed from it."""
+        if not self.store.has_work_to_submit():
+            return False
+        if self.spec.limits.enqueued_tokens is not None:
+            return True
+        return any(self.budget.working(s.model) is not None for s in self.store.shards())
+
+    def fits_queue(self, shard: ShardRow) -> tuple[bool, ShardRow]:
+        """Does the shard fit the room now (and the shard as it is now)? The census is taken
+        again at the two moments a build started with another one at the same instant could
+        be misled (one list call each, once a run): just before its first create, after
+        uploading its file, so the listing is as close to the create as it can be; and when
+        its first wave (half the budget, see census.py) is full, so the rest goes at once,
+        not a poll round later."""
+        scheduler = self.scheduler
+        if self.census_wanted():
+            if scheduler.first_sent_at is None and not self.listed_before_create:
+                self.listed_before_create = True
+                self.submitter.ensure_uploaded(shard)
+                shard = self.store.shard(shard.id) or shard  # now with its file id
+                self.take_census()
+            elif scheduler.first_sent_at == self.census.listings and not scheduler.fits_queue(
+                shard
+            ):
+                self.take_census()
+        return scheduler.fits_queue(shard), shard
+
+    def take_census(self) -> None:
+        """List the queue for the census alone (the view stays as it was if that fails)."""
+        self.collector.statuses([], self.census)
+
     def reconcile(self) -> bool:
         """Adopt batches of ours the state lost track of; False if the API could not be listed.
 
         Then pack again, and drop what never reached the API if its inputs changed, before
-        the edited requests are packed.
+        the edited requests are packed. The same pass takes the first census of the queue.
         """
-        if not self.submitter.reconcile():
+        self.census.begin()
+        if not self.submitter.reconcile(self.census.see):
             return False
+        self.census.end()
         self.scheduler.dirty = True
         self.scheduler.drop_stale_shards(("submitting",))
         return True
@@ -438,9 +486,20 @@ class Builder:
                 return None
             if not self.scheduler.within_spend_cap(shard):
                 return False
-            if not self.scheduler.fits_queue(shard):
+            fits, shard = self.fits_queue(shard)
+            if not fits:
                 return self.upload_ahead(shard)
+            sent = self.summary.submitted
+            announcing = self.census.senders(shard.model) and not self.scheduler.member(shard.model)
             self.settle(self.submitter.submit_shard(shard))
+            if self.summary.submitted > sent:
+                self.scheduler.sent_at[shard.model] = self.census.listings
+                row = self.store.shard(shard.id)
+                batch = self.store.batch(row.batch_id) if row and row.batch_id else None
+                if announcing and batch is not None and shard.model not in self.scheduler.joined:
+                    self.scheduler.joined[shard.model] = batch.created_at or 0
+                if self.scheduler.first_sent_at is None:
+                    self.scheduler.first_sent_at = self.census.listings
         except TransientRemoteError as exc:
             self.report.event("api_retry", batch="", error=f"shard {shard.id[:12]}: {exc}")
             with self.store.transaction():

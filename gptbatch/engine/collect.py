@@ -31,6 +31,7 @@ from gptbatch.engine.batches import (
     refused,
     save_batch,
 )
+from gptbatch.engine.census import CENSUS_PAGES, Census
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.eta import Forecast
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
@@ -87,22 +88,34 @@ class Collector:
 
     # --- polling -------------------------------------------------------------------------
 
-    def statuses(self, batches: list[BatchRow]) -> dict[str, BatchInfo | None]:
+    def statuses(
+        self, batches: list[BatchRow], census: Census | None = None
+    ) -> dict[str, BatchInfo | None]:
         """What the API says of each batch now (None: it no longer knows it); one list pass.
 
-        A batch missing from the answer could not be asked about this round.
+        A batch missing from the answer could not be asked about this round. census: also
+        count other projects' batches in flight from the pages read (a few more pages at
+        most, see census.py); its view is replaced only by a listing that succeeded.
         """
         found: dict[str, BatchInfo | None] = {}
-        if len(batches) >= 2:
+        if len(batches) >= 2 or census is not None:
             try:
-                # Listing pays off only while it takes fewer calls than one retrieve each.
+                # Listing pays off only while it takes fewer calls than one retrieve each,
+                # or when the census needs the pages anyway.
+                pages = max(len(batches) - 1, CENSUS_PAGES if census is not None else 1)
+                if census is not None:
+                    census.begin()
                 found.update(
                     self.remote.recent_batches(
-                        since=min(b.created_at or 0 for b in batches),
+                        since=min((b.created_at or 0 for b in batches), default=float("inf")),
                         wanted={b.id for b in batches},
-                        max_pages=len(batches) - 1,
+                        max_pages=pages,
+                        observe=census.see if census is not None else None,
+                        more=census.page_done if census is not None else None,
                     )
                 )
+                if census is not None:
+                    census.end()
             except TransientRemoteError as exc:
                 self.report.event("api_retry", batch="", error=f"listing batches: {exc}")
         for batch in batches:
@@ -116,17 +129,20 @@ class Collector:
                 found[batch.id] = None
         return found
 
-    def poll(self) -> Iterator[Outcome]:
+    def poll(self, census: Census | None = None) -> Iterator[Outcome]:
         """One round: record every status change; settle failed batches; queue finished ones.
 
         Yields what happened as it happens (a batch moved, a refusal). Finished batches are
         downloaded by `collect_finished`, after the scheduler has used the room they left.
+        census: take it from this round's listing (something waits for room).
         """
         self.finished = []
         batches = [b for b in self.store.batches() if not b.collected]
         if not batches:
+            if census is not None:
+                self.statuses([], census)
             return
-        found = self.statuses(batches)
+        found = self.statuses(batches, census)
         for batch in batches:
             if batch.id not in found:
                 continue

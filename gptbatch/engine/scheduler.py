@@ -21,6 +21,7 @@ from typing import Any
 from gptbatch.config.spec import Spec
 from gptbatch.engine.batches import TERMINAL_BATCH_STATUSES
 from gptbatch.engine.budget import Budget
+from gptbatch.engine.census import Census, share
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.pricing import usd
 from gptbatch.report import Reporter
@@ -117,6 +118,68 @@ class Scheduler:
         self.dirty = True  # pending requests may need packing
         self.tail_waiting = False  # tail requests wait uncut for room (see _cut)
         self._run_base: dict[str, float] | None = None  # committed before this run, by shard
+        # Other projects' batches on the same queue (None: plan with the whole budget).
+        self.census: Census | None = None
+        self.first_sent_at: int | None = None  # census.listings when this run first sent
+        self.sent_at: dict[str | None, int] = {}  # model -> census.listings at its last create
+        # model -> created_at (API time) of the batch this build announced itself with, while
+        # others filled the queue: it shares only once they acknowledge it (census.py).
+        self.joined: dict[str | None, int] = {}
+
+    def room(self, model: str | None, *, first_wave: bool = True) -> int | None:
+        """The tokens this build may hold of a model's queue: the working budget, less what
+        other gptbatch projects hold and share with it (census.py); None: no budget.
+
+        first_wave=False: without the first wave's cap (it lasts until the next listing,
+        which fits_queue takes at once: shards are cut for the room after it)."""
+        working = self.budget.working(model)
+        census = self.census
+        if working is None or census is None:
+            return working
+        return share(
+            working,
+            census.others(model),
+            census.senders(model),
+            member=self.member(model),
+            # Until a listing taken after this run's first create shows what others did
+            # meanwhile (a build started at the same instant saw the same empty queue).
+            first_wave=first_wave
+            and (self.first_sent_at is None or self.first_sent_at == census.listings),
+        )
+
+    def member(self, model: str | None) -> bool:
+        """Do the others leave this build a share? Only if they see it sending: its newest
+        batch listed says more follows, or it created one since that listing."""
+        census = self.census
+        if census is None:
+            return False
+        if model in self.joined and not census.acknowledged(model, self.joined[model]):
+            return False
+        return census.sending(model) or self.sent_at.get(model) == census.listings
+
+    def announce(self, model: str | None) -> int:
+        """Tokens of one small batch a build may send to be seen sending, when others fill
+        the queue and do not leave it a share (0: none needed or no room for one).
+
+        It goes into the API's headroom above the others' budget: half the safety margin,
+        and never past the limit less the other half by what the census counts. Once it
+        is listed, the others keep to their shares and this build grows into its own as
+        their batches end; without a margin there is no headroom, and it waits for them.
+        """
+        census, limit = self.census, self.budget.configured(model)
+        nominal = self.budget.nominal(model)
+        if census is None or limit is None or nominal is None or not census.senders(model):
+            return 0
+        if self.member(model):
+            return 0
+        headroom = (limit - nominal) // 2
+        held = census.others(model) + self.in_flight(model)[0]
+        return max(0, min(headroom, limit - headroom - held))
+
+    def crowded(self, model: str | None) -> bool:
+        """Do other projects hold or claim this model's queue (a lone shard must fit too)?"""
+        census = self.census
+        return census is not None and (census.others(model) > 0 or census.senders(model) > 0)
 
     # --- caps and room ---------------------------------------------------------------
 
@@ -154,10 +217,14 @@ class Scheduler:
         return sum(s.tokens for s in self.store.shards(waiting) if s.model == model)
 
     def fits_queue(self, shard: ShardRow) -> bool:
-        """Does the shard fit beside what is in flight? A shard alone always may go."""
+        """Does the shard fit beside what is in flight? A shard alone may go, unless other
+        projects hold the queue: then it waits for room like any other."""
         tokens_in, requests_in = self.in_flight(shard.model, exclude=shard.id)
-        working = self.budget.working(shard.model)
-        if working is not None and tokens_in and tokens_in + shard.tokens > working:
+        room = self.room(shard.model)
+        alone = not tokens_in and not self.crowded(shard.model)
+        # Over the room, only a build's one small batch to be seen sending may go.
+        announcing = not tokens_in and shard.tokens <= self.announce(shard.model)
+        if room is not None and not alone and tokens_in + shard.tokens > room and not announcing:
             return False
         limit = self.budget.requests(shard.model)
         if limit is not None and requests_in and requests_in + shard.requests > limit:
@@ -344,8 +411,15 @@ class Scheduler:
         caps = self.caps(model, url)
         remaining = max(0, left.get(group, 0))
         target = shard_target(working, self.pipeline, remaining)
-        if self.pipeline > 1 and remaining <= TAIL_WAVES * working:
-            free = working - self.in_flight(model)[0] - self.unsent_tokens(model)
+        small = self.announce(model)
+        if small and not any(
+            s.model == model and s.tokens <= small for s in self.store.shards(UNSENT_SHARD_STATES)
+        ):
+            target = min(target, small)  # one batch small enough to be seen sending
+        elif self.pipeline > 1 and remaining <= TAIL_WAVES * working:
+            room = self.room(model, first_wave=False)
+            room = working if room is None else room
+            free = room - self.in_flight(model)[0] - self.unsent_tokens(model)
             if free < min(max(1, working // self.pipeline // SMALLEST_SHARE), remaining):
                 return None
             target = min(target, free)

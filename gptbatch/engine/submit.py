@@ -18,7 +18,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,12 +32,14 @@ from gptbatch.engine.batches import (
     META_PROJECT,
     META_SHARD,
     META_SUBMIT,
+    META_TOKENS,
     NOTHING,
     RECOVERED,
     SHARDS_CHANGED,
     Outcome,
     Refusal,
     key_sample,
+    queue_value,
     read_input_file,
     refused,
     save_batch,
@@ -96,6 +98,8 @@ class Submitter:
         self.rate_limited: dict[str, int] = {}  # shard -> plain 429s in a row at create
         self.newest_listed: int | None = None  # newest created_at of the last list pass
         self.concerns: dict[str, bool] = {}  # recovered shard -> holds a current request
+        # How many projects (this one included) send on a model, as the last listing saw.
+        self.sharing: Callable[[str | None], int] = lambda model: 1
 
     # --- one shard ---------------------------------------------------------------------
 
@@ -170,7 +174,11 @@ class Submitter:
 
     def submit_shard(self, shard: ShardRow) -> Outcome:
         """Upload (unless already uploaded) and create the batch, recording intent first;
-        the outcome holds a refusal if the queue had no room."""
+        the outcome holds a refusal if the queue had no room.
+
+        The batch carries its estimated tokens, and whether more of this project follows
+        it, so other builds on the same API plan with the room it takes (census.py).
+        """
         store = self.store
         file_id = self.ensure_uploaded(shard)
         nonce = uuid.uuid4().hex[:16]
@@ -184,6 +192,12 @@ class Submitter:
                 META_SHARD: shard.id,
                 META_SUBMIT: nonce,
                 META_KEYS: key_sample([k for k, _ in self.store.members(shard.id)]),
+                META_TOKENS: queue_value(
+                    shard.tokens,
+                    self.store.has_work_to_submit(besides=shard.id),
+                    shard.model,
+                    self.sharing(shard.model),
+                ),
             }
         )
         attempted_at = time.time()
@@ -323,12 +337,15 @@ class Submitter:
             info.metadata.get(META_PROJECT) in self.project_ids
         )
 
-    def remote_batches(self) -> Iterator[BatchInfo]:
+    def remote_batches(
+        self, observe: Callable[[BatchInfo], None] | None = None
+    ) -> Iterator[BatchInfo]:
         """This project's batches at the API, newest first, as far back as they can matter.
 
         Reads back to the newest batch the last full pass saw (minus a margin), or, with no
         such pass, to RECOVER_HORIZON before the newest batch listed: both in the API's time.
         Sets `self.newest_listed` to the newest `created_at` seen, when the pass ends.
+        observe: shown every batch listed, any project's (the queue census).
         """
         last = self.store.get_meta(RECONCILED_META)
         newest: int | None = None
@@ -341,6 +358,8 @@ class Submitter:
                     floor = max(floor, float(last) - RECONCILE_MARGIN)
             if info.created_at < floor:
                 break
+            if observe is not None:
+                observe(info)
             if self.is_ours(info):
                 yield info
         self.newest_listed = newest
@@ -377,7 +396,7 @@ class Submitter:
             return True
         return False
 
-    def reconcile(self) -> bool:
+    def reconcile(self, observe: Callable[[BatchInfo], None] | None = None) -> bool:
         """Match local state to the API before submitting: adopt batches we lost track of.
 
         Lists the project's batches back to the last full pass (or, after a lost state, as
@@ -385,12 +404,14 @@ class Submitter:
         or a run killed mid-submission, never leads to a second batch for work already at
         the API. False if the API could not be listed (nothing is recorded then); True
         leaves the build loop to pack again and drop unsent shards whose inputs changed.
+        The pass reads at least RECONCILE_MARGIN back, past any batch still in flight, so
+        `observe` sees the whole queue.
         """
         if not caps_of(self.remote).metadata:  # no tags: found by the keys it answered
             return nometa.reconcile(self)
         self.newest_listed = None
         try:
-            found = list(self.remote_batches())
+            found = list(self.remote_batches(observe))
             known = {b.id for b in self.store.batches()}
             for info in found:
                 if info.id not in known and not refused(info):

@@ -33,9 +33,13 @@ class Store(RequestsMixin, ResultsMixin, ShardsMixin):
     Its methods live in the parts it is made of; here are those that span them.
     """
 
-    def has_work_to_submit(self) -> bool:
-        """Is any shard not yet at the API, or any current request unbuilt and unpacked?"""
-        if self.shards(("ready", "uploading", "uploaded", "submitting", "waiting")):
+    def has_work_to_submit(self, besides: str | None = None) -> bool:
+        """Is any shard not yet at the API, or any current request unbuilt and unpacked?
+
+        besides: a shard id not to count (the one being sent: is more to follow it?).
+        """
+        unsent = self.shards(("ready", "uploading", "uploaded", "submitting", "waiting"))
+        if any(s.id != besides for s in unsent):
             return True
         return self._cached(
             self._scoped("pending"),
