@@ -40,7 +40,7 @@ from gptbatch.inputs.render import Target, render_directory, render_targets, ren
 from gptbatch.state.store import state_dir
 
 SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "batch.schema.json"
-RESERVED_METADATA_PREFIX = "gptbatch_"  # gptbatch's own 2 of the API's 16 metadata pairs
+RESERVED_METADATA_PREFIX = "gptbatch_"  # gptbatch's own 4 of the API's 16 metadata pairs
 
 _PROJECT_CHARS = re.compile(r"[^A-Za-z0-9._:-]+")
 

@@ -21,7 +21,6 @@ from gptbatch.state.store import Store
 TERMINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
 META_PROJECT = "gptbatch_project"
 META_SHARD = "gptbatch_shard"
-META_SUBMIT = "gptbatch_submit"
 # A sample of the members' content keys (16 hex digits each), so a build that lost its state
 # can recognise its own work at the API even when the project id changed (renamed config,
 # moved checkout), and never download another project's files to find out.

@@ -31,7 +31,6 @@ from gptbatch.engine.batches import (
     META_KEYS,
     META_PROJECT,
     META_SHARD,
-    META_SUBMIT,
     META_TOKENS,
     NOTHING,
     RECOVERED,
@@ -190,7 +189,6 @@ class Submitter:
             {
                 META_PROJECT: self.spec.project,
                 META_SHARD: shard.id,
-                META_SUBMIT: nonce,
                 META_KEYS: key_sample([k for k, _ in self.store.members(shard.id)]),
                 META_TOKENS: queue_value(
                     shard.tokens,

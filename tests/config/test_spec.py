@@ -312,8 +312,8 @@ SCHEMA_ERRORS = [
     ),
     (
         "too many metadata pairs",
-        "inputs: [in.jsonl]\nmetadata:\n" + "".join(f"  k{i}: v\n" for i in range(12)),
-        "batch.yaml:3: metadata: has 12 entries; at most 11 allowed: your own tags",
+        "inputs: [in.jsonl]\nmetadata:\n" + "".join(f"  k{i}: v\n" for i in range(13)),
+        "batch.yaml:3: metadata: has 13 entries; at most 12 allowed: your own tags",
     ),
     (
         "metadata value too long",
