@@ -70,7 +70,7 @@ PRESETS: dict[str, Preset] = {
         "TOGETHER_API_KEY",
         Caps("together", 50_000, 100 * MB, "tokens", True, True),
         upload_purpose="batch-api",
-        statuses=_UPPER,
+        statuses={**_SAME, **_UPPER},  # its docs show upper case; lower case reads the same
     ),
     # docs.perplexity.ai (api-reference/files-create-post, batches-create-post): 50,000
     # lines and 200 MB per input file; expires_after (files) and output_expires_after

@@ -9,6 +9,7 @@ stopping the build (naming it) without sending anything again.
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,38 @@ def test_simulate_serves_the_presets_quirks(tmp_path: Path, monkeypatch, name) -
         tmp_path, {"requests.jsonl": [chat(f"r{i}") for i in range(3)]}, api={"provider": name}
     )
     assert project.build("--simulate") == EXIT_OK
+
+
+# Every crash point of a build but the output writes, which do not depend on the provider.
+KILL_POINTS = (
+    "after_shard_file",
+    "before_upload",
+    "after_upload",
+    "after_uploaded_state",
+    "before_create",
+    "after_create",
+    "after_submitted_state",
+    "mid_download",
+    "after_download",
+    "after_collect",
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("point", KILL_POINTS)
+@pytest.mark.parametrize("name", PRESETS)
+def test_kill_then_rerun_pays_nothing_twice(
+    tmp_path: Path, simulator_factory, monkeypatch, name: str, point: str
+) -> None:
+    sim = simulator_factory(flavour=name)
+    rows = [chat(f"r{i}") for i in range(6)]
+    project = preset_project(
+        tmp_path, name, sim, rows, monkeypatch, limits={"max_requests_per_batch": 3}
+    )
+    run = project.build_process(env={"GPTBATCH_CRASH_AT": f"{point}:1"}, timeout=90)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    rerun = project.build_process(timeout=90)
+    assert rerun.returncode == EXIT_OK, rerun.stderr[-2000:]
+    assert billed_twice(sim) == []
+    assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in rows)  # none lost
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
