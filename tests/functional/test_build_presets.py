@@ -18,14 +18,17 @@ import pytest
 from buildkit import (
     Project,
     batch_count,
+    batch_members,
     billed_ids,
     billed_twice,
     chat,
     creates,
     make_project,
+    padded_chat,
     update_config,
     write_jsonl,
 )
+from test_build_fault_matrix import INTERRUPTED_UPLOAD, KINDS, ROUTES, route_faults
 
 from gptbatch.config.spec import load_spec
 from gptbatch.errors import (
@@ -250,3 +253,39 @@ def test_kill_then_rerun_pays_nothing_twice(
     assert billed_twice(sim) == []
     assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in rows)  # none lost
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+
+
+FAULT_CELLS = [(route, kind) for route in ROUTES for kind in KINDS]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("route", "kind"), FAULT_CELLS, ids=[f"{r}-{k}" for r, k in FAULT_CELLS])
+@pytest.mark.parametrize("name", PRESETS)
+def test_route_fault_matrix(
+    tmp_path: Path, simulator_factory, monkeypatch, name: str, route: str, kind: str
+) -> None:
+    """The fault matrix of test_build_fault_matrix.py, against each preset's flavour."""
+    sim = simulator_factory(flavour=name)
+    faults = route_faults(route, kind)
+    for fault in (INTERRUPTED_UPLOAD if route == "find_upload" else ()) + faults:
+        sim.add_fault(fault)
+    reqs = [padded_chat(f"r{i}", 90) for i in range(4)]
+    project = preset_project(
+        tmp_path,
+        name,
+        sim,
+        reqs,
+        monkeypatch,
+        limits={"enqueued_tokens": 260, "safety_margin": 0, "pipeline": 1},
+    )
+    assert project.build() == EXIT_OK
+    assert sim.service.faults() == [], "the fault did not fire in full"
+    assert billed_twice(sim) == []
+    assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in reqs)
+    statuses = {b["id"]: b["status"] for b in sim.service.batches()}
+    live = {k: v for k, v in batch_members(sim).items() if statuses[k] != "failed"}
+    assert len(live) == 2, "a shard went to the API twice"
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
+    before = creates(sim)
+    assert project.build() == EXIT_OK
+    assert creates(sim) == before
