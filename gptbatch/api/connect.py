@@ -8,7 +8,8 @@ import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from gptbatch.api.provider import ANTHROPIC_CAPS, OPENAI_CAPS, Caps
+from gptbatch.api.presets import preset_of
+from gptbatch.api.provider import ANTHROPIC_CAPS, Caps
 from gptbatch.config.rehearsal import simulated_output_dir
 from gptbatch.config.spec import Spec, api_key
 from gptbatch.errors import InputError, UsageError
@@ -53,7 +54,7 @@ def make_remote(provider: str, **kwargs: Any) -> Any:
         return AnthropicRemote(**kwargs)
     from gptbatch.api.remote import Remote
 
-    return Remote(**kwargs)
+    return Remote(preset=preset_of(provider), **kwargs)
 
 
 @contextlib.contextmanager
@@ -74,6 +75,8 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
             token_limits=limits,
             state_dir=str(state_dir(output_dir) / "simulator"),
             models=tuple(spec.prices),  # a model the config prices is one the user knows
+            flavour=_flavour(spec.api.provider),
+            **_windows(spec),
             **SIMULATE_CONFIG,
         )
         existed = output_dir.exists()
@@ -129,7 +132,7 @@ class LazyRemote:
     @property
     def caps(self) -> Caps:
         """The provider's caps, known without making the client (nor importing its SDK)."""
-        return ANTHROPIC_CAPS if self._provider == "anthropic" else OPENAI_CAPS
+        return ANTHROPIC_CAPS if self._provider == "anthropic" else preset_of(self._provider).caps
 
     def __getattr__(self, name: str) -> Any:
         if self._remote is None:
@@ -139,6 +142,18 @@ class LazyRemote:
     def close(self) -> None:
         if self._remote is not None:
             self._remote.close()
+
+
+def _flavour(provider: str) -> str:
+    """The simulator flavour serving a provider's wire quirks (OpenAI's for the rest)."""
+    return provider if provider in ("groq", "together", "perplexity") else "openai"
+
+
+def _windows(spec: Spec) -> dict[str, Any]:
+    """Groq takes windows from 24h to 7d (checked by the config): its rehearsal takes them."""
+    if spec.api.provider == "groq":
+        return {"completion_windows": ("24h", spec.completion_window)}
+    return {}
 
 
 def _models(spec: Spec) -> list[str]:

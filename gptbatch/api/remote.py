@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gptbatch.api.provider import OPENAI_CAPS, Caps
+from gptbatch.api.presets import OPENAI, Preset
+from gptbatch.api.provider import Caps
 from gptbatch.canonical import atomic_writer
 from gptbatch.engine.crash import crashpoint
 from gptbatch.errors import (
@@ -40,6 +41,19 @@ RUNNING_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 class UploadGoneError(RemoteError):
     """batches.create: the API does not have the input file (expired or deleted); nothing
     was created."""
+
+
+class UnknownStatusError(RemoteError):
+    """A batch is in a status gptbatch does not know: the build stops rather than guess."""
+
+    def __init__(self, provider: str, batch_id: str, status: str) -> None:
+        self.batch_id, self.status = batch_id, status
+        super().__init__(
+            f"{provider} reports batch {batch_id} as {status!r}, a status gptbatch does not "
+            "know: the build stops here rather than guess (taking it for failed would send "
+            "its requests again and pay twice); nothing was sent again. Look at the batch "
+            f"at {provider}, and run the build again once it has ended"
+        )
 
 
 @dataclass(frozen=True)
@@ -95,14 +109,17 @@ class FileInfo:
     expires_at: int | None = None
 
 
-def _batch_info(b: Any) -> BatchInfo:
+def _batch_info(b: Any, preset: Preset = OPENAI) -> BatchInfo:
+    status = preset.statuses.get(str(b.status))
+    if status is None:  # never read as failed (sent again: paid twice) nor as running
+        raise UnknownStatusError(preset.name, str(b.id), str(b.status))
     counts = b.request_counts
     errors = ()
     if b.errors is not None and b.errors.data:
         errors = tuple(BatchErrorInfo(e.code, e.message, e.line, e.param) for e in b.errors.data)
     return BatchInfo(
         id=b.id,
-        status=b.status,
+        status=status,
         endpoint=b.endpoint,
         input_file_id=b.input_file_id,
         output_file_id=b.output_file_id,
@@ -236,7 +253,7 @@ def _call(fn: Callable[[], T]) -> T:
 class Remote:
     """A thin, typed client for the Files and Batches endpoints (a `provider.Provider`)."""
 
-    caps: Caps = OPENAI_CAPS
+    caps: Caps = OPENAI.caps
 
     def __init__(
         self,
@@ -247,11 +264,17 @@ class Remote:
         project: str | None = None,
         timeout: float = 120.0,
         max_retries: int = 2,
+        preset: Preset = OPENAI,
     ) -> None:
         _import_sdk()
+        self.preset = preset
+        self.caps = preset.caps
+        # A named service's own URL, never OPENAI_BASE_URL (set for another service, it
+        # would send this key there).
+        default = preset.base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.client = openai.OpenAI(
             api_key=api_key,
-            base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+            base_url=base_url or default,
             organization=organization,
             project=project,
             timeout=timeout,
@@ -267,15 +290,19 @@ class Remote:
         return str(self.client.base_url)
 
     def upload(self, path: Path, filename: str, *, expires_after: int | None = None) -> FileInfo:
-        """Upload a JSONL file with purpose=batch, expiring expires_after seconds after upload."""
+        """Upload a JSONL file with the service's batch purpose, expiring expires_after
+        seconds after upload (not sent to a service that rejects it)."""
         expiry: Any = (
-            {"anchor": "created_at", "seconds": expires_after} if expires_after else openai.omit
+            {"anchor": "created_at", "seconds": expires_after}
+            if expires_after and self.preset.file_expiry
+            else openai.omit
         )
+        purpose: Any = self.preset.upload_purpose
 
         def go() -> FileInfo:
             with open(path, "rb") as f:
                 obj = self.client.files.create(
-                    file=(filename, f), purpose="batch", expires_after=expiry
+                    file=(filename, f), purpose=purpose, expires_after=expiry
                 )
             return FileInfo(obj.id, obj.filename, obj.bytes, obj.created_at)
 
@@ -287,7 +314,7 @@ class Remote:
         def go() -> list[FileInfo]:
             return [
                 FileInfo(f.id, f.filename, f.bytes, f.created_at)
-                for f in self.client.files.list(purpose="batch")
+                for f in self.client.files.list(purpose=self.preset.upload_purpose)
                 if f.filename == filename
             ]
 
@@ -308,24 +335,36 @@ class Remote:
         other TransientRemoteError leaves it uncertain whether the batch exists.
         """
         try:
-            return _batch_info(
-                self._create_client.batches.create(
-                    input_file_id=file_id,
-                    endpoint=endpoint,  # type: ignore[arg-type]
-                    completion_window=completion_window,  # type: ignore[arg-type]
-                    metadata=metadata,
-                    output_expires_after=(
-                        {"anchor": "created_at", "seconds": output_expires_after}
-                        if output_expires_after
-                        else openai.omit
-                    ),
-                )
+            raw = self._create_client.batches.with_raw_response.create(
+                input_file_id=file_id,
+                endpoint=endpoint,  # type: ignore[arg-type]
+                completion_window=completion_window,  # type: ignore[arg-type]
+                metadata=metadata,
+                output_expires_after=(
+                    {"anchor": "created_at", "seconds": output_expires_after}
+                    if output_expires_after and self.preset.output_expiry
+                    else openai.omit
+                ),
             )
         except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
             raise _create_error(exc) from exc
+        try:
+            data = raw.http_response.json()
+        except ValueError as exc:  # it answered 200: a batch may exist; reconcile, never redo
+            raise TransientRemoteError(
+                f"the API's reply to batches.create is not JSON ({exc}): whether the batch "
+                "exists is checked before anything is sent again"
+            ) from exc
+        # Together answers a create with the batch under "job" (its retrieve does not).
+        if isinstance(data, dict) and isinstance(data.get("job"), dict) and "id" not in data:
+            data = data["job"]
+        return self._info(openai.types.Batch.construct(**data))
+
+    def _info(self, b: Any) -> BatchInfo:
+        return _batch_info(b, self.preset)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
-        return _call(lambda: _batch_info(self.client.batches.retrieve(batch_id)))
+        return _call(lambda: self._info(self.client.batches.retrieve(batch_id)))
 
     def retrieve_dated(self, batch_id: str) -> tuple[BatchInfo, float | None]:
         """A batch, and the API's own time when it answered (its Date header), if given.
@@ -340,7 +379,7 @@ class Remote:
             when: float | None = None
             with contextlib.suppress(TypeError, ValueError, IndexError):
                 when = email.utils.parsedate_to_datetime(date).timestamp() if date else None
-            return _batch_info(raw.parse()), when
+            return self._info(raw.parse()), when
 
         return _call(go)
 
@@ -360,7 +399,7 @@ class Remote:
         """Batches newest first, stopping at the first created before `since`."""
         try:
             for b in self.client.batches.list(limit=100):
-                info = _batch_info(b)
+                info = self._info(b)
                 if since is not None and info.created_at < since:
                     return
                 yield info
@@ -390,7 +429,7 @@ class Remote:
             for _ in range(max_pages):
                 done = False
                 for b in page.data:
-                    info = _batch_info(b)
+                    info = self._info(b)
                     if observe is not None:
                         observe(info)
                     if done:
@@ -412,7 +451,7 @@ class Remote:
         return _call(go)
 
     def cancel(self, batch_id: str) -> BatchInfo:
-        return _call(lambda: _batch_info(self.client.batches.cancel(batch_id)))
+        return _call(lambda: self._info(self.client.batches.cancel(batch_id)))
 
     def download(self, file_id: str, dest: Path, *, attempts: int = 4) -> int:
         """Stream a file's content to dest atomically; retry a dropped download from scratch."""
@@ -445,7 +484,7 @@ class Remote:
     def list_uploads(self) -> Iterator[FileInfo]:
         """Every file with purpose batch (the SDK pages through them)."""
         try:
-            for f in self.client.files.list(purpose="batch"):
+            for f in self.client.files.list(purpose=self.preset.upload_purpose):
                 yield FileInfo(f.id, f.filename, f.bytes, f.created_at)
         except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:
             raise _translate(exc) from exc

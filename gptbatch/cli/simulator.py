@@ -102,6 +102,14 @@ def register(subparsers: Any) -> None:
         help="answer this fraction (0..1) of requests that ask for JSON with text that is not "
         "JSON, drawn per attempt (default 0)",
     )
+    parser.add_argument(
+        "--flavour",
+        choices=("openai", "groq", "together", "perplexity"),
+        default="openai",
+        help="serve that service's wire quirks (together: upload purpose batch-api, "
+        "upper-case statuses; perplexity: expires_after and output_expires_after refused; "
+        "groq: windows 24h to 7d); default openai",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print each API call")
     parser.set_defaults(func=run)
 
@@ -136,6 +144,12 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         any_model=args.any_model,
         invalid_json=args.invalid_json,
+        flavour=args.flavour,
+        completion_windows=(
+            ("24h", "48h", "72h", "1d", "2d", "3d", "4d", "5d", "6d", "7d")
+            if args.flavour == "groq"
+            else ("24h",)
+        ),
     )
     try:
         sim = Simulator(config, host=args.host, port=args.port, work_ahead=True)

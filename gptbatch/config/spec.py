@@ -15,6 +15,7 @@ import yaml
 from dotenv import load_dotenv
 from jsonschema import Draft202012Validator
 
+from gptbatch.api.presets import PRESETS, UNSUPPORTED, window_offered, windows_text
 from gptbatch.canonical import canonical_json, content_hash
 from gptbatch.config.input_files import expand_inputs
 from gptbatch.config.messages import (
@@ -118,6 +119,13 @@ PROVIDERS: dict[str, Provider] = {
     "compatible": Provider(50_000, None, True, "OPENAI_API_KEY"),
     # Message Batches: requests inline, custom_ids are content keys (see api/anthropic.py).
     "anthropic": Provider(100_000, ("24h",), False, "ANTHROPIC_API_KEY"),
+    # OpenAI-compatible services by name (api/presets.py: caps, windows and quirks).
+    **{
+        name: Provider(preset.caps.max_requests, None, False, preset.key_env)
+        for name, preset in PRESETS.items()
+    },
+    # Named so that choosing it says why it cannot be used (_provider_problems).
+    **{name: Provider(50_000, None, False, f"{name.upper()}_API_KEY") for name in UNSUPPORTED},
 }
 ANTHROPIC_ENDPOINT = "/v1/messages"  # the endpoint of every request of an anthropic target
 
@@ -315,6 +323,12 @@ def _apply_provider(data: Mapping[str, Any], full: dict[str, Any]) -> None:
         full["limits"]["max_requests_per_batch"] = provider.max_requests_per_batch
     if "api_key_env" not in given_api:
         full["api"]["api_key_env"] = provider.api_key_env
+    preset = PRESETS.get(full["api"]["provider"])
+    if preset is not None:
+        if not full["api"].get("base_url"):
+            full["api"]["base_url"] = preset.base_url
+        if isinstance(full.get("limits"), dict) and "max_bytes_per_batch" not in given_limits:
+            full["limits"]["max_bytes_per_batch"] = preset.caps.max_bytes
     if full["api"]["provider"] == "anthropic" and full.get("endpoint") is None:
         full["endpoint"] = ANTHROPIC_ENDPOINT  # every request is a Messages request
 
@@ -323,7 +337,16 @@ def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -
     """A config that its provider would refuse: caps, completion windows, a missing base_url."""
     name = full["api"]["provider"]
     provider = PROVIDERS[name]
-    problems = []
+    if name in UNSUPPORTED:
+        return [
+            Problem(
+                display,
+                line_of(node, ["api", "provider"]),
+                f"api.provider {name} is not supported: {UNSUPPORTED[name]}",
+                "use another provider",
+            )
+        ]
+    problems = _preset_problems(full, node, display)
     if provider.needs_base_url and not full["api"]["base_url"]:
         example = (
             "https://YOUR-RESOURCE.openai.azure.com/openai/v1/"
@@ -378,6 +401,55 @@ def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -
                 line_of(node, ["completion_window"]),
                 f"completion_window {full['completion_window']!r} is not offered by {name}",
                 f"use {' or '.join(windows)} (other windows need api.provider: compatible)",
+            )
+        )
+    return problems
+
+
+def _preset_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -> list[Problem]:
+    """What a named OpenAI-compatible service would refuse: its bytes cap, windows, expiries."""
+    name = full["api"]["provider"]
+    preset = PRESETS.get(name)
+    if preset is None:
+        return []
+    problems = []
+    limits = full.get("limits")
+    cap = preset.caps.max_bytes
+    if isinstance(limits, dict) and int(limits.get("max_bytes_per_batch", 0)) > cap:
+        problems.append(
+            Problem(
+                display,
+                line_of(node, ["limits", "max_bytes_per_batch"]),
+                f"limits.max_bytes_per_batch {limits['max_bytes_per_batch']} is over "
+                f"{name}'s cap of {cap:,} bytes per batch",
+                f"use at most {cap}",
+            )
+        )
+    if not window_offered(preset, str(full["completion_window"])):
+        problems.append(
+            Problem(
+                display,
+                line_of(node, ["completion_window"]),
+                f"completion_window {full['completion_window']!r} is not offered by {name}",
+                f"use {windows_text(preset)}",
+            )
+        )
+    if not preset.file_expiry and full.get("upload_expires_after") != 2_592_000:
+        problems.append(
+            Problem(
+                display,
+                line_of(node, ["upload_expires_after"]),
+                f"upload_expires_after: {name} rejects it (its files expire after 30 days)",
+                "remove upload_expires_after from the config",
+            )
+        )
+    if not preset.output_expiry and full.get("output_expires_after") is not None:
+        problems.append(
+            Problem(
+                display,
+                line_of(node, ["output_expires_after"]),
+                f"output_expires_after: {name} rejects it (its results are kept 30 days)",
+                "remove output_expires_after from the config",
             )
         )
     return problems

@@ -280,6 +280,9 @@ class SimConfig:
     cancelling_seconds: float = 5.0
     completion_window_seconds: float = 86_400.0  # how long any window lasts here
     completion_windows: tuple[str, ...] = ("24h",)  # what batches.create accepts
+    # Which service's wire quirks to serve (simulator/flavours.py): openai, groq, together,
+    # perplexity.
+    flavour: str = "openai"
     token_limits: dict[str, int] = field(default_factory=dict)  # enqueued tokens per model
     # True: a batch holds its tokens from creation (validating included), as the real
     # queue does; False: only from in_progress until it ends.

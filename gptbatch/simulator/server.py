@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from gptbatch.simulator.anthropic import AnthropicBatches, AnthropicError
 from gptbatch.simulator.clock import SimClock
 from gptbatch.simulator.config import Fault, SimConfig
+from gptbatch.simulator.flavours import Flavour
 from gptbatch.simulator.journal import ApiCall, Journal
 from gptbatch.simulator.service import BatchService
 from gptbatch.simulator.validation import ApiError
@@ -80,6 +81,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], service: BatchService) -> None:
         self.service = service
+        self.flavour = Flavour(service.config.flavour)  # what crosses the wire
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._closing = False
@@ -239,6 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             result = self._route(method, path, url.query, body)
+            result = self.server.flavour.present(method, path.strip("/").split("/"), result)
         except ApiError as exc:
             record(exc.status)
             self._send_json(exc.status, exc.body())
@@ -293,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._upload(body)
                 if method == "GET":
                     return service.list_files(
-                        purpose=params.get("purpose"),
+                        purpose=self.server.flavour.list_purpose(params.get("purpose")),
                         limit=_int_param(params, "limit", 10_000),
                         after=params.get("after"),
                         order=params.get("order", "desc"),
@@ -312,7 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts[:2] == ["v1", "batches"]:
             if len(parts) == 2:
                 if method == "POST":
-                    return service.create_batch(_json_body(body))
+                    params = _json_body(body)
+                    self.server.flavour.check_create(params)
+                    return service.create_batch(params)
                 if method == "GET":
                     return service.list_batches(
                         limit=_int_param(params, "limit", 20), after=params.get("after")
@@ -369,6 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
         filename, data = fields["file"]
         purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace").strip()
         seconds = fields.get("expires_after[seconds]", (None, b""))[1].strip()
+        purpose = self.server.flavour.upload_purpose(purpose, bool(seconds))
         try:
             expires_after = float(seconds) if seconds else None
         except ValueError:
@@ -546,6 +552,13 @@ class Simulator:
     ) -> dict[str, Any]:
         """Fail a batch now, from outside."""
         return self.service.fail_batch(batch_id, code, message)
+
+    def report_status(self, batch_id: str, status: str | None) -> None:
+        """Make a batch report this status string over HTTP (None: its own again)."""
+        if status is None:
+            self._httpd.flavour.reported.pop(batch_id, None)
+        else:
+            self._httpd.flavour.reported[batch_id] = status
 
 
 @contextlib.contextmanager

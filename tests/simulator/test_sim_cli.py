@@ -12,7 +12,7 @@ import threading
 
 import openai
 import pytest
-from simtools import chat, upload, wait
+from simtools import chat, jsonl, upload, wait
 
 from gptbatch.cli import main
 
@@ -169,6 +169,23 @@ def test_after_kill_9_a_restart_on_the_state_dir_continues(tmp_path) -> None:
         output.process.send_signal(signal.SIGINT)
         output.finish()
     assert output.process.returncode == 0
+
+
+def test_a_flavour_serves_that_services_quirks() -> None:
+    output, api = start(["--flavour", "together", "--time-scale", "1000"])
+    try:
+        with pytest.raises(openai.BadRequestError, match="batch-api"):
+            upload(api, [chat("a")])
+        data = jsonl([chat("a")])
+        file = api.files.create(file=("in.jsonl", data), purpose="batch-api")  # type: ignore
+        assert file.purpose == "batch-api"
+        batch = api.batches.with_raw_response.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).http_response.json()["job"]
+        assert batch["status"] == "VALIDATING"
+    finally:
+        output.process.send_signal(signal.SIGINT)
+        output.finish()
 
 
 def create(api: openai.OpenAI, file_id: str):
