@@ -118,8 +118,13 @@ PROVIDERS: dict[str, Provider] = {
     "compatible": Provider(50_000, None, True, "OPENAI_API_KEY"),
     # Message Batches: requests inline, custom_ids are content keys (see api/anthropic.py).
     "anthropic": Provider(100_000, ("24h",), False, "ANTHROPIC_API_KEY"),
+    # Batch mode: {key, request} uploads, one model per job (see api/gemini.py). Google
+    # states no request cap per job (files up to 2 GB): 100,000 is gptbatch's default.
+    "gemini": Provider(100_000, ("24h",), False, "GEMINI_API_KEY"),
 }
 ANTHROPIC_ENDPOINT = "/v1/messages"  # the endpoint of every request of an anthropic target
+GEMINI_ENDPOINT = "/v1beta/generateContent"  # the endpoint of every request of a gemini target
+OWN_ENDPOINTS = {"anthropic": ANTHROPIC_ENDPOINT, "gemini": GEMINI_ENDPOINT}
 
 
 @dataclass(frozen=True)
@@ -315,8 +320,9 @@ def _apply_provider(data: Mapping[str, Any], full: dict[str, Any]) -> None:
         full["limits"]["max_requests_per_batch"] = provider.max_requests_per_batch
     if "api_key_env" not in given_api:
         full["api"]["api_key_env"] = provider.api_key_env
-    if full["api"]["provider"] == "anthropic" and full.get("endpoint") is None:
-        full["endpoint"] = ANTHROPIC_ENDPOINT  # every request is a Messages request
+    own = OWN_ENDPOINTS.get(full["api"]["provider"])
+    if own is not None and full.get("endpoint") is None:
+        full["endpoint"] = own  # every request is a Messages / generateContent request
 
 
 def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -> list[Problem]:
@@ -350,13 +356,14 @@ def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -
                 f"use at most {cap}",
             )
         )
-    if name == "anthropic" and full.get("endpoint") != ANTHROPIC_ENDPOINT:
+    if name in OWN_ENDPOINTS and full.get("endpoint") != OWN_ENDPOINTS[name]:
+        what = "Messages" if name == "anthropic" else "generateContent"
         problems.append(
             Problem(
                 display,
                 line_of(node, ["endpoint"]),
-                f"endpoint {full.get('endpoint')} is an OpenAI endpoint; api.provider anthropic "
-                "sends Messages requests",
+                f"endpoint {full.get('endpoint')} is an OpenAI endpoint; api.provider {name} "
+                f"sends {what} requests",
                 "remove endpoint from the config",
             )
         )
