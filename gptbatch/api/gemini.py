@@ -257,7 +257,11 @@ class GeminiRemote:
         return self.retrieve(batch_id), None
 
     def list_batches(self, *, since: float | None = None) -> Iterator[BatchInfo]:
-        """Jobs newest first, stopping at the first created before `since`."""
+        """Jobs newest first, stopping at the first created before `since`.
+
+        Google does not document the list's order; the simulator lists newest first. Both
+        users stay safe in any order: engine/nometa.py only stops below the first job's
+        time minus its horizon, and a poll retrieves whatever a listing did not find."""
         try:
             for job in self.client.batches.list(config={"page_size": 100}):
                 info = batch_info(job)

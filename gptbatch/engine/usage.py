@@ -61,7 +61,7 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _gemini_usage(meta: Any) -> dict[str, Any] | None:
+def gemini_usage(meta: Any) -> dict[str, Any] | None:
     """Gemini's usageMetadata in OpenAI's terms: thinking tokens are billed as output."""
     if not isinstance(meta, dict):
         return None
@@ -91,7 +91,7 @@ def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = No
         return Usage(requests=1)
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict) and isinstance(body, dict):
-        usage = _gemini_usage(body.get("usageMetadata"))
+        usage = gemini_usage(body.get("usageMetadata"))
     if not isinstance(usage, dict):
         return Usage(requests=1)
     inputs = _int(usage.get("prompt_tokens", usage.get("input_tokens")))

@@ -8,7 +8,8 @@
   lines; get, list (newest first, `pageSize`/`pageToken`), `:cancel`, delete. A job is an
   operation `{name, metadata: {state: BATCH_STATE_*, ...}, done, response}`: PENDING, then
   RUNNING, then SUCCEEDED with a results file, or CANCELLED, or EXPIRED 48 h after creation.
-- Results: one line per request, `{key, response}` or `{key, error}`, in no fixed order.
+- Results: one line per request, `{key, response}` or `{key, error}`, shuffled: Google's
+  reference says input order, but gptbatch maps them by key and the simulator proves it.
   Every answered request is billed in the shared journal, like an OpenAI batch's.
 Kept in memory: a simulator restart forgets Gemini files and jobs.
 """
@@ -169,7 +170,12 @@ class GeminiBatches:
 
     def _expire_files(self) -> None:
         now = self.now()
-        for name in [n for n, f in self._files.items() if now >= f.created + FILE_TTL]:
+        # Uploads go after 48 h (Google's Files API); how long a results file is kept is
+        # not documented, so the simulator keeps it (gptbatch waits rather than resend).
+        expired = [
+            n for n, f in self._files.items() if not f.generated and now >= f.created + FILE_TTL
+        ]
+        for name in expired:
             del self._files[name]
 
     def _file_json(self, f: _File) -> dict[str, Any]:
@@ -180,7 +186,7 @@ class GeminiBatches:
             "sizeBytes": str(len(f.data)),
             "createTime": _iso(f.created),
             "updateTime": _iso(f.created),
-            "expirationTime": _iso(f.created + FILE_TTL),
+            **({} if f.generated else {"expirationTime": _iso(f.created + FILE_TTL)}),
             "sha256Hash": hashlib.sha256(f.data).hexdigest(),
             "state": "ACTIVE",
             "source": "GENERATED" if f.generated else "UPLOADED",
@@ -197,6 +203,8 @@ class GeminiBatches:
         file_name = (batch.get("inputConfig") or {}).get("fileName")
         if not isinstance(file_name, str):
             raise GeminiError(400, "batch.inputConfig.fileName is required (inlined: unsupported)")
+        if not batch.get("displayName"):
+            raise GeminiError(400, "batch.displayName is required")
         with self._lock:
             file = self._file(file_name)
             lines = [line for line in file.data.splitlines() if line.strip()]

@@ -323,3 +323,34 @@ def test_api_faults_never_bill_twice_nor_lose_a_result(
     assert fired, f"the {case} fault never fired"
     if case == "create lost reply":  # both lost creates made jobs: adopted, not redone
         assert len(jobs(simulator)) == 2
+
+
+def test_export_and_answers_read_gemini_replies_and_usage(tmp_path: Path, simulator) -> None:
+    import gptbatch
+    from gptbatch.cli import main
+
+    rows = [gem(f"q{i}") for i in range(3)]
+    project = gemini_project(tmp_path, rows, prices={MODEL: {"input": 1.0, "output": 2.0}})
+    assert project.build() == EXIT_OK
+    target = tmp_path / "export.jsonl"
+    assert main(["export", str(project.config), "-o", str(target)]) == EXIT_OK
+    exported = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [e["custom_id"] for e in exported] == ["q0", "q1", "q2"]
+    for row in exported:
+        assert row["reply"].startswith("reply ") and row["finish_reason"] == "STOP"
+        assert row["input_tokens"] > 0 and row["output_tokens"] == 4 and row["cost"] > 0
+    answers = list(gptbatch.load(project.config).answers("requests.jsonl"))
+    assert [a["answer"][:6] for a in answers] == ["reply "] * 3
+
+
+def test_plan_bounds_the_output_by_max_output_tokens(tmp_path: Path, capsys) -> None:
+    from gptbatch.cli import main
+
+    rows = [gem(f"q{i}") for i in range(4)]
+    for row in rows:
+        row["request"]["generationConfig"] = {"maxOutputTokens": 250_000}
+    project = gemini_project(tmp_path, rows, prices={MODEL: {"input": 1.0, "output": 2.0}})
+    assert main(["plan", str(project.config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "/v1beta/generateContent" in out
+    assert "$2.00" in out  # 4 requests x 250,000 output tokens at $2 per 1M

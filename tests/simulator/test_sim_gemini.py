@@ -36,6 +36,10 @@ def _requests(tmp_path: Path, n: int, name: str = "in.jsonl") -> Path:
     return path
 
 
+def uploaded_name(client: genai.Client) -> str:
+    return str(next(iter(client.files.list())).name)
+
+
 def _ended(client: genai.Client, name: str) -> Any:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -80,7 +84,8 @@ def test_list_newest_first_cancel_and_errors(simulator: Simulator, tmp_path: Pat
             file=str(_requests(tmp_path, 2, f"f{i}.jsonl")),
             config={"mime_type": "application/jsonl"},
         )
-        names.append(client.batches.create(model=MODEL, src=file.name).name)
+        job = client.batches.create(model=MODEL, src=file.name, config={"display_name": "j"})
+        names.append(job.name)
     listed = [j.name for j in client.batches.list(config={"page_size": 2})]
     assert listed == list(reversed(names))  # paged across two pages, newest first
     client.batches.cancel(name=names[0])
@@ -91,8 +96,11 @@ def test_list_newest_first_cancel_and_errors(simulator: Simulator, tmp_path: Pat
         client.batches.get(name="batches/nope")
     assert info.value.code == 404
     with pytest.raises(errors.ClientError) as info:
-        client.batches.create(model=MODEL, src="files/nope")
+        client.batches.create(model=MODEL, src="files/nope", config={"display_name": "j"})
     assert info.value.code == 404
+    with pytest.raises(errors.ClientError) as info:  # Google's reference: required
+        client.batches.create(model=MODEL, src=uploaded_name(client))
+    assert info.value.code == 400
     uploaded = [f.name for f in client.files.list()]
     assert len(uploaded) == 3
     client.files.delete(name=uploaded[0])
@@ -105,10 +113,13 @@ def test_expired_after_48_hours_bills_nothing(simulator: Simulator, tmp_path: Pa
     file = client.files.upload(
         file=str(_requests(tmp_path, 2)), config={"mime_type": "application/jsonl"}
     )
-    job = client.batches.create(model=MODEL, src=file.name)
+    job = client.batches.create(model=MODEL, src=file.name, config={"display_name": "j"})
     simulator.clock.advance(49 * 3600)
     assert client.batches.get(name=job.name).state == types.JobState.JOB_STATE_EXPIRED
     assert simulator.journal.billed == []
+    with pytest.raises(errors.ClientError) as info:  # uploads are kept 48 h
+        client.files.get(name=file.name)
+    assert info.value.code == 404
 
 
 def test_a_missing_key_is_refused(simulator: Simulator) -> None:
