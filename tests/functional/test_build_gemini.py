@@ -354,3 +354,15 @@ def test_plan_bounds_the_output_by_max_output_tokens(tmp_path: Path, capsys) -> 
     out = capsys.readouterr().out
     assert "/v1beta/generateContent" in out
     assert "$2.00" in out  # 4 requests x 250,000 output tokens at $2 per 1M
+
+
+def test_the_queue_is_budgeted_by_estimated_tokens(tmp_path: Path, simulator) -> None:
+    simulator.service.gemini.processing_seconds = 100.0
+    rows = [gem(f"q{i}") for i in range(6)]
+    limits = {"max_requests_per_batch": 2, "enqueued_tokens": 50, "safety_margin": 0}
+    project = gemini_project(tmp_path, rows, limits=limits)
+    assert project.build("--no-wait") == EXIT_PENDING
+    queued = [r for j in jobs(simulator) for r in simulator.service.gemini.requests_of(j)]
+    assert len(queued) == 4  # ~12 estimated tokens a request: four fit under 50, not six
+    assert project.build() == EXIT_OK
+    assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)
