@@ -228,12 +228,8 @@ class GeminiRemote:
         """Create the job from an uploaded file, its model named by the upload; never retried."""
         if endpoint != ENDPOINT:
             raise RemoteError(f"Gemini batch jobs take {ENDPOINT} requests, not {endpoint}")
-        try:
-            shown = self._call(lambda: self.client.files.get(name=file_id)).display_name or ""
-        except NotFoundError as exc:
-            raise UploadGoneError(str(exc)) from exc
-        model = shown.rpartition(" ")[2]
-        if not model:
+        _, space, model = self._uploaded_name(file_id).rpartition(" ")
+        if not space or not model:
             raise UploadGoneError(f"the upload {file_id} does not name its model: uploading again")
         tag = " ".join(
             v for v in (metadata.get("gptbatch_project"), metadata.get("gptbatch_shard")) if v
@@ -243,9 +239,18 @@ class GeminiRemote:
             job = self._call(
                 lambda: self.client.batches.create(model=model, src=file_id, config=config)
             )
-        except NotFoundError as exc:  # the file expired between the two calls
-            raise UploadGoneError(str(exc)) from exc
+        except NotFoundError as exc:
+            self._uploaded_name(file_id)  # UploadGoneError if the file expired meanwhile
+            # The file is there: the model is what the API does not know. Not worth a retry.
+            raise RemoteError(f"{exc} (is model {model!r} right?)") from exc
         return batch_info(job)
+
+    def _uploaded_name(self, file_id: str) -> str:
+        """An upload's display name; UploadGoneError if the API no longer has it."""
+        try:
+            return self._call(lambda: self.client.files.get(name=file_id)).display_name or ""
+        except NotFoundError as exc:
+            raise UploadGoneError(str(exc)) from exc
 
     # --- polling and listing -------------------------------------------------------------
 

@@ -92,6 +92,7 @@ class GeminiBatches:
         self._serial = 0
         # keys whose next result is an error (HTTP code), once each: {key: code}
         self.errored: dict[str, int] = {}
+        self.unknown_models: set[str] = set()  # models batchGenerateContent 404s for
 
     def _id(self, seed: bytes) -> str:
         self._serial += 1
@@ -205,6 +206,8 @@ class GeminiBatches:
             raise GeminiError(400, "batch.inputConfig.fileName is required (inlined: unsupported)")
         if not batch.get("displayName"):
             raise GeminiError(400, "batch.displayName is required")
+        if model.removeprefix("models/") in self.unknown_models:
+            raise GeminiError(404, f"{model} is not found for API version v1beta")
         with self._lock:
             file = self._file(file_name)
             lines = [line for line in file.data.splitlines() if line.strip()]

@@ -366,3 +366,14 @@ def test_the_queue_is_budgeted_by_estimated_tokens(tmp_path: Path, simulator) ->
     assert len(queued) == 4  # ~12 estimated tokens a request: four fit under 50, not six
     assert project.build() == EXIT_OK
     assert sorted(billed(simulator)) == sorted(key_of(r) for r in rows)
+
+
+def test_an_unknown_model_stops_the_build_without_uploading_forever(
+    tmp_path: Path, simulator
+) -> None:
+    simulator.service.gemini.unknown_models.add(MODEL)
+    project = gemini_project(tmp_path, [gem("q0"), gem("q1")])
+    assert project.build() not in (EXIT_OK, EXIT_PENDING)
+    uploads = [c for c in simulator.journal.calls if c.path.startswith("/upload/")]
+    assert len(uploads) == 2  # one resumable upload (start + bytes), not one per attempt
+    assert jobs(simulator) == [] and simulator.journal.billed == []
