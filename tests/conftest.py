@@ -37,6 +37,8 @@ def simulator_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[...,
         monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url.removesuffix("/v1"))
         monkeypatch.setenv("OPENAI_API_KEY", SIMULATOR_API_KEY)
         monkeypatch.setenv("ANTHROPIC_API_KEY", SIMULATOR_API_KEY)
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", sim.base_url.removesuffix("/v1"))
+        monkeypatch.setenv("GEMINI_API_KEY", SIMULATOR_API_KEY)
         return sim
 
     yield start

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from gptbatch.api.presets import preset_of
-from gptbatch.api.provider import ANTHROPIC_CAPS, Caps
+from gptbatch.api.provider import ANTHROPIC_CAPS, GEMINI_CAPS, Caps
 from gptbatch.config.rehearsal import simulated_output_dir
 from gptbatch.config.spec import Spec, api_key
 from gptbatch.errors import InputError, UsageError
@@ -47,11 +47,15 @@ def connect(spec: Spec, purpose: str) -> Remote:
 
 
 def make_remote(provider: str, **kwargs: Any) -> Any:
-    """The client of a provider: Anthropic's, or the OpenAI-shaped Remote for the rest."""
+    """The client of a provider: Anthropic's, Gemini's, or the OpenAI-shaped Remote."""
     if provider == "anthropic":
         from gptbatch.api.anthropic import AnthropicRemote
 
         return AnthropicRemote(**kwargs)
+    if provider == "gemini":
+        from gptbatch.api.gemini import GeminiRemote
+
+        return GeminiRemote(**kwargs)
     from gptbatch.api.remote import Remote
 
     return Remote(preset=preset_of(provider), **kwargs)
@@ -132,7 +136,8 @@ class LazyRemote:
     @property
     def caps(self) -> Caps:
         """The provider's caps, known without making the client (nor importing its SDK)."""
-        return ANTHROPIC_CAPS if self._provider == "anthropic" else preset_of(self._provider).caps
+        own = {"anthropic": ANTHROPIC_CAPS, "gemini": GEMINI_CAPS}.get(self._provider)
+        return own if own is not None else preset_of(self._provider).caps
 
     def __getattr__(self, name: str) -> Any:
         if self._remote is None:

@@ -2,9 +2,9 @@
 
 The engine speaks to a provider only through these methods (grep `remote.` in engine/ and
 commands/): OpenAI, Azure and compatible services implement them in remote.py, Anthropic's
-Message Batches in anthropic.py. A provider without uploads or metadata (Anthropic) still
-answers in the same shapes: its batches have no input file, and its result "file" is an id
-the provider itself knows how to download.
+Message Batches in anthropic.py, Gemini's batch mode in gemini.py. A provider without
+uploads or metadata (Anthropic) still answers in the same shapes: its batches have no input
+file, and its result "file" is an id the provider itself knows how to download.
 """
 
 from __future__ import annotations
@@ -45,6 +45,19 @@ ANTHROPIC_CAPS = Caps(
     False,
     custom_id_is_key=True,
     results_ttl=29 * 86400,
+)
+
+# Gemini's batch mode: uploads of {key, request} lines, one model per job; no tags a lost
+# state could trust (a display name only), so keys go as content keys; its queue is
+# limited by enqueued tokens per model (estimated offline: no public Gemini tokenizer).
+GEMINI_CAPS = Caps(
+    "gemini",
+    100_000,
+    2 * 1024**3,
+    "tokens",
+    False,
+    True,
+    custom_id_is_key=True,
 )
 
 

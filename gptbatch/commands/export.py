@@ -13,7 +13,9 @@ from typing import IO, Any
 
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import output_paths
+from gptbatch.engine.usage import gemini_usage
 from gptbatch.errors import UsageError
+from gptbatch.inputs.gemini_lines import GENERATE_URL
 from gptbatch.pricing import estimate_cost
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store, state_dir
@@ -163,12 +165,16 @@ def reply_of(url: str, body: dict[str, Any]) -> tuple[Any, str | None]:
             for r in body.get("results") or []
         ]
         return (results[0] if len(results) == 1 else results), None
+    if url == GENERATE_URL:  # Gemini: the first candidate's text parts
+        candidate = (body.get("candidates") or [{}])[0]
+        parts = (candidate.get("content") or {}).get("parts") or []
+        return "".join(p.get("text") or "" for p in parts), candidate.get("finishReason")
     return None, None
 
 
 def usage_of(body: dict[str, Any]) -> tuple[int | None, int | None, int | None, int | None]:
     """(input, cached, output, reasoning) tokens of a response body's usage."""
-    usage = body.get("usage") or {}
+    usage = body.get("usage") or gemini_usage(body.get("usageMetadata")) or {}
     if not usage:
         return None, None, None, None
     inp = usage.get("input_tokens", usage.get("prompt_tokens"))

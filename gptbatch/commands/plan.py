@@ -131,6 +131,10 @@ def output_limit(url: str, body: Mapping[str, Any]) -> int | None:
         ),
         None,
     )
+    config = body.get("generationConfig")  # Gemini's GenerateContentRequest
+    if limit is None and isinstance(config, dict):
+        given = config.get("maxOutputTokens")
+        limit = given if isinstance(given, int) and not isinstance(given, bool) else None
     if limit is None:
         return None
     # n choices (and best_of candidates on /v1/completions) are each billed.

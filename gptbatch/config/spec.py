@@ -119,6 +119,9 @@ PROVIDERS: dict[str, Provider] = {
     "compatible": Provider(50_000, None, True, "OPENAI_API_KEY"),
     # Message Batches: requests inline, custom_ids are content keys (see api/anthropic.py).
     "anthropic": Provider(100_000, ("24h",), False, "ANTHROPIC_API_KEY"),
+    # Batch mode: {key, request} uploads, one model per job (see api/gemini.py). Google
+    # states no request cap per job (files up to 2 GB): 100,000 is gptbatch's default.
+    "gemini": Provider(100_000, ("24h",), False, "GEMINI_API_KEY"),
     # OpenAI-compatible services by name (api/presets.py: caps, windows and quirks).
     **{
         name: Provider(preset.caps.max_requests, None, False, preset.key_env)
@@ -128,6 +131,8 @@ PROVIDERS: dict[str, Provider] = {
     **{name: Provider(50_000, None, False, f"{name.upper()}_API_KEY") for name in UNSUPPORTED},
 }
 ANTHROPIC_ENDPOINT = "/v1/messages"  # the endpoint of every request of an anthropic target
+GEMINI_ENDPOINT = "/v1beta/generateContent"  # the endpoint of every request of a gemini target
+OWN_ENDPOINTS = {"anthropic": ANTHROPIC_ENDPOINT, "gemini": GEMINI_ENDPOINT}
 
 
 @dataclass(frozen=True)
@@ -329,8 +334,9 @@ def _apply_provider(data: Mapping[str, Any], full: dict[str, Any]) -> None:
             full["api"]["base_url"] = preset.base_url
         if isinstance(full.get("limits"), dict) and "max_bytes_per_batch" not in given_limits:
             full["limits"]["max_bytes_per_batch"] = preset.caps.max_bytes
-    if full["api"]["provider"] == "anthropic" and full.get("endpoint") is None:
-        full["endpoint"] = ANTHROPIC_ENDPOINT  # every request is a Messages request
+    own = OWN_ENDPOINTS.get(full["api"]["provider"])
+    if own is not None and full.get("endpoint") is None:
+        full["endpoint"] = own  # every request is a Messages / generateContent request
 
 
 def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -> list[Problem]:
@@ -373,13 +379,14 @@ def _provider_problems(full: Mapping[str, Any], node: yaml.Node, display: str) -
                 f"use at most {cap}",
             )
         )
-    if name == "anthropic" and full.get("endpoint") != ANTHROPIC_ENDPOINT:
+    if name in OWN_ENDPOINTS and full.get("endpoint") != OWN_ENDPOINTS[name]:
+        what = "Messages" if name == "anthropic" else "generateContent"
         problems.append(
             Problem(
                 display,
                 line_of(node, ["endpoint"]),
-                f"endpoint {full.get('endpoint')} is an OpenAI endpoint; api.provider anthropic "
-                "sends Messages requests",
+                f"endpoint {full.get('endpoint')} is an OpenAI endpoint; api.provider {name} "
+                f"sends {what} requests",
                 "remove endpoint from the config",
             )
         )

@@ -35,7 +35,9 @@ def _output_bound(body: Any) -> int:
         value = body.get(name)
         if isinstance(value, int):
             return value
-    return 0
+    config = body.get("generationConfig")  # Gemini's GenerateContentRequest
+    value = config.get("maxOutputTokens") if isinstance(config, dict) else None
+    return value if isinstance(value, int) else 0
 
 
 def sync_inputs(

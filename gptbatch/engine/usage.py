@@ -61,6 +61,19 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
+def gemini_usage(meta: Any) -> dict[str, Any] | None:
+    """Gemini's usageMetadata in OpenAI's terms: thinking tokens are billed as output."""
+    if not isinstance(meta, dict):
+        return None
+    thoughts = _int(meta.get("thoughtsTokenCount"))
+    return {
+        "input_tokens": _int(meta.get("promptTokenCount")),
+        "output_tokens": _int(meta.get("candidatesTokenCount")) + thoughts,
+        "input_tokens_details": {"cached_tokens": _int(meta.get("cachedContentTokenCount"))},
+        "output_tokens_details": {"reasoning_tokens": thoughts},
+    }
+
+
 def line_usage(line: str, prices: Mapping[str, Mapping[str, float]] | None = None) -> Usage:
     """The usage and cost of one Batch API result line (chat, responses, embeddings, ...)."""
     try:
@@ -77,6 +90,8 @@ def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = No
     except AttributeError:
         return Usage(requests=1)
     usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict) and isinstance(body, dict):
+        usage = gemini_usage(body.get("usageMetadata"))
     if not isinstance(usage, dict):
         return Usage(requests=1)
     inputs = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
@@ -85,7 +100,8 @@ def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = No
     out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    model = body.get("model") if isinstance(body.get("model"), str) else None
+    model = body.get("model", body.get("modelVersion"))  # modelVersion: Gemini's
+    model = model if isinstance(model, str) else None
     price = price_for(model, prices)
     if price is None:
         return Usage(1, inputs, cached, output, reasoning, None, (model or "(no model)",))

@@ -49,6 +49,11 @@ def answer_text(result: Mapping[str, Any]) -> str | None:
             if isinstance(part, Mapping) and part.get("type") == "output_text"
         ]
         return "".join(parts) if parts else None
+    candidates = body.get("candidates")  # Gemini's GenerateContentResponse
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], Mapping):
+        parts = (candidates[0].get("content") or {}).get("parts") or []
+        texts = [p.get("text") for p in parts if isinstance(p, Mapping)]
+        return "".join(t for t in texts if isinstance(t, str)) if any(texts) else None
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         return None

@@ -12,8 +12,11 @@ from typing import Any, BinaryIO
 from gptbatch.canonical import canonical_json, sha256_hex
 from gptbatch.errors import InputError, Problem
 from gptbatch.fastjson import fast_decoder
+from gptbatch.inputs import gemini_lines
 from gptbatch.inputs.messages_lines import MESSAGES_URL, check_line
 
+GENERATE_URL = gemini_lines.GENERATE_URL
+_OTHERS = frozenset({"body", "params"})  # a line with these is not a Gemini line
 ENDPOINTS: tuple[str, ...] = (
     "/v1/chat/completions",
     "/v1/responses",
@@ -79,7 +82,7 @@ def read_requests(
     model and endpoint come from the config: they fill `body.model` and `url` where a request
     has none (before its key is computed), and a request naming another one is an error.
     """
-    if endpoint is not None and endpoint not in (*ENDPOINTS, MESSAGES_URL):
+    if endpoint is not None and endpoint not in (*ENDPOINTS, MESSAGES_URL, GENERATE_URL):
         raise ValueError(f"endpoint {endpoint!r} is not one of {_ENDPOINT_LIST}")
     reader = _Reader([str(p) for p in paths], model, endpoint, max_problems, max_line_bytes)
     for index in range(len(reader.names)):
@@ -310,6 +313,8 @@ class _Reader:
         self, index: int, number: int, obj: dict[str, Any], group: list[Any]
     ) -> tuple[str, str, str, dict[str, Any]] | None:
         """Check every field of a request, recording each problem; its fields if none."""
+        if self.endpoint == GENERATE_URL or ("request" in obj and not obj.keys() & _OTHERS):
+            return gemini_lines.check_line(self, index, number, obj)  # Gemini's, or a mix-up
         if self.endpoint == MESSAGES_URL or ("params" in obj and "body" not in obj):
             return check_line(self, index, number, obj)  # Anthropic's shape, or a mix-up
         path = self.names[index]

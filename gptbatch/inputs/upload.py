@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 from gptbatch.canonical import canonical_json
-from gptbatch.inputs import messages_lines
+from gptbatch.inputs import gemini_lines, messages_lines
 
 
 def upload_line(raw: bytes, model: str | None, endpoint: str | None) -> bytes:
     """The canonical line to upload for a raw input line, with the config's defaults applied
     (model and endpoint, as the validator applies them when it keys the request)."""
+    if endpoint == gemini_lines.GENERATE_URL:
+        return gemini_lines.upload_line(raw, model)
     if endpoint == messages_lines.MESSAGES_URL:
         return messages_lines.upload_line(raw, model)
     obj = json.loads(raw.lstrip(b"\xef\xbb\xbf"))

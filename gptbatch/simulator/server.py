@@ -21,12 +21,16 @@ from gptbatch.simulator.anthropic import AnthropicBatches, AnthropicError
 from gptbatch.simulator.clock import SimClock
 from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.flavours import Flavour
+from gptbatch.simulator.gemini import GeminiError
+from gptbatch.simulator.gemini import route as gemini_route
 from gptbatch.simulator.journal import ApiCall, Journal
 from gptbatch.simulator.service import BatchService
 from gptbatch.simulator.validation import ApiError
 
 __all__ = ["Simulator", "parse_multipart", "run_simulator"]
 
+# Gemini API routes: by path, or (the SDK's default version, v1) by Google's key header
+GEMINI_PREFIXES = ("/v1beta/", "/upload/", "/download/")
 CHUNK = 64 * 1024
 # What writing to a client that closed its end (killed, interrupted, timed out) raises.
 CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
@@ -215,14 +219,21 @@ class _Handler(BaseHTTPRequestHandler):
             service.journal.record_call(call)
 
         body = self._read_body()
+        self._extra: dict[str, str] = {}  # headers a route answers with (Gemini's uploads)
         auth = self.headers.get("Authorization", "")
         if path.startswith("/v1/messages") and self.headers.get("x-api-key"):
             auth = "Bearer " + self.headers["x-api-key"]  # Anthropic's own header
+        gemini = path.startswith(GEMINI_PREFIXES) or bool(self.headers.get("x-goog-api-key"))
+        self._gemini = gemini
+        if gemini and (self.headers.get("x-goog-api-key") or "upload_id=" in url.query):
+            auth = "Bearer " + (self.headers.get("x-goog-api-key") or "upload")  # Google's
         if not auth.startswith("Bearer ") or not auth[len("Bearer ") :].strip():
             record(401)
             error = ApiError(401, MISSING_KEY)
             if path.startswith("/v1/messages"):
                 error = AnthropicError(401, "invalid x-api-key", type="authentication_error")
+            if gemini:
+                error = GeminiError(401, "API key not valid. Please pass a valid API key.")
             self._send_json(401, error.body())
             return
         slow = service.take_route_fault("slow", method, path)
@@ -254,7 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         record(200)
-        self._send_json(200, result)
+        self._send_json(200, result, self._extra)
 
     def _send_fault(self, fault: Fault) -> None:
         extra: dict[str, str] = {}
@@ -290,7 +301,12 @@ class _Handler(BaseHTTPRequestHandler):
         service = self.server.service
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         parts = path.strip("/").split("/")
-        if parts[:2] == ["v1", "files"]:
+        if self._gemini:
+            result, self._extra = gemini_route(
+                service.gemini, method, parts, params, body, self.headers, self._base()
+            )
+            return result
+        elif parts[:2] == ["v1", "files"]:
             if len(parts) == 2:
                 if method == "POST":
                     return self._upload(body)
@@ -338,11 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> dict[str, Any] | bytes:
         """Anthropic's /v1/messages/batches routes (see simulator/anthropic.py)."""
         batches: AnthropicBatches = self.server.service.anthropic
-        host = (
-            self.headers.get("Host")
-            or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
-        )
-        base = f"http://{host}"
+        base = self._base()
         if not rest and method == "POST":
             return batches.create(body, base)
         if not rest and method == "GET":
@@ -361,6 +373,13 @@ class _Handler(BaseHTTPRequestHandler):
         raise AnthropicError(
             404, f"Invalid URL ({method} /v1/messages/batches)", type="not_found_error"
         )
+
+    def _base(self) -> str:
+        host = (
+            self.headers.get("Host")
+            or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        )
+        return f"http://{host}"
 
     def _upload(self, body: bytes) -> dict[str, Any]:
         fields = parse_multipart(body, self.headers.get("Content-Type", ""))

@@ -30,6 +30,7 @@ from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.engine import FAIL_MESSAGE, BatchEngine
 from gptbatch.simulator.faults import FaultTable, queue_full_error
 from gptbatch.simulator.files import FileStore, check_expires_after, check_upload, page
+from gptbatch.simulator.gemini import GeminiBatches
 from gptbatch.simulator.journal import Journal
 from gptbatch.simulator.results import BASE62, ENDPOINTS, HEX, TokenCounter, base_digits
 from gptbatch.simulator.state import REMEDY, SimStateError, StateDir
@@ -102,6 +103,12 @@ class BatchService:
         self._start_session(records)
         # Anthropic's Message Batches: their own routes, the same clock and journal.
         self.anthropic = AnthropicBatches(
+            self.now,
+            self.journal,
+            processing_seconds=self.config.validating_seconds + self.config.finalizing_seconds,
+        )
+        # Gemini's batch mode: its own routes and files, the same clock and journal.
+        self.gemini = GeminiBatches(
             self.now,
             self.journal,
             processing_seconds=self.config.validating_seconds + self.config.finalizing_seconds,

@@ -465,8 +465,33 @@ def _claude(t: _Tally, body: Mapping[str, Any]) -> int:
     return total + _chat(t, {"messages": body.get("messages")})
 
 
+def _gemini_part(t: _Tally, part: Any) -> int:
+    if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+        return t.text(part["text"])
+    if isinstance(part, Mapping) and part.keys() & {"inlineData", "inline_data", "fileData"}:
+        t.note("Gemini media parts are not counted")
+        return 0
+    return t.json(part, "a Gemini part that is not text")
+
+
+def _gemini(t: _Tally, body: Mapping[str, Any]) -> int:
+    """Gemini's GenerateContentRequest: no offline Gemini tokenizer ships here, so this is an
+    estimate with an OpenAI encoding (the system instruction's and contents' text parts)."""
+    t.note("Gemini's tokenizer is not used: an estimate with an OpenAI encoding")
+    total = REPLY_PRIMING
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    turns = ([system] if isinstance(system, Mapping) else []) + list(body.get("contents") or [])
+    for turn in turns:
+        parts = turn.get("parts") if isinstance(turn, Mapping) else None
+        total += TOKENS_PER_MESSAGE + _content(
+            t, parts if isinstance(parts, list) else [], _gemini_part
+        )
+    return total
+
+
 _ENDPOINTS: dict[str, Callable[[_Tally, Mapping[str, Any]], int]] = {
     "/v1/messages": _claude,
+    "/v1beta/generateContent": _gemini,
     "/v1/chat/completions": _chat,
     "/v1/responses": _responses,
     "/v1/embeddings": _embeddings,
