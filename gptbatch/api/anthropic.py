@@ -280,7 +280,13 @@ class AnthropicRemote:
             raise _translate(exc) from exc
 
     def recent_batches(
-        self, *, since: float, wanted: set[str], max_pages: int
+        self,
+        *,
+        since: float,
+        wanted: set[str],
+        max_pages: int,
+        observe: Callable[[BatchInfo], None] | None = None,
+        more: Callable[[], bool] | None = None,
     ) -> dict[str, BatchInfo]:
         """One paged pass over the list, newest first: the wanted ones found."""
 
@@ -290,6 +296,8 @@ class AnthropicRemote:
             for _ in range(max_pages):
                 for b in page.data:
                     info = batch_info(b)
+                    if observe is not None:  # never asked here: batches carry no estimates
+                        observe(info)
                     if info.created_at < since:
                         return found
                     if info.id in wanted:

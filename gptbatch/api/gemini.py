@@ -279,13 +279,21 @@ class GeminiRemote:
             raise
 
     def recent_batches(
-        self, *, since: float, wanted: set[str], max_pages: int
+        self,
+        *,
+        since: float,
+        wanted: set[str],
+        max_pages: int,
+        observe: Callable[[BatchInfo], None] | None = None,
+        more: Callable[[], bool] | None = None,
     ) -> dict[str, BatchInfo]:
         """One pass over the list, newest first (100 a page): the wanted ones found."""
         found: dict[str, BatchInfo] = {}
         for n, info in enumerate(self.list_batches(since=since)):
             if n >= 100 * max_pages:
                 break
+            if observe is not None:  # never asked here: jobs carry no estimates
+                observe(info)
             if info.id in wanted:
                 found[info.id] = info
                 if len(found) == len(wanted):

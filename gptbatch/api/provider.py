@@ -9,7 +9,7 @@ file, and its result "file" is an id the provider itself knows how to download.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -90,7 +90,13 @@ class Provider(Protocol):
     def retrieve_dated(self, batch_id: str) -> tuple[BatchInfo, float | None]: ...
     def list_batches(self, *, since: float | None = None) -> Iterator[BatchInfo]: ...
     def recent_batches(
-        self, *, since: float, wanted: set[str], max_pages: int
+        self,
+        *,
+        since: float,
+        wanted: set[str],
+        max_pages: int,
+        observe: Callable[[BatchInfo], None] | None = None,
+        more: Callable[[], bool] | None = None,
     ) -> dict[str, BatchInfo]: ...
     def cancel(self, batch_id: str) -> BatchInfo: ...
 

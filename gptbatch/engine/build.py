@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gptbatch.api.provider import caps_of
 from gptbatch.api.remote import BatchInfo, Remote
 from gptbatch.config.spec import Spec
 from gptbatch.engine import usage
@@ -171,7 +172,9 @@ class Builder:
         self.collector = Collector(spec, store, remote, reporter)
         # Other gptbatch projects' tokens in the same queue, counted afresh by each listing.
         self.census = Census(self.project_ids)
-        self.scheduler.census = self.census
+        # A provider without metadata (Anthropic, Gemini) shows no one's estimates: no
+        # census to share the queue by, only the budget.
+        self.scheduler.census = self.census if caps_of(remote).metadata else None
         self.submitter.sharing = lambda model: 1 + self.census.senders(model)
         self.listed_before_create = False
 
@@ -398,6 +401,8 @@ class Builder:
         under a token budget: a census costs list calls, and without a budget no room is
         computed from it."""
         if not self.store.has_work_to_submit():
+            return False
+        if not caps_of(self.remote).metadata:  # other projects' batches carry no estimate
             return False
         if self.spec.limits.enqueued_tokens is not None:
             return True
