@@ -227,7 +227,7 @@ def _load(
         tables = (
             output_dir.with_name(output_dir.name + SIMULATED_SUFFIX) if simulate else output_dir
         )
-        targets, later = load_targets(full["inputs"], root, node, display, tables)
+        targets, later = load_targets(full["inputs"], root, node, display, tables, output_dir)
         render_in = render_directory(state_dir(tables), build=build) if targets else tables
         rendered = {i: rendered_path(render_in, t.name) for i, t in targets.items()}
         files, wrong = expand_inputs(full["inputs"], root, output_dir, node, display, rendered)

@@ -9,19 +9,28 @@ from typing import Any
 
 import yaml
 
+from gptbatch.config.input_files import excluded_by, excluded_dirs
 from gptbatch.config.yaml_source import line_of, parse_yaml
 from gptbatch.errors import ConfigError, Problem
 from gptbatch.inputs.render import Target
 
 
 def load_targets(
-    entries: Sequence[Any], root: Path, node: yaml.Node, display: str, tables: Path
+    entries: Sequence[Any],
+    root: Path,
+    node: yaml.Node,
+    display: str,
+    tables: Path,
+    output_dir: Path | None = None,
 ) -> tuple[dict[int, Target], list[Problem]]:
     """The targets among inputs, by their index, and what is wrong with them (located).
 
     A target whose `data:` names another target is a step: its data is that target's answers
-    table, <tables>/<name>.csv (tables: the output directory this build writes to).
+    table, <tables>/<name>.csv (tables: the output directory this build writes to). A data
+    or template file under output_dir (or the rehearsal's, or the state's) is refused as a
+    request file there is: tables and results are written there, over it.
     """
+    excluded = excluded_dirs(root, output_dir if output_dir is not None else tables)
     targets: dict[int, Target] = {}
     problems: list[Problem] = []
     names: dict[str, int] = {}
@@ -58,7 +67,18 @@ def load_targets(
                     f"step over its answers: {', '.join(sorted(declared)) or 'none here'})",
                 )
             )
-        request = entry["request"]
+        elif (label := excluded_by(data, excluded)) is not None:
+            problems.append(
+                _under_outputs(
+                    display,
+                    line_of(node, [*where, "data"]),
+                    index,
+                    name,
+                    f"data file {entry['data']!r}",
+                    label,
+                )
+            )
+        request = request_file = entry["request"]
         if isinstance(request, str):
             try:
                 loaded = _template_file(root, request, node, [*where, "request"], display)
@@ -66,6 +86,20 @@ def load_targets(
                 problems += exc.problems
                 continue
             request, template_display, template_node, template_path, text = loaded
+            label = excluded_by(
+                Path(os.path.abspath(root / os.path.expanduser(request_file))), excluded
+            )
+            if label is not None:
+                problems.append(
+                    _under_outputs(
+                        display,
+                        line_of(node, [*where, "request"]),
+                        index,
+                        name,
+                        f"request template {request_file!r}",
+                        label,
+                    )
+                )
         else:
             template_display, template_node = display, node
             template_path, text = (*where, "request"), None
@@ -96,6 +130,19 @@ def load_targets(
         )
     problems += _cycles(targets, node, display)
     return targets, problems
+
+
+def _under_outputs(
+    display: str, line: int | None, index: int, name: str, what: str, label: str
+) -> Problem:
+    """A data target's file under a directory results are written to."""
+    return Problem(
+        display,
+        line,
+        f"inputs[{index}]: target {name}: {what} is under {label}, which holds results "
+        "and build state, not inputs (a build writes its tables there, over the data)",
+        "move the file elsewhere, or give output_dir a directory of its own",
+    )
 
 
 def _cycles(targets: Mapping[int, Target], node: yaml.Node, display: str) -> list[Problem]:

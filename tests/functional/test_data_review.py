@@ -1,0 +1,41 @@
+"""Data targets under adversarial use: regressions found by review (issue 18)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from test_data_targets import TEMPLATE, data_project, reviews
+
+from gptbatch.cli import main
+from gptbatch.errors import EXIT_BAD_INPUT
+
+
+def test_a_data_file_where_its_table_goes_is_refused_not_overwritten(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    # output_dir "." and a target named as its data file: the table <name>.csv is the data.
+    project = data_project(tmp_path)
+    data = tmp_path / "reviews.csv"
+    data.write_text(reviews())
+    doc = yaml.safe_load(project.config.read_text())
+    doc["inputs"] = [
+        {"name": "reviews", "data": "reviews.csv", "id": "review_id", "request": TEMPLATE}
+    ]
+    doc["output_dir"] = "."
+    project.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = data.read_bytes()
+    assert project.build() == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "data file 'reviews.csv' is under output_dir ./" in err, err
+    assert data.read_bytes() == before
+    assert simulator.journal.calls == []
+    assert not (tmp_path / ".gptbatch").exists()
+
+
+def test_a_template_file_under_output_dir_is_refused(tmp_path: Path, capsys) -> None:
+    project = data_project(tmp_path, request="out/t.yaml")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "t.yaml").write_text(yaml.safe_dump(TEMPLATE))
+    assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
+    assert "request template 'out/t.yaml' is under output_dir out/" in capsys.readouterr().err
