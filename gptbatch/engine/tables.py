@@ -68,6 +68,34 @@ def stale_steps(spec: Spec, sample: int | None, only: Sequence[Path] | None) -> 
     ]
 
 
+def step_depths(spec: Spec, only: Sequence[Path] | None) -> list[tuple[Path, ...]]:
+    """The inputs built, by depth: plain inputs and targets whose data is no target built
+    here first, then the steps over them, then the steps over those...
+
+    A forced build (-B, --retry-failed) forces one depth a round, each once its upstream's
+    round is done: forcing a step with its upstream would pay for requests rendered from the
+    answers the same build is about to replace, and then again for the new ones.
+    """
+    built = tuple(only if only is not None else spec.inputs)
+    by_path = {spec.targets[t.name]: t for t in spec.data_targets}
+    by_name = {t.name: t for t in spec.data_targets}
+
+    def depth(path: Path) -> int:
+        target, level = by_path.get(path), 0
+        while target is not None and target.upstream is not None and level <= len(by_name):
+            upstream = by_name.get(target.upstream)
+            if upstream is None or spec.targets[upstream.name] not in built:
+                break
+            target, level = upstream, level + 1
+        return level
+
+    levels = [depth(p) for p in built]
+    return [
+        tuple(p for p, level in zip(built, levels, strict=True) if level == d)
+        for d in range(max(levels, default=-1) + 1)
+    ]
+
+
 def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
     """Write each data target's table and errors file unless both are as last written and
     nothing they are made of changed."""

@@ -39,3 +39,23 @@ def test_a_template_file_under_output_dir_is_refused(tmp_path: Path, capsys) -> 
     (tmp_path / "out" / "t.yaml").write_text(yaml.safe_dump(TEMPLATE))
     assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
     assert "request template 'out/t.yaml' is under output_dir out/" in capsys.readouterr().err
+
+
+def test_a_forced_python_build_with_steps_pays_each_request_once(tmp_path: Path, simulator) -> None:
+    import gptbatch
+    from buildkit import billed_ids, billed_twice
+    from test_data_answers import SCHEMA_TEMPLATE
+    from test_data_steps import IDS, STEP
+
+    made = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
+    project = gptbatch.load(made.config)
+    assert project.build().exit_code == 0
+    first = len(billed_ids(simulator))
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(edit={3: "Changed my mind: awful"}))
+    assert project.build(force=True).exit_code == 0
+    again = billed_ids(simulator)[first:]
+    # the step is forced in its own round, over the answers the upstream's round made:
+    # before, reply:rv3 was paid for as it was, then again over the new answer
+    assert sorted(again) == sorted([*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2"])
+    assert set(again[:9]) == {*IDS, "x0", "x1", "x2"}
+    assert billed_twice(simulator) == sorted([*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2"])
