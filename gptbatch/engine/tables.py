@@ -28,7 +28,7 @@ from gptbatch.engine.outputs import ErrorFile, error_record, write_index, writte
 from gptbatch.errors import LocalIOError
 from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
-from gptbatch.inputs.render import Target, data_rows, request_id
+from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
 
@@ -177,6 +177,9 @@ def _write_table(
     A row made of what it was made of last time is copied from the last table (if that is as
     written), so an edit of one row reads, parses and checks one answer, not every one.
     """
+    # The rows as rendered (the copy of the data made then), not the data as it is now: an
+    # edit since would pair a row's new cells with the answer to its old request.
+    target = as_rendered(target, rendered.parent.parent)
     schema = answer_schema(target.request)
     check = AnswerCheck(schema) if schema is not None else None
     properties = check.properties if check is not None else []

@@ -12,8 +12,10 @@ import atexit
 import bisect
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -27,7 +29,7 @@ import yaml
 from gptbatch.canonical import atomic_write_bytes, atomic_writer, canonical_json, file_sha256
 from gptbatch.errors import InputError, Problem
 
-RENDER_FORMAT = 1  # bump when rendering changes, so every target renders again
+RENDER_FORMAT = 2  # bump when rendering changes, so every target renders again
 MAX_PROBLEMS = 20
 _UNDEFINED = re.compile(r"'([^']+)' is undefined")
 
@@ -52,6 +54,18 @@ class Target:
 def rendered_path(state: Path, name: str) -> Path:
     """Where a target's requests are rendered: <state>/rendered/<name>.jsonl."""
     return state / "rendered" / f"{name}.jsonl"
+
+
+def source_path(state: Path, target: Target) -> Path:
+    """The copy of a target's data its requests were rendered from (<state>/rendered/sources/):
+    its table is written from the same rows, whatever happens to the data meanwhile."""
+    jsonl = target.upstream is None and target.data.suffix.lower() in (".jsonl", ".ndjson")
+    return state / "rendered" / "sources" / (target.name + (".jsonl" if jsonl else ".csv"))
+
+
+def as_rendered(target: Target, state: Path) -> Target:
+    """The target reading the copy of its data that it was rendered from (absent: no rows)."""
+    return dataclasses.replace(target, data=source_path(state, target))
 
 
 def fingerprint(target: Target, sample: int | None = None) -> str:
@@ -102,21 +116,31 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
     file (and the directories, if this made them) as it was. sample: render only that many
     rows of each target (`sampled_ids`).
     """
-    todo: list[tuple[Target, Path, str]] = []
+    todo: list[tuple[Target, Path]] = []
     for target in targets:
-        path, stamp = rendered_path(state, target.name), fingerprint(target, sample)
-        if not _rendered_as(path, stamp):
-            todo.append((target, path, stamp))
+        path = rendered_path(state, target.name)
+        if not _rendered_as(path, fingerprint(target, sample)):
+            todo.append((target, path))
     if not todo:
         return
-    made = _missing_dirs(rendered_path(state, "x").parent)
+    made = _missing_dirs(source_path(state, todo[0][0]).parent)
     problems: list[Problem] = []
+    stamps: list[str] = []
     try:
         with contextlib.ExitStack() as stack:
-            for target, path, _ in todo:
+            for target, path in todo:
+                # Rendered from a copy of the data, which the table is written from too: an
+                # edit of the data during the build cannot pair a row with another's answer.
+                try:
+                    copy = stack.enter_context(_copied(target, source_path(state, target)))
+                except InputError as exc:
+                    problems += exc.problems
+                    continue
+                used = dataclasses.replace(target, data=copy) if copy else target
+                stamps.append(fingerprint(used, sample))  # the copy's bytes: what was rendered
                 out = stack.enter_context(atomic_writer(path, "wb"))
                 try:
-                    render(target, out, sample)
+                    render(used, out, sample)
                 except InputError as exc:
                     problems += exc.problems
             if problems:  # raised inside the stack: every temp file is removed
@@ -128,9 +152,40 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
-    for _, path, stamp in todo:
+    for (_, path), stamp in zip(todo, stamps, strict=True):
         # The fingerprint goes last: a kill in between leaves a stale one, so it renders again.
         atomic_write_bytes(path.with_suffix(".fingerprint"), stamp.encode())
+
+
+@contextlib.contextmanager
+def _copied(target: Target, copy: Path) -> Iterator[Path | None]:
+    """A temp copy of the target's data, renamed to copy on success (None, and copy removed,
+    for a step whose upstream table is not written yet); InputError if it cannot be read."""
+    if not target.data.exists():
+        yield None
+        with contextlib.suppress(FileNotFoundError):
+            copy.unlink()
+        return
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    # the copy keeps the data's suffix, by which its rows are read (CSV or JSONL records)
+    fd, tmp = tempfile.mkstemp(dir=copy.parent, prefix=f".{copy.name}.", suffix=copy.suffix)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with open(target.data, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            except OSError as exc:
+                raise InputError(
+                    Problem(target.data_display, None, f"cannot read: {exc.strerror}", "")
+                ) from None
+            out.flush()
+            os.fsync(out.fileno())
+        yield Path(tmp)
+        os.replace(tmp, copy)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _missing_dirs(directory: Path) -> list[Path]:

@@ -59,3 +59,36 @@ def test_a_forced_python_build_with_steps_pays_each_request_once(tmp_path: Path,
     assert sorted(again) == sorted([*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2"])
     assert set(again[:9]) == {*IDS, "x0", "x1", "x2"}
     assert billed_twice(simulator) == sorted([*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2"])
+
+
+def test_a_row_edited_during_a_build_keeps_its_table_row_with_its_own_answer(
+    tmp_path: Path, simulator_factory
+) -> None:
+    import csv
+
+    from buildkit import billed_ids, creates, read_jsonl, start_build, wait_until
+
+    sim = simulator_factory(validating_seconds=150.0)  # the batch stays in flight ~1.5 s
+    project = data_project(tmp_path)
+    proc = start_build(project)
+    assert wait_until(lambda: creates(sim) >= 1)
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(edit={2: "Changed: awful"}))
+    assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+
+    def table() -> list[dict[str, str]]:
+        with open(project.out / "sentiment.csv", newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    # The table pairs each row with the answer to the request rendered from it: row rv2 as
+    # it was sent, not its new text beside the answer to the old one.
+    outputs = {o["custom_id"]: o for o in read_jsonl(project.out / "sentiment.jsonl")}
+    rows = table()
+    assert rows[2]["text"] == "Review number 2, fine enough"
+    answer = outputs["rv2"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert rows[2]["answer"] == answer
+    # The next build sends the edited row, and the table shows it with its new answer.
+    billed = len(billed_ids(sim))
+    assert project.build() == 0
+    assert billed_ids(sim)[billed:] == ["rv2"]
+    assert table()[2]["text"] == "Changed: awful"
+    assert table()[2]["answer"] != answer
