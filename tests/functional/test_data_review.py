@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import yaml
+from buildkit import billed_ids, billed_twice, creates, read_jsonl, start_build, wait_until
+from test_data_answers import SCHEMA_TEMPLATE
+from test_data_steps import IDS, STEP
 from test_data_targets import TEMPLATE, data_project, reviews
 
+import gptbatch
 from gptbatch.cli import main
 from gptbatch.errors import EXIT_BAD_INPUT
 
@@ -42,10 +47,6 @@ def test_a_template_file_under_output_dir_is_refused(tmp_path: Path, capsys) -> 
 
 
 def test_a_forced_python_build_with_steps_pays_each_request_once(tmp_path: Path, simulator) -> None:
-    import gptbatch
-    from buildkit import billed_ids, billed_twice
-    from test_data_answers import SCHEMA_TEMPLATE
-    from test_data_steps import IDS, STEP
 
     made = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
     project = gptbatch.load(made.config)
@@ -64,10 +65,6 @@ def test_a_forced_python_build_with_steps_pays_each_request_once(tmp_path: Path,
 def test_a_row_edited_during_a_build_keeps_its_table_row_with_its_own_answer(
     tmp_path: Path, simulator_factory
 ) -> None:
-    import csv
-
-    from buildkit import billed_ids, creates, read_jsonl, start_build, wait_until
-
     sim = simulator_factory(validating_seconds=150.0)  # the batch stays in flight ~1.5 s
     project = data_project(tmp_path)
     proc = start_build(project)
