@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from gptbatch.config.input_files import excluded_by, excluded_dirs
 from gptbatch.config.yaml_source import line_of, parse_yaml
 from gptbatch.errors import ConfigError, Problem
+from gptbatch.inputs.answers import answer_properties
 from gptbatch.inputs.render import Target
 
 
@@ -129,6 +131,13 @@ def load_targets(
             upstream=upstream,
         )
     problems += _cycles(targets, node, display)
+    by_name = {t.name: t for t in targets.values()}
+    for index, target in targets.items():
+        upstream = by_name.get(target.upstream) if target.upstream is not None else None
+        if upstream is not None:
+            targets[index] = dataclasses.replace(
+                target, upstream_answers=1 + len(answer_properties(upstream.request))
+            )
     return targets, problems
 
 

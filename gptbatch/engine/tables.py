@@ -143,9 +143,16 @@ def _columns(target: Target) -> list[str]:
 
 
 def _answer_columns(columns: Sequence[str], properties: Sequence[str]) -> list[str]:
-    """`answer` and the schema's properties, each named answer.NAME if the data has it."""
+    """`answer` and the schema's properties, each named answer.NAME if the data has it (or
+    answer.answer.NAME...: every column name is unique, a property `answer` included)."""
     taken = set(columns)
-    return [f"answer.{c}" if c in taken else c for c in ["answer", *properties]]
+    names = []
+    for name in ["answer", *properties]:
+        while name in taken:
+            name = f"answer.{name}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _row_id(value: Any) -> str:

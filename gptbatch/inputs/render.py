@@ -49,6 +49,10 @@ class Target:
     template_text: str | None  # a template file's text (part of the fingerprint)
     retry_invalid: bool = False  # send again an answer that is not JSON matching its schema
     upstream: str | None = None  # a step: the target whose answers table is its data
+    # a step: how many columns its upstream's table ends with that are answer columns
+    # (`answer` and one per schema property): the first of them is the answer, whatever
+    # it is named (answer.answer when the upstream data has its own `answer` column)
+    upstream_answers: int = 1
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -422,7 +426,11 @@ def data_rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
     if target.upstream is not None:
         if target.data.exists():
             for line, row in _csv_rows(target, _lines(target)):
-                if row.get("answer"):
+                columns = list(row)
+                if (
+                    len(columns) >= target.upstream_answers
+                    and row[columns[-target.upstream_answers]]
+                ):
                     yield line, row
         return
     if target.data.suffix.lower() in (".jsonl", ".ndjson"):

@@ -89,3 +89,41 @@ def test_a_row_edited_during_a_build_keeps_its_table_row_with_its_own_answer(
     assert billed_ids(sim)[billed:] == ["rv2"]
     assert table()[2]["text"] == "Changed: awful"
     assert table()[2]["answer"] != answer
+
+
+def test_a_data_column_or_schema_property_named_answer_keeps_columns_apart(
+    tmp_path: Path, simulator
+) -> None:
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["answer", "confidence"],
+        "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+    }
+    template = {
+        "url": TEMPLATE["url"],
+        "body": {
+            **TEMPLATE["body"],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "strict": True, "schema": schema},
+            },
+        },
+    }
+    # the data has its own `answer` column, empty but on one row
+    data = "review_id,text,answer\nrv0,good,\nrv1,bad,yes\nrv2,meh,\n"
+    step = {**STEP, "request": TEMPLATE}
+    project = data_project(tmp_path, data, template, extra=[step])
+    assert project.build() == 0
+    with open(project.out / "sentiment.csv", newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    assert len(header) == len(set(header)), header  # was answer.answer twice
+    assert header[:3] == ["review_id", "text", "answer"]
+    # The step takes every row the model answered, not the rows whose data says `answer`.
+    assert sorted(i for i in billed_ids(simulator) if i.startswith("reply:")) == [
+        "reply:rv0",
+        "reply:rv1",
+        "reply:rv2",
+    ]
+    with open(project.out / "reply.csv", newline="", encoding="utf-8") as f:
+        assert [r["review_id"] for r in csv.DictReader(f)] == ["rv0", "rv1", "rv2"]
