@@ -457,7 +457,10 @@ def _jsonl_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dic
 
 
 def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(lines)
+    # strict: an unclosed quote is an error; the lenient reader took every line after it, to
+    # the end of the file, into that one field, and those rows were silently never sent
+    reader = csv.reader(lines, strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -491,5 +494,10 @@ def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[
             yield line, dict(zip(columns, fields, strict=True))
     except csv.Error as exc:
         raise InputError(
-            Problem(target.data_display, reader.line_num, f"bad CSV: {exc}", "")
+            Problem(
+                target.data_display,
+                start,
+                f"bad CSV in the row starting here: {exc}",
+                'close each quoted field\'s quote, and double a quote inside one ("")',
+            )
         ) from None

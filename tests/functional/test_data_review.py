@@ -127,3 +127,35 @@ def test_a_data_column_or_schema_property_named_answer_keeps_columns_apart(
     ]
     with open(project.out / "reply.csv", newline="", encoding="utf-8") as f:
         assert [r["review_id"] for r in csv.DictReader(f)] == ["rv0", "rv1", "rv2"]
+
+
+def test_an_unclosed_quote_is_a_located_error_not_rows_silently_dropped(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    # the lenient reader made rows 3 and 4 part of row 2's text: 2 requests, 2 rows lost
+    project = data_project(tmp_path, 'review_id,text\nrv1,ok\nrv2,"unclosed\nrv3,x\nrv4,y\n')
+    assert project.build() == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "reviews.csv:3: bad CSV in the row starting here: unexpected end of data" in err, err
+    assert simulator.journal.calls == []
+    assert not project.out.exists()
+
+
+def test_crlf_bom_and_quoted_newlines_render_and_table_round_trip(
+    tmp_path: Path, simulator
+) -> None:
+    text = '\ufeffreview_id,text\r\nrv1,"line one\r\nline two"\r\nrv2,"a ""quoted"", comma"\r\n'
+    project = data_project(tmp_path)
+    (tmp_path / "data" / "reviews.csv").write_bytes(text.encode())
+    assert project.build() == 0
+    rendered = read_jsonl(project.out / ".gptbatch" / "rendered" / "sentiment.jsonl")
+    assert [r["body"]["messages"][1]["content"] for r in rendered] == [
+        "line one\r\nline two",
+        'a "quoted", comma',
+    ]
+    with open(project.out / "sentiment.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["review_id"], r["text"]) for r in rows] == [
+        ("rv1", "line one\r\nline two"),
+        ("rv2", 'a "quoted", comma'),
+    ]
