@@ -24,9 +24,11 @@ def load_targets(
     display: str,
     tables: Path,
     output_dir: Path | None = None,
+    provider: str = "openai",
 ) -> tuple[dict[int, Target], list[Problem]]:
     """The targets among inputs, by their index, and what is wrong with them (located).
 
+    provider: api.provider; an anthropic target renders Anthropic's lines ({custom_id, params}).
     A target whose `data:` names another target is a step: its data is that target's answers
     table, <tables>/<name>.csv (tables: the output directory this build writes to). A data
     or template file under output_dir (or the rehearsal's, or the state's) is refused as a
@@ -105,7 +107,7 @@ def load_targets(
         else:
             template_display, template_node = display, node
             template_path, text = (*where, "request"), None
-        wrong = _template_problem(request)
+        wrong = _template_problem(request, provider)
         if wrong:
             problems.append(
                 Problem(
@@ -129,6 +131,7 @@ def load_targets(
             template_text=text,
             retry_invalid=bool(entry.get("retry_invalid", False)),
             upstream=upstream,
+            shape="anthropic" if provider == "anthropic" else "openai",
         )
     problems += _cycles(targets, node, display)
     by_name = {t.name: t for t in targets.values()}
@@ -206,7 +209,7 @@ def _template_file(
     return data, written, template_node, (), text
 
 
-def _template_problem(request: Any) -> str | None:
+def _template_problem(request: Any, provider: str = "openai") -> str | None:
     """What makes a template unusable as a request, or None."""
     if not isinstance(request, Mapping):
         return "the request template is not a mapping"
@@ -217,4 +220,9 @@ def _template_problem(request: Any) -> str | None:
         return f"the request template has {', '.join(sorted(map(str, extra)))}"
     if not isinstance(request.get("body"), Mapping):
         return "the request template has no body mapping"
+    if provider == "anthropic" and request.get("url", "/v1/messages") != "/v1/messages":
+        return (
+            f"the request template's url is {request.get('url')}; api.provider anthropic sends "
+            "Messages requests: url /v1/messages (or none), the Messages parameters as body"
+        )
     return None

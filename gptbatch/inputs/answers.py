@@ -55,6 +55,13 @@ def answer_text(result: Mapping[str, Any]) -> str | None:
             if isinstance(part, Mapping) and part.get("type") == "output_text"
         ]
         return "".join(parts) if parts else None
+    if body.get("type") == "message" and isinstance(body.get("content"), list):  # Anthropic
+        texts = [
+            block.get("text", "")
+            for block in body["content"]
+            if isinstance(block, Mapping) and block.get("type") == "text"
+        ]
+        return "".join(texts) if texts else None
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         return None

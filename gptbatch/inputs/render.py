@@ -53,6 +53,9 @@ class Target:
     # (`answer` and one per schema property): the first of them is the answer, whatever
     # it is named (answer.answer when the upstream data has its own `answer` column)
     upstream_answers: int = 1
+    # the request lines' shape: "openai" ({custom_id, method, url, body}) or "anthropic"
+    # ({custom_id, params}: the template's body as Messages parameters), by api.provider
+    shape: str = "openai"
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -81,6 +84,7 @@ def fingerprint(target: Target, sample: int | None = None) -> str:
         "id": target.id,
         "name": target.name,
         "request": target.request,
+        **({"shape": target.shape} if target.shape != "openai" else {}),
     }
     if sample is not None:
         facts["sample"] = sample
@@ -238,7 +242,10 @@ def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
         if chosen is not None and custom_id not in chosen:
             continue
         body = _render_value(target, target.request, (), compiled, live, row, line, custom_id)
-        request = {"custom_id": request_id(target, custom_id), "method": "POST", **body}
+        if target.shape == "anthropic":
+            request = {"custom_id": request_id(target, custom_id), "params": body["body"]}
+        else:
+            request = {"custom_id": request_id(target, custom_id), "method": "POST", **body}
         out.write(canonical_json(request) + b"\n")
     if not seen and target.upstream is None:  # a step may have no answered rows yet
         raise InputError(

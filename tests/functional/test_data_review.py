@@ -159,3 +159,48 @@ def test_crlf_bom_and_quoted_newlines_render_and_table_round_trip(
         ("rv1", "line one\r\nline two"),
         ("rv2", 'a "quoted", comma'),
     ]
+
+
+def test_a_data_target_and_its_step_build_on_anthropic(tmp_path: Path, simulator) -> None:
+    template = {"body": {"max_tokens": 50, "messages": [{"role": "user", "content": "{{ text }}"}]}}
+    step = {
+        **STEP,
+        "request": {
+            "url": "/v1/messages",
+            "body": {
+                "max_tokens": 50,
+                "messages": [{"role": "user", "content": "Reply to: {{ answer }}"}],
+            },
+        },
+    }
+    project = data_project(tmp_path, reviews(3), template, extra=[step])
+    doc = yaml.safe_load(project.config.read_text())
+    doc["inputs"] = doc["inputs"][1:]  # the plain file is in OpenAI's shape
+    doc.update(api={"provider": "anthropic"}, model="claude-sonnet-4-5")
+    project.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    # the rendered lines were OpenAI's shape: a located error at a generated file, never sent
+    assert project.build() == 0
+    sent = [b.custom_id for b in simulator.journal.billed]
+    assert len(sent) == 6 and len(set(sent)) == 6
+    for name, ids in (("sentiment", ["rv0", "rv1", "rv2"]), ("reply", ["rv0", "rv1", "rv2"])):
+        with open(project.out / f"{name}.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["review_id"] for r in rows] == ids
+        assert all(r["answer" if name == "sentiment" else "answer.answer"] for r in rows), rows
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(3, edit={1: "Changed: awful"}))
+    assert project.build() == 0
+    assert len(simulator.journal.billed) == 8  # the row, then its step's row
+    assert project.build() == 0
+    assert len(simulator.journal.billed) == 8
+
+
+def test_an_openai_url_in_an_anthropic_template_is_a_config_error(tmp_path: Path, capsys) -> None:
+    project = data_project(tmp_path)
+    doc = yaml.safe_load(project.config.read_text())
+    doc["inputs"] = doc["inputs"][1:]
+    doc.update(api={"provider": "anthropic"}, model="claude-sonnet-4-5")
+    project.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "the request template's url is /v1/chat/completions; api.provider anthropic" in err
+    assert ".gptbatch/rendered" not in err
