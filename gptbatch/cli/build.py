@@ -307,6 +307,13 @@ def print_summary(
             line += f", {o.missing:,} still missing"
         print(line, file=out)
     for t in s.tables:
+        if t.skipped:
+            print(
+                f"  {shown(t.path)}: not written: its data was rendered again by another "
+                "command during this build; the next build writes it",
+                file=out,
+            )
+            continue
         line = f"  {shown(t.path)}: {plural(t.rows, 'row')}, {t.answered:,} answered"
         if t.invalid:
             line += f", {plural(t.invalid, 'invalid answer')} (reasons in the errors file)"

@@ -45,6 +45,9 @@ class TableSummary:
     rows: int
     answered: int
     invalid: int
+    # rendered again by another command since this build read its requests: not written
+    # (the last table stays; the next build writes it)
+    skipped: bool = False
 
 
 def table_inputs(spec: Spec) -> dict[Path, Target]:
@@ -115,12 +118,37 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
         ):
             summaries.append(TableSummary(target.name, str(csv_path), *last["counts"]))
             continue
-        counts = _write_table(store, target, rendered, csv_path, err_path)
+        try:
+            counts = _write_table(store, target, rendered, csv_path, err_path)
+        except _RenderedAgain:
+            counts = last["counts"] if last is not None else [0, 0, 0]
+            summaries.append(TableSummary(target.name, str(csv_path), *counts, skipped=True))
+            continue
         write_index(store, err_path, b"")
         with store.transaction():
             store.set_meta(meta, json.dumps({"stamp": stamp, "counts": counts}))
         summaries.append(TableSummary(target.name, str(csv_path), *counts))
     return summaries
+
+
+class _RenderedAgain(Exception):
+    """The rendered requests (and the data copy) are not those this build read."""
+
+
+def _as_synced(store: Store, rendered: Path) -> bool:
+    """Is the rendered file the one the build read (size and mtime as recorded at sync)?
+
+    validate, plan or status re-render a stale target into the state; run during a build,
+    they replace the rendered file, then the data copy the table is written from. Checked
+    after the table was read: the file still as synced means the copy was too (it is
+    replaced after the file), so no row is paired with the answer to other content.
+    """
+    record = store.input_record(str(rendered))
+    try:
+        st = rendered.stat()
+    except OSError:
+        return False
+    return record is not None and (record[0], record[1]) == (st.st_size, st.st_mtime_ns)
 
 
 def _rendered_stamp(rendered: Path) -> str:
@@ -253,6 +281,8 @@ def _write_table(
             invalid += bool(flags & _INVALID)
             out.write(data)
             entries += _ENTRY.pack(digest, len(data), flags)
+        if not _as_synced(store, rendered):
+            raise _RenderedAgain  # inside the writers: neither file is replaced
     write_index(store, csv_path, bytes(entries))
     return [rows, answered, invalid]
 

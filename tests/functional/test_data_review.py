@@ -204,3 +204,33 @@ def test_an_openai_url_in_an_anthropic_template_is_a_config_error(tmp_path: Path
     err = capsys.readouterr().err
     assert "the request template's url is /v1/chat/completions; api.provider anthropic" in err
     assert ".gptbatch/rendered" not in err
+
+
+def test_a_validate_during_a_build_cannot_pair_a_row_with_another_answer(
+    tmp_path: Path, simulator_factory
+) -> None:
+    sim = simulator_factory(validating_seconds=150.0)  # the batch stays in flight ~1.5 s
+    project = data_project(tmp_path)
+    proc = start_build(project)
+    assert wait_until(lambda: creates(sim) >= 1)
+    (tmp_path / "data" / "reviews.csv").write_text(reviews(edit={2: "Changed: awful"}))
+    # validate renders the edited data into the state (over the build's rendered requests
+    # and the data copy its table is written from)
+    assert main(["validate", str(project.config)]) == 0
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    table = project.out / "sentiment.csv"
+    if table.exists():  # whatever was written pairs each row with its own answer
+        outputs = {o["custom_id"]: o for o in read_jsonl(project.out / "sentiment.jsonl")}
+        answer = outputs["rv2"]["response"]["body"]["choices"][0]["message"]["content"]
+        with open(table, newline="", encoding="utf-8") as f:
+            row = list(csv.DictReader(f))[2]
+        assert (row["text"], row["answer"]) == ("Review number 2, fine enough", answer), row
+    else:
+        assert "sentiment.csv: not written: its data was rendered again" in out, out
+    billed = len(billed_ids(sim))
+    assert project.build() == 0
+    assert billed_ids(sim)[billed:] == ["rv2"]
+    with open(table, newline="", encoding="utf-8") as f:
+        row = list(csv.DictReader(f))[2]
+    assert row["text"] == "Changed: awful"
