@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import signal
 from pathlib import Path
 
+import pytest
 import yaml
 from buildkit import billed_ids, billed_twice, creates, read_jsonl, start_build, wait_until
 from test_data_answers import SCHEMA_TEMPLATE
@@ -234,3 +236,26 @@ def test_a_validate_during_a_build_cannot_pair_a_row_with_another_answer(
     with open(table, newline="", encoding="utf-8") as f:
         row = list(csv.DictReader(f))[2]
     assert row["text"] == "Changed: awful"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "point", ["after_create:2", "after_submitted_state:2", "mid_download:2", "after_collect:2"]
+)
+@pytest.mark.parametrize("forced", [False, True])
+def test_a_kill_in_a_steps_round_pays_nothing_twice(
+    tmp_path: Path, simulator, point: str, forced: bool
+) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
+    everything = sorted([*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2"])
+    if forced:
+        assert project.build() == 0
+    args = ["-B"] if forced else []
+    run = project.build_process(*args, env={"GPTBATCH_CRASH_AT": point}, timeout=90)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    rerun = project.build_process(timeout=90)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert sorted(billed_ids(simulator)) == sorted(everything * (2 if forced else 1))
+    with open(project.out / "reply.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["review_id"] for r in rows] == IDS and all(r["answer.answer"] for r in rows)
