@@ -71,6 +71,17 @@ def load_targets(
                     f"step over its answers: {', '.join(sorted(declared)) or 'none here'})",
                 )
             )
+        elif data.suffix.lower() in (".parquet", ".pq", ".xlsx", ".xls"):
+            problems.append(
+                Problem(
+                    display,
+                    line_of(node, [*where, "data"]),
+                    f"inputs[{index}]: target {name}: {entry['data']!r}: data targets do not "
+                    "read Parquet or spreadsheets (it was read as CSV, and found no rows)",
+                    "data targets read CSV with a header row, or JSONL records (.jsonl); "
+                    "convert the table to one of them",
+                )
+            )
         elif (label := excluded_by(data, excluded)) is not None:
             problems.append(
                 _under_outputs(

@@ -259,3 +259,12 @@ def test_a_kill_in_a_steps_round_pays_nothing_twice(
     with open(project.out / "reply.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["review_id"] for r in rows] == IDS and all(r["answer.answer"] for r in rows)
+
+
+def test_a_parquet_data_file_is_named_as_unsupported(tmp_path: Path, capsys) -> None:
+    project = data_project(tmp_path, data="data/reviews.parquet")
+    (tmp_path / "data" / "reviews.parquet").write_bytes(b"PAR1\x00\x01\x02binary")
+    assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    # it was read as a CSV: "no data rows", with no word of the format
+    assert "'data/reviews.parquet': data targets do not read Parquet" in err, err
