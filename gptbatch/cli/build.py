@@ -112,7 +112,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     config, targets = args.config, list(args.targets)
-    if config is not None and config.endswith(".jsonl"):  # `gptbatch build in/a.jsonl`
+    if config is not None and (
+        config.endswith(".jsonl")  # `gptbatch build in/a.jsonl`
+        # `gptbatch build sentiment`: a data target's name, not a config file
+        or (not config.endswith((".yaml", ".yml")) and not os.path.exists(config))
+    ):
         config, targets = None, [config, *targets]
     sample = getattr(args, "sample", None)
     if sample is not None and sample < 1:
@@ -148,10 +152,14 @@ def run(args: argparse.Namespace) -> int:
                 )
             if unforced:
                 names = {p: n for n, p in spec.targets.items()}
+                steps = [names.get(p, str(p)) for p in unforced]
+                flag = "-B" if flags[0] else "--retry-failed"
                 print(
-                    f"steps {', '.join(names.get(p, str(p)) for p in unforced)}: not sent "
-                    "again yet (a step is forced once its upstream is built); run the "
-                    "forced build again without --no-wait or --max-cost to force them",
+                    f"steps {', '.join(steps)}: not forced (a step is forced in a round of its "
+                    "own, after its upstream's, and this build stops after one round); run "
+                    f"`{resume_command(args)}` to finish, then `{resume_command(args)} {flag} "
+                    f"{' '.join(steps)}` if they should still be sent again (running this "
+                    f"forced build again would send the upstream again)",
                     file=sys.stderr,
                 )
             return EXIT_PENDING  # as any build that left work to do

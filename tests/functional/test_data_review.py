@@ -15,7 +15,7 @@ from test_data_targets import TEMPLATE, data_project, reviews
 
 import gptbatch
 from gptbatch.cli import main
-from gptbatch.errors import EXIT_BAD_INPUT
+from gptbatch.errors import EXIT_BAD_INPUT, EXIT_PENDING
 
 
 def test_a_data_file_where_its_table_goes_is_refused_not_overwritten(
@@ -268,3 +268,20 @@ def test_a_parquet_data_file_is_named_as_unsupported(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     # it was read as a CSV: "no data rows", with no word of the format
     assert "'data/reviews.parquet': data targets do not read Parquet" in err, err
+
+
+def test_a_forced_one_round_build_says_how_to_force_its_steps(
+    tmp_path: Path, simulator, capsys, monkeypatch
+) -> None:
+    project = data_project(tmp_path, request=SCHEMA_TEMPLATE, extra=[STEP])
+    assert project.build() == 0
+    first = len(billed_ids(simulator))
+    capsys.readouterr()
+    assert project.build("-B", "--max-cost", "5") == EXIT_PENDING
+    err = capsys.readouterr().err
+    assert "steps reply: not forced" in err and "`gptbatch build -B reply`" in err, err
+    assert sorted(billed_ids(simulator)[first:]) == sorted([*IDS, "x0", "x1", "x2"])
+    # the step alone (named as the message says, from the config's directory): forced at once
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "-B", "reply"]) == 0
+    assert sorted(billed_ids(simulator)[first + 9 :]) == [f"reply:{i}" for i in IDS]
