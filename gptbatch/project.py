@@ -71,6 +71,9 @@ class Project:
         max_cost caps this run's spend in US dollars (as --max-cost); only names inputs (paths
         or data target names) to build alone. Steps (`data: <target>`) build in rounds, as
         the CLI does: a step whose upstream answers changed is rendered again and built.
+        force and retry_failed act on a step in its own round, once its upstream is built
+        (so a forced step is sent over its upstream's new answers, once); with wait=False or
+        max_cost, only the first round runs, and steps are not forced.
         """
         from gptbatch.engine.tables import stale_steps, step_depths
 
