@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 from pathlib import Path
 
@@ -285,3 +286,17 @@ def test_a_forced_one_round_build_says_how_to_force_its_steps(
     monkeypatch.chdir(tmp_path)
     assert main(["build", "-B", "reply"]) == 0
     assert sorted(billed_ids(simulator)[first + 9 :]) == [f"reply:{i}" for i in IDS]
+
+
+def test_export_of_an_anthropic_project_has_the_replies(tmp_path: Path, simulator, capsys) -> None:
+    from test_build_anthropic import claude, claude_project
+
+    project = claude_project(tmp_path, [claude(f"q{i}") for i in range(3)])
+    assert project.build() == 0
+    capsys.readouterr()
+    assert main(["export", str(project.config)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["custom_id"] for r in rows] == ["q0", "q1", "q2"]
+    replies = [o["response"]["body"]["content"][0]["text"] for o in project.output()]
+    assert [r["reply"] for r in rows] == replies  # was null: only OpenAI bodies were read
+    assert all(r["finish_reason"] == "end_turn" for r in rows), rows
