@@ -71,17 +71,25 @@ class Project:
         max_cost caps this run's spend in US dollars (as --max-cost); only names inputs (paths
         or data target names) to build alone. Steps (`data: <target>`) build in rounds, as
         the CLI does: a step whose upstream answers changed is rendered again and built.
+        force and retry_failed act on a step in its own round, once its upstream is built
+        (so a forced step is sent over its upstream's new answers, once); with wait=False or
+        max_cost, only the first round runs, and steps are not forced.
         """
-        from gptbatch.engine.tables import stale_steps
+        from gptbatch.engine.tables import stale_steps, step_depths
 
-        rounds = 0
+        flags, rounds = (force, retry_failed), 0
         while True:
             # Loaded each round: data targets render into the build's state (load() wrote
             # nothing), and a step renders again from its upstream's new answers.
             spec = load_spec(self.spec.path, simulate=self.simulate, build=True)
             chosen = tuple(self._input(name, spec) for name in only) if only else None
+            # -B and retry_failed act on one depth of steps a round, each once its upstream
+            # is built (engine/tables.step_depths): never on requests about to be replaced.
+            depths = step_depths(spec, chosen) if any(flags) else []
+            forced = depths[rounds] if rounds < len(depths) else ()
+            force, retry_failed = flags if forced else (False, False)
             summary = self._build_once(
-                spec, wait, force, retry_failed, keep_going, max_cost, chosen, progress
+                spec, wait, force, retry_failed, keep_going, max_cost, chosen, progress, forced
             )
             rounds += 1
             if (
@@ -89,10 +97,9 @@ class Project:
                 or max_cost is not None
                 or summary.exit_code not in (0, 4)
                 or rounds > len(spec.data_targets)
-                or not stale_steps(spec, None, chosen)
+                or (not stale_steps(spec, None, chosen) and rounds >= len(depths))
             ):
                 return summary
-            force = retry_failed = False  # they acted in the first round only
 
     def _build_once(
         self,
@@ -104,6 +111,7 @@ class Project:
         max_cost: float | None,
         chosen: tuple[Path, ...] | None,
         progress: Progress | None,
+        forced: tuple[Path, ...] = (),
     ) -> BuildSummary:
         from gptbatch.api.connect import remote_for
         from gptbatch.engine.build import run_build
@@ -125,6 +133,7 @@ class Project:
                 force=force,
                 retry_failed=retry_failed,
                 only=chosen,
+                forced=forced,
             )
 
     def status(self) -> ProjectStatus:

@@ -112,46 +112,72 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     config, targets = args.config, list(args.targets)
-    if config is not None and config.endswith(".jsonl"):  # `gptbatch build in/a.jsonl`
+    if config is not None and (
+        config.endswith(".jsonl")  # `gptbatch build in/a.jsonl`
+        # `gptbatch build sentiment`: a data target's name, not a config file
+        or (not config.endswith((".yaml", ".yml")) and not os.path.exists(config))
+    ):
         config, targets = None, [config, *targets]
     sample = getattr(args, "sample", None)
     if sample is not None and sample < 1:
         raise UsageError(f"--sample {sample}: give a number of rows, e.g. --sample 20")
     # Steps build in dependency order: a round builds every target, then a step whose
     # upstream answers changed renders again from them and the next round builds it.
+    # -B and --retry-failed act on one depth of steps a round (engine/tables.step_depths).
+    forcing = bool(getattr(args, "force", False) or getattr(args, "retry_failed", False))
+    flags = (getattr(args, "force", False), getattr(args, "retry_failed", False))
     rounds = 0
     while True:
         spec = load_spec(
             config, sample=sample, simulate=bool(getattr(args, "simulate", False)), build=True
         )
+        from gptbatch.engine.tables import stale_steps, step_depths
+
+        args.only = chosen_inputs(spec, targets) if targets else None
+        depths = step_depths(spec, args.only) if forcing else []
+        args.forced = depths[rounds] if rounds < len(depths) else ()
+        args.force, args.retry_failed = flags if args.forced else (False, False)
         code = _build_once(spec, args, targets)
         rounds += 1
-        from gptbatch.engine.tables import stale_steps
-
         stale = stale_steps(spec, sample, args.only)
-        if not stale or code not in (EXIT_OK, EXIT_FAILED_REQUESTS):
+        unforced = [p for d in depths[rounds:] for p in d]
+        if (not stale and not unforced) or code not in (EXIT_OK, EXIT_FAILED_REQUESTS):
             return code
         if args.no_wait or args.max_cost is not None or rounds > len(spec.data_targets):
-            print(
-                f"steps {', '.join(stale)}: their upstream answers changed; run "
-                f"`{resume_command(args)}` again to build them",
-                file=sys.stderr,
-            )
+            if stale:
+                print(
+                    f"steps {', '.join(stale)}: their upstream answers changed; run "
+                    f"`{resume_command(args)}` again to build them",
+                    file=sys.stderr,
+                )
+            if unforced:
+                names = {p: n for n, p in spec.targets.items()}
+                steps = [names.get(p, str(p)) for p in unforced]
+                flag = "-B" if flags[0] else "--retry-failed"
+                print(
+                    f"steps {', '.join(steps)}: not forced (a step is forced in a round of its "
+                    "own, after its upstream's, and this build stops after one round); run "
+                    f"`{resume_command(args)}` to finish, then `{resume_command(args)} {flag} "
+                    f"{' '.join(steps)}` if they should still be sent again (running this "
+                    f"forced build again would send the upstream again)",
+                    file=sys.stderr,
+                )
             return EXIT_PENDING  # as any build that left work to do
         print(
-            f"steps {', '.join(stale)}: their upstream answers changed: building them",
+            f"steps {', '.join(stale or [n for n, p in spec.targets.items() if p in unforced])}"
+            + (
+                ": their upstream answers changed: building them"
+                if stale
+                else ": forcing them now that their upstream is built"
+            ),
             file=sys.stderr,
         )
-        # -B and --retry-failed acted in the first round; a later one sends only what
-        # changed, or a forced build would pay for every request once per round.
-        args.force = args.retry_failed = False
 
 
 def _build_once(spec: Spec, args: argparse.Namespace, targets: list[str]) -> int:
     """One build of a loaded spec, as the arguments say."""
-    # A subset build works on these inputs only; the spec keeps them all, so the others are
-    # neither taken for removed from batch.yaml nor forgotten.
-    args.only = chosen_inputs(spec, targets) if targets else None
+    # A subset build works on these inputs only (args.only, from chosen_inputs); the spec
+    # keeps them all, so the others are neither taken for removed from batch.yaml nor forgotten.
     if args.max_cost is not None:
         if not math.isfinite(args.max_cost) or args.max_cost < 0:
             raise UsageError(
@@ -209,6 +235,7 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
                 force=getattr(args, "force", False),
                 retry_failed=getattr(args, "retry_failed", False),
                 only=getattr(args, "only", None),
+                forced=getattr(args, "forced", None),
             )
     except KeyboardInterrupt:
         if again == "gptbatch build":
@@ -288,6 +315,13 @@ def print_summary(
             line += f", {o.missing:,} still missing"
         print(line, file=out)
     for t in s.tables:
+        if t.skipped:
+            print(
+                f"  {shown(t.path)}: not written: its data was rendered again by another "
+                "command during this build; the next build writes it",
+                file=out,
+            )
+            continue
         line = f"  {shown(t.path)}: {plural(t.rows, 'row')}, {t.answered:,} answered"
         if t.invalid:
             line += f", {plural(t.invalid, 'invalid answer')} (reasons in the errors file)"

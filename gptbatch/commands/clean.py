@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from gptbatch.api.remote import Remote
 
 STATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
-# where build keeps shard and downloaded files, and data targets' rendered requests
-WORK_DIRS = ("shards", "downloads", "rendered")
+# where build keeps shard and downloaded files, and data targets' rendered requests and the
+# copies of their data they were rendered from (a directory before its parent: removed so)
+WORK_DIRS = ("shards", "downloads", "rendered/sources", "rendered")
 SIMULATOR_DIR = "simulator"  # `build --simulate` keeps its simulator's state here (api.connect)
 
 

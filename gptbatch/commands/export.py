@@ -155,6 +155,13 @@ def reply_of(url: str, body: dict[str, Any]) -> tuple[Any, str | None]:
         ]
         reason = (body.get("incomplete_details") or {}).get("reason") or body.get("status")
         return "".join(texts), reason
+    if url == "/v1/messages":  # Anthropic's Message: text blocks, and why it stopped
+        texts = [
+            block.get("text") or ""
+            for block in body.get("content") or []
+            if isinstance(block, dict) and block.get("type") == "text"
+        ]
+        return ("".join(texts) if texts else None), body.get("stop_reason")
     if url == "/v1/embeddings":
         data = sorted(body.get("data") or [], key=lambda d: d.get("index", 0))
         vectors = [d.get("embedding") for d in data]

@@ -71,8 +71,8 @@ def table_columns(path: Path) -> list[str]:
         raise InputError(Problem(str(path), None, "no records", "one JSON object a line"))
     if path.suffix.lower() == ".parquet":
         raise UsageError(
-            f"{path}: init --data reads CSV and JSONL headers; for Parquet, write the "
-            "target by hand (see the README's data section)"
+            f"{path}: data targets read CSV (with a header row) and JSONL records, not "
+            "Parquet: convert the table to one of them"
         )
     header = next(csv.reader(text.splitlines()[:1]), None)
     if not header or not any(c.strip() for c in header):

@@ -36,7 +36,7 @@ def expand_inputs(
     (in/a[1].jsonl); files under output and state directories are results, never inputs.
     A data target (a mapping) is the file rendered for it, from rendered, in its place.
     """
-    excluded = _excluded_dirs(root, output_dir)
+    excluded = excluded_dirs(root, output_dir)
     found: dict[Path, None] = {}
     problems: list[Problem] = []
     for index, pattern in enumerate(patterns):
@@ -57,7 +57,7 @@ def expand_inputs(
     return tuple(found), problems
 
 
-def _excluded_dirs(root: Path, output_dir: Path) -> list[tuple[Path, Path, str]]:
+def excluded_dirs(root: Path, output_dir: Path) -> list[tuple[Path, Path, str]]:
     """(directory, its real path, how to name it) of every place results or state live."""
     simulated = output_dir.with_name(output_dir.name + SIMULATED_SUFFIX)
     dirs = [
@@ -76,7 +76,7 @@ def _rel(path: Path, root: Path) -> str:
     return os.path.relpath(path, root) if path.is_relative_to(root) else str(path)
 
 
-def _excluded_by(path: Path, excluded: list[tuple[Path, Path, str]]) -> str | None:
+def excluded_by(path: Path, excluded: list[tuple[Path, Path, str]]) -> str | None:
     """How to name the output or state directory path is under, if any (symlinks followed)."""
     real = Path(os.path.realpath(path))
     for directory, real_directory, label in excluded:
@@ -123,7 +123,7 @@ def _literal_problems(
         ]
     if wrong is not None:
         return [(f"{where} {wrong[0]}", wrong[1])]
-    label = _excluded_by(path, excluded)
+    label = excluded_by(path, excluded)
     if label is not None:
         return [
             (
@@ -146,7 +146,7 @@ def _glob_inputs(
     skipped: set[str] = set()
     for match in sorted(glob.glob(os.path.join(base, expanded), recursive=True)):
         path = Path(os.path.abspath(match))
-        label = _excluded_by(path, excluded)
+        label = excluded_by(path, excluded)
         problem = _file_problem(path) if label is None else None
         if label is not None:
             skipped.add(label)

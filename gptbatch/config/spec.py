@@ -240,7 +240,9 @@ def _load(
         tables = (
             output_dir.with_name(output_dir.name + SIMULATED_SUFFIX) if simulate else output_dir
         )
-        targets, later = load_targets(full["inputs"], root, node, display, tables)
+        targets, later = load_targets(
+            full["inputs"], root, node, display, tables, output_dir, _provider_name(full, invalid)
+        )
         render_in = render_directory(state_dir(tables), build=build) if targets else tables
         rendered = {i: rendered_path(render_in, t.name) for i, t in targets.items()}
         files, wrong = expand_inputs(full["inputs"], root, output_dir, node, display, rendered)
@@ -317,6 +319,14 @@ def _with_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
         if key in out:
             out[key] = _with_defaults(out[key], sub)
     return out
+
+
+def _provider_name(full: Mapping[str, Any], invalid: set[Any]) -> str:
+    """api.provider, or openai while the api section is wrong (reported on its own)."""
+    api = full.get("api")
+    if "api" in invalid or not isinstance(api, Mapping):
+        return "openai"
+    return str(api.get("provider") or "openai")
 
 
 def _apply_provider(data: Mapping[str, Any], full: dict[str, Any]) -> None:

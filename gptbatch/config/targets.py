@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,19 +10,31 @@ from typing import Any
 
 import yaml
 
+from gptbatch.config.input_files import excluded_by, excluded_dirs
 from gptbatch.config.yaml_source import line_of, parse_yaml
 from gptbatch.errors import ConfigError, Problem
+from gptbatch.inputs.answers import answer_properties
 from gptbatch.inputs.render import Target
 
 
 def load_targets(
-    entries: Sequence[Any], root: Path, node: yaml.Node, display: str, tables: Path
+    entries: Sequence[Any],
+    root: Path,
+    node: yaml.Node,
+    display: str,
+    tables: Path,
+    output_dir: Path | None = None,
+    provider: str = "openai",
 ) -> tuple[dict[int, Target], list[Problem]]:
     """The targets among inputs, by their index, and what is wrong with them (located).
 
+    provider: api.provider; an anthropic target renders Anthropic's lines ({custom_id, params}).
     A target whose `data:` names another target is a step: its data is that target's answers
-    table, <tables>/<name>.csv (tables: the output directory this build writes to).
+    table, <tables>/<name>.csv (tables: the output directory this build writes to). A data
+    or template file under output_dir (or the rehearsal's, or the state's) is refused as a
+    request file there is: tables and results are written there, over it.
     """
+    excluded = excluded_dirs(root, output_dir if output_dir is not None else tables)
     targets: dict[int, Target] = {}
     problems: list[Problem] = []
     names: dict[str, int] = {}
@@ -58,7 +71,29 @@ def load_targets(
                     f"step over its answers: {', '.join(sorted(declared)) or 'none here'})",
                 )
             )
-        request = entry["request"]
+        elif data.suffix.lower() in (".parquet", ".pq", ".xlsx", ".xls"):
+            problems.append(
+                Problem(
+                    display,
+                    line_of(node, [*where, "data"]),
+                    f"inputs[{index}]: target {name}: {entry['data']!r}: data targets do not "
+                    "read Parquet or spreadsheets (it was read as CSV, and found no rows)",
+                    "data targets read CSV with a header row, or JSONL records (.jsonl); "
+                    "convert the table to one of them",
+                )
+            )
+        elif (label := excluded_by(data, excluded)) is not None:
+            problems.append(
+                _under_outputs(
+                    display,
+                    line_of(node, [*where, "data"]),
+                    index,
+                    name,
+                    f"data file {entry['data']!r}",
+                    label,
+                )
+            )
+        request = request_file = entry["request"]
         if isinstance(request, str):
             try:
                 loaded = _template_file(root, request, node, [*where, "request"], display)
@@ -66,10 +101,24 @@ def load_targets(
                 problems += exc.problems
                 continue
             request, template_display, template_node, template_path, text = loaded
+            label = excluded_by(
+                Path(os.path.abspath(root / os.path.expanduser(request_file))), excluded
+            )
+            if label is not None:
+                problems.append(
+                    _under_outputs(
+                        display,
+                        line_of(node, [*where, "request"]),
+                        index,
+                        name,
+                        f"request template {request_file!r}",
+                        label,
+                    )
+                )
         else:
             template_display, template_node = display, node
             template_path, text = (*where, "request"), None
-        wrong = _template_problem(request)
+        wrong = _template_problem(request, provider)
         if wrong:
             problems.append(
                 Problem(
@@ -93,9 +142,30 @@ def load_targets(
             template_text=text,
             retry_invalid=bool(entry.get("retry_invalid", False)),
             upstream=upstream,
+            shape="anthropic" if provider == "anthropic" else "openai",
         )
     problems += _cycles(targets, node, display)
+    by_name = {t.name: t for t in targets.values()}
+    for index, target in targets.items():
+        upstream = by_name.get(target.upstream) if target.upstream is not None else None
+        if upstream is not None:
+            targets[index] = dataclasses.replace(
+                target, upstream_answers=1 + len(answer_properties(upstream.request))
+            )
     return targets, problems
+
+
+def _under_outputs(
+    display: str, line: int | None, index: int, name: str, what: str, label: str
+) -> Problem:
+    """A data target's file under a directory results are written to."""
+    return Problem(
+        display,
+        line,
+        f"inputs[{index}]: target {name}: {what} is under {label}, which holds results "
+        "and build state, not inputs (a build writes its tables there, over the data)",
+        "move the file elsewhere, or give output_dir a directory of its own",
+    )
 
 
 def _cycles(targets: Mapping[int, Target], node: yaml.Node, display: str) -> list[Problem]:
@@ -150,7 +220,7 @@ def _template_file(
     return data, written, template_node, (), text
 
 
-def _template_problem(request: Any) -> str | None:
+def _template_problem(request: Any, provider: str = "openai") -> str | None:
     """What makes a template unusable as a request, or None."""
     if not isinstance(request, Mapping):
         return "the request template is not a mapping"
@@ -161,4 +231,9 @@ def _template_problem(request: Any) -> str | None:
         return f"the request template has {', '.join(sorted(map(str, extra)))}"
     if not isinstance(request.get("body"), Mapping):
         return "the request template has no body mapping"
+    if provider == "anthropic" and request.get("url", "/v1/messages") != "/v1/messages":
+        return (
+            f"the request template's url is {request.get('url')}; api.provider anthropic sends "
+            "Messages requests: url /v1/messages (or none), the Messages parameters as body"
+        )
     return None

@@ -56,6 +56,7 @@ def run_build(
     force: bool = False,
     retry_failed: bool = False,
     only: Sequence[Path] | None = None,
+    forced: Sequence[Path] | None = None,
 ) -> BuildSummary:
     """Lock the output directory, open its state and build; bad input leaves no trace.
 
@@ -63,6 +64,7 @@ def run_build(
     created, so the project looks exactly as before; an existing state is only ever
     changed in transactions that bad input rolls back. only: build just these of the
     spec's inputs (`build CONFIG INPUT`); the others stay as they are, not removed.
+    forced: the inputs force and retry_failed act on (default: every input built).
     """
     declared = spec.inputs
     if only is not None:
@@ -78,7 +80,7 @@ def run_build(
             builder = Builder(
                 spec, store, remote, reporter, keep_going=keep_going, declared=declared
             )
-            summary = builder.run(wait=wait, force=force, retry_failed=retry_failed)
+            summary = builder.run(wait=wait, force=force, retry_failed=retry_failed, forced=forced)
             summary.usage_total = usage.account(store, spec.prices)
             summary.usage_run = summary.usage_total - before
             summary.seconds = time.monotonic() - started
@@ -193,12 +195,18 @@ class Builder:
     # --- the loop ------------------------------------------------------------------------
 
     def run(
-        self, *, wait: bool = True, force: bool = False, retry_failed: bool = False
+        self,
+        *,
+        wait: bool = True,
+        force: bool = False,
+        retry_failed: bool = False,
+        forced: Sequence[Path] | None = None,
     ) -> BuildSummary:
         """Build until everything is done (or, without wait, do one pass).
 
         force (make -B) sends every current request again; retry_failed gives requests that
-        failed for good another round of attempts. Both act on this spec's inputs only.
+        failed for good another round of attempts. Both act on this spec's inputs only, or on
+        those of them in forced (a build with steps forces one step depth a round).
         """
         # Bad input raises here, before anything is submitted or any output rewritten.
         output_paths(self.spec.inputs, self.spec.output_dir)  # refuse clobbering before paying
@@ -216,7 +224,9 @@ class Builder:
         # plain build starts an empty set and drops what a forced run packed but never sent.
         with self.store.transaction():
             reset = self.store.begin_resend(
-                [str(p) for p in self.spec.inputs] if force or retry_failed else None,
+                [str(p) for p in self.spec.inputs if forced is None or p in forced]
+                if force or retry_failed
+                else None,
                 only_failed=not force,
             )
             dropped = self.store.drop_unneeded_shards()

@@ -28,7 +28,7 @@ from gptbatch.engine.outputs import ErrorFile, error_record, write_index, writte
 from gptbatch.errors import LocalIOError
 from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
-from gptbatch.inputs.render import Target, data_rows, request_id
+from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
 
@@ -45,6 +45,9 @@ class TableSummary:
     rows: int
     answered: int
     invalid: int
+    # rendered again by another command since this build read its requests: not written
+    # (the last table stays; the next build writes it)
+    skipped: bool = False
 
 
 def table_inputs(spec: Spec) -> dict[Path, Target]:
@@ -68,6 +71,34 @@ def stale_steps(spec: Spec, sample: int | None, only: Sequence[Path] | None) -> 
     ]
 
 
+def step_depths(spec: Spec, only: Sequence[Path] | None) -> list[tuple[Path, ...]]:
+    """The inputs built, by depth: plain inputs and targets whose data is no target built
+    here first, then the steps over them, then the steps over those...
+
+    A forced build (-B, --retry-failed) forces one depth a round, each once its upstream's
+    round is done: forcing a step with its upstream would pay for requests rendered from the
+    answers the same build is about to replace, and then again for the new ones.
+    """
+    built = tuple(only if only is not None else spec.inputs)
+    by_path = {spec.targets[t.name]: t for t in spec.data_targets}
+    by_name = {t.name: t for t in spec.data_targets}
+
+    def depth(path: Path) -> int:
+        target, level = by_path.get(path), 0
+        while target is not None and target.upstream is not None and level <= len(by_name):
+            upstream = by_name.get(target.upstream)
+            if upstream is None or spec.targets[upstream.name] not in built:
+                break
+            target, level = upstream, level + 1
+        return level
+
+    levels = [depth(p) for p in built]
+    return [
+        tuple(p for p, level in zip(built, levels, strict=True) if level == d)
+        for d in range(max(levels, default=-1) + 1)
+    ]
+
+
 def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
     """Write each data target's table and errors file unless both are as last written and
     nothing they are made of changed."""
@@ -87,12 +118,37 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
         ):
             summaries.append(TableSummary(target.name, str(csv_path), *last["counts"]))
             continue
-        counts = _write_table(store, target, rendered, csv_path, err_path)
+        try:
+            counts = _write_table(store, target, rendered, csv_path, err_path)
+        except _RenderedAgain:
+            counts = last["counts"] if last is not None else [0, 0, 0]
+            summaries.append(TableSummary(target.name, str(csv_path), *counts, skipped=True))
+            continue
         write_index(store, err_path, b"")
         with store.transaction():
             store.set_meta(meta, json.dumps({"stamp": stamp, "counts": counts}))
         summaries.append(TableSummary(target.name, str(csv_path), *counts))
     return summaries
+
+
+class _RenderedAgain(Exception):
+    """The rendered requests (and the data copy) are not those this build read."""
+
+
+def _as_synced(store: Store, rendered: Path) -> bool:
+    """Is the rendered file the one the build read (size and mtime as recorded at sync)?
+
+    validate, plan or status re-render a stale target into the state; run during a build,
+    they replace the rendered file, then the data copy the table is written from. Checked
+    after the table was read: the file still as synced means the copy was too (it is
+    replaced after the file), so no row is paired with the answer to other content.
+    """
+    record = store.input_record(str(rendered))
+    try:
+        st = rendered.stat()
+    except OSError:
+        return False
+    return record is not None and (record[0], record[1]) == (st.st_size, st.st_mtime_ns)
 
 
 def _rendered_stamp(rendered: Path) -> str:
@@ -115,9 +171,16 @@ def _columns(target: Target) -> list[str]:
 
 
 def _answer_columns(columns: Sequence[str], properties: Sequence[str]) -> list[str]:
-    """`answer` and the schema's properties, each named answer.NAME if the data has it."""
+    """`answer` and the schema's properties, each named answer.NAME if the data has it (or
+    answer.answer.NAME...: every column name is unique, a property `answer` included)."""
     taken = set(columns)
-    return [f"answer.{c}" if c in taken else c for c in ["answer", *properties]]
+    names = []
+    for name in ["answer", *properties]:
+        while name in taken:
+            name = f"answer.{name}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _row_id(value: Any) -> str:
@@ -149,6 +212,9 @@ def _write_table(
     A row made of what it was made of last time is copied from the last table (if that is as
     written), so an edit of one row reads, parses and checks one answer, not every one.
     """
+    # The rows as rendered (the copy of the data made then), not the data as it is now: an
+    # edit since would pair a row's new cells with the answer to its old request.
+    target = as_rendered(target, rendered.parent.parent)
     schema = answer_schema(target.request)
     check = AnswerCheck(schema) if schema is not None else None
     properties = check.properties if check is not None else []
@@ -215,6 +281,8 @@ def _write_table(
             invalid += bool(flags & _INVALID)
             out.write(data)
             entries += _ENTRY.pack(digest, len(data), flags)
+        if not _as_synced(store, rendered):
+            raise _RenderedAgain  # inside the writers: neither file is replaced
     write_index(store, csv_path, bytes(entries))
     return [rows, answered, invalid]
 

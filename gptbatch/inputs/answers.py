@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["AnswerCheck", "answer_schema", "answer_text"]
+__all__ = ["AnswerCheck", "answer_properties", "answer_schema", "answer_text"]
 
 
 def answer_schema(request: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -31,6 +31,12 @@ def answer_schema(request: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
         return None
     return dict(schema) if isinstance(schema, Mapping) else None
+
+
+def answer_properties(request: Mapping[str, Any]) -> list[str]:
+    """The top-level properties of the request's answer schema (a table column each)."""
+    schema = answer_schema(request)
+    return [str(k) for k in (schema.get("properties") or {})] if schema is not None else []
 
 
 def answer_text(result: Mapping[str, Any]) -> str | None:
@@ -54,6 +60,13 @@ def answer_text(result: Mapping[str, Any]) -> str | None:
         parts = (candidates[0].get("content") or {}).get("parts") or []
         texts = [p.get("text") for p in parts if isinstance(p, Mapping)]
         return "".join(t for t in texts if isinstance(t, str)) if any(texts) else None
+    if body.get("type") == "message" and isinstance(body.get("content"), list):  # Anthropic
+        texts = [
+            block.get("text", "")
+            for block in body["content"]
+            if isinstance(block, Mapping) and block.get("type") == "text"
+        ]
+        return "".join(texts) if texts else None
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         return None

@@ -12,8 +12,10 @@ import atexit
 import bisect
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -27,7 +29,7 @@ import yaml
 from gptbatch.canonical import atomic_write_bytes, atomic_writer, canonical_json, file_sha256
 from gptbatch.errors import InputError, Problem
 
-RENDER_FORMAT = 1  # bump when rendering changes, so every target renders again
+RENDER_FORMAT = 2  # bump when rendering changes, so every target renders again
 MAX_PROBLEMS = 20
 _UNDEFINED = re.compile(r"'([^']+)' is undefined")
 
@@ -47,11 +49,30 @@ class Target:
     template_text: str | None  # a template file's text (part of the fingerprint)
     retry_invalid: bool = False  # send again an answer that is not JSON matching its schema
     upstream: str | None = None  # a step: the target whose answers table is its data
+    # a step: how many columns its upstream's table ends with that are answer columns
+    # (`answer` and one per schema property): the first of them is the answer, whatever
+    # it is named (answer.answer when the upstream data has its own `answer` column)
+    upstream_answers: int = 1
+    # the request lines' shape: "openai" ({custom_id, method, url, body}) or "anthropic"
+    # ({custom_id, params}: the template's body as Messages parameters), by api.provider
+    shape: str = "openai"
 
 
 def rendered_path(state: Path, name: str) -> Path:
     """Where a target's requests are rendered: <state>/rendered/<name>.jsonl."""
     return state / "rendered" / f"{name}.jsonl"
+
+
+def source_path(state: Path, target: Target) -> Path:
+    """The copy of a target's data its requests were rendered from (<state>/rendered/sources/):
+    its table is written from the same rows, whatever happens to the data meanwhile."""
+    jsonl = target.upstream is None and target.data.suffix.lower() in (".jsonl", ".ndjson")
+    return state / "rendered" / "sources" / (target.name + (".jsonl" if jsonl else ".csv"))
+
+
+def as_rendered(target: Target, state: Path) -> Target:
+    """The target reading the copy of its data that it was rendered from (absent: no rows)."""
+    return dataclasses.replace(target, data=source_path(state, target))
 
 
 def fingerprint(target: Target, sample: int | None = None) -> str:
@@ -63,6 +84,7 @@ def fingerprint(target: Target, sample: int | None = None) -> str:
         "id": target.id,
         "name": target.name,
         "request": target.request,
+        **({"shape": target.shape} if target.shape != "openai" else {}),
     }
     if sample is not None:
         facts["sample"] = sample
@@ -102,21 +124,31 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
     file (and the directories, if this made them) as it was. sample: render only that many
     rows of each target (`sampled_ids`).
     """
-    todo: list[tuple[Target, Path, str]] = []
+    todo: list[tuple[Target, Path]] = []
     for target in targets:
-        path, stamp = rendered_path(state, target.name), fingerprint(target, sample)
-        if not _rendered_as(path, stamp):
-            todo.append((target, path, stamp))
+        path = rendered_path(state, target.name)
+        if not _rendered_as(path, fingerprint(target, sample)):
+            todo.append((target, path))
     if not todo:
         return
-    made = _missing_dirs(rendered_path(state, "x").parent)
+    made = _missing_dirs(source_path(state, todo[0][0]).parent)
     problems: list[Problem] = []
+    stamps: list[str] = []
     try:
         with contextlib.ExitStack() as stack:
-            for target, path, _ in todo:
+            for target, path in todo:
+                # Rendered from a copy of the data, which the table is written from too: an
+                # edit of the data during the build cannot pair a row with another's answer.
+                try:
+                    copy = stack.enter_context(_copied(target, source_path(state, target)))
+                except InputError as exc:
+                    problems += exc.problems
+                    continue
+                used = dataclasses.replace(target, data=copy) if copy else target
+                stamps.append(fingerprint(used, sample))  # the copy's bytes: what was rendered
                 out = stack.enter_context(atomic_writer(path, "wb"))
                 try:
-                    render(target, out, sample)
+                    render(used, out, sample)
                 except InputError as exc:
                     problems += exc.problems
             if problems:  # raised inside the stack: every temp file is removed
@@ -128,9 +160,40 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
-    for _, path, stamp in todo:
+    for (_, path), stamp in zip(todo, stamps, strict=True):
         # The fingerprint goes last: a kill in between leaves a stale one, so it renders again.
         atomic_write_bytes(path.with_suffix(".fingerprint"), stamp.encode())
+
+
+@contextlib.contextmanager
+def _copied(target: Target, copy: Path) -> Iterator[Path | None]:
+    """A temp copy of the target's data, renamed to copy on success (None, and copy removed,
+    for a step whose upstream table is not written yet); InputError if it cannot be read."""
+    if not target.data.exists():
+        yield None
+        with contextlib.suppress(FileNotFoundError):
+            copy.unlink()
+        return
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    # the copy keeps the data's suffix, by which its rows are read (CSV or JSONL records)
+    fd, tmp = tempfile.mkstemp(dir=copy.parent, prefix=f".{copy.name}.", suffix=copy.suffix)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with open(target.data, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            except OSError as exc:
+                raise InputError(
+                    Problem(target.data_display, None, f"cannot read: {exc.strerror}", "")
+                ) from None
+            out.flush()
+            os.fsync(out.fileno())
+        yield Path(tmp)
+        os.replace(tmp, copy)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _missing_dirs(directory: Path) -> list[Path]:
@@ -179,7 +242,10 @@ def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
         if chosen is not None and custom_id not in chosen:
             continue
         body = _render_value(target, target.request, (), compiled, live, row, line, custom_id)
-        request = {"custom_id": request_id(target, custom_id), "method": "POST", **body}
+        if target.shape == "anthropic":
+            request = {"custom_id": request_id(target, custom_id), "params": body["body"]}
+        else:
+            request = {"custom_id": request_id(target, custom_id), "method": "POST", **body}
         out.write(canonical_json(request) + b"\n")
     if not seen and target.upstream is None:  # a step may have no answered rows yet
         raise InputError(
@@ -367,7 +433,11 @@ def data_rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
     if target.upstream is not None:
         if target.data.exists():
             for line, row in _csv_rows(target, _lines(target)):
-                if row.get("answer"):
+                columns = list(row)
+                if (
+                    len(columns) >= target.upstream_answers
+                    and row[columns[-target.upstream_answers]]
+                ):
                     yield line, row
         return
     if target.data.suffix.lower() in (".jsonl", ".ndjson"):
@@ -394,7 +464,10 @@ def _jsonl_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dic
 
 
 def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(lines)
+    # strict: an unclosed quote is an error; the lenient reader took every line after it, to
+    # the end of the file, into that one field, and those rows were silently never sent
+    reader = csv.reader(lines, strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -428,5 +501,10 @@ def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[
             yield line, dict(zip(columns, fields, strict=True))
     except csv.Error as exc:
         raise InputError(
-            Problem(target.data_display, reader.line_num, f"bad CSV: {exc}", "")
+            Problem(
+                target.data_display,
+                start,
+                f"bad CSV in the row starting here: {exc}",
+                'close each quoted field\'s quote, and double a quote inside one ("")',
+            )
         ) from None
