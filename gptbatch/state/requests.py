@@ -67,6 +67,8 @@ class RequestsMixin(StoreBase):
                 writer.put(row)
         writer.close()
         self.db.execute("DELETE FROM requests WHERE path=? AND ordinal>=?", (path, count))
+        # Rows written without their chunks: any recorded ones no longer describe them.
+        self.db.execute("DELETE FROM input_chunks WHERE path=?", (path,))
         self.db.execute(
             "INSERT OR REPLACE INTO inputs(path, size, mtime_ns, sha256, defaults, requests,"
             " synced_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -84,6 +86,7 @@ class RequestsMixin(StoreBase):
         for path in gone:
             self.db.execute("DELETE FROM requests WHERE path=?", (path,))
             self.db.execute("DELETE FROM inputs WHERE path=?", (path,))
+            self.db.execute("DELETE FROM input_chunks WHERE path=?", (path,))
         return gone
 
     def known_estimates(self, keys: Iterable[str]) -> dict[str, tuple[int, int, int, float | None]]:
