@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -188,3 +189,82 @@ class ChunksMixin(StoreBase):
             (path, size, mtime_ns, sha256, defaults, ordinal, time.time()),
         )
         return ordinal
+
+    def output_chunks(self, path: str) -> list[tuple[int, int, bytes, int, int, bool]]:
+        """Per chunk of an input, in order: (first ordinal, requests, signature, ok, failed,
+        unknown), none if its chunks are not recorded.
+
+        The same signature, the same output lines. It hashes the chunk's bytes and the
+        input's defaults (so its requests have the same keys, at the same positions) with
+        how many of them have an ok result and the sum of those results' versions. A
+        result's version is unique and greater than every version before it (the results
+        counter), and a key's version only ever changes to a new one (or to unknown): if k
+        results were replaced by k others, the sum grew by more than k times the largest
+        earlier version, more than it lost. So the same count and sum mean the same results.
+        unknown: an ok result whose version is not known (its line is read, never copied).
+        """
+        if not self.input_chunks(path):
+            return []
+        defaults = self.db.execute("SELECT defaults FROM inputs WHERE path=?", (path,)).fetchone()
+        seed = hashlib.sha256(str(defaults[0]).encode()).digest()
+        out = []
+        for first, rows, digest, ok, versions, failed, unknown in self.db.execute(
+            "SELECT c.first_ordinal, c.rows, c.hash, sum(r.done=1),"
+            " sum(CASE WHEN r.done=1 THEN r.result_version END), sum(r.done=2),"
+            " sum(r.done=1 AND r.result_version IS NULL)"
+            " FROM input_chunks c LEFT JOIN requests r ON r.path=c.path"
+            " AND r.ordinal BETWEEN c.first_ordinal AND c.first_ordinal + c.rows - 1"
+            " WHERE c.path=? GROUP BY c.seq ORDER BY c.seq",
+            (path,),
+        ):
+            text = f"{ok or 0}:{versions or 0}".encode()
+            signature = hashlib.sha256(seed + digest + text).digest()[:16]
+            out.append((first, rows, signature, ok or 0, failed or 0, bool(unknown)))
+        return out
+
+    def output_segments(self, output: str) -> dict[bytes, tuple[int, int, int, int]]:
+        """signature -> (start, length, first entry, entries) in an output as last written."""
+        return {
+            row[0]: row[1:]
+            for row in self.db.execute(
+                "SELECT signature, start, length, first_entry, entries FROM output_segments"
+                " WHERE output=?",
+                (output,),
+            )
+        }
+
+    def set_output_segments(self, output: str, segments: Iterable[tuple[Any, ...]]) -> None:
+        """Record (signature, start, length, first entry, entries) per chunk of an output."""
+        self.db.execute("DELETE FROM output_segments WHERE output=?", (output,))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO output_segments(output, signature, start, length,"
+            " first_entry, entries) VALUES (?, ?, ?, ?, ?, ?)",
+            ((output, *segment) for segment in segments),
+        )
+
+    def failed_ordinals(self, path: str, first: int, last: int) -> list[int]:
+        """The ordinals (from first to last) of an input's requests that failed for good."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT ordinal FROM requests WHERE path=? AND ordinal BETWEEN ? AND ?"
+                " AND done=2 ORDER BY ordinal",
+                (path, first, last),
+            )
+        ]
+
+    def output_rows_between(
+        self, path: str, first: int, last: int
+    ) -> Iterator[tuple[int, int, int | None, str, bytes | None]]:
+        """(ordinal, done, result_version, key, line) of an input's requests from ordinal
+        first to last, as `output_rows` gives them with lines."""
+        cur = self.db.execute(
+            "SELECT r.ordinal, r.done, r.result_version, r.key, s.line, s.zline"
+            " FROM requests r LEFT JOIN results s ON r.done=1 AND s.key=r.key"
+            " WHERE r.path=? AND r.ordinal BETWEEN ? AND ? ORDER BY r.ordinal",
+            (path, first, last),
+        )
+        unpack = self.unpack  # type: ignore[attr-defined]
+        for ordinal, done, version, key, line, zline in cur:
+            text = unpack(line, zline)
+            yield ordinal, done, version, key, None if text is None else text.encode("utf-8")

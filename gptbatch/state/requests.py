@@ -251,6 +251,8 @@ class RequestsMixin(StoreBase):
 
     def resend_left(self) -> int:
         """Requests with a result that this run (-B, --retry-failed) has yet to replace."""
+        if self.db.execute("SELECT 1 FROM resend LIMIT 1").fetchone() is None:
+            return 0  # nearly always: no join (which may walk every request) to find none
         scope, params = self._scope_sql()
         return self.db.execute(
             f"SELECT count(*) FROM resend f JOIN requests r ON r.key=f.key WHERE r.done<>0{scope}",
