@@ -84,10 +84,10 @@ class _Counting:
         self.answered = 0
         self.real = chunked.sync_chunked
 
-    def __call__(self, *args: Any) -> bool:
-        done = self.real(*args)
-        self.answered += done
-        return done
+    def __call__(self, *args: Any) -> Any:
+        read = self.real(*args)
+        self.answered += read is not None
+        return read
 
 
 # An edit of the file, applied to the lines of the version before.
@@ -298,3 +298,57 @@ def test_a_one_line_edit_reads_only_its_chunk(tmp_path: Path, monkeypatch: Any) 
         assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
     finally:
         store.close()
+
+
+def _two_inputs(root: Path, chunked_sync: bool, versions: list[tuple[list[str], list[str]]]) -> Any:
+    """Sync two inputs through versions; each sync's problems (or None) and the final rows."""
+    import gptbatch.engine.sync as sync_module
+
+    (root / "batch.yaml").write_text(
+        yaml.safe_dump({"inputs": ["a.jsonl", "b.jsonl"], "output_dir": "out"})
+    )
+    for name in ("a", "b"):
+        (root / f"{name}.jsonl").write_text("")
+    spec = load_spec(root / "batch.yaml")
+    store = Store(root / "state")
+    real = sync_module.sync_chunked
+    counting = _Counting()
+    sync_module.sync_chunked = counting if chunked_sync else (lambda *args: None)
+    seen: list[Any] = []
+    try:
+        for n, (a, b) in enumerate(versions):
+            for path, lines in zip(spec.inputs, (a, b), strict=True):
+                data = ("\n".join(lines) + "\n").encode()
+                if path.read_bytes() != data:
+                    path.write_bytes(data)
+                    os.utime(path, ns=(n + 1, n + 1))
+            try:
+                sync_inputs(spec, store, NullReporter())
+                seen.append(None)
+            except InputError as exc:
+                seen.append([str(p) for p in exc.problems])
+        return seen, _table(store), counting.answered
+    finally:
+        sync_module.sync_chunked = real
+        store.close()
+
+
+@pytest.mark.parametrize("where", [0, 25, 59])
+def test_a_duplicate_across_inputs_is_reported_as_by_a_full_read(where: int) -> None:
+    """An edit of one input (synced by its chunks) that takes a custom_id of the other, then
+    one that gives it back: the problems and rows of syncs that read everything."""
+    a = [_chat(f"a{i}", "x") for i in range(60)]
+    b = [_chat(f"b{i}", "y") for i in range(60)]
+    b_dup = list(b)
+    b_dup[where] = _chat(f"a{59 - where}", "y")
+    b_dup2 = [*b_dup[:10], _chat("a3", "z"), *b_dup[10:]]
+    versions = [(a, b), (a, b_dup), (a, b_dup2), (a, b), (a[1:], b), (a[1:], b_dup)]
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two, small_chunks():
+        got = _two_inputs(Path(one), True, versions)
+        full = _two_inputs(Path(two), False, versions)
+    assert got[0][1] is not None and got[0][2] is not None  # the duplicates are reported
+    assert got[2] >= 2  # the edits without a duplicate were synced by their chunks
+    assert [[p.replace(one, "") for p in x] if x else x for x in got[0]] == [
+        [p.replace(two, "") for p in x] if x else x for x in full[0]
+    ]
+    assert [r[1:] for r in got[1]] == [r[1:] for r in full[1]]

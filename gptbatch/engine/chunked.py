@@ -47,8 +47,9 @@ def sync_chunked(
     tally: dict[str, int],
     make_row: Callable[[int, Request, RequestRow | None], tuple[Any, ...]],
     line_digest: Callable[[bytes], bytes],
-) -> bool:
-    """Rewrite an input's rows from its chunks; False (nothing written) if a full read must.
+) -> list[tuple[int, int]] | None:
+    """Rewrite an input's rows from its chunks, and return the ordinals (first, last) of the
+    rows read (the others were kept); None (nothing written) if a full read must.
 
     The input's recorded defaults are these (same config): a line with the bytes it had
     makes the same request, so an unchanged chunk makes the same rows. make_row(ordinal,
@@ -56,18 +57,18 @@ def sync_chunked(
     """
     stored = store.input_chunks(str(path))
     if not stored or not stat.S_ISREG(st.st_mode):
-        return False
+        return None
     try:
         chunks = find_chunks(path, [Chunk(c.start, c.length, c.lines, c.hash) for c in stored])
     except OSError:
-        return False
+        return None
     pool: dict[bytes, deque[StoredChunk]] = {}
     for old in stored:
         pool.setdefault(old.hash, deque()).append(old)
     plan = [(chunk, _take(pool, chunk.hash)) for chunk in chunks]
     changed = sum(chunk.length for chunk, old in plan if old is None)
     if changed > min(MAX_CHANGED_BYTES, max(st.st_size // 4, 1 << 20)):
-        return False
+        return None
     validator = line_validator([path], model=spec.model, endpoint=spec.endpoint)
     group: list[Any] = [None, 0]  # the url of the lines read, and the line that set it
     ops: list[Run | tuple[Any, ...]] = []
@@ -135,9 +136,9 @@ def sync_chunked(
             store.set_input_chunks(str(path), records)
     except (_Unanswered, OSError):
         tally["new"] = 0
-        return False
+        return None
     tally["requests"] = ordinal
-    return True
+    return read
 
 
 def _take(pool: dict[bytes, deque[StoredChunk]], digest: bytes) -> StoredChunk | None:

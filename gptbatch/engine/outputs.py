@@ -247,6 +247,10 @@ def _patch(
                 for ordinal, done, version, _key, line in store.output_rows_between(
                     path, first, first + rows - 1
                 ):
+                    if crash and written:  # a kill mid-write, as in _write_output
+                        copier.flush()
+                        out.flush()
+                        crashpoint("mid_output_write")
                     if done == 0:
                         continue
                     if done != 1 or line is None:

@@ -107,6 +107,7 @@ def _sync_changed(
     unshown = 0  # problems an input found past its cap of shown ones
     # Earlier rows are looked up one by one in a snapshot taken before this transaction
     # rewrites them, rather than held in memory for a whole input.
+    ranges: dict[str, list[tuple[int, int]]] = {}  # the rows read of inputs synced by chunks
     with store.snapshot() as before, store.transaction():
         gone = store.forget_inputs(str(p) for p in declared)
         for path in gone:
@@ -117,18 +118,24 @@ def _sync_changed(
             # Same config: a line with the bytes of its earlier row keeps that row unparsed.
             reuse = record is not None and record[3] == defaults
             tally = {"requests": 0, "new": 0}
-            if reuse and sync_chunked(
-                spec,
-                store,
-                before,
-                path,
-                st,
-                digest,
-                defaults,
-                tally,
-                lambda ordinal, req, earlier: _request_row(spec, ordinal, req, earlier, False),
-                line_digest,
-            ):
+            read = (
+                sync_chunked(
+                    spec,
+                    store,
+                    before,
+                    path,
+                    st,
+                    digest,
+                    defaults,
+                    tally,
+                    lambda ordinal, req, earlier: _request_row(spec, ordinal, req, earlier, False),
+                    line_digest,
+                )
+                if reuse
+                else None
+            )
+            if read is not None:
+                ranges[str(path)] = read  # only these rows can be new duplicates of others
                 report.event("input", path=str(path), state="read", **tally)
                 continue
             chunks = _chunks(path, st)
@@ -161,7 +168,9 @@ def _sync_changed(
             if chunks is not None:
                 store.set_input_chunks(str(path), _chunk_records(path, st, chunks, lines))
             report.event("input", path=str(path), state="read", **tally)
-        duplicates, found = store.duplicate_custom_ids(str(p) for p, _, _ in changed)
+        duplicates, found = store.duplicate_custom_ids(
+            (str(p) for p, _, _ in changed), ranges=ranges
+        )
         unshown += found - len(duplicates)
         for cid, pa, la, pb, lb in duplicates:
             problems.append(
