@@ -7,6 +7,15 @@ API calls the simulator's journal saw, state size): the first build, a no-op reb
 rebuild after a one-line edit, a rebuild after appending 1% more requests; then a no-op
 rebuild of a state of --noop-requests requests built synthetically (rows inserted into a
 store directly). The simulator runs in its own process on a fast clock.
+
+    python bench/build_scale.py --skip-scale --noop-requests 0 --edit-requests 10000,100000,1000000
+
+Measures a one-line edit at each size (--edit-requests): the input's requests are read by
+gptbatch's own sync in this process (keys, token counts, the input's state exactly as a build
+leaves it), every request then gets an ok result by SQL (what a first build against the
+simulator would collect, without the simulator holding a million uploads), a settling build
+writes the outputs, then a no-op rebuild and a rebuild after editing one line in the middle
+(that request goes to the simulator). Prints edit@10k, edit@100k and their ratio.
 """
 
 from __future__ import annotations
@@ -234,12 +243,87 @@ def scale_1m(n: int, env: dict[str, str], calls: list[int]) -> None:
         show("no-op rebuild", peak_rss_build(config, env, calls), root)
 
 
+def built_state(root: Path, n: int) -> Path:
+    """A project of n requests read by gptbatch's sync and given ok results by SQL."""
+    import sqlite3
+
+    from gptbatch.config.spec import load_spec
+    from gptbatch.engine.sync import sync_inputs
+    from gptbatch.report import NullReporter
+    from gptbatch.state.store import Store
+
+    (root / "inputs").mkdir()
+    write_input(root / "inputs" / "big.jsonl", n)
+    config = write_config(root)
+    spec = load_spec(str(config))
+    store = Store(root / "out" / ".gptbatch")
+    try:
+        sync_inputs(spec, store, NullReporter())
+    finally:
+        store.close()
+    db = sqlite3.connect(root / "out" / ".gptbatch" / "state.db")
+    with db:  # version -1-ordinal: unique, never a results counter value (as m004 does)
+        db.execute(
+            "INSERT INTO results(key, state, attempts, line, batch_id, updated_at, version)"
+            " SELECT key, 'ok', 1, json_object('custom_id', custom_id, 'response',"
+            " json_object('status_code', 200, 'body', json_object('model', 'gpt-4o-mini',"
+            " 'usage', json_object('prompt_tokens', tokens, 'completion_tokens', 9)))),"
+            " 'batch_x', 1.0, -1-ordinal FROM requests"
+        )
+    db.close()
+    return config
+
+
+def edit_middle_line(data: Path) -> None:
+    """Append a word to the content of the request in the middle of the file, in place."""
+    size = data.stat().st_size
+    with open(data, "r+b") as f:
+        f.seek(size // 2)
+        f.readline()
+        start = f.tell()
+        line = f.readline()
+        rest = f.read()
+        edited = json.loads(line)
+        edited["body"]["messages"][0]["content"] += " edited"
+        f.seek(start)
+        f.write(json.dumps(edited).encode() + b"\n" + rest)
+        f.truncate()
+
+
+def scale_edit(sizes: list[int], env: dict[str, str], calls: list[int]) -> None:
+    edits: dict[int, float] = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            start = time.perf_counter()
+            config = built_state(root, n)
+            print(
+                f"state of {n:,} requests read by sync, results by SQL:"
+                f" {time.perf_counter() - start:.1f} s  load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+            show("settling build", peak_rss_build(config, env, calls), root)
+            show("no-op rebuild", peak_rss_build(config, env, calls), root)
+            edit_middle_line(root / "inputs" / "big.jsonl")
+            row = peak_rss_build(config, env, calls)
+            show(f"edit@{n:,}", row, root)
+            print(f"  load {os.getloadavg()[0]:.2f}", flush=True)
+            edits[n] = float(row["seconds"])  # type: ignore[arg-type]
+    for n, seconds in edits.items():
+        print(f"edit@{n:,}: {seconds:.2f} s", flush=True)
+    if 10_000 in edits and 100_000 in edits:
+        print(f"edit@100k / edit@10k: {edits[100_000] / edits[10_000]:.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--noop-requests", type=int, default=1_000_000, help="0: skip")
     parser.add_argument("--skip-scale", action="store_true", help="only the large no-op")
     parser.add_argument("--keep", type=Path, help="build the 100k project here and keep it")
+    parser.add_argument(
+        "--edit-requests", default="", help="sizes for the one-line edit, e.g. 10000,100000"
+    )
     args = parser.parse_args()
     sim, url, calls = start_simulator()
     env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
@@ -248,6 +332,8 @@ def main() -> None:
             scale_100k(args.requests, env, calls, args.keep)
         if args.noop_requests:
             scale_1m(args.noop_requests, env, calls)
+        if args.edit_requests:
+            scale_edit([int(x) for x in args.edit_requests.split(",")], env, calls)
     finally:
         sim.terminate()
         sim.wait()

@@ -112,11 +112,17 @@ def write_outputs(
         ):
             summaries.append(_count(store, str(path), out_path, err_path))
             continue
-        with _LastOutput.open(out_path, store.output_index(out_path.name)) as last:
-            summary, index = _write_output(
-                store, str(path), out_path, err_path if own_errors else None, last
-            )
-        write_index(store, out_path, index)
+        # A data target's table writes its errors file: then only a full write, without it.
+        patched = _patch_output(store, str(path), out_path, err_path) if own_errors else None
+        if patched is not None:
+            summary, index, segments = patched
+        else:
+            with _LastOutput.open(out_path, store.output_index(out_path.name)) as last:
+                summary, index = _write_output(
+                    store, str(path), out_path, err_path if own_errors else None, last
+                )
+            segments = _segments_of(store, str(path), index)
+        write_index(store, out_path, index, segments)
         if own_errors:
             write_index(store, err_path, b"")
         summaries.append(summary)
@@ -193,6 +199,109 @@ def _write_output(
     return summary, bytes(index)
 
 
+def _patch_output(
+    store: Store, path: str, out_path: Path, err_path: Path
+) -> tuple[OutputSummary, bytes, list[tuple[Any, ...]]] | None:
+    """An output rewritten by its input's chunks: the bytes of a chunk whose requests'
+    outcomes are as they were (the same signature) copied from the last output, the lines
+    of the others read from the store; also its index and segments. None if the last
+    output cannot be trusted (its stat is not the one recorded) or has no segments.
+    """
+    segments = store.output_segments(out_path.name)
+    chunks = store.output_chunks(path) if segments else []
+    recorded = store.output_index(out_path.name) if chunks else None
+    if recorded is None or recorded[0] == "[]":
+        return None
+    try:
+        fd = os.open(out_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if not _same_stat(recorded[0], os.fstat(fd)):
+            return None
+        return _patch(store, path, out_path, err_path, fd, chunks, segments, recorded[1])
+    finally:
+        os.close(fd)
+
+
+def _patch(
+    store: Store,
+    path: str,
+    out_path: Path,
+    err_path: Path,
+    fd: int,
+    chunks: list[tuple[int, int, bytes, int, int, bool]],
+    segments: dict[bytes, tuple[int, int, int, int]],
+    entries: bytes,
+) -> tuple[OutputSummary, bytes, list[tuple[Any, ...]]]:
+    written = missing = 0
+    index = bytearray()
+    made: list[tuple[Any, ...]] = []
+    failures: list[int] = []  # failed for good, or ok with no line: the errors file's
+    crash = armed("mid_output_write")
+    pos = 0
+    with atomic_writer(out_path, "wb") as out:
+        copier = _Copier(out, fd)
+        for first, rows, signature, ok, failed, unknown in chunks:
+            if crash and written:
+                copier.flush()
+                out.flush()
+                crashpoint("mid_output_write")
+            missing += rows - ok - failed
+            start, entry = pos, len(index) // _ENTRY.size
+            segment = None if unknown else segments.get(signature)
+            if segment is not None and segment[3] == ok:  # every ok result had its line
+                copier.copy(segment[0], segment[0] + segment[1])
+                index += entries[segment[2] * _ENTRY.size : (segment[2] + ok) * _ENTRY.size]
+                pos += segment[1]
+                written += ok
+                if failed:
+                    failures += store.failed_ordinals(path, first, first + rows - 1)
+            elif ok or failed:
+                for ordinal, done, version, _key, line in store.output_rows_between(
+                    path, first, first + rows - 1
+                ):
+                    if crash and written:  # a kill mid-write, as in _write_output
+                        copier.flush()
+                        out.flush()
+                        crashpoint("mid_output_write")
+                    if done == 0:
+                        continue
+                    if done != 1 or line is None:
+                        failures.append(ordinal)
+                        continue
+                    data = line.rstrip(b"\n") + b"\n"
+                    copier.write(data)
+                    index += _ENTRY.pack(version or 0, len(data))
+                    pos += len(data)
+                    written += 1
+            made.append((signature, start, pos - start, entry, len(index) // _ENTRY.size - entry))
+        copier.flush()
+    with ErrorFile(err_path) as err:
+        for ordinal in failures:
+            err.write(error_record(*store.request_result(path, ordinal)))
+    summary = OutputSummary(path, str(out_path), str(err_path), written, len(failures), missing)
+    return summary, bytes(index), made
+
+
+def _segments_of(store: Store, path: str, index: bytes) -> list[tuple[Any, ...]] | None:
+    """The segments of an output just written in full from its index, if its input's
+    chunks are recorded (each chunk's ok requests made its next entries, in order)."""
+    chunks = store.output_chunks(path)
+    if not chunks or sum(c[3] for c in chunks) != len(index) // _ENTRY.size:
+        return None
+    made = []
+    pos = entry = 0
+    for _first, _rows, signature, ok, _failed, _unknown in chunks:
+        length = sum(
+            size for _, size in _ENTRY.iter_unpack(index[entry * _ENTRY.size :][: ok * _ENTRY.size])
+        )
+        made.append((signature, pos, length, entry, ok))
+        pos += length
+        entry += ok
+    return made
+
+
 # One entry of an output's line index: the result_version its line came from (0: unknown)
 # and the line's length with its newline.
 _ENTRY = struct.Struct("<qI")
@@ -209,7 +318,9 @@ def _same_stat(recorded: str, st: os.stat_result) -> bool:
     return json.loads(recorded)[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def write_index(store: Store, out_path: Path, index: bytes) -> None:
+def write_index(
+    store: Store, out_path: Path, index: bytes, segments: list[tuple[Any, ...]] | None = None
+) -> None:
     """Record which result each line of the output just written holds, and that file's stat
     and sha256 (an errors file: no lines; `[]` when there is none).
 
@@ -224,6 +335,7 @@ def write_index(store: Store, out_path: Path, index: bytes) -> None:
         stat = _stat_text(st, file_sha256(out_path))
     with store.transaction():
         store.set_output_index(out_path.name, stat, index)
+        store.set_output_segments(out_path.name, segments or [])
 
 
 class _LastOutput:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import stat
+from array import array
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +16,9 @@ from gptbatch import pricing
 from gptbatch.canonical import content_hash, file_sha256
 from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.engine.budget import unqueueable
+from gptbatch.engine.chunked import sync_chunked
 from gptbatch.errors import InputError, Problem
+from gptbatch.inputs.chunks import Chunk, find_chunks
 from gptbatch.inputs.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
 from gptbatch.report import Reporter
 from gptbatch.shards import embedding_inputs
@@ -105,6 +109,7 @@ def _sync_changed(
     unshown = 0  # problems an input found past its cap of shown ones
     # Earlier rows are looked up one by one in a snapshot taken before this transaction
     # rewrites them, rather than held in memory for a whole input.
+    ranges: dict[str, list[tuple[int, int]]] = {}  # the rows read of inputs synced by chunks
     with store.snapshot() as before, store.transaction():
         gone = store.forget_inputs(str(p) for p in declared)
         for path in gone:
@@ -115,14 +120,37 @@ def _sync_changed(
             edit, template = edit_kind(spec, store, path)
             # Same config: a line with the bytes of its earlier row keeps that row unparsed.
             reuse = record is not None and record[3] == defaults
-            previous = store.previous_rows(before, str(path))
             tally = {"requests": 0, "new": 0}
+            read = (
+                sync_chunked(
+                    spec,
+                    store,
+                    before,
+                    path,
+                    st,
+                    digest,
+                    defaults,
+                    tally,
+                    lambda ordinal, req, earlier: _request_row(spec, ordinal, req, earlier, False),
+                    line_digest,
+                )
+                if reuse
+                else None
+            )
+            if read is not None:
+                ranges[str(path)] = read  # only these rows can be new duplicates of others
+                report.event("input", path=str(path), state="read", **tally)
+                continue
+            chunks = _chunks(path, st)
+            previous = store.previous_rows(before, str(path))
             scanner = _parallel_scanner(spec, path, st) if previous.empty else None
             if scanner is None:
                 rows = _rows(spec, path, previous, config_changed, reuse, tally, edit)
             else:
                 scanners.append(scanner)
                 rows = _scanned_rows(spec, scanner, tally)
+            lines = array("q")  # each row's line, to count the requests of each chunk
+            rows = _noting_lines(rows, lines)
             try:
                 # Streams into the open transaction; a bad line rolls all of it back.
                 store.replace_input(
@@ -142,8 +170,12 @@ def _sync_changed(
                 rows.close()  # a scan's worker processes stop here, whatever happened
             if template is not None:  # what the next edit of this target is compared with
                 store.set_meta(f"template:{path}", template)
+            if chunks is not None:
+                store.set_input_chunks(str(path), _chunk_records(path, st, chunks, lines))
             report.event("input", path=str(path), state="read", **tally)
-        duplicates, found = store.duplicate_custom_ids(str(p) for p, _, _ in changed)
+        duplicates, found = store.duplicate_custom_ids(
+            (str(p) for p, _, _ in changed), ranges=ranges
+        )
         unshown += found - len(duplicates)
         for cid, pa, la, pb, lb in duplicates:
             problems.append(
@@ -178,6 +210,53 @@ def edit_kind(spec: Spec, store: Store, path: Path) -> tuple[str, str | None]:
         return "template changed", template
     # a step's row is its upstream target's answer (and that row's columns)
     return ("upstream changed" if target.upstream is not None else "row changed"), template
+
+
+def _chunks(path: Path, st: os.stat_result) -> list[Chunk] | None:
+    """An input's chunks, for its next sync; None if it has none (not a regular file)."""
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        return find_chunks(path)
+    except OSError:
+        return None  # the read reports it
+
+
+def _noting_lines(rows: _Rows, lines: array[int]) -> _Rows:
+    """rows, each row's line number noted in lines on its way."""
+    try:
+        for row in rows:
+            lines.append(row.at if type(row) is Kept else row[1])
+            yield row
+    finally:
+        rows.close()
+
+
+def _chunk_records(
+    path: Path, st: os.stat_result, chunks: list[Chunk], lines: array[int]
+) -> list[tuple[Any, ...]]:
+    """The chunks' records (first ordinal, first line, start, length, lines, rows, hash);
+    none if the file changed while it was read (its next sync reads it in full)."""
+    try:
+        now = path.stat()
+    except OSError:
+        return []
+    if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return []
+    if sum(c.length for c in chunks) != st.st_size or (
+        lines and lines[-1] > sum(c.lines for c in chunks)
+    ):
+        return []
+    records = []
+    first_line = 1
+    for chunk in chunks:
+        first = bisect.bisect_left(lines, first_line)
+        end = bisect.bisect_left(lines, first_line + chunk.lines)
+        records.append(
+            (first, first_line, chunk.start, chunk.length, chunk.lines, end - first, chunk.hash)
+        )
+        first_line += chunk.lines
+    return records
 
 
 def line_digest(content: bytes) -> bytes:
@@ -215,7 +294,7 @@ def _rows(
             if group[0] is None:
                 group[0], group[1] = old.url, number
             if old.ordinal == ordinal:  # the earlier row, maybe moved: kept without reading
-                row = Kept(number - old.line, offset - old.offset)
+                row = Kept(number - old.line, offset - old.offset, number)
             else:
                 row = (ordinal, number, offset, length, *_fields(old), digest)
         else:

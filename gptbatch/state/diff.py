@@ -24,6 +24,7 @@ class Kept(NamedTuple):
 
     lines: int = 0
     offset: int = 0
+    at: int = 0  # its line now
 
 
 class PreviousRows:

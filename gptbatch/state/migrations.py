@@ -188,6 +188,26 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             for op in ("INSERT", "UPDATE", "DELETE")
         ),
     ),
+    (
+        # Each input's content-defined chunks (gptbatch.inputs.chunks): where each starts
+        # (bytes, line, ordinal of its first request), its lines and requests, and its hash.
+        # A sync of a changed input reads only the chunks whose hash changed; the requests of
+        # the others are kept, shifted by one statement per run of them. Per output file,
+        # the bytes (and index entries) each chunk's requests made, by the signature of
+        # their outcomes: a rewrite copies those of chunks whose signature is the same.
+        "m010_input_chunks",
+        """
+        CREATE TABLE input_chunks(
+            path TEXT NOT NULL, seq INTEGER NOT NULL, first_ordinal INTEGER NOT NULL,
+            first_line INTEGER NOT NULL, start INTEGER NOT NULL, length INTEGER NOT NULL,
+            lines INTEGER NOT NULL, rows INTEGER NOT NULL, hash BLOB NOT NULL,
+            PRIMARY KEY(path, seq)) WITHOUT ROWID;
+        CREATE TABLE output_segments(
+            output TEXT NOT NULL, signature BLOB NOT NULL, start INTEGER NOT NULL,
+            length INTEGER NOT NULL, first_entry INTEGER NOT NULL, entries INTEGER NOT NULL,
+            PRIMARY KEY(output, signature)) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

@@ -67,6 +67,8 @@ class RequestsMixin(StoreBase):
                 writer.put(row)
         writer.close()
         self.db.execute("DELETE FROM requests WHERE path=? AND ordinal>=?", (path, count))
+        # Rows written without their chunks: any recorded ones no longer describe them.
+        self.db.execute("DELETE FROM input_chunks WHERE path=?", (path,))
         self.db.execute(
             "INSERT OR REPLACE INTO inputs(path, size, mtime_ns, sha256, defaults, requests,"
             " synced_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -84,6 +86,7 @@ class RequestsMixin(StoreBase):
         for path in gone:
             self.db.execute("DELETE FROM requests WHERE path=?", (path,))
             self.db.execute("DELETE FROM inputs WHERE path=?", (path,))
+            self.db.execute("DELETE FROM input_chunks WHERE path=?", (path,))
         return gone
 
     def known_estimates(self, keys: Iterable[str]) -> dict[str, tuple[int, int, int, float | None]]:
@@ -101,14 +104,19 @@ class RequestsMixin(StoreBase):
         return out
 
     def duplicate_custom_ids(
-        self, paths: Iterable[str] | None = None, *, limit: int = 50
+        self,
+        paths: Iterable[str] | None = None,
+        *,
+        limit: int = 50,
+        ranges: dict[str, list[tuple[int, int]]] | None = None,
     ) -> tuple[list[tuple[str, str, int, str, int]], int]:
         """(custom_id, path_a, line_a, path_b, line_b) for custom_ids used in two inputs, the
         first `limit` of them in order, and how many there are in all.
 
         One input's own duplicates are found as it is read. With paths, only pairs with a
         request of those inputs (the ones just read): the others were checked when their
-        inputs were read.
+        inputs were read. ranges: for an input synced by its chunks, the ordinals (first,
+        last) of the rows it read; its other rows are as they were (checked then).
         """
         inputs = self.input_paths()
         if len(inputs) < 2:
@@ -116,16 +124,22 @@ class RequestsMixin(StoreBase):
         if paths is None:
             paths = inputs
         pairs: set[tuple[str, str, int, int, str, int, int]] = set()
+        sql = (
+            "SELECT b.custom_id, a.path, a.ordinal, a.line, b.path, b.ordinal, b.line"
+            " FROM requests b JOIN requests a ON a.custom_id=b.custom_id AND a.path<>b.path"
+            " WHERE b.path=?"
+        )
         for path in paths:
-            cur = self.db.execute(
-                "SELECT b.custom_id, a.path, a.ordinal, a.line, b.path, b.ordinal, b.line"
-                " FROM requests b JOIN requests a ON a.custom_id=b.custom_id AND a.path<>b.path"
-                " WHERE b.path=?",
-                (path,),
+            spans = (ranges or {}).get(path)
+            queries = (
+                [(sql, (path,))]
+                if spans is None
+                else [(sql + " AND b.ordinal BETWEEN ? AND ?", (path, *s)) for s in spans]
             )
-            for cid, pa, oa, la, pb, ob, lb in cur:
-                first, second = sorted([(pa, oa, la), (pb, ob, lb)])
-                pairs.add((cid, *first, *second))
+            for query, params in queries:
+                for cid, pa, oa, la, pb, ob, lb in self.db.execute(query, params):
+                    first, second = sorted([(pa, oa, la), (pb, ob, lb)])
+                    pairs.add((cid, *first, *second))
         first = [(c, pa, la, pb, lb) for c, pa, _, la, pb, _, lb in sorted(pairs)[:limit]]
         return first, len(pairs)
 
@@ -248,6 +262,8 @@ class RequestsMixin(StoreBase):
 
     def resend_left(self) -> int:
         """Requests with a result that this run (-B, --retry-failed) has yet to replace."""
+        if self.db.execute("SELECT 1 FROM resend LIMIT 1").fetchone() is None:
+            return 0  # nearly always: no join (which may walk every request) to find none
         scope, params = self._scope_sql()
         return self.db.execute(
             f"SELECT count(*) FROM resend f JOIN requests r ON r.key=f.key WHERE r.done<>0{scope}",

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from gptbatch.state.chunks import ChunksMixin
 from gptbatch.state.requests import RequestsMixin
 from gptbatch.state.results import ResultsMixin
 from gptbatch.state.shards import ShardsMixin
@@ -27,7 +28,7 @@ def state_dir(output_dir: Path) -> Path:
     return Path(override) if override else output_dir / STATE_DIR_NAME
 
 
-class Store(RequestsMixin, ResultsMixin, ShardsMixin):
+class Store(RequestsMixin, ChunksMixin, ResultsMixin, ShardsMixin):
     """The SQLite-backed build state of one output directory.
 
     Its methods live in the parts it is made of; here are those that span them.
