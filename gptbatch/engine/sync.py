@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import os
 import stat
@@ -131,7 +132,7 @@ def _sync_changed(
                     digest,
                     defaults,
                     tally,
-                    lambda ordinal, req, earlier: _request_row(spec, ordinal, req, earlier, False),
+                    functools.partial(_request_row, spec, config_changed=False, edit=edit),
                     line_digest,
                 )
                 if reuse
@@ -139,6 +140,8 @@ def _sync_changed(
             )
             if read is not None:
                 ranges[str(path)] = read  # only these rows can be new duplicates of others
+                if template is not None:  # what the next edit of this target is compared with
+                    store.set_meta(f"template:{path}", template)
                 report.event("input", path=str(path), state="read", **tally)
                 continue
             chunks = _chunks(path, st)
