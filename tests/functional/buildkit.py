@@ -235,3 +235,23 @@ def update_config(project: Project, **config: Any) -> None:
 def billed_twice(sim: Any) -> list[str]:
     """custom_ids the simulator billed more than once."""
     return sorted(k for k, v in sim.journal.billed_counts().items() if v > 1)
+
+
+# Every crashpoint("...") in gptbatch/, in the order a build passes them
+# (test_build_kills.test_every_crash_point_is_listed fails when the engine gains one).
+KILL_POINTS = (
+    "after_shard_file",
+    "before_upload",
+    "after_upload",
+    "after_uploaded_state",
+    "before_create",
+    "after_create",
+    "after_submitted_state",
+    "mid_download",
+    "after_download",
+    "after_collect",
+    "mid_output_write",
+    "after_outputs",
+)
+# The points a provider's own code passes: all but the output writes, which are shared.
+PROVIDER_KILL_POINTS = KILL_POINTS[: KILL_POINTS.index("mid_output_write")]

@@ -19,7 +19,14 @@ from typing import Any
 
 import anthropic
 import pytest
-from buildkit import REPO, Project, make_project, wait_until, write_jsonl
+from buildkit import (
+    PROVIDER_KILL_POINTS,
+    REPO,
+    Project,
+    make_project,
+    wait_until,
+    write_jsonl,
+)
 
 from gptbatch.canonical import sha256_hex
 from gptbatch.errors import EXIT_BAD_INPUT, EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
@@ -115,24 +122,8 @@ def test_lost_state_with_batches_in_flight_waits_for_them(tmp_path: Path, simula
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
 
 
-# Every crash point of a build (tests/functional/test_build_kills.py lists them) but the
-# output writes, which do not depend on the provider.
-ANTHROPIC_KILL_POINTS = (
-    "after_shard_file",
-    "before_upload",
-    "after_upload",
-    "after_uploaded_state",
-    "before_create",
-    "after_create",
-    "after_submitted_state",
-    "mid_download",
-    "after_download",
-    "after_collect",
-)
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("point", ANTHROPIC_KILL_POINTS)
+@pytest.mark.parametrize("point", PROVIDER_KILL_POINTS)
 def test_kill_then_rerun_pays_nothing_twice(tmp_path: Path, simulator, point: str) -> None:
     rows = [claude(f"q{i}") for i in range(6)]
     project = claude_project(tmp_path, rows, limits={"max_requests_per_batch": 3})

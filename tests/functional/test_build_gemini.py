@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from buildkit import REPO, Project, make_project, write_jsonl
+from buildkit import PROVIDER_KILL_POINTS, REPO, Project, make_project, write_jsonl
 from google import genai
 
 from gptbatch.canonical import sha256_hex
@@ -122,24 +122,8 @@ def test_lost_state_with_ended_and_in_flight_jobs_waits_for_them(tmp_path: Path,
     assert [o["custom_id"] for o in project.output()] == [r["key"] for r in rows]
 
 
-# Every crash point of a build (tests/functional/test_build_kills.py lists them) but the
-# output writes, which do not depend on the provider.
-GEMINI_KILL_POINTS = (
-    "after_shard_file",
-    "before_upload",
-    "after_upload",
-    "after_uploaded_state",
-    "before_create",
-    "after_create",
-    "after_submitted_state",
-    "mid_download",
-    "after_download",
-    "after_collect",
-)
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("point", GEMINI_KILL_POINTS)
+@pytest.mark.parametrize("point", PROVIDER_KILL_POINTS)
 def test_kill_then_rerun_pays_nothing_twice(tmp_path: Path, simulator, point: str) -> None:
     rows = [gem(f"q{i}") for i in range(6)]
     project = gemini_project(tmp_path, rows, limits={"max_requests_per_batch": 3})

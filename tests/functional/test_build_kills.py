@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from buildkit import (
+    KILL_POINTS,
     REPO,
     Project,
     billed_twice,
@@ -31,22 +32,6 @@ from buildkit import (
 from gptbatch.errors import EXIT_OK
 from gptbatch.simulator import request_digest
 
-# Every crashpoint("...") in gptbatch/, in the order a build passes them.
-# test_every_crash_point_is_listed fails when the engine gains one that is not here.
-KILL_POINTS = (
-    "after_shard_file",
-    "before_upload",
-    "after_upload",
-    "after_uploaded_state",
-    "before_create",
-    "after_create",
-    "after_submitted_state",
-    "mid_download",
-    "after_download",
-    "after_collect",
-    "mid_output_write",
-    "after_outputs",
-)
 # Points a single run passes only once (finish() writes the outputs once per run).
 ONCE_PER_RUN = {"after_outputs"}
 

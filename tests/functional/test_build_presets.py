@@ -16,6 +16,7 @@ from typing import Any
 import openai
 import pytest
 from buildkit import (
+    PROVIDER_KILL_POINTS,
     Project,
     batch_count,
     batch_members,
@@ -220,23 +221,8 @@ def test_simulate_serves_the_presets_quirks(tmp_path: Path, monkeypatch, name) -
     assert project.build("--simulate") == EXIT_OK
 
 
-# Every crash point of a build but the output writes, which do not depend on the provider.
-KILL_POINTS = (
-    "after_shard_file",
-    "before_upload",
-    "after_upload",
-    "after_uploaded_state",
-    "before_create",
-    "after_create",
-    "after_submitted_state",
-    "mid_download",
-    "after_download",
-    "after_collect",
-)
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("point", KILL_POINTS)
+@pytest.mark.parametrize("point", PROVIDER_KILL_POINTS)
 @pytest.mark.parametrize("name", PRESETS)
 def test_kill_then_rerun_pays_nothing_twice(
     tmp_path: Path, simulator_factory, monkeypatch, name: str, point: str
