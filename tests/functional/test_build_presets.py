@@ -221,9 +221,23 @@ def test_simulate_serves_the_presets_quirks(tmp_path: Path, monkeypatch, name) -
     assert project.build("--simulate") == EXIT_OK
 
 
+def rotating(cells: list[Any]) -> list[Any]:
+    """Every (preset, cell) pair; the default suite runs each cell with one preset, turn
+    about, and `-m slow` runs them all (the suite must stay under 10 minutes on 2 cores)."""
+    return [
+        pytest.param(
+            name,
+            *(cell if isinstance(cell, tuple) else (cell,)),
+            marks=() if PRESETS[i % len(PRESETS)] == name else pytest.mark.slow,
+            id=f"{name}-{'-'.join(cell) if isinstance(cell, tuple) else cell}",
+        )
+        for i, cell in enumerate(cells)
+        for name in PRESETS
+    ]
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("point", PROVIDER_KILL_POINTS)
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize(("name", "point"), rotating(list(PROVIDER_KILL_POINTS)))
 def test_kill_then_rerun_pays_nothing_twice(
     tmp_path: Path, simulator_factory, monkeypatch, name: str, point: str
 ) -> None:
@@ -245,8 +259,7 @@ FAULT_CELLS = [(route, kind) for route in ROUTES for kind in KINDS]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("route", "kind"), FAULT_CELLS, ids=[f"{r}-{k}" for r, k in FAULT_CELLS])
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize(("name", "route", "kind"), rotating(FAULT_CELLS))
 def test_route_fault_matrix(
     tmp_path: Path, simulator_factory, monkeypatch, name: str, route: str, kind: str
 ) -> None:
