@@ -83,8 +83,11 @@ class ChunksMixin(StoreBase):
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK TO chunked")
-            self.db.execute("RELEASE chunked")
+            # SQLite ends the whole transaction itself on some errors (a full disk): then
+            # there is no savepoint to return to, and the original error is the one to tell.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK TO chunked")
+                self.db.execute("RELEASE chunked")
             raise
         self.db.execute("RELEASE chunked")
 
