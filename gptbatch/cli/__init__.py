@@ -115,7 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_version_verbose()
     try:  # importing a command's modules takes a while: Ctrl-C then is no traceback either
         parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # `build batch.yaml -B step`: argparse gives out its positionals before an option,
+        # so targets after one come back unparsed; they are targets all the same.
+        if extra and getattr(args, "command", None) == "build" and not any(
+            e.startswith("-") for e in extra
+        ):
+            args.targets = [*args.targets, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except KeyboardInterrupt:
         print(f"gptbatch: {INTERRUPTED_EARLY}", file=sys.stderr)
         return EXIT_INTERRUPTED

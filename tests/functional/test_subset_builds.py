@@ -88,3 +88,17 @@ def test_a_subset_build_leaves_shards_of_other_inputs_unsent(tmp_path: Path, sim
     assert sorted(billed_ids(simulator)) == sorted(
         [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)]
     )
+
+
+def test_a_target_after_an_option_is_still_a_target(tmp_path: Path, simulator, capsys) -> None:
+    """`gptbatch build batch.yaml --max-cost 5 inputs/b.jsonl`: argparse hands back a
+    positional that follows an option; it is a target, not an error. Unknown options still
+    are."""
+    project = two_inputs(tmp_path)
+    target = "inputs/b.jsonl"
+    assert main(["build", str(project.config), "--max-cost", "5", target]) == EXIT_OK
+    assert sorted(billed_ids(simulator)) == sorted(f"b{i}" for i in range(30))  # b alone
+    with pytest.raises(SystemExit) as exited:  # as argparse stops on any unknown option
+        main(["build", str(project.config), "--no-wait", "--bogus"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
