@@ -52,7 +52,9 @@ def model_warnings(
 
     Not an error: a real model newer than gptbatch's list must still work.
     """
-    warnings = []
+    warnings: list[str] = []
+    if spec.api.provider != "openai":  # gptbatch's list is OpenAI's (see build.py)
+        return warnings
     for model, (path, line) in first.items():
         hint = unknown_model_hint(model, spec.prices)
         if hint is not None:

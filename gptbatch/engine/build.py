@@ -235,8 +235,10 @@ class Builder:
         if dropped:
             self.scheduler.dirty = True
         # A typo'd model fails whole batches. Only a build that read an input can have a new
-        # model, so a no-op build does not scan every request for them.
-        for model in sorted(m for m in self.store.models() if m) if read else ():
+        # model, so a no-op build does not scan every request for them. gptbatch's list is
+        # OpenAI's: other providers' models (and Azure's deployment names) are not in it.
+        listed = read and self.spec.api.provider == "openai"
+        for model in sorted(m for m in self.store.models() if m) if listed else ():
             hint = unknown_model_hint(model, self.spec.prices)
             if hint is not None:
                 self.report.event("warning", message=hint)

@@ -431,3 +431,15 @@ def test_a_later_create_in_doubt_that_ends_first_is_adopted_by_its_own_shard(
     finally:
         store.close()
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in rows]
+
+
+def test_claude_models_get_no_unknown_model_warning(tmp_path: Path, simulator, capsys) -> None:
+    """gptbatch's model list is OpenAI's: a Claude model is not a typo of one."""
+    from gptbatch.cli import main
+
+    project = claude_project(tmp_path, [claude("q0"), claude("q1")])
+    assert main(["validate", str(project.config)]) == EXIT_OK
+    assert project.build() == EXIT_OK
+    captured = capsys.readouterr()
+    assert "unknown model" not in captured.err
+    assert f"cost unknown (no price for {MODEL}" in captured.out  # it says what it can't price
