@@ -118,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         # `build batch.yaml -B step`: argparse gives out its positionals before an option,
         # so targets after one come back unparsed; they are targets all the same.
-        if extra and getattr(args, "command", None) == "build" and not any(
-            e.startswith("-") for e in extra
+        if (
+            extra
+            and getattr(args, "command", None) == "build"
+            and not any(e.startswith("-") for e in extra)
         ):
             args.targets = [*args.targets, *extra]
         elif extra:

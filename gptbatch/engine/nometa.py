@@ -107,12 +107,12 @@ def adopt_existing(sub: Submitter, shard: ShardRow) -> bool:
 
 def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
     """Adopt the ended batches the state does not know; the unknown ones in progress."""
-    from gptbatch.engine.submit import RECONCILE_MARGIN, RECONCILED_META, RECOVER_HORIZON
+    from gptbatch.engine.submit import RECONCILED_META
 
     store = sub.store
     last = store.get_meta(RECONCILED_META)
     lost = last is None
-    sub.newest_listed = None
+    sub.newest_listed = None  # nothing listed (yet) in this pass
     if not lost and not submitting:
         return []  # every batch of ours is on record
     known = {b.id for b in store.batches()}
@@ -123,17 +123,8 @@ def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
     submitting = [*submitting, *(s for s in store.shards(("submitting",)) if s.id not in mine)]
     seen = _SEEN.setdefault(sub, _Seen())
     skipped = seen.empty
-    floor = float("-inf")
     waiting: list[BatchInfo] = []
-    newest: int | None = None
-    for info in sub.remote.list_batches():
-        if newest is None:
-            newest = info.created_at
-            floor = newest - RECOVER_HORIZON
-            if last is not None:
-                floor = max(floor, float(last) - RECONCILE_MARGIN)
-        if info.created_at < floor:
-            break
+    for info in sub.listed_back():
         if info.id in known or info.id in skipped:
             continue
         if not info.terminal:
@@ -141,7 +132,6 @@ def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
             continue
         if not adopt_ended(sub, info, submitting):
             skipped.add(info.id)
-    sub.newest_listed = newest
     reported = seen.reported
     for info in waiting:
         if info.id not in reported:

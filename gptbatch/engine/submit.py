@@ -338,14 +338,26 @@ class Submitter:
     def remote_batches(
         self, observe: Callable[[BatchInfo], None] | None = None
     ) -> Iterator[BatchInfo]:
-        """This project's batches at the API, newest first, as far back as they can matter.
+        """This project's batches at the API, newest first (see listed_back).
+
+        observe: shown every batch listed, any project's (the queue census).
+        """
+        for info in self.listed_back():
+            if observe is not None:
+                observe(info)
+            if self.is_ours(info):
+                yield info
+
+    def listed_back(self) -> Iterator[BatchInfo]:
+        """Every batch at the API, newest first, as far back as ours can matter.
 
         Reads back to the newest batch the last full pass saw (minus a margin), or, with no
         such pass, to RECOVER_HORIZON before the newest batch listed: both in the API's time.
-        Sets `self.newest_listed` to the newest `created_at` seen, when the pass ends.
-        observe: shown every batch listed, any project's (the queue census).
+        Sets `self.newest_listed` to the newest `created_at` seen once the pass ends (None
+        until then, so a pass cut short never records how far it read).
         """
         last = self.store.get_meta(RECONCILED_META)
+        self.newest_listed = None
         newest: int | None = None
         floor = float("-inf")
         for info in self.remote.list_batches():
@@ -356,10 +368,7 @@ class Submitter:
                     floor = max(floor, float(last) - RECONCILE_MARGIN)
             if info.created_at < floor:
                 break
-            if observe is not None:
-                observe(info)
-            if self.is_ours(info):
-                yield info
+            yield info
         self.newest_listed = newest
 
     def concerns_this_build(self, shard: ShardRow) -> bool:
