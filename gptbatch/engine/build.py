@@ -38,7 +38,13 @@ from gptbatch.engine.submit import Submitter
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.engine.sync import sync_inputs
 from gptbatch.engine.tables import table_inputs, write_tables
-from gptbatch.errors import InputError, Problem, TransientRemoteError
+from gptbatch.errors import (
+    InputError,
+    LocalIOError,
+    Problem,
+    StateError,
+    TransientRemoteError,
+)
 from gptbatch.pricing import unknown_model_hint
 from gptbatch.report import Reporter
 from gptbatch.state.lock import BuildLock
@@ -111,6 +117,14 @@ def run_build(
             if untouched and not had_output:
                 with contextlib.suppress(OSError):
                     spec.output_dir.rmdir()
+            raise
+        except (OSError, LocalIOError) as exc:
+            # A state directory deleted mid-build first shows as a write that fails (no such
+            # file): say what happened, not "check free disk space".
+            try:
+                store.check_intact()
+            except StateError as gone:
+                raise gone from exc
             raise
         finally:
             store.close()
