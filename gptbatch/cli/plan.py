@@ -10,6 +10,7 @@ from typing import Any
 from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
 from gptbatch.commands.plan import GroupPlan, Plan, make_plan
 from gptbatch.engine.budget import ModelLimits, queue_limits
+from gptbatch.inputs.render import filtered_out
 from gptbatch.pricing import closest_known
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         doc["workload"] = whole.to_json()["totals"]
         if limits:  # once a build has a state
             doc["queue_limits"] = [m.to_json() for m in limits]
+        doc["filtered_out"] = filtered_out(spec.targets)
         print(json.dumps(doc, indent=2))
         return 0
     what = "what `build` would send now" if store is not None else "the whole workload"
@@ -183,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {note}")
     for m in limits:
         print(f"  queue limit {m.describe()}")
+    for name, count in filtered_out(spec.targets).items():
+        print(f"  target {name}: {plural(count, 'row')} filtered out by where (not planned)")
     if store is not None:
         print(
             f"whole workload: {plural(whole.requests, 'request')}, "

@@ -17,6 +17,7 @@ from gptbatch.commands.status import (
 from gptbatch.commands.validate import check_inputs
 from gptbatch.engine.budget import queue_limits
 from gptbatch.errors import InputError
+from gptbatch.inputs.render import filtered_out
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir
 
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                     "pending": [r.__dict__ for r in reasons],
                     "remote": live,
                     "queue_limits": [m.to_json() for m in limits],
+                    "filtered_out": filtered_out(spec.targets),
                 },
                 indent=2,
                 sort_keys=True,
@@ -159,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
             f"{info['total']:,} done, {info['failed']:,} failed)"
         )
     if args.explain:
+        for name, count in filtered_out(spec.targets).items():
+            print(f"target {name}: {plural(count, 'row')} filtered out by where")
         for r in reasons:
             print(f"{shown(r.path)}:{r.line}: {r.custom_id}: {r.reason}")
         if args.limit and len(reasons) >= args.limit:

@@ -14,7 +14,7 @@ from gptbatch.config.input_files import excluded_by, excluded_dirs
 from gptbatch.config.yaml_source import line_of, parse_yaml
 from gptbatch.errors import ConfigError, Problem
 from gptbatch.inputs.answers import answer_properties
-from gptbatch.inputs.render import Target
+from gptbatch.inputs.render import Target, where_syntax_error
 
 
 def load_targets(
@@ -130,6 +130,21 @@ def load_targets(
                 )
             )
             continue
+        where_text = entry.get("where")
+        if where_text is not None:
+            wrong_where = where_syntax_error(str(where_text))
+            if wrong_where is not None:
+                problems.append(
+                    Problem(
+                        display,
+                        line_of(node, [*where, "where"]) + wrong_where[1] - 1,
+                        f"inputs[{index}]: target {name}: where: Jinja2 syntax error: "
+                        f"{wrong_where[0]}",
+                        "where is an expression over the row's columns, e.g. "
+                        "\"sentiment == 'negative'\" (no {{ }})",
+                    )
+                )
+                continue
         targets[index] = Target(
             name=name,
             data=data,
@@ -143,6 +158,7 @@ def load_targets(
             retry_invalid=bool(entry.get("retry_invalid", False)),
             upstream=upstream,
             shape="anthropic" if provider == "anthropic" else "openai",
+            where=None if where_text is None else str(where_text),
         )
     problems += _cycles(targets, node, display)
     by_name = {t.name: t for t in targets.values()}

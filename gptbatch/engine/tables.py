@@ -28,7 +28,7 @@ from gptbatch.engine.outputs import ErrorFile, error_record, write_index, writte
 from gptbatch.errors import LocalIOError
 from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
-from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id
+from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id, row_filter
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
 
@@ -233,7 +233,10 @@ def _write_table(
         out.write(header)
         entries += _ENTRY.pack(_digest(header), len(header), 0)
         upcoming = next(requests, None)
+        passes = row_filter(target)
         for line, row in data_rows(target):
+            if passes is not None and not passes(row, line, _row_id(row.get(target.id))):
+                continue  # left out by `where`: no request, no line
             rows += 1
             cells = [_cell(row.get(c)) for c in columns]
             # The requests are the rows' in data order, or some of them (build --sample):

@@ -56,6 +56,9 @@ class Target:
     # the request lines' shape: "openai" ({custom_id, method, url, body}) or "anthropic"
     # ({custom_id, params}: the template's body as Messages parameters), by api.provider
     shape: str = "openai"
+    # a row filter: a Jinja2 expression over the row's columns; a row for which it is false
+    # sends nothing and has no line in the table
+    where: str | None = None
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -85,6 +88,7 @@ def fingerprint(target: Target, sample: int | None = None) -> str:
         "name": target.name,
         "request": target.request,
         **({"shape": target.shape} if target.shape != "openai" else {}),
+        **({"where": target.where} if target.where is not None else {}),
     }
     if sample is not None:
         facts["sample"] = sample
@@ -134,6 +138,7 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
     made = _missing_dirs(source_path(state, todo[0][0]).parent)
     problems: list[Problem] = []
     stamps: list[str] = []
+    filtered: list[int] = []
     try:
         with contextlib.ExitStack() as stack:
             for target, path in todo:
@@ -148,7 +153,7 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
                 stamps.append(fingerprint(used, sample))  # the copy's bytes: what was rendered
                 out = stack.enter_context(atomic_writer(path, "wb"))
                 try:
-                    render(used, out, sample)
+                    filtered.append(render(used, out, sample))
                 except InputError as exc:
                     problems += exc.problems
             if problems:  # raised inside the stack: every temp file is removed
@@ -160,9 +165,25 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
-    for (_, path), stamp in zip(todo, stamps, strict=True):
+    for (target, path), stamp, count in zip(todo, stamps, filtered, strict=True):
+        counted = path.with_suffix(".filtered")
+        if target.where is not None:
+            atomic_write_bytes(counted, str(count).encode())
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                counted.unlink()
         # The fingerprint goes last: a kill in between leaves a stale one, so it renders again.
         atomic_write_bytes(path.with_suffix(".fingerprint"), stamp.encode())
+
+
+def filtered_out(targets: Mapping[str, Path]) -> dict[str, int]:
+    """How many rows each target's `where` left out when it was last rendered, by target
+    name (targets: each target's rendered file; a target without `where` is not listed)."""
+    counts = {}
+    for name, path in targets.items():
+        with contextlib.suppress(OSError, ValueError):
+            counts[name] = int(path.with_suffix(".filtered").read_text("utf-8"))
+    return counts
 
 
 @contextlib.contextmanager
@@ -205,13 +226,67 @@ def _missing_dirs(directory: Path) -> list[Path]:
     return missing
 
 
-def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
-    """Write the target's request lines to out, one per data row in data order, as rows are
-    read; InputError if any is wrong. sample: only the rows `sampled_ids` picks."""
-    from jinja2 import StrictUndefined, TemplateSyntaxError
+def _environment() -> Any:
+    """The Jinja2 environment of templates and `where`: sandboxed, strict undefined."""
+    from jinja2 import StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def where_syntax_error(expression: str) -> tuple[str, int] | None:
+    """What is wrong with a `where` expression's syntax, and its line in it; None if fine."""
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        _environment().compile_expression(expression, undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        return exc.message or "invalid expression", exc.lineno or 1
+    return None
+
+
+def row_filter(target: Target) -> Any:
+    """A function (row, line, custom_id) -> does the row pass the target's `where`; None
+    without one. InputError, naming the data file, row and line, when it cannot be told."""
+    if target.where is None:
+        return None
+    from jinja2.exceptions import SecurityError, UndefinedError
+
+    expression = _environment().compile_expression(target.where, undefined_to_none=False)
+    shown = f"where {target.where!r}"
+
+    def passes(row: Mapping[str, Any], line: int, custom_id: str) -> bool:
+        try:
+            return bool(expression(row))
+        except UndefinedError as exc:
+            name = _UNDEFINED.fullmatch(exc.message or "")
+            what = f"{name.group(1)!r} names no column" if name else exc.message
+            hint = f"the columns are {', '.join(row) or 'none'}; fix the filter or add the column"
+        except SecurityError as exc:
+            what = f"the sandbox refused: {exc}"
+            hint = "a filter may only compare columns and use filters; no attribute access"
+        except Exception as exc:  # a comparison or filter failing on this row's values
+            what = f"failed: {exc}"
+            hint = "CSV values are strings: compare with strings, or convert (x|int > 3)"
+        raise InputError(
+            Problem(
+                target.data_display,
+                line,
+                f"target {target.name}, row {custom_id!r}: {shown}: {what}",
+                hint,
+            )
+        )
+
+    return passes
+
+
+def render(target: Target, out: IO[bytes], sample: int | None = None) -> int:
+    """Write the target's request lines to out, one per data row in data order, as rows are
+    read; InputError if any is wrong. sample: only the rows `sampled_ids` picks. Returns how
+    many rows `where` left out."""
+    from jinja2 import TemplateSyntaxError
+
+    env = _environment()
     strings: list[tuple[tuple[Any, ...], str]] = list(_strings(target.request, ()))
     compiled: dict[tuple[Any, ...], Any] = {}
     problems: list[Problem] = []
@@ -236,9 +311,14 @@ def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
     # same in every request and is shared, not walked (a large JSON schema, say).
     live = frozenset(where[:i] for where in compiled for i in range(len(where) + 1))
     chosen = sampled_ids(target, sample) if sample is not None else None
+    passes = row_filter(target)
     seen: dict[str, int] = {}
+    filtered = 0
     for line, row in data_rows(target):
         custom_id = _row_id(target, line, row, seen)
+        if passes is not None and not passes(row, line, custom_id):
+            filtered += 1
+            continue
         if chosen is not None and custom_id not in chosen:
             continue
         body = _render_value(target, target.request, (), compiled, live, row, line, custom_id)
@@ -251,18 +331,23 @@ def render(target: Target, out: IO[bytes], sample: int | None = None) -> None:
         raise InputError(
             Problem(target.data_display, None, f"target {target.name}: no data rows", "")
         )
+    return filtered
 
 
 def sampled_ids(target: Target, count: int) -> set[str]:
     """The ids of `count` rows of a target: those whose ids hash lowest (sha256 of target name
     and id). The same rows every time, spread over the table whatever its order, and stable
     as rows are added (a new row joins only if it hashes lower than one picked). One pass,
-    holding only the picks; every id is checked as rendering checks it."""
+    holding only the picks; every id is checked as rendering checks it. Only rows passing
+    `where` are picked."""
     picked: list[tuple[bytes, str]] = []  # sorted by hash, at most count long
     seen: dict[str, int] = {}
     prefix = target.name.encode() + b"\0"
+    passes = row_filter(target)
     for line, row in data_rows(target):
         custom_id = _row_id(target, line, row, seen)
+        if passes is not None and not passes(row, line, custom_id):
+            continue
         digest = hashlib.sha256(prefix + custom_id.encode()).digest()
         if len(picked) < count:
             bisect.insort(picked, (digest, custom_id))
