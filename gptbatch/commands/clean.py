@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import NotFoundError, UsageError
+from gptbatch.inputs.parquet import is_parquet
 from gptbatch.state.store import Store, state_dir
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def plan_clean(spec: Spec, *, rehearsal: bool = False) -> CleanPlan:
     inputs = {os.path.realpath(p) for p in spec.inputs} - rendered
     ours: list[Path] = [t for pair in output_paths(spec.inputs, output_dir).values() for t in pair]
     ours += [output_dir / f"{t.name}.csv" for t in spec.data_targets]  # answers tables
+    ours += [output_dir / f"{t.name}.parquet" for t in spec.data_targets if is_parquet(t.data)]
     if output_dir.is_dir():
         for path in output_dir.glob("*.errors.jsonl"):  # inputs since dropped from batch.yaml
             ours += [path, path.with_name(path.name[: -len(".errors.jsonl")] + ".jsonl")]

@@ -14,6 +14,7 @@ from gptbatch.config.input_files import excluded_by, excluded_dirs
 from gptbatch.config.yaml_source import line_of, parse_yaml
 from gptbatch.errors import ConfigError, Problem
 from gptbatch.inputs.answers import answer_properties
+from gptbatch.inputs.parquet import INSTALL, is_parquet, missing_pyarrow
 from gptbatch.inputs.render import Target, where_syntax_error
 
 
@@ -71,15 +72,24 @@ def load_targets(
                     f"step over its answers: {', '.join(sorted(declared)) or 'none here'})",
                 )
             )
-        elif data.suffix.lower() in (".parquet", ".pq", ".xlsx", ".xls"):
+        elif data.suffix.lower() in (".xlsx", ".xls"):
             problems.append(
                 Problem(
                     display,
                     line_of(node, [*where, "data"]),
                     f"inputs[{index}]: target {name}: {entry['data']!r}: data targets do not "
-                    "read Parquet or spreadsheets (it was read as CSV, and found no rows)",
-                    "data targets read CSV with a header row, or JSONL records (.jsonl); "
-                    "convert the table to one of them",
+                    "read spreadsheets",
+                    "data targets read CSV with a header row, JSONL records (.jsonl) or "
+                    "Parquet (.parquet); save the sheet as one of them",
+                )
+            )
+        elif is_parquet(data) and (why := missing_pyarrow()) is not None:
+            problems.append(
+                Problem(
+                    display,
+                    line_of(node, [*where, "data"]),
+                    f"inputs[{index}]: target {name}: {entry['data']!r}: {why}",
+                    f"{INSTALL} (or convert the table to CSV or JSONL records)",
                 )
             )
         elif (label := excluded_by(data, excluded)) is not None:

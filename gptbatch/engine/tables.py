@@ -28,6 +28,8 @@ from gptbatch.engine.outputs import ErrorFile, error_record, write_index, writte
 from gptbatch.errors import LocalIOError
 from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
+from gptbatch.inputs.parquet import is_parquet
+from gptbatch.inputs.parquet import write_table as write_parquet_table
 from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id, row_filter
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
@@ -107,6 +109,8 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
     for rendered, target in table_inputs(spec).items():
         csv_path = spec.output_dir / f"{target.name}.csv"
         err_path = spec.output_dir / f"{target.name}.errors.jsonl"
+        # a Parquet target's table is also written as Parquet, from the CSV table
+        pq_path = spec.output_dir / f"{target.name}.parquet" if is_parquet(target.data) else None
         stamp = json.dumps([TABLE_FORMAT, results, _rendered_stamp(rendered)])
         meta = f"table:{target.name}"
         last = json.loads(store.get_meta(meta) or "null")
@@ -115,6 +119,7 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
             and last["stamp"] == stamp
             and written_as_indexed(store, csv_path, fix=True) is None
             and written_as_indexed(store, err_path, fix=True) is None
+            and (pq_path is None or written_as_indexed(store, pq_path, fix=True) is None)
         ):
             summaries.append(TableSummary(target.name, str(csv_path), *last["counts"]))
             continue
@@ -125,6 +130,9 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
             summaries.append(TableSummary(target.name, str(csv_path), *counts, skipped=True))
             continue
         write_index(store, err_path, b"")
+        if pq_path is not None:
+            _write_parquet(as_rendered(target, rendered.parent.parent), csv_path, pq_path)
+            write_index(store, pq_path, b"")
         with store.transaction():
             store.set_meta(meta, json.dumps({"stamp": stamp, "counts": counts}))
         summaries.append(TableSummary(target.name, str(csv_path), *counts))
@@ -288,6 +296,28 @@ def _write_table(
             raise _RenderedAgain  # inside the writers: neither file is replaced
     write_index(store, csv_path, bytes(entries))
     return [rows, answered, invalid]
+
+
+def _write_parquet(target: Target, csv_path: Path, pq_path: Path) -> None:
+    """The table as Parquet: the data's rows (those `where` passes) with their columns as
+    typed in the data (the copy rendered from), and the CSV table's answer columns."""
+    passes = row_filter(target)
+    with open(csv_path, newline="", encoding="utf-8") as f, atomic_writer(pq_path, "wb") as out:
+        reader = csv.reader(f)
+        header = next(reader)
+        columns = len(_columns(target))
+
+        def keep(line: int, row: dict[str, str]) -> bool:
+            return passes is None or passes(row, line, _row_id(row.get(target.id)))
+
+        write_parquet_table(
+            target.data,
+            target.data_display,
+            out,
+            keep,
+            header[columns:],
+            (fields[columns:] for fields in reader),
+        )
 
 
 def _digest(*parts: Any) -> bytes:

@@ -69,8 +69,12 @@ def rendered_path(state: Path, name: str) -> Path:
 def source_path(state: Path, target: Target) -> Path:
     """The copy of a target's data its requests were rendered from (<state>/rendered/sources/):
     its table is written from the same rows, whatever happens to the data meanwhile."""
-    jsonl = target.upstream is None and target.data.suffix.lower() in (".jsonl", ".ndjson")
-    return state / "rendered" / "sources" / (target.name + (".jsonl" if jsonl else ".csv"))
+    suffix = target.data.suffix.lower() if target.upstream is None else ".csv"
+    if suffix == ".ndjson":
+        suffix = ".jsonl"
+    elif suffix not in (".jsonl", ".parquet", ".pq"):
+        suffix = ".csv"
+    return state / "rendered" / "sources" / (target.name + suffix)
 
 
 def as_rendered(target: Target, state: Path) -> Target:
@@ -511,7 +515,8 @@ def request_id(target: Target, row_id: str) -> str:
 
 
 def data_rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, record) of each data row, as read: JSONL records for .jsonl/.ndjson, else CSV.
+    """(line, record) of each data row, as read: JSONL records for .jsonl/.ndjson, Parquet
+    rows for .parquet/.pq (line: the row's number, from 1), else CSV.
 
     A step's rows are those of its upstream target's table that have an answer (none while
     that table is not written yet)."""
@@ -527,6 +532,10 @@ def data_rows(target: Target) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     if target.data.suffix.lower() in (".jsonl", ".ndjson"):
         yield from _jsonl_rows(target, _lines(target))
+    elif target.data.suffix.lower() in (".parquet", ".pq"):
+        from gptbatch.inputs.parquet import parquet_rows
+
+        yield from parquet_rows(target.data, target.data_display)
     else:
         yield from _csv_rows(target, _lines(target))
 

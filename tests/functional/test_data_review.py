@@ -262,13 +262,19 @@ def test_a_kill_in_a_steps_round_pays_nothing_twice(
     assert [r["review_id"] for r in rows] == IDS and all(r["answer.answer"] for r in rows)
 
 
-def test_a_parquet_data_file_is_named_as_unsupported(tmp_path: Path, capsys) -> None:
+def test_a_parquet_data_file_is_read_as_parquet(tmp_path: Path, capsys) -> None:
     project = data_project(tmp_path, data="data/reviews.parquet")
     (tmp_path / "data" / "reviews.parquet").write_bytes(b"PAR1\x00\x01\x02binary")
     assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    # it was read as a CSV: "no data rows", with no word of the format
-    assert "'data/reviews.parquet': data targets do not read Parquet" in err, err
+    # it was read as a CSV: "no data rows", with no word of the format (Parquet is read
+    # since; a spreadsheet is still refused by name)
+    assert "data/reviews.parquet: not a readable Parquet file" in err, err
+    assert "no data rows" not in err
+    project = data_project(tmp_path, data="data/reviews.xlsx")
+    (tmp_path / "data" / "reviews.xlsx").write_bytes(b"PK\x03\x04binary")
+    assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
+    assert "'data/reviews.xlsx': data targets do not read spreadsheets" in capsys.readouterr().err
 
 
 def test_a_forced_one_round_build_says_how_to_force_its_steps(
