@@ -155,6 +155,18 @@ def load_targets(
                     )
                 )
                 continue
+        dialect = _dialect(entry, data, upstream is not None)
+        if isinstance(dialect, str):
+            problems.append(
+                Problem(
+                    display,
+                    line_of(node, [*where, "csv"]),
+                    f"inputs[{index}]: target {name}: csv: {dialect}",
+                    'csv: {delimiter: ";", quotechar: \'"\'} takes one character each, '
+                    "for a CSV data file",
+                )
+            )
+            continue
         targets[index] = Target(
             name=name,
             data=data,
@@ -169,6 +181,8 @@ def load_targets(
             upstream=upstream,
             shape="anthropic" if provider == "anthropic" else "openai",
             where=None if where_text is None else str(where_text),
+            delimiter=dialect[0],
+            quotechar=dialect[1],
         )
     problems += _cycles(targets, node, display)
     by_name = {t.name: t for t in targets.values()}
@@ -179,6 +193,29 @@ def load_targets(
                 target, upstream_answers=1 + len(answer_properties(upstream.request))
             )
     return targets, problems
+
+
+def _dialect(entry: Mapping[str, Any], data: Path, step: bool) -> tuple[str, str] | str:
+    """The target's CSV (delimiter, quotechar), or what is wrong with its `csv:`. A .tsv
+    file's delimiter is a tab unless csv: says otherwise."""
+    given = entry.get("csv")
+    default = "\t" if data.suffix.lower() == ".tsv" and not step else ","
+    if given is None:
+        return default, '"'
+    if step:
+        return "applies to a data file; a step's data is its upstream's table (plain CSV)"
+    if data.suffix.lower() in (".jsonl", ".ndjson", ".parquet", ".pq"):
+        return f"applies to CSV data, not {data.suffix} files"
+    if not isinstance(given, Mapping):
+        return "is not a mapping"
+    delimiter = str(given.get("delimiter", default))
+    quotechar = str(given.get("quotechar", '"'))
+    for what, value in (("delimiter", delimiter), ("quotechar", quotechar)):
+        if len(value) != 1 or value in "\r\n":
+            return f"{what} {value!r} is not one character (other than a line break)"
+    if delimiter == quotechar:
+        return f"delimiter and quotechar are both {delimiter!r}"
+    return delimiter, quotechar
 
 
 def _under_outputs(

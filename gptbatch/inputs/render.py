@@ -59,6 +59,9 @@ class Target:
     # a row filter: a Jinja2 expression over the row's columns; a row for which it is false
     # sends nothing and has no line in the table
     where: str | None = None
+    # the CSV data's dialect (csv: on the target; a .tsv file's delimiter is a tab)
+    delimiter: str = ","
+    quotechar: str = '"'
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -93,6 +96,11 @@ def fingerprint(target: Target, sample: int | None = None) -> str:
         "request": target.request,
         **({"shape": target.shape} if target.shape != "openai" else {}),
         **({"where": target.where} if target.where is not None else {}),
+        **(
+            {"csv": [target.delimiter, target.quotechar]}
+            if (target.delimiter, target.quotechar) != (",", '"')
+            else {}
+        ),
     }
     if sample is not None:
         facts["sample"] = sample
@@ -447,12 +455,23 @@ def _render_value(
 def _row_id(target: Target, line: int, row: Mapping[str, Any], seen: dict[str, int]) -> str:
     """The row's custom_id from its id column; InputError if missing, empty or repeated."""
     if target.id not in row:
+        hint = f"the columns are {', '.join(row) or 'none'}; set id: to one of them"
+        header = ", ".join(row)
+        mark = next((m for m in (";", "\t", "|") if m in header), None)
+        csv_data = target.data.suffix.lower() not in (".jsonl", ".ndjson", ".parquet", ".pq")
+        if mark is not None and len(row) == 1 and target.delimiter != mark and csv_data:
+            # a whole header read as one column: the file is delimited by something else
+            written = "\\t" if mark == "\t" else mark
+            hint = (
+                f"the header is one column, {header!r}: if {mark!r} separates the columns, "
+                f'set csv: {{delimiter: "{written}"}} on the target'
+            )
         raise InputError(
             Problem(
                 target.data_display,
                 line,
                 f"target {target.name}: no id column {target.id!r}",
-                f"the columns are {', '.join(row) or 'none'}; set id: to one of them",
+                hint,
             )
         )
     value = row[target.id]
@@ -560,7 +579,7 @@ def _jsonl_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dic
 def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     # strict: an unclosed quote is an error; the lenient reader took every line after it, to
     # the end of the file, into that one field, and those rows were silently never sent
-    reader = csv.reader(lines, strict=True)
+    reader = csv.reader(lines, strict=True, delimiter=target.delimiter, quotechar=target.quotechar)
     start = 1
     try:
         header = next(reader, None)
