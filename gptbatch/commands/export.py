@@ -16,6 +16,8 @@ from gptbatch.engine.outputs import output_paths
 from gptbatch.engine.usage import gemini_usage
 from gptbatch.errors import UsageError
 from gptbatch.inputs.gemini_lines import GENERATE_URL
+from gptbatch.inputs.located import RowLines
+from gptbatch.inputs.render import Target
 from gptbatch.pricing import estimate_cost
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store, state_dir
@@ -88,11 +90,33 @@ def _stale_output(where: Path, output_dir: Path) -> str | None:
 
 def export_rows(spec: Spec, store: Store) -> Iterator[ExportRow]:
     """Every current request of every input, in config then input order, from one snapshot."""
+    targets = {spec.targets[t.name]: t for t in spec.data_targets if t.name in spec.targets}
     with store.reading():
         for path in spec.inputs:
             shown = _shown(str(path), str(spec.root))
+            lines = _data_lines(store, path, targets.get(path))
             for request, result in store.request_results(str(path)):
-                yield export_row(request, result, shown, spec.prices)
+                row = export_row(request, result, shown, spec.prices)
+                line = lines(request.custom_id) if lines is not None else None
+                if line is not None and lines is not None:  # a data target's row: its data
+                    row = dataclasses.replace(row, input=lines.target.data_display, line=line)
+                yield row
+
+
+def _data_lines(store: Store, path: Path, target: Target | None) -> RowLines | None:
+    """For a data target's rendered file that is the one the state's requests were read
+    from: where each request's row is in the data. None otherwise (they keep the rendered
+    file's lines: after an edit, until the next build, the data no longer says)."""
+    if target is None:
+        return None
+    record = store.input_record(str(path))
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if record is None or (record[0], record[1]) != (st.st_size, st.st_mtime_ns):
+        return None
+    return RowLines(target, path)
 
 
 def export_row(

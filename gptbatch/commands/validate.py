@@ -9,6 +9,7 @@ from pathlib import Path
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import output_paths
 from gptbatch.errors import ConfigError, InputError, Problem
+from gptbatch.inputs.located import relocate
 from gptbatch.inputs.over_limit import over_limit
 from gptbatch.inputs.requests import DEFAULT_MAX_PROBLEMS, Request, read_requests
 from gptbatch.pricing import unknown_model_hint
@@ -104,7 +105,9 @@ def validate(
         found.sort(key=lambda p: (order.get(p.path, -1), p.line or 0))
         problems += found
         truncated += max(0, len(problems) - max_problems)
-        raise InputError(problems[:max_problems], truncated=truncated)
+        # a data target's request: named by its data file and row, not the rendered file
+        problems = relocate(problems[:max_problems], spec.targets, spec.data_targets)
+        raise InputError(problems, truncated=truncated)
     return counts
 
 

@@ -45,6 +45,7 @@ from gptbatch.errors import (
     StateError,
     TransientRemoteError,
 )
+from gptbatch.inputs.located import relocated
 from gptbatch.pricing import unknown_model_hint
 from gptbatch.report import Reporter
 from gptbatch.state.lock import BuildLock
@@ -229,9 +230,16 @@ class Builder:
             self.spec.output_dir, self.work_dir / "downloads", self.work_dir / "shards"
         )
         remove_final_shard_files(self.store)
-        read = sync_inputs(
-            self.spec, self.store, self.report, keep_going=self.keep_going, declared=self.declared
-        )
+        try:
+            read = sync_inputs(
+                self.spec,
+                self.store,
+                self.report,
+                keep_going=self.keep_going,
+                declared=self.declared,
+            )
+        except InputError as exc:  # a data target's request: named by its data file and row
+            raise relocated(exc, self.spec.targets, self.spec.data_targets) from None
         # -B / --retry-failed reset nothing: this run's resend set names what it sends again,
         # and each old result stays the output until its replacement arrives. A run that
         # stops early (spend cap, Ctrl-C, --no-wait) leaves the rest up to date, so the next
