@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
 
 from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
-from gptbatch.commands.plan import GroupPlan, Plan, make_plan
+from gptbatch.commands.plan import GroupPlan, Plan, SampledPrice, make_plan, sample_prices
 from gptbatch.engine.budget import ModelLimits, queue_limits
 from gptbatch.inputs.render import filtered_out
 from gptbatch.pricing import closest_known
@@ -156,8 +157,11 @@ def run(args: argparse.Namespace) -> int:
     spec = load_chosen_spec(args)
     directory = state_dir(spec.output_dir)
     store = None if args.all or not (directory / "state.db").exists() else Store(directory)
+    sampled: list[SampledPrice] = []
     try:
         plan = make_plan(spec, skip=store.is_settled if store is not None else None)
+        if store is not None:  # after `build --sample`: priced from those rows' actual usage
+            sampled = sample_prices(spec, store, plan)
     finally:
         if store is not None:
             store.close()
@@ -168,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
         doc["workload"] = whole.to_json()["totals"]
         if limits:  # once a build has a state
             doc["queue_limits"] = [m.to_json() for m in limits]
-        doc["filtered_out"] = filtered_out(spec.targets)
+        if spec.data_targets:  # how `where` and a `build --sample` bear on the plan
+            doc["filtered_out"] = filtered_out(spec.targets)
+            doc["sampled"] = [dataclasses.asdict(p) for p in sampled]
         print(json.dumps(doc, indent=2))
         return 0
     what = "what `build` would send now" if store is not None else "the whole workload"
@@ -185,6 +191,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {note}")
     for m in limits:
         print(f"  queue limit {m.describe()}")
+    for p in sampled:
+        print(
+            f"  target {p.target}: priced from {p.sampled:,} sampled rows' usage "
+            f"({money(p.mean_cost)} a row): {money(p.pending_cost)} for the "
+            f"{plural(p.pending, 'row')} to send, {money(p.whole_cost)} for all {p.rows:,}"
+        )
     for name, count in filtered_out(spec.targets).items():
         print(f"  target {name}: {plural(count, 'row')} filtered out by where (not planned)")
     if store is not None:

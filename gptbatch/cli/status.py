@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                     "pending": [r.__dict__ for r in reasons],
                     "remote": live,
                     "queue_limits": [m.to_json() for m in limits],
-                    "filtered_out": filtered_out(spec.targets),
+                    **({"filtered_out": filtered_out(spec.targets)} if spec.data_targets else {}),
                 },
                 indent=2,
                 sort_keys=True,

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gptbatch.config.spec import Spec
@@ -14,6 +15,7 @@ from gptbatch.inputs.requests import Request
 from gptbatch.inputs.scan import ScannedRequest, Scanner, ScanOptions
 from gptbatch.pricing import Price, estimate_cost, price_for, price_table
 from gptbatch.shards import Caps, Item, Packer, batch_caps
+from gptbatch.state.store import Store
 
 # Endpoints whose responses are not billed as generated tokens.
 NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
@@ -55,6 +57,8 @@ class Plan:
     groups: tuple[GroupPlan, ...]
     prices_as_of: str
     prices_source: str
+    # requests planned per input path (a data target's: how many of its rows it would send)
+    per_input: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -225,6 +229,7 @@ def make_plan(spec: Spec, skip: Callable[[str], bool] | None = None) -> Plan:
     skip(key) leaves out requests a build would not send (done, or in flight): `make -n`.
     """
     tallies: dict[tuple[str | None, str], _Tally] = {}
+    per_input: Counter[str] = Counter()
     problems: list[Problem] = []
     options = ScanOptions(model=spec.model, endpoint=spec.endpoint, extra=upload_facts)
     scanner = Scanner(spec.inputs, options)
@@ -249,6 +254,7 @@ def make_plan(spec: Spec, skip: Callable[[str], bool] | None = None) -> Plan:
                     continue
                 tally.shards += 1  # over a pipelined shard's share: a build sends it alone
             tally.requests += 1
+            per_input[req.path] += 1
             tally.tokens += req.tokens
             if bound is None:
                 tally.unbounded += 1
@@ -284,4 +290,53 @@ def make_plan(spec: Spec, skip: Callable[[str], bool] | None = None) -> Plan:
                 caveats=tuple(Caveat(t, n) for t, n in sorted(tally.caveats.items())),
             )
         )
-    return Plan(str(spec.path), tuple(groups), table.as_of, table.source)
+    return Plan(str(spec.path), tuple(groups), table.as_of, table.source, dict(per_input))
+
+
+@dataclass(frozen=True)
+class SampledPrice:
+    """A data target priced from the actual usage of its rows built by `build --sample`."""
+
+    target: str
+    sampled: int  # rows with a result whose cost is known
+    mean_cost: float  # US dollars a row, at Batch API prices
+    pending: int  # its rows a build would send now
+    pending_cost: float
+    rows: int  # all its rows
+    whole_cost: float
+
+
+def sample_prices(spec: Spec, store: Store, plan: Plan) -> list[SampledPrice]:
+    """Each data target a `build --sample` built part of (the state holds fewer of its rows
+    than it has, some with results, and some rows are still to send), priced from the mean
+    actual cost of the rows built: the rest and the whole at that cost a row."""
+    from gptbatch.commands.export import export_row
+
+    out = []
+    for target in spec.data_targets:
+        path = spec.targets[target.name]
+        pending = plan.per_input.get(str(path), 0)
+        synced = priced = 0
+        total = 0.0
+        for request, result in store.request_results(str(path)):
+            synced += 1
+            cost = export_row(request, result, "", spec.prices).cost
+            if cost is not None:
+                priced, total = priced + 1, total + cost
+        rows = _line_count(path)
+        if not priced or not pending or synced >= rows:
+            continue
+        mean = total / priced
+        out.append(
+            SampledPrice(target.name, priced, mean, pending, mean * pending, rows, mean * rows)
+        )
+    return out
+
+
+def _line_count(path: Path) -> int:
+    """How many lines a rendered file has (0 if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return 0
