@@ -11,7 +11,7 @@ from typing import Any
 from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
 from gptbatch.commands.plan import GroupPlan, Plan, SampledPrice, make_plan, sample_prices
 from gptbatch.engine.budget import ModelLimits, queue_limits
-from gptbatch.inputs.render import filtered_out
+from gptbatch.inputs.where import filtered_out
 from gptbatch.pricing import closest_known
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir

@@ -17,7 +17,7 @@ from gptbatch.commands.status import (
 from gptbatch.commands.validate import check_inputs
 from gptbatch.engine.budget import queue_limits
 from gptbatch.errors import InputError
-from gptbatch.inputs.render import filtered_out
+from gptbatch.inputs.where import filtered_out
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir
 

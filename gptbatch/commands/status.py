@@ -12,6 +12,7 @@ from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.engine.outputs import output_paths, written_as_indexed
 from gptbatch.engine.sync import edit_kind
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.inputs.nested import legacy_keys
 from gptbatch.inputs.requests import read_requests
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, ResultRow
 from gptbatch.state.store import Store
@@ -211,6 +212,9 @@ def _reason(result: ResultRow | None, shard: str | None, new_reason: str | None)
         "row changed": "its data row changed since its last result (same id, new content)",
         "template changed": "its target's request template changed since its last result",
         "upstream changed": "its upstream target's answer (or row) changed since its last result",
+        "nested rendering changed": "rendering of nested values changed: an object or list "
+        "from its JSONL row is now placed in the template as canonical JSON, not Python's "
+        "repr (see CHANGELOG.md)",
         "config changed": "model or endpoint in batch.yaml changed",
     }.get(new_reason or "", "no result yet")
 
@@ -247,10 +251,16 @@ def _stale_reasons(
 ) -> Iterator[PendingReason]:
     config = why_stale.startswith("model or endpoint")
     edit = edit_kind(spec, store, path)[0]
+    legacy: dict[str, str] = {}
+    if edit == "row changed":  # or, for a JSONL target, how its nested values render
+        target = next(t for t in spec.data_targets if spec.targets.get(t.name) == path)
+        legacy = legacy_keys(target, path, spec.model, spec.endpoint)
     for req in read_requests([path], model=spec.model, endpoint=spec.endpoint):
         previous = store.previous_row(store.db, str(path), req.custom_id)
         if previous is None:
             new_reason = "new"
+        elif previous.key != req.key and legacy.get(req.custom_id) == previous.key:
+            new_reason = "nested rendering changed"
         elif previous.key != req.key:
             new_reason = "config changed" if config else edit
         else:

@@ -15,7 +15,8 @@ from gptbatch.config.yaml_source import line_of, parse_yaml
 from gptbatch.errors import ConfigError, Problem
 from gptbatch.inputs.answers import answer_properties
 from gptbatch.inputs.parquet import INSTALL, is_parquet, missing_pyarrow
-from gptbatch.inputs.render import Target, where_syntax_error
+from gptbatch.inputs.render import Target
+from gptbatch.inputs.where import where_syntax_error
 
 
 def load_targets(

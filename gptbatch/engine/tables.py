@@ -30,7 +30,8 @@ from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
 from gptbatch.inputs.parquet import is_parquet
 from gptbatch.inputs.parquet import write_table as write_parquet_table
-from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id, row_filter
+from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id
+from gptbatch.inputs.where import row_filter
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
 

@@ -3,7 +3,8 @@
 Rows are read a record batch at a time, never the whole table. Each value is given to the
 template as the text a CSV export would hold, so a Parquet target renders as the same table
 saved as CSV would: null is the empty string (as an empty CSV field), booleans true/false,
-numbers as Python writes them, dates and times ISO 8601, nested values canonical JSON.
+numbers as Python writes them, dates and times ISO 8601, nested values canonical JSON
+(sorted keys, no spaces).
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def as_text(value: Any) -> str:
             return value.decode("utf-8")
         except UnicodeDecodeError:
             return base64.b64encode(value).decode("ascii")
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=as_text)
+    # canonical JSON, as a nested JSONL value is placed in a template
+    return json.dumps(
+        value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=as_text
+    )
 
 
 def write_table(

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,10 +27,11 @@ import yaml
 
 from gptbatch.canonical import atomic_write_bytes, atomic_writer, canonical_json, file_sha256
 from gptbatch.errors import InputError, Problem
+from gptbatch.inputs.where import UNDEFINED, environment, row_filter
 
-RENDER_FORMAT = 2  # bump when rendering changes, so every target renders again
+# bump when rendering changes, so every target renders again (3: nested values as JSON)
+RENDER_FORMAT = 3
 MAX_PROBLEMS = 20
-_UNDEFINED = re.compile(r"'([^']+)' is undefined")
 
 
 @dataclass(frozen=True)
@@ -188,16 +188,6 @@ def render_targets(targets: list[Target], state: Path, *, sample: int | None = N
         atomic_write_bytes(path.with_suffix(".fingerprint"), stamp.encode())
 
 
-def filtered_out(targets: Mapping[str, Path]) -> dict[str, int]:
-    """How many rows each target's `where` left out when it was last rendered, by target
-    name (targets: each target's rendered file; a target without `where` is not listed)."""
-    counts = {}
-    for name, path in targets.items():
-        with contextlib.suppress(OSError, ValueError):
-            counts[name] = int(path.with_suffix(".filtered").read_text("utf-8"))
-    return counts
-
-
 @contextlib.contextmanager
 def _copied(target: Target, copy: Path) -> Iterator[Path | None]:
     """A temp copy of the target's data, renamed to copy on success (None, and copy removed,
@@ -238,67 +228,15 @@ def _missing_dirs(directory: Path) -> list[Path]:
     return missing
 
 
-def _environment() -> Any:
-    """The Jinja2 environment of templates and `where`: sandboxed, strict undefined."""
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-
-
-def where_syntax_error(expression: str) -> tuple[str, int] | None:
-    """What is wrong with a `where` expression's syntax, and its line in it; None if fine."""
-    from jinja2 import TemplateSyntaxError
-
-    try:
-        _environment().compile_expression(expression, undefined_to_none=False)
-    except TemplateSyntaxError as exc:
-        return exc.message or "invalid expression", exc.lineno or 1
-    return None
-
-
-def row_filter(target: Target) -> Any:
-    """A function (row, line, custom_id) -> does the row pass the target's `where`; None
-    without one. InputError, naming the data file, row and line, when it cannot be told."""
-    if target.where is None:
-        return None
-    from jinja2.exceptions import SecurityError, UndefinedError
-
-    expression = _environment().compile_expression(target.where, undefined_to_none=False)
-    shown = f"where {target.where!r}"
-
-    def passes(row: Mapping[str, Any], line: int, custom_id: str) -> bool:
-        try:
-            return bool(expression(row))
-        except UndefinedError as exc:
-            name = _UNDEFINED.fullmatch(exc.message or "")
-            what = f"{name.group(1)!r} names no column" if name else exc.message
-            hint = f"the columns are {', '.join(row) or 'none'}; fix the filter or add the column"
-        except SecurityError as exc:
-            what = f"the sandbox refused: {exc}"
-            hint = "a filter may only compare columns and use filters; no attribute access"
-        except Exception as exc:  # a comparison or filter failing on this row's values
-            what = f"failed: {exc}"
-            hint = "CSV values are strings: compare with strings, or convert (x|int > 3)"
-        raise InputError(
-            Problem(
-                target.data_display,
-                line,
-                f"target {target.name}, row {custom_id!r}: {shown}: {what}",
-                hint,
-            )
-        )
-
-    return passes
-
-
-def render(target: Target, out: IO[bytes], sample: int | None = None) -> int:
+def render(
+    target: Target, out: IO[bytes], sample: int | None = None, *, legacy: bool = False
+) -> int:
     """Write the target's request lines to out, one per data row in data order, as rows are
     read; InputError if any is wrong. sample: only the rows `sampled_ids` picks. Returns how
-    many rows `where` left out."""
+    many rows `where` left out. legacy: nested values as Python's repr (see _environment)."""
     from jinja2 import TemplateSyntaxError
 
-    env = _environment()
+    env = environment(legacy)
     strings: list[tuple[tuple[Any, ...], str]] = list(_strings(target.request, ()))
     compiled: dict[tuple[Any, ...], Any] = {}
     problems: list[Problem] = []
@@ -419,7 +357,7 @@ def _render_value(
         return template.render(row)
     except UndefinedError as exc:
         columns = ", ".join(row) or "none"
-        name = _UNDEFINED.fullmatch(exc.message or "")
+        name = UNDEFINED.fullmatch(exc.message or "")
         what = f"placeholder {{{{ {name.group(1)} }}}} names no column" if name else exc.message
         raise InputError(
             Problem(

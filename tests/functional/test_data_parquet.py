@@ -148,5 +148,5 @@ def test_values_are_given_as_csv_text() -> None:
     assert parquet.as_text(3) == "3"
     assert parquet.as_text(0.5) == "0.5"
     assert parquet.as_text(datetime.datetime(2026, 1, 2, 3, 4)) == "2026-01-02T03:04:00"
-    assert parquet.as_text({"b": [1, None], "a": "x"}) == '{"a": "x", "b": [1, null]}'
+    assert parquet.as_text({"b": [1, None], "a": "x"}) == '{"a":"x","b":[1,null]}'
     assert parquet.as_text(b"\xff") == "/w=="
