@@ -148,3 +148,18 @@ def test_a_sample_is_drawn_from_the_rows_that_pass(tmp_path: Path, simulator) ->
     rest = billed_ids(simulator)[len(first) :]
     assert sorted(sent + rest) == ["rv0", "rv2", "rv4"]
     assert table_ids(project) == ["rv0", "rv2", "rv4"]
+
+
+def test_a_step_filters_its_upstream_answers(tmp_path: Path, simulator) -> None:
+    from test_data_answers import SCHEMA_TEMPLATE
+    from test_data_steps import STEP
+
+    step = {**STEP, "where": "sentiment == 'negative'"}
+    project = data_project(tmp_path, moods_csv(), request=SCHEMA_TEMPLATE, extra=[step])
+    assert project.build() == EXIT_OK
+    with open(project.out / "sentiment.csv", newline="", encoding="utf-8") as f:
+        negative = [r["review_id"] for r in csv.DictReader(f) if r["sentiment"] == "negative"]
+    assert 0 < len(negative) < 6, negative  # the simulator's answers: some of each
+    replies = sorted(i for i in billed_ids(simulator) if i.startswith("reply:"))
+    assert replies == sorted(f"reply:{i}" for i in negative)
+    assert table_ids(project, "reply") == negative
