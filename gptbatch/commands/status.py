@@ -213,8 +213,8 @@ def _reason(result: ResultRow | None, shard: str | None, new_reason: str | None)
         "template changed": "its target's request template changed since its last result",
         "upstream changed": "its upstream target's answer (or row) changed since its last result",
         "nested rendering changed": "rendering of nested values changed: an object or list "
-        "from its JSONL row is now placed in the template as canonical JSON, not Python's "
-        "repr (see CHANGELOG.md)",
+        "(from its JSONL row, or made by the template) is now placed in the request as "
+        "canonical JSON, not Python's repr (see CHANGELOG.md)",
         "config changed": "model or endpoint in batch.yaml changed",
     }.get(new_reason or "", "no result yet")
 
@@ -252,7 +252,7 @@ def _stale_reasons(
     config = why_stale.startswith("model or endpoint")
     edit = edit_kind(spec, store, path)[0]
     legacy: dict[str, str] = {}
-    if edit == "row changed":  # or, for a JSONL target, how its nested values render
+    if edit == "row changed":  # or how a nested value in it renders
         target = next(t for t in spec.data_targets if spec.targets.get(t.name) == path)
         legacy = legacy_keys(target, path, spec.model, spec.endpoint)
     for req in read_requests([path], model=spec.model, endpoint=spec.endpoint):

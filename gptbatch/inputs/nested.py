@@ -1,6 +1,7 @@
-"""Why a JSONL target's request changed when its row did not: nested values (objects and
-lists) placed in a template were written as Python's repr before RENDER_FORMAT 3, and are
-canonical JSON since, which changes those requests' keys (and only theirs)."""
+"""Why a target's request changed when its row did not: nested values (objects and lists:
+a JSONL record's, or made by a template expression) placed in a template were written as
+Python's repr before RENDER_FORMAT 3, and are canonical JSON since, which changes those
+requests' keys (and only theirs)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ def legacy_keys(
     target: Target, rendered: Path, model: str | None, endpoint: str | None
 ) -> dict[str, str]:
     """custom_id -> the key its request had when nested values rendered as repr, for each
-    request of the rendered file whose line that changes (none for CSV and Parquet data,
-    whose values are strings). Streams through temp files; reads, never writes, the state."""
+    request of the rendered file whose line that changes (a JSONL row's object or list, or
+    one a template expression makes, e.g. {{ text.split() }}). Streams through temp files;
+    reads, never writes, the state."""
     source = as_rendered(target, rendered.parent.parent)
-    if source.data.suffix.lower() != ".jsonl" or not source.data.exists():
+    if not source.data.exists():
         return {}
     with tempfile.TemporaryDirectory(prefix="gptbatch-legacy-") as tmp:
         legacy, changed = Path(tmp) / "legacy.jsonl", Path(tmp) / "changed.jsonl"

@@ -115,3 +115,21 @@ def test_a_csv_project_rebuilds_nothing_after_the_change(
     assert project.build() == EXIT_OK
     assert stamp.read_text() != before  # rendered again under the new format...
     assert len(billed_ids(simulator)) == first  # ...to the same requests: nothing billed
+
+
+def test_a_list_a_csv_template_makes_is_json_too_and_says_why(
+    tmp_path: Path, simulator, capsys, as_before
+) -> None:
+    words = {**PLAIN, "body": {**PLAIN["body"], "messages": [{"role": "user", "content": ""}]}}
+    words["body"]["messages"][0]["content"] = "{{ text.split()[:2] }}"
+    project = data_project(tmp_path, request=words)
+    assert project.build() == EXIT_OK
+    first = len(billed_ids(simulator))
+    as_before.undo()
+    capsys.readouterr()
+    assert main(["status", str(project.config), "--explain"]) == EXIT_PENDING
+    out = capsys.readouterr().out
+    assert out.count("rendering of nested values changed") == 6, out
+    assert project.build() == EXIT_OK
+    assert contents(project)[0] == '["Review","number"]'
+    assert len(billed_ids(simulator)) == first + 6
