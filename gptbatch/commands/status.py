@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptbatch.canonical import file_sha256
 from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.engine.outputs import output_paths, written_as_indexed
-from gptbatch.engine.sync import edit_kind
+from gptbatch.engine.sync import edit_kind, known_chunks
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.inputs.chunks import input_digest
 from gptbatch.inputs.requests import read_requests
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, ResultRow
 from gptbatch.state.store import Store
@@ -152,9 +152,9 @@ def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
             out.append((str(path), "model or endpoint in batch.yaml changed"))
         elif record[3] != defaults:
             out.append((str(path), "prices in batch.yaml changed"))
-        elif (record[0], record[1]) != (st.st_size, st.st_mtime_ns) and record[2] != file_sha256(
-            path
-        ):
+        elif (record[0], record[1]) != (st.st_size, st.st_mtime_ns) and record[2] != input_digest(
+            path, known_chunks(store, path)
+        )[0]:
             out.append((str(path), "file changed since the last build"))
     return out
 
