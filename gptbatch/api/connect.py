@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
+import os
 import shutil
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +127,32 @@ def remote_for(spec: Spec, simulate: bool) -> Iterator[tuple[Spec, Remote]]:
         remote.close()
 
 
+_importing: threading.Thread | None = None
+
+
+def import_sdk_in_background(provider: str) -> None:
+    """Import a provider's SDK on a thread (once per process).
+
+    A fork while the thread holds import locks would leave the child's locks held: every
+    fork (the parallel scanner's) waits for the import first. The thread is not a daemon,
+    so the interpreter never stops in the middle of an import.
+    """
+    global _importing
+    if _importing is not None:
+        return
+    module = {"anthropic": "gptbatch.api.anthropic", "gemini": "gptbatch.api.gemini"}.get(
+        provider, "gptbatch.api.remote"
+    )
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # the import on first use reports it
+            importlib.import_module(module)._import_sdk()
+
+    _importing = threading.Thread(target=load, name="gptbatch-sdk-import")
+    os.register_at_fork(before=_importing.join)
+    _importing.start()
+
+
 class LazyRemote:
     """A provider's client made on first use, so a build with nothing to ask the API never
     imports its SDK."""
@@ -138,6 +167,12 @@ class LazyRemote:
         """The provider's caps, known without making the client (nor importing its SDK)."""
         own = {"anthropic": ANTHROPIC_CAPS, "gemini": GEMINI_CAPS}.get(self._provider)
         return own if own is not None else preset_of(self._provider).caps
+
+    def warm(self) -> None:
+        """Start importing the provider's SDK in the background, for a build about to need
+        it: the import (a second or so) overlaps the sync's hashing and SQL."""
+        if self._remote is None:
+            import_sdk_in_background(self._provider)
 
     def __getattr__(self, name: str) -> Any:
         if self._remote is None:

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptbatch.canonical import file_sha256
 from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.engine.outputs import output_paths, written_as_indexed
-from gptbatch.engine.sync import edit_kind
+from gptbatch.engine.sync import edit_kind, known_chunks
 from gptbatch.errors import EXIT_FAILED_REQUESTS, EXIT_OK, EXIT_PENDING
+from gptbatch.inputs.chunks import input_digest
 from gptbatch.inputs.nested import legacy_keys
 from gptbatch.inputs.requests import read_requests
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, ResultRow
@@ -121,16 +121,13 @@ def over_limit_anywhere(spec: Spec, store: Store) -> bool:
     """Whether any built request is over its model's configured enqueued-token limit.
 
     A lowered limit makes requests in unchanged files bad too; status reads only changed
-    files, so it asks the state (tokens as estimated when each file was read).
+    files, so it asks the state (tokens as estimated when each file was read). As for
+    build, only requests still to be built count: through their small index, not a walk
+    over every request.
     """
-    for model in store.models():
+    for model in store.open_models():
         limit = spec.limits.token_limit(model or "")
-        if (
-            limit is not None
-            and store.db.execute(
-                "SELECT 1 FROM requests WHERE model IS ? AND tokens > ? LIMIT 1", (model, limit)
-            ).fetchone()
-        ):
+        if limit is not None and store.requests_over(model, limit):
             return True
     return False
 
@@ -153,9 +150,9 @@ def stale_inputs(spec: Spec, store: Store) -> list[tuple[str, str]]:
             out.append((str(path), "model or endpoint in batch.yaml changed"))
         elif record[3] != defaults:
             out.append((str(path), "prices in batch.yaml changed"))
-        elif (record[0], record[1]) != (st.st_size, st.st_mtime_ns) and record[2] != file_sha256(
-            path
-        ):
+        elif (record[0], record[1]) != (st.st_size, st.st_mtime_ns) and record[2] != input_digest(
+            path, known_chunks(store, path)
+        )[0]:
             out.append((str(path), "file changed since the last build"))
     return out
 

@@ -424,7 +424,7 @@ def unqueueable(spec: Spec, store: Store, report: Reporter, keep_going: bool) ->
     """
     budget = Budget(spec, store)
     problems = []
-    for model in store.models():
+    for model in store.open_models():  # only requests with no final result are refused
         limit = budget.hard_limit(model)
         if limit is None:
             continue

@@ -207,6 +207,18 @@ class Builder:
     def record_submitted(self, shard_id: str, info: BatchInfo) -> None:
         self.submitter.record_submitted(shard_id, info)
 
+    def _may_call_api(self) -> bool:
+        """Is this run likely to reach the API: an input changed on disk, or work is open?"""
+        for path in self.spec.inputs:
+            record = self.store.input_record(str(path))
+            try:
+                st = path.stat()
+            except OSError:
+                return False  # the sync says what is wrong
+            if record is None or (record[0], record[1]) != (st.st_size, st.st_mtime_ns):
+                return True
+        return self.store.has_open_work()
+
     # --- the loop ------------------------------------------------------------------------
 
     def run(
@@ -230,6 +242,10 @@ class Builder:
             self.spec.output_dir, self.work_dir / "downloads", self.work_dir / "shards"
         )
         remove_final_shard_files(self.store)
+        if force or retry_failed or self._may_call_api():
+            warm = getattr(self.remote, "warm", None)  # only a client not yet made has it
+            if warm is not None:
+                warm()
         try:
             read = sync_inputs(
                 self.spec,
@@ -257,10 +273,11 @@ class Builder:
         if dropped:
             self.scheduler.dirty = True
         # A typo'd model fails whole batches. Only a build that read an input can have a new
-        # model, so a no-op build does not scan every request for them. gptbatch's list is
-        # OpenAI's: other providers' models (and Azure's deployment names) are not in it.
+        # model, and its requests have no result yet: the open requests' models are the
+        # ones to check (not every request's). gptbatch's list is OpenAI's: other
+        # providers' models (and Azure's deployment names) are not in it.
         listed = read and self.spec.api.provider == "openai"
-        for model in sorted(m for m in self.store.models() if m) if listed else ():
+        for model in sorted(m for m in self.store.open_models() if m) if listed else ():
             hint = unknown_model_hint(model, self.spec.prices)
             if hint is not None:
                 self.report.event("warning", message=hint)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import sqlite3
-import stat
 from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbatch.config.spec import Spec
-from gptbatch.inputs.chunks import Chunk, chunk_digest, find_chunks
+from gptbatch.inputs.chunks import Chunk, chunk_digest
 from gptbatch.inputs.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
 from gptbatch.state.chunks import Run, StoredChunk
 from gptbatch.state.diff import previous_row
@@ -43,6 +42,7 @@ def sync_chunked(
     path: Path,
     st: os.stat_result,
     digest: str,
+    chunks: list[Chunk] | None,
     defaults: str,
     tally: dict[str, int],
     make_row: Callable[[int, Request, RequestRow | None], tuple[Any, ...]],
@@ -56,11 +56,7 @@ def sync_chunked(
     request, earlier row with its custom_id) is a read request's row, as the full read's.
     """
     stored = store.input_chunks(str(path))
-    if not stored or not stat.S_ISREG(st.st_mode):
-        return None
-    try:
-        chunks = find_chunks(path, [Chunk(c.start, c.length, c.lines, c.hash) for c in stored])
-    except OSError:
+    if not stored or chunks is None:
         return None
     pool: dict[bytes, deque[StoredChunk]] = {}
     for old in stored:

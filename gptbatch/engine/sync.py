@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptbatch import pricing
-from gptbatch.canonical import content_hash, file_sha256
+from gptbatch.canonical import content_hash
 from gptbatch.config.spec import Spec, config_fingerprint, keys_config_changed
 from gptbatch.engine.budget import unqueueable
 from gptbatch.engine.chunked import sync_chunked
 from gptbatch.errors import InputError, Problem
-from gptbatch.inputs.chunks import Chunk, find_chunks
+from gptbatch.inputs.chunks import Chunk, input_digest
 from gptbatch.inputs.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines, line_validator
 from gptbatch.report import Reporter
 from gptbatch.shards import embedding_inputs
@@ -62,7 +62,7 @@ def sync_inputs(
     inputs it does not hold count as removed from batch.yaml.
     """
     defaults = config_fingerprint(spec)
-    changed: list[tuple[Path, os.stat_result, str]] = []
+    changed: list[tuple[Path, os.stat_result, str, list[Chunk] | None]] = []
     for path in spec.inputs:
         st = path.stat()
         record = store.input_record(str(path))
@@ -74,13 +74,14 @@ def sync_inputs(
         ):
             report.event("input", path=str(path), state="unchanged (size and mtime)")
             continue
-        digest = file_sha256(path)
+        # One read gives the digest and the chunks, checked where they were last time.
+        digest, chunks = input_digest(path, known_chunks(store, path))
         if record and record[2] == digest and record[3] == defaults:
             with store.transaction():
                 store.touch_input(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
             report.event("input", path=str(path), state="unchanged (content hash)")
             continue
-        changed.append((path, st, digest))
+        changed.append((path, st, digest, chunks))
     scanners: list[Scanner] = []  # new inputs read on every core; their counts kept on success
     try:
         _sync_changed(
@@ -99,7 +100,7 @@ def _sync_changed(
     spec: Spec,
     store: Store,
     report: Reporter,
-    changed: list[tuple[Path, os.stat_result, str]],
+    changed: list[tuple[Path, os.stat_result, str, list[Chunk] | None]],
     defaults: str,
     scanners: list[Scanner],
     keep_going: bool,
@@ -115,7 +116,7 @@ def _sync_changed(
         gone = store.forget_inputs(str(p) for p in declared)
         for path in gone:
             report.event("input", path=path, state="removed from batch.yaml")
-        for path, st, digest in changed:
+        for path, st, digest, chunks in changed:
             record = store.input_record(str(path))
             config_changed = record is not None and keys_config_changed(record[3], defaults)
             edit, template = edit_kind(spec, store, path)
@@ -130,6 +131,7 @@ def _sync_changed(
                     path,
                     st,
                     digest,
+                    chunks,
                     defaults,
                     tally,
                     functools.partial(_request_row, spec, config_changed=False, edit=edit),
@@ -144,7 +146,6 @@ def _sync_changed(
                     store.set_meta(f"template:{path}", template)
                 report.event("input", path=str(path), state="read", **tally)
                 continue
-            chunks = _chunks(path, st)
             previous = store.previous_rows(before, str(path))
             scanner = _parallel_scanner(spec, path, st) if previous.empty else None
             if scanner is None:
@@ -177,7 +178,7 @@ def _sync_changed(
                 store.set_input_chunks(str(path), _chunk_records(path, st, chunks, lines))
             report.event("input", path=str(path), state="read", **tally)
         duplicates, found = store.duplicate_custom_ids(
-            (str(p) for p, _, _ in changed), ranges=ranges
+            (str(p) for p, _, _, _ in changed), ranges=ranges
         )
         unshown += found - len(duplicates)
         for cid, pa, la, pb, lb in duplicates:
@@ -215,14 +216,9 @@ def edit_kind(spec: Spec, store: Store, path: Path) -> tuple[str, str | None]:
     return ("upstream changed" if target.upstream is not None else "row changed"), template
 
 
-def _chunks(path: Path, st: os.stat_result) -> list[Chunk] | None:
-    """An input's chunks, for its next sync; None if it has none (not a regular file)."""
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    try:
-        return find_chunks(path)
-    except OSError:
-        return None  # the read reports it
+def known_chunks(store: Store, path: Path) -> list[Chunk]:
+    """The chunks an input had at its last sync (none if they are not recorded)."""
+    return [Chunk(c.start, c.length, c.lines, c.hash) for c in store.input_chunks(str(path))]
 
 
 def _noting_lines(rows: _Rows, lines: array[int]) -> _Rows:

@@ -17,10 +17,13 @@ import hashlib
 import itertools
 import operator
 import os
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
+
+from gptbatch.canonical import file_sha256
 
 AVERAGE = 512  # lines per chunk, on average (a power of two)
 MIN_LINES = 64
@@ -80,6 +83,22 @@ def find_chunks(path: str | Path, known: Sequence[Chunk] = ()) -> list[Chunk]:
             else:
                 break
     return chunks
+
+
+def input_digest(path: str | Path, known: Sequence[Chunk] = ()) -> tuple[str, list[Chunk] | None]:
+    """An input's digest and its chunks, from one read of it (known: as for find_chunks).
+
+    The digest hashes each chunk's hash and length in order: the same bytes give the same
+    digest, and the chunks a sync needs come with it. A file that is not a regular file
+    (a pipe) has no chunks and is hashed whole.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return file_sha256(path), None
+    chunks = find_chunks(path, known)
+    h = hashlib.sha256(b"gptbatch-input-digest-1\n" + _SEED)
+    for chunk in chunks:
+        h.update(chunk.hash + chunk.length.to_bytes(8, "big"))
+    return h.hexdigest(), chunks
 
 
 def chunk_digest(start: int, data: bytes) -> bytes:

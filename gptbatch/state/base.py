@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from gptbatch.state.migrations import migrate
 # key up reads its pages again; 32 MiB halves the time to record a batch's results (and
 # is only used as the state grows).
 CACHE_SIZE = -32 * 1024
+CACHE_AFTER_SECONDS = 0.05  # an answer computed faster is not worth a commit to remember
 
 
 class StoreBase:
@@ -100,8 +102,8 @@ class StoreBase:
     def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
         """compute(), remembered in meta until a request, result or shard row changes.
 
-        What a no-op build asks (counts, is anything pending) would otherwise scan every
-        request; the counters make the answer O(1) until something is written.
+        What a no-op build asks (counts, is anything pending) can scan many requests (all
+        the open ones); the counters make the answer O(1) until something is written.
         """
         version = self.version()
         raw = self.get_meta(f"cache:{name}")
@@ -109,8 +111,11 @@ class StoreBase:
             stored = json.loads(raw)
             if stored[0] == version:
                 return stored[1]
+        start = time.perf_counter()
         value = compute()
-        if not self.db.in_transaction:  # a reader's snapshot must not turn into a writer
+        # A commit costs more than an answer read from small indexes: only a slow one is kept.
+        slow = time.perf_counter() - start > CACHE_AFTER_SECONDS
+        if slow and not self.db.in_transaction:  # a reader's snapshot must not turn writer
             with contextlib.suppress(StateError, LocalIOError), self.transaction():
                 self.set_meta(f"cache:{name}", json.dumps([version, value]))
         return value

@@ -147,6 +147,11 @@ class RequestsMixin(StoreBase):
         """The models current requests use."""
         return [r[0] for r in self.db.execute("SELECT DISTINCT model FROM requests")]
 
+    def open_models(self) -> list[str | None]:
+        """The models of current requests with no final result (through their small index:
+        after an edit, a handful of rows rather than every request)."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT model FROM requests WHERE done=0")]
+
     def requests_over(self, model: str | None, tokens: int) -> list[RequestRow]:
         """A model's current requests with more estimated tokens than this and no final result."""
         cur = self.db.execute(
@@ -229,12 +234,15 @@ class RequestsMixin(StoreBase):
         return self._cached(f"result_counts:{path}", lambda: self._result_counts(path))
 
     def _result_counts(self, path: str) -> dict[str, int]:
-        row = self.db.execute(
-            "SELECT sum(done=1), sum(done=2), count(*) FROM requests WHERE path=?",
-            (path,),
+        # From the input's count and two partial indexes: no walk over its requests.
+        total = self.db.execute("SELECT requests FROM inputs WHERE path=?", (path,)).fetchone()
+        open_, failed = self.db.execute(
+            "SELECT (SELECT count(*) FROM requests WHERE path=? AND done=0),"
+            " (SELECT count(*) FROM requests WHERE path=? AND done=2)",
+            (path, path),
         ).fetchone()
-        ok, failed = row[0] or 0, row[1] or 0
-        return {"ok": ok, "failed": failed, "missing": row[2] - ok - failed}
+        ok = (total[0] if total else 0) - open_ - failed
+        return {"ok": ok, "failed": failed, "missing": open_}
 
     def counts(self) -> dict[str, int]:
         """How many current requests are ok, failed, in an active shard, or pending."""
@@ -242,10 +250,14 @@ class RequestsMixin(StoreBase):
 
     def _counts(self) -> dict[str, int]:
         scope, params = self._scope_sql()
-        row = self.db.execute(
-            f"SELECT sum(done=1), sum(done=2), count(*) FROM requests r WHERE 1{scope}", params
+        # From each input's count and two partial indexes: no walk over every request.
+        total, open_, failed = self.db.execute(
+            f"SELECT (SELECT coalesce(sum(requests), 0) FROM inputs r WHERE 1{scope}),"
+            f" (SELECT count(*) FROM requests r WHERE r.done=0{scope}),"
+            f" (SELECT count(*) FROM requests r WHERE r.done=2{scope})",
+            params * 3,
         ).fetchone()
-        ok, failed, total = (row[0] or 0), (row[1] or 0), row[2] or 0
+        ok = total - open_ - failed
         active = self.db.execute(
             "SELECT count(DISTINCT r.key) FROM requests r WHERE r.done=0"
             " AND EXISTS (SELECT 1 FROM members m JOIN shards h ON h.id=m.shard"
@@ -292,6 +304,16 @@ class RequestsMixin(StoreBase):
         return (
             self.db.execute("SELECT 1 FROM requests WHERE key=? LIMIT 1", (key,)).fetchone()
             is not None
+        )
+
+    def has_open_work(self) -> bool:
+        """Is any current request without a final result, or any shard active?"""
+        return (
+            self.db.execute(
+                "SELECT EXISTS (SELECT 1 FROM requests WHERE done=0)"
+                f" OR EXISTS (SELECT 1 FROM shards WHERE state IN {ACTIVE_SHARD_STATES!r})"
+            ).fetchone()[0]
+            == 1
         )
 
     def has_requests(self) -> bool:

@@ -232,10 +232,10 @@ def test_an_input_edited_while_it_is_read_ends_up_read_as_it_is(
         sync_inputs(spec, store, NullReporter())
         lines[2] = _chat("c2", "b")  # same length: only the stat's mtime can tell
         path.write_text("\n".join(lines) + "\n")
-        real_hash = sync.file_sha256
+        real_hash = sync.input_digest
 
-        def hash_then_edit(p: Path) -> str:
-            digest = real_hash(p)
+        def hash_then_edit(p: Path, known: Any) -> Any:
+            digest = real_hash(p, known)
             st_ = p.stat()
             lines[4] = _chat("c4", "c")
             p.write_text("\n".join(lines) + "\n")
@@ -243,9 +243,9 @@ def test_an_input_edited_while_it_is_read_ends_up_read_as_it_is(
                 os.utime(p, ns=(st_.st_atime_ns, st_.st_mtime_ns))
             return digest
 
-        monkeypatch.setattr(sync, "file_sha256", hash_then_edit)
+        monkeypatch.setattr(sync, "input_digest", hash_then_edit)
         sync_inputs(spec, store, NullReporter())
-        monkeypatch.setattr(sync, "file_sha256", real_hash)
+        monkeypatch.setattr(sync, "input_digest", real_hash)
         assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
         sync_inputs(spec, store, NullReporter())
         assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
