@@ -26,6 +26,11 @@ def _some_finished(sim) -> bool:
     return any(b["request_counts"]["completed"] > 0 for b in sim.service.batches())
 
 
+def _freeze(sim) -> bool:
+    sim.clock.time_scale = 0.0
+    return True
+
+
 def test_cancel_then_build_collects_finished_and_resubmits_rest(
     tmp_path: Path, simulator_factory, capsys
 ) -> None:
@@ -37,7 +42,9 @@ def test_cancel_then_build_collects_finished_and_resubmits_rest(
     assert other.build("--no-wait") == EXIT_PENDING
     ours = _batches_of(sim, "test-a")
     assert len(ours) == 1
-    assert wait_until(lambda: _some_finished(sim), timeout=20)
+    # Time stops the moment some are seen finished: on a loaded machine the cancel could
+    # otherwise come after the last one finished, with nothing left to resubmit.
+    assert wait_until(lambda: _some_finished(sim) and _freeze(sim), timeout=20)
     capsys.readouterr()
 
     assert main(["cancel", str(project.config), "--json"]) == EXIT_OK
@@ -56,6 +63,7 @@ def test_cancel_then_build_collects_finished_and_resubmits_rest(
     theirs = _batches_of(sim, "test-b")
     assert [b["status"] for b in theirs if b["status"] in ("cancelling", "cancelled")] == []
 
+    sim.clock.time_scale = SLOW["time_scale"]
     assert project.build() == EXIT_OK
     out = project.output()
     assert [o["custom_id"] for o in out] == [r["custom_id"] for r in reqs]
