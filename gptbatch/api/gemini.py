@@ -7,9 +7,11 @@ answers in them:
   the request its GenerateContentRequest without `model`: a Gemini batch job has one model,
   given when it is created. The upload's display name carries the shard file's name and
   that model, so creating the job from the file id alone (after a crash) knows both;
-- a job's display name tags it with the project and shard, for people reading the list;
-  the engine does not trust it (uploaded files cannot be downloaded again, so a tag could
-  not say which requests a job holds: its results, keyed by content key, can);
+- a job's display name tags it with the project, a shard id prefix and a few of its
+  requests' key prefixes (display_name); read back as metadata, it lets a build tell
+  another project's running job from one of its own (engine/nometa.py). It cannot say
+  which requests a job holds (uploaded files cannot be downloaded again): its results,
+  keyed by content key, can;
 - a job's results file is its "output file": downloading it converts each `{key, response}`
   or `{key, error}` into gptbatch's `{custom_id, response, error}` envelope.
 The API version is pinned to v1beta, where Google documents batch mode. No SDK error
@@ -113,6 +115,31 @@ def _ts(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
+# Tags read back from a display name (the engine's metadata keys, engine/batches.py).
+_TAGS = ("gptbatch_project", "gptbatch_shard", "gptbatch_keys")
+DISPLAY_NAME_MAX = 128
+
+
+def display_name(metadata: dict[str, str]) -> str:
+    """`gptbatch PROJECT SHARD12 KEY16,KEY16,...`, as many key prefixes as fit in 128
+    characters (a project id has no spaces and at most 64 characters)."""
+    project, shard = metadata.get(_TAGS[0]) or "-", (metadata.get(_TAGS[1]) or "-")[:12]
+    shown = f"gptbatch {project} {shard}"
+    keys: list[str] = []
+    for key in (metadata.get(_TAGS[2]) or "").split(","):
+        if key and len(shown) + 1 + len(",".join([*keys, key])) <= DISPLAY_NAME_MAX:
+            keys.append(key)
+    return f"{shown} {','.join(keys)}" if keys else shown[:DISPLAY_NAME_MAX]
+
+
+def display_tags(shown: str | None) -> dict[str, str]:
+    """A job's display name as the tags display_name wrote ({} if gptbatch did not name it)."""
+    parts = (shown or "").split(" ")
+    if len(parts) < 2 or parts[0] != "gptbatch" or not parts[1] or parts[1] == "-":
+        return {}
+    return {tag: value for tag, value in zip(_TAGS, parts[1:4], strict=False) if value}
+
+
 def batch_info(job: Any) -> BatchInfo:
     """A batch job in the engine's terms (states mapped onto OpenAI's statuses)."""
     state = getattr(job.state, "value", job.state) or ""
@@ -126,7 +153,7 @@ def batch_info(job: Any) -> BatchInfo:
         output_file_id=output,
         error_file_id=None,
         created_at=_ts(job.create_time) or 0,
-        metadata={},
+        metadata=display_tags(job.display_name),
         finished_at=_ts(job.end_time) if status in ("completed", "failed", "expired") else None,
     )
 
@@ -231,10 +258,7 @@ class GeminiRemote:
         _, space, model = self._uploaded_name(file_id).rpartition(" ")
         if not space or not model:
             raise UploadGoneError(f"the upload {file_id} does not name its model: uploading again")
-        tag = " ".join(
-            v for v in (metadata.get("gptbatch_project"), metadata.get("gptbatch_shard")) if v
-        )
-        config = {"display_name": f"gptbatch {tag}"[:128]}
+        config = {"display_name": display_name(metadata)}
         try:
             job = self._call(
                 lambda: self.client.batches.create(model=model, src=file_id, config=config)
