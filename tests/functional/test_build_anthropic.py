@@ -442,4 +442,35 @@ def test_claude_models_get_no_unknown_model_warning(tmp_path: Path, simulator, c
     assert project.build() == EXIT_OK
     captured = capsys.readouterr()
     assert "unknown model" not in captured.err
-    assert f"cost unknown (no price for {MODEL}" in captured.out  # it says what it can't price
+    assert "cost unknown" not in captured.out and "cost $" in captured.out  # in the table
+    # A Claude model the table has no price for: no warning either, and the cost says so.
+    unpriced = make_project(
+        tmp_path / "unpriced",
+        {"requests.jsonl": [claude("q0")]},
+        api={"provider": "anthropic"},
+        model="claude-fable-5-1",
+    )
+    assert main(["validate", str(unpriced.config)]) == EXIT_OK
+    assert unpriced.build() == EXIT_OK
+    captured = capsys.readouterr()
+    assert "unknown model" not in captured.err
+    assert "cost unknown (no price for claude-fable-5-1" in captured.out
+
+
+def test_plan_shows_the_request_budget_in_force(tmp_path: Path, capsys) -> None:
+    """Anthropic's queue is limited by requests: plan names that budget, not "no limit"."""
+    from gptbatch.cli import main
+
+    project = claude_project(
+        tmp_path,
+        [claude(f"q{i}") for i in range(3)],
+        limits={"enqueued_requests": 2500, "max_requests_per_batch": 1000},
+    )
+    assert main(["plan", str(project.config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{MODEL} /v1/messages: queue budget 2,500 requests at once" in out, out
+    assert "at most 1,000 per batch" in out and "no limit" not in out
+    bare = claude_project(tmp_path / "bare", [claude("q0")])
+    assert main(["plan", str(bare.config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "no limit set: Anthropic limits its queue by requests" in out, out
