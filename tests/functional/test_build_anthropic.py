@@ -474,3 +474,26 @@ def test_plan_shows_the_request_budget_in_force(tmp_path: Path, capsys) -> None:
     assert main(["plan", str(bare.config)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "no limit set: Anthropic limits its queue by requests" in out, out
+
+
+def test_a_second_simulate_rehearsal_resumes_its_anthropic_batches(tmp_path: Path) -> None:
+    """The rehearsal's simulator keeps Anthropic batches in its state directory, as it does
+    OpenAI's: a second `--simulate` finds the batch the first left running, sends nothing
+    again, and collects it."""
+    rows = [claude(f"q{i}") for i in range(4)]
+    project = claude_project(tmp_path, rows)
+    assert project.build("--simulate", "--no-wait") == EXIT_PENDING
+    (log,) = tmp_path.glob("**/simulator/log.jsonl")
+
+    def creates() -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        return [r for r in records if r["op"] == "anthropic_batch"]
+
+    assert len(creates()) == 1
+    assert project.build("--simulate") == EXIT_OK
+    assert len(creates()) == 1  # resumed, not sent again
+    from gptbatch.config.rehearsal import SIMULATED_SUFFIX
+
+    out = project.root / f"out{SIMULATED_SUFFIX}" / "requests.jsonl"
+    got = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+    assert got == [r["custom_id"] for r in rows]

@@ -361,3 +361,24 @@ def test_an_unknown_model_stops_the_build_without_uploading_forever(
     uploads = [c for c in simulator.journal.calls if c.path.startswith("/upload/")]
     assert len(uploads) == 2  # one resumable upload (start + bytes), not one per attempt
     assert jobs(simulator) == [] and simulator.journal.billed == []
+
+
+def test_a_second_simulate_rehearsal_resumes_its_gemini_jobs(tmp_path: Path) -> None:
+    """The rehearsal's simulator keeps Gemini uploads and jobs in its state directory: a
+    second `--simulate` finds the job the first left running and sends nothing again."""
+    from gptbatch.config.rehearsal import SIMULATED_SUFFIX
+
+    rows = [gem(f"q{i}") for i in range(4)]
+    project = gemini_project(tmp_path, rows)
+    assert project.build("--simulate", "--no-wait") == EXIT_PENDING
+    (log,) = tmp_path.glob("**/simulator/log.jsonl")
+
+    def records(op: str) -> int:
+        return sum(json.loads(line)["op"] == op for line in log.read_text().splitlines())
+
+    assert records("gemini_job") == 1 and records("gemini_file") == 1
+    assert project.build("--simulate") == EXIT_OK
+    assert records("gemini_job") == 1 and records("gemini_file") == 1  # resumed, not resent
+    out = project.root / f"out{SIMULATED_SUFFIX}" / "requests.jsonl"
+    got = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+    assert got == [r["key"] for r in rows]
