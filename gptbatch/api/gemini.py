@@ -21,6 +21,7 @@ escapes; the SDK retries nothing by default, so `batches.create` is sent once pe
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 import os
 import tempfile
@@ -140,12 +141,26 @@ def display_tags(shown: str | None) -> dict[str, str]:
     return {tag: value for tag, value in zip(_TAGS, parts[1:4], strict=False) if value}
 
 
-def batch_info(job: Any) -> BatchInfo:
-    """A batch job in the engine's terms (states mapped onto OpenAI's statuses)."""
+def _count(stats: dict[str, Any], name: str) -> int:
+    try:
+        return max(0, int(stats.get(name) or 0))  # int64 as a JSON string
+    except (TypeError, ValueError):
+        return 0
+
+
+def batch_info(job: Any, stats: dict[str, Any] | None = None) -> BatchInfo:
+    """A batch job in the engine's terms (states mapped onto OpenAI's statuses).
+
+    stats: the job's `batchStats` as the API sent them (the SDK's job drops them), for
+    progress while it runs."""
     state = getattr(job.state, "value", job.state) or ""
     status = STATUSES.get(str(state), "in_progress")
     output = job.dest.file_name if job.dest is not None and status == "completed" else None
+    stats = stats or {}
     return BatchInfo(
+        total=_count(stats, "requestCount"),
+        completed=_count(stats, "successfulRequestCount"),
+        failed=_count(stats, "failedRequestCount"),
         id=job.name,
         status=status,
         endpoint=ENDPOINT,
@@ -203,12 +218,41 @@ class GeminiRemote:
             for suffix in ("/v1beta", "/v1"):
                 base = base.removesuffix(suffix)
             options["base_url"] = base
+        # What the SDK's job objects drop, read off the replies as they pass: each job's
+        # batchStats (progress) and the reply's Date (the API's clock), by job name.
+        self._seen: dict[str, tuple[dict[str, Any], float | None]] = {}
+        options["client_args"] = {"event_hooks": {"response": [self._observe]}}
         self.client = genai.Client(api_key=api_key, http_options=options)
         self._base = options.get("base_url", "https://generativelanguage.googleapis.com")
 
     @property
     def base_url(self) -> str:
         return str(self._base)
+
+    def _observe(self, response: Any) -> None:
+        """An httpx response hook: keep the batchStats and Date of job replies (a get or a
+        list page; never a download or an upload, whose bodies are not read here)."""
+        request = response.request
+        last = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if request.method != "GET" or "/batches" not in request.url.path or ":" in last:
+            return
+        if response.status_code != 200:
+            return
+        response.read()  # a small JSON reply; the SDK reads it again from the cache
+        try:
+            obj = json.loads(response.content)
+        except ValueError:
+            return
+        when: float | None = None
+        date = response.headers.get("date")
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            when = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+        jobs = obj.get("operations") if isinstance(obj.get("operations"), list) else [obj]
+        for job in jobs:
+            if isinstance(job, dict) and isinstance(job.get("name"), str):
+                meta = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+                stats = meta.get("batchStats")
+                self._seen[job["name"]] = (stats if isinstance(stats, dict) else {}, when)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -279,11 +323,13 @@ class GeminiRemote:
     # --- polling and listing -------------------------------------------------------------
 
     def retrieve(self, batch_id: str) -> BatchInfo:
-        return self._call(lambda: batch_info(self.client.batches.get(name=batch_id)))
+        return self.retrieve_dated(batch_id)[0]
 
     def retrieve_dated(self, batch_id: str) -> tuple[BatchInfo, float | None]:
-        """The job, and no API time: the SDK's jobs do not carry the reply's Date header."""
-        return self.retrieve(batch_id), None
+        """The job, and the API's time when it answered (its Date header), if given."""
+        job = self._call(lambda: self.client.batches.get(name=batch_id))
+        stats, when = self._seen.pop(job.name, ({}, None))
+        return batch_info(job, stats), when
 
     def list_batches(self, *, since: float | None = None) -> Iterator[BatchInfo]:
         """Jobs newest first, stopping at the first created before `since`.
@@ -293,7 +339,7 @@ class GeminiRemote:
         time minus its horizon, and a poll retrieves whatever a listing did not find."""
         try:
             for job in self.client.batches.list(config={"page_size": 100}):
-                info = batch_info(job)
+                info = batch_info(job, self._seen.pop(job.name, ({}, None))[0])
                 if since is not None and info.created_at < since:
                     return
                 yield info
