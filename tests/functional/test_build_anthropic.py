@@ -203,7 +203,7 @@ def test_simulate_builds_the_claude_example(tmp_path: Path, monkeypatch) -> None
         env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
     )
     assert run.returncode == EXIT_OK, run.stderr[-2000:]
-    out = tmp_path / "examples/out-claude-simulated/claude.ndjson.jsonl"
+    out = tmp_path / "examples/out-claude-simulated/claude.jsonl"
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [o["custom_id"] for o in lines] == [f"fact-{i}" for i in range(1, 9)]
 

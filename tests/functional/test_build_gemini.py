@@ -256,7 +256,7 @@ def test_simulate_builds_the_gemini_example(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "GOOGLE_"))}
     run = _run_example(tmp_path, env)
     assert run.returncode == EXIT_OK, run.stderr[-2000:]
-    out = tmp_path / "examples/out-gemini-simulated/gemini.ndjson.jsonl"
+    out = tmp_path / "examples/out-gemini-simulated/gemini.jsonl"
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [o["custom_id"] for o in lines] == [f"fact-{i}" for i in range(1, 9)]
 
