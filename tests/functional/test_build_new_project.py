@@ -199,3 +199,24 @@ def test_a_lost_gemini_state_renamed_still_waits_for_its_own_job(tmp_path: Path,
     assert mine.build() == EXIT_OK
     assert sorted(billed(simulator)) == sorted(gem_key(r) for r in rows)  # once each
     assert sim.names() == [job]
+
+
+def test_cancel_after_a_lost_gemini_state_stops_only_this_projects_jobs(
+    tmp_path: Path, simulator
+) -> None:
+    """A job's display name names its project: `cancel` without a state stops this
+    project's running job (found by its name) and leaves another project's alone."""
+    from gptbatch.cli import main
+
+    sim = simulator.service.gemini
+    sim.processing_seconds = FOREVER
+    other = gemini_project(tmp_path / "other", [gem("o0")])
+    assert other.build("--no-wait") == EXIT_PENDING
+    mine = gemini_project(tmp_path / "mine", [gem("q0"), gem("q1")])
+    assert mine.build("--no-wait") == EXIT_PENDING
+    theirs, ours = sim.names()
+    shutil.rmtree(mine.out / ".gptbatch")
+    assert main(["cancel", str(mine.config)]) == EXIT_OK
+    assert sim.get(ours)["metadata"]["state"] == "BATCH_STATE_CANCELLED"
+    assert sim.get(theirs)["metadata"]["state"] != "BATCH_STATE_CANCELLED"
+    assert billed(simulator) == []
