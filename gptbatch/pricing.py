@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 
-# A dated snapshot of a model: gpt-4o-mini-2024-07-18, gpt-4-0613. Only these resolve to the
-# base model's price: o3-mini or gpt-4-32k are other models with other prices, not o3 or gpt-4.
-_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+# A dated snapshot of a model: gpt-4o-mini-2024-07-18, gpt-4-0613, claude-haiku-4-5-20251001
+# (Claude's carry 8 digits). Only these resolve to the base model's price: o3-mini or
+# gpt-4-32k are other models with other prices, not o3 or gpt-4.
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 TOKENS_PER_UNIT = 1_000_000  # prices are per 1M tokens
 
 
@@ -25,6 +26,7 @@ class Price:
     input: float
     output: float
     source: str  # "config" or "table"
+    cached_input: float | None = None  # cached prompt tokens; None: at the input price
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ def price_table() -> PriceTable:
     """The packaged price table (read once; immutable)."""
     text = resources.files("gptbatch").joinpath("data/prices.json").read_text(encoding="utf-8")
     raw = json.loads(text)
-    models = {
-        name: MappingProxyType({k: float(v) for k, v in entry.items()})
+    models = {  # an entry's other keys (its "source") are for people reading the file
+        name: MappingProxyType(
+            {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
+        )
         for name, entry in raw["models"].items()
     }
     unpriced = tuple(raw.get("known_without_price", ()))
@@ -72,7 +76,14 @@ def price_for(
         name = _match(model, table)
         if name is not None:
             entry = table[name]
-            return Price(name, float(entry["input"]), float(entry.get("output", 0.0)), source)
+            cached = entry.get("cached_input")
+            return Price(
+                name,
+                float(entry["input"]),
+                float(entry.get("output", 0.0)),
+                source,
+                float(cached) if cached is not None else None,
+            )
     return None
 
 
@@ -121,12 +132,19 @@ def estimate_cost(
     input_tokens: int,
     output_tokens: int = 0,
     overrides: Mapping[str, Mapping[str, float]] | None = None,
+    cached_tokens: int = 0,
 ) -> float | None:
-    """US dollars for these tokens at Batch API prices; None when the model has no price."""
+    """US dollars for these tokens at Batch API prices; None when the model has no price.
+
+    cached_tokens (part of input_tokens) go at the cached-input price where the table or
+    config gives one, else at the input price (an upper bound)."""
     price = price_for(model, overrides)
     if price is None:
         return None
-    return (input_tokens * price.input + output_tokens * price.output) / TOKENS_PER_UNIT
+    cached = max(0, min(cached_tokens, input_tokens))
+    rate = price.cached_input if price.cached_input is not None else price.input
+    spent = (input_tokens - cached) * price.input + cached * rate + output_tokens * price.output
+    return spent / TOKENS_PER_UNIT
 
 
 def usd(amount: float) -> str:

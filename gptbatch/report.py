@@ -259,6 +259,8 @@ class ConsoleReporter:
         if kind in ("api_retry", "recover_failed"):
             prefix = f"{f['batch']}: " if f.get("batch") else ""
             return f"{prefix}{f['error']} (will retry)"
+        if kind == "unknown_batch":
+            return f"{f['batch']}: {f['message']}" if f.get("batch") else f["message"]
         if kind == "file_waiting":
             return f"{f['batch']}: {f['error']}"
         if kind == "file_gone":

@@ -101,3 +101,57 @@ def test_estimate_cost_is_tokens_times_price_per_million() -> None:
     assert estimate_cost("gpt-4.1", 0) == 0.0
     assert estimate_cost("omni-moderation-latest", 10_000_000) == 0.0
     assert estimate_cost(None, 10) is None
+
+
+# Claude and Gemini: standard prices as published (input, output); the batch price is half.
+OTHER_STANDARD = {
+    "claude-sonnet-4-5": (3.0, 15.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+    "claude-opus-4-5": (5.0, 25.0),
+    "claude-sonnet-4": (3.0, 15.0),
+    "claude-3-5-haiku": (0.8, 4.0),
+    "gemini-2.5-flash": (0.30, 2.50),
+}
+
+
+@pytest.mark.parametrize("model", sorted(OTHER_STANDARD))
+def test_claude_and_gemini_batch_prices_are_half_the_standard(model: str) -> None:
+    price = price_for(model)
+    assert price is not None and price.source == "table"
+    assert (price.input, price.output) == pytest.approx(tuple(p / 2 for p in OTHER_STANDARD[model]))
+
+
+def test_every_claude_and_gemini_entry_names_its_source() -> None:
+    raw = json.loads(TABLE.read_text())
+    others = {n: e for n, e in raw["models"].items() if n.startswith(("claude-", "gemini-"))}
+    assert len(others) >= 10
+    assert all(e["source"] in raw["sources"] for e in others.values())
+
+
+def test_claude_snapshots_resolve_and_cached_input_is_priced() -> None:
+    price = price_for("claude-3-5-haiku-20241022")
+    assert price is not None and price.model == "claude-3-5-haiku"
+    assert price_for("claude-opus-4-1-20250805").model == "claude-opus-4-1"  # type: ignore[union-attr]
+    # 1M prompt tokens of which 400k cached, 0 output: 600k at 0.40 + 400k at 0.08.
+    assert estimate_cost("claude-3-5-haiku", 1_000_000, 0, cached_tokens=400_000) == pytest.approx(
+        0.6 * 0.4 + 0.4 * 0.08
+    )
+    # Without a cached-input price, cached tokens go at the input price (an upper bound).
+    assert estimate_cost("gpt-4o", 1000, 0, cached_tokens=500) == estimate_cost("gpt-4o", 1000)
+    over = {"m": {"input": 1.0, "output": 2.0, "cached_input": 0.5}}
+    assert estimate_cost("m", 1_000_000, 0, over, cached_tokens=1_000_000) == pytest.approx(0.5)
+
+
+def test_claude_cache_reads_and_writes_count_as_input() -> None:
+    from gptbatch.engine.usage import result_usage
+
+    usage = {
+        "input_tokens": 100,
+        "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 50,
+        "output_tokens": 10,
+    }
+    body = {"model": "claude-3-5-haiku-20241022", "usage": usage}
+    u = result_usage({"response": {"status_code": 200, "body": body}})
+    assert (u.input, u.cached, u.output) == (1150, 1000, 10)
+    assert u.cost == pytest.approx((150 * 0.4 + 1000 * 0.08 + 10 * 2.0) / 1e6)

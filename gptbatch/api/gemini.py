@@ -7,9 +7,11 @@ answers in them:
   the request its GenerateContentRequest without `model`: a Gemini batch job has one model,
   given when it is created. The upload's display name carries the shard file's name and
   that model, so creating the job from the file id alone (after a crash) knows both;
-- a job's display name tags it with the project and shard, for people reading the list;
-  the engine does not trust it (uploaded files cannot be downloaded again, so a tag could
-  not say which requests a job holds: its results, keyed by content key, can);
+- a job's display name tags it with the project, a shard id prefix and a few of its
+  requests' key prefixes (display_name); read back as metadata, it lets a build tell
+  another project's running job from one of its own (engine/nometa.py). It cannot say
+  which requests a job holds (uploaded files cannot be downloaded again): its results,
+  keyed by content key, can;
 - a job's results file is its "output file": downloading it converts each `{key, response}`
   or `{key, error}` into gptbatch's `{custom_id, response, error}` envelope.
 The API version is pinned to v1beta, where Google documents batch mode. No SDK error
@@ -19,6 +21,7 @@ escapes; the SDK retries nothing by default, so `batches.create` is sent once pe
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 import os
 import tempfile
@@ -113,12 +116,51 @@ def _ts(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def batch_info(job: Any) -> BatchInfo:
-    """A batch job in the engine's terms (states mapped onto OpenAI's statuses)."""
+# Tags read back from a display name (the engine's metadata keys, engine/batches.py).
+_TAGS = ("gptbatch_project", "gptbatch_shard", "gptbatch_keys")
+DISPLAY_NAME_MAX = 128
+
+
+def display_name(metadata: dict[str, str]) -> str:
+    """`gptbatch PROJECT SHARD12 KEY16,KEY16,...`, as many key prefixes as fit in 128
+    characters (a project id has no spaces and at most 64 characters)."""
+    project, shard = metadata.get(_TAGS[0]) or "-", (metadata.get(_TAGS[1]) or "-")[:12]
+    shown = f"gptbatch {project} {shard}"
+    keys: list[str] = []
+    for key in (metadata.get(_TAGS[2]) or "").split(","):
+        if key and len(shown) + 1 + len(",".join([*keys, key])) <= DISPLAY_NAME_MAX:
+            keys.append(key)
+    return f"{shown} {','.join(keys)}" if keys else shown[:DISPLAY_NAME_MAX]
+
+
+def display_tags(shown: str | None) -> dict[str, str]:
+    """A job's display name as the tags display_name wrote ({} if gptbatch did not name it)."""
+    parts = (shown or "").split(" ")
+    if len(parts) < 2 or parts[0] != "gptbatch" or not parts[1] or parts[1] == "-":
+        return {}
+    return {tag: value for tag, value in zip(_TAGS, parts[1:4], strict=False) if value}
+
+
+def _count(stats: dict[str, Any], name: str) -> int:
+    try:
+        return max(0, int(stats.get(name) or 0))  # int64 as a JSON string
+    except (TypeError, ValueError):
+        return 0
+
+
+def batch_info(job: Any, stats: dict[str, Any] | None = None) -> BatchInfo:
+    """A batch job in the engine's terms (states mapped onto OpenAI's statuses).
+
+    stats: the job's `batchStats` as the API sent them (the SDK's job drops them), for
+    progress while it runs."""
     state = getattr(job.state, "value", job.state) or ""
     status = STATUSES.get(str(state), "in_progress")
     output = job.dest.file_name if job.dest is not None and status == "completed" else None
+    stats = stats or {}
     return BatchInfo(
+        total=_count(stats, "requestCount"),
+        completed=_count(stats, "successfulRequestCount"),
+        failed=_count(stats, "failedRequestCount"),
         id=job.name,
         status=status,
         endpoint=ENDPOINT,
@@ -126,7 +168,7 @@ def batch_info(job: Any) -> BatchInfo:
         output_file_id=output,
         error_file_id=None,
         created_at=_ts(job.create_time) or 0,
-        metadata={},
+        metadata=display_tags(job.display_name),
         finished_at=_ts(job.end_time) if status in ("completed", "failed", "expired") else None,
     )
 
@@ -176,12 +218,41 @@ class GeminiRemote:
             for suffix in ("/v1beta", "/v1"):
                 base = base.removesuffix(suffix)
             options["base_url"] = base
+        # What the SDK's job objects drop, read off the replies as they pass: each job's
+        # batchStats (progress) and the reply's Date (the API's clock), by job name.
+        self._seen: dict[str, tuple[dict[str, Any], float | None]] = {}
+        options["client_args"] = {"event_hooks": {"response": [self._observe]}}
         self.client = genai.Client(api_key=api_key, http_options=options)
         self._base = options.get("base_url", "https://generativelanguage.googleapis.com")
 
     @property
     def base_url(self) -> str:
         return str(self._base)
+
+    def _observe(self, response: Any) -> None:
+        """An httpx response hook: keep the batchStats and Date of job replies (a get or a
+        list page; never a download or an upload, whose bodies are not read here)."""
+        request = response.request
+        last = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if request.method != "GET" or "/batches" not in request.url.path or ":" in last:
+            return
+        if response.status_code != 200:
+            return
+        response.read()  # a small JSON reply; the SDK reads it again from the cache
+        try:
+            obj = json.loads(response.content)
+        except ValueError:
+            return
+        when: float | None = None
+        date = response.headers.get("date")
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            when = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+        jobs = obj.get("operations") if isinstance(obj.get("operations"), list) else [obj]
+        for job in jobs:
+            if isinstance(job, dict) and isinstance(job.get("name"), str):
+                meta = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+                stats = meta.get("batchStats")
+                self._seen[job["name"]] = (stats if isinstance(stats, dict) else {}, when)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -231,10 +302,7 @@ class GeminiRemote:
         _, space, model = self._uploaded_name(file_id).rpartition(" ")
         if not space or not model:
             raise UploadGoneError(f"the upload {file_id} does not name its model: uploading again")
-        tag = " ".join(
-            v for v in (metadata.get("gptbatch_project"), metadata.get("gptbatch_shard")) if v
-        )
-        config = {"display_name": f"gptbatch {tag}"[:128]}
+        config = {"display_name": display_name(metadata)}
         try:
             job = self._call(
                 lambda: self.client.batches.create(model=model, src=file_id, config=config)
@@ -255,11 +323,13 @@ class GeminiRemote:
     # --- polling and listing -------------------------------------------------------------
 
     def retrieve(self, batch_id: str) -> BatchInfo:
-        return self._call(lambda: batch_info(self.client.batches.get(name=batch_id)))
+        return self.retrieve_dated(batch_id)[0]
 
     def retrieve_dated(self, batch_id: str) -> tuple[BatchInfo, float | None]:
-        """The job, and no API time: the SDK's jobs do not carry the reply's Date header."""
-        return self.retrieve(batch_id), None
+        """The job, and the API's time when it answered (its Date header), if given."""
+        job = self._call(lambda: self.client.batches.get(name=batch_id))
+        stats, when = self._seen.pop(job.name, ({}, None))
+        return batch_info(job, stats), when
 
     def list_batches(self, *, since: float | None = None) -> Iterator[BatchInfo]:
         """Jobs newest first, stopping at the first created before `since`.
@@ -269,7 +339,7 @@ class GeminiRemote:
         time minus its horizon, and a poll retrieves whatever a listing did not find."""
         try:
             for job in self.client.batches.list(config={"page_size": 100}):
-                info = batch_info(job)
+                info = batch_info(job, self._seen.pop(job.name, ({}, None))[0])
                 if since is not None and info.created_at < since:
                     return
                 yield info

@@ -33,6 +33,8 @@ class Caps:
     # results downloadable this long after the batch's creation (None: OpenAI's file rule,
     # output_expires_after or 30 days from the batch's end)
     results_ttl: int | None = None
+    # an unfinished batch expires this long after its creation (what a wait is bounded by)
+    batch_ttl: int = 86400
 
 
 OPENAI_CAPS = Caps("openai", 50_000, 200 * 1024 * 1024, "tokens", True, True)
@@ -58,6 +60,7 @@ GEMINI_CAPS = Caps(
     False,
     True,
     custom_id_is_key=True,
+    batch_ttl=48 * 3600,
 )
 
 

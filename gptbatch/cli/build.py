@@ -87,6 +87,13 @@ def register(sub: Any) -> None:
         help="build the rest when some requests can never be queued (as make -k); they are "
         "recorded as failed",
     )
+    p.add_argument(
+        "--new-project",
+        action="store_true",
+        help="anthropic and gemini targets, first build only: no batch already at the API "
+        "is this project's, so do not wait for unknown batches in progress (a state with "
+        "nothing in it cannot tell a new project from a lost state, and waits by default)",
+    )
     p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="report every input and shard")
     p.set_defaults(func=run)
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         args.force, args.retry_failed = flags if args.forced else (False, False)
         code = _build_once(spec, args, targets)
         rounds += 1
+        args.new_project = False  # the next round's state holds this one's shards
         stale = stale_steps(spec, sample, args.only)
         unforced = [p for d in depths[rounds:] for p in d]
         if (not stale and not unforced) or code not in (EXIT_OK, EXIT_FAILED_REQUESTS):
@@ -236,6 +244,7 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
                 retry_failed=getattr(args, "retry_failed", False),
                 only=getattr(args, "only", None),
                 forced=getattr(args, "forced", None),
+                new_project=getattr(args, "new_project", False),
             )
     except KeyboardInterrupt:
         if again == "gptbatch build":

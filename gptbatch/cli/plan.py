@@ -89,7 +89,24 @@ def _rows(plan: Plan) -> list[tuple[str, ...]]:
     return rows
 
 
-def _notes(plan: Plan, prices: Any = None) -> list[str]:
+def _queue_note(spec: Any, g: Any) -> str:
+    """The queue budget a build of this group works under: tokens per shard, or for a queue
+    limited by requests (Anthropic's), the requests it may hold at once."""
+    if g.token_cap is not None:
+        return f"~{g.token_cap:,} tokens per shard"
+    requests = spec.limits.request_limit(g.model or "") if spec is not None else None
+    if requests is not None:
+        per_batch = spec.limits.max_requests_per_batch
+        return (
+            f"queue budget {plural(requests, 'request')} at once (limits.enqueued_requests), "
+            f"at most {per_batch:,} per batch"
+        )
+    if spec is not None and spec.api.provider == "anthropic":
+        return "no limit set: Anthropic limits its queue by requests (limits.enqueued_requests)"
+    return "no limit"
+
+
+def _notes(plan: Plan, prices: Any = None, spec: Any = None) -> list[str]:
     notes = []
     for g in plan.groups:
         name = f"{g.model or '(none)'} {g.endpoint}"
@@ -103,8 +120,7 @@ def _notes(plan: Plan, prices: Any = None) -> list[str]:
             notes.append(f"{name}: no price known; add prices.{g.model} to the config")
         elif g.price.source == "config":
             notes.append(f"{name}: priced from the config (prices.{g.price.model})")
-        cap = "no limit" if g.token_cap is None else f"~{g.token_cap:,} tokens per shard"
-        notes.append(f"{name}: {cap}")
+        notes.append(f"{name}: {_queue_note(spec, g)}")
         for caveat in g.caveats:
             notes.append(f"{name}: {caveat.count:,} × {caveat.text}")
     return notes
@@ -187,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         print(title)
         print(_plain(plan))
     print(f"Batch API prices as of {plan.prices_as_of} (override them under prices: in the config)")
-    for note in _notes(plan, spec.prices):
+    for note in _notes(plan, spec.prices, spec):
         print(f"  {note}")
     for m in limits:
         print(f"  queue limit {m.describe()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from typing import Any
 
 from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
@@ -16,8 +17,10 @@ from gptbatch.commands.status import (
 )
 from gptbatch.commands.validate import check_inputs
 from gptbatch.engine.budget import queue_limits
+from gptbatch.engine.usage import project_usage
 from gptbatch.errors import InputError
 from gptbatch.inputs.where import filtered_out
+from gptbatch.pricing import usd
 from gptbatch.report import plural, shown
 from gptbatch.state.store import Store, state_dir
 
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             if m.tokens.value is not None or m.tokens.learned or m.requests.learned
         ]
         shards = shard_statuses(store) if store is not None else []
+        spent = project_usage(store) if store is not None else None  # as the last build counted
         if args.remote and store is not None:
             live = remote_statuses(spec, [b.id for b in store.batches() if not b.collected])
         reasons = []
@@ -129,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                     "remote": live,
                     "queue_limits": [m.to_json() for m in limits],
                     **({"filtered_out": filtered_out(spec.targets)} if spec.data_targets else {}),
+                    "usage": asdict(spent) if spent is not None else None,
                 },
                 indent=2,
                 sort_keys=True,
@@ -143,6 +148,16 @@ def run(args: argparse.Namespace) -> int:
     )
     if not status.built:
         print("nothing built yet: `gptbatch build` builds it")
+    if spent is not None and spent.requests:
+        cost = (
+            usd(spent.cost)
+            if spent.cost is not None
+            else f"unknown (no price for {', '.join(spent.unpriced)}: add it under prices:)"
+        )
+        print(
+            f"results so far: {plural(spent.requests, 'result')}, {spent.input:,} input tokens "
+            f"({spent.cached:,} cached), {spent.output:,} output; cost {cost}"
+        )
     for path, why in status.stale:
         if status.built:
             print(f"input {shown(path)}: {why}; the next build reads it again")

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import output_paths
-from gptbatch.engine.usage import gemini_usage
+from gptbatch.engine.usage import anthropic_usage, gemini_usage
 from gptbatch.errors import UsageError
 from gptbatch.inputs.gemini_lines import GENERATE_URL
 from gptbatch.inputs.located import RowLines
@@ -145,7 +145,7 @@ def export_row(
     usage = usage_of(body)
     cost = None
     if usage[0] is not None:
-        cost = estimate_cost(model, usage[0], usage[2] or 0, prices)
+        cost = estimate_cost(model, usage[0], usage[2] or 0, prices, cached_tokens=usage[1] or 0)
     if cost is not None:  # whole units of 1e-10 dollars: no 2.1599999999999996e-05 float noise
         cost = round(cost, 10)
     return ExportRow(
@@ -206,6 +206,8 @@ def reply_of(url: str, body: dict[str, Any]) -> tuple[Any, str | None]:
 def usage_of(body: dict[str, Any]) -> tuple[int | None, int | None, int | None, int | None]:
     """(input, cached, output, reasoning) tokens of a response body's usage."""
     usage = body.get("usage") or gemini_usage(body.get("usageMetadata")) or {}
+    if isinstance(usage, dict):
+        usage = anthropic_usage(usage)
     if not usage:
         return None, None, None, None
     inp = usage.get("input_tokens", usage.get("prompt_tokens"))

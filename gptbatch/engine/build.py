@@ -44,10 +44,11 @@ from gptbatch.errors import (
     Problem,
     StateError,
     TransientRemoteError,
+    UsageError,
 )
 from gptbatch.inputs.located import relocated
 from gptbatch.pricing import unknown_model_hint
-from gptbatch.report import Reporter
+from gptbatch.report import Reporter, plural
 from gptbatch.state.lock import BuildLock
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, IN_FLIGHT_SHARD_STATES, ShardRow
 from gptbatch.state.store import Store, state_dir
@@ -64,6 +65,7 @@ def run_build(
     retry_failed: bool = False,
     only: Sequence[Path] | None = None,
     forced: Sequence[Path] | None = None,
+    new_project: bool = False,
 ) -> BuildSummary:
     """Lock the output directory, open its state and build; bad input leaves no trace.
 
@@ -72,6 +74,8 @@ def run_build(
     changed in transactions that bad input rolls back. only: build just these of the
     spec's inputs (`build CONFIG INPUT`); the others stay as they are, not removed.
     forced: the inputs force and retry_failed act on (default: every input built).
+    new_project: the user asserts no batch at the API is this project's (engine/nometa.py);
+    refused where batches carry metadata (not needed) or the state holds shards or batches.
     """
     declared = spec.inputs
     if only is not None:
@@ -80,13 +84,22 @@ def run_build(
     directory = state_dir(spec.output_dir)
     had_output, had_state = spec.output_dir.exists(), directory.exists()
     started = time.monotonic()
+    caps = caps_of(remote)
+    if new_project and caps.metadata:
+        raise UsageError(
+            f"--new-project: {caps.name} batches carry this project's tags, so a build never "
+            "waits on other projects' batches there: drop the flag"
+        )
     with BuildLock(spec.output_dir, directory):
         store = Store(directory)
         try:
             before = usage.account(store, spec.prices)
+            if new_project:
+                check_new_project(store)
             builder = Builder(
                 spec, store, remote, reporter, keep_going=keep_going, declared=declared
             )
+            builder.submitter.new_project = new_project
             summary = builder.run(wait=wait, force=force, retry_failed=retry_failed, forced=forced)
             summary.usage_total = usage.account(store, spec.prices)
             summary.usage_run = summary.usage_total - before
@@ -129,6 +142,18 @@ def run_build(
             raise
         finally:
             store.close()
+
+
+def check_new_project(store: Store) -> None:
+    """UsageError if the state holds work: its batches must be found, not ignored."""
+    shards, batches = len(store.shards()), len(store.batches())
+    if shards or batches:
+        raise UsageError(
+            f"--new-project: the state in {store.directory} already holds "
+            f"{plural(shards, 'shard')} and {plural(batches, 'batch')}: this project has "
+            "sent work before, and its batches at the API must be found, not ignored; run "
+            "`gptbatch build` without --new-project"
+        )
 
 
 def remove_stale_temp_files(*directories: Path) -> None:

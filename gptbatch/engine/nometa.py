@@ -10,6 +10,15 @@ requests it answered: each was sent under its content key as custom_id. So:
   is waited for, never sent again.
 An intact state with no create in doubt made every batch of its own on record, so it looks
 at no other batch (another project's, in the same workspace).
+
+A state with nothing in it cannot tell a new project from a lost one, so by default it waits
+too. Two ways out, each only where nothing of ours can be in the batch:
+- `build --new-project`: the user asserts no batch at the API is this project's; the batches
+  listed before its first create are recorded as foreign (FOREIGN_META), never waited for nor
+  adopted, also by a later scan for a create in doubt;
+- tags a provider does keep (Gemini's display name, see api/gemini.py): a job naming another
+  project, none of whose sampled keys is a current request of ours, is not waited for, and
+  once ended is adopted only if its results answer a current request.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gptbatch.engine.batches import RECOVERED, save_batch
+from gptbatch.api.provider import caps_of
+from gptbatch.engine.batches import META_KEYS, META_PROJECT, RECOVERED, save_batch
 from gptbatch.errors import NotFoundError, TransientRemoteError
 from gptbatch.shards import shard_key
 from gptbatch.state.rows import ShardRow
@@ -31,6 +41,7 @@ if TYPE_CHECKING:
     from gptbatch.state.store import Store
 
 _HEX = frozenset("0123456789abcdef")
+FOREIGN_META = "foreign_batches"  # ids listed before a --new-project build's first create
 
 
 @dataclass
@@ -39,6 +50,7 @@ class _Seen:
 
     empty: set[str] = field(default_factory=set)  # ended batches naming none of ours
     reported: set[str] = field(default_factory=set)  # in-progress batches said to be waited for
+    others: set[str] = field(default_factory=set)  # running batches another project's tags name
 
 
 _SEEN: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
@@ -116,6 +128,9 @@ def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
     if not lost and not submitting:
         return []  # every batch of ours is on record
     known = {b.id for b in store.batches()}
+    foreign = set(json.loads(store.get_meta(FOREIGN_META) or "[]"))
+    # --new-project on a state that never listed: whatever is at the API now is not ours.
+    fresh = lost and sub.new_project
     # Any shard whose create is in doubt may own an ended batch, not only the one asked
     # about: taken for a stranger, its batch would be rebuilt as a new shard and the shard
     # itself, finding no batch, created again (billed twice).
@@ -124,30 +139,75 @@ def scan(sub: Submitter, submitting: list[ShardRow]) -> list[BatchInfo]:
     seen = _SEEN.setdefault(sub, _Seen())
     skipped = seen.empty
     waiting: list[BatchInfo] = []
+    listed: list[str] = []
     for info in sub.listed_back():
-        if info.id in known or info.id in skipped:
+        if info.id in known or info.id in skipped or info.id in foreign:
             continue
+        if fresh:
+            listed.append(info.id)
+            continue
+        other = elsewhere(sub, info)
         if not info.terminal:
-            waiting.append(info)
+            if other is None:
+                waiting.append(info)
+            elif info.id not in seen.others:
+                seen.others.add(info.id)
+                sub.report.event(
+                    "unknown_batch",
+                    batch=info.id,
+                    message=f"in progress, tagged by project {other}, none of whose sampled "
+                    "requests is one of ours: not waited for",
+                )
             continue
-        if not adopt_ended(sub, info, submitting):
+        if not adopt_ended(sub, info, submitting, only_current=other is not None):
             skipped.add(info.id)
-    reported = seen.reported
-    for info in waiting:
-        if info.id not in reported:
-            reported.add(info.id)
+    if fresh and sub.newest_listed is not None:  # a whole pass: record what it found
+        with store.transaction():
+            store.set_meta(FOREIGN_META, json.dumps(sorted(foreign | set(listed))))
+        if listed:
             sub.report.event(
-                "api_retry",
-                batch=info.id,
-                error="a batch this state does not know is still in progress; batches carry "
-                "no tags here, so nothing is submitted until it ends and its results show "
-                "which requests it holds",
+                "unknown_batch",
+                batch="",
+                message=f"--new-project: {len(listed)} batch(es) already at the API taken "
+                "for other projects': not waited for, not adopted",
             )
+    for info in waiting:
+        if info.id not in seen.reported:
+            seen.reported.add(info.id)
+            sub.report.event("unknown_batch", batch=info.id, message=wait_message(sub, info))
     return waiting
 
 
-def adopt_ended(sub: Submitter, info: BatchInfo, submitting: list[ShardRow]) -> bool:
-    """Take an ended batch by the keys its results name; False if they name none."""
+def wait_message(sub: Submitter, info: BatchInfo) -> str:
+    """Why a build waits for a batch it does not know, until when, and the way out."""
+    ttl = caps_of(sub.remote).batch_ttl
+    ends = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info.created_at + ttl))
+    return (
+        "in progress at the API and unknown to this state; batches here carry no tags that "
+        "say whose they are, so it may hold this project's requests (a lost state): nothing "
+        f"is submitted until it ends, by {ends} at the latest (the API expires a batch "
+        f"{ttl // 3600} h after its creation). If this project is new and no batch in flight "
+        "is its own, `gptbatch build --new-project` does not wait for them"
+    )
+
+
+def elsewhere(sub: Submitter, info: BatchInfo) -> str | None:
+    """The other project a batch's tags name, if none of its sampled keys is a current
+    request of ours (a renamed project's own batch names its old id, but its keys)."""
+    project = info.metadata.get(META_PROJECT)
+    if not project or project in sub.project_ids:
+        return None
+    sample = info.metadata.get(META_KEYS) or ""
+    if any(sub.store.has_key_prefix(p) for p in sample.split(",") if p):
+        return None
+    return project
+
+
+def adopt_ended(
+    sub: Submitter, info: BatchInfo, submitting: list[ShardRow], *, only_current: bool = False
+) -> bool:
+    """Take an ended batch by the keys its results name; False if they name none (or, with
+    only_current, none of the requests this build has: another project's batch)."""
     store = sub.store
     keys: list[str] = []
     if info.output_file_id:
@@ -164,7 +224,7 @@ def adopt_ended(sub: Submitter, info: BatchInfo, submitting: list[ShardRow]) -> 
                     if is_key(cid):
                         keys.append(cid)
         path.unlink(missing_ok=True)
-    if not keys:
+    if not keys or (only_current and not any(store.is_current(k) for k in keys)):
         return False
     wanted = set(keys)
     shard = next((s for s in submitting if {k for k, _ in store.members(s.id)} == wanted), None)

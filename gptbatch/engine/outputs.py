@@ -33,12 +33,17 @@ class OutputSummary:
     missing: int
 
 
+# JSONL by its names: x.jsonl and x.ndjson both write x.jsonl (so the two are an error).
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
 def output_names(inputs: Sequence[Path]) -> dict[Path, str]:
-    """The output base name of each input: its file name without .jsonl, unique."""
+    """The output base name of each input: its file name without .jsonl or .ndjson, unique."""
     names: dict[Path, str] = {}
     seen: dict[str, Path] = {}
     for path in inputs:
-        name = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+        suffix = next((s for s in JSONL_SUFFIXES if path.name.endswith(s)), "")
+        name = path.name[: len(path.name) - len(suffix)]
         if name in seen:
             raise ConfigError(
                 f"inputs {seen[name]} and {path} would write the same output {name}.jsonl: "

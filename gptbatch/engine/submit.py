@@ -96,6 +96,9 @@ class Submitter:
         self.rng = rng or random.Random()
         self.rate_limited: dict[str, int] = {}  # shard -> plain 429s in a row at create
         self.newest_listed: int | None = None  # newest created_at of the last list pass
+        # `build --new-project`: no batch at the API before our first create is ours
+        # (a provider without metadata only, engine/nometa.py).
+        self.new_project = False
         self.concerns: dict[str, bool] = {}  # recovered shard -> holds a current request
         # How many projects (this one included) send on a model, as the last listing saw.
         self.sharing: Callable[[str | None], int] = lambda model: 1

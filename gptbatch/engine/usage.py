@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gptbatch.pricing import TOKENS_PER_UNIT, price_for
+from gptbatch.pricing import estimate_cost
 from gptbatch.state.store import Store
 
 _META_TOTAL = "usage_total"
@@ -74,6 +74,21 @@ def gemini_usage(meta: Any) -> dict[str, Any] | None:
     }
 
 
+def anthropic_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A Claude usage in OpenAI's terms: its input_tokens leave out the prompt-cache reads
+    and writes, which count as input here (reads as cached; writes at the input price, an
+    underestimate: they cost 1.25 or 2 times it)."""
+    read = _int(usage.get("cache_read_input_tokens"))
+    written = _int(usage.get("cache_creation_input_tokens"))
+    if not read and not written:
+        return usage
+    return {
+        **usage,
+        "input_tokens": _int(usage.get("input_tokens")) + read + written,
+        "input_tokens_details": {"cached_tokens": read},
+    }
+
+
 def line_usage(line: str, prices: Mapping[str, Mapping[str, float]] | None = None) -> Usage:
     """The usage and cost of one Batch API result line (chat, responses, embeddings, ...)."""
     try:
@@ -94,6 +109,7 @@ def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = No
         usage = gemini_usage(body.get("usageMetadata"))
     if not isinstance(usage, dict):
         return Usage(requests=1)
+    usage = anthropic_usage(usage)
     inputs = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     output = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
@@ -102,12 +118,11 @@ def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = No
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     model = body.get("model", body.get("modelVersion"))  # modelVersion: Gemini's
     model = model if isinstance(model, str) else None
-    price = price_for(model, prices)
-    if price is None:
+    # Cached input at the table's cached-input price, or the full input price where it
+    # names none (an upper bound).
+    cost = estimate_cost(model, inputs, output, prices, cached_tokens=cached)
+    if cost is None:
         return Usage(1, inputs, cached, output, reasoning, None, (model or "(no model)",))
-    # Cached input is priced at the full input rate: an upper bound (the discount varies by
-    # model and the price table does not carry it).
-    cost = (inputs * price.input + output * price.output) / TOKENS_PER_UNIT
     return Usage(1, inputs, cached, output, reasoning, cost)
 
 

@@ -4,8 +4,9 @@ Requests come inline (`{custom_id, params}`); a batch is `in_progress` (request_
 `processing`, no progress to see) until it ends, `canceling` after a cancel, then `ended`
 with every request's result at once. Results are JSONL in no fixed order (shuffled per
 batch), each `{custom_id, result: {type: succeeded|errored|canceled|expired, ...}}`. Every
-succeeded request is billed in the shared journal, like an OpenAI batch's. Kept in memory:
-a simulator restart forgets Anthropic batches.
+succeeded request is billed in the shared journal, like an OpenAI batch's. A create and a
+cancel are records (`apply`): with a state directory the service saves them (the create's
+body as a blob) before they take effect and replays them on restart, as it does OpenAI's.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class AnthropicBatches:
         self._serial = 0
         # custom_ids whose next result is `errored` (type), once each: {custom_id: error type}
         self.errored: dict[str, str] = {}
+        # Saves a record (and its blob) then applies it; the service's, with a state directory.
+        self.commit: Callable[[dict[str, Any], bytes | None], Any] = self.apply
 
     # --- routes ----------------------------------------------------------------------------
 
@@ -100,13 +103,41 @@ class AnthropicBatches:
             _check_request(i, req, seen)
         with self._lock:
             now = self.now()
-            self._serial += 1
-            seed = self._entropy(12) if self._entropy else f"{now}:{self._serial}".encode()
-            batch_id = "msgbatch_01" + hashlib.sha256(seed + body[:4096]).hexdigest()[:22]
-            batch = _Batch(batch_id, now, now + self.processing_seconds, requests)
-            self._batches[batch_id] = batch
-            self.journal.record_event(BatchEvent(batch_id, "in_progress", now))
-            return self._public(batch, base)
+            batch_id = ""
+            while not batch_id or batch_id in self._batches:
+                self._serial += 1
+                seed = self._entropy(12) if self._entropy else f"{now}:{self._serial}".encode()
+                batch_id = "msgbatch_01" + hashlib.sha256(seed + body[:4096]).hexdigest()[:22]
+            record = {
+                "op": "anthropic_batch",
+                "at": now,
+                "id": batch_id,
+                "ends": now + self.processing_seconds,
+                "bytes": len(body),
+            }
+            return self._public(self.commit(record, body), base)
+
+    def apply(self, record: dict[str, Any], data: bytes | None = None) -> _Batch:
+        """Make a create or cancel happen at its record's time (live, or replayed)."""
+        at = float(record["at"])
+        with self._lock:
+            if record["op"] == "anthropic_batch":
+                if data is None:
+                    raise ValueError("an anthropic_batch record needs its body")
+                requests = json.loads(data)["requests"]
+                batch = _Batch(record["id"], at, float(record["ends"]), requests)
+                self._batches[batch.id] = batch
+                self.journal.record_event(BatchEvent(batch.id, "in_progress", at))
+                return batch
+            if record["op"] == "anthropic_cancel":
+                self._advance(at)
+                batch = self._batches[record["id"]]
+                if batch.status == "in_progress":
+                    batch.status = "canceling"
+                    batch.cancel_at = at
+                    self.journal.record_event(BatchEvent(batch.id, "canceling", at))
+                return batch
+        raise ValueError(f"unknown record {record['op']!r}")
 
     def retrieve(self, batch_id: str, base: str) -> dict[str, Any]:
         with self._lock:
@@ -141,9 +172,8 @@ class AnthropicBatches:
         with self._lock:
             batch = self._get(batch_id)
             if batch.status == "in_progress":
-                batch.status = "canceling"
-                batch.cancel_at = self.now()
-                self.journal.record_event(BatchEvent(batch.id, "canceling", batch.cancel_at))
+                record = {"op": "anthropic_cancel", "at": self.now(), "id": batch.id}
+                batch = self.commit(record, None)
             return self._public(batch, base)
 
     def results(self, batch_id: str) -> bytes:
@@ -182,8 +212,8 @@ class AnthropicBatches:
             raise AnthropicError(404, f"batch {batch_id} not found", type="not_found_error")
         return batch
 
-    def _advance(self) -> None:
-        now = self.now()
+    def _advance(self, until: float | None = None) -> None:
+        now = self.now() if until is None else until
         for batch in self._batches.values():
             if batch.status == "canceling":
                 self._end(batch, max(now, batch.cancel_at or now), "canceled")

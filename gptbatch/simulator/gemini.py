@@ -11,7 +11,9 @@
 - Results: one line per request, `{key, response}` or `{key, error}`, shuffled: Google's
   reference says input order, but gptbatch maps them by key and the simulator proves it.
   Every answered request is billed in the shared journal, like an OpenAI batch's.
-Kept in memory: a simulator restart forgets Gemini files and jobs.
+A finished upload, a job's creation, a cancel and a delete are records (`apply`): with a
+state directory the service saves them (an upload's bytes as a blob) before they take
+effect and replays them on restart. An upload still in progress is not kept.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from typing import Any
 from gptbatch.simulator.journal import BatchEvent, Billed, Journal
 from gptbatch.simulator.validation import ApiError
 
-__all__ = ["GeminiBatches", "GeminiError"]
+__all__ = ["GEMINI_RECORDS", "GeminiBatches", "GeminiError"]
+
+# The records `GeminiBatches.apply` takes (saved and replayed by the service).
+GEMINI_RECORDS = (
+    "gemini_file",
+    "gemini_job",
+    "gemini_cancel",
+    "gemini_delete_file",
+    "gemini_delete_job",
+)
 
 EXPIRES_AFTER = 48 * 3600.0  # a job pending or running this long expires
 FILE_TTL = 48 * 3600.0  # uploaded files are deleted 48 h after upload
@@ -93,6 +104,8 @@ class GeminiBatches:
         # keys whose next result is an error (HTTP code), once each: {key: code}
         self.errored: dict[str, int] = {}
         self.unknown_models: set[str] = set()  # models batchGenerateContent 404s for
+        # Saves a record (and its blob) then applies it; the service's, with a state directory.
+        self.commit: Callable[[dict[str, Any], bytes | None], Any] = self.apply
 
     def _id(self, seed: bytes) -> str:
         self._serial += 1
@@ -136,8 +149,16 @@ class GeminiBatches:
             # proto JSON: the SDK sends snake_case names, Google's docs camelCase
             mime = str(meta.get("mimeType") or meta.get("mime_type") or "application/jsonl")
             shown = meta.get("displayName") or meta.get("display_name")
-            file = _File(name, shown, mime, bytes(data), self.now())
-            self._files[name] = file
+            record = {
+                "op": "gemini_file",
+                "at": self.now(),
+                "id": "gemini-" + name.replace("/", "-"),  # its blob's name
+                "name": name,
+                "display_name": shown,
+                "mime_type": mime,
+                "bytes": len(data),
+            }
+            file = self.commit(record, bytes(data))
             return {"file": self._file_json(file)}, {"x-goog-upload-status": "final"}
 
     def get_file(self, file_id: str) -> dict[str, Any]:
@@ -152,7 +173,8 @@ class GeminiBatches:
 
     def delete_file(self, file_id: str) -> dict[str, Any]:
         with self._lock:
-            del self._files[self._file(file_id).name]
+            name = self._file(file_id).name
+            self.commit({"op": "gemini_delete_file", "at": self.now(), "id": name}, None)
             return {}
 
     def download(self, file_id: str) -> bytes:
@@ -169,8 +191,8 @@ class GeminiBatches:
             raise GeminiError(404, f"File files/{file_id} not found")
         return file
 
-    def _expire_files(self) -> None:
-        now = self.now()
+    def _expire_files(self, until: float | None = None) -> None:
+        now = self.now() if until is None else until
         # Uploads go after 48 h (Google's Files API); how long a results file is kept is
         # not documented, so the simulator keeps it (gptbatch waits rather than resend).
         expired = [
@@ -214,19 +236,57 @@ class GeminiBatches:
             if not lines:
                 raise GeminiError(400, f"{file_name} holds no requests")
             now = self.now()
-            name = "batches/" + self._id(file.data[:4096])
-            job = _Job(
-                name,
-                batch.get("displayName"),
-                model,
-                file_name,
-                lines,
-                now,
-                now + self.processing_seconds,
-            )
-            self._jobs[name] = job
-            self.journal.record_event(BatchEvent(name, job.state, now))
-            return self._public(job)
+            record = {
+                "op": "gemini_job",
+                "at": now,
+                "id": "batches/" + self._id(file.data[:4096]),
+                "display_name": batch.get("displayName"),
+                "model": model,
+                "file_name": file.name,
+                "ends": now + self.processing_seconds,
+            }
+            return self._public(self.commit(record, None))
+
+    def apply(self, record: dict[str, Any], data: bytes | None = None) -> Any:
+        """Make an upload, a job, a cancel or a delete happen at its record's time (live, or
+        replayed: nothing here reads the clock)."""
+        op, at = record["op"], float(record["at"])
+        with self._lock:
+            if op == "gemini_file":
+                if data is None:
+                    raise ValueError("a gemini_file record needs its bytes")
+                name = record["name"]
+                file = _File(name, record["display_name"], record["mime_type"], data, at)
+                self._files[name] = file
+                return file
+            if op == "gemini_job":
+                self._expire_files(at)
+                lines = [x for x in self._files[record["file_name"]].data.splitlines() if x.strip()]
+                job = _Job(
+                    record["id"],
+                    record["display_name"],
+                    record["model"],
+                    record["file_name"],
+                    lines,
+                    at,
+                    float(record["ends"]),
+                )
+                self._jobs[job.name] = job
+                self.journal.record_event(BatchEvent(job.name, job.state, at))
+                return job
+            if op == "gemini_cancel":
+                self._advance(at)
+                job = self._jobs[record["id"]]
+                if job.state in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
+                    self._end(job, at, "BATCH_STATE_CANCELLED")
+                return {}
+            if op == "gemini_delete_file":
+                self._files.pop(record["id"], None)
+                return {}
+            if op == "gemini_delete_job":
+                self._jobs.pop(record["id"], None)
+                return {}
+        raise ValueError(f"unknown record {op!r}")
 
     def get(self, job_id: str) -> dict[str, Any]:
         with self._lock:
@@ -242,12 +302,13 @@ class GeminiBatches:
         with self._lock:
             job = self._job(job_id)
             if job.state in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
-                self._end(job, self.now(), "BATCH_STATE_CANCELLED")
+                self.commit({"op": "gemini_cancel", "at": self.now(), "id": job.name}, None)
             return {}
 
     def delete(self, job_id: str) -> dict[str, Any]:
         with self._lock:
-            del self._jobs[self._job(job_id).name]
+            name = self._job(job_id).name
+            self.commit({"op": "gemini_delete_job", "at": self.now(), "id": name}, None)
             return {}
 
     # --- for tests -------------------------------------------------------------------------
@@ -260,6 +321,20 @@ class GeminiBatches:
         with self._lock:
             return [json.loads(line) for line in self._job(name).requests]
 
+    def progress_now(self, name: str, share: float) -> None:
+        """Put a job `share` of the way through its run now (its times move back)."""
+        with self._lock:
+            job = self._job(name)
+            span, now = job.ends - job.created, self.now()
+            job.created = now - (0.25 + 0.75 * share) * span  # it runs after a quarter
+            job.ends = job.created + span
+
+    def finish_now(self, name: str) -> None:
+        """Process a job now, ahead of the others (the service's order is its own)."""
+        with self._lock:
+            job = self._job(name)
+            job.ends = min(job.ends, self.now())
+
     # --- the world -------------------------------------------------------------------------
 
     def _job(self, job_id: str) -> _Job:
@@ -269,8 +344,8 @@ class GeminiBatches:
             raise GeminiError(404, f"Batch batches/{job_id} not found")
         return job
 
-    def _advance(self) -> None:
-        now = self.now()
+    def _advance(self, until: float | None = None) -> None:
+        now = self.now() if until is None else until
         for job in self._jobs.values():
             if job.state == "BATCH_STATE_PENDING" and now >= job.created + 0.25 * (
                 job.ends - job.created
@@ -326,6 +401,12 @@ class GeminiBatches:
         total = len(job.requests)
         ok, failed = job.stats.get("ok", 0), job.stats.get("failed", 0)
         done = job.state not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+        pending = 0 if done else total
+        if job.state == "BATCH_STATE_RUNNING":  # progress as the job runs (succeeded so far)
+            began = job.created + 0.25 * (job.ends - job.created)
+            share = (self.now() - began) / max(1e-9, job.ends - began)
+            ok = min(total - 1, max(0, int(total * share)))
+            pending = total - ok
         meta: dict[str, Any] = {
             "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
             "name": job.name,
@@ -337,7 +418,7 @@ class GeminiBatches:
                 "requestCount": str(total),
                 "successfulRequestCount": str(ok),
                 "failedRequestCount": str(failed),
-                "pendingRequestCount": str(0 if done else total),
+                "pendingRequestCount": str(pending),
             },
             "state": job.state,
         }

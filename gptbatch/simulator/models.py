@@ -13,7 +13,7 @@ import json
 import re
 from importlib import resources
 
-_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})")  # -2024-07-18, or -0613
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})")  # -2024-07-18, -20250929, -0613
 
 
 @functools.cache

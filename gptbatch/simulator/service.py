@@ -30,10 +30,10 @@ from gptbatch.simulator.config import Fault, SimConfig
 from gptbatch.simulator.engine import FAIL_MESSAGE, BatchEngine
 from gptbatch.simulator.faults import FaultTable, queue_full_error
 from gptbatch.simulator.files import FileStore, check_expires_after, check_upload, page
-from gptbatch.simulator.gemini import GeminiBatches
+from gptbatch.simulator.gemini import GEMINI_RECORDS, GeminiBatches
 from gptbatch.simulator.journal import Journal
 from gptbatch.simulator.results import BASE62, ENDPOINTS, HEX, TokenCounter, base_digits
-from gptbatch.simulator.state import REMEDY, SimStateError, StateDir
+from gptbatch.simulator.state import BLOB_RECORDS, REMEDY, SimStateError, StateDir
 from gptbatch.simulator.validation import (
     FILE_TTL_SECONDS,
     ApiError,
@@ -75,6 +75,20 @@ class BatchService:
         #: The simulated time a state directory was saved at (None: started afresh).
         self.saved_time = None if state is None else state.saved_time
         records = [] if state is None else state.records
+        # Anthropic's Message Batches: their own routes, the same clock, journal and log.
+        self.anthropic = AnthropicBatches(
+            self.now,
+            self.journal,
+            processing_seconds=self.config.validating_seconds + self.config.finalizing_seconds,
+        )
+        self.anthropic.commit = self._commit_blob
+        # Gemini's batch mode: its own routes and files, the same clock, journal and log.
+        self.gemini = GeminiBatches(
+            self.now,
+            self.journal,
+            processing_seconds=self.config.validating_seconds + self.config.finalizing_seconds,
+        )
+        self.gemini.commit = self._commit_blob
         seq = itertools.count(1)  # files and batches in one creation order
         self._files = FileStore(seq)
         self._faults = FaultTable()
@@ -101,18 +115,6 @@ class BatchService:
             self._engine.reset_time(self.clock.now())
         self._state = state
         self._start_session(records)
-        # Anthropic's Message Batches: their own routes, the same clock and journal.
-        self.anthropic = AnthropicBatches(
-            self.now,
-            self.journal,
-            processing_seconds=self.config.validating_seconds + self.config.finalizing_seconds,
-        )
-        # Gemini's batch mode: its own routes and files, the same clock and journal.
-        self.gemini = GeminiBatches(
-            self.now,
-            self.journal,
-            processing_seconds=self.config.validating_seconds + self.config.finalizing_seconds,
-        )
 
     # --- saving and replaying changes ----------------------------------------------------
 
@@ -122,7 +124,7 @@ class BatchService:
             try:
                 self._advance(float(record["at"]))
                 data = None
-                if record["op"] == "file":
+                if record["op"] in BLOB_RECORDS:
                     data = state.blob(record["id"])
                     if len(data) != record["bytes"]:
                         raise ValueError(
@@ -152,6 +154,15 @@ class BatchService:
             keys = ("token_limits", "request_limits", "faults")
             if last is None or [last.get(k) for k in keys] != _jsonable([record[k] for k in keys]):
                 self._commit(record)
+
+    def _commit_blob(self, record: dict[str, Any], data: bytes | None) -> Any:
+        """Save (with its blob, under its id) and apply a record made outside the engine
+        (Anthropic's, Gemini's), under the service's lock; a memory-only service applies it."""
+        with self._lock:
+            if data is not None and self._state is not None:
+                with self._saving():
+                    self._state.keep(self._state.stage(data), str(record["id"]))
+            return self._commit(record, data)
 
     def _commit(self, record: dict[str, Any], data: bytes | None = None) -> Any:
         """Save a change to the state directory (if any), then apply it; return its result."""
@@ -187,6 +198,9 @@ class BatchService:
             "fault": lambda r: self._faults.arm(Fault(**r["fault"])),
             "clear_faults": lambda r: self._faults.clear(),
             "take": lambda r: self._faults.use(r["fault"]),
+            "anthropic_batch": lambda r: self.anthropic.apply(r, data),
+            "anthropic_cancel": lambda r: self.anthropic.apply(r),
+            **dict.fromkeys(GEMINI_RECORDS, lambda r: self.gemini.apply(r, data)),
         }
         if op not in appliers:
             raise ValueError(f"unknown record {op!r}")

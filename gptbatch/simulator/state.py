@@ -7,7 +7,8 @@ simulator replays them to rebuild statuses, output files and billing exactly. La
 
     simulator.json   format version and the settings replay depends on (written once)
     log.jsonl        one record per change, in order; a torn last line (kill -9) is dropped
-    files/<file-id>  each uploaded file's bytes, written once before its record
+    files/<id>       each uploaded file's bytes (an Anthropic batch's body), written once
+                     before its record
     clock.json       the simulated time reached, saved whenever something visible happened
     lock             flock'd while a simulator uses the directory
 """
@@ -25,9 +26,12 @@ from typing import IO, Any
 from gptbatch.canonical import atomic_write_bytes, canonical_json, fsync_dir
 from gptbatch.errors import StateError
 
-__all__ = ["FORMAT", "SimStateError", "StateDir"]
+__all__ = ["BLOB_RECORDS", "FORMAT", "SimStateError", "StateDir"]
 
 FORMAT = 1
+# Records whose bytes are kept under files/<id>: uploads (OpenAI's, Gemini's) and
+# Anthropic batches' bodies.
+BLOB_RECORDS = ("file", "anthropic_batch", "gemini_file")
 REMEDY = "start the simulator on another --state-dir, or move this one away"
 
 
@@ -153,7 +157,7 @@ class StateDir:
 
     def _remove_strays(self) -> None:
         """Uploads a kill interrupted before their record was written: never acknowledged."""
-        kept = {r.get("id") for r in self.records if r["op"] == "file"}
+        kept = {r.get("id") for r in self.records if r["op"] in BLOB_RECORDS}
         for path in self._files.iterdir():
             if path.name not in kept:
                 with contextlib.suppress(OSError):

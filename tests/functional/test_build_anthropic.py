@@ -203,7 +203,7 @@ def test_simulate_builds_the_claude_example(tmp_path: Path, monkeypatch) -> None
         env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
     )
     assert run.returncode == EXIT_OK, run.stderr[-2000:]
-    out = tmp_path / "examples/out-claude-simulated/claude.ndjson.jsonl"
+    out = tmp_path / "examples/out-claude-simulated/claude.jsonl"
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [o["custom_id"] for o in lines] == [f"fact-{i}" for i in range(1, 9)]
 
@@ -442,4 +442,58 @@ def test_claude_models_get_no_unknown_model_warning(tmp_path: Path, simulator, c
     assert project.build() == EXIT_OK
     captured = capsys.readouterr()
     assert "unknown model" not in captured.err
-    assert f"cost unknown (no price for {MODEL}" in captured.out  # it says what it can't price
+    assert "cost unknown" not in captured.out and "cost $" in captured.out  # in the table
+    # A Claude model the table has no price for: no warning either, and the cost says so.
+    unpriced = make_project(
+        tmp_path / "unpriced",
+        {"requests.jsonl": [claude("q0")]},
+        api={"provider": "anthropic"},
+        model="claude-fable-5-1",
+    )
+    assert main(["validate", str(unpriced.config)]) == EXIT_OK
+    assert unpriced.build() == EXIT_OK
+    captured = capsys.readouterr()
+    assert "unknown model" not in captured.err
+    assert "cost unknown (no price for claude-fable-5-1" in captured.out
+
+
+def test_plan_shows_the_request_budget_in_force(tmp_path: Path, capsys) -> None:
+    """Anthropic's queue is limited by requests: plan names that budget, not "no limit"."""
+    from gptbatch.cli import main
+
+    project = claude_project(
+        tmp_path,
+        [claude(f"q{i}") for i in range(3)],
+        limits={"enqueued_requests": 2500, "max_requests_per_batch": 1000},
+    )
+    assert main(["plan", str(project.config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{MODEL} /v1/messages: queue budget 2,500 requests at once" in out, out
+    assert "at most 1,000 per batch" in out and "no limit" not in out
+    bare = claude_project(tmp_path / "bare", [claude("q0")])
+    assert main(["plan", str(bare.config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "no limit set: Anthropic limits its queue by requests" in out, out
+
+
+def test_a_second_simulate_rehearsal_resumes_its_anthropic_batches(tmp_path: Path) -> None:
+    """The rehearsal's simulator keeps Anthropic batches in its state directory, as it does
+    OpenAI's: a second `--simulate` finds the batch the first left running, sends nothing
+    again, and collects it."""
+    rows = [claude(f"q{i}") for i in range(4)]
+    project = claude_project(tmp_path, rows)
+    assert project.build("--simulate", "--no-wait") == EXIT_PENDING
+    (log,) = tmp_path.glob("**/simulator/log.jsonl")
+
+    def creates() -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        return [r for r in records if r["op"] == "anthropic_batch"]
+
+    assert len(creates()) == 1
+    assert project.build("--simulate") == EXIT_OK
+    assert len(creates()) == 1  # resumed, not sent again
+    from gptbatch.config.rehearsal import SIMULATED_SUFFIX
+
+    out = project.root / f"out{SIMULATED_SUFFIX}" / "requests.jsonl"
+    got = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+    assert got == [r["custom_id"] for r in rows]

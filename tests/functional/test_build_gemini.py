@@ -256,7 +256,7 @@ def test_simulate_builds_the_gemini_example(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "GOOGLE_"))}
     run = _run_example(tmp_path, env)
     assert run.returncode == EXIT_OK, run.stderr[-2000:]
-    out = tmp_path / "examples/out-gemini-simulated/gemini.ndjson.jsonl"
+    out = tmp_path / "examples/out-gemini-simulated/gemini.jsonl"
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [o["custom_id"] for o in lines] == [f"fact-{i}" for i in range(1, 9)]
 
@@ -361,3 +361,58 @@ def test_an_unknown_model_stops_the_build_without_uploading_forever(
     uploads = [c for c in simulator.journal.calls if c.path.startswith("/upload/")]
     assert len(uploads) == 2  # one resumable upload (start + bytes), not one per attempt
     assert jobs(simulator) == [] and simulator.journal.billed == []
+
+
+def test_a_second_simulate_rehearsal_resumes_its_gemini_jobs(tmp_path: Path) -> None:
+    """The rehearsal's simulator keeps Gemini uploads and jobs in its state directory: a
+    second `--simulate` finds the job the first left running and sends nothing again."""
+    from gptbatch.config.rehearsal import SIMULATED_SUFFIX
+
+    rows = [gem(f"q{i}") for i in range(4)]
+    project = gemini_project(tmp_path, rows)
+    assert project.build("--simulate", "--no-wait") == EXIT_PENDING
+    (log,) = tmp_path.glob("**/simulator/log.jsonl")
+
+    def records(op: str) -> int:
+        return sum(json.loads(line)["op"] == op for line in log.read_text().splitlines())
+
+    assert records("gemini_job") == 1 and records("gemini_file") == 1
+    assert project.build("--simulate") == EXIT_OK
+    assert records("gemini_job") == 1 and records("gemini_file") == 1  # resumed, not resent
+    out = project.root / f"out{SIMULATED_SUFFIX}" / "requests.jsonl"
+    got = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+    assert got == [r["key"] for r in rows]
+
+
+def test_status_shows_a_running_jobs_progress_and_the_api_clock(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    """The SDK's job object drops batchStats: they are read off the reply, so progress shows
+    while a job runs (not 0/0 until it ends), and the reply's Date gives the API's clock."""
+    import re
+
+    from gptbatch.api.gemini import GeminiRemote
+    from gptbatch.cli import main
+
+    sim = simulator.service.gemini
+    sim.processing_seconds = 100_000.0  # minutes of real time, and inside the 48 h expiry
+    project = gemini_project(tmp_path, [gem(f"q{i}") for i in range(4)])
+    assert project.build("--no-wait") == EXIT_PENDING
+    (job,) = jobs(simulator)
+    sim.progress_now(job, 0.6)
+    capsys.readouterr()
+    assert main(["status", str(project.config), "--remote"]) == 3
+    out = capsys.readouterr().out
+    found = re.search(rf"batch {job} at the API: in_progress \((\d+)/(\d+) done", out)
+    assert found is not None, out
+    assert found.group(2) == "4" and 0 < int(found.group(1)) < 4
+    remote = GeminiRemote(api_key="k")
+    try:
+        info, when = remote.retrieve_dated(job)
+        assert info.total == 4 and 0 < info.completed < 4
+        assert when is not None and abs(when - simulator.service.now()) < 5
+        listed = next(i for i in remote.list_batches() if i.id == job)
+        assert listed.total == 4  # a listing's page carries them too
+    finally:
+        remote.close()
+        sim.finish_now(job)

@@ -211,3 +211,98 @@ def test_the_command_reports_a_bad_state_dir_in_one_line(tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert err.startswith(f"gptbatch: error: {tmp_path} holds the state of a simulator")
     assert "Traceback" not in err
+
+
+def test_anthropic_batches_survive_a_restart(tmp_path) -> None:
+    """Creates and cancels are saved like OpenAI's: a restarted simulator still has every
+    batch, ends them at the same times and serves the same results, billed once."""
+
+    def body(prefix: str, n: int) -> bytes:
+        params = {"model": "claude-sonnet-4-5", "max_tokens": 8}
+        rows = [
+            {
+                "custom_id": f"{prefix}{i}",
+                "params": {**params, "messages": [{"role": "user", "content": f"hi {i}"}]},
+            }
+            for i in range(n)
+        ]
+        return json.dumps({"requests": rows}).encode()
+
+    first = state_service(tmp_path / "state")
+    sim = first.anthropic
+    ended = sim.create(body("e", 3), "http://x")["id"]
+    first.clock.advance(100)
+    assert sim.retrieve(ended, "http://x")["processing_status"] == "ended"
+    results = sim.results(ended)
+    running = sim.create(body("r", 4), "http://x")["id"]
+    cancelled = sim.create(body("c", 2), "http://x")["id"]
+    first.clock.advance(5)
+    sim.cancel(cancelled, "http://x")
+    billed = list(first.journal.billed)
+    assert len(billed) == 3
+    again = reopen(first)
+    try:
+        sim2 = again.anthropic
+        assert sim2.ids() == [ended, running, cancelled]
+        assert sim2.results(ended) == results  # the same shuffled lines
+        assert sim2.retrieve(running, "http://x")["processing_status"] == "in_progress"
+        assert sim2.retrieve(cancelled, "http://x")["processing_status"] in ("canceling", "ended")
+        again.clock.advance(100)
+        assert sim2.retrieve(running, "http://x")["processing_status"] == "ended"
+        done = sim2.retrieve(cancelled, "http://x")
+        assert done["request_counts"]["canceled"] == 2
+        # Billed once each across both runs: the replay re-bills only what it replays.
+        ids = sorted(b.custom_id for b in again.journal.billed)
+        assert ids == sorted([f"e{i}" for i in range(3)] + [f"r{i}" for i in range(4)])
+    finally:
+        again.close()
+
+
+def test_gemini_files_and_jobs_survive_a_restart(tmp_path) -> None:
+    """Uploads, jobs, cancels and deletes are saved: a restarted simulator still has them,
+    ends the jobs at the same times and serves the same results, billed once."""
+
+    def upload(sim: Any, keys: list[str], shown: str) -> str:
+        rows = [
+            {"key": k, "request": {"contents": [{"role": "user", "parts": [{"text": k}]}]}}
+            for k in keys
+        ]
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        start = json.dumps({"file": {"display_name": shown}}).encode()
+        url = sim.start_upload(start, {"X-Goog-Upload-Command": "start"}, "http://x")
+        upload_id = url["x-goog-upload-url"].split("upload_id=")[1].split("&")[0]
+        headers = {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"}
+        made, _ = sim.continue_upload(upload_id, data, headers)
+        return made["file"]["name"]
+
+    def job(sim: Any, file_name: str) -> str:
+        body = {"batch": {"displayName": "j", "inputConfig": {"fileName": file_name}}}
+        return sim.create("models/gemini-2.5-flash", json.dumps(body).encode())["name"]
+
+    first = state_service(tmp_path / "state")
+    sim = first.gemini
+    ended = job(sim, upload(sim, ["e0", "e1"], "a"))
+    first.clock.advance(100)
+    done = sim.get(ended)
+    results = sim.download(done["response"]["output"]["responsesFile"])
+    running = job(sim, upload(sim, ["r0", "r1", "r2"], "b"))
+    cancelled = job(sim, upload(sim, ["c0"], "c"))
+    gone = upload(sim, ["g0"], "d")
+    sim.delete_file(gone)
+    first.clock.advance(5)
+    sim.cancel(cancelled)
+    again = reopen(first)
+    try:
+        sim2 = again.gemini
+        assert sim2.names() == [ended, running, cancelled]
+        assert sim2.download(done["response"]["output"]["responsesFile"]) == results
+        assert sim2.get(running)["metadata"]["state"] != "BATCH_STATE_SUCCEEDED"
+        assert sim2.get(cancelled)["metadata"]["state"] == "BATCH_STATE_CANCELLED"
+        with pytest.raises(Exception, match="not found"):
+            sim2.get_file(gone)
+        again.clock.advance(100)
+        assert sim2.get(running)["metadata"]["state"] == "BATCH_STATE_SUCCEEDED"
+        keys = sorted(b.custom_id for b in again.journal.billed)
+        assert keys == ["e0", "e1", "r0", "r1", "r2"]  # once each, the cancelled job never
+    finally:
+        again.close()
