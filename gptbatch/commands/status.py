@@ -121,13 +121,16 @@ def over_limit_anywhere(spec: Spec, store: Store) -> bool:
     """Whether any built request is over its model's configured enqueued-token limit.
 
     A lowered limit makes requests in unchanged files bad too; status reads only changed
-    files, so it asks the state (tokens as estimated when each file was read). As for
-    build, only requests still to be built count: through their small index, not a walk
-    over every request.
+    files, so it asks the state (tokens as estimated when each file was read).
     """
-    for model in store.open_models():
+    for model in store.models():
         limit = spec.limits.token_limit(model or "")
-        if limit is not None and store.requests_over(model, limit):
+        if (
+            limit is not None
+            and store.db.execute(
+                "SELECT 1 FROM requests WHERE model IS ? AND tokens > ? LIMIT 1", (model, limit)
+            ).fetchone()
+        ):
             return True
     return False
 
