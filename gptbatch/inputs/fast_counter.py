@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any, TypeVar
@@ -85,6 +86,7 @@ def select(total_bytes: int, processes: int = 1) -> bool:
     GPTBATCH_COUNTER=tiktoken keeps tiktoken; GPTBATCH_COUNTER=fastokens uses fastokens
     whatever the size.
     """
+    wait_loaded()  # an earlier scan's load still running would race with this one
     wanted = os.environ.get("GPTBATCH_COUNTER", "").strip().lower()
     version = fastokens_version()
     min_bytes = MIN_BYTES_PER_PROCESS * max(1, processes)
@@ -191,12 +193,57 @@ def load_for_loaded_encodings() -> None:
             load(name)
 
 
+# The thread loading fastokens beside the caller's work (start_loading), if any.
+_loader: list[threading.Thread] = []
+
+
+def start_loading() -> bool:
+    """Start loading fastokens, in a thread, for the encodings tiktoken has loaded so far.
+
+    fastokens builds its tables in Rust without holding the GIL (~1.5 s of one core), so
+    the caller goes on reading and counting with tiktoken on another core meanwhile; each
+    count uses fastokens from the moment load() puts it in COUNTERS (both give the same
+    counts: the canary and tests/inputs/test_fast_counter.py). True if a load started.
+    """
+    encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
+    if encodings is None or not _state["selected"] or _loader:
+        return False
+    names = [n for n in encodings.loaded_encoding_names() if n in GUARDED_CHARS]
+    if not names or all(n in _LOADED for n in names):
+        load_for_loaded_encodings()  # already built: nothing to wait for
+        return False
+
+    def run() -> None:
+        for name in names:
+            load(name)
+
+    # A daemon: a run that ends before the load does must not wait for it at exit.
+    thread = threading.Thread(target=run, name="gptbatch-fastokens-load", daemon=True)
+    _loader.append(thread)
+    thread.start()
+    return True
+
+
+def loading() -> bool:
+    """Is the thread start_loading started still building fastokens?"""
+    return bool(_loader) and _loader[0].is_alive()
+
+
+def wait_loaded() -> None:
+    """Wait for the load start_loading started, if any (before a fork: no thread may run)."""
+    if _loader:
+        _loader[0].join()
+        _loader.clear()
+
+
 def before_fork() -> None:
     """Ready the counters a parent loaded for its forked workers to share.
 
-    Loads fastokens if selected, and frees tiktoken's Python copy of its ranks (see
+    Waits for a background load (a fork must not copy a thread mid-way), loads fastokens if
+    selected, and frees tiktoken's Python copy of its ranks (see
     encodings.release_rank_tables). Nothing to do when nothing counted yet.
     """
+    wait_loaded()
     encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
     if encodings is not None:
         load_for_loaded_encodings()
@@ -207,12 +254,13 @@ T = TypeVar("T")
 
 
 def loading_after_first(items: Iterator[T]) -> Iterator[T]:
-    """items, calling load_for_loaded_encodings once the first (which showed the need) is out."""
+    """items, loading fastokens in the background once the first (which showed the need) is
+    out; the rest are read meanwhile, and counted with fastokens as soon as it is loaded."""
     first = next(items, None)
     if first is None:
         return
     yield first
-    load_for_loaded_encodings()
+    start_loading()
     yield from items
 
 
@@ -223,7 +271,9 @@ def _switch_off(reason: str) -> None:
 
 
 def status() -> tuple[str, str]:
-    """("fastokens" or "tiktoken", why): the counter of this process's counts right now."""
+    """("fastokens" or "tiktoken", why): the counter of this process's counts from now on
+    (once a load started in the background has ended)."""
+    wait_loaded()
     return ("fastokens" if COUNTERS else "tiktoken"), str(_state["reason"])
 
 

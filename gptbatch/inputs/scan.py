@@ -418,6 +418,12 @@ class Scanner:
         first = next(units, None)
         if first is not None:
             yield first, _read_here(local, first)
+        if fast_counter.start_loading():
+            # fastokens builds its tables on one core without the GIL (~1.5 s): this
+            # process reads on with tiktoken on the other meanwhile, and forks once it is
+            # built (never with the loading thread alive), so the workers share it.
+            while fast_counter.loading() and (unit := next(units, None)) is not None:
+                yield unit, _read_here(local, unit)
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
         if pool is None:  # no processes to be had: read everything here

@@ -16,6 +16,7 @@ import array
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -260,3 +261,92 @@ def test_scanner_with_fastokens_counts_as_with_tiktoken(
     fast_counter.select(0)
     assert runs["tiktoken"][0] == runs["fastokens"][0]
     assert runs["tiktoken"][1] != runs["fastokens"][1]
+
+
+def _gated_load(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]]:
+    """Hold the background load until the returned event is set; texts fastokens counted.
+
+    _LOADED starts empty (an earlier test may have built fastokens in this process), so the
+    scan must really build it in the background.
+    """
+    import threading
+
+    gate = threading.Event()
+    counted: list[str] = []
+    real_tokenizer, real_counter = fast_counter.raw_tokenizer, fast_counter.guarded_counter
+
+    def slow_tokenizer(encoding: str) -> object:
+        assert gate.wait(60), "the test never released the load"
+        return real_tokenizer(encoding)
+
+    def recording_counter(encoding: str, tokenizer: object):
+        count = real_counter(encoding, tokenizer)
+        return lambda text: counted.append(text) or count(text)
+
+    monkeypatch.setattr(fast_counter, "_LOADED", {})
+    monkeypatch.setattr(fast_counter, "raw_tokenizer", slow_tokenizer)
+    monkeypatch.setattr(fast_counter, "guarded_counter", recording_counter)
+    return gate, counted
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_background_load_switches_counters_mid_scan_with_the_same_counts(
+    tmp_path, monkeypatch, workers: int
+) -> None:
+    """fastokens loads in a thread while the scan reads on with tiktoken; the records read
+    before it is built (tiktoken) and after (fastokens) count exactly as tiktoken alone."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=40)
+    options = ScanOptions(workers=workers, chunk_bytes=4096, use_cache=False)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "tiktoken")
+    endpoints._MEMOS.clear()
+    expected = [(r.custom_id, r.tokens, r.caveats) for r in Scanner(paths, options).requests()]
+
+    gate, counted = _gated_load(monkeypatch)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    endpoints._MEMOS.clear()
+    got, loading_at = [], []
+    try:
+        for record in Scanner(paths, options).requests():
+            got.append((record.custom_id, record.tokens, record.caveats))
+            if len(got) == 60:
+                loading_at.append(fast_counter.loading())  # the scan went on meanwhile
+                gate.set()
+                fast_counter.wait_loaded()
+    finally:
+        gate.set()
+        fast_counter.wait_loaded()
+    assert loading_at == [True]
+    assert got == expected
+    assert fast_counter.status()[0] == "fastokens"
+    if workers == 0:
+        # This process counted the rest with fastokens (workers' counts are their own).
+        assert counted and not any(t in fast_counter.CANARY for t in counted[-3:])
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
+
+
+def test_a_background_load_that_fails_the_canary_keeps_tiktoken(tmp_path, monkeypatch) -> None:
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=20)
+    options = ScanOptions(workers=2, chunk_bytes=4096, use_cache=False)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "tiktoken")
+    endpoints._MEMOS.clear()
+    expected = [(r.custom_id, r.tokens) for r in Scanner(paths, options).requests()]
+    gate, _ = _gated_load(monkeypatch)
+    gate.set()
+    monkeypatch.setattr(fast_counter, "guarded_counter", lambda encoding, tokenizer: len)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    endpoints._MEMOS.clear()
+    saved_state = dict(fast_counter._state)
+    try:
+        got = [(r.custom_id, r.tokens) for r in Scanner(paths, options).requests()]
+        assert got == expected
+        counter, why = fast_counter.status()
+        assert counter == "tiktoken" and "canary mismatch" in why
+    finally:
+        fast_counter._state.update(saved_state)
+        monkeypatch.delenv("GPTBATCH_COUNTER")
+        fast_counter.select(0)
