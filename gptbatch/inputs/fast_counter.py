@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -197,20 +197,29 @@ def load_for_loaded_encodings() -> None:
 _loader: list[threading.Thread] = []
 
 
-def start_loading() -> bool:
-    """Start loading fastokens, in a thread, for the encodings tiktoken has loaded so far.
+def may_start() -> bool:
+    """Is fastokens selected, and neither loaded nor being loaded (start_loading would act)?"""
+    return bool(_state["selected"]) and not _loader and not COUNTERS
+
+
+def start_loading(names: Sequence[str] | None = None) -> bool:
+    """Start loading fastokens, in a thread, for names (default: the encodings tiktoken has
+    loaded so far, the ones counts needed).
 
     fastokens builds its tables in Rust without holding the GIL (~1.5 s of one core), so
     the caller goes on reading and counting with tiktoken on another core meanwhile; each
     count uses fastokens from the moment load() puts it in COUNTERS (both give the same
     counts: the canary and tests/inputs/test_fast_counter.py). True if a load started.
     """
-    encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
-    if encodings is None or not _state["selected"] or _loader:
+    if not _state["selected"] or _loader:
         return False
-    names = [n for n in encodings.loaded_encoding_names() if n in GUARDED_CHARS]
+    if names is None:
+        encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
+        names = [] if encodings is None else encodings.loaded_encoding_names()
+    names = [n for n in dict.fromkeys(names) if n in GUARDED_CHARS]
     if not names or all(n in _LOADED for n in names):
-        load_for_loaded_encodings()  # already built: nothing to wait for
+        for name in names:
+            load(name)  # already built: nothing to wait for
         return False
 
     def run() -> None:

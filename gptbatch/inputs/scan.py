@@ -250,10 +250,15 @@ class _Window(io.RawIOBase):
 class ChunkReader:
     """Reads chunks: validates lines, keys them, counts their tokens (in a worker or here)."""
 
-    def __init__(self, options: ScanOptions, version: str, path: Path | None) -> None:
+    def __init__(
+        self, options: ScanOptions, version: str, path: Path | None, early_load: bool = False
+    ) -> None:
         self.options = options
         self.version = version
         self.cache = TokenCache(path if options.use_cache else None, version)
+        # In the parent: start building fastokens (if selected) as soon as the first chunk
+        # proves the run cold, before tiktoken loads for its first count, so the two overlap.
+        self.early_load = early_load
 
     def read(self, chunk: Chunk) -> _ChunkResult:
         options = self.options
@@ -289,10 +294,20 @@ class ChunkReader:
             not chunk.last and window.last != b"\n"
         )
         known = self.cache.lookup([request.key for _, request, _ in valid])
+        early, self.early_load = self.early_load, False  # the first chunk read decides
+        if early and len(known) < len(valid) and fast_counter.may_start():
+            _load_fast_counter([request for _, request, _ in valid if request.key not in known])
         for position, request, line in valid:
             count = known.get(request.key)
             items[position] = _clean(request, count, line, options.extra)
         return _ChunkResult(lines, window.digest.hexdigest(), items, torn)
+
+
+def _load_fast_counter(uncounted: list[Request]) -> None:
+    """Start loading fastokens in the background for the encodings these requests need."""
+    from gptbatch.inputs.tokens.text import encoding_name_for_model
+
+    fast_counter.start_loading([encoding_name_for_model(r.model)[0] for r in uncounted])
 
 
 def _estimate(request: Request) -> CachedCount:
@@ -394,7 +409,7 @@ class Scanner:
         total = sum(sizes.values())
         workers = worker_count(options, total)
         chunk_bytes = _chunk_size(options, total, workers)
-        local = ChunkReader(options, self.version, self.cache_file)
+        local = ChunkReader(options, self.version, self.cache_file, early_load=True)
         state = _ParentState(self, validator, local)
         first_bytes = min(chunk_bytes, MIN_CHUNK_BYTES) if workers else None
         units = self._units(sizes, chunk_bytes, first_bytes)
@@ -418,12 +433,12 @@ class Scanner:
         first = next(units, None)
         if first is not None:
             yield first, _read_here(local, first)
-        if fast_counter.start_loading():
-            # fastokens builds its tables on one core without the GIL (~1.5 s): this
-            # process reads on with tiktoken on the other meanwhile, and forks once it is
-            # built (never with the loading thread alive), so the workers share it.
-            while fast_counter.loading() and (unit := next(units, None)) is not None:
-                yield unit, _read_here(local, unit)
+        fast_counter.start_loading()  # if the first chunk's counts did not start it already
+        # fastokens builds its tables on one core without the GIL (~1.5 s): this process
+        # reads on with tiktoken on the other meanwhile, and forks once it is built (never
+        # with the loading thread alive), so the workers share it.
+        while fast_counter.loading() and (unit := next(units, None)) is not None:
+            yield unit, _read_here(local, unit)
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
         if pool is None:  # no processes to be had: read everything here

@@ -310,6 +310,8 @@ def test_a_background_load_switches_counters_mid_scan_with_the_same_counts(
     try:
         for record in Scanner(paths, options).requests():
             got.append((record.custom_id, record.tokens, record.caveats))
+            if len(got) == 1:  # started by the first chunk's cold lines, before counting them
+                loading_at.append(fast_counter.loading())
             if len(got) == 60:
                 loading_at.append(fast_counter.loading())  # the scan went on meanwhile
                 gate.set()
@@ -317,7 +319,7 @@ def test_a_background_load_switches_counters_mid_scan_with_the_same_counts(
     finally:
         gate.set()
         fast_counter.wait_loaded()
-    assert loading_at == [True]
+    assert loading_at == [True, True]
     assert got == expected
     assert fast_counter.status()[0] == "fastokens"
     if workers == 0:
@@ -350,3 +352,28 @@ def test_a_background_load_that_fails_the_canary_keeps_tiktoken(tmp_path, monkey
         fast_counter._state.update(saved_state)
         monkeypatch.delenv("GPTBATCH_COUNTER")
         fast_counter.select(0)
+
+
+def test_a_warm_first_chunk_does_not_start_the_load_early(tmp_path, monkeypatch) -> None:
+    """The load starts early only when the first chunk needs counts (a cold run)."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=20)
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    options = ScanOptions(workers=0, chunk_bytes=1 << 20)
+    scanner = Scanner(paths[:1], options)
+    assert list(scanner.requests())
+    scanner.commit_counts()
+    gate, _ = _gated_load(monkeypatch)
+    first = []
+    try:
+        for _ in Scanner(paths[:1], options).requests():
+            first.append(fast_counter.loading())
+            break
+    finally:
+        gate.set()
+        fast_counter.wait_loaded()
+    assert first == [False]
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
