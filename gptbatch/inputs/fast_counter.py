@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, TypeVar
@@ -233,6 +234,13 @@ def start_loading(names: Sequence[str] | None = None) -> bool:
     return True
 
 
+def start_loading_for(models: Sequence[str | None]) -> bool:
+    """start_loading for the encodings of these models (requests about to be counted)."""
+    from gptbatch.inputs.tokens.text import encoding_name_for_model
+
+    return start_loading([encoding_name_for_model(model)[0] for model in models])
+
+
 def loading() -> bool:
     """Is the thread start_loading started still building fastokens?"""
     return bool(_loader) and _loader[0].is_alive()
@@ -259,17 +267,69 @@ def before_fork() -> None:
         encodings.release_rank_tables()
 
 
+def cpu_sample() -> tuple[float, float, float] | None:
+    """(monotonic time, this process's CPU seconds, the machine's busy CPU seconds) now, for
+    spare_core; None where /proc/stat cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        per_second = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    idle = sum(ticks[3:5])  # idle and iowait
+    times = os.times()
+    return time.monotonic(), times.user + times.system, (sum(ticks[:8]) - idle) / per_second
+
+
+def spare_core(since: tuple[float, float, float] | None) -> bool:
+    """Did other processes leave this one a second core since `since` (cpu_sample)?
+
+    Reading on while fastokens loads pays only with a core to spare: without one, the
+    reading (with tiktoken, ~4x fastokens' cost) takes CPU from the load itself and the
+    whole run gets slower (measured at load 5-9 on 2 cores), so the reader waits instead.
+    """
+    now = cpu_sample()
+    if since is None or now is None or now[0] - since[0] <= 0:
+        return False
+    others = (now[2] - since[2]) - (now[1] - since[1])
+    return others / (now[0] - since[0]) <= cores() - 1.5
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
 T = TypeVar("T")
 
 
-def loading_after_first(items: Iterator[T]) -> Iterator[T]:
-    """items, loading fastokens in the background once the first (which showed the need) is
-    out; the rest are read meanwhile, and counted with fastokens as soon as it is loaded."""
+def while_loading(items: Iterator[T], since: tuple[float, float, float] | None) -> Iterator[T]:
+    """items, for as long as a load started by start_loading runs and others leave a core
+    free for it (spare_core); then waits for the load to end (a fork must follow no thread).
+
+    Starts the load for the encodings loaded so far if none started yet.
+    """
+    start_loading()
+    if loading() and spare_core(since):
+        while loading() and (item := next(items, None)) is not None:
+            yield item
+    wait_loaded()
+
+
+def loading_after_first(
+    items: Iterator[T], since: tuple[float, float, float] | None = None
+) -> Iterator[T]:
+    """items, loading fastokens once the first (which showed the need) is out: read on
+    meanwhile if a core is free for the load (while_loading), and counted with fastokens
+    as soon as it is built."""
     first = next(items, None)
     if first is None:
         return
     yield first
-    start_loading()
+    yield from while_loading(items, since)
     yield from items
 
 

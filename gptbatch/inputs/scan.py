@@ -167,15 +167,8 @@ def worker_count(options: ScanOptions, total_bytes: int) -> int:
         elif total_bytes < PARALLEL_MIN_BYTES:
             return 0
         else:
-            wanted = _cores()
+            wanted = fast_counter.cores()
     return 0 if wanted <= 1 else wanted
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
 
 
 def _chunk_size(options: ScanOptions, total_bytes: int, workers: int) -> int:
@@ -250,15 +243,12 @@ class _Window(io.RawIOBase):
 class ChunkReader:
     """Reads chunks: validates lines, keys them, counts their tokens (in a worker or here)."""
 
-    def __init__(
-        self, options: ScanOptions, version: str, path: Path | None, early_load: bool = False
-    ) -> None:
+    early_load = False  # the parent's: start fastokens' load if the first chunk is cold
+
+    def __init__(self, options: ScanOptions, version: str, path: Path | None) -> None:
         self.options = options
         self.version = version
         self.cache = TokenCache(path if options.use_cache else None, version)
-        # In the parent: start building fastokens (if selected) as soon as the first chunk
-        # proves the run cold, before tiktoken loads for its first count, so the two overlap.
-        self.early_load = early_load
 
     def read(self, chunk: Chunk) -> _ChunkResult:
         options = self.options
@@ -296,18 +286,11 @@ class ChunkReader:
         known = self.cache.lookup([request.key for _, request, _ in valid])
         early, self.early_load = self.early_load, False  # the first chunk read decides
         if early and len(known) < len(valid) and fast_counter.may_start():
-            _load_fast_counter([request for _, request, _ in valid if request.key not in known])
+            fast_counter.start_loading_for([r.model for _, r, _ in valid if r.key not in known])
         for position, request, line in valid:
             count = known.get(request.key)
             items[position] = _clean(request, count, line, options.extra)
         return _ChunkResult(lines, window.digest.hexdigest(), items, torn)
-
-
-def _load_fast_counter(uncounted: list[Request]) -> None:
-    """Start loading fastokens in the background for the encodings these requests need."""
-    from gptbatch.inputs.tokens.text import encoding_name_for_model
-
-    fast_counter.start_loading([encoding_name_for_model(r.model)[0] for r in uncounted])
 
 
 def _estimate(request: Request) -> CachedCount:
@@ -405,40 +388,37 @@ class Scanner:
             max_problems=options.max_problems,
             max_line_bytes=options.max_line_bytes,
         )
+        since = fast_counter.cpu_sample()  # did others leave a core for fastokens' load?
         sizes = self._regular_sizes()
         total = sum(sizes.values())
         workers = worker_count(options, total)
         chunk_bytes = _chunk_size(options, total, workers)
-        local = ChunkReader(options, self.version, self.cache_file, early_load=True)
+        local = ChunkReader(options, self.version, self.cache_file)
+        local.early_load = True
         state = _ParentState(self, validator, local)
         first_bytes = min(chunk_bytes, MIN_CHUNK_BYTES) if workers else None
         units = self._units(sizes, chunk_bytes, first_bytes)
         if workers:
-            yield from state.consume(self._in_workers(units, local, workers))
+            yield from state.consume(self._in_workers(units, local, workers, since))
         else:
             here = ((u, _read_here(local, u)) for u in units)
-            yield from state.consume(fast_counter.loading_after_first(here))
+            yield from state.consume(fast_counter.loading_after_first(here, since))
         if validator.count:
             raise InputError(
                 validator.problems, truncated=validator.count - len(validator.problems)
             )
 
     def _in_workers(
-        self, units: Iterator[Chunk | int], local: ChunkReader, workers: int
+        self, units: Iterator[Chunk | int], local: ChunkReader, workers: int, since: Any
     ) -> Iterator[tuple[Chunk | int, _ChunkResult | None]]:
         """Each unit with its result, in order, read by worker processes where possible."""
-        # The parent reads a small first chunk itself before forking: if that needed a
-        # count, the counters (tiktoken; fastokens if selected) load here once, shared with
-        # the workers (copy on write) instead of loaded by each; a warm cache loads neither.
+        # The parent reads a small first chunk itself before forking: if that needed a count,
+        # the counters load here once (fastokens in a thread, while the parent may read on),
+        # shared with the workers (copy on write); a warm cache loads neither.
         first = next(units, None)
         if first is not None:
             yield first, _read_here(local, first)
-        fast_counter.start_loading()  # if the first chunk's counts did not start it already
-        # fastokens builds its tables on one core without the GIL (~1.5 s): this process
-        # reads on with tiktoken on the other meanwhile, and forks once it is built (never
-        # with the loading thread alive), so the workers share it.
-        while fast_counter.loading() and (unit := next(units, None)) is not None:
-            yield unit, _read_here(local, unit)
+        yield from fast_counter.while_loading(((u, _read_here(local, u)) for u in units), since)
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
         if pool is None:  # no processes to be had: read everything here

@@ -284,6 +284,7 @@ def _gated_load(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]]:
         return lambda text: counted.append(text) or count(text)
 
     monkeypatch.setattr(fast_counter, "_LOADED", {})
+    monkeypatch.setattr(fast_counter, "spare_core", lambda since: True)  # a quiet machine
     monkeypatch.setattr(fast_counter, "raw_tokenizer", slow_tokenizer)
     monkeypatch.setattr(fast_counter, "guarded_counter", recording_counter)
     return gate, counted
@@ -377,3 +378,46 @@ def test_a_warm_first_chunk_does_not_start_the_load_early(tmp_path, monkeypatch)
     assert first == [False]
     monkeypatch.delenv("GPTBATCH_COUNTER")
     fast_counter.select(0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_a_spare_core_the_scan_waits_for_the_load(
+    tmp_path, monkeypatch, workers: int
+) -> None:
+    """On a busy machine, reading on with tiktoken would take CPU from the load: the scan
+    waits for fastokens after the first chunk instead, and counts the rest with it."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=40)
+    options = ScanOptions(workers=workers, chunk_bytes=4096, use_cache=False)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "tiktoken")
+    endpoints._MEMOS.clear()
+    expected = [(r.custom_id, r.tokens) for r in Scanner(paths, options).requests()]
+    monkeypatch.setattr(fast_counter, "_LOADED", {})
+    monkeypatch.setattr(fast_counter, "spare_core", lambda since: False)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    endpoints._MEMOS.clear()
+    got, state = [], []
+    scanner = Scanner(paths, options)
+    for record in scanner.requests():
+        got.append((record.custom_id, record.tokens))
+        state.append((fast_counter.loading(), bool(fast_counter.COUNTERS)))
+    after_first_chunk = scanner.report.chunks[1].first_record
+    assert 0 < after_first_chunk < len(state)
+    assert set(state[after_first_chunk:]) == {(False, True)}  # loaded before reading on
+    assert got == expected
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
+
+
+def test_spare_core_compares_others_use_with_the_cores() -> None:
+    now = fast_counter.cpu_sample()
+    assert now is not None  # Linux: /proc/stat
+    wall, own, busy = now
+    assert not fast_counter.spare_core(None)
+    # Other processes kept every core busy for the last second: no core to spare.
+    assert not fast_counter.spare_core((wall - 1.0, own, busy - fast_counter.cores()))
+    # Nothing else ran in the last hour (the few ticks since `now` are noise): a core is free
+    # wherever there are two.
+    spare = fast_counter.spare_core((wall - 3600.0, own, busy))
+    assert spare == (fast_counter.cores() >= 2)
