@@ -11,10 +11,14 @@ gives tiktoken's `encode_ordinary` counts exactly, except on texts this module k
   asks this module about them).
 
 Loading costs ~1.5-2.5 s and ~330 MB, so nothing loads it implicitly: the scanner selects it
-(`select`) when the bytes to read repay that, and loads it (`load`) in the parent before
-forking, so the workers share it. A canary of known strings is counted with both counters at
-load; any mismatch switches fastokens off with a reason. The token cache's key names the
-counter (`counter_tag`), so counts made by different counters never mix.
+(`select`) when the bytes to read repay that, and loads it in the parent, in a thread
+(`start_loading`: the build runs in Rust without the GIL) as soon as its first chunk needs
+counts; it reads on with tiktoken meanwhile if other processes leave a core free
+(`while_loading`, `spare_core`), and forks its workers once the load is over, so they share
+it. Counts switch to fastokens the moment it is loaded, mid-scan: both counters give the same
+counts. A canary of known strings is counted with both counters at load; any mismatch switches
+fastokens off with a reason. The token cache's key names the counter (`counter_tag`), so
+counts made by different counters never mix.
 """
 
 from __future__ import annotations

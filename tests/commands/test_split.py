@@ -387,3 +387,64 @@ def test_chunks_are_copied_while_the_inputs_are_read(
     written = read_shards(out)
     assert Counter(line for shard in written.values() for line in shard) == Counter(lines)
     assert list(written) == [s.name for s in result.shards]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """fastokens loads in the background while split reads on with tiktoken (a spare core):
+    here its load is held until this process has read 4 chunks, and the rest is counted
+    with fastokens. The shards, byte for byte, and their counts are tiktoken's alone.
+    The suite's corpus (every endpoint, CRLF, BOM), in small chunks."""
+    pytest.importorskip("fastokens")
+    import threading
+
+    from gptbatch.inputs import fast_counter, scan
+    from gptbatch.inputs.tokens import endpoints
+    from tests.corpus import write_mixed_corpus
+
+    paths = write_mixed_corpus(tmp_path / "mixed", requests_per_file=60)
+    options = ScanOptions(workers=workers, chunk_bytes=3000, use_cache=False)
+    gate, reads, counted = threading.Event(), [0], []
+    real_read, real_tokenizer = scan._read_here, fast_counter.raw_tokenizer
+    real_counter = fast_counter.guarded_counter
+
+    def read_here(reader: Any, unit: Any) -> Any:
+        reads[0] += 1
+        if reads[0] == 4 and fast_counter.loading():
+            gate.set()
+            fast_counter.wait_loaded()  # what follows is counted with fastokens
+        return real_read(reader, unit)
+
+    def held_tokenizer(encoding: str) -> Any:
+        assert gate.wait(60)
+        return real_tokenizer(encoding)
+
+    def recording_counter(encoding: str, tokenizer: Any) -> Any:
+        count = real_counter(encoding, tokenizer)
+        return lambda text: counted.append(text) or count(text)
+
+    monkeypatch.setattr(scan, "_read_here", read_here)
+    monkeypatch.setattr(fast_counter, "raw_tokenizer", held_tokenizer)
+    monkeypatch.setattr(fast_counter, "guarded_counter", recording_counter)
+    monkeypatch.setattr(fast_counter, "spare_core", lambda since: True)
+    runs = {}
+    for counter in ("tiktoken", "fastokens"):
+        monkeypatch.setenv("GPTBATCH_COUNTER", counter)
+        monkeypatch.setattr(fast_counter, "_LOADED", {})  # built anew, in the background
+        endpoints._MEMOS.clear()
+        reads[0] = 0
+        out = tmp_path / counter
+        try:
+            result = split_files(paths, 300_000, out_dir=out, max_requests=25, options=options)
+        finally:
+            gate.set()
+        assert fast_counter.status()[0] == counter
+        runs[counter] = (all_bytes(out), result.shards)
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
+    assert runs["fastokens"] == runs["tiktoken"]
+    assert len(runs["tiktoken"][1]) > 5
+    if workers == 0:  # this process counted with fastokens past the canary (workers: their own)
+        assert len([t for t in counted if t not in fast_counter.CANARY]) > 50
