@@ -312,13 +312,17 @@ T = TypeVar("T")
 
 def while_loading(items: Iterator[T], since: tuple[float, float, float] | None) -> Iterator[T]:
     """items, for as long as a load started by start_loading runs and others leave a core
-    free for it (spare_core); then waits for the load to end (a fork must follow no thread).
+    free for it (spare_core); then waits for the load to end (a fork must follow no thread),
+    unless items ran out first: then nothing waits for a load no count needs any more.
 
     Starts the load for the encodings loaded so far if none started yet.
     """
     start_loading()
     if loading() and spare_core(since):
-        while loading() and (item := next(items, None)) is not None:
+        while loading():
+            item = next(items, None)
+            if item is None:
+                return  # all read; the loading thread is a daemon: exiting will not wait
             yield item
     wait_loaded()
 

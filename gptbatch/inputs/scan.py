@@ -412,13 +412,14 @@ class Scanner:
         self, units: Iterator[Chunk | int], local: ChunkReader, workers: int, since: Any
     ) -> Iterator[tuple[Chunk | int, _ChunkResult | None]]:
         """Each unit with its result, in order, read by worker processes where possible."""
-        # The parent reads a small first chunk itself before forking: if that needed a count,
-        # the counters load here once (fastokens in a thread, while the parent may read on),
-        # shared with the workers (copy on write); a warm cache loads neither.
+        # The parent reads a small first chunk itself before forking: if it needed counts, the
+        # counters load here once (fastokens in a thread), shared with the workers (COW).
         first = next(units, None)
         if first is not None:
             yield first, _read_here(local, first)
         yield from fast_counter.while_loading(((u, _read_here(local, u)) for u in units), since)
+        if fast_counter.loading():  # all read while fastokens loads: no workers, no waiting
+            return
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
         if pool is None:  # no processes to be had: read everything here

@@ -421,3 +421,27 @@ def test_spare_core_compares_others_use_with_the_cores() -> None:
     # wherever there are two.
     spare = fast_counter.spare_core((wall - 3600.0, own, busy))
     assert spare == (fast_counter.cores() >= 2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_scan_that_ends_during_the_load_does_not_wait_for_it(
+    tmp_path, monkeypatch, workers: int
+) -> None:
+    """Everything read (with tiktoken) before fastokens is built: no count needs it any more,
+    so the scan ends at once and starts no workers; the load finishes in its daemon thread."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=10)
+    options = ScanOptions(workers=workers, chunk_bytes=4096, use_cache=False)
+    gate, _ = _gated_load(monkeypatch)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    endpoints._MEMOS.clear()
+    try:
+        records = list(Scanner(paths, options).requests())
+        still_loading = fast_counter.loading()
+    finally:
+        gate.set()
+        fast_counter.wait_loaded()
+    assert len(records) == 10 * len(paths) and still_loading
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
