@@ -12,13 +12,12 @@ gives tiktoken's `encode_ordinary` counts exactly, except on texts this module k
 
 Loading costs ~1.5-2.5 s and ~330 MB, so nothing loads it implicitly: the scanner selects it
 (`select`) when the bytes to read repay that, and loads it in the parent, in a thread
-(`start_loading`: the build runs in Rust without the GIL) as soon as its first chunk needs
-counts; it reads on with tiktoken meanwhile if other processes leave a core free
-(`while_loading`, `spare_core`), and forks its workers once the load is over, so they share
-it. Counts switch to fastokens the moment it is loaded, mid-scan: both counters give the same
-counts. A canary of known strings is counted with both counters at load; any mismatch switches
-fastokens off with a reason. The token cache's key names the counter (`counter_tag`), so
-counts made by different counters never mix.
+(`start_loading`: the build runs in Rust without the GIL) as soon as the first chunk proves
+the run cold, so the load overlaps tiktoken's and the first chunk's reading and counting
+(tiktoken counts that chunk); it then waits for the load and forks its workers, which share
+fastokens. A canary of known strings is counted with both counters at load; any mismatch
+switches fastokens off with a reason. The token cache's key names the counter
+(`counter_tag`), so counts made by different counters never mix.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, TypeVar
@@ -271,73 +269,18 @@ def before_fork() -> None:
         encodings.release_rank_tables()
 
 
-def cpu_sample() -> tuple[float, float, float] | None:
-    """(monotonic time, this process's CPU seconds, the machine's busy CPU seconds) now, for
-    spare_core; None where /proc/stat cannot be read (not Linux)."""
-    try:
-        with open("/proc/stat", "rb") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        per_second = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
-    idle = sum(ticks[3:5])  # idle and iowait
-    times = os.times()
-    return time.monotonic(), times.user + times.system, (sum(ticks[:8]) - idle) / per_second
-
-
-def spare_core(since: tuple[float, float, float] | None) -> bool:
-    """Did other processes leave this one a second core since `since` (cpu_sample)?
-
-    Reading on while fastokens loads pays only with a core to spare: without one, the
-    reading (with tiktoken, ~4x fastokens' cost) takes CPU from the load itself and the
-    whole run gets slower (measured at load 5-9 on 2 cores), so the reader waits instead.
-    """
-    now = cpu_sample()
-    if since is None or now is None or now[0] - since[0] <= 0:
-        return False
-    others = (now[2] - since[2]) - (now[1] - since[1])
-    return others / (now[0] - since[0]) <= cores() - 1.5
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
 T = TypeVar("T")
 
 
-def while_loading(items: Iterator[T], since: tuple[float, float, float] | None) -> Iterator[T]:
-    """items, for as long as a load started by start_loading runs and others leave a core
-    free for it (spare_core); then waits for the load to end (a fork must follow no thread),
-    unless items ran out first: then nothing waits for a load no count needs any more.
-
-    Starts the load for the encodings loaded so far if none started yet.
-    """
-    start_loading()
-    if loading() and spare_core(since):
-        while loading():
-            item = next(items, None)
-            if item is None:
-                return  # all read; the loading thread is a daemon: exiting will not wait
-            yield item
-    wait_loaded()
-
-
-def loading_after_first(
-    items: Iterator[T], since: tuple[float, float, float] | None = None
-) -> Iterator[T]:
-    """items, loading fastokens once the first (which showed the need) is out: read on
-    meanwhile if a core is free for the load (while_loading), and counted with fastokens
-    as soon as it is built."""
+def loading_after_first(items: Iterator[T]) -> Iterator[T]:
+    """items, with fastokens loaded once the first (which showed the need) is out: the load
+    started while the first was read (start_loading) is waited for, or made now."""
     first = next(items, None)
     if first is None:
         return
     yield first
-    yield from while_loading(items, since)
+    wait_loaded()
+    load_for_loaded_encodings()
     yield from items
 
 

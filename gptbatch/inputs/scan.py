@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import multiprocessing
 import os
 import signal
@@ -51,6 +50,7 @@ from gptbatch.inputs.requests import (
     read_raw_line,
 )
 from gptbatch.inputs.seen_ids import OFFSET_BITS, SeenIds
+from gptbatch.inputs.sightings import custom_id_of, line_at
 from gptbatch.inputs.token_cache import (
     CachedCount,
     PendingCounts,
@@ -167,8 +167,15 @@ def worker_count(options: ScanOptions, total_bytes: int) -> int:
         elif total_bytes < PARALLEL_MIN_BYTES:
             return 0
         else:
-            wanted = fast_counter.cores()
+            wanted = _cores()
     return 0 if wanted <= 1 else wanted
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
 
 
 def _chunk_size(options: ScanOptions, total_bytes: int, workers: int) -> int:
@@ -388,7 +395,6 @@ class Scanner:
             max_problems=options.max_problems,
             max_line_bytes=options.max_line_bytes,
         )
-        since = fast_counter.cpu_sample()  # did others leave a core for fastokens' load?
         sizes = self._regular_sizes()
         total = sum(sizes.values())
         workers = worker_count(options, total)
@@ -399,27 +405,25 @@ class Scanner:
         first_bytes = min(chunk_bytes, MIN_CHUNK_BYTES) if workers else None
         units = self._units(sizes, chunk_bytes, first_bytes)
         if workers:
-            yield from state.consume(self._in_workers(units, local, workers, since))
+            yield from state.consume(self._in_workers(units, local, workers))
         else:
             here = ((u, _read_here(local, u)) for u in units)
-            yield from state.consume(fast_counter.loading_after_first(here, since))
+            yield from state.consume(fast_counter.loading_after_first(here))
         if validator.count:
             raise InputError(
                 validator.problems, truncated=validator.count - len(validator.problems)
             )
 
     def _in_workers(
-        self, units: Iterator[Chunk | int], local: ChunkReader, workers: int, since: Any
+        self, units: Iterator[Chunk | int], local: ChunkReader, workers: int
     ) -> Iterator[tuple[Chunk | int, _ChunkResult | None]]:
         """Each unit with its result, in order, read by worker processes where possible."""
-        # The parent reads a small first chunk itself before forking: if it needed counts, the
-        # counters load here once (fastokens in a thread), shared with the workers (COW).
+        # The parent reads a small first chunk itself before forking: if that needed a
+        # count, the counters (tiktoken; fastokens if selected) load here once, shared with
+        # the workers (copy on write) instead of loaded by each; a warm cache loads neither.
         first = next(units, None)
         if first is not None:
             yield first, _read_here(local, first)
-        yield from fast_counter.while_loading(((u, _read_here(local, u)) for u in units), since)
-        if fast_counter.loading():  # all read while fastokens loads: no workers, no waiting
-            return
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
         if pool is None:  # no processes to be had: read everything here
@@ -459,38 +463,6 @@ class Scanner:
             except OSError:
                 self.report.unchunked.add(index)
                 yield index  # unreadable after all: the file reader reports it
-
-
-def _custom_id_of(content: bytes | None) -> str | None:
-    """The custom_id of a raw line, if it is a JSON object with a string custom_id."""
-    if content is None:
-        return None
-    try:
-        value = json.loads(content)
-    except (ValueError, RecursionError):
-        return None
-    custom_id = value.get("custom_id") if isinstance(value, dict) else None
-    return custom_id if isinstance(custom_id, str) else None
-
-
-def _line_at(path: str, offset: int, custom_id: str) -> int | None:
-    """The number of the line starting at offset, if its custom_id is custom_id (else None).
-
-    Only a duplicate (an error) gets here, so counting newlines from the start is fine.
-    """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            if _custom_id_of(f.readline().rstrip(b"\n").rstrip(b"\r")) != custom_id:
-                return None
-            f.seek(0)
-            line, remaining = 1, offset
-            while remaining > 0 and (block := f.read(min(remaining, 1 << 20))):
-                line += block.count(b"\n")
-                remaining -= len(block)
-            return line
-    except OSError:
-        return None
 
 
 def _read_here(reader: ChunkReader, unit: Chunk | int) -> _ChunkResult | None:
@@ -612,13 +584,13 @@ class _ParentState:
     def confirmed(self, custom_id: str, found: int) -> int | None:
         """found (file << 48 | offset) as file << 40 | line, if that line has custom_id."""
         index, offset = found >> OFFSET_BITS, found & ((1 << OFFSET_BITS) - 1)
-        line = _line_at(self.scanner.names[index], offset, custom_id)
+        line = line_at(self.scanner.names[index], offset, custom_id)
         return None if line is None else (index << 40) | line
 
     def replay(
         self, index: int, number: int, offset: int, content: bytes | None, length: int
     ) -> ScannedRequest | None:
-        custom_id = _custom_id_of(content)
+        custom_id = custom_id_of(content)
         if custom_id is not None:
             self.first_sighting(custom_id)
         request = self.validator.read_line(

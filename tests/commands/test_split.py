@@ -393,9 +393,9 @@ def test_chunks_are_copied_while_the_inputs_are_read(
 def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    """fastokens loads in the background while split reads on with tiktoken (a spare core):
-    here its load is held until this process has read 4 chunks, and the rest is counted
-    with fastokens. The shards, byte for byte, and their counts are tiktoken's alone.
+    """fastokens loads in the background while tiktoken counts the first chunk (held here
+    until that chunk is read), then counts the rest, in this process or in workers forked
+    after the load. The shards, byte for byte, and their counts are tiktoken's alone.
     The suite's corpus (every endpoint, CRLF, BOM), in small chunks."""
     pytest.importorskip("fastokens")
     import threading
@@ -406,16 +406,15 @@ def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
 
     paths = write_mixed_corpus(tmp_path / "mixed", requests_per_file=60)
     options = ScanOptions(workers=workers, chunk_bytes=3000, use_cache=False)
-    gate, reads, counted = threading.Event(), [0], []
+    gate, loading_then, counted = threading.Event(), [], []
     real_read, real_tokenizer = scan._read_here, fast_counter.raw_tokenizer
     real_counter = fast_counter.guarded_counter
 
     def read_here(reader: Any, unit: Any) -> Any:
-        reads[0] += 1
-        if reads[0] == 4 and fast_counter.loading():
-            gate.set()
-            fast_counter.wait_loaded()  # what follows is counted with fastokens
-        return real_read(reader, unit)
+        result = real_read(reader, unit)
+        loading_then.append(fast_counter.loading())
+        gate.set()  # the first chunk was counted while the load was held
+        return result
 
     def held_tokenizer(encoding: str) -> Any:
         assert gate.wait(60)
@@ -428,19 +427,20 @@ def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
     monkeypatch.setattr(scan, "_read_here", read_here)
     monkeypatch.setattr(fast_counter, "raw_tokenizer", held_tokenizer)
     monkeypatch.setattr(fast_counter, "guarded_counter", recording_counter)
-    monkeypatch.setattr(fast_counter, "spare_core", lambda since: True)
     runs = {}
     for counter in ("tiktoken", "fastokens"):
         monkeypatch.setenv("GPTBATCH_COUNTER", counter)
         monkeypatch.setattr(fast_counter, "_LOADED", {})  # built anew, in the background
         endpoints._MEMOS.clear()
-        reads[0] = 0
+        gate.clear()
+        loading_then.clear()
         out = tmp_path / counter
         try:
             result = split_files(paths, 300_000, out_dir=out, max_requests=25, options=options)
         finally:
             gate.set()
         assert fast_counter.status()[0] == counter
+        assert loading_then[0] == (counter == "fastokens")
         runs[counter] = (all_bytes(out), result.shards)
     monkeypatch.delenv("GPTBATCH_COUNTER")
     fast_counter.select(0)
