@@ -205,20 +205,16 @@ def may_start() -> bool:
     return bool(_state["selected"]) and not _loader and not COUNTERS
 
 
-def start_loading(names: Sequence[str] | None = None) -> bool:
-    """Start loading fastokens, in a thread, for names (default: the encodings tiktoken has
-    loaded so far, the ones counts needed).
+def start_loading(names: Sequence[str]) -> bool:
+    """Start loading fastokens for the encodings names, in a thread; True if a load started.
 
     fastokens builds its tables in Rust without holding the GIL (~1.5 s of one core), so
-    the caller goes on reading and counting with tiktoken on another core meanwhile; each
-    count uses fastokens from the moment load() puts it in COUNTERS (both give the same
-    counts: the canary and tests/inputs/test_fast_counter.py). True if a load started.
+    the caller goes on meanwhile (the scanner: loading tiktoken, reading and counting its
+    first chunk with it); counts use fastokens from the moment load() puts it in COUNTERS
+    (both give the same counts: the canary and tests/inputs/test_fast_counter.py).
     """
     if not _state["selected"] or _loader:
         return False
-    if names is None:
-        encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
-        names = [] if encodings is None else encodings.loaded_encoding_names()
     names = [n for n in dict.fromkeys(names) if n in GUARDED_CHARS]
     if not names or all(n in _LOADED for n in names):
         for name in names:
@@ -229,7 +225,7 @@ def start_loading(names: Sequence[str] | None = None) -> bool:
         for name in names:
             load(name)
 
-    # A daemon: a run that ends before the load does must not wait for it at exit.
+    # A daemon: a run that fails before the load ends must not wait for it at exit.
     thread = threading.Thread(target=run, name="gptbatch-fastokens-load", daemon=True)
     _loader.append(thread)
     thread.start()
