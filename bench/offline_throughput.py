@@ -21,7 +21,8 @@ Also measured on the small corpus:
 The load average is printed with every figure: other processes on the machine slow it.
 
     python bench/offline_throughput.py [--size-mb 50] [--big-mb 1024] [--before 92ee9ff]
-                                       [--repeat 3] [--corpus FILE]
+                                       [--repeat 3] [--corpus FILE] [--only split]
+                                       [--counters tiktoken,fastokens] [--skip-floor]
 """
 
 from __future__ import annotations
@@ -332,12 +333,21 @@ def bench_corpus(
     before: Path | None,
     orig: Path | None,
     repeat: int,
+    only: list[str] | None = None,
+    counters: list[str] | None = None,
 ) -> None:
     size = corpus.stat().st_size
     print(f"\n## {corpus.name}: {size / 1e6:,.0f} MB, {sum(1 for _ in corpus.open('rb')):,} lines")
-    for name, argv in commands(corpus, work).items():
-        cache = work / f"cache-{corpus.stem}-{name}"
-        run_env = {**env, "GPTBATCH_CACHE_DIR": f"{cache}-0"}
+    runs = [
+        (f"{name} [{counter}]" if counter else name, argv, counter)
+        for counter in counters or [""]
+        for name, argv in commands(corpus, work).items()
+        if not only or name in only
+    ]
+    for name, argv, counter in runs:
+        cache = work / f"cache-{corpus.stem}-{name.replace(' ', '')}"
+        base = {**env, "GPTBATCH_COUNTER": counter} if counter else env
+        run_env = {**base, "GPTBATCH_CACHE_DIR": f"{cache}-0"}
         # Each cold run gets its own empty cache; the first one's is then the warm cache.
         # The code at --before runs cold too, each run right after one of ours, so both
         # meet the same load; with a cache of its own, a revision that has one writes it.
@@ -345,7 +355,7 @@ def bench_corpus(
         for n in range(repeat):
             cold.append(measure(argv, {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-{n}"}, work))
             if before is not None:
-                old_env = {**env, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": f"{cache}-b{n}"}
+                old_env = {**base, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": f"{cache}-b{n}"}
                 old.append(measure(argv, old_env, work))
         report(f"{name} (cold cache)", size, min(cold, key=lambda r: r.wall))
         if old:
@@ -357,7 +367,7 @@ def bench_corpus(
         report(
             "original gpt-batch-splitter",
             size,
-            measure([str(orig), LIMIT, str(corpus)], env, shards),
+            best([str(orig), LIMIT, str(corpus)], env, shards, repeat),
         )
 
 
@@ -368,6 +378,16 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="measure this file instead of generating")
     parser.add_argument("--before", metavar="REV", help="also run the code at git revision REV")
     parser.add_argument("--repeat", type=int, default=1, help="report the fastest of N runs")
+    parser.add_argument(
+        "--only", help="comma-separated commands to run (split, tokens, plan); default all"
+    )
+    parser.add_argument(
+        "--counters",
+        help="comma-separated GPTBATCH_COUNTER values (tiktoken, fastokens), each run in turn",
+    )
+    parser.add_argument(
+        "--skip-floor", action="store_true", help="skip the in-process floor and tiktoken-alone"
+    )
     parser.add_argument(
         "--venv-dir",
         type=Path,
@@ -393,6 +413,14 @@ def main() -> None:
                 corpora.append(work / f"chat-{args.big_mb}mb.jsonl")
                 write_corpus(corpora[1], args.big_mb, base)
         small = corpora[0]
+        only = args.only.split(",") if args.only else None
+        counters = args.counters.split(",") if args.counters else None
+        for n, corpus in enumerate(corpora if args.skip_floor else []):
+            bench_corpus(
+                corpus, work, env, before if n == 0 else None, orig, args.repeat, only, counters
+            )
+        if args.skip_floor:
+            return
         seconds, cpu = floor(small)
         size = small.stat().st_size
         print(
@@ -408,7 +436,9 @@ def main() -> None:
             f"{size / 1e6 / seconds * (os.cpu_count() or 1):.1f} MB/s"
         )
         for n, corpus in enumerate(corpora):
-            bench_corpus(corpus, work, env, before if n == 0 else None, orig, args.repeat)
+            bench_corpus(
+                corpus, work, env, before if n == 0 else None, orig, args.repeat, only, counters
+            )
     print(f"\n(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB)")
 
 

@@ -11,17 +11,21 @@ gives tiktoken's `encode_ordinary` counts exactly, except on texts this module k
   asks this module about them).
 
 Loading costs ~1.5-2.5 s and ~330 MB, so nothing loads it implicitly: the scanner selects it
-(`select`) when the bytes to read repay that, and loads it (`load`) in the parent before
-forking, so the workers share it. A canary of known strings is counted with both counters at
-load; any mismatch switches fastokens off with a reason. The token cache's key names the
-counter (`counter_tag`), so counts made by different counters never mix.
+(`select`) when the bytes to read repay that, and loads it in the parent, in a thread
+(`start_loading`: the build runs in Rust without the GIL) as soon as the first chunk proves
+the run cold, so the load overlaps tiktoken's and the first chunk's reading and counting
+(tiktoken counts that chunk); it then waits for the load and forks its workers, which share
+fastokens. A canary of known strings is counted with both counters at load; any mismatch
+switches fastokens off with a reason. The token cache's key names the counter
+(`counter_tag`), so counts made by different counters never mix.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -85,6 +89,7 @@ def select(total_bytes: int, processes: int = 1) -> bool:
     GPTBATCH_COUNTER=tiktoken keeps tiktoken; GPTBATCH_COUNTER=fastokens uses fastokens
     whatever the size.
     """
+    wait_loaded()  # an earlier scan's load still running would race with this one
     wanted = os.environ.get("GPTBATCH_COUNTER", "").strip().lower()
     version = fastokens_version()
     min_bytes = MIN_BYTES_PER_PROCESS * max(1, processes)
@@ -191,12 +196,69 @@ def load_for_loaded_encodings() -> None:
             load(name)
 
 
+# The thread loading fastokens beside the caller's work (start_loading), if any.
+_loader: list[threading.Thread] = []
+
+
+def may_start() -> bool:
+    """Is fastokens selected, and neither loaded nor being loaded (start_loading would act)?"""
+    return bool(_state["selected"]) and not _loader and not COUNTERS
+
+
+def start_loading(names: Sequence[str]) -> bool:
+    """Start loading fastokens for the encodings names, in a thread; True if a load started.
+
+    fastokens builds its tables in Rust without holding the GIL (~1.5 s of one core), so
+    the caller goes on meanwhile (the scanner: loading tiktoken, reading and counting its
+    first chunk with it); counts use fastokens from the moment load() puts it in COUNTERS
+    (both give the same counts: the canary and tests/inputs/test_fast_counter.py).
+    """
+    if not _state["selected"] or _loader:
+        return False
+    names = [n for n in dict.fromkeys(names) if n in GUARDED_CHARS]
+    if not names or all(n in _LOADED for n in names):
+        for name in names:
+            load(name)  # already built: nothing to wait for
+        return False
+
+    def run() -> None:
+        for name in names:
+            load(name)
+
+    # A daemon: a run that fails before the load ends must not wait for it at exit.
+    thread = threading.Thread(target=run, name="gptbatch-fastokens-load", daemon=True)
+    _loader.append(thread)
+    thread.start()
+    return True
+
+
+def start_loading_for(models: Sequence[str | None]) -> bool:
+    """start_loading for the encodings of these models (requests about to be counted)."""
+    from gptbatch.inputs.tokens.text import encoding_name_for_model
+
+    return start_loading([encoding_name_for_model(model)[0] for model in models])
+
+
+def loading() -> bool:
+    """Is the thread start_loading started still building fastokens?"""
+    return bool(_loader) and _loader[0].is_alive()
+
+
+def wait_loaded() -> None:
+    """Wait for the load start_loading started, if any (before a fork: no thread may run)."""
+    if _loader:
+        _loader[0].join()
+        _loader.clear()
+
+
 def before_fork() -> None:
     """Ready the counters a parent loaded for its forked workers to share.
 
-    Loads fastokens if selected, and frees tiktoken's Python copy of its ranks (see
+    Waits for a background load (a fork must not copy a thread mid-way), loads fastokens if
+    selected, and frees tiktoken's Python copy of its ranks (see
     encodings.release_rank_tables). Nothing to do when nothing counted yet.
     """
+    wait_loaded()
     encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
     if encodings is not None:
         load_for_loaded_encodings()
@@ -207,11 +269,13 @@ T = TypeVar("T")
 
 
 def loading_after_first(items: Iterator[T]) -> Iterator[T]:
-    """items, calling load_for_loaded_encodings once the first (which showed the need) is out."""
+    """items, with fastokens loaded once the first (which showed the need) is out: the load
+    started while the first was read (start_loading) is waited for, or made now."""
     first = next(items, None)
     if first is None:
         return
     yield first
+    wait_loaded()
     load_for_loaded_encodings()
     yield from items
 
@@ -223,7 +287,9 @@ def _switch_off(reason: str) -> None:
 
 
 def status() -> tuple[str, str]:
-    """("fastokens" or "tiktoken", why): the counter of this process's counts right now."""
+    """("fastokens" or "tiktoken", why): the counter of this process's counts from now on
+    (once a load started in the background has ended)."""
+    wait_loaded()
     return ("fastokens" if COUNTERS else "tiktoken"), str(_state["reason"])
 
 

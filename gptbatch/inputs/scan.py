@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import multiprocessing
 import os
 import signal
@@ -51,6 +50,7 @@ from gptbatch.inputs.requests import (
     read_raw_line,
 )
 from gptbatch.inputs.seen_ids import OFFSET_BITS, SeenIds
+from gptbatch.inputs.sightings import custom_id_of, line_at
 from gptbatch.inputs.token_cache import (
     CachedCount,
     PendingCounts,
@@ -250,6 +250,8 @@ class _Window(io.RawIOBase):
 class ChunkReader:
     """Reads chunks: validates lines, keys them, counts their tokens (in a worker or here)."""
 
+    early_load = False  # the parent's: start fastokens' load if the first chunk is cold
+
     def __init__(self, options: ScanOptions, version: str, path: Path | None) -> None:
         self.options = options
         self.version = version
@@ -289,6 +291,9 @@ class ChunkReader:
             not chunk.last and window.last != b"\n"
         )
         known = self.cache.lookup([request.key for _, request, _ in valid])
+        early, self.early_load = self.early_load, False  # the first chunk read decides
+        if early and len(known) < len(valid) and fast_counter.may_start():
+            fast_counter.start_loading_for([r.model for _, r, _ in valid if r.key not in known])
         for position, request, line in valid:
             count = known.get(request.key)
             items[position] = _clean(request, count, line, options.extra)
@@ -395,6 +400,7 @@ class Scanner:
         workers = worker_count(options, total)
         chunk_bytes = _chunk_size(options, total, workers)
         local = ChunkReader(options, self.version, self.cache_file)
+        local.early_load = True
         state = _ParentState(self, validator, local)
         first_bytes = min(chunk_bytes, MIN_CHUNK_BYTES) if workers else None
         units = self._units(sizes, chunk_bytes, first_bytes)
@@ -457,38 +463,6 @@ class Scanner:
             except OSError:
                 self.report.unchunked.add(index)
                 yield index  # unreadable after all: the file reader reports it
-
-
-def _custom_id_of(content: bytes | None) -> str | None:
-    """The custom_id of a raw line, if it is a JSON object with a string custom_id."""
-    if content is None:
-        return None
-    try:
-        value = json.loads(content)
-    except (ValueError, RecursionError):
-        return None
-    custom_id = value.get("custom_id") if isinstance(value, dict) else None
-    return custom_id if isinstance(custom_id, str) else None
-
-
-def _line_at(path: str, offset: int, custom_id: str) -> int | None:
-    """The number of the line starting at offset, if its custom_id is custom_id (else None).
-
-    Only a duplicate (an error) gets here, so counting newlines from the start is fine.
-    """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            if _custom_id_of(f.readline().rstrip(b"\n").rstrip(b"\r")) != custom_id:
-                return None
-            f.seek(0)
-            line, remaining = 1, offset
-            while remaining > 0 and (block := f.read(min(remaining, 1 << 20))):
-                line += block.count(b"\n")
-                remaining -= len(block)
-            return line
-    except OSError:
-        return None
 
 
 def _read_here(reader: ChunkReader, unit: Chunk | int) -> _ChunkResult | None:
@@ -610,13 +584,13 @@ class _ParentState:
     def confirmed(self, custom_id: str, found: int) -> int | None:
         """found (file << 48 | offset) as file << 40 | line, if that line has custom_id."""
         index, offset = found >> OFFSET_BITS, found & ((1 << OFFSET_BITS) - 1)
-        line = _line_at(self.scanner.names[index], offset, custom_id)
+        line = line_at(self.scanner.names[index], offset, custom_id)
         return None if line is None else (index << 40) | line
 
     def replay(
         self, index: int, number: int, offset: int, content: bytes | None, length: int
     ) -> ScannedRequest | None:
-        custom_id = _custom_id_of(content)
+        custom_id = custom_id_of(content)
         if custom_id is not None:
             self.first_sighting(custom_id)
         request = self.validator.read_line(

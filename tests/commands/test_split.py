@@ -387,3 +387,64 @@ def test_chunks_are_copied_while_the_inputs_are_read(
     written = read_shards(out)
     assert Counter(line for shard in written.values() for line in shard) == Counter(lines)
     assert list(written) == [s.name for s in result.shards]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """fastokens loads in the background while tiktoken counts the first chunk (held here
+    until that chunk is read), then counts the rest, in this process or in workers forked
+    after the load. The shards, byte for byte, and their counts are tiktoken's alone.
+    The suite's corpus (every endpoint, CRLF, BOM), in small chunks."""
+    pytest.importorskip("fastokens")
+    import threading
+
+    from gptbatch.inputs import fast_counter, scan
+    from gptbatch.inputs.tokens import endpoints
+    from tests.corpus import write_mixed_corpus
+
+    paths = write_mixed_corpus(tmp_path / "mixed", requests_per_file=60)
+    options = ScanOptions(workers=workers, chunk_bytes=3000, use_cache=False)
+    gate, loading_then, counted = threading.Event(), [], []
+    real_read, real_tokenizer = scan._read_here, fast_counter.raw_tokenizer
+    real_counter = fast_counter.guarded_counter
+
+    def read_here(reader: Any, unit: Any) -> Any:
+        result = real_read(reader, unit)
+        loading_then.append(fast_counter.loading())
+        gate.set()  # the first chunk was counted while the load was held
+        return result
+
+    def held_tokenizer(encoding: str) -> Any:
+        assert gate.wait(60)
+        return real_tokenizer(encoding)
+
+    def recording_counter(encoding: str, tokenizer: Any) -> Any:
+        count = real_counter(encoding, tokenizer)
+        return lambda text: counted.append(text) or count(text)
+
+    monkeypatch.setattr(scan, "_read_here", read_here)
+    monkeypatch.setattr(fast_counter, "raw_tokenizer", held_tokenizer)
+    monkeypatch.setattr(fast_counter, "guarded_counter", recording_counter)
+    runs = {}
+    for counter in ("tiktoken", "fastokens"):
+        monkeypatch.setenv("GPTBATCH_COUNTER", counter)
+        monkeypatch.setattr(fast_counter, "_LOADED", {})  # built anew, in the background
+        endpoints._MEMOS.clear()
+        gate.clear()
+        loading_then.clear()
+        out = tmp_path / counter
+        try:
+            result = split_files(paths, 300_000, out_dir=out, max_requests=25, options=options)
+        finally:
+            gate.set()
+        assert fast_counter.status()[0] == counter
+        assert loading_then[0] == (counter == "fastokens")
+        runs[counter] = (all_bytes(out), result.shards)
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
+    assert runs["fastokens"] == runs["tiktoken"]
+    assert len(runs["tiktoken"][1]) > 5
+    if workers == 0:  # this process counted with fastokens past the canary (workers: their own)
+        assert len([t for t in counted if t not in fast_counter.CANARY]) > 50

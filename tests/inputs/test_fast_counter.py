@@ -16,6 +16,7 @@ import array
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -260,3 +261,120 @@ def test_scanner_with_fastokens_counts_as_with_tiktoken(
     fast_counter.select(0)
     assert runs["tiktoken"][0] == runs["fastokens"][0]
     assert runs["tiktoken"][1] != runs["fastokens"][1]
+
+
+def _gated_load(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]]:
+    """Hold the background load until the returned event is set; texts fastokens counted.
+
+    _LOADED starts empty (an earlier test may have built fastokens in this process), so the
+    scan must really build it in the background.
+    """
+    import threading
+
+    gate = threading.Event()
+    counted: list[str] = []
+    real_tokenizer, real_counter = fast_counter.raw_tokenizer, fast_counter.guarded_counter
+
+    def slow_tokenizer(encoding: str) -> object:
+        assert gate.wait(60), "the test never released the load"
+        return real_tokenizer(encoding)
+
+    def recording_counter(encoding: str, tokenizer: object):
+        count = real_counter(encoding, tokenizer)
+        return lambda text: counted.append(text) or count(text)
+
+    monkeypatch.setattr(fast_counter, "_LOADED", {})
+    monkeypatch.setattr(fast_counter, "raw_tokenizer", slow_tokenizer)
+    monkeypatch.setattr(fast_counter, "guarded_counter", recording_counter)
+    return gate, counted
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_load_starts_with_the_first_cold_chunk_and_counts_stay_tiktoken_s(
+    tmp_path, monkeypatch, workers: int
+) -> None:
+    """fastokens starts loading in a thread as soon as the first chunk proves the run cold,
+    while tiktoken counts that chunk; the scan waits for it before reading on (and before
+    forking), and counts the rest with it: every count equals tiktoken's alone."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=40)
+    options = ScanOptions(workers=workers, chunk_bytes=4096, use_cache=False)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "tiktoken")
+    endpoints._MEMOS.clear()
+    expected = [(r.custom_id, r.tokens, r.caveats) for r in Scanner(paths, options).requests()]
+
+    gate, counted = _gated_load(monkeypatch)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    endpoints._MEMOS.clear()
+    got, state = [], []
+    scanner = Scanner(paths, options)
+    try:
+        for record in scanner.requests():
+            got.append((record.custom_id, record.tokens, record.caveats))
+            state.append((fast_counter.loading(), bool(fast_counter.COUNTERS)))
+            gate.set()  # the first record is out: the load was held through the first chunk
+    finally:
+        gate.set()
+        fast_counter.wait_loaded()
+    after_first_chunk = scanner.report.chunks[1].first_record
+    assert 0 < after_first_chunk < len(state)
+    assert state[0] == (True, False)  # loading while the first chunk was counted (tiktoken)
+    assert set(state[after_first_chunk:]) == {(False, True)}  # loaded before reading on
+    assert got == expected
+    assert fast_counter.status()[0] == "fastokens"
+    if workers == 0:
+        # This process counted the rest with fastokens (workers' counts are their own).
+        assert len([t for t in counted if t not in fast_counter.CANARY]) > 50
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
+
+
+def test_a_background_load_that_fails_the_canary_keeps_tiktoken(tmp_path, monkeypatch) -> None:
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=20)
+    options = ScanOptions(workers=2, chunk_bytes=4096, use_cache=False)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "tiktoken")
+    endpoints._MEMOS.clear()
+    expected = [(r.custom_id, r.tokens) for r in Scanner(paths, options).requests()]
+    gate, _ = _gated_load(monkeypatch)
+    gate.set()
+    monkeypatch.setattr(fast_counter, "guarded_counter", lambda encoding, tokenizer: len)
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    endpoints._MEMOS.clear()
+    saved_state = dict(fast_counter._state)
+    try:
+        got = [(r.custom_id, r.tokens) for r in Scanner(paths, options).requests()]
+        assert got == expected
+        counter, why = fast_counter.status()
+        assert counter == "tiktoken" and "canary mismatch" in why
+    finally:
+        fast_counter._state.update(saved_state)
+        monkeypatch.delenv("GPTBATCH_COUNTER")
+        fast_counter.select(0)
+
+
+def test_a_warm_first_chunk_does_not_start_the_load_early(tmp_path, monkeypatch) -> None:
+    """The load starts early only when the first chunk needs counts (a cold run)."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    paths = write_mixed_corpus(tmp_path / "in", requests_per_file=20)
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
+    options = ScanOptions(workers=0, chunk_bytes=1 << 20)
+    scanner = Scanner(paths[:1], options)
+    assert list(scanner.requests())
+    scanner.commit_counts()
+    gate, _ = _gated_load(monkeypatch)
+    first = []
+    try:
+        for _ in Scanner(paths[:1], options).requests():
+            first.append(fast_counter.loading())
+            break
+    finally:
+        gate.set()
+        fast_counter.wait_loaded()
+    assert first == [False]
+    monkeypatch.delenv("GPTBATCH_COUNTER")
+    fast_counter.select(0)
