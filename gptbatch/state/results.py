@@ -18,6 +18,9 @@ from gptbatch.state.rows import (
     ResultRow,
 )
 
+# A request's `done` for its result's state (m004): 1 ok, 2 failed for good, 0 to retry.
+_DONE = {"ok": 1, "failed": 2}
+
 
 class ResultsMixin(StoreBase):
     """The Store's results (one row per request key) and what output files are read from."""
@@ -50,29 +53,43 @@ class ResultsMixin(StoreBase):
         """Write (key, state, attempts, line, error, batch_id) rows, a statement per kind.
 
         The caller has checked that none of these keys holds a final result; a key's earlier
-        row (a retry) is replaced.
+        row (a retry) is replaced. Each row gets the next version of the results counter
+        (unique, and greater than every version before: outputs copy a line whose version
+        they wrote before), the counter moves past them and the requests of these keys take
+        their outcome, a statement each for the whole batch (m011: no per-row triggers).
         """
         now = time.time()
         rows = list(rows)
-        zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
-        earlier = set(self.result_states(r[0] for r in rows))
-        sql = (
-            "INTO results(key, state, attempts, line, zline, error, batch_id, updated_at,"
-            " version) VALUES (?, ?, ?, NULL, ?, ?, ?, ?,"
-            " (SELECT value + 1 FROM counters WHERE name='results'))"
-        )
-        # Keys with no row yet (nearly all) go in with OR FAIL: REPLACE, or the default
-        # ABORT, keeps a statement journal for the triggers' writes (each row's pages copied
-        # to a temp file, a third of the time), and any error here rolls the whole
-        # transaction back anyway.
-        fresh, again = [], []
-        for row in rows:
-            (again if row[0] in earlier else fresh).append(row)
-            earlier.add(row[0])  # given twice: the later one replaces the first
-        for verb, batch in (("INSERT OR FAIL", fresh), ("INSERT OR REPLACE", again)):
+        if not rows:
+            return
+        with self.transaction():  # atomic even for a caller outside one (record_result)
+            zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
+            earlier = set(self.result_states(r[0] for r in rows))
+            base = self.db.execute("SELECT value FROM counters WHERE name='results'").fetchone()[0]
+            sql = (
+                "INTO results(key, state, attempts, line, zline, error, batch_id, updated_at,"
+                " version) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)"
+            )
+            # Keys with no row yet (nearly all) go in with OR FAIL: REPLACE, or the default
+            # ABORT, keeps a statement journal (each row's pages copied to a temp file), and
+            # any error here rolls the whole transaction back anyway.
+            fresh, again = [], []
+            for version, row in enumerate(rows, base + 1):
+                (again if row[0] in earlier else fresh).append((version, row))
+                earlier.add(row[0])  # given twice: the later one replaces the first
+            for verb, batch in (("INSERT OR FAIL", fresh), ("INSERT OR REPLACE", again)):
+                self.db.executemany(
+                    f"{verb} {sql}",
+                    (
+                        (k, st, n, pack_line(ln, zdict), err, b, now, v)
+                        for v, (k, st, n, ln, err, b) in batch
+                    ),
+                )
+            self.db.execute("UPDATE counters SET value=value+? WHERE name='results'", (len(rows),))
+            # In row order: a key given twice ends with its later outcome, as its result does.
             self.db.executemany(
-                f"{verb} {sql}",
-                ((k, st, n, pack_line(ln, zdict), err, b, now) for k, st, n, ln, err, b in batch),
+                "UPDATE requests SET done=?, result_version=? WHERE key=?",
+                ((_DONE.get(r[1], 0), v, r[0]) for v, r in enumerate(rows, base + 1)),
             )
 
     def _dictionary(self, sample: str | None) -> bytes | None:
