@@ -510,6 +510,9 @@ class Outcomes:
         self.prices = prices
         self.batch_id = batch_id
         self.known = store.result_states(keys)
+        # keys with a results row: those found now and those this batch flushed (every key
+        # written is one of `keys`), so write_results need not look them up again
+        self.stored = set(self.known)
         self.rows: list[tuple[str, str, int, str | None, str | None, str | None]] = []
         self.price = usage.price_lookup(prices)
         # The usage of the ok lines written, summed in place (a Usage per line added to
@@ -563,7 +566,8 @@ class Outcomes:
         return usage.Usage(*self._counts, self._cost, tuple(sorted(self._unpriced)))
 
     def flush(self) -> None:
-        self.store.write_results(self.rows)
+        self.store.write_results(self.rows, stored=self.stored)
+        self.stored.update(row[0] for row in self.rows)
         self.rows = []
         if self.resent or self.retried:
             self.store.resend_done(self.resent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from gptbatch.errors import StateError
 from gptbatch.state.base import StoreBase
@@ -48,7 +48,10 @@ class ResultsMixin(StoreBase):
         return out
 
     def write_results(
-        self, rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]]
+        self,
+        rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]],
+        *,
+        stored: Collection[str] | None = None,
     ) -> None:
         """Write (key, state, attempts, line, error, batch_id) rows, a statement per kind.
 
@@ -57,6 +60,8 @@ class ResultsMixin(StoreBase):
         (unique, and greater than every version before: outputs copy a line whose version
         they wrote before), the counter moves past them and the requests of these keys take
         their outcome, a statement each for the whole batch (m011: no per-row triggers).
+        stored: the keys known to have a row already (else they are looked up); a key
+        missing from it that has one fails the write (OR FAIL), it is never lost.
         """
         now = time.time()
         rows = list(rows)
@@ -64,7 +69,10 @@ class ResultsMixin(StoreBase):
             return
         with self.transaction():  # atomic even for a caller outside one (record_result)
             zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
-            earlier = set(self.result_states(r[0] for r in rows))
+            if stored is None:
+                earlier = set(self.result_states(r[0] for r in rows))
+            else:
+                earlier = {r[0] for r in rows if r[0] in stored}
             base = self.db.execute("SELECT value FROM counters WHERE name='results'").fetchone()[0]
             sql = (
                 "INTO results(key, state, attempts, line, zline, error, batch_id, updated_at,"

@@ -95,3 +95,29 @@ def test_a_state_from_m010_is_upgraded_in_place(tmp_path: Path) -> None:
         assert store.counts()["pending"] == 3
     finally:
         store.close()
+
+
+def test_keys_known_to_be_stored_are_not_looked_up_and_a_wrong_guess_fails(
+    tmp_path: Path,
+) -> None:
+    """The collector passes the keys it knows have a row (stored): a retry's row is replaced
+    as with the lookup; a key wrongly left out fails the write instead of losing a row."""
+    import pytest
+
+    store = Store(tmp_path)
+    try:
+        with store.transaction():
+            _requests(store.db, ["a", "b"])
+            store.write_results([("a", "retry", 1, None, "e", "b1")], stored=set())
+            store.write_results(
+                [("a", "ok", 2, "la", None, "b2"), ("b", "ok", 1, "lb", None, "b2")],
+                stored={"a"},
+            )
+        assert [(k, d) for k, d, _ in _outcomes(store)] == [("a", 1), ("b", 1)]
+        assert store.result("a").attempts == 2  # type: ignore[union-attr]
+        assert store.db.execute("SELECT count(*) FROM results").fetchone()[0] == 2
+        with pytest.raises(sqlite3.IntegrityError), store.transaction():
+            store.write_results([("b", "failed", 2, None, "x", "b3")], stored=set())
+        assert store.result("b").state == "ok"  # type: ignore[union-attr]
+    finally:
+        store.close()
