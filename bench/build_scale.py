@@ -64,7 +64,11 @@ def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
             "--port",
             "0",
             "--time-scale",
-            "100000",
+            # Fast, but not so fast that result files expire before they are fetched: at
+            # 100000 the 30 days an output file lives were 26 s, and a 1M build (slower
+            # than that between a batch's end and its download) lost its results and sent
+            # them again. At 1000 they are 43 minutes; a batch still runs in milliseconds.
+            "1000",
             "--tokens-per-second",
             "5000000",
             "--total-tokens-per-second",
