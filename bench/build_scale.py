@@ -64,7 +64,11 @@ def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
             "--port",
             "0",
             "--time-scale",
-            "100000",
+            # Fast, but not so fast that result files expire before they are fetched: at
+            # 100000 the 30 days an output file lives were 26 s, and a 1M build (slower
+            # than that between a batch's end and its download) lost its results and sent
+            # them again. At 1000 they are 43 minutes; a batch still runs in milliseconds.
+            "1000",
             "--tokens-per-second",
             "5000000",
             "--total-tokens-per-second",
@@ -152,7 +156,9 @@ def show(name: str, row: dict[str, object], root: Path) -> None:
     )
 
 
-def scale_100k(n: int, env: dict[str, str], calls: list[int], keep: Path | None) -> None:
+def scale_100k(
+    n: int, env: dict[str, str], calls: list[int], keep: Path | None, first_only: bool = False
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -162,6 +168,9 @@ def scale_100k(n: int, env: dict[str, str], calls: list[int], keep: Path | None)
         config = write_config(root)
         print(f"input: {n:,} requests, {data.stat().st_size / 2**20:.1f} MiB", flush=True)
         show("first build", peak_rss_build(config, env, calls), root)
+        if first_only:
+            report_outputs(root)
+            return
         show("no-op rebuild", peak_rss_build(config, env, calls), root)
         lines = data.read_text().splitlines()
         edited = json.loads(lines[len(lines) // 2])
@@ -175,11 +184,17 @@ def scale_100k(n: int, env: dict[str, str], calls: list[int], keep: Path | None)
             for i in range(n, n + n // 100):
                 f.write(json.dumps(request(i, rng)) + "\n")
         show("append 1%", peak_rss_build(config, env, calls), root)
-        out = root / "out" / "big.jsonl"
-        with open(out) as f:
-            lines_out = sum(1 for _ in f)
-        size = out.stat().st_size / 2**20
-        print(f"output: {lines_out:,} lines, {size:.1f} MiB", flush=True)
+        report_outputs(root)
+
+
+def report_outputs(root: Path) -> None:
+    """The outputs' lines and size beside the state's size (the issue: state <= outputs)."""
+    out = root / "out" / "big.jsonl"
+    with open(out) as f:
+        lines_out = sum(1 for _ in f)
+    size = out.stat().st_size / 2**20
+    state = tree_size(root / "out" / ".gptbatch") / 2**20
+    print(f"output: {lines_out:,} lines, {size:.1f} MiB; state {state:.1f} MiB", flush=True)
 
 
 def synthetic_state(root: Path, n: int) -> Path:
@@ -226,6 +241,10 @@ def synthetic_state(root: Path, n: int) -> Path:
             " VALUES (?,?,?,?,?,?,?)",
             results(),
         )
+        # Results inserted by SQL: their requests' outcomes and the results counter are set
+        # here, as write_results does (m011: no per-row triggers).
+        db.execute("UPDATE requests SET done=1, result_version=NULL")
+        db.execute("UPDATE counters SET value=value+? WHERE name='results'", (n,))
         db.execute(
             "INSERT INTO inputs VALUES (?,?,?,?,?,?,?)",
             (str(data), st.st_size, st.st_mtime_ns, "x", config_fingerprint(spec), n, 1.0),
@@ -270,6 +289,10 @@ def built_state(root: Path, n: int) -> Path:
             " 'usage', json_object('prompt_tokens', tokens, 'completion_tokens', 9)))),"
             " 'batch_x', 1.0, -1-ordinal FROM requests"
         )
+        # the outcomes write_results would set (m011: no per-row triggers)
+        db.execute("UPDATE requests SET done=1, result_version=-1-ordinal")
+        db.execute("UPDATE counters SET value=value+(SELECT count(*) FROM results)"
+                   " WHERE name='results'")  # fmt: skip
     db.close()
     return config
 
@@ -320,6 +343,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--noop-requests", type=int, default=1_000_000, help="0: skip")
     parser.add_argument("--skip-scale", action="store_true", help="only the large no-op")
+    parser.add_argument(
+        "--first-only", action="store_true", help="only the first build (e.g. --requests 1000000)"
+    )
     parser.add_argument("--keep", type=Path, help="build the 100k project here and keep it")
     parser.add_argument(
         "--edit-requests", default="", help="sizes for the one-line edit, e.g. 10000,100000"
@@ -329,7 +355,7 @@ def main() -> None:
     env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
     try:
         if not args.skip_scale:
-            scale_100k(args.requests, env, calls, args.keep)
+            scale_100k(args.requests, env, calls, args.keep, args.first_only)
         if args.noop_requests:
             scale_1m(args.noop_requests, env, calls)
         if args.edit_requests:

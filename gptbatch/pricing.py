@@ -139,8 +139,12 @@ def estimate_cost(
     cached_tokens (part of input_tokens) go at the cached-input price where the table or
     config gives one, else at the input price (an upper bound)."""
     price = price_for(model, overrides)
-    if price is None:
-        return None
+    return None if price is None else cost_at(price, input_tokens, output_tokens, cached_tokens)
+
+
+def cost_at(price: Price, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+    """US dollars for these tokens at this price; cached_tokens (part of input_tokens) at
+    its cached-input price, else at the input price (an upper bound)."""
     cached = max(0, min(cached_tokens, input_tokens))
     rate = price.cached_input if price.cached_input is not None else price.input
     spent = (input_tokens - cached) * price.input + cached * rate + output_tokens * price.output

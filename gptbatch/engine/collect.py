@@ -510,8 +510,16 @@ class Outcomes:
         self.prices = prices
         self.batch_id = batch_id
         self.known = store.result_states(keys)
+        # keys with a results row: those found now and those this batch flushed (every key
+        # written is one of `keys`), so write_results need not look them up again
+        self.stored = set(self.known)
         self.rows: list[tuple[str, str, int, str | None, str | None, str | None]] = []
-        self.spent = usage.Usage()
+        self.price = usage.price_lookup(prices)
+        # The usage of the ok lines written, summed in place (a Usage per line added to
+        # another made a third object per result).
+        self._counts = [0, 0, 0, 0, 0]
+        self._cost: float | None = 0.0
+        self._unpriced: set[str] = set()
 
     def add(
         self, key: str, state: str, line: str | None, error: str | None, obj: Any = None
@@ -534,15 +542,32 @@ class Outcomes:
         self.rows.append((key, state, attempts, line, error, self.batch_id))
         if state == "ok" and line is not None:
             if obj is None:
-                self.spent += usage.line_usage(line, self.prices)
+                self._spend(usage.line_usage(line, self.prices))
             else:
-                self.spent += usage.result_usage(obj, self.prices)
+                self._spend(usage.result_usage(obj, lookup=self.price))
         if len(self.rows) >= self.CHUNK:
             self.flush()
         return state
 
+    def _spend(self, used: usage.Usage) -> None:
+        counts = self._counts
+        counts[0] += used.requests
+        counts[1] += used.input
+        counts[2] += used.cached
+        counts[3] += used.output
+        counts[4] += used.reasoning
+        if self._cost is not None:
+            self._cost = None if used.cost is None else self._cost + used.cost
+        self._unpriced.update(used.unpriced)
+
+    @property
+    def spent(self) -> usage.Usage:
+        """The usage of the ok lines written (what usage.add_written adds to the totals)."""
+        return usage.Usage(*self._counts, self._cost, tuple(sorted(self._unpriced)))
+
     def flush(self) -> None:
-        self.store.write_results(self.rows)
+        self.store.write_results(self.rows, stored=self.stored)
+        self.stored.update(row[0] for row in self.rows)
         self.rows = []
         if self.resent or self.retried:
             self.store.resend_done(self.resent)

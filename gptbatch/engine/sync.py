@@ -341,9 +341,21 @@ def _scan_facts(req: Request, line: bytes | None) -> tuple[int, int, bytes | Non
 def _scanned_rows(spec: Spec, scanner: Scanner, tally: dict[str, int]) -> _Rows:
     """The rows _rows gives for an input with no earlier rows, from a parallel scan."""
     prices = spec.prices
+    known: dict[str, pricing.Price | None] = {}  # an input names one model or a few
     for ordinal, req in enumerate(scanner.requests()):
         nbytes, bound, digest = req.extra
-        cost = pricing.estimate_cost(req.model or "", req.tokens, bound, prices)
+        model = req.model or ""
+        price = (
+            known[model]
+            if model in known
+            else known.setdefault(model, pricing.price_for(model, prices))
+        )
+        # pricing.estimate_cost's sum, the price looked up once per model
+        cost = (
+            None
+            if price is None
+            else (req.tokens * price.input + bound * price.output) / pricing.TOKENS_PER_UNIT
+        )
         tally["requests"] += 1
         tally["new"] += 1
         yield (*_row(ordinal, req, req.tokens, nbytes, req.inputs, cost, "new"), digest)

@@ -9,11 +9,11 @@ writes as it writes them (`add_written`); `account` catches up with any other.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gptbatch.pricing import estimate_cost
+from gptbatch.pricing import Price, cost_at, price_for
 from gptbatch.state.store import Store
 
 _META_TOTAL = "usage_total"
@@ -98,8 +98,30 @@ def line_usage(line: str, prices: Mapping[str, Mapping[str, float]] | None = Non
     return result_usage(obj, prices)
 
 
-def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = None) -> Usage:
-    """The usage and cost of one result line, parsed."""
+def price_lookup(
+    prices: Mapping[str, Mapping[str, float]] | None = None,
+) -> Callable[[str | None], Price | None]:
+    """price_for under these prices, each model's answer kept: a collector prices every
+    result line, and a batch's lines name one model or a few."""
+    known: dict[str | None, Price | None] = {}
+
+    def lookup(model: str | None) -> Price | None:
+        try:
+            return known[model]
+        except KeyError:
+            price = known[model] = price_for(model, prices)
+            return price
+
+    return lookup
+
+
+def result_usage(
+    obj: Any,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    lookup: Callable[[str | None], Price | None] | None = None,
+) -> Usage:
+    """The usage and cost of one result line, parsed (lookup: price_lookup(prices))."""
     try:
         body = (obj.get("response") or {}).get("body") or {}
     except AttributeError:
@@ -118,11 +140,10 @@ def result_usage(obj: Any, prices: Mapping[str, Mapping[str, float]] | None = No
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     model = body.get("model", body.get("modelVersion"))  # modelVersion: Gemini's
     model = model if isinstance(model, str) else None
-    # Cached input at the table's cached-input price, or the full input price where it
-    # names none (an upper bound).
-    cost = estimate_cost(model, inputs, output, prices, cached_tokens=cached)
-    if cost is None:
+    price = lookup(model) if lookup is not None else price_for(model, prices)
+    if price is None:
         return Usage(1, inputs, cached, output, reasoning, None, (model or "(no model)",))
+    cost = cost_at(price, inputs, output, cached)
     return Usage(1, inputs, cached, output, reasoning, cost)
 
 

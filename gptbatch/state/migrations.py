@@ -209,6 +209,26 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        # Results are written a batch at a time (ResultsMixin.write_results): the versions,
+        # the results counter and the requests' outcomes (done, result_version) are set by
+        # one statement each per batch, not by triggers run for every row (half the time of
+        # recording a batch's results). A request's outcome no longer bumps the requests
+        # counter: every write that changes one bumps the results counter in the same
+        # transaction (per batch, or by results_upd / results_del), which is what cached
+        # answers and outputs_fingerprint read. Updates and deletes of results (rare: a
+        # forced rebuild, gc) keep their triggers.
+        "m011_batched_results",
+        """
+        DROP TRIGGER results_ins;
+        DROP TRIGGER results_done_ins;
+        DROP TRIGGER requests_upd;
+        CREATE TRIGGER requests_upd AFTER UPDATE OF path, ordinal, length, key, custom_id,
+            model, url, tokens, nbytes, inputs, cost, reason, digest ON requests BEGIN
+            UPDATE counters SET value=value+1 WHERE name='requests';
+        END;
+        """,
+    ),
+    (
         # Requests failed for good, by input: with requests_open (done=0) and each input's
         # request count, the counts of a build's start and end are read from these small
         # indexes instead of a walk over every request (a second at a million).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from gptbatch.errors import StateError
 from gptbatch.state.base import StoreBase
@@ -17,6 +17,9 @@ from gptbatch.state.rows import (
     RequestRow,
     ResultRow,
 )
+
+# A request's `done` for its result's state (m004): 1 ok, 2 failed for good, 0 to retry.
+_DONE = {"ok": 1, "failed": 2}
 
 
 class ResultsMixin(StoreBase):
@@ -45,34 +48,56 @@ class ResultsMixin(StoreBase):
         return out
 
     def write_results(
-        self, rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]]
+        self,
+        rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]],
+        *,
+        stored: Collection[str] | None = None,
     ) -> None:
         """Write (key, state, attempts, line, error, batch_id) rows, a statement per kind.
 
         The caller has checked that none of these keys holds a final result; a key's earlier
-        row (a retry) is replaced.
+        row (a retry) is replaced. Each row gets the next version of the results counter
+        (unique, and greater than every version before: outputs copy a line whose version
+        they wrote before), the counter moves past them and the requests of these keys take
+        their outcome, a statement each for the whole batch (m011: no per-row triggers).
+        stored: the keys known to have a row already (else they are looked up); a key
+        missing from it that has one fails the write (OR FAIL), it is never lost.
         """
         now = time.time()
         rows = list(rows)
-        zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
-        earlier = set(self.result_states(r[0] for r in rows))
-        sql = (
-            "INTO results(key, state, attempts, line, zline, error, batch_id, updated_at,"
-            " version) VALUES (?, ?, ?, NULL, ?, ?, ?, ?,"
-            " (SELECT value + 1 FROM counters WHERE name='results'))"
-        )
-        # Keys with no row yet (nearly all) go in with OR FAIL: REPLACE, or the default
-        # ABORT, keeps a statement journal for the triggers' writes (each row's pages copied
-        # to a temp file, a third of the time), and any error here rolls the whole
-        # transaction back anyway.
-        fresh, again = [], []
-        for row in rows:
-            (again if row[0] in earlier else fresh).append(row)
-            earlier.add(row[0])  # given twice: the later one replaces the first
-        for verb, batch in (("INSERT OR FAIL", fresh), ("INSERT OR REPLACE", again)):
+        if not rows:
+            return
+        with self.transaction():  # atomic even for a caller outside one (record_result)
+            zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
+            if stored is None:
+                earlier = set(self.result_states(r[0] for r in rows))
+            else:
+                earlier = {r[0] for r in rows if r[0] in stored}
+            base = self.db.execute("SELECT value FROM counters WHERE name='results'").fetchone()[0]
+            sql = (
+                "INTO results(key, state, attempts, line, zline, error, batch_id, updated_at,"
+                " version) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)"
+            )
+            # Keys with no row yet (nearly all) go in with OR FAIL: REPLACE, or the default
+            # ABORT, keeps a statement journal (each row's pages copied to a temp file), and
+            # any error here rolls the whole transaction back anyway.
+            fresh, again = [], []
+            for version, row in enumerate(rows, base + 1):
+                (again if row[0] in earlier else fresh).append((version, row))
+                earlier.add(row[0])  # given twice: the later one replaces the first
+            for verb, batch in (("INSERT OR FAIL", fresh), ("INSERT OR REPLACE", again)):
+                self.db.executemany(
+                    f"{verb} {sql}",
+                    (
+                        (k, st, n, pack_line(ln, zdict), err, b, now, v)
+                        for v, (k, st, n, ln, err, b) in batch
+                    ),
+                )
+            self.db.execute("UPDATE counters SET value=value+? WHERE name='results'", (len(rows),))
+            # In row order: a key given twice ends with its later outcome, as its result does.
             self.db.executemany(
-                f"{verb} {sql}",
-                ((k, st, n, pack_line(ln, zdict), err, b, now) for k, st, n, ln, err, b in batch),
+                "UPDATE requests SET done=?, result_version=? WHERE key=?",
+                ((_DONE.get(r[1], 0), v, r[0]) for v, r in enumerate(rows, base + 1)),
             )
 
     def _dictionary(self, sample: str | None) -> bytes | None:

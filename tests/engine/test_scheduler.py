@@ -135,3 +135,61 @@ def test_a_shard_holds_as_many_requests_as_its_token_share_needs(tmp_path) -> No
         assert first.requests > FILL_LOOKAHEAD
     finally:
         store.close()
+
+
+def test_a_plan_stops_reading_once_every_group_waits_for_room(tmp_path) -> None:
+    """In the tail, once no shard fits the queue, a plan reads no further (it runs at every
+    turnover: reading and holding every pending request each time was quadratic)."""
+    import json
+
+    import yaml
+
+    from gptbatch.config.spec import load_spec
+    from gptbatch.engine.budget import Budget
+    from gptbatch.engine.scheduler import Scheduler
+    from gptbatch.engine.summary import BuildSummary
+    from gptbatch.engine.sync import sync_inputs
+    from gptbatch.report import NullReporter
+    from gptbatch.state.store import Store
+
+    line = {"method": "POST", "url": "/v1/chat/completions"}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    (tmp_path / "in.jsonl").write_text(
+        "".join(
+            json.dumps({"custom_id": f"r{i}", **line, "body": body}) + "\n"
+            for i in range(30_000)  # 8 prompt tokens each: 240,000 tokens
+        )
+    )
+    (tmp_path / "batch.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "inputs": ["in.jsonl"],
+                "output_dir": "out",
+                "limits": {"enqueued_tokens": 48_000, "safety_margin": 0, "pipeline": 4},
+            }
+        )
+    )
+    spec = load_spec(tmp_path / "batch.yaml")
+    store = Store(tmp_path / "state")
+    read = [0]
+    pending = store.pending_requests
+
+    def counted():  # type: ignore[no-untyped-def]
+        for row in pending():
+            read[0] += 1
+            yield row
+
+    store.pending_requests = counted  # type: ignore[method-assign]
+    try:
+        sync_inputs(spec, store, NullReporter())
+        scheduler = Scheduler(spec, store, NullReporter(), Budget(spec, store), BuildSummary())
+        made = scheduler.plan()
+        packed = sum(s.requests for s in store.shards())
+        assert made > 0 and 0 < packed < 30_000 and scheduler.tail_waiting
+        assert read[0] < 30_000  # the first plan stopped where the tail waits
+        read[0] = 0
+        assert scheduler.plan() == 0  # no room yet: nothing is cut, and little is read
+        assert scheduler.tail_waiting
+        assert 0 < read[0] < (30_000 - packed) // 2, (read[0], packed)
+    finally:
+        store.close()
