@@ -184,6 +184,7 @@ def load_targets(
             where=None if where_text is None else str(where_text),
             delimiter=dialect[0],
             quotechar=dialect[1],
+            sniff=upstream is None and entry.get("csv") is None,
         )
     problems += _cycles(targets, node, display)
     by_name = {t.name: t for t in targets.values()}

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -62,6 +63,7 @@ class Target:
     # the CSV data's dialect (csv: on the target; a .tsv file's delimiter is a tab)
     delimiter: str = ","
     quotechar: str = '"'
+    sniff: bool = False  # no csv: given: the header may show another delimiter (_sniffed)
 
 
 def rendered_path(state: Path, name: str) -> Path:
@@ -397,7 +399,8 @@ def _row_id(target: Target, line: int, row: Mapping[str, Any], seen: dict[str, i
         header = ", ".join(row)
         mark = next((m for m in (";", "\t", "|") if m in header), None)
         csv_data = target.data.suffix.lower() not in (".jsonl", ".ndjson", ".parquet", ".pq")
-        if mark is not None and len(row) == 1 and target.delimiter != mark and csv_data:
+        split = [c.strip() for c in header.split(mark)] if mark is not None else []
+        if len(row) == 1 and target.delimiter != mark and csv_data and target.id in split:
             # a whole header read as one column: the file is delimited by something else
             written = "\\t" if mark == "\t" else mark
             hint = (
@@ -514,10 +517,35 @@ def _jsonl_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dic
         yield number, record
 
 
+SNIFFED = (";", "\t", "|")  # delimiters a header can show where csv: names none
+
+
+def _sniffed(target: Target, header: str) -> str:
+    """The delimiter of a CSV whose target gives none: the default, unless the header read
+    with it lacks the id column and read with one of SNIFFED has it (a ;-separated export).
+
+    Decided by the id column, not by a guess over the text: a file that reads with the
+    default reads so forever, and its requests keep their keys.
+    """
+
+    def columns(delimiter: str) -> list[str]:
+        fields = next(csv.reader([header], delimiter=delimiter, quotechar=target.quotechar), [])
+        return [c.strip() for c in fields]
+
+    if not target.sniff or target.id in columns(target.delimiter):
+        return target.delimiter
+    return next((d for d in SNIFFED if target.id in columns(d)), target.delimiter)
+
+
 def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    first = next(lines, None)
+    if first is None:
+        raise InputError(Problem(target.data_display, 1, "empty CSV", "add a header row"))
+    delimiter = _sniffed(target, first.rstrip("\r\n"))
+    lines = itertools.chain([first], lines)
     # strict: an unclosed quote is an error; the lenient reader took every line after it, to
     # the end of the file, into that one field, and those rows were silently never sent
-    reader = csv.reader(lines, strict=True, delimiter=target.delimiter, quotechar=target.quotechar)
+    reader = csv.reader(lines, strict=True, delimiter=delimiter, quotechar=target.quotechar)
     start = 1
     try:
         header = next(reader, None)
@@ -545,8 +573,9 @@ def _csv_rows(target: Target, lines: Iterator[str]) -> Iterator[tuple[int, dict[
                     Problem(
                         target.data_display,
                         line,
-                        f"row has {len(fields)} fields, the header {len(columns)}",
-                        "quote fields holding commas; every row needs one field per column",
+                        f"row has {len(fields)} fields, the header {len(columns)}"
+                        + (f" (columns separated by {delimiter!r})" if delimiter != "," else ""),
+                        "quote fields holding the separator; every row needs one field per column",
                     )
                 )
             yield line, dict(zip(columns, fields, strict=True))

@@ -1,4 +1,5 @@
-"""CSV dialects on data targets: `csv: {delimiter, quotechar}`, .tsv, and the hint when unset."""
+"""CSV dialects on data targets: `csv: {delimiter, quotechar}`, .tsv, a delimiter the header
+shows when csv: is unset, and the hint."""
 
 from __future__ import annotations
 
@@ -51,16 +52,43 @@ def test_a_tsv_file_is_tab_delimited_by_default(tmp_path: Path, simulator) -> No
     assert [r[1] for r in table(project.out / "sentiment.csv")[1:]] == ["one, two", "three"]
 
 
-def test_a_missing_id_column_suggests_the_delimiter(tmp_path: Path, capsys) -> None:
-    project = data_project(tmp_path, SEMICOLONS)
+def test_a_header_with_the_id_column_under_another_delimiter_is_read_so(
+    tmp_path: Path, simulator
+) -> None:
+    """No csv: given: a header that has the id column only when split by ; (or tab, or |)
+    says how the file is delimited; rewritten as plain CSV it makes the same requests."""
+    text = 'review_id;text\nrv0;"Good; really good"\nrv1;Bad, sadly\n'
+    project = data_project(tmp_path, text)
+    assert project.build() == EXIT_OK
+    assert sorted(i for i in billed_ids(simulator) if i.startswith("rv")) == ["rv0", "rv1"]
+    rows = table(project.out / "sentiment.csv")
+    assert [r[:2] for r in rows] == [["review_id", "text"], ["rv0", "Good; really good"],
+                                     ["rv1", "Bad, sadly"]]  # fmt: skip
+    billed = len(billed_ids(simulator))
+    (tmp_path / "data" / "reviews.csv").write_text(
+        'review_id,text\nrv0,Good; really good\nrv1,"Bad, sadly"\n'
+    )
+    assert project.build() == EXIT_OK
+    assert len(billed_ids(simulator)) == billed
+    (tmp_path / "data" / "reviews.csv").write_text("review_id\ttext\nrv0\tGood; really good\n")
+    assert project.build() == EXIT_OK
+    assert len(billed_ids(simulator)) == billed  # tabs too
+
+
+def test_a_missing_id_column_names_the_columns_and_the_delimiter(tmp_path: Path, capsys) -> None:
+    # an explicit csv: is not second-guessed; the hint says what the header shows
+    project = data_project(tmp_path, SEMICOLONS, csv={"delimiter": ","})
     assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "reviews.csv:2: target sentiment: no id column 'review_id'" in err, err
     assert 'set csv: {delimiter: ";"} on the target' in err, err
-    (tmp_path / "data" / "reviews.csv").write_text("review_id\ttext\nt0\tx\n")
+    # sniffed, but the quotes are not the default's: the row's fields are counted by ;
+    (tmp_path / "q").mkdir()
+    project = data_project(tmp_path / "q", SEMICOLONS)
     assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
-    assert 'set csv: {delimiter: "\\t"} on the target' in capsys.readouterr().err
-    (tmp_path / "data" / "reviews.csv").write_text("name,text\nt0,x|y\n")
+    err = capsys.readouterr().err
+    assert "row has 3 fields, the header 2 (columns separated by ';')" in err, err
+    (tmp_path / "q" / "data" / "reviews.csv").write_text("name,text\nt0,x|y\n")
     assert main(["validate", str(project.config)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "the columns are name, text; set id: to one of them" in err and "csv: {" not in err
