@@ -318,7 +318,18 @@ def _write_parquet(target: Target, csv_path: Path, pq_path: Path) -> None:
             keep,
             header[columns:],
             (fields[columns:] for fields in reader),
+            [None, *_property_kinds(target)],  # `answer` (text), then the schema's properties
         )
+
+
+def _property_kinds(target: Target) -> list[str | None]:
+    """Each top-level answer property's JSON type, if the schema gives it one type."""
+    schema = answer_schema(target.request) or {}
+    properties = schema.get("properties") or {}
+    return [
+        kind if isinstance(kind := (spec or {}).get("type"), str) else None
+        for spec in properties.values()
+    ]
 
 
 def _digest(*parts: Any) -> bytes:

@@ -93,6 +93,19 @@ def as_text(value: Any) -> str:
     )
 
 
+# A schema property's JSON type -> its Parquet column's type and how a CSV cell becomes a
+# value of it (the CSV table holds strings as they are, everything else as JSON). Objects,
+# arrays and properties of no single type stay strings (their JSON).
+_INT64 = range(-(2**63), 2**63)
+_TYPED: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "string": ("string", str),
+    # an integer beyond 64 bits (valid JSON Schema, rare) is null here; the CSV table has it
+    "integer": ("int64", lambda cell: v if (v := int(json.loads(cell))) in _INT64 else None),
+    "number": ("float64", lambda cell: float(json.loads(cell))),
+    "boolean": ("bool_", lambda cell: bool(json.loads(cell))),
+}
+
+
 def write_table(
     source: Path,
     display: str,
@@ -100,19 +113,24 @@ def write_table(
     keep: Callable[[int, dict[str, str]], bool],
     answers: Sequence[str],
     rows: Iterator[Sequence[str]],
+    kinds: Sequence[str | None] = (),
 ) -> None:
     """Write the answers table as Parquet to out: the source's rows that keep() passes, with
-    their columns as typed in the source, then one string column per answer column (null
-    where the CSV table's cell is empty). rows: the CSV table's answer cells, row by row."""
+    their columns as typed in the source, then one column per answer column (null where the
+    CSV table's cell is empty): typed by kinds (a schema property's JSON type, or None) where
+    it names a type of _TYPED, else strings. rows: the CSV table's answer cells, row by row."""
     import pyarrow as pa
+
+    typed = [_TYPED.get(kind or "", ("string", str)) for kind in kinds]
+    typed += [("string", str)] * (len(answers) - len(typed))
 
     pq = _parquet(display)
     number = 0
     with open(source, "rb") as f:
         reader = pq.ParquetFile(f)
         schema = reader.schema_arrow
-        for name in answers:
-            schema = schema.append(pa.field(name, pa.string()))
+        for name, (kind, _) in zip(answers, typed, strict=True):
+            schema = schema.append(pa.field(name, getattr(pa, kind)()))
         with pq.ParquetWriter(out, schema) as writer:
             for batch in reader.iter_batches(batch_size=BATCH_ROWS):
                 chosen = []
@@ -121,9 +139,15 @@ def write_table(
                     if keep(number, {str(k): as_text(v) for k, v in record.items()}):
                         chosen.append(i)
                 kept = batch.take(pa.array(chosen, type=pa.int64()))
-                cells: list[list[str | None]] = [[] for _ in answers]
+                cells: list[list[Any]] = [[] for _ in answers]
                 for _ in chosen:
-                    for column, cell in zip(cells, next(rows), strict=True):
-                        column.append(cell or None)
-                arrays = [*kept.columns, *(pa.array(c, type=pa.string()) for c in cells)]
+                    for column, cell, (_, convert) in zip(cells, next(rows), typed, strict=True):
+                        column.append(convert(cell) if cell else None)
+                arrays = [
+                    *kept.columns,
+                    *(
+                        pa.array(c, type=getattr(pa, kind)())
+                        for c, (kind, _) in zip(cells, typed, strict=True)
+                    ),
+                ]
                 writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))

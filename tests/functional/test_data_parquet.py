@@ -65,12 +65,18 @@ def test_a_parquet_target_builds_and_writes_its_table_as_parquet(tmp_path: Path,
     assert rendered[0]["body"]["messages"][1]["content"] == "note: [n0]"
     table = pq.read_table(project.out / "sentiment.parquet")
     assert table.column("review_id").to_pylist() == ids
-    # the data's columns keep their types; the answers are strings
+    # the data's columns keep their types; the answer is text, each schema property is a
+    # column of its JSON type
     assert table.schema.field("stars").type == pa.int32()
     assert table.schema.field("day").type == pa.date32()
     assert table.column("note").to_pylist()[:2] == ["n0", None]
+    assert table.schema.field("answer").type == pa.string()
+    assert table.schema.field("sentiment").type == pa.string()
     answers = table.column("sentiment").to_pylist()
-    assert all(a in ("positive", "negative", "neutral") for a in answers), answers
+    assert all(a in ("positive", "negative", "mixed") for a in answers), answers
+    assert table.schema.field("score").type == pa.int64()
+    scores = table.column("score").to_pylist()
+    assert all(type(v) is int and 1 <= v <= 5 for v in scores), scores
     with open(project.out / "sentiment.csv", encoding="utf-8") as f:
         assert f.readline().startswith("review_id,text,stars,verified,note,day,answer,")
     # no change: nothing billed, the Parquet table not written again
