@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptbatch.errors import InputError, Problem, UsageError
+from gptbatch.inputs.parquet import is_parquet, parquet_columns
+from gptbatch.inputs.render import SNIFFED
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
@@ -47,7 +49,10 @@ class DataScaffold:
 
 
 def table_columns(path: Path) -> list[str]:
-    """The columns of a CSV (its header row) or JSONL table (its first record's keys)."""
+    """The columns of a CSV (its header row), JSONL table (its first record's keys) or
+    Parquet file (its schema)."""
+    if is_parquet(path):
+        return parquet_columns(path, str(path))
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
@@ -69,12 +74,12 @@ def table_columns(path: Path) -> list[str]:
                     )
                 return [str(k) for k in record]
         raise InputError(Problem(str(path), None, "no records", "one JSON object a line"))
-    if path.suffix.lower() == ".parquet":
-        raise UsageError(
-            f"{path}: data targets read CSV (with a header row) and JSONL records, not "
-            "Parquet: convert the table to one of them"
-        )
-    header = next(csv.reader(text.splitlines()[:1]), None)
+    # The separator that splits the header into the most columns (commas on a tie): the
+    # build then finds the id column with it (render's sniffing, when csv: is unset).
+    first = text.splitlines()[:1]
+    header = max(
+        (next(csv.reader(first, delimiter=d), None) or [] for d in (",", *SNIFFED)), key=len
+    )
     if not header or not any(c.strip() for c in header):
         raise InputError(Problem(str(path), 1, "no header row", "the first row names the columns"))
     return [c.strip() for c in header]
@@ -106,7 +111,9 @@ def scaffold_data_target(
 ) -> DataScaffold:
     """The data target for a table: its name, id column and a template naming its columns."""
     if not data.is_file():
-        raise UsageError(f"{data}: no such file (a CSV with a header row, or JSONL records)")
+        raise UsageError(
+            f"{data}: no such file (a CSV with a header row, JSONL records or Parquet)"
+        )
     columns = table_columns(data)
     ident = pick_id(columns, id_column, data)
     name = _NAME.sub("-", data.stem).strip("-") or "target"

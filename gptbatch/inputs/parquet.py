@@ -49,6 +49,17 @@ def _parquet(display: str) -> Any:
     return pq
 
 
+def parquet_columns(path: Path, display: str) -> list[str]:
+    """A Parquet file's column names, from its footer (no row is read)."""
+    pq = _parquet(display)
+    try:
+        return [str(name) for name in pq.ParquetFile(path).schema_arrow.names]
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(
+            Problem(display, None, f"not a readable Parquet file: {exc}", "check the file")
+        ) from None
+
+
 def parquet_rows(path: Path, display: str) -> Iterator[tuple[int, dict[str, str]]]:
     """(row number from 1, the row's values as CSV text) of each row, a batch at a time."""
     pq = _parquet(display)

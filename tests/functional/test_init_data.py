@@ -96,3 +96,27 @@ def test_init_data_refuses_a_missing_table_and_id_without_data(tmp_path: Path, c
     assert main(["init", str(tmp_path), "--id", "x"]) == EXIT_BAD_INPUT
     assert "pass --data too" in capsys.readouterr().err
     assert not (tmp_path / "batch.yaml").exists()
+
+
+def test_init_data_reads_a_parquet_schema_and_a_semicolon_header(tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data" / "rows.parquet"
+    data.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"row_id": ["a", "b"], "body": ["one", "two"], "n": [1, 2]}), data)
+    semis = _table(tmp_path, "semi.csv", "review_id;product;text\nrv-1;kettle;Boils fast.\n")
+    cases = (
+        (data, "body: {{ body }}\nn: {{ n }}", ["a", "b"]),
+        (semis, "product: {{ product }}\ntext: {{ text }}", ["rv-1"]),
+    )
+    for table, columns, expected in cases:
+        project = tmp_path / table.stem
+        assert main(["init", str(project), "--data", str(table)]) == EXIT_OK
+        capsys.readouterr()
+        template = yaml.safe_load((project / "prompts" / f"{table.stem}.yaml").read_text())
+        assert template["body"]["messages"][-1]["content"] == columns
+        assert main(["build", str(project / "batch.yaml"), "--simulate"]) == EXIT_OK
+        out = project / "out-simulated" / f"{table.stem}.jsonl"
+        ids = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+        assert ids == expected
