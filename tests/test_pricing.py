@@ -154,4 +154,19 @@ def test_claude_cache_reads_and_writes_count_as_input() -> None:
     body = {"model": "claude-3-5-haiku-20241022", "usage": usage}
     u = result_usage({"response": {"status_code": 200, "body": body}})
     assert (u.input, u.cached, u.output) == (1150, 1000, 10)
-    assert u.cost == pytest.approx((150 * 0.4 + 1000 * 0.08 + 10 * 2.0) / 1e6)
+    # a cache write costs 1.25x the input price (the 5-minute cache, with no breakdown)
+    assert u.cost == pytest.approx((150 * 0.4 + 1000 * 0.08 + 10 * 2.0 + 50 * 0.25 * 0.4) / 1e6)
+    # by TTL: the hour's cache writes cost 2x the input price
+    usage["cache_creation"] = {"ephemeral_5m_input_tokens": 20, "ephemeral_1h_input_tokens": 30}
+    u = result_usage({"response": {"status_code": 200, "body": body}})
+    extra = (20 * 0.25 + 30 * 1.0) * 0.4
+    assert u.cost == pytest.approx((150 * 0.4 + 1000 * 0.08 + 10 * 2.0 + extra) / 1e6)
+    # export prices the row the same way
+    from gptbatch.commands.export import export_row
+    from gptbatch.state.rows import RequestRow, ResultRow
+
+    line = json.dumps({"custom_id": "c", "response": {"status_code": 200, "body": body}})
+    request = RequestRow("in.jsonl", 0, 1, 0, 1, "k", "c", "claude-3-5-haiku-20241022",
+                         "/v1/messages", 1, 1, 1, None, None)  # fmt: skip
+    row = export_row(request, ResultRow("k", "ok", 1, line, None, "b"), "in.jsonl")
+    assert row.cost == pytest.approx(u.cost)

@@ -13,12 +13,12 @@ from typing import IO, Any
 
 from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import output_paths
-from gptbatch.engine.usage import anthropic_usage, gemini_usage
+from gptbatch.engine.usage import anthropic_usage, gemini_usage, usage_cost
 from gptbatch.errors import UsageError
 from gptbatch.inputs.gemini_lines import GENERATE_URL
 from gptbatch.inputs.located import RowLines
 from gptbatch.inputs.render import Target
-from gptbatch.pricing import estimate_cost
+from gptbatch.pricing import price_for
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store, state_dir
 
@@ -144,8 +144,9 @@ def export_row(
     reply, finish = reply_of(request.url, body)
     usage = usage_of(body)
     cost = None
-    if usage[0] is not None:
-        cost = estimate_cost(model, usage[0], usage[2] or 0, prices, cached_tokens=usage[1] or 0)
+    price = price_for(model, prices) if usage[0] is not None else None
+    if price is not None and usage[0] is not None:
+        cost = usage_cost(price, usage[0], usage[2] or 0, usage[1] or 0, body.get("usage"))
     if cost is not None:  # whole units of 1e-10 dollars: no 2.1599999999999996e-05 float noise
         cost = round(cost, 10)
     return ExportRow(

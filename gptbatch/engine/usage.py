@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gptbatch.pricing import Price, cost_at, price_for
+from gptbatch.pricing import TOKENS_PER_UNIT, Price, cost_at, price_for
 from gptbatch.state.store import Store
 
 _META_TOTAL = "usage_total"
@@ -74,10 +74,39 @@ def gemini_usage(meta: Any) -> dict[str, Any] | None:
     }
 
 
+# What Claude's prompt-cache writes cost beyond the input price, per token written: a
+# 5-minute cache write is 1.25x the input price, an hour's 2x (Anthropic's pricing page,
+# prompt caching; the batch discount applies to both, as to the input price it multiplies).
+_WRITE_PREMIUM = {"ephemeral_5m_input_tokens": 0.25, "ephemeral_1h_input_tokens": 1.0}
+
+
+def cache_write_premium(usage: Any) -> float:
+    """Input-token equivalents a Claude usage's cache writes cost beyond the input price
+    (0 for any other usage). Without the per-TTL breakdown, writes are the default 5-minute
+    kind."""
+    if not isinstance(usage, dict):
+        return 0.0
+    written = _int(usage.get("cache_creation_input_tokens"))
+    if not written:
+        return 0.0
+    detail = usage.get("cache_creation")
+    if isinstance(detail, dict) and any(k in detail for k in _WRITE_PREMIUM):
+        return sum(_int(detail.get(k)) * extra for k, extra in _WRITE_PREMIUM.items())
+    return written * _WRITE_PREMIUM["ephemeral_5m_input_tokens"]
+
+
+def usage_cost(price: Price, inputs: int, output: int, cached: int, raw: Any = None) -> float:
+    """US dollars for a result's tokens at this price, Claude's cache writes (in raw, its
+    usage as the API gave it) at their own rates."""
+    return cost_at(price, inputs, output, cached) + (
+        cache_write_premium(raw) * price.input / TOKENS_PER_UNIT
+    )
+
+
 def anthropic_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """A Claude usage in OpenAI's terms: its input_tokens leave out the prompt-cache reads
-    and writes, which count as input here (reads as cached; writes at the input price, an
-    underestimate: they cost 1.25 or 2 times it)."""
+    and writes, which count as input here (reads as cached; writes as input, their premium
+    added by usage_cost)."""
     read = _int(usage.get("cache_read_input_tokens"))
     written = _int(usage.get("cache_creation_input_tokens"))
     if not read and not written:
@@ -131,7 +160,7 @@ def result_usage(
         usage = gemini_usage(body.get("usageMetadata"))
     if not isinstance(usage, dict):
         return Usage(requests=1)
-    usage = anthropic_usage(usage)
+    raw, usage = usage, anthropic_usage(usage)
     inputs = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     output = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
@@ -143,7 +172,7 @@ def result_usage(
     price = lookup(model) if lookup is not None else price_for(model, prices)
     if price is None:
         return Usage(1, inputs, cached, output, reasoning, None, (model or "(no model)",))
-    cost = cost_at(price, inputs, output, cached)
+    cost = usage_cost(price, inputs, output, cached, raw)
     return Usage(1, inputs, cached, output, reasoning, cost)
 
 
