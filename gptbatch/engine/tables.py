@@ -17,7 +17,7 @@ import io
 import json
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from gptbatch.config.spec import Spec
 from gptbatch.engine.outputs import ErrorFile, error_record, write_index, written_as_indexed
 from gptbatch.errors import LocalIOError
 from gptbatch.fastjson import loads_reply
-from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
+from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text, embedding_of
 from gptbatch.inputs.parquet import is_parquet
 from gptbatch.inputs.parquet import write_table as write_parquet_table
 from gptbatch.inputs.render import Target, as_rendered, data_rows, request_id
@@ -35,6 +35,7 @@ from gptbatch.inputs.where import row_filter
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
 
+EMBEDDINGS_URL = "/v1/embeddings"
 TABLE_FORMAT = 1  # bump when the table's layout changes, so every table is written again
 INVALID = "invalid answer"
 
@@ -132,7 +133,8 @@ def write_tables(spec: Spec, store: Store) -> list[TableSummary]:
             continue
         write_index(store, err_path, b"")
         if pq_path is not None:
-            _write_parquet(as_rendered(target, rendered.parent.parent), csv_path, pq_path)
+            target_as_rendered = as_rendered(target, rendered.parent.parent)
+            _write_parquet(store, rendered, target_as_rendered, csv_path, pq_path)
             write_index(store, pq_path, b"")
         with store.transaction():
             store.set_meta(meta, json.dumps({"stamp": stamp, "counts": counts}))
@@ -227,6 +229,7 @@ def _write_table(
     schema = answer_schema(target.request)
     check = AnswerCheck(schema) if schema is not None else None
     properties = check.properties if check is not None else []
+    embedded = _embedded(target)
     columns = _columns(target)
     path = str(rendered)
     rows = answered = invalid = 0
@@ -274,7 +277,9 @@ def _write_table(
                     text = answer_text(loads_reply(result_line)) if result_line else None
                     if check is None:
                         answer[0] = text or ""
-                        flags = _ANSWERED if text is not None else 0
+                        # an embedding is answered though its vector is not CSV text (the
+                        # Parquet table holds it)
+                        flags = _ANSWERED if text is not None or embedded else 0
                     else:
                         value, why = check(text)
                         if why is None:
@@ -299,10 +304,14 @@ def _write_table(
     return [rows, answered, invalid]
 
 
-def _write_parquet(target: Target, csv_path: Path, pq_path: Path) -> None:
+def _write_parquet(
+    store: Store, rendered: Path, target: Target, csv_path: Path, pq_path: Path
+) -> None:
     """The table as Parquet: the data's rows (those `where` passes) with their columns as
-    typed in the data (the copy rendered from), and the CSV table's answer columns."""
+    typed in the data (the copy rendered from), and the CSV table's answer columns (an
+    embeddings target's answer: its vector, read from its result)."""
     passes = row_filter(target)
+    embedded = _embedded(target)
     with open(csv_path, newline="", encoding="utf-8") as f, atomic_writer(pq_path, "wb") as out:
         reader = csv.reader(f)
         header = next(reader)
@@ -311,15 +320,46 @@ def _write_parquet(target: Target, csv_path: Path, pq_path: Path) -> None:
         def keep(line: int, row: dict[str, str]) -> bool:
             return passes is None or passes(row, line, _row_id(row.get(target.id)))
 
+        rows: Iterator[list[Any]] = (fields[columns:] for fields in reader)
+        if embedded:
+            vector = _vector_lookup(store, rendered, target)
+            ident = header.index(target.id)
+            rows = ([vector(f[ident]), *f[columns + 1 :]] for f in reader)
         write_parquet_table(
             target.data,
             target.data_display,
             out,
             keep,
             header[columns:],
-            (fields[columns:] for fields in reader),
-            [None, *_property_kinds(target)],  # `answer` (text), then the schema's properties
+            rows,
+            # `answer` (text, or an embedding's vector), then the schema's properties
+            ["vector" if embedded else None, *_property_kinds(target)],
         )
+
+
+def _embedded(target: Target) -> bool:
+    """Does the target make embeddings requests (whose answer is a vector)?"""
+    request = target.request
+    return isinstance(request, dict) and request.get("url") == EMBEDDINGS_URL
+
+
+def _vector_lookup(
+    store: Store, rendered: Path, target: Target
+) -> Callable[[str], list[float] | None]:
+    """A function of each table row's id cell, called for the rows in order: the embedding
+    of its request's result, if the row has a request with one (--sample: some have none)."""
+    requests = store.table_rows(str(rendered))
+    upcoming = [next(requests, None)]
+
+    def vector(cell: str) -> list[float] | None:
+        row = upcoming[0]
+        if row is None or row[1] != request_id(target, cell):
+            return None
+        upcoming[0] = next(requests, None)
+        line = store.result_line(row[2]) if row[3] == 1 else None
+        return embedding_of(loads_reply(line)) if line else None
+
+    return vector
 
 
 def _property_kinds(target: Target) -> list[str | None]:

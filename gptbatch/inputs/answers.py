@@ -7,7 +7,11 @@ structured outputs use is checked directly, faster, with jsonschema still naming
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +81,28 @@ def answer_text(result: Mapping[str, Any]) -> str | None:
         return content if isinstance(content, str) else None
     text = first.get("text")
     return text if isinstance(text, str) else None
+
+
+def embedding_of(result: Mapping[str, Any]) -> list[float] | None:
+    """The vector of an embeddings result line with one input (floats, or base64 of
+    little-endian float32s); None for any other result, or one of several inputs."""
+    response = result.get("response")
+    body = response.get("body") if isinstance(response, Mapping) else None
+    data = body.get("data") if isinstance(body, Mapping) else None
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], Mapping):
+        return None
+    vector = data[0].get("embedding")
+    if isinstance(vector, str):
+        try:
+            packed = base64.b64decode(vector, validate=True)
+        except (ValueError, binascii.Error):
+            return None
+        if len(packed) % 4:
+            return None
+        return [float(x) for x in array.array("f", packed)] if sys.byteorder == "little" else None
+    if isinstance(vector, list) and all(isinstance(x, (int, float)) for x in vector):
+        return [float(x) for x in vector]
+    return None
 
 
 class AnswerCheck:

@@ -114,7 +114,13 @@ _TYPED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "integer": ("int64", lambda cell: v if (v := int(json.loads(cell))) in _INT64 else None),
     "number": ("float64", lambda cell: float(json.loads(cell))),
     "boolean": ("bool_", lambda cell: bool(json.loads(cell))),
+    # an embeddings target's answer: the vector itself (the CSV table cannot hold it)
+    "vector": ("vector", list),
 }
+
+
+def _arrow_type(pa: Any, name: str) -> Any:
+    return pa.list_(pa.float64()) if name == "vector" else getattr(pa, name)()
 
 
 def write_table(
@@ -123,7 +129,7 @@ def write_table(
     out: IO[bytes],
     keep: Callable[[int, dict[str, str]], bool],
     answers: Sequence[str],
-    rows: Iterator[Sequence[str]],
+    rows: Iterator[Sequence[Any]],
     kinds: Sequence[str | None] = (),
 ) -> None:
     """Write the answers table as Parquet to out: the source's rows that keep() passes, with
@@ -141,7 +147,7 @@ def write_table(
         reader = pq.ParquetFile(f)
         schema = reader.schema_arrow
         for name, (kind, _) in zip(answers, typed, strict=True):
-            schema = schema.append(pa.field(name, getattr(pa, kind)()))
+            schema = schema.append(pa.field(name, _arrow_type(pa, kind)))
         with pq.ParquetWriter(out, schema) as writer:
             for batch in reader.iter_batches(batch_size=BATCH_ROWS):
                 chosen = []
@@ -157,7 +163,7 @@ def write_table(
                 arrays = [
                     *kept.columns,
                     *(
-                        pa.array(c, type=getattr(pa, kind)())
+                        pa.array(c, type=_arrow_type(pa, kind))
                         for c, (kind, _) in zip(cells, typed, strict=True)
                     ),
                 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from buildkit import REPO, billed_ids, read_jsonl
 from test_data_answers import SCHEMA_TEMPLATE
 from test_data_targets import data_project
@@ -156,3 +158,30 @@ def test_values_are_given_as_csv_text() -> None:
     assert parquet.as_text(datetime.datetime(2026, 1, 2, 3, 4)) == "2026-01-02T03:04:00"
     assert parquet.as_text({"b": [1, None], "a": "x"}) == '{"a":"x","b":[1,null]}'
     assert parquet.as_text(b"\xff") == "/w=="
+
+
+EMBED = {
+    "url": "/v1/embeddings",
+    "body": {"model": "text-embedding-3-small", "input": "{{ text }}"},
+}
+
+
+def test_an_embeddings_target_writes_each_rows_vector_in_the_parquet_table(
+    tmp_path: Path, simulator, capsys
+) -> None:
+    project = data_project(tmp_path, request=EMBED, data="data/reviews.parquet")
+    write_reviews(tmp_path / "data" / "reviews.parquet", n=4)
+    assert project.build() == EXIT_OK
+    results = {o["custom_id"]: o for o in read_jsonl(project.out / "sentiment.jsonl")}
+    table = pq.read_table(project.out / "sentiment.parquet")
+    assert table.schema.field("answer").type == pa.list_(pa.float64())
+    for rid, vector in zip(
+        table.column("review_id").to_pylist(), table.column("answer").to_pylist(), strict=True
+    ):
+        expected = results[rid]["response"]["body"]["data"][0]["embedding"]
+        assert vector == pytest.approx(expected) and len(vector) > 1
+    # the CSV table counts them answered (a vector is not CSV text: its cell is empty)
+    with open(project.out / "sentiment.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(r["answer"] == "" for r in rows)
+    assert "sentiment.csv: 4 rows, 4 answered" in capsys.readouterr().out

@@ -31,3 +31,21 @@ def test_answer_columns_take_their_schema_types_and_empty_cells_are_null(tmp_pat
     assert table.column("x").to_pylist() == [2.0, None, 0.5]
     assert table.column("tags").to_pylist() == ['["t"]', None, "[]"]
     assert table.column("id").to_pylist() == ["a", "b", "c"]
+
+
+def test_an_embedding_is_read_from_floats_or_base64_and_only_for_one_input() -> None:
+    import array
+    import base64
+
+    from gptbatch.inputs.answers import embedding_of
+
+    def result(*vectors: object) -> dict[str, object]:
+        data = [{"embedding": v, "index": i} for i, v in enumerate(vectors)]
+        return {"response": {"status_code": 200, "body": {"object": "list", "data": data}}}
+
+    assert embedding_of(result([0.5, -1, 2.25])) == [0.5, -1.0, 2.25]
+    packed = base64.b64encode(array.array("f", [0.5, -1.0, 2.25]).tobytes()).decode()
+    assert embedding_of(result(packed)) == [0.5, -1.0, 2.25]
+    assert embedding_of(result([1.0], [2.0])) is None  # several inputs: no one vector
+    assert embedding_of(result("not base64!")) is None
+    assert embedding_of({"response": {"body": {"choices": []}}}) is None
