@@ -66,6 +66,7 @@ def run_build(
     only: Sequence[Path] | None = None,
     forced: Sequence[Path] | None = None,
     new_project: bool = False,
+    locked: bool = False,
 ) -> BuildSummary:
     """Lock the output directory, open its state and build; bad input leaves no trace.
 
@@ -76,6 +77,7 @@ def run_build(
     forced: the inputs force and retry_failed act on (default: every input built).
     new_project: the user asserts no batch at the API is this project's (engine/nometa.py);
     refused where batches carry metadata (not needed) or the state holds shards or batches.
+    locked: the caller holds the output directory's BuildLock (a build in passes, steps.py).
     """
     declared = spec.inputs
     if only is not None:
@@ -90,7 +92,7 @@ def run_build(
             f"--new-project: {caps.name} batches carry this project's tags, so a build never "
             "waits on other projects' batches there: drop the flag"
         )
-    with BuildLock(spec.output_dir, directory):
+    with contextlib.nullcontext() if locked else BuildLock(spec.output_dir, directory):
         store = Store(directory)
         try:
             before = usage.account(store, spec.prices)
