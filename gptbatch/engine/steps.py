@@ -2,13 +2,14 @@
 
 A step's data is its upstream's answers table, and a row renders only once it has an
 answer. A waiting build (engine/build.py) reads its inputs once, so it would finish the
-whole upstream before the step could render again. A build with steps runs instead as
-one-pass builds (run_build(wait=False)) under one lock and one remote (a rehearsal's
-simulator keeps running between them): between passes the spec is loaded again, which
+whole upstream before the step could render again. A build with steps runs instead in
+passes, under one lock and one remote (a rehearsal's simulator keeps running between
+them): each pass is a waiting build cut short (`_Cut`) once it collected results while a
+step's upstream still has requests pending; between passes the spec is loaded again, which
 renders a step whose upstream table changed (its new rows become pending; the rows already
-sent keep their content keys, so nothing is sent twice), and the build sleeps per the
-polling schedule. Once no step can grow any more (no step is stale, no step's upstream has
-a request pending), one waiting pass finishes the rest by the waiting build's own rules.
+sent keep their content keys, so nothing is sent twice). Once no step can grow (no step's
+upstream has a request pending), a pass runs to its end by the waiting build's own rules,
+and the build ends when such a pass leaves no step stale.
 
 Each pass's `summary` and `usage` events are held back: the build reports one of each, at
 the end, for all its passes; a warning is reported once a build.
@@ -86,6 +87,32 @@ class _PassReporter:
         self.inner.event(kind, **fields)
 
 
+class _Cut:
+    """until() of one pass: end the waiting build early, once it collected results a step
+    may render from, and only after running at least `least` seconds.
+
+    Between two passes the build writes the outputs and tables and loads batch.yaml again
+    (a step renders again from its upstream's whole table): `least` is what that took last
+    time, so it takes about half the time at most, however fast batches end. Meanwhile the
+    waiting build keeps the queue full and polls as it always does.
+    """
+
+    def __init__(self, events: _PassReporter, grow: bool, least: float) -> None:
+        self.events, self.grow, self.least = events, grow, least
+        self.started = time.monotonic()
+        self.collected = events.collected
+        self.at: float | None = None  # when the pass was cut
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.grow or self.events.collected == self.collected:
+            return False
+        if now - self.started < self.least:
+            return False
+        self.at = now
+        return True
+
+
 def build_in_passes(
     spec: Spec,
     only: Sequence[Path] | None,
@@ -97,7 +124,6 @@ def build_in_passes(
     keep_going: bool = False,
     new_project: bool = False,
     on_stale: Callable[[list[str]], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[BuildSummary, list[str]]:
     """Build spec (as remote_for yielded it) in passes until nothing is pending and no step
     is stale; the build's summary (all passes) and the steps still stale (a build that
@@ -109,11 +135,10 @@ def build_in_passes(
     """
     started = time.monotonic()
     events = _PassReporter(reporter)
-    polling = spec.polling
     used = spec
     summaries: list[BuildSummary] = []
     announced: set[str] = set()
-    wait, waits, interval = False, 0, polling.initial_seconds
+    grow, least, full = True, spec.polling.initial_seconds, 0
     stale: list[str] = []
     with contextlib.ExitStack() as held, _summary_on_interrupt(events):
         # The lock is held from pass to pass: `clean`, or another build, must not slip in
@@ -123,55 +148,61 @@ def build_in_passes(
         if locked:
             held.enter_context(BuildLock(spec.output_dir, state_dir(spec.output_dir)))
         while True:
-            collected = events.collected
+            cut = _Cut(events, grow, least)
             summary = run_build(
                 used,
                 remote,
                 events,
-                wait=wait,
                 keep_going=keep_going,
                 only=only,
                 new_project=new_project and not summaries,
                 locked=locked,
+                until=cut,
             )
+            ended = time.monotonic()
             summaries.append(summary)
             if not locked:
                 held.enter_context(BuildLock(spec.output_dir, state_dir(spec.output_dir)))
                 locked = True
             stale = stale_steps(used, sample, only)
-            # Announced once its upstream has answers (a first pass writes the upstream's
-            # table before any answer: the step renders again, still without rows).
-            answered = {t.name: t.answered for t in summary.tables}
-            upstream = {t.name: t.upstream for t in used.data_targets}
-            fresh = [
-                name
-                for name in stale
-                if name not in announced and answered.get(str(upstream.get(name)), 1) > 0
-            ]
-            announced.update(fresh)
-            if fresh and on_stale is not None:
-                on_stale(fresh)
+            _announce(used, summary, stale, announced, on_stale)
             if not stale and not summary.pending:
                 break
-            if wait:  # a waiting pass stopped with work left (a spend cap), or steps stale
-                waits += 1
-                if not stale or waits > len(used.data_targets):
+            if cut.at is None:  # the pass ran to its end: a waiting build's
+                full += 1
+                # A step still stale renders again; bounded, as rounds are (a step whose
+                # upstream kept changing is left for the next build, which says so).
+                if not stale or full > len(used.data_targets):
                     break
-            growing = bool(stale) or (
-                not summary.stopped_by_cost and upstream_pending(used, only, summary)
-            )
-            wait = not growing  # no step can grow: one waiting pass finishes the rest
-            if growing:
-                interval = (
-                    polling.initial_seconds
-                    if events.collected > collected
-                    else min(polling.max_seconds, interval * polling.factor)
-                )
-                reporter.event("tick")
-                sleep(interval)
+            # Cut early only while a step can grow: its upstream still has requests to answer.
+            grow = not summary.stopped_by_cost and upstream_pending(used, only, summary)
             loaded, only = load()
-            used = dataclasses.replace(loaded, output_dir=spec.output_dir, polling=polling)
+            used = dataclasses.replace(loaded, output_dir=spec.output_dir, polling=spec.polling)
+            # the outputs written after the cut, and batch.yaml loaded again
+            between = time.monotonic() - (cut.at if cut.at is not None else ended)
+            least = max(spec.polling.initial_seconds, between)
     return _reported(summaries, events, started), stale
+
+
+def _announce(
+    spec: Spec,
+    summary: BuildSummary,
+    stale: list[str],
+    announced: set[str],
+    on_stale: Callable[[list[str]], None] | None,
+) -> None:
+    """Tell on_stale of the steps newly stale whose upstream has answers (a first pass
+    writes the upstream's table before any answer: its step renders again, still empty)."""
+    answered = {t.name: t.answered for t in summary.tables}
+    upstream = {t.name: t.upstream for t in spec.data_targets}
+    fresh = [
+        name
+        for name in stale
+        if name not in announced and answered.get(str(upstream.get(name)), 1) > 0
+    ]
+    announced.update(fresh)
+    if fresh and on_stale is not None:
+        on_stale(fresh)
 
 
 @contextlib.contextmanager
