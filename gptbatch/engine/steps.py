@@ -177,11 +177,18 @@ def build_in_passes(
             # Cut early only while a step can grow: its upstream still has requests to answer.
             grow = not summary.stopped_by_cost and upstream_pending(used, only, summary)
             loaded, only = load()
+            if _rendered_dirs(loaded) != _rendered_dirs(spec):
+                break  # batch.yaml's output_dir was edited: the next build works there
             used = dataclasses.replace(loaded, output_dir=spec.output_dir, polling=spec.polling)
             # the outputs written after the cut, and batch.yaml loaded again
             between = time.monotonic() - (cut.at if cut.at is not None else ended)
             least = max(spec.polling.initial_seconds, between)
     return _reported(summaries, events, started), stale
+
+
+def _rendered_dirs(spec: Spec) -> set[Path]:
+    """Where the spec's data targets are rendered: in the state of its output directory."""
+    return {path.parent for path in spec.targets.values()}
 
 
 def _announce(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from test_data_steps import REPLY, STEP
 from test_data_targets import data_project, reviews
 
 import gptbatch
-from gptbatch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING
+from gptbatch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, LockedError
+from gptbatch.state.lock import BuildLock
+from gptbatch.state.store import state_dir
 
 IDS = [f"rv{i}" for i in range(6)]
 EVERY = sorted([*IDS, *(f"reply:{i}" for i in IDS), "x0", "x1", "x2"])
@@ -241,4 +244,31 @@ def test_an_interrupt_mid_pipeline_saves_state_and_rerun_finishes(
     assert "interrupted" in err and "Traceback" not in err
     assert not upstream_done(simulator), "the build finished before the interrupt"
     assert project.build() == EXIT_OK
+    assert_built(project, simulator)
+
+
+@pytest.mark.timeout(120)
+def test_the_lock_is_held_between_passes(tmp_path: Path, simulator) -> None:
+    """No other build, clean or gc can slip in between two passes of one build: the lock is
+    free only once the build is over (a build needing it again would stop, locked out)."""
+    project = pipeline(tmp_path)
+    proc = start_build(project)
+    probes = 0
+    try:
+        assert wait_until(lambda: (project.out / ".gptbatch" / "state.db").exists(), 60)
+        while proc.poll() is None:
+            try:
+                with BuildLock(project.out, state_dir(project.out)):
+                    proc.wait(timeout=60)  # holding it: a pass yet to come could not run
+                break
+            except LockedError:
+                probes += 1
+                time.sleep(0.005)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_OK, err
+    assert probes > 20
     assert_built(project, simulator)
