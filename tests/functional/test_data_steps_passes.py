@@ -272,3 +272,28 @@ def test_the_lock_is_held_between_passes(tmp_path: Path, simulator) -> None:
     assert proc.returncode == EXIT_OK, err
     assert probes > 20
     assert_built(project, simulator)
+
+
+@pytest.mark.timeout(120)
+def test_output_dir_edited_mid_build_bills_nothing_twice(tmp_path: Path, simulator) -> None:
+    """batch.yaml is loaded again between passes: an output_dir edited meanwhile writes no
+    output there, sends nothing twice, and the build finishes once it is set back."""
+    project = pipeline(tmp_path)
+    proc = start_build(project)
+    try:
+        assert wait_until(lambda: step_sent(simulator), timeout=60), "the step never started"
+        doc = yaml.safe_load(project.config.read_text())
+        project.config.write_text(yaml.safe_dump({**doc, "output_dir": "out2"}, sort_keys=False))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (EXIT_OK, EXIT_PENDING), err
+    assert billed_twice(simulator) == []
+    assert not (tmp_path / "out2" / "reply.csv").exists()  # no output written there
+    if proc.returncode == EXIT_PENDING:
+        assert "run `gptbatch build` again to continue" in out
+    project.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert project.build() == EXIT_OK
+    assert_built(project, simulator)
