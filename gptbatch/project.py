@@ -69,12 +69,14 @@ class Project:
 
         progress(kind, fields) receives every event (`submitted`, `status`, `collected`, ...).
         max_cost caps this run's spend in US dollars (as --max-cost); only names inputs (paths
-        or data target names) to build alone. Steps (`data: <target>`) build in rounds, as
-        the CLI does: a step whose upstream answers changed is rendered again and built.
-        force and retry_failed act on a step in its own round, once its upstream is built
-        (so a forced step is sent over its upstream's new answers, once); with wait=False or
-        max_cost, only the first round runs, and steps are not forced.
+        or data target names) to build alone. Steps (`data: <target>`) build as the CLI
+        builds them: a step's rows are sent as their upstream answers arrive, while the
+        upstream still runs (engine/steps.py). force and retry_failed act on a step in its
+        own round, once its upstream is built (so a forced step is sent over its upstream's
+        new answers, once); with wait=False or max_cost, only the first round runs, and
+        steps are not forced.
         """
+        from gptbatch.engine.steps import has_steps
         from gptbatch.engine.tables import stale_steps, step_depths
 
         flags, rounds = (force, retry_failed), 0
@@ -83,6 +85,9 @@ class Project:
             # nothing), and a step renders again from its upstream's new answers.
             spec = load_spec(self.spec.path, simulate=self.simulate, build=True)
             chosen = tuple(self._input(name, spec) for name in only) if only else None
+            plain = wait and max_cost is None and not force and not retry_failed
+            if plain and rounds == 0 and has_steps(spec, chosen):
+                return self._build_in_passes(spec, chosen, only, keep_going, progress)
             # -B and retry_failed act on one depth of steps a round, each once its upstream
             # is built (engine/tables.step_depths): never on requests about to be replaced.
             depths = step_depths(spec, chosen) if any(flags) else []
@@ -100,6 +105,28 @@ class Project:
                 or (not stale_steps(spec, None, chosen) and rounds >= len(depths))
             ):
                 return summary
+
+    def _build_in_passes(
+        self,
+        spec: Spec,
+        chosen: tuple[Path, ...] | None,
+        only: list[str] | None,
+        keep_going: bool,
+        progress: Progress | None,
+    ) -> BuildSummary:
+        """A build with steps, in passes (engine/steps.py), as `gptbatch build` does it."""
+        from gptbatch.api.connect import remote_for
+        from gptbatch.engine.steps import build_in_passes
+
+        def load() -> tuple[Spec, tuple[Path, ...] | None]:
+            loaded = load_spec(self.spec.path, simulate=self.simulate, build=True)
+            return loaded, tuple(self._input(n, loaded) for n in only) if only else None
+
+        with remote_for(spec, self.simulate) as (used, remote):
+            summary, _ = build_in_passes(
+                used, chosen, load, remote, _CallbackReporter(progress), keep_going=keep_going
+            )
+        return summary
 
     def _build_once(
         self,

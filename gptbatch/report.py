@@ -89,7 +89,10 @@ class Progress:
 
     def update(self, kind: str, f: dict[str, Any]) -> None:
         if kind == "start":
-            self.total, self.done, self.failed_total = f["total"], f["ok"], f["failed"]
+            # A build in passes starts again with every result so far: those it collected
+            # itself (self.ok, self.failed) are not counted twice.
+            self.total = f["total"]
+            self.done, self.failed_total = f["ok"] - self.ok, f["failed"] - self.failed
             self.budgets.update(f.get("budgets") or {})
         elif kind == "budget":
             self.budgets[f["model"]] = f["new"]

@@ -58,6 +58,17 @@ def test_the_display_shows_status_counts_elapsed_and_an_eta() -> None:
     assert p.block()[1] == "batches: 0 in flight (1 completed)"
 
 
+def test_a_build_in_passes_starts_again_without_counting_results_twice() -> None:
+    """A build with steps reports a `start` a pass, each counting every result so far."""
+    p = Progress()
+    p.update("start", {"total": 6, "ok": 0, "failed": 0})
+    p.update("collected", {"batch": "b1", "ok": 2, "failed": 1, "retry": 0})
+    p.update("start", {"total": 8, "ok": 2, "failed": 1})  # the step grew by 2 rows
+    p.update("collected", {"batch": "b2", "ok": 3, "failed": 0, "retry": 0})
+    assert "requests: 5 done, 1 failed, 2 pending of 8" in p.block()[-1]
+    assert p.line().endswith("collected 5 ok, 1 failed, 0 to retry")  # this run's, all passes
+
+
 def test_json_reporter_writes_one_object_per_event() -> None:
     out = io.StringIO()
     JsonReporter(out).event("refused", batch="b", code="token_limit_exceeded")

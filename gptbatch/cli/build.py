@@ -22,6 +22,7 @@ from gptbatch.pricing import usd
 from gptbatch.report import ConsoleReporter, JsonReporter, Reporter, plural, shown
 
 if TYPE_CHECKING:  # the engine imports the openai SDK: only `build` pays for it
+    from gptbatch.engine.steps import Loader
     from gptbatch.engine.summary import BuildSummary
 
 
@@ -133,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     # -B and --retry-failed act on one depth of steps a round (engine/tables.step_depths).
     forcing = bool(getattr(args, "force", False) or getattr(args, "retry_failed", False))
     flags = (getattr(args, "force", False), getattr(args, "retry_failed", False))
+    # A plain waiting build of steps builds in passes instead (engine/steps.py): a step's
+    # rows go as their upstream answers arrive. A spend cap stays per build, over rounds.
+    passes = not forcing and not args.no_wait and args.max_cost is None
     rounds = 0
     while True:
         spec = load_spec(
@@ -141,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
         from gptbatch.engine.tables import stale_steps, step_depths
 
         args.only = chosen_inputs(spec, targets) if targets else None
+        if passes and rounds == 0:
+            from gptbatch.engine.steps import has_steps
+
+            if has_steps(spec, args.only):
+                return _build_in_passes(spec, args, config, targets)
         depths = step_depths(spec, args.only) if forcing else []
         args.forced = depths[rounds] if rounds < len(depths) else ()
         args.force, args.retry_failed = flags if args.forced else (False, False)
@@ -200,6 +209,20 @@ def _build_once(spec: Spec, args: argparse.Namespace, targets: list[str]) -> int
     return execute(spec, args)[0]
 
 
+def _build_in_passes(
+    spec: Spec, args: argparse.Namespace, config: str | None, targets: list[str]
+) -> int:
+    """Build a spec with steps in passes (engine/steps.py), loading batch.yaml again between."""
+    sample, simulate = getattr(args, "sample", None), bool(getattr(args, "simulate", False))
+
+    def load() -> tuple[Spec, tuple[Path, ...] | None]:
+        loaded = load_spec(config, sample=sample, simulate=simulate, build=True)
+        return loaded, chosen_inputs(loaded, targets) if targets else None
+
+    code, _ = execute(spec, args, load=load)
+    return code
+
+
 def chosen_inputs(spec: Spec, targets: list[str]) -> tuple[Path, ...]:
     """The config's inputs named on the command line, in config order; UsageError if not.
 
@@ -222,30 +245,58 @@ def chosen_inputs(spec: Spec, targets: list[str]) -> tuple[Path, ...]:
     return tuple(p for p in spec.inputs if os.path.realpath(p) in wanted)
 
 
-def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
-    """Build a loaded spec as the arguments say; return the exit code and the spec used."""
+def execute(spec: Spec, args: argparse.Namespace, load: Loader | None = None) -> tuple[int, Spec]:
+    """Build a loaded spec as the arguments say; return the exit code and the spec used.
+
+    load: build in passes (a spec with steps, engine/steps.py), loading batch.yaml again
+    with it between passes.
+    """
     from gptbatch.engine.build import run_build
 
     reporter: Reporter = (
         JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr, verbose=args.verbose)
     )
     again = resume_command(args)
+    stale: list[str] = []
+
+    def say(names: list[str]) -> None:
+        text = f"steps {', '.join(names)}: their upstream answers changed: building them"
+        if isinstance(reporter, ConsoleReporter):
+            reporter.say(text)  # clears the live display first
+        else:
+            print(text, file=sys.stderr)
+
     try:
         with sigterm_as_interrupt(), remote_for(spec, args.simulate) as (spec, remote):
             if args.simulate and not args.json:
                 print(f"simulating: outputs go to {shown(str(spec.output_dir))}", file=sys.stderr)
-            summary = run_build(
-                spec,
-                remote,
-                reporter,
-                wait=not args.no_wait,
-                keep_going=getattr(args, "keep_going", False),
-                force=getattr(args, "force", False),
-                retry_failed=getattr(args, "retry_failed", False),
-                only=getattr(args, "only", None),
-                forced=getattr(args, "forced", None),
-                new_project=getattr(args, "new_project", False),
-            )
+            if load is not None:
+                from gptbatch.engine.steps import build_in_passes
+
+                summary, stale = build_in_passes(
+                    spec,
+                    getattr(args, "only", None),
+                    load,
+                    remote,
+                    reporter,
+                    sample=getattr(args, "sample", None),
+                    keep_going=getattr(args, "keep_going", False),
+                    new_project=getattr(args, "new_project", False),
+                    on_stale=say,
+                )
+            else:
+                summary = run_build(
+                    spec,
+                    remote,
+                    reporter,
+                    wait=not args.no_wait,
+                    keep_going=getattr(args, "keep_going", False),
+                    force=getattr(args, "force", False),
+                    retry_failed=getattr(args, "retry_failed", False),
+                    only=getattr(args, "only", None),
+                    forced=getattr(args, "forced", None),
+                    new_project=getattr(args, "new_project", False),
+                )
     except KeyboardInterrupt:
         if again == "gptbatch build":
             raise  # the CLI's own message names this command
@@ -269,6 +320,13 @@ def execute(spec: Spec, args: argparse.Namespace) -> tuple[int, Spec]:
         if forced is None and getattr(args, "retry_failed", False):
             forced = "--retry-failed"
         print_summary(summary, spec, again=again, forced=forced)
+    if stale:  # a build in passes gave up on them (their upstream kept changing)
+        print(
+            f"steps {', '.join(stale)}: their upstream answers changed; run `{again}` again "
+            "to build them",
+            file=sys.stderr,
+        )
+        return EXIT_PENDING, spec
     return summary.exit_code, spec
 
 

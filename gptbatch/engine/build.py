@@ -66,6 +66,8 @@ def run_build(
     only: Sequence[Path] | None = None,
     forced: Sequence[Path] | None = None,
     new_project: bool = False,
+    locked: bool = False,
+    until: Callable[[], bool] | None = None,
 ) -> BuildSummary:
     """Lock the output directory, open its state and build; bad input leaves no trace.
 
@@ -76,6 +78,8 @@ def run_build(
     forced: the inputs force and retry_failed act on (default: every input built).
     new_project: the user asserts no batch at the API is this project's (engine/nometa.py);
     refused where batches carry metadata (not needed) or the state holds shards or batches.
+    locked: the caller holds the output directory's BuildLock (a build in passes, steps.py).
+    until: a waiting build also stops (as one pass would) once until() says so.
     """
     declared = spec.inputs
     if only is not None:
@@ -90,7 +94,7 @@ def run_build(
             f"--new-project: {caps.name} batches carry this project's tags, so a build never "
             "waits on other projects' batches there: drop the flag"
         )
-    with BuildLock(spec.output_dir, directory):
+    with contextlib.nullcontext() if locked else BuildLock(spec.output_dir, directory):
         store = Store(directory)
         try:
             before = usage.account(store, spec.prices)
@@ -100,7 +104,9 @@ def run_build(
                 spec, store, remote, reporter, keep_going=keep_going, declared=declared
             )
             builder.submitter.new_project = new_project
-            summary = builder.run(wait=wait, force=force, retry_failed=retry_failed, forced=forced)
+            summary = builder.run(
+                wait=wait, force=force, retry_failed=retry_failed, forced=forced, until=until
+            )
             summary.usage_total = usage.account(store, spec.prices)
             summary.usage_run = summary.usage_total - before
             summary.seconds = time.monotonic() - started
@@ -253,8 +259,9 @@ class Builder:
         force: bool = False,
         retry_failed: bool = False,
         forced: Sequence[Path] | None = None,
+        until: Callable[[], bool] | None = None,
     ) -> BuildSummary:
-        """Build until everything is done (or, without wait, do one pass).
+        """Build until everything is done (or, without wait, do one pass; or until until()).
 
         force (make -B) sends every current request again; retry_failed gives requests that
         failed for good another round of attempts. Both act on this spec's inputs only, or on
@@ -369,7 +376,7 @@ class Builder:
                     for s in self.store.shards(ACTIVE_SHARD_STATES)
                     if self.submitter.concerns_this_build(s)
                 ]
-                if not wait:
+                if not wait or (until is not None and until()):
                     break
                 if not active and not unlisted and not self.store.has_work_to_submit():
                     break
