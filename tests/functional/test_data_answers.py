@@ -245,6 +245,12 @@ def test_the_data_example_writes_its_table(tmp_path: Path) -> None:
     assert [r["review_id"] for r in rows] == [f"rv-00{i}" for i in range(1, 7)]
     assert all(r["sentiment"] in ("positive", "negative", "mixed") for r in rows)
     assert all(1 <= int(r["stars"]) <= 5 for r in rows)
+    # the second step: a reply to each negative review, with the row's columns and answer
+    with open(path.with_name("reply.csv"), newline="", encoding="utf-8") as f:
+        replies = list(csv.DictReader(f))
+    negative = [r["review_id"] for r in rows if r["sentiment"] == "negative"]
+    assert [r["review_id"] for r in replies] == negative
+    assert all(r["answer.answer"] for r in replies)
 
 
 def test_sample_builds_the_same_few_rows_and_the_full_build_reuses_them(

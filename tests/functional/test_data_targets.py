@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -240,17 +241,33 @@ def test_the_data_example_builds_and_rebuilds_what_changed(tmp_path: Path, simul
     rehearsed = read_jsonl(tmp_path / "examples" / "out-data-simulated" / "sentiment.jsonl")
     assert [o["custom_id"] for o in rehearsed] == [f"rv-00{i}" for i in range(1, 7)]
     assert main(["build", str(config)]) == EXIT_OK  # against the test's simulator
-    assert len(billed_ids(simulator)) == 6
+    out = tmp_path / "examples" / "out-data"
+
+    def sentiment() -> list[str]:
+        return [i for i in billed_ids(simulator) if not i.startswith("reply:")]
+
+    def replies() -> list[str]:
+        return [i for i in billed_ids(simulator) if i.startswith("reply:")]
+
+    def negative() -> list[str]:  # the rows the step's `where` keeps
+        with open(out / "sentiment.csv", newline="", encoding="utf-8") as f:
+            return [r["review_id"] for r in csv.DictReader(f) if r["sentiment"] == "negative"]
+
+    assert len(sentiment()) == 6
+    assert sorted(replies()) == sorted(f"reply:{i}" for i in negative())  # the second step
+    before = len(replies())
     data = tmp_path / "examples" / "data" / "reviews.csv"
     data.write_text(data.read_text().replace("Boils fast", "Boils slowly"))
     assert main(["build", str(config)]) == EXIT_OK
-    assert billed_ids(simulator)[6:] == ["rv-001"]
+    assert sentiment()[6:] == ["rv-001"]
+    assert replies()[before:] == (["reply:rv-001"] if "rv-001" in negative() else [])
     template = tmp_path / "examples" / "data" / "sentiment.yaml"
     template.write_text(template.read_text().replace("one word", "a single word"))
     assert main(["build", str(config)]) == EXIT_OK
-    assert len(billed_ids(simulator)) == 13
+    assert len(sentiment()) == 13
+    billed = len(billed_ids(simulator))
     assert main(["build", str(config)]) == EXIT_OK
-    assert len(billed_ids(simulator)) == 13
+    assert len(billed_ids(simulator)) == billed
 
 
 def test_a_target_is_built_alone_by_its_name(tmp_path: Path, simulator) -> None:
