@@ -149,8 +149,8 @@ def import_sdk_in_background(provider: str) -> None:
             importlib.import_module(module)._import_sdk()
 
     _importing = threading.Thread(target=load, name="gptbatch-sdk-import")
-    os.register_at_fork(before=_importing.join)
     _importing.start()
+    os.register_at_fork(before=_importing.join)  # registered once: this runs once a process
 
 
 class LazyRemote:
