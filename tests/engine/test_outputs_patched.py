@@ -136,7 +136,8 @@ def _run(size: int, steps: list[tuple[Any, ...]]) -> int:
                     assert (spec.output_dir / "in.jsonl").read_bytes() == lines
                     errors = spec.output_dir / "in.errors.jsonl"
                     got = (
-                        [json.loads(x)["custom_id"] for x in errors.read_text().splitlines()]
+                        # JSONL lines end at \n only: an error text may hold U+0085 or U+2028
+                        [json.loads(x)["custom_id"] for x in errors.read_text().split("\n") if x]
                         if errors.exists()
                         else []
                     )
