@@ -167,15 +167,7 @@ class ChunksMixin(StoreBase):
                 continue
             i = bisect.bisect_right(starts, ordinal) - 1
             gone = i >= 0 and moved[i][1] >= ordinal  # its earlier row moved away
-            current = None if gone else old.get(ordinal)
-            if current is None:
-                writer.put(op, new=True)
-            elif current[1:] == op:
-                writer.keep()
-            elif current[4:] == op[3:]:  # the same request on another line or offset
-                writer.shift(ordinal, op[1] - current[2], op[2] - current[3])
-            else:
-                writer.put(op)
+            writer.write(ordinal, op, None if gone else old.get(ordinal))
             ordinal += 1
         writer.close()
         for first, last in targets:  # earlier rows left where moved ones come: not kept

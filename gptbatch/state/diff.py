@@ -132,6 +132,19 @@ class _RowWriter:
         if len(rows) >= self.BATCH:
             self._flush()
 
+    def write(self, ordinal: int, row: tuple[Any, ...], current: tuple[Any, ...] | None) -> None:
+        """Make the row at ordinal this one (RequestRow order minus path), given the earlier
+        row left there (None: none): kept if equal, shifted if only its line and offset
+        moved, else written."""
+        if current is None:
+            self.put(row, new=True)
+        elif current[1:] == row:
+            self.keep()
+        elif current[4:] == row[3:]:  # the same request on another line or offset
+            self.shift(ordinal, row[1] - current[2], row[2] - current[3])
+        else:
+            self.put(row)
+
     def keep(self) -> None:
         self._end_run()
 

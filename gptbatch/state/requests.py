@@ -55,16 +55,7 @@ class RequestsMixin(StoreBase):
                 else:
                     writer.keep()
                 continue
-            ordinal = row[0]
-            current = old.get(ordinal)
-            if current is None:
-                writer.put(row, new=True)
-            elif current[1:] == row:
-                writer.keep()
-            elif current[4:] == row[3:]:  # the same request on another line or offset
-                writer.shift(ordinal, row[1] - current[2], row[2] - current[3])
-            else:
-                writer.put(row)
+            writer.write(row[0], row, old.get(row[0]))
         writer.close()
         self.db.execute("DELETE FROM requests WHERE path=? AND ordinal>=?", (path, count))
         # Rows written without their chunks: any recorded ones no longer describe them.
