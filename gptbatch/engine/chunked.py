@@ -78,14 +78,7 @@ def sync_chunked(
                 first = ordinal
                 if old is not None:
                     if old.rows:
-                        ops.append(
-                            Run(
-                                old.first_ordinal,
-                                old.rows,
-                                line - old.first_line,
-                                chunk.start - old.start,
-                            )
-                        )
+                        ops.append(Run(old.first_ordinal, old.rows, line - old.first_line))
                         if kept_url is None:
                             kept_url = store.url_of(before, str(path), old.first_ordinal)
                     ordinal += old.rows
@@ -98,7 +91,14 @@ def sync_chunked(
                             continue
                         earlier = previous_row(before, str(path), req.custom_id)
                         row = make_row(ordinal, req, earlier)
-                        ops.append((*row, None if content is None else line_digest(content)))
+                        ops.append(
+                            (
+                                *row[:2],
+                                row[2] - chunk.start,  # stored relative to its chunk
+                                *row[3:],
+                                None if content is None else line_digest(content),
+                            )
+                        )
                         tally["new"] += earlier is None or earlier.key != req.key
                         ordinal += 1
                     if ordinal > first:

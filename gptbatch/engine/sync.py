@@ -24,6 +24,7 @@ from gptbatch.inputs.requests import DEFAULT_MAX_LINE_BYTES, Request, iter_lines
 from gptbatch.report import Reporter
 from gptbatch.shards import embedding_inputs
 from gptbatch.state.diff import Kept, PreviousRows
+from gptbatch.state.positions import Bases, Rebase
 from gptbatch.state.rows import RequestRow
 from gptbatch.state.store import Store
 
@@ -154,7 +155,9 @@ def _sync_changed(
                 scanners.append(scanner)
                 rows = _scanned_rows(spec, scanner, tally)
             lines = array("q")  # each row's line, to count the requests of each chunk
-            rows = _noting_lines(rows, lines)
+            # offsets stored relative to the chunks recorded below
+            rebase = Rebase(chunks, Bases(before, str(path)))
+            rows = _noting_lines(rebase.rows(rows), lines)
             try:
                 # Streams into the open transaction; a bad line rolls all of it back.
                 store.replace_input(
@@ -174,8 +177,11 @@ def _sync_changed(
                 rows.close()  # a scan's worker processes stop here, whatever happened
             if template is not None:  # what the next edit of this target is compared with
                 store.set_meta(f"template:{path}", template)
-            if chunks is not None:
-                store.set_input_chunks(str(path), _chunk_records(path, st, chunks, lines))
+            records = _chunk_records(path, st, chunks, lines) if chunks is not None else []
+            if records:
+                store.set_input_chunks(str(path), records)
+            else:
+                store.unbase(str(path), rebase.ranges)
             report.event("input", path=str(path), state="read", **tally)
         duplicates, found = store.duplicate_custom_ids(
             (str(p) for p, _, _, _ in changed), ranges=ranges

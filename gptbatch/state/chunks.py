@@ -30,12 +30,12 @@ class StoredChunk(NamedTuple):
 
 class Run(NamedTuple):
     """For `replace_chunked`: the earlier rows from ordinal first, n of them, kept in order
-    (at the ordinals they now come to), moved by so many lines and bytes."""
+    (at the ordinals they now come to), moved by so many lines. Their offsets, relative to
+    their chunk's start, stay as they are: the chunk's new record has its new start."""
 
     first: int
     n: int
     lines: int
-    offset: int
 
 
 class ChunksMixin(StoreBase):
@@ -123,7 +123,8 @@ class ChunksMixin(StoreBase):
         before: sqlite3.Connection,
     ) -> int:
         """Make an input's requests these: each op a Run of earlier rows kept, or a row
-        (RequestRow order minus path) at the next ordinal. Returns how many there are.
+        (RequestRow order minus path, its offset relative to its chunk's start) at the next
+        ordinal. Returns how many there are. The caller records the chunks after.
 
         A run that keeps its ordinals is shifted in place by one UPDATE (none if it did not
         move); one whose ordinals change is moved by two (through negative ordinals, so no
@@ -138,21 +139,20 @@ class ChunksMixin(StoreBase):
             if type(op) is not Run:
                 ordinal += 1
                 continue
-            first, n, lines, offset = op
+            first, n, lines = op
             last = first + n - 1
             if ordinal != first:
                 db.execute(
-                    "UPDATE requests SET ordinal=-1-(ordinal+?), line=line+?, offset=offset+?"
+                    "UPDATE requests SET ordinal=-1-(ordinal+?), line=line+?"
                     " WHERE path=? AND ordinal BETWEEN ? AND ?",
-                    (ordinal - first, lines, offset, path, first, last),
+                    (ordinal - first, lines, path, first, last),
                 )
                 moved.append((first, last))
                 targets.append((ordinal, ordinal + n - 1))
-            elif lines or offset:
+            elif lines:
                 db.execute(
-                    "UPDATE requests SET line=line+?, offset=offset+? WHERE path=?"
-                    " AND ordinal BETWEEN ? AND ?",
-                    (lines, offset, path, first, last),
+                    "UPDATE requests SET line=line+? WHERE path=? AND ordinal BETWEEN ? AND ?",
+                    (lines, path, first, last),
                 )
             ordinal += n
         moved.sort()
@@ -184,6 +184,17 @@ class ChunksMixin(StoreBase):
             (path, size, mtime_ns, sha256, defaults, ordinal, time.time()),
         )
         return ordinal
+
+    def unbase(self, path: str, ranges: Iterable[Sequence[int]]) -> None:
+        """Make the offsets of an input's rows written relative to chunks that are not
+        recorded after all (its file changed while read) offsets in the file again: ranges
+        of (first ordinal, last ordinal, the start they are relative to)."""
+        for first, last, start in ranges:
+            if start:
+                self.db.execute(
+                    "UPDATE requests SET offset=offset+? WHERE path=? AND ordinal BETWEEN ? AND ?",
+                    (start, path, first, last),
+                )
 
     def output_chunks(self, path: str) -> list[tuple[int, int, bytes, int, int, bool]]:
         """Per chunk of an input, in order: (first ordinal, requests, signature, ok, failed,

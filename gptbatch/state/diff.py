@@ -7,20 +7,21 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from gptbatch.state.db import _stream
-from gptbatch.state.rows import REQUEST_COLUMNS, RequestRow
+from gptbatch.state.rows import REQUEST_COLUMNS, REQUEST_ROW_SELECT, RequestRow
 
 
 def previous_row(reader: sqlite3.Connection, path: str, custom_id: str) -> RequestRow | None:
     """An input's request with this custom_id, as a snapshot saw it."""
     row = reader.execute(
-        f"SELECT {REQUEST_COLUMNS} FROM requests WHERE custom_id=? AND path=?",
+        f"SELECT {REQUEST_ROW_SELECT} FROM requests r WHERE r.custom_id=? AND r.path=?",
         (custom_id, path),
     ).fetchone()
     return RequestRow(*row) if row else None
 
 
 class Kept(NamedTuple):
-    """For `replace_input`: the earlier row at this ordinal, moved by so many lines and bytes."""
+    """For `replace_input`: the earlier row at this ordinal, moved by so many lines and bytes
+    (in the file as read; by what its stored offset moves once `positions.Rebase` passed it)."""
 
     lines: int = 0
     offset: int = 0
@@ -39,7 +40,8 @@ class PreviousRows:
         self.path = path
         self.rows = _stream(
             reader.execute(
-                f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? ORDER BY ordinal", (path,)
+                f"SELECT {REQUEST_ROW_SELECT} FROM requests r WHERE r.path=? ORDER BY r.ordinal",
+                (path,),
             )
         )
         self.head: RequestRow | None = None
@@ -74,7 +76,8 @@ class PreviousRows:
 
 
 class _RowsAt:
-    """An input's earlier rows (in a snapshot) by ordinal, asked for in increasing order.
+    """An input's earlier rows (in a snapshot) by ordinal, asked for in increasing order, as
+    stored (offsets relative to their chunk): what a row to write is compared with.
 
     Read in order from the first ordinal asked for, and from further on again after a long
     stretch nobody asked about (unchanged rows): a one-line edit reads a few rows, not all.

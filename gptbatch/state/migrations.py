@@ -238,6 +238,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         UPDATE inputs SET requests=(SELECT count(*) FROM requests r WHERE r.path=inputs.path);
         """,
     ),
+    (
+        # A request's offset is stored relative to its chunk's start (rows.ABSOLUTE_OFFSET):
+        # an edit that moves the bytes after it rewrites the starts of the chunks after it,
+        # not every request row after it (half a million rows and ~100 MB of WAL for an
+        # edit in the middle of a million). The index finds a request's chunk by ordinal.
+        "m013_chunk_relative_offsets",
+        """
+        CREATE INDEX input_chunks_ordinal ON input_chunks(path, first_ordinal, rows, start);
+        UPDATE requests SET offset=offset-(SELECT c.start FROM input_chunks c
+            WHERE c.path=requests.path AND c.rows>0 AND c.first_ordinal<=requests.ordinal
+            ORDER BY c.first_ordinal DESC LIMIT 1)
+        WHERE EXISTS (SELECT 1 FROM input_chunks c WHERE c.path=requests.path AND c.rows>0
+            AND c.first_ordinal<=requests.ordinal);
+        """,
+    ),
 )
 
 

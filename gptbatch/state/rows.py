@@ -86,8 +86,23 @@ class ResultRow:
     batch_id: str | None
 
 
-# The columns of a request row, in RequestRow field order.
+# The columns of a request row as stored, in RequestRow field order.
 REQUEST_COLUMNS = ", ".join(RequestRow._fields)
-# What the store's queries read of a request (alias r): every column but the digest, which
-# only the input diff compares (RequestRow(*row) leaves it None).
-REQUEST_SELECT = ", ".join(f"r.{name}" for name in RequestRow._fields if name != "digest")
+# A request's byte offset is stored relative to the start of the chunk of its input that
+# holds it (input_chunks: the chunk with requests whose first ordinal is the greatest at or
+# below the request's), or as it is when no chunks of its input are recorded. An edit that
+# moves the bytes of the chunks after it then changes their starts (a few thousand rows at
+# a million requests), not the offset of every request after it. This reads it back.
+ABSOLUTE_OFFSET = (
+    "(r.offset + coalesce((SELECT c.start FROM input_chunks c WHERE c.path=r.path"
+    " AND c.rows>0 AND c.first_ordinal<=r.ordinal ORDER BY c.first_ordinal DESC LIMIT 1), 0))"
+)
+# What the store's queries read of a request (alias r), its offset in the file: every column
+# but the digest, which only the input diff compares (RequestRow(*row) leaves it None).
+REQUEST_SELECT = ", ".join(
+    ABSOLUTE_OFFSET if name == "offset" else f"r.{name}"
+    for name in RequestRow._fields
+    if name != "digest"
+)
+# The same with the digest: a whole RequestRow.
+REQUEST_ROW_SELECT = REQUEST_SELECT + ", r.digest"

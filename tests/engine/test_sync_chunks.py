@@ -26,7 +26,7 @@ from gptbatch.inputs import requests as requests_module
 from gptbatch.inputs.chunks import find_chunks
 from gptbatch.inputs.requests import read_raw_line, read_requests
 from gptbatch.report import NullReporter
-from gptbatch.state.rows import REQUEST_COLUMNS, RequestRow
+from gptbatch.state.rows import REQUEST_ROW_SELECT, RequestRow
 from gptbatch.state.store import Store
 
 
@@ -53,7 +53,7 @@ def small_chunks(
 
 
 def _table(store: Store) -> list[tuple[Any, ...]]:
-    return list(store.db.execute(f"SELECT {REQUEST_COLUMNS} FROM requests ORDER BY ordinal"))
+    return list(store.db.execute(f"SELECT {REQUEST_ROW_SELECT} FROM requests r ORDER BY r.ordinal"))
 
 
 def _expected(spec: Spec, path: Path, before: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

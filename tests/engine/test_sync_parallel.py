@@ -20,7 +20,7 @@ from gptbatch.engine import sync
 from gptbatch.errors import InputError
 from gptbatch.inputs.token_cache import cache_path
 from gptbatch.report import NullReporter
-from gptbatch.state.rows import REQUEST_COLUMNS
+from gptbatch.state.rows import REQUEST_ROW_SELECT
 from gptbatch.state.store import Store
 
 CHAT = "/v1/chat/completions"
@@ -160,7 +160,7 @@ def _sync(root: Path, state: str, env: dict[str, str], parallel: bool) -> Any:
 
 
 def _tables(store: Store) -> tuple[list[Any], list[Any]]:
-    rows = store.db.execute(f"SELECT {REQUEST_COLUMNS} FROM requests ORDER BY path, ordinal")
+    rows = store.db.execute(f"SELECT {REQUEST_ROW_SELECT} FROM requests r ORDER BY r.path, r.ordinal")
     inputs = store.db.execute(
         "SELECT path, size, mtime_ns, sha256, defaults, requests FROM inputs ORDER BY path"
     )

@@ -14,7 +14,7 @@ from buildkit import chat, embedding, make_project, write_jsonl
 from gptbatch.engine import sync
 from gptbatch.errors import EXIT_OK
 from gptbatch.simulator import request_digest
-from gptbatch.state.rows import REQUEST_COLUMNS
+from gptbatch.state.rows import REQUEST_ROW_SELECT
 
 
 def _inputs() -> dict[str, list[dict[str, Any]]]:
@@ -46,7 +46,7 @@ def _results(project: Any) -> list[tuple[Any, ...]]:
 def _rows(project: Any) -> list[tuple[Any, ...]]:
     """The state's request rows, with the project's directory taken out of their paths."""
     with sqlite3.connect(project.out / ".gptbatch" / "state.db") as db:
-        rows = db.execute(f"SELECT {REQUEST_COLUMNS} FROM requests ORDER BY path, ordinal")
+        rows = db.execute(f"SELECT {REQUEST_ROW_SELECT} FROM requests r ORDER BY r.path, r.ordinal")
         return [(Path(row[0]).name, *row[1:]) for row in rows]
 
 

@@ -21,7 +21,7 @@ from gptbatch.errors import InputError
 from gptbatch.inputs.requests import read_raw_line, read_requests
 from gptbatch.report import NullReporter
 from gptbatch.state import diff as diff_module
-from gptbatch.state.rows import REQUEST_COLUMNS, RequestRow
+from gptbatch.state.rows import REQUEST_ROW_SELECT, RequestRow
 from gptbatch.state.store import Store
 
 
@@ -55,7 +55,7 @@ def _render(version: tuple[list[Any], bool, bool]) -> bytes:
 
 
 def _table(store: Store) -> list[tuple[Any, ...]]:
-    return list(store.db.execute(f"SELECT {REQUEST_COLUMNS} FROM requests ORDER BY ordinal"))
+    return list(store.db.execute(f"SELECT {REQUEST_ROW_SELECT} FROM requests r ORDER BY r.ordinal"))
 
 
 def _expected(spec: Spec, path: Path, before: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
