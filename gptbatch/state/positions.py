@@ -68,14 +68,12 @@ class Rebase:
     def rows(self, rows: Generator[Any, None, None]) -> Generator[Any, None, None]:
         """rows, each (or each Kept) with its offset as the store keeps it."""
         try:
-            ordinal = 0
-            for row in rows:
+            for ordinal, row in enumerate(rows):
                 if type(row) is Kept:
                     new = self._base(ordinal, row.at)
                     old = self.old.at(ordinal)
                     yield Kept(row.lines, row.offset - new + old, row.at)
                 else:
                     yield (*row[:2], row[2] - self._base(row[0], row[1]), *row[3:])
-                ordinal += 1
         finally:
             rows.close()

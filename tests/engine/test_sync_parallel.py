@@ -160,7 +160,9 @@ def _sync(root: Path, state: str, env: dict[str, str], parallel: bool) -> Any:
 
 
 def _tables(store: Store) -> tuple[list[Any], list[Any]]:
-    rows = store.db.execute(f"SELECT {REQUEST_ROW_SELECT} FROM requests r ORDER BY r.path, r.ordinal")
+    rows = store.db.execute(
+        f"SELECT {REQUEST_ROW_SELECT} FROM requests r ORDER BY r.path, r.ordinal"
+    )
     inputs = store.db.execute(
         "SELECT path, size, mtime_ns, sha256, defaults, requests FROM inputs ORDER BY path"
     )
