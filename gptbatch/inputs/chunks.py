@@ -20,6 +20,7 @@ import os
 import stat
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -63,12 +64,12 @@ def find_chunks(path: str | Path, known: Sequence[Chunk] = ()) -> list[Chunk]:
     for i, chunk in enumerate(known):
         by_hash.setdefault(chunk.hash, i)
     chunks: list[Chunk] = []
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    with open(path, "rb") as f, _Checks(f, known) as checks:
+        size = checks.size
         pos = 0
         i = 0  # the known chunk expected at pos
         while pos < size:
-            if i < len(known) and _same_at(f, pos, known[i], size, last=i == len(known) - 1):
+            if i < len(known) and checks.same(i, pos):
                 chunks.append(known[i]._replace(start=pos))
                 pos += known[i].length
                 i += 1
@@ -83,6 +84,58 @@ def find_chunks(path: str | Path, known: Sequence[Chunk] = ()) -> list[Chunk]:
             else:
                 break
     return chunks
+
+
+class _Checks:
+    """Whether known chunk i holds the file's bytes at pos, checked ahead on two threads.
+
+    Hashing is most of an edited big input's sync, and hashlib and pread let go of the GIL:
+    while chunk i is checked, the next ones are checked where they will be if it holds (the
+    usual answer). A guess that proves wrong is dropped and checked again where asked.
+    """
+
+    AHEAD = 8
+    PARALLEL_BYTES = 32 << 20  # below this, one thread: a pool costs more than it saves
+
+    def __init__(self, f: BinaryIO, known: Sequence[Chunk]) -> None:
+        self.f = f
+        self.known = known
+        self.size = os.fstat(f.fileno()).st_size
+        self.pool: ThreadPoolExecutor | None = None
+        if self.size >= self.PARALLEL_BYTES and len(known) > 1 and (os.cpu_count() or 1) > 1:
+            self.pool = ThreadPoolExecutor(2, thread_name_prefix="gptbatch-chunks")
+        self.ahead: dict[int, tuple[int, Future[bool]]] = {}  # i -> (pos guessed, check)
+
+    def __enter__(self) -> _Checks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            for _, future in self.ahead.values():
+                future.cancel()
+            self.pool.shutdown(wait=True)  # no thread outlives the read (forks follow)
+
+    def _check(self, i: int, pos: int) -> bool:
+        return _same_at(self.f, pos, self.known[i], self.size, last=i == len(self.known) - 1)
+
+    def same(self, i: int, pos: int) -> bool:
+        pool = self.pool
+        if pool is None:
+            return self._check(i, pos)
+        guessed = self.ahead.pop(i, None)
+        if guessed is not None and guessed[0] != pos:
+            guessed[1].cancel()
+            guessed = None
+        # queue the next AHEAD chunks where they are if this one holds
+        at = pos + self.known[i].length
+        for k in range(i + 1, min(i + 1 + self.AHEAD, len(self.known))):
+            held = self.ahead.get(k)
+            if held is None or held[0] != at:
+                if held is not None:
+                    held[1].cancel()
+                self.ahead[k] = (at, pool.submit(self._check, k, at))
+            at += self.known[k].length
+        return guessed[1].result() if guessed is not None else self._check(i, pos)
 
 
 def input_digest(path: str | Path, known: Sequence[Chunk] = ()) -> tuple[str, list[Chunk] | None]:
