@@ -222,7 +222,7 @@ def _patch_output(
     except OSError:
         return None
     try:
-        if not _same_stat(recorded[0], os.fstat(fd)):
+        if not _same_stat(recorded[0], os.fstat(fd)) and not _same_bytes(recorded[0], out_path):
             return None
         return _patch(store, path, out_path, err_path, fd, chunks, segments, recorded[1])
     finally:
@@ -321,6 +321,15 @@ def _stat_text(st: os.stat_result, digest: str) -> str:
 def _same_stat(recorded: str, st: os.stat_result) -> bool:
     """Is a file's stat the one recorded (in either index format)?"""
     return json.loads(recorded)[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _same_bytes(recorded: str, path: Path) -> bool:
+    """Does a file whose stat moved (copied back, restored from a cache) hold the bytes
+    recorded? A kill between an output's rename and its index leaves another file: no."""
+    fields = json.loads(recorded)
+    return (
+        len(fields) >= 5 and fields[2] == os.stat(path).st_size and file_sha256(path) == fields[4]
+    )
 
 
 def write_index(

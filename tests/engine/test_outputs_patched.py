@@ -36,6 +36,7 @@ STEP = st.one_of(
     st.tuples(st.just("reset"), st.booleans()),
     st.tuples(st.just("append to the output")),
     st.tuples(st.just("touch the output")),
+    st.tuples(st.just("copy the output")),  # the same bytes, another inode (a cache restore)
     st.tuples(st.just("drop the index")),
     st.tuples(st.just("write")),
 )
@@ -94,6 +95,10 @@ def _step(store: Store, spec: Spec, state: dict[str, Any], step: tuple[Any, ...]
     elif kind == "touch the output" and out.exists():
         st_ = out.stat()
         os.utime(out, ns=(st_.st_atime_ns, st_.st_mtime_ns + 1000))
+    elif kind == "copy the output" and out.exists():
+        copy = out.with_name("copy.tmp")
+        copy.write_bytes(out.read_bytes())
+        os.replace(copy, out)
     elif kind == "drop the index":
         with store.transaction():
             store.db.execute("DELETE FROM output_index")
@@ -173,3 +178,14 @@ def test_each_kind_of_change_is_patched() -> None:
         steps += [("input", op), write, ("result", 7, "ok", "new"), write]
     # every write but the first (nothing to patch yet), the closing one of _run included
     assert _run(60, steps) == len([s for s in steps if s == write])
+
+
+def test_an_output_copied_back_with_its_bytes_is_still_patched() -> None:
+    """A new inode and mtime (a CI cache restored, `cp -a` of the project): the recorded
+    sha256 says the bytes are the last write's, so the next write still copies them."""
+    results, write = ("results", "ok"), ("write",)
+    steps: list[tuple[Any, ...]] = [results, write, ("copy the output",)]
+    steps += [("input", ("edit", 20, "a longer text")), write, ("copy the output",)]
+    steps += [("append to the output",), ("result", 3, "ok", "new"), write]
+    # patched: the write after the copy; not the one after a line was appended (other bytes)
+    assert _run(60, steps) == 2  # (the closing write of _run is patched too)
