@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from gptbatch.cli.common import add_simulate_flag, load_chosen_spec
-from gptbatch.commands.plan import GroupPlan, Plan, SampledPrice, make_plan, sample_prices
+from gptbatch.commands.plan import GroupPlan, Plan, SampledPrice, make_plans, sample_prices
 from gptbatch.engine.budget import ModelLimits, queue_limits
 from gptbatch.inputs.where import filtered_out
 from gptbatch.pricing import closest_known
@@ -175,13 +175,12 @@ def run(args: argparse.Namespace) -> int:
     store = None if args.all or not (directory / "state.db").exists() else Store(directory)
     sampled: list[SampledPrice] = []
     try:
-        plan = make_plan(spec, skip=store.is_settled if store is not None else None)
+        plan, whole = make_plans(spec, store.settled_keys if store is not None else None)
         if store is not None:  # after `build --sample`: priced from those rows' actual usage
             sampled = sample_prices(spec, store, plan)
     finally:
         if store is not None:
             store.close()
-    whole = make_plan(spec) if store is not None else plan
     limits = learned_limits(spec, [g.model for g in plan.groups])
     if args.json:
         doc = plan.to_json()

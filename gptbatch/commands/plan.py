@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,69 +228,115 @@ def make_plan(spec: Spec, skip: Callable[[str], bool] | None = None) -> Plan:
 
     skip(key) leaves out requests a build would not send (done, or in flight): `make -n`.
     """
-    tallies: dict[tuple[str | None, str], _Tally] = {}
-    per_input: Counter[str] = Counter()
-    problems: list[Problem] = []
+    settled = None if skip is None else (lambda keys: {k for k in keys if skip(k)})
+    return make_plans(spec, settled)[0]
+
+
+def make_plans(
+    spec: Spec, settled: Callable[[list[str]], Collection[str]] | None = None
+) -> tuple[Plan, Plan]:
+    """What a build would send now and the whole workload, from one read of the inputs.
+
+    settled(keys): those of keys a build would leave alone (done, or in flight), asked a
+    few hundred at a time; None: no state, both plans are the whole workload. Raises
+    InputError on bad input: the problems of what would be sent first, then any other.
+    """
+    now, whole = _Plan(spec), _Plan(spec) if settled is not None else None
     options = ScanOptions(model=spec.model, endpoint=spec.endpoint, extra=upload_facts)
     scanner = Scanner(spec.inputs, options)
+    pending: list[ScannedRequest] = []
+
+    def flush() -> None:
+        done = settled([r.key for r in pending]) if settled is not None else ()
+        for req in pending:
+            if req.key not in done:
+                now.add(req)
+            if whole is not None:
+                whole.add(req)
+        pending.clear()
+
     try:
         for req in scanner.requests():
-            if skip is not None and skip(req.key):
-                continue
-            key = (req.model, req.url)
-            tally = tallies.get(key)
-            if tally is None:
-                caps = _caps(spec, req.model, req.url)
-                tally = _Tally(req.model, req.url, Packer(caps), caps.max_tokens)
-                tallies[key] = tally
-            nbytes, bound = req.extra
-            try:
-                tally.shards += len(tally.packer.add(Item(req.key, req.tokens, nbytes, req.inputs)))
-            except ItemTooLarge as exc:  # report every one, then fail
-                budget = spec.limits.token_budget(req.model or "")
-                alone = budget is not None and exc.dimension == "tokens" and req.tokens <= budget
-                if not alone or not _fits_alone(spec, req, nbytes):
-                    problems.append(_too_large(spec, req, exc))
-                    continue
-                tally.shards += 1  # over a pipelined shard's share: a build sends it alone
-            tally.requests += 1
-            per_input[req.path] += 1
-            tally.tokens += req.tokens
-            if bound is None:
-                tally.unbounded += 1
-            else:
-                tally.output_max += bound
-            tally.caveats.update(caveat_key(c) for c in req.caveats)
+            pending.append(req)
+            if len(pending) >= _ASK_AT_ONCE:
+                flush()
+        flush()
     except InputError as exc:  # bad lines: report them with any oversized requests
-        raise InputError(exc.problems + problems, truncated=exc.truncated) from None
-    if problems:
-        raise InputError(problems[:50], truncated=max(0, len(problems) - 50))
+        raise InputError(exc.problems + now.problems, truncated=exc.truncated) from None
+    for tally in (now, whole or now):
+        if tally.problems:
+            raise InputError(tally.problems[:50], truncated=max(0, len(tally.problems) - 50))
     scanner.commit_counts()
-    table = price_table()
-    groups = []
-    for tally in tallies.values():
-        tally.shards += len(tally.packer.finish())
-        price = price_for(tally.model, spec.prices)
-        output_known = tally.unbounded == 0
-        groups.append(
-            GroupPlan(
-                model=tally.model,
-                endpoint=tally.endpoint,
-                requests=tally.requests,
-                tokens=tally.tokens,
-                shards=tally.shards,
-                token_cap=tally.token_cap,
-                price=price,
-                input_cost=estimate_cost(tally.model, tally.tokens, 0, spec.prices),
-                output_tokens_max=tally.output_max if output_known else None,
-                output_cost_max=None
-                if price is None or not output_known
-                else tally.output_max * price.output / 1_000_000,
-                unbounded_requests=tally.unbounded,
-                caveats=tuple(Caveat(t, n) for t, n in sorted(tally.caveats.items())),
+    planned = now.plan()
+    return planned, whole.plan() if whole is not None else planned
+
+
+_ASK_AT_ONCE = 500  # keys per settled() question
+
+
+class _Plan:
+    """The tallies of one plan, a request at a time."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.tallies: dict[tuple[str | None, str], _Tally] = {}
+        self.per_input: Counter[str] = Counter()
+        self.problems: list[Problem] = []
+
+    def add(self, req: ScannedRequest) -> None:
+        spec = self.spec
+        key = (req.model, req.url)
+        tally = self.tallies.get(key)
+        if tally is None:
+            caps = _caps(spec, req.model, req.url)
+            tally = _Tally(req.model, req.url, Packer(caps), caps.max_tokens)
+            self.tallies[key] = tally
+        nbytes, bound = req.extra
+        try:
+            tally.shards += len(tally.packer.add(Item(req.key, req.tokens, nbytes, req.inputs)))
+        except ItemTooLarge as exc:  # report every one, then fail
+            budget = spec.limits.token_budget(req.model or "")
+            alone = budget is not None and exc.dimension == "tokens" and req.tokens <= budget
+            if not alone or not _fits_alone(spec, req, nbytes):
+                self.problems.append(_too_large(spec, req, exc))
+                return
+            tally.shards += 1  # over a pipelined shard's share: a build sends it alone
+        tally.requests += 1
+        self.per_input[req.path] += 1
+        tally.tokens += req.tokens
+        if bound is None:
+            tally.unbounded += 1
+        else:
+            tally.output_max += bound
+        tally.caveats.update(caveat_key(c) for c in req.caveats)
+
+    def plan(self) -> Plan:
+        spec = self.spec
+        table = price_table()
+        groups = []
+        for tally in self.tallies.values():
+            tally.shards += len(tally.packer.finish())
+            price = price_for(tally.model, spec.prices)
+            output_known = tally.unbounded == 0
+            groups.append(
+                GroupPlan(
+                    model=tally.model,
+                    endpoint=tally.endpoint,
+                    requests=tally.requests,
+                    tokens=tally.tokens,
+                    shards=tally.shards,
+                    token_cap=tally.token_cap,
+                    price=price,
+                    input_cost=estimate_cost(tally.model, tally.tokens, 0, spec.prices),
+                    output_tokens_max=tally.output_max if output_known else None,
+                    output_cost_max=None
+                    if price is None or not output_known
+                    else tally.output_max * price.output / 1_000_000,
+                    unbounded_requests=tally.unbounded,
+                    caveats=tuple(Caveat(t, n) for t, n in sorted(tally.caveats.items())),
+                )
             )
-        )
-    return Plan(str(spec.path), tuple(groups), table.as_of, table.source, dict(per_input))
+        return Plan(str(spec.path), tuple(groups), table.as_of, table.source, dict(self.per_input))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pytest
 
 import gptbatch
 from gptbatch.cli import main
-from gptbatch.commands.plan import caveat_key, make_plan, output_limit
+from gptbatch.commands.plan import caveat_key, make_plan, make_plans, output_limit
 from gptbatch.config.spec import load_spec
 from gptbatch.errors import InputError
 from gptbatch.inputs.tokens import estimate_request
@@ -257,3 +257,77 @@ def test_the_readme_plan_example_is_a_real_run(
     monkeypatch.chdir(tmp_path)
     assert main(["plan", "examples/batch.yaml"]) == 0
     assert capsys.readouterr().out == shown
+
+
+def test_one_read_plans_what_is_left_and_the_whole_as_two_reads_did(tmp_path: Path) -> None:
+    """make_plans asks which keys are settled a few hundred at a time: both plans are those
+    of a read skipping settled keys one by one and of a read of everything."""
+    chat = [
+        _chat(f"r{i}", "text " * (i % 17), **({"max_tokens": i % 50} if i % 5 else {}))
+        for i in range(900)
+    ]
+    embeddings = [
+        json.dumps(
+            {
+                "custom_id": f"e{i}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "text-embedding-3-small", "input": "x " * (1 + i % 9)},
+            }
+        )
+        for i in range(400)
+    ]
+    (tmp_path / "emb.jsonl").write_text("\n".join(embeddings) + "\n")
+    config = _config(tmp_path, chat, "limits:\n  enqueued_tokens: 20000\n")
+    config.write_text(config.read_text().replace("[in.jsonl]", "[in.jsonl, emb.jsonl]"))
+    spec = load_spec(config)
+    keys = [r.key for r in make_plans_keys(spec)]
+    chosen = set(keys[::3]) | set(keys[700:760])
+    asked: list[int] = []
+
+    def settled(batch: list[str]) -> set[str]:
+        asked.append(len(batch))
+        return chosen.intersection(batch)
+
+    now, whole = make_plans(spec, settled)
+    assert now == make_plan(spec, skip=chosen.__contains__)
+    assert whole == make_plan(spec)
+    assert now.requests == 1_300 - len(chosen) and whole.requests == 1_300
+    assert max(asked) <= 500 and sum(asked) == 1_300
+
+
+def make_plans_keys(spec: Any) -> list[Any]:
+    """Every request of spec, as a plan reads them."""
+    from gptbatch.inputs.scan import Scanner, ScanOptions
+
+    return list(
+        Scanner(spec.inputs, ScanOptions(model=spec.model, endpoint=spec.endpoint)).requests()
+    )
+
+
+def test_settled_keys_agrees_with_is_settled(tmp_path: Path) -> None:
+    """A final result (ok, failed) or a shard at the API settles a key; a retry or a shard
+    not yet sent does not."""
+    from gptbatch.state.store import Store
+
+    store = Store(tmp_path)
+    try:
+        with store.transaction():
+            for key, state in (("ok", "ok"), ("failed", "failed"), ("retry", "retry")):
+                store.record_result(key, state=state, line="x" if state == "ok" else None)
+            for shard, state in (("s1", "submitted"), ("s2", "ready"), ("s3", "done")):
+                store.add_shard(
+                    shard,
+                    model="m",
+                    url="/v1/embeddings",
+                    members=[(f"in-{shard}", "c")],
+                    tokens=1,
+                    nbytes=1,
+                    cost=None,
+                )
+                store.update_shard(shard, state=state)
+        keys = ["ok", "failed", "retry", "in-s1", "in-s2", "in-s3", "nothing"]
+        assert store.settled_keys(keys) == {k for k in keys if store.is_settled(k)}
+        assert store.settled_keys(keys) == {"ok", "failed", "in-s1"}
+    finally:
+        store.close()
