@@ -234,7 +234,8 @@ def pending_reasons(spec: Spec, store: Store) -> Iterator[PendingReason]:
         if str(path) in stale:
             yield from _stale_reasons(spec, store, path, in_shard, stale[str(path)])
             continue
-        for row, result in store.request_results(str(path)):
+        # A request with a final result is up to date: only the open ones can be pending.
+        for row, result in store.request_results(str(path), open_only=True):
             why = _reason(result, in_shard.get(row.key), row.reason)
             if why is not None:
                 yield PendingReason(row.path, row.line, row.custom_id, why)

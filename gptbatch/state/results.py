@@ -248,13 +248,19 @@ class ResultsMixin(StoreBase):
     def last_result_rowid(self) -> int:
         return self.db.execute("SELECT coalesce(max(rowid), 0) FROM results").fetchone()[0]
 
-    def request_results(self, path: str) -> Iterator[tuple[RequestRow, ResultRow | None]]:
-        """An input's current requests in input order, each with its result if any."""
+    def request_results(
+        self, path: str, *, open_only: bool = False
+    ) -> Iterator[tuple[RequestRow, ResultRow | None]]:
+        """An input's current requests in input order, each with its result if any.
+
+        open_only: only those without a final result (ok or failed), through their own
+        small index: what is pending, not a walk over every request.
+        """
         cur = self.db.execute(
             f"SELECT {REQUEST_SELECT},"
             " s.key, s.state, s.attempts, s.line, s.error, s.batch_id, s.zline"
             " FROM requests r LEFT JOIN results s ON s.key=r.key"
-            " WHERE r.path=? ORDER BY r.ordinal",
+            f" WHERE r.path=?{' AND r.done=0' if open_only else ''} ORDER BY r.ordinal",
             (path,),
         )
         for row in cur:
