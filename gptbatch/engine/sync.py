@@ -83,6 +83,8 @@ def sync_inputs(
             report.event("input", path=str(path), state="unchanged (content hash)")
             continue
         changed.append((path, st, digest, chunks))
+    if changed:
+        changed = _adopt_moved(store, report, changed, defaults, declared or spec.inputs)
     scanners: list[Scanner] = []  # new inputs read on every core; their counts kept on success
     try:
         _sync_changed(
@@ -202,6 +204,49 @@ def _sync_changed(
         if problems:
             raise InputError(problems[:50], truncated=max(0, len(problems) - 50) + unshown)
         store.set_meta("limits_checked", limits_key)
+
+
+def _adopt_moved(
+    store: Store,
+    report: Reporter,
+    changed: list[tuple[Path, os.stat_result, str, list[Chunk] | None]],
+    defaults: str,
+    declared: Sequence[Path],
+) -> list[tuple[Path, os.stat_result, str, list[Chunk] | None]]:
+    """The changed inputs left to read once new ones that an input no longer declared moved
+    to (a project copied or moved elsewhere, a file renamed) have taken its rows.
+
+    A new input takes the rows of a gone one with its bytes (its digest), or else with its
+    file name (then read as an edit of it: by chunks, as any edited input). Paths are
+    recorded whole, so without this a moved project read every input again in full. In a
+    transaction of its own, so the read that follows sees the rows where they now are.
+    """
+    keep = {str(p) for p in declared}
+    gone = {p: store.input_record(p) for p in store.input_paths() if p not in keep}
+    gone = {p: r for p, r in gone.items() if r is not None and r[3] == defaults}
+    if not gone:
+        return changed
+    left = []
+    with store.transaction():
+        for item in changed:
+            path, st, digest, _ = item
+            if store.input_record(str(path)) is not None:
+                left.append(item)
+                continue
+            same = [p for p, r in gone.items() if r[2] == digest]
+            named = [p for p in gone if Path(p).name == path.name]
+            old = same[0] if same else named[0] if len(named) == 1 else None
+            if old is None:
+                left.append(item)
+                continue
+            store.rename_input(old, str(path))
+            del gone[old]
+            if same:  # its rows are this file's: nothing to read
+                store.touch_input(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+                report.event("input", path=str(path), state=f"unchanged (moved from {old})")
+            else:
+                left.append(item)
+    return left
 
 
 def edit_kind(spec: Spec, store: Store, path: Path) -> tuple[str, str | None]:

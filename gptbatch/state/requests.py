@@ -66,6 +66,12 @@ class RequestsMixin(StoreBase):
             (path, size, mtime_ns, sha256, defaults, count, time.time()),
         )
 
+    def rename_input(self, old: str, new: str) -> None:
+        """Record an input's rows, chunks and template as a new path's (it moved there)."""
+        for table in ("requests", "input_chunks", "inputs"):
+            self.db.execute(f"UPDATE {table} SET path=? WHERE path=?", (new, old))
+        self.db.execute("UPDATE meta SET key=? WHERE key=?", (f"template:{new}", f"template:{old}"))
+
     def touch_input(self, path: str, *, size: int, mtime_ns: int) -> None:
         """Record a new stat for an input whose content hash did not change."""
         self.db.execute("UPDATE inputs SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, path))
