@@ -186,7 +186,9 @@ def _sync_changed(
                 store.unbase(str(path), rebase.ranges)
             report.event("input", path=str(path), state="read", **tally)
         duplicates, found = store.duplicate_custom_ids(
-            (str(p) for p, _, _, _ in changed), ranges=ranges
+            (str(p) for p, _, _, _ in changed),
+            ranges=ranges,
+            order=[str(p) for p in declared],
         )
         unshown += found - len(duplicates)
         for cid, pa, la, pb, lb in duplicates:

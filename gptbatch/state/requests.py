@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from gptbatch.state.base import StoreBase
@@ -106,6 +106,7 @@ class RequestsMixin(StoreBase):
         *,
         limit: int = 50,
         ranges: dict[str, list[tuple[int, int]]] | None = None,
+        order: Sequence[str] = (),
     ) -> tuple[list[tuple[str, str, int, str, int]], int]:
         """(custom_id, path_a, line_a, path_b, line_b) for custom_ids used in two inputs, the
         first `limit` of them in order, and how many there are in all.
@@ -115,12 +116,13 @@ class RequestsMixin(StoreBase):
         inputs were read. ranges: for an input synced by its chunks, the ordinals (first,
         last) of the rows it read; its other rows are as they were (checked then).
         """
+        rank = {path: i for i, path in enumerate(order)}  # the config's order, as validate reads
         inputs = self.input_paths()
         if len(inputs) < 2:
             return [], 0
         if paths is None:
             paths = inputs
-        pairs: set[tuple[str, str, int, int, str, int, int]] = set()
+        pairs: set[tuple[int, str, str, int, int, int, str, int, int]] = set()
         sql = (
             "SELECT b.custom_id, a.path, a.ordinal, a.line, b.path, b.ordinal, b.line"
             " FROM requests b JOIN requests a ON a.custom_id=b.custom_id AND a.path<>b.path"
@@ -135,10 +137,16 @@ class RequestsMixin(StoreBase):
             )
             for query, params in queries:
                 for cid, pa, oa, la, pb, ob, lb in self.db.execute(query, params):
-                    first, second = sorted([(pa, oa, la), (pb, ob, lb)])
-                    pairs.add((cid, *first, *second))
-        first = [(c, pa, la, pb, lb) for c, pa, _, la, pb, _, lb in sorted(pairs)[:limit]]
-        return first, len(pairs)
+                    first, second = sorted(
+                        [
+                            (rank.get(pa, len(rank)), pa, oa, la),
+                            (rank.get(pb, len(rank)), pb, ob, lb),
+                        ]
+                    )
+                    pairs.add((second[0], cid, *first[1:], *second[1:]))
+        # in the order a read of the inputs meets the second of each pair
+        shown = sorted(pairs, key=lambda p: (p[0], p[6], p[7]))[:limit]
+        return [(c, pa, la, pb, lb) for _, c, pa, _, la, pb, _, lb in shown], len(pairs)
 
     def models(self) -> list[str | None]:
         """The models current requests use."""
