@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LIMIT = "1900000"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose gptbatch is measured
 _SYLLABLE_TEXT = "ka lo mi ne tor san vel dre qui om ash fen gli bru pha zen cor tis ul mar"
 SYLLABLES = _SYLLABLE_TEXT.split()
 _COMMON_TEXT = (
@@ -286,9 +287,8 @@ def original_tool(venv: Path) -> Path | None:
 
 def before_source(rev: str, into: Path) -> Path:
     """This repository's gptbatch package at revision rev, unpacked under into."""
-    root = Path(__file__).resolve().parent.parent
     archive = subprocess.run(
-        ["git", "-C", str(root), "archive", rev, "gptbatch"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", rev, "gptbatch"], check=True, capture_output=True
     ).stdout
     into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
@@ -346,7 +346,12 @@ def bench_corpus(
     ]
     for name, argv, counter in runs:
         cache = work / f"cache-{corpus.stem}-{name.replace(' ', '')}"
-        base = {**env, "GPTBATCH_COUNTER": counter} if counter else env
+        # Our runs import this checkout's gptbatch (not whatever is installed); "auto" leaves
+        # the choice of counter to gptbatch (fastokens only where it repays its load).
+        base = {**env, "PYTHONPATH": str(ROOT)}
+        base.pop("GPTBATCH_COUNTER", None)
+        if counter and counter != "auto":
+            base["GPTBATCH_COUNTER"] = counter
         run_env = {**base, "GPTBATCH_CACHE_DIR": f"{cache}-0"}
         # Each cold run gets its own empty cache; the first one's is then the warm cache.
         # The code at --before runs cold too, each run right after one of ours, so both
@@ -383,7 +388,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--counters",
-        help="comma-separated GPTBATCH_COUNTER values (tiktoken, fastokens), each run in turn",
+        help="comma-separated GPTBATCH_COUNTER values (tiktoken, fastokens; auto: unset, "
+        "gptbatch chooses), each run in turn",
     )
     parser.add_argument(
         "--skip-floor", action="store_true", help="skip the in-process floor and tiktoken-alone"
@@ -398,6 +404,7 @@ def main() -> None:
     args = parser.parse_args()
     print("# " + shlex.join([sys.executable, *sys.argv]))
     print(f"# {os.cpu_count()} cores, python {sys.version.split()[0]}, split LIMIT {LIMIT}")
+    print(f"# gptbatch measured from {ROOT}")
     orig = original_tool(args.venv_dir)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with tempfile.TemporaryDirectory(prefix="gptbatch-bench-") as tmp:
