@@ -29,7 +29,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from gptbatch.inputs import fast_counter  # noqa: E402
 from gptbatch.inputs.encodings import get_encoding  # noqa: E402
-from gptbatch.inputs.tokens import endpoints, estimate_request  # noqa: E402
+from gptbatch.inputs.tokens import endpoints, estimate_request, words  # noqa: E402
 from gptbatch.inputs.tokens.text import text_len  # noqa: E402
 
 PROSE = (  # noqa: SIM905 - prose reads better as prose
@@ -87,6 +87,7 @@ def _time_text(encoding: str, texts: list[str]) -> tuple[float, int]:
 
 def _time_estimate(bodies: list[dict]) -> tuple[float, int]:
     endpoints._MEMOS.clear()
+    words.clear()
     start = time.perf_counter()
     total = sum(estimate_request("/v1/chat/completions", b).tokens for b in bodies)
     return time.perf_counter() - start, total

@@ -401,7 +401,7 @@ def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
     import threading
 
     from gptbatch.inputs import fast_counter, scan
-    from gptbatch.inputs.tokens import endpoints
+    from gptbatch.inputs.tokens import endpoints, words
     from tests.corpus import write_mixed_corpus
 
     paths = write_mixed_corpus(tmp_path / "mixed", requests_per_file=60)
@@ -432,6 +432,7 @@ def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
         monkeypatch.setenv("GPTBATCH_COUNTER", counter)
         monkeypatch.setattr(fast_counter, "_LOADED", {})  # built anew, in the background
         endpoints._MEMOS.clear()
+        words.clear()
         gate.clear()
         loading_then.clear()
         out = tmp_path / counter
@@ -448,3 +449,34 @@ def test_shards_and_counts_are_the_same_when_fastokens_takes_over_mid_split(
     assert len(runs["tiktoken"][1]) > 5
     if workers == 0:  # this process counted with fastokens past the canary (workers: their own)
         assert len([t for t in counted if t not in fast_counter.CANARY]) > 50
+
+
+@pytest.mark.parametrize("corpus", ["mixed", "prose"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_are_byte_identical_with_texts_counted_by_their_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, corpus: str
+) -> None:
+    """Counting each text as the sum of its words (gptbatch.inputs.tokens.words) changes no
+    count: the suite's corpus and prose-like chat files split into the same shards, byte
+    for byte, with the same token totals, as with every text counted whole."""
+    from gptbatch.inputs.tokens import endpoints, words
+    from tests.corpus import write_mixed_corpus
+
+    if corpus == "mixed":
+        paths = write_mixed_corpus(tmp_path / "in", requests_per_file=60)
+    else:
+        paths = write_inputs(tmp_path / "in")[0]
+    options = ScanOptions(workers=workers, chunk_bytes=5000, use_cache=False)
+    runs = {}
+    for by_words in (True, False):
+        if not by_words:
+            monkeypatch.setattr(words, "ENCODINGS", frozenset())
+        endpoints._MEMOS.clear()
+        words.clear()
+        out = tmp_path / f"out-{by_words}"
+        result = split_files(paths, 300_000, out_dir=out, max_requests=25, options=options)
+        runs[by_words] = (all_bytes(out), result.shards)
+        if by_words and workers == 0:
+            assert len(words._MEMOS["o200k_base"][1]) > 10  # the words really were used
+    assert runs[True] == runs[False]
+    assert len(runs[True][1]) > 5

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from gptbatch.inputs import fast_counter
 from gptbatch.inputs.encodings import get_encoding
-from gptbatch.inputs.tokens import endpoints, estimate_request
+from gptbatch.inputs.tokens import endpoints, estimate_request, words
 from gptbatch.inputs.tokens.text import _ORDINARY_MAX_CHARS, text_len
 from tests.corpus import write_mixed_corpus
 
@@ -184,6 +184,7 @@ def test_fuzz_guarded_counter_equals_tiktoken(
 
 def _estimates(bodies: list[tuple[str, dict]]) -> list[object]:
     endpoints._MEMOS.clear()  # else the second run would reuse the first run's counts
+    words.clear()
     return [estimate_request(url, body) for url, body in bodies]
 
 
@@ -251,6 +252,7 @@ def test_scanner_with_fastokens_counts_as_with_tiktoken(
     for counter in ("tiktoken", "fastokens"):
         monkeypatch.setenv("GPTBATCH_COUNTER", counter)
         endpoints._MEMOS.clear()
+        words.clear()
         options = ScanOptions(workers=workers, chunk_bytes=4096)
         scanner = Scanner(paths, options)
         counts = [(r.custom_id, r.tokens, r.caveats) for r in scanner.requests()]
@@ -302,11 +304,13 @@ def test_the_load_starts_with_the_first_cold_chunk_and_counts_stay_tiktoken_s(
     options = ScanOptions(workers=workers, chunk_bytes=4096, use_cache=False)
     monkeypatch.setenv("GPTBATCH_COUNTER", "tiktoken")
     endpoints._MEMOS.clear()
+    words.clear()
     expected = [(r.custom_id, r.tokens, r.caveats) for r in Scanner(paths, options).requests()]
 
     gate, counted = _gated_load(monkeypatch)
     monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
     endpoints._MEMOS.clear()
+    words.clear()
     got, state = [], []
     scanner = Scanner(paths, options)
     try:
@@ -337,12 +341,14 @@ def test_a_background_load_that_fails_the_canary_keeps_tiktoken(tmp_path, monkey
     options = ScanOptions(workers=2, chunk_bytes=4096, use_cache=False)
     monkeypatch.setenv("GPTBATCH_COUNTER", "tiktoken")
     endpoints._MEMOS.clear()
+    words.clear()
     expected = [(r.custom_id, r.tokens) for r in Scanner(paths, options).requests()]
     gate, _ = _gated_load(monkeypatch)
     gate.set()
     monkeypatch.setattr(fast_counter, "guarded_counter", lambda encoding, tokenizer: len)
     monkeypatch.setenv("GPTBATCH_COUNTER", "fastokens")
     endpoints._MEMOS.clear()
+    words.clear()
     saved_state = dict(fast_counter._state)
     try:
         got = [(r.custom_id, r.tokens) for r in Scanner(paths, options).requests()]

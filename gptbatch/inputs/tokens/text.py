@@ -9,6 +9,7 @@ import tiktoken.model
 
 from gptbatch.inputs.encodings import get_encoding
 from gptbatch.inputs.fast_counter import COUNTERS as _FAST_COUNTERS
+from gptbatch.inputs.tokens.words import count_by_words
 
 DEFAULT_ENCODING = "o200k_base"
 
@@ -69,6 +70,21 @@ def _pieces_len(enc: tiktoken.Encoding, text: str) -> int:
 _ORDINARY_MAX_CHARS = 100_000
 
 
+def _ordinary_len(enc: tiktoken.Encoding, text: str) -> int | None:
+    """encode_ordinary's count (fastokens' where loaded), or None where tiktoken panics."""
+    fast = _FAST_COUNTERS.get(enc.name)  # empty unless the scanner loaded fastokens
+    if fast is not None:
+        tokens = fast(text)
+        if tokens is not None:
+            return tokens
+    try:
+        return len(enc.encode_ordinary(text))
+    except BaseException as exc:  # pyo3's PanicException derives from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+    return None
+
+
 def text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
     """(tokens, whether the text had to be counted in pieces).
 
@@ -77,16 +93,12 @@ def text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
     run of whitespace, tiktoken issue #15) it raises ValueError instead of panicking.
     """
     if len(text) <= _ORDINARY_MAX_CHARS:
-        fast = _FAST_COUNTERS.get(enc.name)  # empty unless the scanner loaded fastokens
-        if fast is not None:
-            tokens = fast(text)
-            if tokens is not None:
-                return tokens, False
-        try:
-            return len(enc.encode_ordinary(text)), False
-        except BaseException as exc:  # pyo3's PanicException derives from BaseException
-            if type(exc).__name__ != "PanicException":
-                raise
+        ordinary = functools.partial(_ordinary_len, enc)
+        tokens = count_by_words(enc.name, text, ordinary)
+        if tokens is None:
+            tokens = ordinary(text)
+        if tokens is not None:
+            return tokens, False
     try:
         return len(enc.encode(text, disallowed_special=())), False
     except ValueError:

@@ -1,0 +1,228 @@
+"""Counting a text as the sum of its words (gptbatch.inputs.tokens.words) against tiktoken.
+
+The cut is exact only if every space it cuts at has non-whitespace, to tiktoken's patterns,
+on both sides. These tests prove it the way test_fast_counter proves fastokens:
+- a code-point sweep per encoding: each code point beside the spaces of the contexts where a
+  misjudged whitespace would change the pieces ("a{c} {c}b": tiktoken would then keep
+  "{c} " together), summed by words vs counted whole (every code point below U+3000 and
+  every 7th above by default, all 1.1M with `-m slow`);
+- a hypothesis fuzz of texts joined by spaces and other whitespace, through text_len;
+- the memo's bounds, and a word the counter cannot count;
+- splitting a file gives byte-identical shards with the word count on and off.
+"""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptbatch.inputs.encodings import get_encoding
+from gptbatch.inputs.tokens import endpoints, words
+from gptbatch.inputs.tokens.text import text_len
+
+ENCODINGS = ("o200k_base", "cl100k_base")
+# Unicode's White_Space property (PropList.txt): what tiktoken's patterns call \s.
+WHITE_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+# The first three are where a cut beside whitespace changes the count (see the test that
+# the sweep would catch one); the others put each code point beside a space in other ways.
+CONTEXTS = ("a{c} {c}b", "a{c} {c}", "{c} {c}b", "x {c}'s {c}", "1{c} {c}2 {c}.")
+
+
+@pytest.fixture(autouse=True)
+def fresh_memo() -> Iterator[None]:
+    words.clear()
+    endpoints._MEMOS.clear()
+    yield
+    words.clear()
+
+
+def by_words(encoding: str, text: str) -> int | None:
+    enc = get_encoding(encoding)
+    return words.count_by_words(encoding, text, lambda t: len(enc.encode_ordinary(t)))
+
+
+def clean_by_definition(text: str) -> bool:
+    """The reference: every space has a neighbour on each side, neither of them whitespace."""
+    return all(
+        0 < i < len(text) - 1 and not text[i - 1].isspace() and not text[i + 1].isspace()
+        for i, c in enumerate(text)
+        if c == " "
+    )
+
+
+def test_python_whitespace_covers_unicode_white_space() -> None:
+    """The cut's whitespace (str.isspace, re's \\s) must include all of tiktoken's \\s."""
+    assert all(c.isspace() for c in WHITE_SPACE)
+    for c in WHITE_SPACE:
+        assert not words.splits_cleanly(f"a{c} b") and not words.splits_cleanly(f"a {c}b")
+        assert not words.splits_cleanly(f"é{c} b") and not words.splits_cleanly(f"é {c}b")
+
+
+def _points(full: bool) -> list[int]:
+    points = range(0x110000) if full else [*range(0x3000), *range(0x3000, 0x110000, 7)]
+    chosen = {c for c in points if not 0xD800 <= c < 0xE000} | set(map(ord, WHITE_SPACE))
+    return sorted(chosen)
+
+
+def _sweep(encoding: str, points: list[int]) -> tuple[int, list[str]]:
+    """(texts cut, texts whose words' sum differs from the whole count)."""
+    enc = get_encoding(encoding)
+    ordinary = enc.encode_ordinary
+    cut, wrong = 0, []
+    for context in CONTEXTS:
+        for point in points:
+            text = context.format(c=chr(point))
+            words.clear()  # each word counted afresh: no count reused across texts
+            got = by_words(encoding, text)
+            if got is None:
+                assert not clean_by_definition(text), repr(text)
+                continue
+            cut += 1
+            if got != len(ordinary(text)):
+                wrong.append(text)
+    return cut, wrong
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_sampled_sweep_cuts_only_where_the_count_stays_exact(encoding: str) -> None:
+    points = _points(full=False)
+    cut, wrong = _sweep(encoding, points)
+    assert wrong == []
+    assert cut > 0.9 * len(points) * len(CONTEXTS)  # the sweep really cut almost everywhere
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_full_sweep_cuts_only_where_the_count_stays_exact(encoding: str) -> None:
+    _, wrong = _sweep(encoding, _points(full=True))
+    assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("encoding", "text"),
+    [
+        ("o200k_base", "a\u3000 \u3000b"),
+        ("o200k_base", "a\xa0 \xa0"),
+        ("o200k_base", "a\n \nb"),
+        ("cl100k_base", "a\t \tb"),
+    ],
+)
+def test_whitespace_that_would_change_the_count_is_not_cut(encoding: str, text: str) -> None:
+    enc = get_encoding(encoding)
+    head, rest = text.split(" ", 1)
+    cut = len(enc.encode_ordinary(head)) + len(enc.encode_ordinary(" " + rest))
+    assert cut != len(enc.encode_ordinary(text))  # cutting here would be wrong
+    assert by_words(encoding, text) is None
+    assert text_len(enc, text)[0] == len(enc.encode_ordinary(text))
+
+
+def test_the_sweep_would_catch_a_cut_beside_whitespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: cutting at every space, the sweep's contexts find wrong counts."""
+    monkeypatch.setattr(words, "splits_cleanly", lambda text: "  " not in text)
+    for encoding in ENCODINGS:
+        _, wrong = _sweep(encoding, sorted(map(ord, WHITE_SPACE)))
+        assert {"a\t \tb", "a\n \nb"} <= set(wrong)
+
+
+_WORDS = st.one_of(
+    st.sampled_from(
+        [
+            "the",
+            "The",
+            "don't",
+            "it's",
+            "I'LL",
+            "naïve",
+            "東京は晴れ",
+            "данные",
+            "🙂",
+            "👍🏽",
+            "e\u0301",
+            "12345",
+            "3.14",
+            "x**2",
+            "<|endoftext|>",
+            "'s",
+            "’s",
+            "\u180e",
+            "\u200b",
+            "a\ud800b",
+            "--",
+            "...",
+            "(a)",
+            "http://x.io/a?b=1",
+        ]
+    ),
+    st.text(st.sampled_from("ab'1. \t\n\r\u00a0\u2003\u3000\x1c\u0301"), min_size=1, max_size=6),
+    st.text(max_size=8),  # anything, lone surrogates included
+)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(_WORDS, max_size=30), sep=st.sampled_from([" ", " ", "  ", "\n", " \n"]))
+def test_fuzz_text_len_equals_tiktoken(encoding: str, parts: list[str], sep: str) -> None:
+    enc = get_encoding(encoding)
+    text = sep.join(parts)
+    assert words.splits_cleanly(text) == clean_by_definition(text) or " " not in text
+    for _ in range(2):  # with the memo cold, then warm
+        assert text_len(enc, text)[0] == len(enc.encode_ordinary(text))
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_prose_is_cut_and_counted_exactly(encoding: str) -> None:
+    rng = random.Random(7)
+    vocabulary = ["the", "of", "and", "Zürich", "naïve", "don't", "x2", "1999.", "(see", "it)"]
+    enc = get_encoding(encoding)
+    for _ in range(200):
+        text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 400)))
+        assert by_words(encoding, text) in (None, len(enc.encode_ordinary(text)))
+        assert text_len(enc, text)[0] == len(enc.encode_ordinary(text))
+    known = words._MEMOS[encoding][1]
+    assert set(known) == set(vocabulary)  # each word counted once, then reused
+
+
+def test_memo_bounds_keep_counts_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(words, "MAX_ENTRIES", 5)
+    enc = get_encoding("o200k_base")
+    long_word = "supercalifragilistic" * 4
+    text = " ".join([f"w{i}" for i in range(50)] + [long_word, long_word])
+    asked: list[str] = []
+
+    def exact(t: str) -> int:
+        asked.append(t)
+        return len(enc.encode_ordinary(t))
+
+    assert words.count_by_words("o200k_base", text, exact) == len(enc.encode_ordinary(text))
+    known = words._MEMOS["o200k_base"][1]
+    assert len(known) == 5 and long_word not in known
+    assert asked.count(" " + long_word) == 2  # not kept: counted at each use
+
+
+def test_a_word_the_counter_cannot_count_sends_the_text_whole() -> None:
+    assert words.count_by_words("o200k_base", "a b c", lambda t: None if "b" in t else 1) is None
+    assert words.count_by_words("o200k_base", "a c", lambda t: 1) == 2
+    assert words.count_by_words("r50k_base", "a c", lambda t: 1) is None  # pattern unchecked
+
+
+def test_texts_without_clean_spaces_are_not_cut() -> None:
+    for text in ["", "word", " lead", "trail ", "two  spaces", "tab\t x", "x \nnext", "é \u3000"]:
+        assert by_words("o200k_base", text) is None
+    assert by_words("o200k_base", "one two\nthree four") == len(
+        get_encoding("o200k_base").encode_ordinary("one two\nthree four")
+    )
+
+
+def test_every_white_space_char_is_known_to_unicodedata() -> None:
+    """The White_Space list above is Unicode's (Zs, Zl, Zp and the C0/C1 controls)."""
+    zs = {chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp")}
+    assert zs <= set(WHITE_SPACE)
