@@ -69,12 +69,18 @@ def clear() -> None:
     _MEMOS.clear()
 
 
+def _ascii_space_beside_whitespace(text: str) -> bool:
+    return any(c in text and (" " + c in text or c + " " in text) for c in _ASCII_SPACES)
+
+
 def splits_cleanly(text: str) -> bool:
     """Does every space of text have non-whitespace on both sides (so it may be cut there)?"""
     if text[:1] == " " or text[-1:] == " " or "  " in text:
         return False
-    if text.isascii():  # O(1) in CPython; then a few memchr scans instead of a regex
-        return not any(c in text and (" " + c in text or c + " " in text) for c in _ASCII_SPACES)
+    if text.isprintable():  # every whitespace character but the space is unprintable
+        return True
+    if text.isascii():  # tabs, newlines: a few memchr scans, cheaper than the regex
+        return not _ascii_space_beside_whitespace(text)
     return _SPACE_BESIDE_WHITESPACE.search(text) is None
 
 
