@@ -4,7 +4,8 @@
 
 On a generated corpus (English prose, code, numbers, mixed scripts, emoji, a few guarded
 texts), per encoding, on one core:
-- text: text_len over every text, tiktoken alone vs the guarded fastokens (texts it may not
+- text: text_len over every text: tiktoken on whole texts, tiktoken through the words' memo
+  (gptbatch.inputs.tokens.words, from cold), and the guarded fastokens (texts it may not
   count go to tiktoken, as in gptbatch);
 - estimate: estimate_request over chat bodies built from the same texts;
 and the load time of fastokens. With --scan-mb, also a cold scan (no token cache) of a chat
@@ -106,16 +107,25 @@ def bench_in_process(megabytes: float, seed: int) -> None:
         assert fast_counter.load(encoding), fast_counter.status()
         load_s = time.perf_counter() - start
         saved = fast_counter.COUNTERS.pop(encoding)
+        by_words = words.ENCODINGS
+        words.ENCODINGS = frozenset()  # tiktoken on every whole text
         slow_s, slow_total = _time_text(encoding, texts)
         slow_e, slow_etotal = _time_estimate(bodies)
+        words.ENCODINGS = by_words  # tiktoken through the words' memo (from cold)
+        words.clear()
+        word_s, word_total = _time_text(encoding, texts)
+        word_e, word_etotal = _time_estimate(bodies)
         fast_counter.COUNTERS[encoding] = saved
         fast_s, fast_total = _time_text(encoding, texts)
         fast_e, fast_etotal = _time_estimate(bodies)
-        assert (slow_total, slow_etotal) == (fast_total, fast_etotal), "counts differ"
+        totals = {(slow_total, slow_etotal), (word_total, word_etotal), (fast_total, fast_etotal)}
+        assert len(totals) == 1, "counts differ"
         print(
             f"{encoding}: fastokens load {load_s:.2f} s | text_len tiktoken "
-            f"{size / slow_s:.1f} MB/s, fastokens {size / fast_s:.1f} MB/s "
+            f"{size / slow_s:.1f} MB/s, by words {size / word_s:.1f} MB/s "
+            f"(x{slow_s / word_s:.1f}), fastokens {size / fast_s:.1f} MB/s "
             f"(x{slow_s / fast_s:.1f}) | estimate_request tiktoken {size / slow_e:.1f} MB/s, "
+            f"by words {size / word_e:.1f} MB/s (x{slow_e / word_e:.1f}), "
             f"fastokens {size / fast_e:.1f} MB/s (x{slow_e / fast_e:.1f}) | tokens {fast_total:,}"
         )
 

@@ -227,3 +227,23 @@ def test_every_white_space_char_is_known_to_unicodedata() -> None:
     """The White_Space list above is Unicode's (Zs, Zl, Zp and the C0/C1 controls)."""
     zs = {chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp")}
     assert zs <= set(WHITE_SPACE)
+
+
+def test_a_loaded_fast_counter_counts_whole_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastokens (where loaded) is faster on a whole text than the memo; the memo serves the
+    texts it declines (its guard), a word at a time."""
+    from gptbatch.inputs import fast_counter
+
+    enc = get_encoding("o200k_base")
+    asked: list[str] = []
+
+    def fast(text: str) -> int | None:
+        asked.append(text)
+        return None if "\u180e" in text else len(enc.encode_ordinary(text))
+
+    monkeypatch.setitem(fast_counter.COUNTERS, "o200k_base", fast)
+    assert text_len(enc, "one two three")[0] == len(enc.encode_ordinary("one two three"))
+    assert asked == ["one two three"] and "o200k_base" not in words._MEMOS
+    guarded = "one \u180etwo three"
+    assert text_len(enc, guarded)[0] == len(enc.encode_ordinary(guarded))
+    assert asked[1:] == [guarded, "one", " \u180etwo", " three"]
