@@ -10,8 +10,9 @@ over the tree (sampled every 20 ms from /proc: the command plus its workers).
 
 Also measured on the small corpus:
 - the floor: read + json.loads + tiktoken on every message, in one process, on one core;
-- tiktoken alone: encode_ordinary on the texts a count must encode (no parsing), whose
-  rate times the cores bounds any cold run;
+- counting alone: tiktoken's encode_ordinary on the texts a count sees (no parsing), and
+  gptbatch's count of them by words (gptbatch.inputs.tokens.words); each rate times the
+  cores bounds a cold run that counts that way;
 - the original tool, gpt-batch-splitter 1.0.1 (PyPI package gpt-batch-manager==1.0.1,
   which estimates len/4 and never tokenizes), installed into its own virtual environment
   under --venv-dir; skipped with a note if pip cannot reach the index;
@@ -231,19 +232,25 @@ def floor(path: Path) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def tiktoken_alone(path: Path) -> tuple[float, float]:
-    """(seconds, CPU seconds) of encode_ordinary alone on the texts a count must encode.
+def counting_alone(path: Path) -> tuple[float, float, float]:
+    """(tiktoken seconds, by-words seconds, CPU seconds of both) on the texts a count sees.
 
     The texts are parsed beforehand, and a text is skipped where gptbatch's counting memo
-    (gptbatch.inputs.tokens: texts of at most 8192 characters, 1024 at a time) would have it: what
-    is left is tiktoken's own work, which no reader can avoid. Its rate times the cores is
-    the cold ceiling. Parsed a block of lines at a time, so memory stays small.
+    (gptbatch.inputs.tokens: texts of at most 8192 characters, 1024 at a time) would have it.
+    tiktoken: encode_ordinary on each whole text, what gptbatch did before counting by
+    words. By words: text_len as gptbatch counts now (gptbatch.inputs.tokens.words: each
+    text the sum of its words' counts, each distinct word encoded once, from an empty memo).
+    Either rate times the cores bounds a cold run that counts that way. Parsed a block of
+    lines at a time, so memory stays small.
     """
     from gptbatch.inputs.encodings import get_encoding
+    from gptbatch.inputs.tokens import words
+    from gptbatch.inputs.tokens.text import text_len
 
     enc = get_encoding("o200k_base")
+    words.clear()
     memo: set[str] = set()
-    seconds = cpu = 0.0
+    whole = by_words = cpu = 0.0
     with path.open("rb") as f:
         while block := f.readlines(8 << 20):
             texts = []
@@ -258,11 +265,14 @@ def tiktoken_alone(path: Path) -> tuple[float, float]:
                         memo.add(text)
                     texts.append(text)
             started, started_cpu = time.perf_counter(), time.process_time()
-            for text in texts:
-                enc.encode_ordinary(text)
-            seconds += time.perf_counter() - started
+            expected = [len(enc.encode_ordinary(text)) for text in texts]
+            middle = time.perf_counter()
+            got = [text_len(enc, text)[0] for text in texts]
+            whole += middle - started
+            by_words += time.perf_counter() - middle
             cpu += time.process_time() - started_cpu
-    return seconds, cpu
+            assert got == expected, "counting by words differs from tiktoken"
+    return whole, by_words, cpu
 
 
 def original_tool(venv: Path) -> Path | None:
@@ -402,6 +412,7 @@ def main() -> None:
         / "gpt-batch-manager-1.0.1",
     )
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))  # the floors, measured here, import this checkout's gptbatch
     print("# " + shlex.join([sys.executable, *sys.argv]))
     print(f"# {os.cpu_count()} cores, python {sys.version.split()[0]}, split LIMIT {LIMIT}")
     print(f"# gptbatch measured from {ROOT}")
@@ -435,12 +446,14 @@ def main() -> None:
             f"core, in-process, encoding preloaded): {size / 1e6 / seconds:.1f} MB/s, "
             f"{seconds:.2f} s, CPU/wall {cpu / seconds:.2f}"
         )
-        seconds, cpu = tiktoken_alone(small)
+        whole, by_words, _ = counting_alone(small)
+        cores = os.cpu_count() or 1
         print(
-            f"# tiktoken alone on {small.name} (encode_ordinary of the texts a count must "
-            f"encode, one core): {size / 1e6 / seconds:.1f} MB/s, {seconds:.2f} s; the cold "
-            f"ceiling on {os.cpu_count()} cores, with nothing else done: "
-            f"{size / 1e6 / seconds * (os.cpu_count() or 1):.1f} MB/s"
+            f"# counting alone on {small.name}, one core (the texts a count sees, parsed "
+            f"beforehand): tiktoken on whole texts {size / 1e6 / whole:.1f} MB/s ({whole:.2f} s), "
+            f"by words {size / 1e6 / by_words:.1f} MB/s ({by_words:.2f} s); the cold ceiling "
+            f"on {cores} cores with nothing else done: {size / 1e6 / whole * cores:.1f} and "
+            f"{size / 1e6 / by_words * cores:.1f} MB/s"
         )
         for n, corpus in enumerate(corpora):
             bench_corpus(
