@@ -14,8 +14,12 @@ piece holds it together with the character before it (that piece would be all wh
 and its neighbour is not), and the piece it starts ends within the next word (a piece can
 only run on over a space if it is all whitespace, and the word is not). So the text cut
 just before each such space (" " + word, after the first word) gives the same pieces as the
-whole text, and its count is the sum of the parts' counts. Only when every space of a text
-has non-whitespace on both sides is it cut; else it is counted whole. Whitespace here is a
+whole text, and its count is the sum of the parts' counts. Two spaces between
+non-whitespace cut the same way: the first is a piece alone in both patterns (the run is
+not followed by whitespace, so `\\s+(?!\\S)` stops one short), which is what the empty word
+between them counts (" "). Only when every run of spaces in a text is one or two spaces
+long with non-whitespace on both sides is it cut; else it is counted whole (three spaces
+are one piece of two and a space that starts the next, not three words). Whitespace here is a
 superset of the patterns' `\\s` (Unicode White_Space): declaring too much whitespace only
 means cutting less. tests/inputs/test_words.py checks the decomposition against tiktoken
 over every code point beside a space, and by a fuzz.
@@ -36,7 +40,7 @@ MAX_WORD_CHARS = 48
 # ASCII characters that are whitespace to tiktoken's \s (\t-\r) or to Python (\x1c-\x1f).
 _ASCII_SPACES = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
 # Python's \s is str.isspace: Unicode White_Space and \x1c-\x1f (tests check the superset).
-_SPACE_BESIDE_WHITESPACE = re.compile(r" \s|\s ")
+_SPACE_BESIDE_WHITESPACE = re.compile(r" [^\S ]|[^\S ] ")
 
 
 class _Unknown(Exception):
@@ -74,8 +78,8 @@ def _ascii_space_beside_whitespace(text: str) -> bool:
 
 
 def splits_cleanly(text: str) -> bool:
-    """Does every space of text have non-whitespace on both sides (so it may be cut there)?"""
-    if text[:1] == " " or text[-1:] == " " or "  " in text:
+    """Is every run of spaces in text one or two long, between non-whitespace characters?"""
+    if text[:1] == " " or text[-1:] == " " or "   " in text:
         return False
     if text.isprintable():  # every whitespace character but the space is unprintable
         return True
