@@ -46,7 +46,9 @@ __all__ = [
 # Input bytes per counting process from which fastokens repays its load (~1.5-2 s). Counting
 # is ~40% of a cold scan's time with tiktoken (the rest: JSON, hashing, validation); fastokens
 # saves ~0.035 s per MB of a chat file per process (bench/counters.py, o200k, 2 cores), so it
-# pays from ~50 MB per process.
+# pays from ~50 MB per process. Since texts are counted by words (tokens/words.py), prose
+# whose words repeat saves only ~0.014 s per MB (pays from ~100 MB; the offline_throughput
+# corpus), texts the words cannot cut (code, unspaced scripts) still ~0.08 (from ~20 MB).
 MIN_BYTES_PER_PROCESS = 48 << 20
 
 # Characters fastokens does not count like tiktoken, per encoding (tests/inputs/test_fast_counter.py
