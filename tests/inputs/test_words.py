@@ -34,8 +34,7 @@ WHITE_SPACE = (
     + ("\u2028\u2029\u202f\u205f\u3000")
 )
 # The first three are where a cut beside whitespace changes the count (see the test that
-# the sweep would catch one); the others put each code point beside a space in other ways,
-# and the last four after a newline (cut into lines: _by_lines).
+# the sweep would catch one); the others put each code point beside a space in other ways.
 CONTEXTS = (
     "a{c} {c}b",
     "a{c} {c}",
@@ -44,10 +43,6 @@ CONTEXTS = (
     "1{c} {c}2 {c}.",
     "a{c}  {c}b",
     "{c}  {c}  {c}",
-    "a{c}\n{c}b",
-    "x.\n{c}y",
-    "a \n{c}x {c}",
-    "{c}\n\n{c} \n",
 )
 
 
@@ -102,7 +97,7 @@ def _sweep(encoding: str, points: list[int]) -> tuple[int, list[str]]:
             words.clear()  # each word counted afresh: no count reused across texts
             got = by_words(encoding, text)
             if got is None:
-                assert not clean_by_definition(text) or " " not in text, repr(text)
+                assert not clean_by_definition(text), repr(text)
                 continue
             cut += 1
             if got != len(ordinary(text)):
@@ -139,7 +134,7 @@ def test_whitespace_that_would_change_the_count_is_not_cut(encoding: str, text: 
     head, rest = text.split(" ", 1)
     cut = len(enc.encode_ordinary(head)) + len(enc.encode_ordinary(" " + rest))
     assert cut != len(enc.encode_ordinary(text))  # cutting here would be wrong
-    assert by_words(encoding, text) in (None, len(enc.encode_ordinary(text)))  # not cut there
+    assert by_words(encoding, text) is None
     assert text_len(enc, text)[0] == len(enc.encode_ordinary(text))
 
 
@@ -183,14 +178,9 @@ _WORDS = st.one_of(
             "...",
             "(a)",
             "http://x.io/a?b=1",
-            "/",
-            "//x",
-            ".\n/",
-            ":\n\n/*",
-            "\n}\n",
         ]
     ),
-    st.text(st.sampled_from("ab'1./ \t\n\r\u00a0\u2003\u3000\x1c\u0301"), min_size=1, max_size=6),
+    st.text(st.sampled_from("ab'1. \t\n\r\u00a0\u2003\u3000\x1c\u0301"), min_size=1, max_size=6),
     st.text(max_size=8),  # anything, lone surrogates included
 )
 
@@ -246,7 +236,8 @@ def test_a_word_the_counter_cannot_count_sends_the_text_whole() -> None:
 
 
 def test_texts_without_clean_spaces_are_not_cut() -> None:
-    for text in ["", "word", " lead", "trail ", "three   spaces", "tab\t x", "é \u3000"]:
+    unclean = ["", "word", " lead", "trail ", "three   spaces", "tab\t x", "x \nnext", "é \u3000"]
+    for text in unclean:
         assert by_words("o200k_base", text) is None
     for text in ["one two\nthree four", "End.  Next  one"]:
         assert by_words("o200k_base", text) == len(get_encoding("o200k_base").encode_ordinary(text))
@@ -276,38 +267,3 @@ def test_a_loaded_fast_counter_counts_whole_texts(monkeypatch: pytest.MonkeyPatc
     guarded = "one \u180etwo three"
     assert text_len(enc, guarded)[0] == len(enc.encode_ordinary(guarded))
     assert asked[1:] == [guarded, "one", " \u180etwo", " three"]
-
-
-@pytest.mark.parametrize("encoding", ENCODINGS)
-def test_texts_with_unclean_spaces_are_cut_into_lines(encoding: str) -> None:
-    """Code and indented lists: lines that start with non-whitespace are cut apart; each is
-    summed by words where its spaces allow, else counted whole (and short ones remembered)."""
-    enc = get_encoding(encoding)
-    code = (
-        "def f(x):\n    return x  **  2\n\n# a comment here\n}\n- item one\n- two\n"
-        "  - sub item\n}\n"
-    )
-    asked: list[str] = []
-
-    def exact(text: str) -> int:
-        asked.append(text)
-        return len(enc.encode_ordinary(text))
-
-    assert words.count_by_words(encoding, code, exact) == len(enc.encode_ordinary(code))
-    assert code not in asked  # not counted whole
-    assert "def f(x):\n    return x  **  2\n\n" in asked  # an indented line: whole
-    assert asked.count("}\n") == 1  # remembered
-    assert " comment" in asked and " item" in asked  # clean lines: by words
-
-
-@pytest.mark.parametrize(
-    ("encoding", "text"),
-    [("o200k_base", "a.\n//b"), ("o200k_base", ".\n\n/"), ("o200k_base", "a.\n\n\n/x")],
-)
-def test_a_line_starting_with_a_slash_is_not_cut(encoding: str, text: str) -> None:
-    """o200k's punctuation pieces run on over newlines and slashes: no cut before "/"."""
-    enc = get_encoding(encoding)
-    j = text.rindex("\n") + 1
-    cut = len(enc.encode_ordinary(text[:j])) + len(enc.encode_ordinary(text[j:]))
-    assert cut != len(enc.encode_ordinary(text))  # cutting here would be wrong
-    assert text_len(enc, text)[0] == len(enc.encode_ordinary(text))

@@ -96,53 +96,16 @@ def count_by_words(encoding: str, text: str, exact: Callable[[str], int | None])
 
     exact(text) is the counter's own count of a text (None if it cannot count it); it is
     asked once per distinct word and process (words past the memo's room: once per use).
-    A text whose spaces do not all allow a cut is cut into lines first (see _by_lines).
     """
-    if encoding not in ENCODINGS:
+    if encoding not in ENCODINGS or " " not in text or not splits_cleanly(text):
         return None
     memos = _MEMOS.get(encoding)
     if memos is None:
         memos = _MEMOS[encoding] = (_Memo("", MAX_HEADS), _Memo(" ", MAX_ENTRIES))
     heads, words = memos
     heads.exact = words.exact = exact
-    try:
-        if " " in text and splits_cleanly(text):
-            return _sum_words(text, heads, words)
-        return _by_lines(text, heads, words) if "\n" in text else None
+    parts = text.split(" ")
+    try:  # known words in C; __missing__ only for new ones
+        return heads[parts[0]] + sum(map(words.__getitem__, parts[1:]))
     except _Unknown:
         return None
-
-
-def _sum_words(text: str, heads: _Memo, words: _Memo) -> int:
-    """A text whose spaces all allow a cut: its first word's count and its words'."""
-    parts = text.split(" ")
-    # Known words in C; __missing__ only for new ones.
-    return heads[parts[0]] + sum(map(words.__getitem__, parts[1:]))
-
-
-def _by_lines(text: str, heads: _Memo, words: _Memo) -> int | None:
-    """The count of a text cut after each newline followed by neither whitespace nor "/".
-
-    Such a newline ends a piece in both patterns: pieces hold a newline only in a run of
-    whitespace, which ends at the last newline before non-whitespace (o200k's
-    `\\s*[\\r\\n]+`, cl100k's `\\s*[\\r\\n]`, or at the end of a cut part `\\s++$`:
-    the same run), or after punctuation, where o200k's `[\\r\\n/]*` runs on over a "/".
-    Each part is then summed by words if its spaces allow, else counted whole; None when
-    no line can be cut from the next (the text is counted whole).
-    """
-    lines = text.split("\n")
-    start, total = 0, 0
-    for i in range(1, len(lines)):
-        first = lines[i][:1]
-        if first and first != "/" and not first.isspace():
-            total += _part("\n".join(lines[start:i]) + "\n", heads, words)
-            start = i
-    if start == 0:
-        return None
-    return total + _part("\n".join(lines[start:]), heads, words)
-
-
-def _part(text: str, heads: _Memo, words: _Memo) -> int:
-    if " " in text and splits_cleanly(text):
-        return _sum_words(text, heads, words)
-    return heads[text]  # short lines ("}", "```") are remembered like first words
