@@ -10,12 +10,14 @@ store directly). The simulator runs in its own process on a fast clock.
 
     python bench/build_scale.py --skip-scale --noop-requests 0 --edit-requests 10000,100000,1000000
 
-Measures a one-line edit at each size (--edit-requests): the input's requests are read by
-gptbatch's own sync in this process (keys, token counts, the input's state exactly as a build
-leaves it), every request then gets an ok result by SQL (what a first build against the
-simulator would collect, without the simulator holding a million uploads), a settling build
-writes the outputs, then a no-op rebuild and a rebuild after editing one line in the middle
-(that request goes to the simulator). Prints edit@10k, edit@100k and their ratio.
+Measures a one-line edit at each size (--edit-requests; with --commands, then `status
+--explain`, `plan` and a build of the project copied to another directory): the input's
+requests are read by gptbatch's own sync in this process (keys, token counts, the input's
+state exactly as a build leaves it), every request then gets an ok result by SQL (what a
+first build against the simulator would collect, without the simulator holding a million
+uploads), a settling build writes the outputs, then a no-op rebuild and a rebuild after
+editing one line in the middle (that request goes to the simulator).
+Prints edit@10k, edit@100k and their ratio.
 """
 
 from __future__ import annotations
@@ -313,7 +315,41 @@ def edit_middle_line(data: Path) -> None:
         f.truncate()
 
 
-def scale_edit(sizes: list[int], env: dict[str, str], calls: list[int]) -> None:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one `gptbatch ...` process (and its children)."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPER, sys.executable, "-m", "gptbatch", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+    return time.perf_counter() - start, float(done.stdout.split()[-1])
+
+
+def other_commands(root: Path, config: Path, env: dict[str, str], calls: list[int]) -> None:
+    """After the edit: status --explain and plan on the built project, then the project
+    copied to another directory (`cp -a`) and built there (its inputs at new paths)."""
+    import shutil
+
+    for argv in (["status", "--explain"], ["plan"]):
+        wall, cpu = timed([*argv, str(config)], env)
+        print(f"{' '.join(argv):>15}: {wall:7.2f} s  cpu {cpu:6.2f} s", flush=True)
+    copy = root.with_name(root.name + "-copy")
+    start = time.perf_counter()
+    shutil.copytree(root, copy)  # copy2: mtimes kept, other inodes and paths
+    print(f"  copied in {time.perf_counter() - start:.1f} s", flush=True)
+    try:
+        show("copied, build", peak_rss_build(copy / "batch.yaml", env, calls), copy)
+    finally:
+        shutil.rmtree(copy)
+
+
+def scale_edit(
+    sizes: list[int], env: dict[str, str], calls: list[int], commands: bool = False
+) -> None:
     edits: dict[int, float] = {}
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -332,6 +368,8 @@ def scale_edit(sizes: list[int], env: dict[str, str], calls: list[int]) -> None:
             show(f"edit@{n:,}", row, root)
             print(f"  load {os.getloadavg()[0]:.2f}", flush=True)
             edits[n] = float(row["seconds"])  # type: ignore[arg-type]
+            if commands:
+                other_commands(root, config, env, calls)
     for n, seconds in edits.items():
         print(f"edit@{n:,}: {seconds:.2f} s", flush=True)
     if 10_000 in edits and 100_000 in edits:
@@ -348,6 +386,11 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="build the 100k project here and keep it")
     parser.add_argument(
+        "--commands",
+        action="store_true",
+        help="after each edit: status --explain, plan, and a build of the project copied",
+    )
+    parser.add_argument(
         "--edit-requests", default="", help="sizes for the one-line edit, e.g. 10000,100000"
     )
     args = parser.parse_args()
@@ -359,7 +402,8 @@ def main() -> None:
         if args.noop_requests:
             scale_1m(args.noop_requests, env, calls)
         if args.edit_requests:
-            scale_edit([int(x) for x in args.edit_requests.split(",")], env, calls)
+            sizes = [int(x) for x in args.edit_requests.split(",")]
+            scale_edit(sizes, env, calls, args.commands)
     finally:
         sim.terminate()
         sim.wait()
