@@ -53,6 +53,15 @@ def write_input(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(request(i, rng)) + "\n")
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
     """The simulator on a fast clock; the list holds how many API calls its journal printed."""
     proc = subprocess.Popen(
@@ -107,10 +116,17 @@ WRAPPER = (
 )
 
 
+# The simulator's process id, set by main: its CPU during a build is printed beside the
+# build's own (both compete for the same cores).
+SIMULATOR_PID = [0]
+
+
 def peak_rss_build(config: Path, env: dict[str, str], calls: list[int]) -> dict[str, object]:
-    """One `gptbatch build` process: seconds, CPU seconds, peak RSS, API calls, exit code."""
+    """One `gptbatch build` process: seconds, CPU seconds, peak RSS, API calls, exit code,
+    and the CPU seconds the simulator used meanwhile."""
     argv = [sys.executable, "-m", "gptbatch", "build", str(config)]
     before = calls[0]
+    sim_before = process_cpu(SIMULATOR_PID[0])
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", WRAPPER, *argv], env=env, capture_output=True, text=True
@@ -127,6 +143,8 @@ def peak_rss_build(config: Path, env: dict[str, str], calls: list[int]) -> dict[
         "rss": int(rss) / 1024,
         "calls": calls[0] - before,
         "code": done.returncode,
+        "sim_cpu": process_cpu(SIMULATOR_PID[0]) - sim_before,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -151,6 +169,7 @@ def show(name: str, row: dict[str, object], root: Path) -> None:
         f"{name:>15}: {row['seconds']:7.2f} s  cpu {row['cpu']:6.2f} s  "
         f"peak RSS {row['rss']:7.1f} MiB  "
         f"API calls {row['calls']:5}  state {state:7.1f} MiB  exit {row['code']}  "
+        f"simulator cpu {row['sim_cpu']:6.2f} s  load {row['load']:.2f}  "
         f"[{row['cmd']}]",
         flush=True,
     )
@@ -350,9 +369,21 @@ def main() -> None:
     parser.add_argument(
         "--edit-requests", default="", help="sizes for the one-line edit, e.g. 10000,100000"
     )
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="use the user's token-count cache (else a fresh one: a first build counts every"
+        " request, as it does for a project never read before)",
+    )
     args = parser.parse_args()
     sim, url, calls = start_simulator()
+    SIMULATOR_PID[0] = sim.pid
     env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
+    cache = None if args.warm_cache else tempfile.TemporaryDirectory(prefix="bench-token-cache-")
+    if cache is not None:
+        # The same inputs are generated every run: a shared cache would hold their counts
+        # from the last run, and the "first" build would count nothing.
+        env["GPTBATCH_CACHE_DIR"] = cache.name
     try:
         if not args.skip_scale:
             scale_100k(args.requests, env, calls, args.keep, args.first_only)
@@ -363,6 +394,8 @@ def main() -> None:
     finally:
         sim.terminate()
         sim.wait()
+        if cache is not None:
+            cache.cleanup()
 
 
 if __name__ == "__main__":
