@@ -82,6 +82,9 @@ def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
             "5000000",
             "--total-tokens-per-second",
             "0",
+            # The same counts as tiktoken's, faster (the "fast simulator"): the
+            # simulator shares the machine's cores with the build it serves.
+            "--fast-counter",
         ],
         stdout=subprocess.PIPE,
         text=True,
