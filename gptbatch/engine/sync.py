@@ -335,7 +335,7 @@ def _scan_facts(req: Request, line: bytes | None) -> tuple[int, int, bytes | Non
     its rows then have no digest, and the next sync parses those lines again.
     """
     digest = None if line is None else line_digest(line)
-    return len(req.canonical_line()) + 1, _output_bound(req.body), digest
+    return req.canonical_size() + 1, _output_bound(req.body), digest
 
 
 def _scanned_rows(spec: Spec, scanner: Scanner, tally: dict[str, int]) -> _Rows:
@@ -413,7 +413,7 @@ def _request_row(
 
         estimate = tokens.estimate_request(req.url, req.body)
         tokens_ = estimate.tokens
-        nbytes = len(req.canonical_line()) + 1
+        nbytes = req.canonical_size() + 1
         inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
         reason = "new" if previous is None else "config changed" if config_changed else edit
     # Cheap, and always from the current prices, so a price change in batch.yaml applies.

@@ -359,6 +359,20 @@ def test_config_model_and_endpoint_fill_missing_fields_before_the_key(work: Path
     assert filled.key == given.key == expected_key("a", "POST", CHAT, full["body"])
 
 
+def test_each_request_knows_the_size_of_the_line_it_uploads(work: Path) -> None:
+    """The scanner's nbytes comes from size, never from serialising the request again."""
+    bare = {"custom_id": "a", "method": "POST", "body": {"messages": HI}}
+    wide = chat("b", messages=[{"role": "user", "content": "Héllo 東京 👩‍👩‍👧"}], n=1)
+    (work / "in.jsonl").write_bytes(jl(bare, wide))
+    (work / "emb.jsonl").write_bytes(jl(emb("c", ["x", "y"])))
+    found = list(read_requests(["in.jsonl"], model="gpt-4o-mini", endpoint=CHAT))
+    found += read_requests(["emb.jsonl"])
+    assert [r.size for r in found] == [len(r.canonical_line()) for r in found]
+    assert all(r.size > 0 for r in found)
+    unknown = Request(**{**{f: getattr(found[0], f) for f in Request.__slots__}, "size": -1})
+    assert unknown.canonical_size() == found[0].size
+
+
 def test_matching_config_model_and_endpoint_are_accepted(work: Path) -> None:
     (work / "in.jsonl").write_bytes(jl(chat("a"), chat("b")))
     found = list(read_requests(["in.jsonl"], model="gpt-4o-mini", endpoint=CHAT))
