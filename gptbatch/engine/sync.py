@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import hashlib
 import os
@@ -155,17 +156,20 @@ def _sync_changed(
                 rows = _scanned_rows(spec, scanner, tally)
             lines = array("q")  # each row's line, to count the requests of each chunk
             rows = _noting_lines(rows, lines)
+            # A new input read into an empty state (a first build) is inserted in bulk.
+            bulk = store.bulk_requests() if previous.empty else contextlib.nullcontext()
             try:
                 # Streams into the open transaction; a bad line rolls all of it back.
-                store.replace_input(
-                    str(path),
-                    size=st.st_size,
-                    mtime_ns=st.st_mtime_ns,
-                    sha256=digest,
-                    defaults=defaults,
-                    rows=rows,
-                    before=before,
-                )
+                with bulk:
+                    store.replace_input(
+                        str(path),
+                        size=st.st_size,
+                        mtime_ns=st.st_mtime_ns,
+                        sha256=digest,
+                        defaults=defaults,
+                        rows=rows,
+                        before=before,
+                    )
             except InputError as exc:
                 problems.extend(exc.problems)
                 unshown += exc.truncated
