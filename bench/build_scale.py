@@ -6,7 +6,14 @@ Measures, each as a separate `gptbatch build` process (wall time, CPU time, its 
 API calls the simulator's journal saw, state size): the first build, a no-op rebuild, a
 rebuild after a one-line edit, a rebuild after appending 1% more requests; then a no-op
 rebuild of a state of --noop-requests requests built synthetically (rows inserted into a
-store directly). The simulator runs in its own process on a fast clock.
+store directly). The simulator runs in its own process on a fast clock, counting with
+fastokens (--fast-counter: tiktoken's counts, faster); its CPU during each build is printed
+too, as both share the machine's cores. Builds count with a fresh token cache unless
+--warm-cache is given.
+
+    python bench/build_scale.py --requests 1000000 --noop-requests 0 --first-only
+
+The first build at 1M (the issue's target: <= 150 s, peak RSS <= 500 MB, 2 cores).
 
     python bench/build_scale.py --skip-scale --noop-requests 0 --edit-requests 10000,100000,1000000
 
