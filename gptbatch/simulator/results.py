@@ -147,7 +147,8 @@ FAST_CANARY: tuple[str, ...] = (
     "👩‍👩‍👧‍👦 🇫🇷 e\u0301\u0301 \u200b\u00a0 \t\n\n  \n",
     "Simulated reply to request 0123456789abcdef0123456789abcdef0123456789abcdef.",
 )
-# tiktoken counts texts longer than this piecewise; fastokens is never asked about them.
+# Longer texts are tiktoken's to count, as in the client (which counts them piecewise):
+# fastokens is proven on shorter ones only.
 FAST_MAX_CHARS = 100_000
 
 
