@@ -54,10 +54,20 @@ class Store(RequestsMixin, ChunksMixin, ResultsMixin, ShardsMixin):
         unsent = self.shards(("ready", "uploading", "uploaded", "submitting", "waiting"))
         if any(s.id != besides for s in unsent):
             return True
-        return self._cached(
-            self._scoped("pending"),
-            lambda: next(self._pending(self.db, limit=1), None) is not None,
-        )
+        return self._cached(self._scoped("pending"), self._any_pending)
+
+    def _any_pending(self) -> bool:
+        """Is any current request unbuilt and unpacked?
+
+        Looked for from the end of the inputs: plans pack requests in input order, so while
+        shards are at the API the free ones come last, and a walk from the start passed
+        every packed one first (0.7 s at 1M with 200k packed, before each shard was sent).
+        """
+        sql, params = self._open_requests(self.db, "r.path, r.ordinal")
+        last = self.db.execute(
+            f"SELECT 1 FROM ({sql}) ORDER BY path DESC, ordinal DESC LIMIT 1", params
+        ).fetchone()
+        return last is not None
 
     @contextlib.contextmanager
     def bulk_requests(self) -> Iterator[bool]:

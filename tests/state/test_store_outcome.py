@@ -139,6 +139,7 @@ def test_done_follows_every_write(ops: list[tuple[Any, ...]]) -> None:
                     )
                 ]
                 assert pending == expected
+                assert store._any_pending() == bool(expected)
                 assert store._counts() == _counted(store.db)
                 assert store._result_counts("in.jsonl") == {
                     "ok": _counted(store.db)["ok"],
