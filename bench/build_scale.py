@@ -6,7 +6,14 @@ Measures, each as a separate `gptbatch build` process (wall time, CPU time, its 
 API calls the simulator's journal saw, state size): the first build, a no-op rebuild, a
 rebuild after a one-line edit, a rebuild after appending 1% more requests; then a no-op
 rebuild of a state of --noop-requests requests built synthetically (rows inserted into a
-store directly). The simulator runs in its own process on a fast clock.
+store directly). The simulator runs in its own process on a fast clock, counting with
+fastokens (--fast-counter: tiktoken's counts, faster); its CPU during each build is printed
+too, as both share the machine's cores. Builds count with a fresh token cache unless
+--warm-cache is given.
+
+    python bench/build_scale.py --requests 1000000 --noop-requests 0 --first-only
+
+The first build at 1M (the issue's target: <= 150 s, peak RSS <= 500 MB, 2 cores).
 
     python bench/build_scale.py --skip-scale --noop-requests 0 --edit-requests 10000,100000,1000000
 
@@ -55,6 +62,15 @@ def write_input(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(request(i, rng)) + "\n")
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
     """The simulator on a fast clock; the list holds how many API calls its journal printed."""
     proc = subprocess.Popen(
@@ -75,6 +91,9 @@ def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
             "5000000",
             "--total-tokens-per-second",
             "0",
+            # The same counts as tiktoken's, faster (the issue's "fast simulator"): the
+            # simulator shares the machine's cores with the build it serves.
+            "--fast-counter",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -109,10 +128,17 @@ WRAPPER = (
 )
 
 
+# The simulator's process id, set by main: its CPU during a build is printed beside the
+# build's own (both compete for the same cores).
+SIMULATOR_PID = [0]
+
+
 def peak_rss_build(config: Path, env: dict[str, str], calls: list[int]) -> dict[str, object]:
-    """One `gptbatch build` process: seconds, CPU seconds, peak RSS, API calls, exit code."""
+    """One `gptbatch build` process: seconds, CPU seconds, peak RSS, API calls, exit code,
+    and the CPU seconds the simulator used meanwhile."""
     argv = [sys.executable, "-m", "gptbatch", "build", str(config)]
     before = calls[0]
+    sim_before = process_cpu(SIMULATOR_PID[0])
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", WRAPPER, *argv], env=env, capture_output=True, text=True
@@ -129,6 +155,8 @@ def peak_rss_build(config: Path, env: dict[str, str], calls: list[int]) -> dict[
         "rss": int(rss) / 1024,
         "calls": calls[0] - before,
         "code": done.returncode,
+        "sim_cpu": process_cpu(SIMULATOR_PID[0]) - sim_before,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -153,6 +181,7 @@ def show(name: str, row: dict[str, object], root: Path) -> None:
         f"{name:>15}: {row['seconds']:7.2f} s  cpu {row['cpu']:6.2f} s  "
         f"peak RSS {row['rss']:7.1f} MiB  "
         f"API calls {row['calls']:5}  state {state:7.1f} MiB  exit {row['code']}  "
+        f"simulator cpu {row['sim_cpu']:6.2f} s  load {row['load']:.2f}  "
         f"[{row['cmd']}]",
         flush=True,
     )
@@ -393,9 +422,21 @@ def main() -> None:
     parser.add_argument(
         "--edit-requests", default="", help="sizes for the one-line edit, e.g. 10000,100000"
     )
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="use the user's token-count cache (else a fresh one: a first build counts every"
+        " request, as it does for a project never read before)",
+    )
     args = parser.parse_args()
     sim, url, calls = start_simulator()
+    SIMULATOR_PID[0] = sim.pid
     env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
+    cache = None if args.warm_cache else tempfile.TemporaryDirectory(prefix="bench-token-cache-")
+    if cache is not None:
+        # The same inputs are generated every run: a shared cache would hold their counts
+        # from the last run, and the "first" build would count nothing.
+        env["GPTBATCH_CACHE_DIR"] = cache.name
     try:
         if not args.skip_scale:
             scale_100k(args.requests, env, calls, args.keep, args.first_only)
@@ -407,6 +448,8 @@ def main() -> None:
     finally:
         sim.terminate()
         sim.wait()
+        if cache is not None:
+            cache.cleanup()
 
 
 if __name__ == "__main__":

@@ -110,6 +110,12 @@ def register(subparsers: Any) -> None:
         "upper-case statuses; perplexity: expires_after and output_expires_after refused; "
         "groq: windows 24h to 7d); default openai",
     )
+    parser.add_argument(
+        "--fast-counter",
+        action="store_true",
+        help="count tokens with fastokens (pip install 'gptbatch[fast]') where its counts are "
+        "tiktoken's: the same counts, faster, for millions of requests (loads in ~2 s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print each API call")
     parser.set_defaults(func=run)
 
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         any_model=args.any_model,
         invalid_json=args.invalid_json,
         flavour=args.flavour,
+        fast_counter=args.fast_counter,
         completion_windows=(
             ("24h", "48h", "72h", "1d", "2d", "3d", "4d", "5d", "6d", "7d")
             if args.flavour == "groq"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import hashlib
 import os
@@ -160,17 +161,20 @@ def _sync_changed(
             # offsets stored relative to the chunks recorded below
             rebase = Rebase(chunks, Bases(before, str(path)))
             rows = _noting_lines(rebase.rows(rows), lines)
+            # A new input read into an empty state (a first build) is inserted in bulk.
+            bulk = store.bulk_requests() if previous.empty else contextlib.nullcontext()
             try:
                 # Streams into the open transaction; a bad line rolls all of it back.
-                store.replace_input(
-                    str(path),
-                    size=st.st_size,
-                    mtime_ns=st.st_mtime_ns,
-                    sha256=digest,
-                    defaults=defaults,
-                    rows=rows,
-                    before=before,
-                )
+                with bulk:
+                    store.replace_input(
+                        str(path),
+                        size=st.st_size,
+                        mtime_ns=st.st_mtime_ns,
+                        sha256=digest,
+                        defaults=defaults,
+                        rows=rows,
+                        before=before,
+                    )
             except InputError as exc:
                 problems.extend(exc.problems)
                 unshown += exc.truncated
@@ -388,7 +392,7 @@ def _scan_facts(req: Request, line: bytes | None) -> tuple[int, int, bytes | Non
     its rows then have no digest, and the next sync parses those lines again.
     """
     digest = None if line is None else line_digest(line)
-    return len(req.canonical_line()) + 1, _output_bound(req.body), digest
+    return req.canonical_size() + 1, _output_bound(req.body), digest
 
 
 def _scanned_rows(spec: Spec, scanner: Scanner, tally: dict[str, int]) -> _Rows:
@@ -466,7 +470,7 @@ def _request_row(
 
         estimate = tokens.estimate_request(req.url, req.body)
         tokens_ = estimate.tokens
-        nbytes = len(req.canonical_line()) + 1
+        nbytes = req.canonical_size() + 1
         inputs = embedding_inputs(req.body) if req.url == "/v1/embeddings" else 1
         reason = "new" if previous is None else "config changed" if config_changed else edit
     # Cheap, and always from the current prices, so a price change in batch.yaml applies.

@@ -55,12 +55,17 @@ class Request:
     line: int
     offset: int
     length: int
+    size: int = -1  # len(canonical_line()), known once keyed (-1: unknown): not written twice
 
     @property
     def model(self) -> str | None:
         """The body's model, if any."""
         model = self.body.get("model")
         return model if isinstance(model, str) else None
+
+    def canonical_size(self) -> int:
+        """len(canonical_line()), without writing the line again when it is known."""
+        return self.size if self.size >= 0 else len(self.canonical_line())
 
     def canonical_line(self) -> bytes:
         """The request as canonical JSON: the line build uploads, and what the key hashes."""
@@ -307,7 +312,9 @@ class _Reader:
         if len(line) > self.max_line_bytes:
             self.too_large(path, number, len(line))
             return None
-        return Request(sha256_hex(line), custom_id, method, url, body, path, number, offset, length)
+        return Request(
+            sha256_hex(line), custom_id, method, url, body, path, number, offset, length, len(line)
+        )
 
     def check_fields(
         self, index: int, number: int, obj: dict[str, Any], group: list[Any]

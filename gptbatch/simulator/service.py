@@ -64,7 +64,7 @@ class BatchService:
         """
         self.config = config or SimConfig()
         self.journal = Journal()
-        self.counter = TokenCounter()
+        self.counter = TokenCounter(fast=self.config.fast_counter)
         self._lock = threading.RLock()
         self._entropy = entropy
         self._state: StateDir | None = None

@@ -7,8 +7,11 @@ Codes and messages follow what the real service returns where they could be conf
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from gptbatch.simulator.config import SimConfig
 from gptbatch.simulator.models import served
@@ -183,6 +186,22 @@ def parse_input(
     return ParsedInput(requests, errors[:MAX_REPORTED_ERRORS], model)
 
 
+# orjson parses a line ~5x faster than json, and to the same values, except that it turns
+# integers beyond 64 bits into floats (so any run of 19 digits goes to json) and refuses what
+# json accepts (NaN, a BOM, lone surrogate escapes, 1e400): those go to json too.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _loads(raw: bytes) -> Any:
+    """A line's JSON value, as json.loads(raw.decode("utf-8")) gives it (and its errors)."""
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # json decides, and says what is wrong in its own words
+    return json.loads(raw.decode("utf-8"))
+
+
 def _known(model: Any, config: SimConfig) -> bool:
     """Whether the service knows this model (a made-up name fails the batch at validation)."""
     if config.any_model or model in config.models or model in DEFAULT_MODELS.values():
@@ -195,7 +214,7 @@ def _parse_line(
 ) -> tuple[list[dict[str, Any]], InputRequest | None]:
     """One line's errors, or the request it holds."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = _loads(raw)
     except (UnicodeDecodeError, ValueError):
         return [
             line_error("invalid_json_line", number, "This line is not parseable as valid JSON.")

@@ -6,6 +6,8 @@ import json
 import time
 import zlib
 from collections.abc import Collection, Iterable, Iterator
+from operator import itemgetter
+from typing import Any
 
 from gptbatch.errors import StateError
 from gptbatch.state.base import StoreBase
@@ -20,6 +22,11 @@ from gptbatch.state.rows import (
 
 # A request's `done` for its result's state (m004): 1 ok, 2 failed for good, 0 to retry.
 _DONE = {"ok": 1, "failed": 2}
+
+
+def _by_key(item: tuple[int, tuple[Any, ...]]) -> str:
+    """A (version, row) pair's key."""
+    return item[1][0]  # type: ignore[no-any-return]
 
 
 class ResultsMixin(StoreBase):
@@ -85,6 +92,11 @@ class ResultsMixin(StoreBase):
             for version, row in enumerate(rows, base + 1):
                 (again if row[0] in earlier else fresh).append((version, row))
                 earlier.add(row[0])  # given twice: the later one replaces the first
+            # Written in key order (stable: a key given twice keeps its order): the results'
+            # and requests' key indexes are then walked once, page after page, instead of
+            # at random (a quarter of the time of recording a batch at a million requests).
+            fresh.sort(key=_by_key)
+            again.sort(key=_by_key)
             for verb, batch in (("INSERT OR FAIL", fresh), ("INSERT OR REPLACE", again)):
                 self.db.executemany(
                     f"{verb} {sql}",
@@ -94,10 +106,14 @@ class ResultsMixin(StoreBase):
                     ),
                 )
             self.db.execute("UPDATE counters SET value=value+? WHERE name='results'", (len(rows),))
-            # In row order: a key given twice ends with its later outcome, as its result does.
+            # In key order, stable: a key given twice ends with its later outcome, as its
+            # result does.
             self.db.executemany(
                 "UPDATE requests SET done=?, result_version=? WHERE key=?",
-                ((_DONE.get(r[1], 0), v, r[0]) for v, r in enumerate(rows, base + 1)),
+                sorted(
+                    ((_DONE.get(r[1], 0), v, r[0]) for v, r in enumerate(rows, base + 1)),
+                    key=itemgetter(2),
+                ),
             )
 
     def _dictionary(self, sample: str | None) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import Any
 
 from gptbatch.state.base import StoreBase
@@ -43,9 +44,11 @@ class ShardsMixin(StoreBase):
             " created_at, updated_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (shard_id, model, url, len(members), tokens, nbytes, cost, state, now, now, note),
         )
+        # Inserted in key order (each keeps its ordinal, its upload position): members_key
+        # is then written page after page, not at a random page per member.
         self.db.executemany(
             "INSERT INTO members(shard, ordinal, key, custom_id) VALUES (?, ?, ?, ?)",
-            ((shard_id, i, k, c) for i, (k, c) in enumerate(members)),
+            sorted(((shard_id, i, k, c) for i, (k, c) in enumerate(members)), key=itemgetter(2)),
         )
         if state == "ready":  # packed now (not recovered from the API): of a forced run?
             self.db.execute(

@@ -359,6 +359,43 @@ def test_config_model_and_endpoint_fill_missing_fields_before_the_key(work: Path
     assert filled.key == given.key == expected_key("a", "POST", CHAT, full["body"])
 
 
+def test_each_request_knows_the_size_of_the_line_it_uploads(work: Path) -> None:
+    """The scanner's nbytes comes from size, never from serialising the request again."""
+    bare = {"custom_id": "a", "method": "POST", "body": {"messages": HI}}
+    wide = chat("b", messages=[{"role": "user", "content": "Héllo 東京 👩‍👩‍👧"}], n=1)
+    (work / "in.jsonl").write_bytes(jl(bare, wide))
+    (work / "emb.jsonl").write_bytes(jl(emb("c", ["x", "y"])))
+    found = list(read_requests(["in.jsonl"], model="gpt-4o-mini", endpoint=CHAT))
+    found += read_requests(["emb.jsonl"])
+    assert [r.size for r in found] == [len(r.canonical_line()) for r in found]
+    assert all(r.size > 0 for r in found)
+    unknown = Request(**{**{f: getattr(found[0], f) for f in Request.__slots__}, "size": -1})
+    assert unknown.canonical_size() == found[0].size
+
+
+def test_the_uploaded_line_hashes_to_the_key_whatever_the_numbers(work: Path) -> None:
+    """upload_line parses with orjson where it can: big integers, floats, BOM, escapes and
+    config defaults still give the very line the key hashes."""
+    from gptbatch.inputs.upload import upload_line
+
+    M = json.dumps(HI).encode()
+    lines = [
+        b'\xef\xbb\xbf{"custom_id": "a", "method": "POST", "body": {"messages": ' + M + b"}}",
+        jl(chat("b", seed=123456789012345678901234567890, temperature=1e-05)).strip(),
+        jl(chat("c", n=-(2**63) - 1, top_p=0.1, stop=["\u00e9\ud83d\ude00"])).strip(),
+        b'{"custom_id": "d", "method": "POST", "url": "/v1/chat/completions",'
+        b' "body": {"model": "gpt-4o-mini", "messages": ' + M + b', "x": 1.0,'
+        b' "y": 12345678901234567890}}',
+    ]
+    (work / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    found = list(read_requests(["in.jsonl"], model="gpt-4o-mini", endpoint=CHAT))
+    assert len(found) == len(lines)
+    for raw, req in zip(lines, found, strict=True):
+        line = upload_line(raw, "gpt-4o-mini", CHAT)
+        assert line == req.canonical_line()
+        assert hashlib.sha256(line).hexdigest() == req.key
+
+
 def test_matching_config_model_and_endpoint_are_accepted(work: Path) -> None:
     (work / "in.jsonl").write_bytes(jl(chat("a"), chat("b")))
     found = list(read_requests(["in.jsonl"], model="gpt-4o-mini", endpoint=CHAT))

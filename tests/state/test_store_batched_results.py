@@ -121,3 +121,39 @@ def test_keys_known_to_be_stored_are_not_looked_up_and_a_wrong_guess_fails(
         assert store.result("b").state == "ok"  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+def test_rows_written_in_key_order_keep_the_versions_and_outcomes_of_their_given_order(
+    tmp_path: Path,
+) -> None:
+    """write_results writes in key order (index locality); versions still follow the order
+    rows were given in, and a key given twice ends with its later outcome."""
+    store = Store(tmp_path)
+    try:
+        with store.transaction():
+            _requests(store.db, ["a", "b", "c", "d"])
+            base = store.db.execute("SELECT value FROM counters WHERE name='results'").fetchone()[0]
+            store.write_results(
+                [
+                    ("d", "ok", 1, "ld", None, "b"),
+                    ("b", "retry", 1, None, "e", "b"),
+                    ("c", "failed", 1, None, "x", "b"),
+                    ("b", "ok", 1, "lb", None, "b"),
+                    ("a", "ok", 1, "la", None, "b"),
+                ],
+                stored=set(),
+            )
+        versions = dict(store.db.execute("SELECT key, version FROM results"))
+        assert versions == {"d": base + 1, "c": base + 3, "b": base + 4, "a": base + 5}
+        assert _outcomes(store) == [
+            ("a", 1, base + 5),
+            ("b", 1, base + 4),
+            ("c", 2, base + 3),
+            ("d", 1, base + 1),
+        ]
+        assert store.result("b").line == "lb"  # type: ignore[union-attr]
+        # inserted in key order; the replaced row after them all, as REPLACE gives it
+        order = [k for (k,) in store.db.execute("SELECT key FROM results ORDER BY rowid")]
+        assert order == ["a", "c", "d", "b"]
+    finally:
+        store.close()

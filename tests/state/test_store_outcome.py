@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gptbatch.state.migrations import MIGRATIONS
@@ -18,6 +19,8 @@ KEYS = [f"k{i}" for i in range(6)]
 
 OP = st.one_of(
     st.tuples(st.just("sync"), st.lists(st.sampled_from(KEYS), max_size=6)),
+    # as a new input is read: in bulk when no request is stored (a first build)
+    st.tuples(st.just("bulk sync"), st.lists(st.sampled_from(KEYS), max_size=6)),
     st.tuples(st.just("write"), st.sampled_from(KEYS), st.sampled_from(["ok", "failed", "retry"])),
     st.tuples(
         st.just("write many"),
@@ -30,7 +33,7 @@ OP = st.one_of(
 )
 
 
-def _sync(store: Store, keys: list[str]) -> None:
+def _sync(store: Store, keys: list[str], bulk: bool = False) -> None:
     rows = [
         (
             i,
@@ -51,15 +54,18 @@ def _sync(store: Store, keys: list[str]) -> None:
         for i, key in enumerate(keys)
     ]
     with store.snapshot() as before, store.transaction():
-        store.replace_input(
-            "in.jsonl", size=1, mtime_ns=1, sha256="x", defaults="{}", rows=rows, before=before
-        )
+        empty = not store.has_requests()
+        with store.bulk_requests() if bulk else contextlib.nullcontext(False) as in_bulk:
+            assert in_bulk == (bulk and empty)
+            store.replace_input(
+                "in.jsonl", size=1, mtime_ns=1, sha256="x", defaults="{}", rows=rows, before=before
+            )
 
 
 def _apply(store: Store, op: tuple[Any, ...]) -> None:
     kind = op[0]
-    if kind == "sync":
-        _sync(store, op[1])
+    if kind in ("sync", "bulk sync"):
+        _sync(store, op[1], bulk=kind == "bulk sync")
         return
     if kind == "gc":
         store.drop_unreferenced(op[1])
@@ -103,13 +109,24 @@ def _counted(db: sqlite3.Connection) -> dict[str, int]:
 
 @settings(max_examples=50, deadline=None)
 @given(ops=st.lists(OP, max_size=12))
+@example(ops=[("write", "k1", "ok"), ("write", "k2", "failed"), ("bulk sync", ["k1", "k2", "k3"])])
+@example(ops=[("bulk sync", ["k1"]), ("write", "k1", "ok"), ("sync", []), ("bulk sync", ["k1"])])
 def test_done_follows_every_write(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp))
+        store = Store(Path(tmp) / "a")
+        # The same writes, every sync row by row: bulk syncs leave what it leaves, exactly
+        # (rows, outcomes, counters: cached answers are keyed by them), and the same schema.
+        shadow = Store(Path(tmp) / "b")
+        schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
         try:
             for op in ops:
                 _apply(store, op)
+                _apply(shadow, ("sync", *op[1:]) if op[0] == "bulk sync" else op)
                 assert _mismatches(store.db) == [], op
+                assert store.version() == shadow.version(), op
+                every = "SELECT * FROM requests ORDER BY path, ordinal"
+                assert list(store.db.execute(every)) == list(shadow.db.execute(every))
+                assert list(store.db.execute(schema)) == list(shadow.db.execute(schema))
                 versions = [v for (v,) in store.db.execute("SELECT version FROM results")]
                 assert len(set(versions) - {None}) == len([v for v in versions if v is not None])
                 pending = [r.key for r in store._pending(store.db)]
@@ -122,6 +139,7 @@ def test_done_follows_every_write(ops: list[tuple[Any, ...]]) -> None:
                     )
                 ]
                 assert pending == expected
+                assert store._any_pending() == bool(expected)
                 assert store._counts() == _counted(store.db)
                 assert store._result_counts("in.jsonl") == {
                     "ok": _counted(store.db)["ok"],
@@ -130,6 +148,7 @@ def test_done_follows_every_write(ops: list[tuple[Any, ...]]) -> None:
                 }
         finally:
             store.close()
+            shadow.close()
 
 
 def test_a_state_from_before_m004_gets_its_outcomes(tmp_path: Path) -> None:
