@@ -249,7 +249,11 @@ def _adopt_moved(
             del gone[old]
             if same:  # its rows are this file's: nothing to read
                 store.touch_input(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
-                report.event("input", path=str(path), state=f"unchanged (moved from {old})")
+                report.event(
+                    "input",
+                    path=str(path),
+                    state=f"moved from {old} (the same bytes: not read again)",
+                )
             else:
                 left.append(item)
     return left
