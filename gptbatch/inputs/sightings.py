@@ -7,14 +7,17 @@ import json
 
 
 def custom_id_of(content: bytes | None) -> str | None:
-    """The custom_id of a raw line, if it is a JSON object with a string custom_id."""
+    """The custom_id of a raw line, if it is a JSON object with a string custom_id (or,
+    without one, a string key: Gemini's lines name their request so, gemini_lines)."""
     if content is None:
         return None
     try:
         value = json.loads(content)
     except (ValueError, RecursionError):
         return None
-    custom_id = value.get("custom_id") if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    custom_id = value["custom_id"] if "custom_id" in value else value.get("key")
     return custom_id if isinstance(custom_id, str) else None
 
 

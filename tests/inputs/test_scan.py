@@ -541,3 +541,24 @@ def test_a_split_that_fails_while_copying_remembers_no_counts(
     monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(cache))
     assert main(["split", "300", str(source), "--out-dir", str(tmp_path / "out")]) == 0
     assert cached_rows(cache) == 40
+
+
+def test_a_gemini_key_used_twice_is_a_duplicate_as_read_requests_says(tmp_path: Path) -> None:
+    """Gemini's lines name their request by `key`: a key used twice is reported by the
+    scanner (in workers or not, any chunking) as read_requests reports it."""
+    from gptbatch.inputs.gemini_lines import GENERATE_URL
+
+    def gem(key: str) -> bytes:
+        parts = [{"text": f"about {key}"}]
+        return json.dumps({"key": key, "request": {"contents": [{"parts": parts}]}}).encode()
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b"\n".join([gem("k0"), gem("k1"), gem("k0"), gem("k2")]) + b"\n")
+    b.write_bytes(b"\n".join([gem("k3"), gem("k1")]) + b"\n")
+    kwargs: dict[str, Any] = {"model": "gemini-2.5-flash", "endpoint": GENERATE_URL}
+    expected = reference([a, b], **kwargs)
+    assert expected[1] is not None and "duplicate custom_id 'k0'" in expected[1]
+    assert "duplicate custom_id 'k1'" in expected[1]
+    for workers, chunk in ((0, None), (0, 40), (2, 60)):
+        options = ScanOptions(workers=workers, chunk_bytes=chunk, use_cache=False, **kwargs)
+        assert scanned([a, b], options) == expected
