@@ -94,6 +94,9 @@ def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
             # The same counts as tiktoken's, faster (the "fast simulator"): the
             # simulator shares the machine's cores with the build it serves.
             "--fast-counter",
+            # batches.create answers at once and the input is read meanwhile, as the real
+            # API validates after answering: the build's next shard overlaps that reading.
+            "--background-validation",
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -311,6 +311,11 @@ class SimConfig:
     # Count tokens with fastokens where it is exact (results.TokenCounter): the same counts,
     # ~10x faster, for a simulator serving millions of requests (benchmarks).
     fast_counter: bool = False
+    # Read each batch's input file on a thread of its own, so batches.create answers at once
+    # (as the real API does: validation happens after). Outcomes are the same: the engine
+    # waits for the reading wherever it needs the requests (admission at the end of
+    # validating, a listing that shows them); only the reply's `model` waits for in_progress.
+    background_validation: bool = False
 
     @classmethod
     def fast(cls, **overrides: Any) -> SimConfig:
@@ -339,6 +344,7 @@ class SimConfig:
             "models",
             "any_model",
             "fast_counter",
+            "background_validation",
         )
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in per_run

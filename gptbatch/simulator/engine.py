@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,13 @@ from gptbatch.simulator.results import (
     result_order,
     success_body,
 )
-from gptbatch.simulator.validation import ApiError, InputRequest, line_error, parse_input
+from gptbatch.simulator.validation import (
+    ApiError,
+    InputRequest,
+    ParsedInput,
+    line_error,
+    parse_input,
+)
 
 __all__ = ["ACTIVE_STATUSES", "FAIL_MESSAGE", "TERMINAL_STATUSES", "Batch", "BatchEngine"]
 
@@ -67,10 +74,11 @@ class Batch:
     metadata: dict[str, str] | None
     created_at: float
     expires_at: float
-    model: str | None
-    requests: list[InputRequest]
-    validation_errors: list[dict[str, Any]]
+    # The input file read (ParsedInput), or its reading under way on the engine's validation
+    # thread (SimConfig.background_validation): taken when first needed.
+    parsed: ParsedInput | Future[ParsedInput]
     output_ttl: float | None
+    validated_later: bool = False  # read in the background: its model is shown from in_progress
     status: str = "validating"
     times: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, Any]] | None = None
@@ -91,6 +99,24 @@ class Batch:
     error_lines: list[bytes] = field(default_factory=list)
     output_file_id: str | None = None
     error_file_id: str | None = None
+
+    def _input(self) -> ParsedInput:
+        parsed = self.parsed
+        if isinstance(parsed, Future):
+            parsed = self.parsed = parsed.result()
+        return parsed
+
+    @property
+    def model(self) -> str | None:
+        return self._input().model
+
+    @property
+    def requests(self) -> list[InputRequest]:
+        return self._input().requests
+
+    @property
+    def validation_errors(self) -> list[dict[str, Any]]:
+        return self._input().errors
 
     @property
     def total_tokens(self) -> int:
@@ -123,7 +149,8 @@ class Batch:
             "cancelled_at": stamp("cancelled_at"),
             "request_counts": {"total": total, "completed": self.completed, "failed": self.failed},
             "metadata": self.metadata,
-            "model": self.model,
+            # Not waited for while validating in the background: create answers at once.
+            "model": None if self.validated_later and self.status == "validating" else self.model,
             "usage": {
                 "input_tokens": self.input_tokens,
                 "input_tokens_details": {"cached_tokens": 0},
@@ -165,6 +192,7 @@ class BatchEngine:
         self.unsaved = False  # something visible happened since the time was last saved
         self.t = start  # the simulated time the world has been run to
         self._anchor_t, self._rate = start, config.tokens_per_second
+        self._validator: ThreadPoolExecutor | None = None  # see SimConfig.background_validation
 
     def reset_time(self, t: float) -> None:
         """Start a world with nothing in it at t."""
@@ -190,7 +218,15 @@ class BatchEngine:
 
     def add_batch(self, record: dict[str, Any], source: StoredFile) -> Batch:
         """A new batch in `validating` at the engine's time, from a "batch" record."""
-        parsed = parse_input(source.data, record["endpoint"], self.config, self.counter)
+        parsed: ParsedInput | Future[ParsedInput]
+        if self.config.background_validation:
+            if self._validator is None:
+                self._validator = ThreadPoolExecutor(1, thread_name_prefix="sim-validation")
+            parsed = self._validator.submit(
+                parse_input, source.data, record["endpoint"], self.config, self.counter
+            )
+        else:
+            parsed = parse_input(source.data, record["endpoint"], self.config, self.counter)
         batch = Batch(
             id=record["id"],
             seq=next(self._seq),
@@ -200,10 +236,9 @@ class BatchEngine:
             metadata=record["metadata"],
             created_at=self.t,
             expires_at=self.t + self.config.completion_window_seconds,
-            model=parsed.model,
-            requests=parsed.requests,
-            validation_errors=parsed.errors,
+            parsed=parsed,
             output_ttl=record["output_ttl"],
+            validated_later=self.config.background_validation,
         )
         self.batches[batch.id] = batch
         self._event(batch, "validating", self.t)
@@ -224,7 +259,7 @@ class BatchEngine:
         held = [
             b
             for b in self.batches.values()
-            if b.model == model and b.status in holding and b is not exclude
+            if b.status in holding and b is not exclude and b.model == model
         ]
         return sum(b.total_tokens for b in held), sum(len(b.requests) for b in held)
 
