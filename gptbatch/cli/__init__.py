@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from gptbatch import __version__
@@ -132,7 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return run(args.func, args)
+    code = run(args.func, args)
+    if argv is None:
+        _ignore_late_interrupts()
+    return code
+
+
+def _ignore_late_interrupts() -> None:
+    """The command is over and its state saved: a Ctrl-C while the interpreter shuts down
+    (joining threads, atexit) would end the process by the signal, with no message and an
+    exit code that says it was killed, after its summary said `done`."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

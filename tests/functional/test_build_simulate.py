@@ -166,3 +166,30 @@ def test_a_first_rehearsal_rejected_for_bad_input_leaves_no_trace(
     assert main(["build", str(config), "--simulate"]) == EXIT_BAD_INPUT
     assert "reviews.jsonl" in capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_ctrl_c_after_the_summary_does_not_kill_the_finished_build(tmp_path: Path) -> None:
+    """A Ctrl-C in the moments between `done:` and the process's end (threads joined at
+    shutdown) ended it by the signal: exit -2 and no message, after a build that had finished.
+    Now it exits 130 with the message while the command still runs, and 0 after."""
+    import signal
+    import time
+
+    config = copy_examples(tmp_path)
+    cmd = [sys.executable, "-m", "gptbatch", "build", str(config), "--simulate", "-B"]
+    codes = []
+    for delay in (0.0, 0.05, 0.1, 0.2):
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("done:"):
+                time.sleep(delay)
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=60)
+        codes.append(proc.returncode)
+        assert proc.returncode in (EXIT_OK, 130), (delay, proc.returncode, err)
+        assert "Traceback" not in err, err
+    assert EXIT_OK in codes  # the late ones landed after the command had returned
