@@ -398,6 +398,7 @@ class Builder:
                 self.report.event("tick")
                 self.sleep(max(wake, 0.01))
         finally:
+            self.collector.close()
             self.finish()
         return self.summary
 

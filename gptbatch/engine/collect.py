@@ -15,12 +15,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from gptbatch.api.provider import caps_of
 from gptbatch.api.remote import BatchInfo, Remote, stated_queue_limit
 from gptbatch.config.spec import Spec
-from gptbatch.engine import nometa, usage
+from gptbatch.engine import nometa, prepared, usage
 from gptbatch.engine.batches import (
     RECOVERED,
     ROOM_CHANGED,
@@ -34,6 +33,8 @@ from gptbatch.engine.batches import (
 from gptbatch.engine.census import CENSUS_PAGES, Census
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.eta import Forecast
+from gptbatch.engine.outcomes import Outcomes
+from gptbatch.engine.prepared import Prepared, ReadAhead, classify
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
 from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
@@ -41,7 +42,6 @@ from gptbatch.report import Reporter
 from gptbatch.state.rows import FINAL_RESULT_STATES, BatchRow, ShardRow
 from gptbatch.state.store import Store
 
-RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
 SLOW_FINALIZING_SECONDS = 900.0  # a batch finalizing longer than this is reported
 GONE_AFTER = 3  # 404s in a row (one per poll round) before a batch counts as gone
 COMPLETION_WINDOW_SECONDS = 86400  # the longest a batch may run before its files are made
@@ -85,6 +85,10 @@ class Collector:
         self.file_expiry: dict[str, int] = {}  # file id -> expires_at the API gave (API time)
         self.waiting_reported: dict[str, str] = {}  # file id -> the reason last reported
         self.forecast = Forecast()
+        # The next finished batch's files are downloaded and prepared on a worker process
+        # while the one before is recorded (prepared.py).
+        self.read_ahead = ReadAhead()
+        self.fetched: set[Path] = set()  # downloaded ahead, not yet recorded
 
     # --- polling -------------------------------------------------------------------------
 
@@ -219,7 +223,9 @@ class Collector:
 
     def collect_finished(self) -> Iterator[Outcome]:
         """Download and record the batches the last poll saw finished."""
-        for shard_id, info in self.finished:
+        for index, (shard_id, info) in enumerate(self.finished):
+            for ahead in self.finished[index : index + 2]:
+                self.fetch_ahead(*ahead)
             try:
                 yield from self.collect(shard_id, info)
             except FileWaiting:
@@ -242,6 +248,10 @@ class Collector:
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id:
                 path = self.work_dir / "downloads" / f"{file_id}.jsonl"
+                if path in self.fetched and path.exists():  # downloaded ahead
+                    self.fetched.discard(path)
+                    downloads.append(path)
+                    continue
                 try:
                     self.remote.download(file_id, path)
                 except NotFoundError as exc:
@@ -277,7 +287,16 @@ class Collector:
                 self.spec.prices,
                 replacing=self.store.resend_shard(shard_id),
             )
+            zdict = self.store.result_dictionary()
             for path in downloads:
+                lines = None
+                if named is None and not checks and zdict is not None:
+                    lines = self.read_ahead.take(path, zdict)
+                else:
+                    self.read_ahead.forget(path)
+                if lines is not None:
+                    self.record_prepared(lines, keys, seen, batch, counts)
+                    continue
                 with open(path, "rb") as f:
                     for raw in f:
                         if not raw.strip():
@@ -324,6 +343,60 @@ class Collector:
             yield Outcome(completed=True, model=shard.model)
         yield SHARDS_CHANGED
         self.report.event("collected", batch=info.id, status=info.status, **counts)
+
+    def fetch_ahead(self, shard_id: str, info: BatchInfo) -> None:
+        """Download a finished batch's files and start preparing them on the worker, if the
+        batch is large and its lines need nothing but the plain reading (see collect).
+
+        Anything that goes wrong here is left to collect, which downloads again and handles
+        it as it always has.
+        """
+        if info.status == "failed" or not self.read_ahead.enabled:
+            return
+        if info.completed + info.failed < prepared.PREPARE_MIN_LINES:
+            return
+        if caps_of(self.remote).custom_id_is_key or self.checks_answers():
+            return
+        zdict = self.store.result_dictionary()
+        if zdict is None:  # the first lines ever recorded choose it (write_results)
+            return
+        for file_id in (info.output_file_id, info.error_file_id):
+            if not file_id:
+                continue
+            path = self.work_dir / "downloads" / f"{file_id}.jsonl"
+            if path not in self.fetched:
+                try:
+                    self.remote.download(file_id, path)
+                except (RemoteError, OSError):
+                    continue
+                self.fetched.add(path)
+            self.read_ahead.start(path, zdict, self.spec.prices)
+
+    def record_prepared(
+        self,
+        lines: list[Prepared],
+        keys: Mapping[str, str],
+        seen: set[str],
+        batch: Outcomes,
+        counts: dict[str, int],
+    ) -> None:
+        """collect's reading of a result file, from lines the worker prepared."""
+        for custom_id, state, error, used, zline in lines:
+            key = keys.get(custom_id)
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            counts[batch.add_packed(key, state, zline, error, used)] += 1
+
+    def close(self) -> None:
+        """Stop the read-ahead worker."""
+        self.read_ahead.close()
+
+    def checks_answers(self) -> bool:
+        """Does any data target retry answers that fail its schema (answer_checks)?"""
+        return any(
+            t.retry_invalid and answer_schema(t.request) is not None for t in self.spec.data_targets
+        )
 
     def answer_checks(self, keys: Iterable[str]) -> dict[str, AnswerCheck]:
         """The schema check of each of keys that belongs to a data target with retry_invalid
@@ -479,117 +552,3 @@ class Collector:
             )
             store.release_members(shard.id)
         self.report.event("batch_failed", batch=info.id, problems=problems[:20])
-
-
-class Outcomes:
-    """Outcomes of one batch, written a chunk at a time (one executemany per chunk).
-
-    Applies Collector.record's rules: a final result is never overwritten (but by a final
-    outcome of a shard sent again on purpose, `replacing`: build -B / --retry-failed), and
-    a retryable outcome past the retry limit becomes final. `spent` sums the usage of the
-    ok lines written.
-    """
-
-    CHUNK = 5_000
-
-    def __init__(
-        self,
-        store: Store,
-        keys: list[str],
-        retries: int,
-        batch_id: str,
-        prices: Mapping[str, Mapping[str, float]] | None = None,
-        *,
-        replacing: bool = False,
-    ) -> None:
-        self.store = store
-        self.replacing = replacing
-        self.resent: list[str] = []  # final results replaced by a resend's
-        self.retried: list[str] = []  # resends back retryable: the old result stays
-        self.retries = retries
-        self.prices = prices
-        self.batch_id = batch_id
-        self.known = store.result_states(keys)
-        # keys with a results row: those found now and those this batch flushed (every key
-        # written is one of `keys`), so write_results need not look them up again
-        self.stored = set(self.known)
-        self.rows: list[tuple[str, str, int, str | None, str | None, str | None]] = []
-        self.price = usage.price_lookup(prices)
-        # The usage of the ok lines written, summed in place (a Usage per line added to
-        # another made a third object per result).
-        self._counts = [0, 0, 0, 0, 0]
-        self._cost: float | None = 0.0
-        self._unpriced: set[str] = set()
-
-    def add(
-        self, key: str, state: str, line: str | None, error: str | None, obj: Any = None
-    ) -> str:
-        """Queue one outcome (obj: the line parsed); return the state the key ends in."""
-        old = self.known.get(key)
-        if old is not None and old[0] in FINAL_RESULT_STATES:
-            if not self.replacing:
-                return old[0]
-            if state == "retry":  # the old result stays the output until replaced
-                self.retried.append(key)
-                return old[0]
-            self.resent.append(key)
-            old = None
-        attempts = (old[1] if old else 0) + 1
-        if state == "retry" and attempts > self.retries:
-            state = "failed"
-            error = f"gave up after {attempts} attempts: {error}"
-        self.known[key] = (state, attempts)
-        self.rows.append((key, state, attempts, line, error, self.batch_id))
-        if state == "ok" and line is not None:
-            if obj is None:
-                self._spend(usage.line_usage(line, self.prices))
-            else:
-                self._spend(usage.result_usage(obj, lookup=self.price))
-        if len(self.rows) >= self.CHUNK:
-            self.flush()
-        return state
-
-    def _spend(self, used: usage.Usage) -> None:
-        counts = self._counts
-        counts[0] += used.requests
-        counts[1] += used.input
-        counts[2] += used.cached
-        counts[3] += used.output
-        counts[4] += used.reasoning
-        if self._cost is not None:
-            self._cost = None if used.cost is None else self._cost + used.cost
-        self._unpriced.update(used.unpriced)
-
-    @property
-    def spent(self) -> usage.Usage:
-        """The usage of the ok lines written (what usage.add_written adds to the totals)."""
-        return usage.Usage(*self._counts, self._cost, tuple(sorted(self._unpriced)))
-
-    def flush(self) -> None:
-        self.store.write_results(self.rows, stored=self.stored)
-        self.stored.update(row[0] for row in self.rows)
-        self.rows = []
-        if self.resent or self.retried:
-            self.store.resend_done(self.resent)
-            self.store.resend_retried(self.retried, self.retries)
-            self.resent, self.retried = [], []
-
-
-def classify(obj: dict[str, Any]) -> tuple[str, str | None]:
-    """Sort one output/error line into ok, failed (final) or retry."""
-    response = obj.get("response") or {}
-    error = obj.get("error")
-    status = response.get("status_code")
-    if status == 200 and not error:
-        return "ok", None
-    if error:
-        code = error.get("code") if isinstance(error, dict) else str(error)
-        msg = f"{code}: {error.get('message') if isinstance(error, dict) else ''}"
-        return ("retry" if code in RETRYABLE_ERROR_CODES or code is None else "failed"), msg
-    body = response.get("body") or {}
-    err = body.get("error") if isinstance(body, dict) else None
-    detail = err.get("message") if isinstance(err, dict) else None
-    msg = f"HTTP {status}: {detail or 'no detail'}"
-    if status in (408, 409, 429) or (isinstance(status, int) and status >= 500):
-        return "retry", msg
-    return "failed", msg

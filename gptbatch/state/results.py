@@ -29,6 +29,25 @@ def _by_key(item: tuple[int, tuple[Any, ...]]) -> str:
     return item[1][0]  # type: ignore[no-any-return]
 
 
+class _Packer:
+    """A row's line as stored: text is packed here; a line packed already (bytes, by the
+    collector's read-ahead worker) must be packed against this same dictionary."""
+
+    def __init__(self, zdict: bytes | None) -> None:
+        self.zdict = zdict
+        self.wanted = None if zdict is None else zlib.adler32(zdict)
+
+    def __call__(self, line: str | bytes | None) -> bytes | None:
+        if not isinstance(line, bytes):
+            return pack_line(line, self.zdict)
+        if self.wanted is None or zline_dictionary_id(line) != self.wanted:
+            raise StateError(
+                "a result line was packed against another dictionary than the state's: "
+                "nothing was recorded; run `gptbatch build` again"
+            )
+        return line
+
+
 class ResultsMixin(StoreBase):
     """The Store's results (one row per request key) and what output files are read from."""
 
@@ -56,7 +75,7 @@ class ResultsMixin(StoreBase):
 
     def write_results(
         self,
-        rows: Iterable[tuple[str, str, int, str | None, str | None, str | None]],
+        rows: Iterable[tuple[str, str, int, str | bytes | None, str | None, str | None]],
         *,
         stored: Collection[str] | None = None,
     ) -> None:
@@ -75,7 +94,7 @@ class ResultsMixin(StoreBase):
         if not rows:
             return
         with self.transaction():  # atomic even for a caller outside one (record_result)
-            zdict = self._dictionary(next((r[3] for r in rows if r[3] is not None), None))
+            zdict = self._dictionary(next((r[3] for r in rows if isinstance(r[3], str)), None))
             if stored is None:
                 earlier = set(self.result_states(r[0] for r in rows))
             else:
@@ -97,13 +116,11 @@ class ResultsMixin(StoreBase):
             # at random (a quarter of the time of recording a batch at a million requests).
             fresh.sort(key=_by_key)
             again.sort(key=_by_key)
+            packed = _Packer(zdict)
             for verb, batch in (("INSERT OR FAIL", fresh), ("INSERT OR REPLACE", again)):
                 self.db.executemany(
                     f"{verb} {sql}",
-                    (
-                        (k, st, n, pack_line(ln, zdict), err, b, now, v)
-                        for v, (k, st, n, ln, err, b) in batch
-                    ),
+                    ((k, st, n, packed(ln), err, b, now, v) for v, (k, st, n, ln, err, b) in batch),
                 )
             self.db.execute("UPDATE counters SET value=value+? WHERE name='results'", (len(rows),))
             # In key order, stable: a key given twice ends with its later outcome, as its
@@ -115,6 +132,11 @@ class ResultsMixin(StoreBase):
                     key=itemgetter(2),
                 ),
             )
+
+    def result_dictionary(self) -> bytes | None:
+        """The preset dictionary result lines are packed against now (None: none chosen yet)."""
+        text = self.get_meta(ZDICT_META)
+        return None if text is None else text.encode("utf-8")
 
     def _dictionary(self, sample: str | None) -> bytes | None:
         """The preset dictionary to compress result lines with; the first sample becomes it.

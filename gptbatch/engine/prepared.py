@@ -1,0 +1,140 @@
+"""Result files read ahead on a worker process: each line parsed, sorted, priced and packed.
+
+Collecting a batch of a first build at scale was a third of the build's time, and half of
+that was per-line work that needs nothing from the state: parsing the line, sorting it into
+ok, failed or retry, reading its usage, compressing it as stored (zlib against the
+project's dictionary). A worker process does that for the next finished batch while the
+collector records the one before, whose rows then go to the state packed. The collector's
+own rules (which key a line is for, a line given twice, a final result never overwritten,
+retries) stay in the collector; the worker only does what `classify`, `usage.result_usage`
+and `pack_line` would do in the collector, with the same functions.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import astuple
+from pathlib import Path
+from typing import Any
+
+from gptbatch.engine import usage
+from gptbatch.fastjson import loads_reply
+from gptbatch.state.lines import pack_line
+
+RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
+# Below this many lines a batch is read in the collector: a worker's start (a fork, a few
+# ms) and the hand-over cost more than they save.
+PREPARE_MIN_LINES = 4_000
+
+# custom_id, state, error, usage of an ok line (Usage's fields), the line packed
+Prepared = tuple[str, str, "str | None", "tuple[Any, ...] | None", bytes]
+
+
+def classify(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """Sort one output/error line into ok, failed (final) or retry."""
+    response = obj.get("response") or {}
+    error = obj.get("error")
+    status = response.get("status_code")
+    if status == 200 and not error:
+        return "ok", None
+    if error:
+        code = error.get("code") if isinstance(error, dict) else str(error)
+        msg = f"{code}: {error.get('message') if isinstance(error, dict) else ''}"
+        return ("retry" if code in RETRYABLE_ERROR_CODES or code is None else "failed"), msg
+    body = response.get("body") or {}
+    err = body.get("error") if isinstance(body, dict) else None
+    detail = err.get("message") if isinstance(err, dict) else None
+    msg = f"HTTP {status}: {detail or 'no detail'}"
+    if status in (408, 409, 429) or (isinstance(status, int) and status >= 500):
+        return "retry", msg
+    return "failed", msg
+
+
+def prepare(
+    path: str, zdict: bytes, prices: Mapping[str, Mapping[str, float]] | None
+) -> list[Prepared]:
+    """Every non-blank line of a result file, as the collector would read it, packed."""
+    lookup = usage.price_lookup(prices)
+    lines: list[Prepared] = []
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            text = raw.decode("utf-8").rstrip("\r\n")
+            obj = loads_reply(text)
+            state, error = classify(obj)
+            used = astuple(usage.result_usage(obj, lookup=lookup)) if state == "ok" else None
+            lines.append((str(obj.get("custom_id")), state, error, used, pack_line(text, zdict)))
+    return lines
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    # fork starts in milliseconds and shares the parent's imports (as the input scanner's).
+    name = "fork" if "fork" in methods and os.name == "posix" else "spawn"
+    if name == "fork" and "darwin" in os.uname().sysname.lower():  # pragma: no cover
+        name = "forkserver" if "forkserver" in methods else "spawn"
+    return multiprocessing.get_context(name)
+
+
+class ReadAhead:
+    """One worker process preparing downloaded result files, a future per file.
+
+    Off with GPTBATCH_WORKERS=1 (as the input scanner), or where no process can start: the
+    collector then reads every file itself.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._jobs: dict[Path, tuple[bytes, Future[list[Prepared]]]] = {}
+        env = os.environ.get("GPTBATCH_WORKERS", "").strip()
+        self.enabled = not (env.isdigit() and int(env) <= 1)
+
+    def start(
+        self, path: Path, zdict: bytes, prices: Mapping[str, Mapping[str, float]] | None
+    ) -> None:
+        """Begin preparing a downloaded file (nothing if off, or already begun)."""
+        if not self.enabled or path in self._jobs:
+            return
+        if self._pool is None:
+            try:
+                self._pool = ProcessPoolExecutor(1, mp_context=_context())
+            except (OSError, ValueError):
+                self.enabled = False
+                return
+        self._jobs[path] = (zdict, self._pool.submit(prepare, str(path), zdict, prices))
+
+    def take(self, path: Path, zdict: bytes) -> list[Prepared] | None:
+        """The prepared lines of a file begun with this dictionary; None: read it yourself.
+
+        A worker that died, or a file that changed its dictionary, is not an error: the
+        collector reads the file itself, as it would have.
+        """
+        job = self._jobs.pop(path, None)
+        if job is None or job[0] != zdict:
+            return None
+        try:
+            return job[1].result()
+        except BrokenProcessPool:
+            self.close()
+            self.enabled = False
+            return None
+        except Exception:  # a line it could not read: the collector meets it and says so
+            return None
+
+    def forget(self, path: Path) -> None:
+        """Drop a file's job (its batch was collected another way)."""
+        job = self._jobs.pop(path, None)
+        if job is not None:
+            job[1].cancel()
+
+    def close(self) -> None:
+        """Stop the worker; waiting jobs are dropped."""
+        self._jobs.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,87 @@
+"""The collector's read-ahead (engine/prepared.py): result files prepared on a worker process
+give the same results, outputs, retries and usage as files read in the collector."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from buildkit import billed_twice, make_project, padded_chat
+
+from gptbatch.engine import prepared
+from gptbatch.simulator import Fault
+
+MODEL = "gpt-4o-mini"
+LIMIT = 2_000
+
+
+def _answers(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What a result says, without the ids each simulator run draws anew."""
+    out = []
+    for r in records:
+        body = (r.get("response") or {}).get("body") or {}
+        choices = body.get("choices") or [{}]
+        out.append(
+            (
+                r["custom_id"],
+                (r.get("response") or {}).get("status_code"),
+                choices[0].get("message", {}).get("content"),
+                json.dumps(body.get("usage"), sort_keys=True),
+                json.dumps(r.get("error"), sort_keys=True),
+            )
+        )
+    return out
+
+
+def _build(tmp_path: Path, simulator_factory, capsys) -> tuple[Any, ...]:
+    sim = simulator_factory(
+        token_limits={MODEL: LIMIT},
+        faults=(
+            Fault.request_error("r1*", status=500, attempts=1),  # retried, then ok
+            Fault.request_error("r2*", status=400, message="Nope."),  # failed for good
+        ),
+    )
+    reqs = [padded_chat(f"r{i}") for i in range(60)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": LIMIT})
+    capsys.readouterr()
+    code = project.build()
+    summary = [line for line in capsys.readouterr().out.splitlines() if "so far:" in line]
+    assert all(cid.startswith("r1") for cid in billed_twice(sim))  # only the retried
+    return code, _answers(project.output()), _answers(project.errors()), summary
+
+
+_REAL_PREPARE = prepared.prepare
+
+
+def _counted(path: str, zdict: bytes, prices: Any) -> list[prepared.Prepared]:
+    """prepare, noting each file in a log: the worker is another process."""
+    with open(os.environ["TEST_PREPARED_LOG"], "a") as f:
+        f.write(path + "\n")
+    return _REAL_PREPARE(path, zdict, prices)
+
+
+@pytest.mark.timeout(120)
+def test_read_ahead_records_what_the_collector_would(
+    tmp_path: Path, simulator_factory, capsys, monkeypatch
+) -> None:
+    used = tmp_path / "prepared.txt"
+    monkeypatch.setenv("TEST_PREPARED_LOG", str(used))
+    monkeypatch.setattr(prepared, "prepare", _counted)
+    monkeypatch.setattr(prepared, "PREPARE_MIN_LINES", 0)
+    ahead = _build(tmp_path / "ahead", simulator_factory, capsys)
+    files = used.read_text().splitlines()
+    assert len(files) >= 3, files  # every batch after the first, which chose the dictionary
+
+    monkeypatch.setenv("GPTBATCH_WORKERS", "1")  # the read-ahead off: read in the collector
+    used.unlink()
+    plain = _build(tmp_path / "plain", simulator_factory, capsys)
+    assert not used.exists()
+
+    assert ahead[0] == plain[0]  # the same exit (some requests failed for good)
+    assert ahead[1] == plain[1]  # outputs, in input order, with what each answer said
+    assert ahead[2] == plain[2]  # the errors file: the failed-for-good requests
+    assert len(plain[2]) == 11 and all(e[0].startswith("r2") for e in plain[2])
+    assert ahead[3] == plain[3] and ahead[3]  # usage and cost totals alike
