@@ -399,6 +399,7 @@ class Builder:
                 self.sleep(max(wake, 0.01))
         finally:
             self.collector.close()
+            self.submitter.close()
             self.finish()
         return self.summary
 
@@ -539,9 +540,12 @@ class Builder:
             self.scheduler.plan()
         now = time.time()
         # `submitting` comes first: an earlier run may have created its batch already.
-        for shard in self.store.shards(UNSENT_SHARD_STATES):
+        unsent = self.store.shards(UNSENT_SHARD_STATES)
+        for index, shard in enumerate(unsent):
             if shard.not_before > now:
                 continue
+            if index + 1 < len(unsent):  # its file is written while this one is sent
+                self.submitter.prepare_file(unsent[index + 1])
             sent = self.send(shard)
             if sent is None:
                 return True

@@ -291,9 +291,7 @@ class Collector:
             for path in downloads:
                 lines = None
                 if named is None and not checks and zdict is not None:
-                    lines = self.read_ahead.take(path, zdict)
-                else:
-                    self.read_ahead.forget(path)
+                    lines = self.read_ahead.take((path, zdict))
                 if lines is not None:
                     self.record_prepared(lines, keys, seen, batch, counts)
                     continue
@@ -370,7 +368,9 @@ class Collector:
                 except (RemoteError, OSError):
                     continue
                 self.fetched.add(path)
-            self.read_ahead.start(path, zdict, self.spec.prices)
+            self.read_ahead.start(
+                (path, zdict), prepared.prepare, str(path), zdict, self.spec.prices
+            )
 
     def record_prepared(
         self,

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import astuple
-from pathlib import Path
 from typing import Any
 
 from gptbatch.engine import usage
@@ -82,23 +81,23 @@ def _context() -> Any:
 
 
 class ReadAhead:
-    """One worker process preparing downloaded result files, a future per file.
+    """One worker process doing file work ahead of the build's main thread, a future per job.
 
-    Off with GPTBATCH_WORKERS=1 (as the input scanner), or where no process can start: the
-    collector then reads every file itself.
+    A job is named by a key that says what it did it with (a file and the dictionary it
+    packed against, a shard): `take` with the same key gets its answer, or None, when the
+    caller must do the work itself: no such job, the job failed, or the worker died. Off with
+    GPTBATCH_WORKERS=1 (as the input scanner), or where no process can start.
     """
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
-        self._jobs: dict[Path, tuple[bytes, Future[list[Prepared]]]] = {}
+        self._jobs: dict[Hashable, Future[Any]] = {}
         env = os.environ.get("GPTBATCH_WORKERS", "").strip()
         self.enabled = not (env.isdigit() and int(env) <= 1)
 
-    def start(
-        self, path: Path, zdict: bytes, prices: Mapping[str, Mapping[str, float]] | None
-    ) -> None:
-        """Begin preparing a downloaded file (nothing if off, or already begun)."""
-        if not self.enabled or path in self._jobs:
+    def start(self, key: Hashable, fn: Callable[..., Any], *args: Any) -> None:
+        """Begin fn(*args) on the worker as job `key` (nothing if off, or already begun)."""
+        if not self.enabled or key in self._jobs:
             return
         if self._pool is None:
             try:
@@ -106,34 +105,31 @@ class ReadAhead:
             except (OSError, ValueError):
                 self.enabled = False
                 return
-        self._jobs[path] = (zdict, self._pool.submit(prepare, str(path), zdict, prices))
+        self._jobs[key] = self._pool.submit(fn, *args)
 
-    def take(self, path: Path, zdict: bytes) -> list[Prepared] | None:
-        """The prepared lines of a file begun with this dictionary; None: read it yourself.
+    def begun(self, key: Hashable) -> bool:
+        return key in self._jobs
 
-        A worker that died, or a file that changed its dictionary, is not an error: the
-        collector reads the file itself, as it would have.
+    def take(self, key: Hashable) -> Any | None:
+        """Job `key`'s answer, waited for; None: do the work yourself.
+
+        A job that failed is not an error here: the caller does the work and meets the
+        failure itself, with its own message.
         """
-        job = self._jobs.pop(path, None)
-        if job is None or job[0] != zdict:
+        job = self._jobs.pop(key, None)
+        if job is None:
             return None
         try:
-            return job[1].result()
+            return job.result()
         except BrokenProcessPool:
             self.close()
             self.enabled = False
             return None
-        except Exception:  # a line it could not read: the collector meets it and says so
+        except Exception:
             return None
 
-    def forget(self, path: Path) -> None:
-        """Drop a file's job (its batch was collected another way)."""
-        job = self._jobs.pop(path, None)
-        if job is not None:
-            job[1].cancel()
-
     def close(self) -> None:
-        """Stop the worker; waiting jobs are dropped."""
+        """Stop the worker, after the job it is doing; jobs not begun are dropped."""
         self._jobs.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

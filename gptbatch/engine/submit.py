@@ -14,17 +14,14 @@ What a refusal or a dropped shard means for the budget and the packing is not de
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from gptbatch.api.provider import caps_of
 from gptbatch.api.remote import BatchInfo, Remote, UploadGoneError
-from gptbatch.canonical import atomic_writer, sha256_hex
 from gptbatch.config.spec import Spec
 from gptbatch.engine import nometa
 from gptbatch.engine.batches import (
@@ -45,20 +42,18 @@ from gptbatch.engine.batches import (
 )
 from gptbatch.engine.budget import refusal_delay
 from gptbatch.engine.crash import crashpoint
+from gptbatch.engine.prepared import ReadAhead
+from gptbatch.engine.shard_files import AHEAD_MIN_REQUESTS, write_from_state, write_shard_file
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.errors import (
-    InputChangedError,
-    InputError,
     NotFoundError,
     QueueFullError,
     RateLimitedError,
     StateError,
     TransientRemoteError,
 )
-from gptbatch.inputs.requests import read_raw_line
-from gptbatch.inputs.upload import upload_line
 from gptbatch.report import Reporter
-from gptbatch.state.rows import RequestRow, ShardRow
+from gptbatch.state.rows import ShardRow
 from gptbatch.state.store import Store
 
 # How far back a batch can still be collected, in the API's own time: files expire at most
@@ -102,47 +97,34 @@ class Submitter:
         self.concerns: dict[str, bool] = {}  # recovered shard -> holds a current request
         # How many projects (this one included) send on a model, as the last listing saw.
         self.sharing: Callable[[str | None], int] = lambda model: 1
+        self.ahead = ReadAhead()  # the next shard's file, written on a worker process
 
     # --- one shard ---------------------------------------------------------------------
 
     def shard_file(self, shard: ShardRow) -> Path:
-        """Write (or rewrite) the JSONL file of a shard from the inputs; return its path."""
-        path = self.work_dir / "shards" / f"{shard.id}.jsonl"
-        with contextlib.ExitStack() as files, atomic_writer(path, "wb") as out:
-            opened: dict[str, BinaryIO | None] = {}  # one handle per input, not one per line
-            for key, row in self.store.member_requests(shard.id):
-                if row is None:
-                    raise InputChangedError(
-                        f"request {key[:12]} of shard {shard.id[:12]} left the inputs while "
-                        "gptbatch ran: run `gptbatch build` again"
-                    )
-                if row.path not in opened:
-                    try:
-                        opened[row.path] = files.enter_context(open(row.path, "rb"))
-                    except OSError:
-                        opened[row.path] = None
-                out.write(self.upload_line(row, key, opened[row.path]) + b"\n")
-        return path
+        """Write (or rewrite) the JSONL file of a shard from the inputs; return its path.
 
-    def upload_line(self, row: RequestRow, key: str, f: BinaryIO | None = None) -> bytes:
-        """The line to upload for a request, checked against its key: the file may have moved."""
-        try:
-            if f is None:
-                raw = read_raw_line(row.path, row.offset, row.length)
-            else:
-                f.seek(row.offset)
-                raw = f.read(row.length)
-            spec = self.spec
-            line = upload_line(raw, spec.model, spec.endpoint) if len(raw) == row.length else b""
-        except (InputError, ValueError, UnicodeDecodeError, OSError):
-            line = b""
-        if sha256_hex(line) != key:
-            raise InputChangedError(
-                f"{row.path}:{row.line}: the file changed while gptbatch ran (this line is "
-                "no longer what was read): nothing more was submitted from it; batches already "
-                "submitted keep running. Run `gptbatch build` again to pick up the change"
-            )
-        return line
+        A file the worker wrote ahead (prepare_file) is taken as is: it made it the same way.
+        """
+        path = self.work_dir / "shards" / f"{shard.id}.jsonl"
+        if self.ahead.take(("shard", shard.id)) is not None and path.exists():
+            return path
+        spec = self.spec
+        members = self.store.member_requests(shard.id)
+        return write_shard_file(path, shard.id, members, spec.model, spec.endpoint)
+
+    def prepare_file(self, shard: ShardRow) -> None:
+        """Have the worker write a large shard's file while the one before is sent."""
+        if shard.state != "ready" or shard.file_id or shard.requests < AHEAD_MIN_REQUESTS:
+            return
+        path = self.work_dir / "shards" / f"{shard.id}.jsonl"
+        spec = self.spec
+        args = (str(self.store.path), shard.id, str(path), spec.model, spec.endpoint)
+        self.ahead.start(("shard", shard.id), write_from_state, *args)
+
+    def close(self) -> None:
+        """Stop the worker (after the file it is writing)."""
+        self.ahead.close()
 
     def ensure_uploaded(self, shard: ShardRow) -> str:
         """The shard's uploaded file id: found again, or uploaded now (intent recorded first).

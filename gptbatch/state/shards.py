@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
@@ -88,18 +89,7 @@ class ShardsMixin(StoreBase):
 
     def member_requests(self, shard_id: str) -> Iterator[tuple[str, RequestRow | None]]:
         """(key, the first current request with that key or None) per member, in upload order."""
-        cur = self.db.execute(
-            f"SELECT m.ordinal, m.key, {REQUEST_SELECT}"
-            " FROM members m LEFT JOIN requests r ON r.key=m.key WHERE m.shard=?"
-            " ORDER BY m.ordinal, r.path, r.ordinal",
-            (shard_id,),
-        )
-        last = None
-        for row in cur:
-            if row[0] == last:
-                continue
-            last = row[0]
-            yield row[1], (RequestRow(*row[2:]) if row[2] is not None else None)
+        return member_requests(self.db, shard_id)
 
     def release_members(self, shard_id: str) -> int:
         """Forget a finished shard's members once every batch of it is collected.
@@ -312,3 +302,21 @@ class ShardsMixin(StoreBase):
             ).rowcount
             db.execute("DELETE FROM gc_keep")
         return {**counts, "shard_ids": shards}
+
+
+def member_requests(
+    db: sqlite3.Connection, shard_id: str
+) -> Iterator[tuple[str, RequestRow | None]]:
+    """ShardsMixin.member_requests on any connection to the state (a worker's own too)."""
+    cur = db.execute(
+        f"SELECT m.ordinal, m.key, {REQUEST_SELECT}"
+        " FROM members m LEFT JOIN requests r ON r.key=m.key WHERE m.shard=?"
+        " ORDER BY m.ordinal, r.path, r.ordinal",
+        (shard_id,),
+    )
+    last = None
+    for row in cur:
+        if row[0] == last:
+            continue
+        last = row[0]
+        yield row[1], (RequestRow(*row[2:]) if row[2] is not None else None)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from buildkit import billed_twice, make_project, padded_chat
 
-from gptbatch.engine import prepared
+from gptbatch.engine import prepared, submit
 from gptbatch.simulator import Fault
 
 MODEL = "gpt-4o-mini"
@@ -85,3 +85,47 @@ def test_read_ahead_records_what_the_collector_would(
     assert ahead[2] == plain[2]  # the errors file: the failed-for-good requests
     assert len(plain[2]) == 11 and all(e[0].startswith("r2") for e in plain[2])
     assert ahead[3] == plain[3] and ahead[3]  # usage and cost totals alike
+
+
+_REAL_WRITE = submit.write_from_state
+
+
+def _logged_write(state: str, shard_id: str, path: str, model: Any, endpoint: Any) -> str:
+    """write_from_state, noting each shard in a log: the worker is another process."""
+    with open(os.environ["TEST_PREPARED_LOG"], "a") as f:
+        f.write(shard_id + "\n")
+    return _REAL_WRITE(state, shard_id, path, model, endpoint)
+
+
+def _uploads(sim: Any) -> list[bytes]:
+    return sorted(
+        sim.service.file_content(f["id"]) for f in sim.service.files() if f["purpose"] == "batch"
+    )
+
+
+@pytest.mark.timeout(120)
+def test_shard_files_written_ahead_are_the_files_the_submitter_writes(
+    tmp_path: Path, simulator_factory, monkeypatch
+) -> None:
+    used = tmp_path / "written.txt"
+    monkeypatch.setenv("TEST_PREPARED_LOG", str(used))
+    monkeypatch.setattr(submit, "write_from_state", _logged_write)
+    monkeypatch.setattr(submit, "AHEAD_MIN_REQUESTS", 0)
+    reqs = [padded_chat(f"r{i}") for i in range(40)]
+    uploads = []
+    for name in ("ahead", "plain"):
+        if name == "plain":
+            monkeypatch.setenv("GPTBATCH_WORKERS", "1")
+        sim = simulator_factory(token_limits={MODEL: LIMIT})
+        project = make_project(
+            tmp_path / name, {"requests.jsonl": reqs}, limits={"enqueued_tokens": LIMIT}
+        )
+        assert project.build() == 0
+        assert billed_twice(sim) == []
+        assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
+        uploads.append(_uploads(sim))
+        if name == "ahead":
+            assert len(used.read_text().splitlines()) >= 3  # the worker wrote them
+            used.unlink()
+    assert not used.exists()  # none without the worker
+    assert uploads[0] == uploads[1] and len(uploads[0]) > 3  # byte for byte
