@@ -224,7 +224,9 @@ class Collector:
     def collect_finished(self) -> Iterator[Outcome]:
         """Download and record the batches the last poll saw finished."""
         for index, (shard_id, info) in enumerate(self.finished):
-            for ahead in self.finished[index : index + 2]:
+            # Two ahead keep the worker busy through a batch it prepares faster than the
+            # collector records; more would hold their lines in memory meanwhile.
+            for ahead in self.finished[index : index + 3]:
                 self.fetch_ahead(*ahead)
             try:
                 yield from self.collect(shard_id, info)
