@@ -97,10 +97,16 @@ def _logged_write(state: str, shard_id: str, path: str, model: Any, endpoint: An
     return _REAL_WRITE(state, shard_id, path, model, endpoint)
 
 
-def _uploads(sim: Any) -> list[bytes]:
-    return sorted(
+def _uploads(sim: Any) -> tuple[int, list[bytes]]:
+    """How many files went up, and every line uploaded (which shard holds a line depends on
+    when batches finished, so lines are compared, not files)."""
+    files = [
         sim.service.file_content(f["id"]) for f in sim.service.files() if f["purpose"] == "batch"
-    )
+    ]
+    for f in files:  # each file holds its shard's requests in input order, as planned
+        order = [int(json.loads(line)["custom_id"][1:]) for line in f.splitlines()]
+        assert order == sorted(order)
+    return len(files), sorted(line for f in files for line in f.splitlines())
 
 
 @pytest.mark.timeout(120)
@@ -128,4 +134,5 @@ def test_shard_files_written_ahead_are_the_files_the_submitter_writes(
             assert len(used.read_text().splitlines()) >= 3  # the worker wrote them
             used.unlink()
     assert not used.exists()  # none without the worker
-    assert uploads[0] == uploads[1] and len(uploads[0]) > 3  # byte for byte
+    assert uploads[0][1] == uploads[1][1]  # each line byte for byte, each uploaded once
+    assert len(uploads[0][1]) == len(reqs) and uploads[0][0] > 3
