@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -80,6 +81,10 @@ def _context() -> Any:
     return multiprocessing.get_context(name)
 
 
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the build handles Ctrl-C and stops us
+
+
 class ReadAhead:
     """One worker process doing file work ahead of the build's main thread, a future per job.
 
@@ -101,7 +106,9 @@ class ReadAhead:
             return
         if self._pool is None:
             try:
-                self._pool = ProcessPoolExecutor(1, mp_context=_context())
+                self._pool = ProcessPoolExecutor(
+                    1, mp_context=_context(), initializer=_ignore_interrupts
+                )
             except (OSError, ValueError):
                 self.enabled = False
                 return

@@ -136,3 +136,49 @@ def test_shard_files_written_ahead_are_the_files_the_submitter_writes(
     assert not used.exists()  # none without the worker
     assert uploads[0][1] == uploads[1][1]  # each line byte for byte, each uploaded once
     assert len(uploads[0][1]) == len(reqs) and uploads[0][0] > 3
+
+
+# The build as a program, with the read-ahead on for batches and shards of any size.
+_EVERY_SIZE = """
+import runpy, sys
+from gptbatch.engine import prepared, submit
+prepared.PREPARE_MIN_LINES = 0
+submit.AHEAD_MIN_REQUESTS = 0
+sys.argv = ["gptbatch", *sys.argv[1:]]
+runpy.run_module("gptbatch", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_with_the_workers_busy_is_one_message_and_the_resume_pays_once(
+    tmp_path: Path, simulator_factory
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from buildkit import REPO
+
+    sim = simulator_factory(token_limits={MODEL: LIMIT})
+    reqs = [padded_chat(f"r{i}") for i in range(60)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"enqueued_tokens": LIMIT})
+    cmd = [sys.executable, "-c", _EVERY_SIZE, "build", str(project.config), "--json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
+    )
+    assert proc.stdout is not None
+    collected = 0
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "collected":
+            collected += 1
+            if collected == 2:  # a batch read ahead is recorded: the workers are up
+                break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert billed_twice(sim) == []
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
