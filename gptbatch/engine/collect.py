@@ -34,9 +34,8 @@ from gptbatch.engine.census import CENSUS_PAGES, Census
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.eta import Forecast
 from gptbatch.engine.outcomes import Outcomes
-from gptbatch.engine.prepared import Prepared, ReadAhead, classify
+from gptbatch.engine.prepared import Prepared, ReadAhead, classify, result_lines
 from gptbatch.errors import NotFoundError, RemoteError, TransientRemoteError
-from gptbatch.fastjson import loads_reply
 from gptbatch.inputs.answers import AnswerCheck, answer_schema, answer_text
 from gptbatch.report import Reporter
 from gptbatch.state.rows import FINAL_RESULT_STATES, BatchRow, ShardRow
@@ -297,25 +296,20 @@ class Collector:
                 if lines is not None:
                     self.record_prepared(lines, keys, seen, batch, counts)
                     continue
-                with open(path, "rb") as f:
-                    for raw in f:
-                        if not raw.strip():
-                            continue
-                        text = raw.decode("utf-8").rstrip("\r\n")
-                        obj = loads_reply(text)
-                        key = keys.get(str(obj.get("custom_id")))
-                        if key is None or key in seen:
-                            continue
-                        seen.add(key)
-                        if named is not None:
-                            text, obj = nometa.named(text, obj, named[key])
-                        state, error = classify(obj)
-                        check = checks.get(key) if state == "ok" else None
-                        if check is not None:
-                            why = check(answer_text(obj))[1]
-                            if why is not None:  # retry_invalid: sent again, up to retries
-                                state, error = "retry", f"invalid answer: {why}"
-                        counts[batch.add(key, state, text, error, obj)] += 1
+                for text, obj in result_lines(path):
+                    key = keys.get(str(obj.get("custom_id")))
+                    if key is None or key in seen:
+                        continue
+                    seen.add(key)
+                    if named is not None:
+                        text, obj = nometa.named(text, obj, named[key])
+                    state, error = classify(obj)
+                    check = checks.get(key) if state == "ok" else None
+                    if check is not None:
+                        why = check(answer_text(obj))[1]
+                        if why is not None:  # retry_invalid: sent again, up to retries
+                            state, error = "retry", f"invalid answer: {why}"
+                    counts[batch.add(key, state, text, error, obj)] += 1
             for key, _ in members:
                 if key not in seen:
                     seen.add(key)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import astuple
+from pathlib import Path
 from typing import Any
 
 from gptbatch.engine import usage
@@ -60,16 +61,20 @@ def prepare(
     """Every non-blank line of a result file, as the collector would read it, packed."""
     lookup = usage.price_lookup(prices)
     lines: list[Prepared] = []
+    for text, obj in result_lines(path):
+        state, error = classify(obj)
+        used = astuple(usage.result_usage(obj, lookup=lookup)) if state == "ok" else None
+        lines.append((str(obj.get("custom_id")), state, error, used, pack_line(text, zdict)))
+    return lines
+
+
+def result_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(text, parsed) of each non-blank line of a result file, its line ending cut."""
     with open(path, "rb") as f:
         for raw in f:
-            if not raw.strip():
-                continue
-            text = raw.decode("utf-8").rstrip("\r\n")
-            obj = loads_reply(text)
-            state, error = classify(obj)
-            used = astuple(usage.result_usage(obj, lookup=lookup)) if state == "ok" else None
-            lines.append((str(obj.get("custom_id")), state, error, used, pack_line(text, zdict)))
-    return lines
+            if raw.strip():
+                text = raw.decode("utf-8").rstrip("\r\n")
+                yield text, loads_reply(text)
 
 
 def _context() -> Any:
