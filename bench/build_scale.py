@@ -97,6 +97,12 @@ def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
             # batches.create answers at once and the input is read meanwhile, as the real
             # API validates after answering: the build's next shard overlaps that reading.
             "--background-validation",
+            # Validation lasts 3 s here (50 simulated minutes; the real API takes minutes
+            # for a large file). At the default 5 simulated seconds (5 ms) the end of
+            # validation came before the reading did, and the simulator held its lock
+            # waiting for it: every upload and create behind it waited too (50 s at 1M).
+            "--validating-seconds",
+            "3000",
         ],
         stdout=subprocess.PIPE,
         text=True,
