@@ -489,7 +489,7 @@ class Builder:
         forecast = self.collector.forecast
         allowed = forecast.early_release() and not self.scheduler.early_off
         forecast.watch_start = allowed and self.store.has_work_to_submit()
-        self.scheduler.release_finalizing(allowed)
+        self.scheduler.release_finalizing(allowed, forecast.began_finalizing)
 
     def census_wanted(self) -> bool:
         """Count other projects' batches this round? Only while something waits to be sent

@@ -60,6 +60,7 @@ class Forecast:
     validated: dict[str, int] = field(default_factory=dict)
     finalized: dict[str, int] = field(default_factory=dict)
     watch_start: bool = False  # also wake when a batch should begin finalizing
+    began_finalizing: dict[str, int] = field(default_factory=dict)  # id -> API time, while so
 
     def observe(self, info: BatchInfo, now: float) -> None:
         """Take one poll's view of a batch."""
@@ -98,6 +99,10 @@ class Forecast:
 
     def _time(self, info: BatchInfo) -> None:
         """Learn how long the API took to validate and to finalize this batch."""
+        if info.status == "finalizing" and info.finalizing_at:
+            self.began_finalizing[info.id] = info.finalizing_at
+        else:
+            self.began_finalizing.pop(info.id, None)
         if info.in_progress_at and info.created_at and info.id not in self.validated:
             self.validated[info.id] = info.in_progress_at - info.created_at
             _trim(self.validated)

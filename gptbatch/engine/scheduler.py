@@ -14,7 +14,7 @@ and says which may go, under the working budgets `budget.Budget` keeps.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,9 +219,14 @@ class Scheduler:
             tokens, requests = tokens + s.tokens, requests + s.requests
         return tokens, requests
 
-    def release_finalizing(self, allowed: bool) -> None:
+    def release_finalizing(self, allowed: bool, began: Mapping[str, int]) -> None:
         """Count a batch seen finalizing as released, if early release is allowed (see the
-        module doc); forget a release once its batch is seen ended."""
+        module doc); forget a release once its batch is seen ended.
+
+        began: batch id -> when it began finalizing (API time). A batch of ours created
+        before that and still validating may be admitted before it completes (by a queue
+        that counts the batch created meanwhile): it holds the release back.
+        """
         for model, batch_id in list(self.released.items()):
             batch = self.store.batch(batch_id)
             if batch is None or batch.status in TERMINAL_BATCH_STATUSES:
@@ -236,10 +241,16 @@ class Scheduler:
         for model, pairs in flying.items():
             if model in self.released or self.crowded(model) or not self.budgeted(model):
                 continue
-            # A batch being created or validating would be admitted during the overlap.
-            if any(b is None or b.status not in ("in_progress", "finalizing") for b, _ in pairs):
-                continue
-            finalizing = [(s.tokens, b.id) for b, s in pairs if b.status == "finalizing"]
+            if any(b is None for b, _ in pairs):
+                continue  # being created: when it will be admitted is not known
+            validating = [b.created_at for b, _ in pairs if b.status == "validating"]
+            finalizing = [
+                (s.tokens, b.id)
+                for b, s in pairs
+                if b.id in began
+                # Strictly later in whole API seconds: certainly created after it began.
+                and all(created is not None and created > began[b.id] for created in validating)
+            ]
             if finalizing:
                 tokens, batch_id = max(finalizing)
                 self.released[model] = batch_id
