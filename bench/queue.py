@@ -1,6 +1,6 @@
 """Benchmark queue occupancy: how full `gptbatch build` keeps the enqueued-token queue.
 
-    python bench/queue.py [--requests 600] [--limit 30000] [--pipelines 1,2,3,4,8]
+    python bench/queue.py [--requests 600] [--limit 30000] [--pipelines 1,2,3,4,8,default]
                           [--before REF] [--time-scale 10] [--repeat 1] [--projects 1]
 
 The simulator holds a batch's tokens from creation to completion (hold_from_creation) and
@@ -41,6 +41,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import subprocess  # noqa: E402
@@ -51,12 +52,15 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
+from gptbatch.config.spec import Limits  # noqa: E402
 from gptbatch.simulator import SimConfig, Simulator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "gpt-4o-mini"
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+# What a batch.yaml without limits.pipeline gets.
+DEFAULT_PIPELINE = next(f.default for f in dataclasses.fields(Limits) if f.name == "pipeline")
 
 
 def requests(n: int, seed: int = 0) -> list[dict]:
@@ -236,7 +240,9 @@ def main() -> None:
         help="the simulator holds tokens from in_progress, not from creation",
     )
     parser.add_argument("--time-scale", type=float, default=10.0)
-    parser.add_argument("--pipelines", default="1,2,3,4,8")
+    parser.add_argument(
+        "--pipelines", default="1,2,3,4,8", help='limits.pipeline per row; "default": none set'
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per row (median shown)")
     parser.add_argument("--before", help="also run this git revision's engine, its defaults")
     parser.add_argument(
@@ -249,8 +255,11 @@ def main() -> None:
             code = checkout(args.before, Path(tmp))
             runs = [run(args, None, code) for _ in range(args.repeat)]
             rows.append((f"{args.before} (its defaults)", runs))
-        for k in (int(x) for x in args.pipelines.split(",")):
-            rows.append((f"pipeline k={k}", [run(args, k, REPO) for _ in range(args.repeat)]))
+        for x in args.pipelines.split(","):
+            # "default": no limits.pipeline in batch.yaml, as a user's config has none
+            k = None if x == "default" else int(x)
+            name = f"pipeline k={k}" if k is not None else f"default (k={DEFAULT_PIPELINE})"
+            rows.append((name, [run(args, k, REPO) for _ in range(args.repeat)]))
     print(
         f"{args.requests} chat requests, limit {args.limit:,} tokens, margin {args.margin}, "
         f"{args.rate:g} tokens/s per batch, polling every 5 simulated s, time scale "

@@ -84,6 +84,10 @@ class BatchInfo:
     failed: int = 0
     finished_at: int | None = None  # when it ended (API time): its files' expiry counts from it
     model: str | None = None  # the model the API says the batch uses (queue limits are per model)
+    # When it left validating and began finalizing (API time; None: not yet, or not said):
+    # how long validation and finalizing take here (eta.py, early release).
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -142,7 +146,17 @@ def _batch_info(b: Any, preset: Preset = OPENAI) -> BatchInfo:
             default=None,
         ),
         model=getattr(b, "model", None),
+        in_progress_at=_stamp(getattr(b, "in_progress_at", None)),
+        finalizing_at=_stamp(getattr(b, "finalizing_at", None)),
     )
+
+
+def _stamp(value: Any) -> int | None:
+    """An API timestamp as an int (None if absent or not a number)."""
+    try:
+        return int(value) if value else None
+    except (TypeError, ValueError):
+        return None
 
 
 # errnos that mean the local disk or permissions failed, not the network.

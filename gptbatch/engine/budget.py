@@ -449,29 +449,34 @@ def unqueueable(spec: Spec, store: Store, report: Reporter, keep_going: bool) ->
 # --- refusals -------------------------------------------------------------------------------
 
 
-def take_refusal(budget: Budget, refusal: Refusal, report: Reporter) -> None:
+def take_refusal(budget: Budget, refusal: Refusal, report: Reporter, *, learn: bool = True) -> None:
     """The API had no queue room for a shard: lower the budget, let the shard wait.
 
     Nothing was processed, so the shard keeps its uploaded file and goes again once
-    room appears (repacked smaller if it no longer fits the lowered budget).
+    room appears (repacked smaller if it no longer fits the lowered budget). learn=False:
+    the build sent it counting on room not yet freed (an early release, scheduler.py), so
+    the refusal says nothing of the limit: the budget stays, the shard just waits.
     """
     store, shard, unit, stated = budget.store, refusal.shard, refusal.unit, refusal.stated
     polling = budget.spec.polling
     delay = min(polling.max_seconds, polling.initial_seconds * 2 ** min(shard.refusals, 10))
     with store.transaction():
-        change = budget.lower(
-            shard.model,
-            unit=unit,
-            stated=stated,
-            submitted_at=refusal.sized_at,
-            shard_tokens=shard.tokens,
-            where=refusal.batch,
-        )
+        change = None
+        if learn:
+            change = budget.lower(
+                shard.model,
+                unit=unit,
+                stated=stated,
+                submitted_at=refusal.sized_at,
+                shard_tokens=shard.tokens,
+                where=refusal.batch,
+            )
         if refusal.collected:
             store.mark_collected(refusal.collected)
         # A lone request refused at its own size: the learned limit was not stale.
         failed = (
-            unit == "tokens"
+            learn
+            and unit == "tokens"
             and stated is not None
             and refused_at_its_size(store, report, shard, stated, refusal.batch)
         )

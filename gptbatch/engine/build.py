@@ -342,6 +342,7 @@ class Builder:
                 census = self.census if self.census_wanted() else None
                 changed = self.settle_all(self.collector.poll(census))
                 changed = changed or self.census.view != view
+                self.release_early()
                 if changed:
                     self.scheduler.room_changed()
                 # The room a finished batch frees is refilled before its results are
@@ -463,7 +464,10 @@ class Builder:
     def settle(self, outcome: Outcome) -> None:
         """Act on what a step reported: refused shards wait, budgets move, shards repack."""
         if outcome.refusal is not None:
-            take_refusal(self.budget, outcome.refusal, self.report)
+            # A batch created early was refused: the release came late, the limit stands.
+            refusal = outcome.refusal
+            early = self.scheduler.refused_early(refusal.batch, refusal.shard.model)
+            take_refusal(self.budget, refusal, self.report, learn=not early)
             self.summary.refusals += 1
             self.scheduler.dirty = True
         if outcome.completed:
@@ -480,6 +484,14 @@ class Builder:
             self.settle(outcome)
             moved = moved or outcome.room_changed
         return moved
+
+    def release_early(self) -> None:
+        """Let a finalizing batch's room be refilled now where this queue allows it
+        (scheduler.py), and then also poll for batches about to begin finalizing."""
+        forecast = self.collector.forecast
+        allowed = forecast.early_release() and not self.scheduler.early_off
+        forecast.watch_start = allowed and self.store.has_work_to_submit()
+        self.scheduler.release_finalizing(allowed, forecast.began_finalizing)
 
     def census_wanted(self) -> bool:
         """Count other projects' batches this round? Only while something waits to be sent
@@ -589,6 +601,8 @@ class Builder:
                 self.scheduler.sent_at[shard.model] = self.census.listings
                 row = self.store.shard(shard.id)
                 batch = self.store.batch(row.batch_id) if row and row.batch_id else None
+                if batch is not None:
+                    self.scheduler.sent_early(shard.model, batch.id)
                 if announcing and batch is not None and shard.model not in self.scheduler.joined:
                     self.scheduler.joined[shard.model] = batch.created_at or 0
                 if self.scheduler.first_sent_at is None:

@@ -14,7 +14,7 @@ and says which may go, under the working budgets `budget.Budget` keeps.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,11 @@ class Scheduler:
         # model -> created_at (API time) of the batch this build announced itself with, while
         # others filled the queue: it shares only once they acknowledge it (census.py).
         self.joined: dict[str | None, int] = {}
+        # Early release (module doc): model -> the finalizing batch no longer counted, the
+        # batches created while it was released, and whether a refusal ended it for the run.
+        self.released: dict[str | None, str] = {}
+        self.early: set[str] = set()
+        self.early_off = False
 
     def room(self, model: str | None, *, first_wave: bool = True) -> int | None:
         """The tokens this build may hold of a model's queue: the working budget, less what
@@ -202,14 +207,71 @@ class Scheduler:
         not be downloaded yet, so the next shard goes before the download.
         """
         tokens = requests = 0
+        released = self.released.get(model)
         for s in self.store.shards(IN_FLIGHT_SHARD_STATES):
             if s.model != model or s.id == exclude:
                 continue
             batch = self.store.batch(s.batch_id) if s.batch_id else None
             if batch is not None and batch.status in TERMINAL_BATCH_STATUSES:
                 continue
+            if batch is not None and batch.id == released:
+                continue  # finalizing: its room is taken by the batch created meanwhile
             tokens, requests = tokens + s.tokens, requests + s.requests
         return tokens, requests
+
+    def release_finalizing(self, allowed: bool, began: Mapping[str, int]) -> None:
+        """Count a batch seen finalizing as released, if early release is allowed (see the
+        module doc); forget a release once its batch is seen ended.
+
+        began: batch id -> when it began finalizing (API time). A batch of ours created
+        before that and still validating may be admitted before it completes (by a queue
+        that counts the batch created meanwhile): it holds the release back.
+        """
+        for model, batch_id in list(self.released.items()):
+            batch = self.store.batch(batch_id)
+            if batch is None or batch.status in TERMINAL_BATCH_STATUSES:
+                del self.released[model]
+        if not allowed or self.early_off:
+            return
+        flying: dict[str | None, list[tuple[Any, ShardRow]]] = {}
+        for s in self.store.shards(IN_FLIGHT_SHARD_STATES):
+            batch = self.store.batch(s.batch_id) if s.batch_id else None
+            if batch is None or batch.status not in TERMINAL_BATCH_STATUSES:
+                flying.setdefault(s.model, []).append((batch, s))
+        for model, pairs in flying.items():
+            if model in self.released or self.crowded(model) or not self.budgeted(model):
+                continue
+            if any(b is None for b, _ in pairs):
+                continue  # being created: when it will be admitted is not known
+            validating = [b.created_at for b, _ in pairs if b.status == "validating"]
+            finalizing = [
+                (s.tokens, b.id)
+                for b, s in pairs
+                if b.id in began
+                # Strictly later in whole API seconds: certainly created after it began.
+                and all(created is not None and created > began[b.id] for created in validating)
+            ]
+            if finalizing:
+                tokens, batch_id = max(finalizing)
+                self.released[model] = batch_id
+                self.report.event("early_release", batch=batch_id, model=model, tokens=tokens)
+                self.room_changed()
+
+    def sent_early(self, model: str | None, batch_id: str) -> None:
+        """Note a batch created while a batch of its model is released (it counts on that
+        room: a refusal of it says the release came late, not that the limit fell)."""
+        if model in self.released:
+            self.early.add(batch_id)
+
+    def refused_early(self, batch_id: str, model: str | None) -> bool:
+        """Was a refused batch created early (or a create refused with a 429 while a batch
+        of its model is released)? Then early release ends for this run."""
+        at_create = batch_id == "batches.create" and model in self.released
+        if batch_id not in self.early and not at_create:
+            return False
+        self.early_off = True
+        self.released.clear()
+        return True
 
     def unsent_tokens(self, model: str | None) -> int:
         """Tokens of this model's shards cut but not yet sent (they will take room first)."""
