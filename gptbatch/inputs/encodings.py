@@ -34,7 +34,6 @@ __all__ = [
     "loaded_encoding_names",
     "rank_snapshot_path",
     "release_rank_tables",
-    "save_snapshots",
     "seed_tiktoken_cache",
     "tiktoken_cache_dir",
 ]
@@ -211,10 +210,9 @@ _LOADED: list[tiktoken.Encoding] = []
 @functools.cache
 def get_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken Encoding called `name`, loaded without network for the bundled ones."""
-    encoding = _load_encoding(name, defer_snapshot=True)
+    encoding = _load_encoding(name)
     if not _LOADED:
         atexit.register(_keep_at_exit)
-        atexit.register(save_snapshots)
     _LOADED.append(encoding)
     return encoding
 
@@ -286,10 +284,14 @@ def _snapshot_encoding(name: str) -> tiktoken.Encoding | None:
     return _bundled_encoding(name, ranks)
 
 
-def _write_snapshot(path: Path, ranks: dict[bytes, int]) -> None:
+def _save_snapshot(name: str, encoding: tiktoken.Encoding) -> None:
+    path = rank_snapshot_path(name)
+    ranks = getattr(encoding, "_mergeable_ranks", None)  # tiktoken's own copy, if it keeps one
+    if path is None or not isinstance(ranks, dict) or not ranks:
+        return
     payload = marshal.dumps(ranks, 4)
-    # Renamed into place but not fsynced: a snapshot torn by a crash fails its sha256 check
-    # and is simply rebuilt.
+    # Renamed into place but not fsynced: a first run waits for this before its first count,
+    # and a snapshot torn by a crash fails its sha256 check and is simply rebuilt.
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
@@ -303,33 +305,12 @@ def _write_snapshot(path: Path, ranks: dict[bytes, int]) -> None:
             raise
 
 
-# Snapshots of encodings get_encoding loaded, not written yet: (where, the ranks).
-_UNSAVED: list[tuple[Path, dict[bytes, int]]] = []
-
-
-def save_snapshots() -> None:
-    """Write the rank snapshots of the encodings loaded so far (also done at exit).
-
-    get_encoding leaves them for later: a cold reader (gptbatch.inputs.scan) loads its
-    encoding before it forks its workers, and the ~30 ms of writing would hold them back;
-    it calls this once they run.
-    """
-    while _UNSAVED:
-        path, ranks = _UNSAVED.pop()
-        _write_snapshot(path, ranks)
-
-
-def _load_encoding(name: str, *, defer_snapshot: bool = False) -> tiktoken.Encoding:
+def _load_encoding(name: str) -> tiktoken.Encoding:
     encoding = _snapshot_encoding(name) if name in BUNDLED else None
     if encoding is None:
         encoding = _load_verified(name)
-        path = rank_snapshot_path(name)  # None unless bundled and the cache is on
-        ranks = getattr(encoding, "_mergeable_ranks", None)  # tiktoken's own copy, if kept
-        if path is not None and isinstance(ranks, dict) and ranks:
-            if defer_snapshot:
-                _UNSAVED.append((path, ranks))
-            else:
-                _write_snapshot(path, ranks)
+        if name in BUNDLED:
+            _save_snapshot(name, encoding)
     return encoding
 
 

@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import signal
 import stat
-import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -434,7 +433,7 @@ class Scanner:
             yield from ((u, _read_here(local, u)) for u in units)
             return
         try:
-            yield from _ahead(units, pool, 3 * workers, started=_after_fork)
+            yield from _ahead(units, pool, 3 * workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -493,34 +492,16 @@ def _result(pending: Future[_ChunkResult]) -> _ChunkResult:
         ) from None
 
 
-def _after_fork() -> None:
-    """Once the workers run: what the parent put off so as to fork them sooner."""
-    encodings = sys.modules.get("gptbatch.inputs.encodings")  # imported only if it counted
-    if encodings is not None:
-        encodings.save_snapshots()
-
-
 def _ahead(
-    units: Iterator[Chunk | int],
-    pool: ProcessPoolExecutor,
-    depth: int,
-    started: Callable[[], None] | None = None,
+    units: Iterator[Chunk | int], pool: ProcessPoolExecutor, depth: int
 ) -> Iterator[tuple[Chunk | int, _ChunkResult | None]]:
-    """Results in order, with up to depth chunks being read by the pool meanwhile.
-
-    started is called once, when the workers have their first chunks, before any result.
-    """
+    """Results in order, with up to depth chunks being read by the pool meanwhile."""
     queue: deque[tuple[Chunk | int, Any]] = deque()
     for unit in units:
         queue.append((unit, None if isinstance(unit, int) else pool.submit(_read_in_worker, unit)))
         while len(queue) > depth or (queue and isinstance(queue[0][0], int)):
-            if started is not None:
-                started, call = None, started
-                call()
             head, pending = queue.popleft()
             yield head, None if pending is None else _result(pending)
-    if started is not None:
-        started()
     while queue:
         head, pending = queue.popleft()
         yield head, None if pending is None else _result(pending)

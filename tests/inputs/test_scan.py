@@ -562,33 +562,3 @@ def test_a_gemini_key_used_twice_is_a_duplicate_as_read_requests_says(tmp_path: 
     for workers, chunk in ((0, None), (0, 40), (2, 60)):
         options = ScanOptions(workers=workers, chunk_bytes=chunk, use_cache=False, **kwargs)
         assert scanned([a, b], options) == expected
-
-
-def test_a_cold_parallel_read_writes_the_rank_snapshot_once_the_workers_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The parent loads tiktoken before it forks, and writes the snapshot only after."""
-    from gptbatch.inputs import encodings, scan
-
-    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(encodings, "_UNSAVED", [])
-    snapshot = encodings.rank_snapshot_path("o200k_base")
-    assert snapshot is not None
-    at_fork: list[bool] = []
-    real_start = scan._start_pool
-
-    def start(*args: Any) -> Any:
-        at_fork.append(snapshot.exists())
-        return real_start(*args)
-
-    monkeypatch.setattr(scan, "_start_pool", start)
-    source = tmp_path / "in.jsonl"
-    source.write_bytes(b"".join(chat(f"r{i}", f"text number {i}") + b"\n" for i in range(300)))
-    encodings.get_encoding.cache_clear()  # loaded anew here, as in a fresh process
-    try:
-        records, error = scanned([source], ScanOptions(workers=2, chunk_bytes=2000))
-    finally:
-        encodings.get_encoding.cache_clear()
-    assert error is None and len(records) == 300
-    assert at_fork == [False] and snapshot.exists()
-    assert encodings._snapshot_encoding("o200k_base") is not None
