@@ -227,7 +227,10 @@ def _keep_at_exit() -> None:
     returns anyway. An extra reference taken here, when nothing counts any more, keeps the
     teardown from reaching them.
     """
-    import ctypes  # only here: ~2 ms to import
+    try:
+        import ctypes  # only here: ~2 ms to import
+    except ImportError:  # a Python built without ctypes: the teardown frees them, as before
+        return
 
     for encoding in _LOADED:
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(encoding))

@@ -199,7 +199,10 @@ def _keep_at_exit() -> None:
     As gptbatch.inputs.encodings does for tiktoken: freeing fastokens' tables (~300 MB, in
     Rust) took ~0.1 s of the interpreter's teardown, for memory the exit returns anyway.
     """
-    import ctypes  # only here: ~2 ms to import
+    try:
+        import ctypes  # only here: ~2 ms to import
+    except ImportError:  # a Python built without ctypes: the teardown frees them, as before
+        return
 
     for count in _LOADED.values():
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(count))
