@@ -6,7 +6,10 @@ in a fresh child process with an empty token cache directory (cold: as on a firs
 without the tokenizer's rank snapshot either) and again with the cache filled (warm), and
 prints MB/s, CPU seconds and CPU/wall (user+sys of the whole process tree), and peak
 memory: ru_maxrss of the largest process of the command's tree, and the peak sum of PSS
-over the tree (sampled every 20 ms from /proc: the command plus its workers).
+over the tree (sampled every 20 ms from /proc: the command plus its workers), taken from one
+more run of the same kind: the timed runs are not sampled (sampling slows a run that uses
+every core). The original tool runs right after each cold run, and the ratio of the two is
+printed beside the cold figure.
 
 Also measured on the small corpus:
 - the floor: read + json.loads + tiktoken on every message, in one process, on one core;
@@ -39,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 LIMIT = "1900000"
@@ -185,8 +188,13 @@ print(json.dumps([child.returncode, usage.ru_utime + usage.ru_stime, usage.ru_ma
 """
 
 
-def measure(argv: list[str], env: dict[str, str], cwd: Path) -> Run:
-    """Run argv, sampling the tree's PSS; wall, CPU and ru_maxrss of its process tree."""
+def measure(argv: list[str], env: dict[str, str], cwd: Path, *, sample: bool = False) -> Run:
+    """Run argv: wall, CPU and ru_maxrss of its process tree; with sample, its peak PSS.
+
+    Sampling /proc every 20 ms takes ~15% of a core: on 2 cores it slowed the multi-process
+    runs (which use both) more than the one-process original (which leaves one free), so
+    timed runs are not sampled and the PSS comes from a run of its own (with_memory).
+    """
     started = time.perf_counter()
     launcher = subprocess.Popen(
         [sys.executable, "-c", _LAUNCHER, *argv],
@@ -198,16 +206,18 @@ def measure(argv: list[str], env: dict[str, str], cwd: Path) -> Run:
     peak = [0]
     done = threading.Event()
 
-    def sample() -> None:
+    def sample_pss() -> None:
         while not done.wait(0.02):
             peak[0] = max(peak[0], _tree_pss(launcher.pid))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    sampler = threading.Thread(target=sample_pss, daemon=True)
+    if sample:
+        sampler.start()
     out, err = launcher.communicate()
     wall = time.perf_counter() - started
     done.set()
-    sampler.join()
+    if sample:
+        sampler.join()
     lines = out.decode(errors="replace").splitlines()
     code, cpu, maxrss = json.loads(lines[-1])
     if code:
@@ -310,13 +320,23 @@ def best(argv: list[str], env: dict[str, str], cwd: Path, repeat: int) -> Run:
     return min((measure(argv, env, cwd) for _ in range(repeat)), key=lambda r: r.wall)
 
 
+def fastest(runs: list[Run]) -> Run:
+    return min(runs, key=lambda r: r.wall)
+
+
+def with_memory(run: Run, argv: list[str], env: dict[str, str], cwd: Path) -> Run:
+    """run, with the peak tree PSS of one more run of argv, sampled."""
+    return replace(run, tree_pss_mib=measure(argv, env, cwd, sample=True).tree_pss_mib)
+
+
 def report(label: str, size: int, run: Run) -> None:
     load = os.getloadavg()[0]
     ok = "" if run.code == 0 else f"  EXIT {run.code}"
     print(
         f"{label:<30} {size / 1e6 / run.wall:6.1f} MB/s  wall {run.wall:6.2f} s  "
         f"CPU {run.cpu:6.2f} s  CPU/wall {run.cpu / run.wall:4.2f}  "
-        f"maxrss {run.maxrss_mib:4.0f} MiB  tree PSS {run.tree_pss_mib:4.0f} MiB  "
+        f"maxrss {run.maxrss_mib:4.0f} MiB  tree PSS "
+        f"{f'{run.tree_pss_mib:4.0f}' if run.tree_pss_mib else '   -'} MiB  "
         f"load {load:4.1f}{ok}",
         flush=True,
     )
@@ -354,6 +374,9 @@ def bench_corpus(
         for name, argv in commands(corpus, work).items()
         if not only or name in only
     ]
+    orig_dir = work / "orig-shards"
+    orig_dir.mkdir(exist_ok=True)
+    originals: list[Run] = []
     for name, argv, counter in runs:
         cache = work / f"cache-{corpus.stem}-{name.replace(' ', '')}"
         # Our runs import this checkout's gptbatch (not whatever is installed); "auto" leaves
@@ -366,24 +389,36 @@ def bench_corpus(
         # Each cold run gets its own empty cache; the first one's is then the warm cache.
         # The code at --before runs cold too, each run right after one of ours, so both
         # meet the same load; with a cache of its own, a revision that has one writes it.
-        cold, old = [], []
+        # The original tool runs right after each cold run too, so that the ratio compares
+        # runs that met the same load.
+        cold, old, beside = [], [], []
         for n in range(repeat):
             cold.append(measure(argv, {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-{n}"}, work))
             if before is not None:
                 old_env = {**base, "PYTHONPATH": str(before), "GPTBATCH_CACHE_DIR": f"{cache}-b{n}"}
                 old.append(measure(argv, old_env, work))
-        report(f"{name} (cold cache)", size, min(cold, key=lambda r: r.wall))
+            if orig is not None:
+                beside.append(measure([str(orig), LIMIT, str(corpus)], env, orig_dir))
+        memory_env = {**run_env, "GPTBATCH_CACHE_DIR": f"{cache}-m"}  # cold as well
+        report(f"{name} (cold cache)", size, with_memory(fastest(cold), argv, memory_env, work))
+        if beside:
+            originals += beside
+            ratios = sorted(o.wall / c.wall for o, c in zip(beside, cold, strict=True))
+            print(
+                f"  cold / original, runs side by side: best "
+                f"{fastest(beside).wall / fastest(cold).wall:.2f}x, median "
+                f"{ratios[len(ratios) // 2]:.2f}x (original best "
+                f"{size / 1e6 / fastest(beside).wall:.1f} MB/s)",
+                flush=True,
+            )
         if old:
-            report(f"{name} (before, cold)", size, min(old, key=lambda r: r.wall))
-        report(f"{name} (warm cache)", size, best(argv, run_env, work, repeat))
+            report(f"{name} (before, cold)", size, fastest(old))
+        warm = best(argv, run_env, work, repeat)
+        report(f"{name} (warm cache)", size, with_memory(warm, argv, run_env, work))
     if orig is not None:
-        shards = work / "orig-shards"
-        shards.mkdir(exist_ok=True)
-        report(
-            "original gpt-batch-splitter",
-            size,
-            best([str(orig), LIMIT, str(corpus)], env, shards, repeat),
-        )
+        orig_argv = [str(orig), LIMIT, str(corpus)]
+        run = fastest(originals + [measure(orig_argv, env, orig_dir) for _ in range(repeat)])
+        report("original gpt-batch-splitter", size, with_memory(run, orig_argv, env, orig_dir))
 
 
 def main() -> None:

@@ -58,10 +58,14 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_writer(
+    path: str | os.PathLike[str], mode: str = "wb", *, sync_dir: bool = True
+) -> Iterator[IO[Any]]:
     """Write to a sibling temp file; on success fsync it and rename it over path.
 
-    On any exception the temp file is removed and path is left untouched.
+    On any exception the temp file is removed and path is left untouched. sync_dir=False
+    leaves the directory's fsync to the caller: for a file renamed again afterwards (split's
+    shard parts), whose directory is synced once after the last rename.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,8 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

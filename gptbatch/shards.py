@@ -132,6 +132,14 @@ class Packer:
         self._usage: list[tuple[int, int, int, int]] = []
         self._anchors: list[int] = []
         self._used = [0, 0, 0, 0]  # tokens, requests, bytes, inputs
+        # The caps as a vector, unlimited ones as a bound never reached: add's quick checks.
+        bound = 1 << 62
+        self._caps = (
+            bound if caps.max_tokens is None else caps.max_tokens,
+            caps.max_requests,
+            caps.max_bytes,
+            bound if caps.max_inputs is None else caps.max_inputs,
+        )
 
     def _usage_of(self, item: Item) -> tuple[int, int, int, int]:
         if item.tokens < 0 or item.nbytes < 0 or item.inputs < 0:
@@ -168,14 +176,29 @@ class Packer:
 
     def add(self, item: Item) -> list[int]:
         """Add the next item; return the sizes of shards that became final, in order."""
-        usage = self._usage_of(item)
+        tokens, nbytes, inputs = item.tokens, item.nbytes, item.inputs
+        caps, used = self._caps, self._used
+        # Quick checks first (once per request in a split of millions): within every cap,
+        # and no overflow of the open shard; only otherwise the general loops, which decide.
+        if not (0 <= tokens <= caps[0] and 0 <= nbytes <= caps[2] and 0 <= inputs <= caps[3]):
+            self._usage_of(item)  # raises ItemTooLarge (or ValueError) where it must
+        usage = (tokens, 1, nbytes, inputs)
         closed: list[int] = []
-        while self._anchors and self._overflows(usage):
-            closed.append(self._cut())
+        if self._anchors and (
+            used[0] + tokens > caps[0]
+            or used[1] + 1 > caps[1]
+            or used[2] + nbytes > caps[2]
+            or used[3] + inputs > caps[3]
+        ):
+            while self._anchors and self._overflows(usage):
+                closed.append(self._cut())
+            used = self._used
         self._usage.append(usage)
         self._anchors.append(anchor(item.key))
-        for d in range(4):
-            self._used[d] += usage[d]
+        used[0] += tokens
+        used[1] += 1
+        used[2] += nbytes
+        used[3] += inputs
         return closed
 
     def finish(self) -> list[int]:

@@ -101,6 +101,46 @@ def test_streaming_packer_matches_pack_and_is_reusable(case: tuple[list[Item], C
     assert again == sizes
 
 
+class _LoopPacker(Packer):
+    """Packer.add as it was before its quick checks: the general loops for every item."""
+
+    def add(self, item: Item) -> list[int]:
+        usage = self._usage_of(item)
+        closed: list[int] = []
+        while self._anchors and self._overflows(usage):
+            closed.append(self._cut())
+        self._usage.append(usage)
+        self._anchors.append(shards.anchor(item.key))
+        for d in range(4):
+            self._used[d] += usage[d]
+        return closed
+
+
+@settings(max_examples=200, deadline=None)
+@given(packing_cases(), st.integers(0, 3))
+def test_the_quick_checks_cut_where_the_general_loops_cut(
+    case: tuple[list[Item], Caps], oversize: int
+) -> None:
+    items, caps = case
+    if items and oversize:  # one item past a cap (or negative): both refuse it alike
+        bad = items[len(items) // 2]
+        over = {1: (caps.max_tokens or 0) + 1, 2: -1, 3: bad.tokens}[oversize]
+        nbytes = caps.max_bytes + 1 if oversize == 3 else bad.nbytes
+        items[len(items) // 2] = Item(bad.key, over, nbytes, bad.inputs)
+    outcomes = []
+    for packer in (Packer(caps), _LoopPacker(caps)):
+        sizes: list[int] = []
+        try:
+            for item in items:
+                sizes += packer.add(item)
+            sizes += packer.finish()
+        except (ItemTooLarge, ValueError) as exc:
+            sizes.append(-1)
+            sizes.append(str(exc))  # type: ignore[arg-type]
+        outcomes.append(sizes)
+    assert outcomes[0] == outcomes[1]
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.integers(10, 1_000),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gptbatch.canonical import atomic_writer
+from gptbatch.canonical import atomic_writer, fsync_dir
 from gptbatch.errors import InputError, ItemTooLarge, Problem
 from gptbatch.inputs.scan import (
     ReadChunk,
@@ -248,7 +248,7 @@ class _Shards:
             ordinal = self.where(group)[0]
             part = self.out_dir / f".shard-g{group}-{ordinal}.{self.tag}.part"
             self.parts[(group, ordinal)] = part
-            manager = atomic_writer(part, "wb")
+            manager = atomic_writer(part, "wb", sync_dir=False)  # synced once, at the end
             writer = self.writers[group] = (manager, manager.__enter__())
         return writer[1]
 
@@ -479,6 +479,7 @@ def split_files(
         parts = copier.shards.named(names)
         for name in names:
             os.replace(parts[name], out / name)
+        fsync_dir(out)  # the final names, once (each part's own rename is not worth one)
     except BaseException as exc:
         copier.shards.abort(exc)
         scanner.discard_counts()

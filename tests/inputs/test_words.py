@@ -80,6 +80,13 @@ def test_python_whitespace_covers_unicode_white_space() -> None:
         assert not words.splits_cleanly(f"é{c} b") and not words.splits_cleanly(f"é {c}b")
 
 
+def test_every_ascii_character_beside_a_space_is_judged_as_by_definition() -> None:
+    """ASCII texts take the memchr path (no isprintable): it must agree with the definition."""
+    for c in map(chr, range(128)):
+        for text in (f"a{c} b", f"a {c}b", f"a{c}  b", f"{c} b", f"a {c}", f"x{c}y z"):
+            assert words.splits_cleanly(text) == clean_by_definition(text), repr(text)
+
+
 def _points(full: bool) -> list[int]:
     points = range(0x110000) if full else [*range(0x3000), *range(0x3000, 0x110000, 7)]
     chosen = {c for c in points if not 0xD800 <= c < 0xE000} | set(map(ord, WHITE_SPACE))
