@@ -12,7 +12,6 @@ and `pack_line` would do in the collector, with the same functions.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -24,6 +23,7 @@ from typing import Any
 
 from gptbatch.engine import usage
 from gptbatch.fastjson import loads_reply
+from gptbatch.inputs.scan import worker_context
 from gptbatch.state.lines import pack_line
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
@@ -77,15 +77,6 @@ def result_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield text, loads_reply(text)
 
 
-def _context() -> Any:
-    methods = multiprocessing.get_all_start_methods()
-    # fork starts in milliseconds and shares the parent's imports (as the input scanner's).
-    name = "fork" if "fork" in methods and os.name == "posix" else "spawn"
-    if name == "fork" and "darwin" in os.uname().sysname.lower():  # pragma: no cover
-        name = "forkserver" if "forkserver" in methods else "spawn"
-    return multiprocessing.get_context(name)
-
-
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the build handles Ctrl-C and stops us
 
@@ -112,7 +103,7 @@ class ReadAhead:
         if self._pool is None:
             try:
                 self._pool = ProcessPoolExecutor(
-                    1, mp_context=_context(), initializer=_ignore_interrupts
+                    1, mp_context=worker_context(), initializer=_ignore_interrupts
                 )
             except (OSError, ValueError):
                 self.enabled = False

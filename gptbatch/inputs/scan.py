@@ -355,7 +355,8 @@ def _read_in_worker(chunk: Chunk) -> _ChunkResult:
     return _WORKER.read(chunk)
 
 
-def _context() -> Any:
+def worker_context() -> Any:
+    """The start method for worker processes (the scanner's, the build's read-ahead)."""
     methods = multiprocessing.get_all_start_methods()
     # fork starts in milliseconds and shares the parent's imports; elsewhere forkserver.
     name = "fork" if "fork" in methods and os.name == "posix" else "spawn"
@@ -476,7 +477,7 @@ def _start_pool(workers: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor 
     """Worker processes for chunks, or None if the system refuses to start them."""
     try:
         return ProcessPoolExecutor(
-            workers, mp_context=_context(), initializer=_init_worker, initargs=initargs
+            workers, mp_context=worker_context(), initializer=_init_worker, initargs=initargs
         )
     except (OSError, ValueError):
         return None

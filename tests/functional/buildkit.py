@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,11 +173,13 @@ def submissions(sim: Any, custom_id: str) -> int:
     )
 
 
-def peak_in_flight(sim: Any, weight: dict[str, float]) -> tuple[float, int]:
+def peak_in_flight(
+    sim: Any, weight: Mapping[str, float], holding: tuple[str, ...] = ACTIVE_BATCH_STATUSES
+) -> tuple[float, int]:
     """(largest summed weight, largest count) of batches active at once, from the journal.
 
-    A batch is active from its `validating` event until a terminal one; all events at one
-    simulated instant are applied before measuring.
+    A batch is active from its `validating` event until a terminal one (or: while in one of
+    `holding`); all events at one simulated instant are applied before measuring.
     """
     status: dict[str, str] = {}
     peak, most = 0.0, 0
@@ -188,7 +190,7 @@ def peak_in_flight(sim: Any, weight: dict[str, float]) -> tuple[float, int]:
         while i < len(events) and events[i].at == t:
             status[events[i].batch_id] = events[i].status
             i += 1
-        active = [b for b, s in status.items() if s in ACTIVE_BATCH_STATUSES]
+        active = [b for b, s in status.items() if s in holding]
         peak = max(peak, sum(weight.get(b, 0.0) for b in active))
         most = max(most, len(active))
     return peak, most
@@ -255,3 +257,16 @@ KILL_POINTS = (
 )
 # The points a provider's own code passes: all but the output writes, which are shared.
 PROVIDER_KILL_POINTS = KILL_POINTS[: KILL_POINTS.index("mid_output_write")]
+
+
+def refused(sim: Any) -> list[str]:
+    """Batches the simulator failed for lack of queue room."""
+    return [
+        b["id"]
+        for b in sim.service.batches()
+        if b["status"] == "failed"
+        and any(
+            e["code"] in ("token_limit_exceeded", "request_limit_exceeded")
+            for e in (b["errors"] or {}).get("data", [])
+        )
+    ]

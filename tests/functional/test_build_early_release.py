@@ -14,7 +14,15 @@ import json
 from pathlib import Path
 
 import pytest
-from buildkit import billed_ids, billed_twice, json_events, make_project, padded_chat
+from buildkit import (
+    billed_ids,
+    billed_twice,
+    json_events,
+    make_project,
+    padded_chat,
+    peak_in_flight,
+    refused,
+)
 
 from gptbatch.errors import EXIT_OK
 from gptbatch.inputs import tokens
@@ -22,19 +30,6 @@ from gptbatch.inputs import tokens
 MODEL = "gpt-4o-mini"
 LIMIT, MARGIN = 2_000, 0.05
 WORKING = int(LIMIT * (1 - MARGIN))
-
-
-def refused(sim) -> list[str]:
-    """Batches the simulator failed for lack of queue room."""
-    return [
-        b["id"]
-        for b in sim.service.batches()
-        if b["status"] == "failed"
-        and any(
-            e["code"] in ("token_limit_exceeded", "request_limit_exceeded")
-            for e in (b["errors"] or {}).get("data", [])
-        )
-    ]
 
 
 def weights(sim, *, ours: bool = False) -> dict[str, int]:
@@ -69,17 +64,7 @@ def early_creations(sim, ours: dict[str, int]) -> list[tuple[str, list[str]]]:
 
 def held_peak(sim, weight: dict[str, int], holding: tuple[str, ...]) -> int:
     """The most tokens the simulator counted against the limit at any instant."""
-    status: dict[str, str] = {}
-    peak = 0
-    events = sorted(sim.journal.events, key=lambda e: e.at)
-    i = 0
-    while i < len(events):
-        t = events[i].at
-        while i < len(events) and events[i].at == t:
-            status[events[i].batch_id] = events[i].status
-            i += 1
-        peak = max(peak, sum(weight[b] for b, s in status.items() if s in holding))
-    return peak
+    return int(peak_in_flight(sim, weight, holding)[0])
 
 
 def queue(simulator_factory, **overrides):

@@ -11,6 +11,7 @@ from buildkit import (
     make_project,
     padded_chat,
     peak_in_flight,
+    refused,
     start_build,
 )
 
@@ -19,19 +20,6 @@ from gptbatch.errors import EXIT_OK
 from gptbatch.inputs import tokens
 
 MODEL = "gpt-4o-mini"
-
-
-def refused(sim) -> list[str]:
-    """Batches the simulator failed for lack of queue room."""
-    return [
-        b["id"]
-        for b in sim.service.batches()
-        if b["status"] == "failed"
-        and any(
-            e["code"] in ("token_limit_exceeded", "request_limit_exceeded")
-            for e in (b["errors"] or {}).get("data", [])
-        )
-    ]
 
 
 @pytest.mark.timeout(120)
