@@ -70,13 +70,18 @@ INTERRUPTED = (
 INTERRUPTED_EARLY = "interrupted before anything was done"
 
 
-def run(func, args: argparse.Namespace) -> int:
+def run(func, args: argparse.Namespace, *, program: bool = False) -> int:
     """Call a command function, turning gptbatch errors and Ctrl-C into exit codes.
 
     A local file error that no module translated still gets one line, not a traceback.
+    program: this process ends with the command; Ctrl-C is set aside once it returns (a
+    Ctrl-C before that, even after it returned, is still this handler's).
     """
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        if program:
+            _ignore_late_interrupts()
+        return code
     except GptbatchError as exc:
         return _fail(args, redact(str(exc)), exc.exit_code)
     except OSError as exc:
@@ -134,10 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    code = run(args.func, args)
-    if argv is None:
-        _ignore_late_interrupts()
-    return code
+    return run(args.func, args, program=argv is None)
 
 
 def _ignore_late_interrupts() -> None:

@@ -78,7 +78,7 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {shown(str(path))}")
         return code
 
-    return run(manage, args)
+    return run(manage, args, program=argv is None)
 
 
 if __name__ == "__main__":  # pragma: no cover
