@@ -270,3 +270,20 @@ def refused(sim: Any) -> list[str]:
             for e in (b["errors"] or {}).get("data", [])
         )
     ]
+
+
+def creations_past(
+    sim: Any, weight: Mapping[str, float], budget: float
+) -> list[tuple[str, list[str]]]:
+    """(created, finalizing): batches created while what was active (validating to
+    finalizing, by `weight`) passed `budget`, each with the batches finalizing then. Early
+    release (scheduler.py) creates one only while a batch finalizes."""
+    status: dict[str, str] = {}
+    found = []
+    active = ("validating", "in_progress", "finalizing")
+    for e in sorted(sim.journal.events, key=lambda e: e.at):
+        status[e.batch_id] = e.status
+        claimed = sum(weight.get(b, 0.0) for b, s in status.items() if s in active)
+        if e.status == "validating" and claimed > budget:
+            found.append((e.batch_id, [b for b, s in status.items() if s == "finalizing"]))
+    return found

@@ -17,6 +17,7 @@ import pytest
 from buildkit import (
     billed_ids,
     billed_twice,
+    creations_past,
     json_events,
     make_project,
     padded_chat,
@@ -51,15 +52,7 @@ def weights(sim, *, ours: bool = False) -> dict[str, int]:
 def early_creations(sim, ours: dict[str, int]) -> list[tuple[str, list[str]]]:
     """(created, finalizing): batches created past the working budget, by gptbatch's own
     estimates of all that was active then, with the batches finalizing at that moment."""
-    status: dict[str, str] = {}
-    found = []
-    active = ("validating", "in_progress", "finalizing")
-    for e in sorted(sim.journal.events, key=lambda e: e.at):
-        status[e.batch_id] = e.status
-        claimed = sum(ours[b] for b, s in status.items() if s in active)
-        if e.status == "validating" and claimed > WORKING:
-            found.append((e.batch_id, [b for b, s in status.items() if s == "finalizing"]))
-    return found
+    return creations_past(sim, ours, WORKING)
 
 
 def held_peak(sim, weight: dict[str, int], holding: tuple[str, ...]) -> int:
