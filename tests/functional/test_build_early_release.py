@@ -72,6 +72,17 @@ def queue(simulator_factory, **overrides):
     return simulator_factory(**{**values, **overrides})
 
 
+def build(tmp_path: Path, reqs: list[dict], capsys) -> list[dict]:
+    """Build reqs under the limit with --json; its events."""
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        limits={"enqueued_tokens": LIMIT, "safety_margin": MARGIN},
+    )
+    assert project.build("--json") == EXIT_OK
+    return json_events(capsys.readouterr().out)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("from_creation", [True, False], ids=["held-from-creation", "from-run"])
 def test_next_batch_validates_while_one_finalizes_without_refusals(
@@ -79,13 +90,7 @@ def test_next_batch_validates_while_one_finalizes_without_refusals(
 ) -> None:
     sim = queue(simulator_factory, hold_from_creation=from_creation)
     reqs = [padded_chat(f"r{i}") for i in range(72)]  # ~100 tokens each
-    project = make_project(
-        tmp_path,
-        {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": LIMIT, "safety_margin": MARGIN},
-    )
-    assert project.build("--json") == EXIT_OK
-    events = json_events(capsys.readouterr().out)
+    events = build(tmp_path, reqs, capsys)
 
     assert refused(sim) == []
     assert all(b["status"] == "completed" for b in sim.service.batches())
@@ -115,13 +120,7 @@ def test_no_early_batch_where_finalizing_outlasts_validation(
     working budget (the release that would be predicted does not come in time)."""
     sim = queue(simulator_factory, hold_from_creation=from_creation, finalizing_seconds=30.0)
     reqs = [padded_chat(f"r{i}") for i in range(48)]
-    project = make_project(
-        tmp_path,
-        {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": LIMIT, "safety_margin": MARGIN},
-    )
-    assert project.build("--json") == EXIT_OK
-    events = json_events(capsys.readouterr().out)
+    events = build(tmp_path, reqs, capsys)
 
     assert not [e for e in events if e["event"] == "early_release"]
     # What flies (by gptbatch's estimates, from creation to the end) never passes the budget.
