@@ -117,6 +117,7 @@ class Scheduler:
         self.pipeline = max(1, getattr(spec.limits, "pipeline", DEFAULT_PIPELINE))
         self.dirty = True  # pending requests may need packing
         self.tail_waiting = False  # tail requests wait uncut for room (see _cut)
+        self.waiting: set[Group] = set()  # the groups whose tails wait, as the last plan left them
         self._run_base: dict[str, float] | None = None  # committed before this run, by shard
         # Other projects' batches on the same queue (None: plan with the whole budget).
         self.census: Census | None = None
@@ -395,8 +396,16 @@ class Scheduler:
         packers: dict[Group, Packer] = {}
         buffers: dict[Group, list[Any]] = {}
         windows: dict[Group, list[Any]] = {}
-        waiting: set[Group] = set()  # tail requests left uncut until there is room
+        # Tail requests left uncut until there is room: a tail with no room at all waits
+        # before its rows are read (the walk past the packed ones is most of a plan's cost).
+        waiting = {g for g, tokens in left.items() if tokens > 0 and self.budgeted(g[0])}
+        waiting = {g for g in waiting if self._no_room(g, left[g])}
+        if waiting and waiting.issuperset(left):
+            self.waiting = waiting
+            self.tail_waiting = True
+            return 0
         held: dict[Group, int] = {}  # tokens in each window
+        aims: dict[Group, tuple[int, int]] = {}  # (tokens left, shard target) of each window
         group_caps: dict[Group, tuple[Caps, int | None]] = {}
         made = 0
         with self.store.transaction(), contextlib.closing(self.store.pending_requests()) as rows:
@@ -428,6 +437,17 @@ class Scheduler:
                     window = windows[group]
                     window.append(row)
                     held[group] = held.get(group, 0) + row.tokens
+                    # The target moves only with what is left: a row that neither reaches
+                    # it nor the request cap cannot ripen the window (no call per row).
+                    aim = aims.get(group)
+                    if aim is None or aim[0] != left.get(group, 0):
+                        remaining = left.get(group, 0)
+                        target = shard_target(
+                            caps.max_tokens or 1, self.pipeline, max(0, remaining)
+                        )
+                        aim = aims[group] = (remaining, target)
+                    if held[group] < aim[1] and len(window) < caps.max_requests + FILL_LOOKAHEAD:
+                        continue
                     while group not in waiting and self._ripe(
                         caps, window, held[group], left.get(group, 0)
                     ):
@@ -451,6 +471,7 @@ class Scheduler:
                 for size in packer.finish():
                     made += self._add_shard(group, buffers[group][:size]) is not None
                     del buffers[group][:size]
+        self.waiting = waiting
         self.tail_waiting = bool(waiting)
         return made
 
@@ -465,9 +486,44 @@ class Scheduler:
         return spare >= FILL_LOOKAHEAD
 
     def room_changed(self) -> None:
-        """A poll saw batches move: uncut tail requests may now have room (plan again)."""
-        if self.tail_waiting:
+        """A poll saw batches move: uncut tail requests may now have room (plan again).
+
+        Not while every waiting tail still has no room at all (a plan would cut nothing:
+        at 1M, each such plan read the open requests for 2-7 s while shards already cut
+        waited to take the room that had just opened)."""
+        if self.tail_waiting and not all(self._no_room(group) for group in self.waiting):
             self.dirty = True
+
+    def _announcing(self, model: str | None) -> int:
+        """Tokens of the small batch to cut so this build is seen sending (0: none now)."""
+        small = self.announce(model)
+        if small and not any(
+            s.model == model and s.tokens <= small for s in self.store.shards(UNSENT_SHARD_STATES)
+        ):
+            return small
+        return 0
+
+    def _tail_free(self, group: Group, remaining: int) -> int | None:
+        """In the tail, the tokens free now for a new shard of the group, beside what flies
+        and what waits to be sent; None: not in the tail (shards are cut regardless)."""
+        model = group[0]
+        working = self.budget.working(model) or 1
+        if self.pipeline <= 1 or remaining > TAIL_WAVES * working:
+            return None
+        room = self.room(model, first_wave=False)
+        room = working if room is None else room
+        return room - self.in_flight(model)[0] - self.unsent_tokens(model)
+
+    def _no_room(self, group: Group, remaining: int = 0) -> bool:
+        """Does a tail group certainly wait uncut: no room at all, nothing to announce?
+
+        Whatever the group has left (>= 1 token), _cut would wait too. remaining only
+        says whether the group is in the tail (0: it was, at the plan that left it waiting).
+        """
+        if self._announcing(group[0]):
+            return False
+        free = self._tail_free(group, remaining)
+        return free is not None and free <= 0
 
     def _cut(self, group: Group, window: list[Any], left: dict[Group, int]) -> str | None:
         """Cut one pipelined shard from the front of a window of pending rows.
@@ -482,15 +538,11 @@ class Scheduler:
         caps = self.caps(model, url)
         remaining = max(0, left.get(group, 0))
         target = shard_target(working, self.pipeline, remaining)
-        small = self.announce(model)
-        if small and not any(
-            s.model == model and s.tokens <= small for s in self.store.shards(UNSENT_SHARD_STATES)
-        ):
+        small = self._announcing(model)
+        free = None if small else self._tail_free(group, remaining)
+        if small:
             target = min(target, small)  # one batch small enough to be seen sending
-        elif self.pipeline > 1 and remaining <= TAIL_WAVES * working:
-            room = self.room(model, first_wave=False)
-            room = working if room is None else room
-            free = room - self.in_flight(model)[0] - self.unsent_tokens(model)
+        elif free is not None:
             if free < min(max(1, working // self.pipeline // SMALLEST_SHARE), remaining):
                 return None
             target = min(target, free)

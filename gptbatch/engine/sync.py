@@ -95,8 +95,8 @@ def sync_inputs(
         for scanner in scanners:
             scanner.discard_counts()
         raise
-    for scanner in scanners:
-        scanner.commit_counts()
+    for scanner in scanners:  # a cache: the build goes on while they are written
+        scanner.commit_counts_behind()
     return bool(changed)
 
 

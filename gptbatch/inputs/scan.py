@@ -382,6 +382,10 @@ class Scanner:
         """Remember the counts made in this run (call only when the command succeeded)."""
         self.pending.commit()
 
+    def commit_counts_behind(self) -> None:
+        """Remember this run's counts on a thread (see PendingCounts.commit_behind)."""
+        self.pending.commit_behind()
+
     def prepare_counts(self) -> None:
         """Start writing this run's counts in the background (see PendingCounts.prepare)."""
         self.pending.prepare()

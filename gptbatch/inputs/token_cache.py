@@ -203,6 +203,7 @@ class PendingCounts:
         self._decided = threading.Event()
         self._keep = False
         self._written = False
+        self._behind = False  # committed by a thread nobody waits for (commit_behind)
 
     def add(self, key: str, count: CachedCount) -> None:
         if self.path is None:
@@ -265,6 +266,29 @@ class PendingCounts:
         finally:
             conn.close()
 
+    def commit_behind(self) -> None:
+        """Commit the counts on a thread the caller does not wait for (a build plans and
+        sends meanwhile: at a million requests the inserts took ~5 s after the read).
+
+        The thread is not a daemon: the interpreter waits for it at exit. A cache that
+        turns out corrupt is not rebuilt here (the next commit() does). After this, commit()
+        and discard() have nothing left to do.
+        """
+        if self._spool is None or self.path is None or self._writer is not None:
+            return
+        self._keep = self._behind = True
+        self._decided.set()
+        self._writer = threading.Thread(target=self._write_behind, name="token-cache")
+        self._writer.start()
+
+    def _write_behind(self) -> None:
+        try:
+            self._write_ahead()
+        finally:
+            assert self._spool is not None
+            self._spool.close()
+            self._spool = None
+
     def _decide(self, keep: bool) -> bool:
         """End a prepared write (keep: commit it); whether nothing is left to do."""
         if self._writer is None:
@@ -277,7 +301,7 @@ class PendingCounts:
 
     def commit(self) -> None:
         """Write the spooled counts in one transaction, then evict beyond the bound."""
-        if self._spool is None or self.path is None:
+        if self._spool is None or self.path is None or self._behind:
             return
         if self._decide(keep=True):
             self.discard()
@@ -300,6 +324,8 @@ class PendingCounts:
             self.discard()
 
     def discard(self) -> None:
+        if self._behind:
+            return
         self._decide(keep=False)
         if self._spool is not None:
             self._spool.close()

@@ -143,7 +143,7 @@ class _Cursor(sqlite3.Cursor):
     fetchmany = _translated(sqlite3.Cursor.fetchmany)
 
 
-def _stream(cursor: sqlite3.Cursor, size: int = 1024) -> Iterator[Any]:
+def stream_rows(cursor: sqlite3.Cursor, size: int = 1024) -> Iterator[Any]:
     """A cursor's rows, fetched size at a time (a walk of 100k rows pays per batch, not row)."""
     while rows := cursor.fetchmany(size):
         yield from rows

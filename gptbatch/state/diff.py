@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from gptbatch.state.db import _stream
+from gptbatch.state.db import stream_rows
 from gptbatch.state.rows import REQUEST_COLUMNS, REQUEST_ROW_SELECT, RequestRow
 
 
@@ -38,7 +38,7 @@ class PreviousRows:
     def __init__(self, reader: sqlite3.Connection, path: str) -> None:
         self.reader = reader
         self.path = path
-        self.rows = _stream(
+        self.rows = stream_rows(
             reader.execute(
                 f"SELECT {REQUEST_ROW_SELECT} FROM requests r WHERE r.path=? ORDER BY r.ordinal",
                 (path,),
@@ -101,7 +101,7 @@ class _RowsAt:
             or (head is not None and ordinal > head[1] + self.SKIP)
         ):
             self.start = ordinal
-            self.rows = _stream(
+            self.rows = stream_rows(
                 self.reader.execute(
                     f"SELECT {REQUEST_COLUMNS} FROM requests WHERE path=? AND ordinal>=?"
                     " ORDER BY ordinal",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import starmap
 from typing import Any
 
 from gptbatch.state.base import StoreBase
+from gptbatch.state.db import stream_rows
 from gptbatch.state.diff import Kept, PreviousRows, _RowsAt, _RowWriter, previous_row
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, REQUEST_SELECT, RequestRow
 
@@ -223,8 +225,8 @@ class RequestsMixin(StoreBase):
     def _pending(self, db: sqlite3.Connection, limit: int = -1) -> Iterator[RequestRow]:
         sql, params = self._open_requests(db, REQUEST_SELECT)
         cur = db.execute(f"SELECT * FROM ({sql}) ORDER BY path, ordinal LIMIT ?", (*params, limit))
-        for row in cur:  # custom_ids are unique across inputs, so keys are too
-            yield RequestRow(*row)
+        # custom_ids are unique across inputs, so keys are too
+        yield from starmap(RequestRow, stream_rows(cur))
 
     def pending_totals(self) -> dict[tuple[str | None, str], int]:
         """Estimated tokens of the pending, unpacked requests per (model, url)."""

@@ -527,6 +527,28 @@ def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: b
     }
 
 
+def test_counts_committed_behind_are_kept_and_nothing_undoes_them(tmp_path: Path) -> None:
+    from gptbatch.inputs.token_cache import CachedCount, PendingCounts, TokenCache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    pending = PendingCounts(cache / "tokens.sqlite", "v1")
+    for i in range(2_000):
+        pending.add(f"key-{i}", CachedCount(i, "o200k_base"))
+    pending.commit_behind()
+    writer = pending._writer
+    assert writer is not None and not writer.daemon  # the interpreter waits for it at exit
+    pending.discard()  # a later discard (or commit) neither undoes nor repeats the write
+    pending.commit()
+    writer.join()
+    assert cached_rows(cache) == 2_000
+    found = TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-7", "key-1999"])
+    assert found == {
+        "key-7": CachedCount(7, "o200k_base"),
+        "key-1999": CachedCount(1999, "o200k_base"),
+    }
+
+
 def test_a_split_that_fails_while_copying_remembers_no_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
