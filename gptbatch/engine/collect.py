@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from gptbatch.api.provider import caps_of
@@ -88,6 +89,10 @@ class Collector:
         # while the one before is recorded (prepared.py).
         self.read_ahead = ReadAhead()
         self.fetched: set[Path] = set()  # downloaded ahead, not yet recorded
+        # Downloads ahead run on a thread: the main thread records the batch before
+        # meanwhile (at 1M, ~20 s of waiting on the API's answers).
+        self.downloading: dict[Path, Future[None]] = {}
+        self._downloader: ThreadPoolExecutor | None = None
 
     # --- polling -------------------------------------------------------------------------
 
@@ -249,8 +254,7 @@ class Collector:
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id:
                 path = self.work_dir / "downloads" / f"{file_id}.jsonl"
-                if path in self.fetched and path.exists():  # downloaded ahead
-                    self.fetched.discard(path)
+                if self.fetched_ahead(path):
                     downloads.append(path)
                     continue
                 try:
@@ -354,19 +358,33 @@ class Collector:
         zdict = self.store.result_dictionary()
         if zdict is None:  # the first lines ever recorded choose it (write_results)
             return
+        if self._downloader is None:
+            self._downloader = ThreadPoolExecutor(1, thread_name_prefix="gptbatch-download")
         for file_id in (info.output_file_id, info.error_file_id):
             if not file_id:
                 continue
             path = self.work_dir / "downloads" / f"{file_id}.jsonl"
-            if path not in self.fetched:
-                try:
-                    self.remote.download(file_id, path)
-                except (RemoteError, OSError):
-                    continue
+            if path not in self.fetched and path not in self.downloading:
+                self.downloading[path] = self._downloader.submit(self._fetch, file_id, path, zdict)
+
+    def _fetch(self, file_id: str, path: Path, zdict: bytes) -> None:
+        """On the download thread: download a file, then have the worker prepare it."""
+        self.remote.download(file_id, path)
+        self.read_ahead.start((path, zdict), prepared.prepare, str(path), zdict, self.spec.prices)
+
+    def fetched_ahead(self, path: Path) -> bool:
+        """Is this file downloaded ahead (waiting for a download still under way)?"""
+        download = self.downloading.pop(path, None)
+        if download is not None:
+            try:
+                download.result()
                 self.fetched.add(path)
-            self.read_ahead.start(
-                (path, zdict), prepared.prepare, str(path), zdict, self.spec.prices
-            )
+            except (RemoteError, OSError):
+                pass  # collect downloads it again, and handles what goes wrong
+        if path in self.fetched and path.exists():
+            self.fetched.discard(path)
+            return True
+        return False
 
     def record_prepared(
         self,
@@ -385,7 +403,11 @@ class Collector:
             counts[batch.add_packed(key, state, zline, error, used)] += 1
 
     def close(self) -> None:
-        """Stop the read-ahead worker."""
+        """Stop the download thread and the read-ahead worker (after what they are doing)."""
+        if self._downloader is not None:
+            self._downloader.shutdown(wait=True, cancel_futures=True)
+            self._downloader = None
+        self.downloading.clear()
         self.read_ahead.close()
 
     def checks_answers(self) -> bool:

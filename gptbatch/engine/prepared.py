@@ -97,18 +97,25 @@ class ReadAhead:
         self.enabled = not (env.isdigit() and int(env) <= 1)
 
     def start(self, key: Hashable, fn: Callable[..., Any], *args: Any) -> None:
-        """Begin fn(*args) on the worker as job `key` (nothing if off, or already begun)."""
+        """Begin fn(*args) on the worker as job `key` (nothing if off, or already begun).
+
+        May be called from one other thread than the one that takes the jobs (collect's
+        downloads): a pool that broke meanwhile only means no job."""
         if not self.enabled or key in self._jobs:
             return
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             try:
-                self._pool = ProcessPoolExecutor(
+                pool = self._pool = ProcessPoolExecutor(
                     1, mp_context=worker_context(), initializer=_ignore_interrupts
                 )
             except (OSError, ValueError):
                 self.enabled = False
                 return
-        self._jobs[key] = self._pool.submit(fn, *args)
+        try:
+            self._jobs[key] = pool.submit(fn, *args)
+        except RuntimeError:  # broken or shut down meanwhile (a caller on another thread)
+            return
 
     def begun(self, key: Hashable) -> bool:
         return key in self._jobs
