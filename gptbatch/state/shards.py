@@ -51,7 +51,10 @@ class ShardsMixin(StoreBase):
             "INSERT INTO members(shard, ordinal, key, custom_id) VALUES (?, ?, ?, ?)",
             sorted(((shard_id, i, k, c) for i, (k, c) in enumerate(members)), key=itemgetter(2)),
         )
-        if state == "ready":  # packed now (not recovered from the API): of a forced run?
+        # Packed now (not recovered from the API): of a forced run? (A walk of the members
+        # only while a forced run's set is not empty.)
+        resending = self.db.execute("SELECT 1 FROM resend LIMIT 1").fetchone() is not None
+        if state == "ready" and resending:
             self.db.execute(
                 "INSERT OR IGNORE INTO resend_shards(shard) SELECT ?1 WHERE EXISTS (SELECT 1"
                 " FROM members m JOIN resend f ON f.key=m.key WHERE m.shard=?1)",

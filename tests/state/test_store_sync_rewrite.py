@@ -185,7 +185,7 @@ def test_edits_far_apart_read_few_earlier_rows(tmp_path: Path) -> None:
     lines = [_chat(f"c{i}", "text") for i in range(12_000)]
     spec, store = _project(tmp_path, lines)
     read: list[int] = []
-    real_stream = diff_module._stream
+    real_stream = diff_module.stream_rows
 
     def counting(cursor: Any, size: int = 1024) -> Any:
         for row in real_stream(cursor, size):
@@ -198,11 +198,11 @@ def test_edits_far_apart_read_few_earlier_rows(tmp_path: Path) -> None:
         lines[6_000] = _chat("c6000", "edited too")
         del lines[11_500]  # every row after it changes ordinal: those are read
         (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-        diff_module._stream = counting
+        diff_module.stream_rows = counting
         try:
             sync_inputs(spec, store, NullReporter())
         finally:
-            diff_module._stream = real_stream
+            diff_module.stream_rows = real_stream
         assert _table(store) == _expected(spec, spec.inputs[0], _table(store))
         # Each changed chunk's earlier rows are read from its first ordinal, a page (1024)
         # at a time; the unchanged chunks around them are kept by a statement each.
