@@ -191,6 +191,11 @@ class TokenCounter:
         self._by_model: dict[str, tuple[tiktoken.Encoding, Any, str]] = {}
         self._fast: dict[str, Any] = {}  # encoding name -> fastokens' encode, or None
 
+    def warm(self, model: str = "gpt-4o") -> None:
+        """Load a model's counting now (fastokens takes ~2 s): a running service has its
+        tokenizer loaded before the first batch is validated."""
+        self._counting(model)
+
     def encoding(self, model: str) -> tiktoken.Encoding:
         """The encoding for a model, loaded once."""
         return self._counting(model)[0]

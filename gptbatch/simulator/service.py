@@ -65,6 +65,8 @@ class BatchService:
         self.config = config or SimConfig()
         self.journal = Journal()
         self.counter = TokenCounter(fast=self.config.fast_counter)
+        if self.config.fast_counter:  # loaded beside the first calls, not in a validation
+            threading.Thread(target=self.counter.warm, name="sim-counter", daemon=True).start()
         self._lock = threading.RLock()
         self._entropy = entropy
         self._state: StateDir | None = None

@@ -253,6 +253,16 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             AND c.first_ordinal<=requests.ordinal);
         """,
     ),
+    (
+        # An output is written by joining each request with its result through the result's
+        # version (requests.result_version): versions grow as results are written, batch
+        # after batch in input order, so the join reads this index nearly in order where
+        # the key index was read at random (2.7 s instead of 6 s for 1M results).
+        "m014_results_version",
+        """
+        CREATE INDEX results_version ON results(version);
+        """,
+    ),
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from gptbatch.errors import StateError
 from gptbatch.state.base import StoreBase
+from gptbatch.state.db import stream_rows
 from gptbatch.state.lines import ZDICT_MAX, ZDICT_META, pack_line, unpack_line, zline_dictionary_id
 from gptbatch.state.rows import (
     FINAL_RESULT_STATES,
@@ -340,13 +341,19 @@ class ResultsMixin(StoreBase):
             ):
                 yield ordinal, done, version, key, None
             return
+        # Joined by version (m014): a result whose version is unknown (NULL after an
+        # UPDATE) is not found so, and is read by its key.
         cur = self.db.execute(
             "SELECT r.ordinal, r.done, r.result_version, r.key, s.line, s.zline"
-            " FROM requests r LEFT JOIN results s ON r.done=1 AND s.key=r.key"
+            " FROM requests r LEFT JOIN results s"
+            " ON r.done=1 AND s.version=r.result_version AND s.key=r.key"
             " WHERE r.path=? ORDER BY r.ordinal",
             (path,),
         )
-        for ordinal, done, version, key, line, zline in cur:
+        for ordinal, done, version, key, line, zline in stream_rows(cur):
+            if done == 1 and line is None and zline is None:
+                yield ordinal, done, version, key, self.result_line(key)
+                continue
             text = self.unpack(line, zline)
             yield ordinal, done, version, key, None if text is None else text.encode("utf-8")
 

@@ -33,6 +33,7 @@ OP = st.one_of(
     st.tuples(st.just("append to the output")),
     st.tuples(st.just("touch the output")),
     st.tuples(st.just("drop the index")),
+    st.tuples(st.just("unversion"), st.sampled_from(KEYS)),
     st.tuples(st.just("write")),
 )
 
@@ -77,6 +78,9 @@ def _apply(store: Store, spec: Spec, op: tuple[Any, ...]) -> None:
     elif kind == "drop the index":
         with store.transaction():
             store.db.execute("DELETE FROM output_index")
+    elif kind == "unversion":  # an UPDATE of a result leaves its version unknown (NULL)
+        with store.transaction():
+            store.db.execute("UPDATE results SET error=error WHERE key=?", (op[1],))
     elif kind == "write":
         write_outputs(spec, store)
 
@@ -114,7 +118,7 @@ def test_an_incremental_output_equals_a_full_write(ops: list[tuple[Any, ...]]) -
                 assert (spec.output_dir / "in.jsonl").read_bytes() == lines
                 errors = spec.output_dir / "in.errors.jsonl"
                 got = (
-                    [json.loads(x)["custom_id"] for x in errors.read_text().splitlines()]
+                    [json.loads(x)["custom_id"] for x in errors.read_bytes().splitlines()]
                     if (errors.exists())
                     else []
                 )
@@ -159,5 +163,28 @@ def test_a_second_write_copies_what_did_not_change(
         store.db.set_trace_callback(None)
         assert sum("FROM results WHERE key=" in s for s in statements) == 1
         assert (spec.output_dir / "in.jsonl").read_bytes() == _expected(store, spec)[0]
+    finally:
+        store.close()
+
+
+def test_a_full_write_finds_a_result_whose_version_is_unknown(tmp_path: Path) -> None:
+    """Outputs join requests with results by version; one whose version an UPDATE made
+    unknown is read by its key instead, not left out."""
+    (tmp_path / "batch.yaml").write_text(
+        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
+    )
+    (tmp_path / "in.jsonl").write_text("")
+    spec = load_spec(tmp_path / "batch.yaml")
+    store = Store(tmp_path / "state")
+    try:
+        _apply(store, spec, ("sync", KEYS))
+        for key in KEYS:
+            _apply(store, spec, ("result", key, "ok", f"answer {key}"))
+        _apply(store, spec, ("unversion", KEYS[3]))
+        versions = dict(store.db.execute("SELECT key, result_version FROM requests"))
+        assert versions[KEYS[3]] is None and None not in [versions[k] for k in KEYS[:3]]
+        write_outputs(spec, store)
+        expected = "".join(_line(k, f"answer {k}") + "\n" for k in KEYS).encode()
+        assert (spec.output_dir / "in.jsonl").read_bytes() == expected
     finally:
         store.close()
