@@ -93,6 +93,7 @@ class Collector:
         # meanwhile (at 1M, ~20 s of waiting on the API's answers).
         self.downloading: dict[Path, Future[None]] = {}
         self._downloader: ThreadPoolExecutor | None = None
+        self.removing: set[Path] = set()  # files collected, to be removed (discard)
 
     # --- polling -------------------------------------------------------------------------
 
@@ -328,9 +329,8 @@ class Collector:
                 self.store.update_shard(shard_id, state="done")
             self.store.release_members(shard_id)
         crashpoint("after_collect")
-        for path in downloads:
-            path.unlink(missing_ok=True)
-        (self.work_dir / "shards" / f"{shard_id}.jsonl").unlink(missing_ok=True)  # final now
+        # Final now: removed on the download thread if there is one (tens of ms a file).
+        self.discard([*downloads, self.work_dir / "shards" / f"{shard_id}.jsonl"])
         if self.spec.delete_uploads and info.input_file_id and shard.note != RECOVERED:
             # Not found or not now: it expires by itself (upload_expires_after). A batch
             # recovered from the API may be another project's under a shared default id:
@@ -402,11 +402,29 @@ class Collector:
             seen.add(key)
             counts[batch.add_packed(key, state, zline, error, used)] += 1
 
+    def discard(self, paths: list[Path]) -> None:
+        """Remove files no longer needed, on the download thread if there is one."""
+
+        self.removing.update(paths)
+
+        def remove() -> None:
+            for path in paths:
+                path.unlink(missing_ok=True)
+                self.removing.discard(path)
+
+        if self._downloader is None:
+            remove()
+        else:
+            self._downloader.submit(remove)
+
     def close(self) -> None:
         """Stop the download thread and the read-ahead worker (after what they are doing)."""
         if self._downloader is not None:
             self._downloader.shutdown(wait=True, cancel_futures=True)
             self._downloader = None
+        for path in list(self.removing):  # removals the shutdown cancelled
+            path.unlink(missing_ok=True)
+        self.removing.clear()
         self.downloading.clear()
         self.read_ahead.close()
 

@@ -91,7 +91,7 @@ class RequestsMixin(StoreBase):
     def known_estimates(self, keys: Iterable[str]) -> dict[str, tuple[int, int, int, float | None]]:
         """key -> (tokens, nbytes, inputs, cost) for keys already estimated."""
         out: dict[str, tuple[int, int, int, float | None]] = {}
-        keys = list(keys)
+        keys = sorted(keys)  # in key order, chunk after chunk (see result_states)
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))

@@ -64,7 +64,9 @@ class ResultsMixin(StoreBase):
     def result_states(self, keys: Iterable[str]) -> dict[str, tuple[str, int]]:
         """key -> (state, attempts) of the keys that have a result."""
         out: dict[str, tuple[str, int]] = {}
-        keys = list(keys)
+        # Looked up in key order: each chunk's keys then lie next to the last chunk's in the
+        # key index (a batch's members at random took twice as long at 1M results).
+        keys = sorted(keys)
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))

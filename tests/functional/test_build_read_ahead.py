@@ -50,6 +50,9 @@ def _build(tmp_path: Path, simulator_factory, capsys) -> tuple[Any, ...]:
     code = project.build()
     summary = [line for line in capsys.readouterr().out.splitlines() if "so far:" in line]
     assert all(cid.startswith("r1") for cid in billed_twice(sim))  # only the retried
+    work = project.out / ".gptbatch"
+    for leftover in ("downloads", "shards"):  # removed once collected (on the download thread)
+        assert not [p for p in (work / leftover).glob("*") if p.is_file()], leftover
     return code, _answers(project.output()), _answers(project.errors()), summary
 
 
