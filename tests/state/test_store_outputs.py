@@ -85,6 +85,13 @@ def _apply(store: Store, spec: Spec, op: tuple[Any, ...]) -> None:
         write_outputs(spec, store)
 
 
+def _project(root: Path) -> tuple[Spec, Store]:
+    """An empty input named by a batch.yaml in root, and a store for it."""
+    (root / "batch.yaml").write_text(yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"}))
+    (root / "in.jsonl").write_text("")
+    return load_spec(root / "batch.yaml"), Store(root / "state")
+
+
 def _expected(store: Store, spec: Spec) -> tuple[bytes, list[str]]:
     """The output and the failed custom_ids, from the store's rows (another code path)."""
     lines, failed = [], []
@@ -103,12 +110,7 @@ def _expected(store: Store, spec: Spec) -> tuple[bytes, list[str]]:
 def test_an_incremental_output_equals_a_full_write(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "batch.yaml").write_text(
-            yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
-        )
-        (root / "in.jsonl").write_text("")
-        spec = load_spec(root / "batch.yaml")
-        store = Store(root / "state")
+        spec, store = _project(root)
         try:
             for op in [*ops, ("write",)]:
                 _apply(store, spec, op)
@@ -138,12 +140,7 @@ def test_a_second_write_copies_what_did_not_change(
             raise OSError(18, "Invalid cross-device link")
 
         monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
-    (tmp_path / "batch.yaml").write_text(
-        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
-    )
-    (tmp_path / "in.jsonl").write_text("")
-    spec = load_spec(tmp_path / "batch.yaml")
-    store = Store(tmp_path / "state")
+    spec, store = _project(tmp_path)
     try:
         _apply(store, spec, ("sync", KEYS))
         for key in KEYS:
@@ -170,12 +167,7 @@ def test_a_second_write_copies_what_did_not_change(
 def test_a_full_write_finds_a_result_whose_version_is_unknown(tmp_path: Path) -> None:
     """Outputs join requests with results by version; one whose version an UPDATE made
     unknown is read by its key instead, not left out."""
-    (tmp_path / "batch.yaml").write_text(
-        yaml.safe_dump({"inputs": ["in.jsonl"], "output_dir": "out"})
-    )
-    (tmp_path / "in.jsonl").write_text("")
-    spec = load_spec(tmp_path / "batch.yaml")
-    store = Store(tmp_path / "state")
+    spec, store = _project(tmp_path)
     try:
         _apply(store, spec, ("sync", KEYS))
         for key in KEYS:
