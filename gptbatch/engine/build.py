@@ -225,6 +225,7 @@ class Builder:
         self.scheduler.census = self.census if caps_of(remote).metadata else None
         self.submitter.sharing = lambda model: 1 + self.census.senders(model)
         self.listed_before_create = False
+        self.first_plan: int | None = None  # the first plan's limit (run, submit)
 
     def remember_project(self, project: str) -> frozenset[str]:
         """Every project id this state has built under (a config edit can change the default)."""
@@ -329,6 +330,7 @@ class Builder:
             pending=counts["total"] - counts["ok"] - counts["failed"] + self.store.resend_left(),
             budgets={m: self.budget.working(m) for m in sorted(models)},
         )
+        self.first_plan = self.scheduler.pipeline if wait else None
         try:
             self.scheduler.drop_stale_shards()
             reconciled = False
@@ -549,7 +551,10 @@ class Builder:
         """Pack what is pending, then send every unsent shard that fits the queue now."""
         changed = False
         if self.scheduler.dirty:
-            self.scheduler.plan()
+            # A waiting build's first plan stops after a queue's worth of shards: they go
+            # while the rest is cut (at 1M, ~10 s before the first create otherwise).
+            self.scheduler.plan(limit=self.first_plan)
+            self.first_plan = None
         now = time.time()
         # `submitting` comes first: an earlier run may have created its batch already.
         unsent = self.store.shards(UNSENT_SHARD_STATES)

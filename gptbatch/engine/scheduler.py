@@ -384,12 +384,15 @@ class Scheduler:
         """Are this model's shards cut for pipelining (it has a token budget)?"""
         return self.budget.working(model) is not None
 
-    def plan(self) -> int:
+    def plan(self, limit: int | None = None) -> int:
         """Pack every pending request into new shards; return how many were made.
 
         With a token budget, shards are filled to B / k (first fit over a window of the
         next pending requests), shrinking at the tail; without one, the content-defined
-        packer cuts them under the per-batch caps.
+        packer cuts them under the per-batch caps. limit: where every group has a budget,
+        stop once this many shards are cut and leave the rest to the next plan (dirty
+        stays set): the first queue's worth goes to the API while the rest is cut. The
+        next plan reads on from the first request left, so it cuts what one plan would.
         """
         self.dirty = False
         left = self.store.pending_totals()
@@ -408,6 +411,7 @@ class Scheduler:
         aims: dict[Group, tuple[int, int]] = {}  # (tokens left, shard target) of each window
         group_caps: dict[Group, tuple[Caps, int | None]] = {}
         made = 0
+        stopped = False  # at the limit: the rest is left to the next plan
         with self.store.transaction(), contextlib.closing(self.store.pending_requests()) as rows:
             for row in rows:
                 group = (row.model, row.url)
@@ -456,13 +460,18 @@ class Scheduler:
                             waiting.add(group)
                         made += bool(cut)
                         held[group] = sum(r.tokens for r in window)
+                        if limit is not None and made >= limit and not packers:
+                            break
+                    if limit is not None and made >= limit and not packers:
+                        self.dirty = stopped = True
+                        break
                     continue
                 buffers[group].append(row)
                 for size in packers[group].add(Item(row.key, row.tokens, row.nbytes, row.inputs)):
                     made += self._add_shard(group, buffers[group][:size]) is not None
                     del buffers[group][:size]
             for group, window in windows.items():
-                while window and group not in waiting:
+                while window and group not in waiting and not stopped:
                     cut = self._cut(group, window, left)
                     if cut is None:
                         waiting.add(group)

@@ -201,3 +201,70 @@ def test_a_plan_stops_reading_once_every_group_waits_for_room(tmp_path) -> None:
         assert scheduler.plan() > 0 and read[0] > 0
     finally:
         store.close()
+
+
+def _synced(root, texts: list[str], limit: int):  # type: ignore[no-untyped-def]
+    """A project of chat requests (one per text) read into a new store, and its scheduler."""
+    import json
+
+    import yaml
+
+    from gptbatch.config.spec import load_spec
+    from gptbatch.engine.budget import Budget
+    from gptbatch.engine.scheduler import Scheduler
+    from gptbatch.engine.summary import BuildSummary
+    from gptbatch.engine.sync import sync_inputs
+    from gptbatch.report import NullReporter
+    from gptbatch.state.store import Store
+
+    root.mkdir()
+    line = {"method": "POST", "url": "/v1/chat/completions"}
+    (root / "in.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    **line,
+                    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": t}]},
+                }
+            )
+            + "\n"
+            for i, t in enumerate(texts)
+        )
+    )
+    (root / "batch.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "inputs": ["in.jsonl"],
+                "output_dir": "out",
+                "limits": {"enqueued_tokens": limit, "safety_margin": 0, "pipeline": 4},
+            }
+        )
+    )
+    spec = load_spec(root / "batch.yaml")
+    store = Store(root / "state")
+    sync_inputs(spec, store, NullReporter())
+    return store, Scheduler(spec, store, NullReporter(), Budget(spec, store), BuildSummary())
+
+
+def test_a_plan_stopped_at_its_limit_is_finished_by_the_next_as_one_plan_would(tmp_path) -> None:
+    """A build's first plan stops after a queue's worth of shards (they go while the rest
+    is cut); the next plan cuts the same shards, with the same members, as one plan."""
+    rng = random.Random(7)
+    texts = [" ".join(["word"] * rng.randint(1, 60)) for _ in range(6_000)]
+    whole, one = _synced(tmp_path / "whole", texts, 40_000)
+    parts, pieces = _synced(tmp_path / "parts", texts, 40_000)
+    try:
+        made = one.plan()
+        assert made > 6 and not one.dirty
+        assert pieces.plan(limit=2) == 2 and pieces.dirty  # the rest is left for later
+        assert pieces.plan() == made - 2 and not pieces.dirty
+
+        def cut(store):  # type: ignore[no-untyped-def]
+            return [(s.id, store.members(s.id)) for s in store.shards()]
+
+        assert sorted(cut(parts)) == sorted(cut(whole))
+        assert pieces.tail_waiting == one.tail_waiting
+    finally:
+        whole.close()
+        parts.close()
