@@ -330,7 +330,7 @@ class Builder:
             pending=counts["total"] - counts["ok"] - counts["failed"] + self.store.resend_left(),
             budgets={m: self.budget.working(m) for m in sorted(models)},
         )
-        self.first_plan = self.scheduler.pipeline if wait else None
+        self.first_plan = 2 * self.scheduler.pipeline if wait else None
         try:
             self.scheduler.drop_stale_shards()
             reconciled = False
@@ -551,8 +551,9 @@ class Builder:
         """Pack what is pending, then send every unsent shard that fits the queue now."""
         changed = False
         if self.scheduler.dirty:
-            # A waiting build's first plan stops after a queue's worth of shards: they go
-            # while the rest is cut (at 1M, ~10 s before the first create otherwise).
+            # A waiting build's first plan stops after two queues' worth of shards: the
+            # first go, the next are uploaded ahead, and the rest is cut while they run
+            # (at 1M, every non-tail shard was cut before the first create: ~10 s).
             self.scheduler.plan(limit=self.first_plan)
             self.first_plan = None
         now = time.time()

@@ -391,7 +391,7 @@ class Scheduler:
         next pending requests), shrinking at the tail; without one, the content-defined
         packer cuts them under the per-batch caps. limit: where every group has a budget,
         stop once this many shards are cut and leave the rest to the next plan (dirty
-        stays set): the first queue's worth goes to the API while the rest is cut. The
+        stays set): the first shards go to the API while the rest is cut. The
         next plan reads on from the first request left, so it cuts what one plan would.
         """
         self.dirty = False
