@@ -79,130 +79,6 @@ def test_a_batch_long_in_finalizing_is_reported_once() -> None:
     assert slow == [{"batch": "batch_1", "seconds": 600}]
 
 
-def test_a_shard_holds_as_many_requests_as_its_token_share_needs(tmp_path) -> None:
-    """The first-fit window grows with the target: a shard is not capped at the window's
-    look-ahead (2,000 requests) when its share of the budget needs more."""
-    import json
-
-    import yaml
-
-    from gptbatch.config.spec import load_spec
-    from gptbatch.engine.budget import Budget
-    from gptbatch.engine.scheduler import FILL_LOOKAHEAD, Scheduler
-    from gptbatch.engine.summary import BuildSummary
-    from gptbatch.engine.sync import sync_inputs
-    from gptbatch.report import NullReporter
-    from gptbatch.state.store import Store
-
-    (tmp_path / "in.jsonl").write_text(
-        "".join(
-            json.dumps(
-                {
-                    "custom_id": f"r{i}",
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": {
-                        "model": "gpt-4o-mini",
-                        "messages": [{"role": "user", "content": "hi"}],
-                    },
-                }
-            )
-            + "\n"
-            for i in range(30_000)  # 8 prompt tokens each
-        )
-    )
-    limit = 96_000  # a share of 24,000 tokens: 3,000 requests; 240,000 left: not the tail
-    (tmp_path / "batch.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "inputs": ["in.jsonl"],
-                "output_dir": "out",
-                "limits": {"enqueued_tokens": limit, "safety_margin": 0, "pipeline": 4},
-            }
-        )
-    )
-    spec = load_spec(tmp_path / "batch.yaml")
-    store = Store(tmp_path / "state")
-    try:
-        sync_inputs(spec, store, NullReporter())
-        scheduler = Scheduler(spec, store, NullReporter(), Budget(spec, store), BuildSummary())
-        scheduler.plan()
-        shards = store.shards()
-        assert shards, "nothing was planned"
-        first = shards[0]
-        assert first.tokens <= limit // 4
-        assert first.tokens == limit // 4  # filled to its share
-        assert first.requests > FILL_LOOKAHEAD
-    finally:
-        store.close()
-
-
-def test_a_plan_stops_reading_once_every_group_waits_for_room(tmp_path) -> None:
-    """In the tail, once no shard fits the queue, a plan reads no further (it runs at every
-    turnover: reading and holding every pending request each time was quadratic)."""
-    import json
-
-    import yaml
-
-    from gptbatch.config.spec import load_spec
-    from gptbatch.engine.budget import Budget
-    from gptbatch.engine.scheduler import Scheduler
-    from gptbatch.engine.summary import BuildSummary
-    from gptbatch.engine.sync import sync_inputs
-    from gptbatch.report import NullReporter
-    from gptbatch.state.store import Store
-
-    line = {"method": "POST", "url": "/v1/chat/completions"}
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-    (tmp_path / "in.jsonl").write_text(
-        "".join(
-            json.dumps({"custom_id": f"r{i}", **line, "body": body}) + "\n"
-            for i in range(30_000)  # 8 prompt tokens each: 240,000 tokens
-        )
-    )
-    (tmp_path / "batch.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "inputs": ["in.jsonl"],
-                "output_dir": "out",
-                "limits": {"enqueued_tokens": 48_000, "safety_margin": 0, "pipeline": 4},
-            }
-        )
-    )
-    spec = load_spec(tmp_path / "batch.yaml")
-    store = Store(tmp_path / "state")
-    read = [0]
-    pending = store.pending_requests
-
-    def counted():  # type: ignore[no-untyped-def]
-        for row in pending():
-            read[0] += 1
-            yield row
-
-    store.pending_requests = counted  # type: ignore[method-assign]
-    try:
-        sync_inputs(spec, store, NullReporter())
-        scheduler = Scheduler(spec, store, NullReporter(), Budget(spec, store), BuildSummary())
-        made = scheduler.plan()
-        packed = sum(s.requests for s in store.shards())
-        assert made > 0 and 0 < packed < 30_000 and scheduler.tail_waiting
-        assert read[0] < 30_000  # the first plan stopped where the tail waits
-        read[0] = 0
-        # The shards cut fill the room: nothing is cut, and no pending row is read.
-        assert scheduler.plan() == 0
-        assert scheduler.tail_waiting and read[0] == 0
-        scheduler.room_changed()  # a poll saw batches move, but there is still no room
-        assert not scheduler.dirty
-        with store.transaction():  # the unsent shards go: their room is free again
-            for shard in store.shards():
-                store.update_shard(shard.id, state="dropped")
-        scheduler.room_changed()
-        assert scheduler.dirty
-        assert scheduler.plan() > 0 and read[0] > 0
-    finally:
-        store.close()
-
-
 def _synced(root, texts: list[str], limit: int):  # type: ignore[no-untyped-def]
     """A project of chat requests (one per text) read into a new store, and its scheduler."""
     import json
@@ -245,6 +121,59 @@ def _synced(root, texts: list[str], limit: int):  # type: ignore[no-untyped-def]
     store = Store(root / "state")
     sync_inputs(spec, store, NullReporter())
     return store, Scheduler(spec, store, NullReporter(), Budget(spec, store), BuildSummary())
+
+
+def test_a_shard_holds_as_many_requests_as_its_token_share_needs(tmp_path) -> None:
+    """The first-fit window grows with the target: a shard is not capped at the window's
+    look-ahead (2,000 requests) when its share of the budget needs more."""
+    from gptbatch.engine.scheduler import FILL_LOOKAHEAD
+
+    limit = 96_000  # a share of 24,000 tokens: 3,000 requests; 240,000 left: not the tail
+    store, scheduler = _synced(tmp_path / "p", ["hi"] * 30_000, limit)  # 8 tokens each
+    try:
+        scheduler.plan()
+        shards = store.shards()
+        assert shards, "nothing was planned"
+        first = shards[0]
+        assert first.tokens <= limit // 4
+        assert first.tokens == limit // 4  # filled to its share
+        assert first.requests > FILL_LOOKAHEAD
+    finally:
+        store.close()
+
+
+def test_a_plan_stops_reading_once_every_group_waits_for_room(tmp_path) -> None:
+    """In the tail, once no shard fits the queue, a plan reads no further (it runs at every
+    turnover: reading and holding every pending request each time was quadratic)."""
+    store, scheduler = _synced(tmp_path / "p", ["hi"] * 30_000, 48_000)  # 240,000 tokens
+    read = [0]
+    pending = store.pending_requests
+
+    def counted():  # type: ignore[no-untyped-def]
+        for row in pending():
+            read[0] += 1
+            yield row
+
+    store.pending_requests = counted  # type: ignore[method-assign]
+    try:
+        made = scheduler.plan()
+        packed = sum(s.requests for s in store.shards())
+        assert made > 0 and 0 < packed < 30_000 and scheduler.tail_waiting
+        assert read[0] < 30_000  # the first plan stopped where the tail waits
+        read[0] = 0
+        # The shards cut fill the room: nothing is cut, and no pending row is read.
+        assert scheduler.plan() == 0
+        assert scheduler.tail_waiting and read[0] == 0
+        scheduler.room_changed()  # a poll saw batches move, but there is still no room
+        assert not scheduler.dirty
+        with store.transaction():  # the unsent shards go: their room is free again
+            for shard in store.shards():
+                store.update_shard(shard.id, state="dropped")
+        scheduler.room_changed()
+        assert scheduler.dirty
+        assert scheduler.plan() > 0 and read[0] > 0
+    finally:
+        store.close()
 
 
 def test_a_plan_stopped_at_its_limit_is_finished_by_the_next_as_one_plan_would(tmp_path) -> None:
