@@ -59,9 +59,15 @@ class _Memo(dict):
         self.exact: Callable[[str], int | None] = len  # set by count_by_words before use
 
     def __missing__(self, word: str) -> int:
-        tokens = self.exact(self.prefix + word)
-        if tokens is None:
-            raise _Unknown
+        if word.isdigit() and word.isascii():
+            # Both patterns cut a run of digits into pieces of three from its start
+            # (\p{N}{1,3}) and never join a space to a digit (the space is a piece alone),
+            # and every string of 1-3 ASCII digits is one token in both vocabularies.
+            tokens = (len(word) + 2) // 3 + (1 if self.prefix else 0)
+        else:
+            tokens = self.exact(self.prefix + word)
+            if tokens is None:
+                raise _Unknown
         if len(word) <= MAX_WORD_CHARS and len(self) < self.limit:
             self[word] = tokens
         return tokens
