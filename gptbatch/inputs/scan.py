@@ -14,7 +14,7 @@ inputs, or one core, take the same path in the parent alone (no process start-up
 that are not regular files (pipes, missing paths, directories) are read by read_requests'
 own file reader.
 
-The parent reads the first 256 KB itself before forking the workers: if counting was
+The parent reads the first 64 KB itself before forking the workers: if counting was
 needed, tiktoken's encoding is loaded once there and shared with the workers.
 
 Line numbers: a chunk after the first starts one byte early, on the newline that ends the
@@ -62,6 +62,9 @@ from gptbatch.shards import embedding_inputs
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, process start-up costs more than it saves
 MIN_CHUNK_BYTES = 256 << 10
+# The parent's own first chunk, read before the workers fork: enough requests to tell a cold
+# cache from a warm one (and load the counter once, shared), small because it is serial.
+FIRST_CHUNK_BYTES = 64 << 10
 MAX_CHUNK_BYTES = 4 << 20
 _CHUNKS_PER_WORKER = 24  # small enough chunks that no worker idles long at the end
 _SCAN_BLOCK = 1 << 16  # bytes read at a time while looking for a chunk's closing newline
@@ -406,7 +409,7 @@ class Scanner:
         local = ChunkReader(options, self.version, self.cache_file)
         local.early_load = True
         state = _ParentState(self, validator, local)
-        first_bytes = min(chunk_bytes, MIN_CHUNK_BYTES) if workers else None
+        first_bytes = min(chunk_bytes, FIRST_CHUNK_BYTES) if workers else None
         units = self._units(sizes, chunk_bytes, first_bytes)
         if workers:
             yield from state.consume(self._in_workers(units, local, workers))
