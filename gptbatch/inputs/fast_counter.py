@@ -27,7 +27,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
 from typing import Any, TypeVar
 
 __all__ = [
@@ -80,6 +79,8 @@ _state: dict[str, str | bool] = {"selected": False, "reason": "not selected for 
 
 def fastokens_version() -> str | None:
     """The installed fastokens' version, or None when the extra is not installed."""
+    from importlib import metadata  # ~10 ms to import: only where a version is asked
+
     try:
         return metadata.version("fastokens")
     except metadata.PackageNotFoundError:
@@ -94,7 +95,7 @@ def select(total_bytes: int, processes: int = 1) -> bool:
     """
     wait_loaded()  # an earlier scan's load still running would race with this one
     wanted = os.environ.get("GPTBATCH_COUNTER", "").strip().lower()
-    version = fastokens_version()
+    version = None if wanted == "tiktoken" else fastokens_version()
     min_bytes = MIN_BYTES_PER_PROCESS * max(1, processes)
     if wanted == "tiktoken":
         reason, chosen = "GPTBATCH_COUNTER=tiktoken", False
