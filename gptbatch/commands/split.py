@@ -465,6 +465,7 @@ def split_files(
     files, skipped = earlier_shards(paths, out) if out.is_dir() else ([Path(p) for p in paths], [])
     paths = files
     scanner = Scanner(paths, options or ScanOptions(max_problems=_MAX_PROBLEMS))
+    scanner.join_workers = False  # they exit while the last shards are copied
     copier = _Copier(scanner.report, out, os.urandom(4).hex())
     try:
         groups = _plan(scanner, caps, copier)

@@ -380,6 +380,7 @@ class Scanner:
         self.cache_file = cache_path() if self.options.use_cache else None
         self.pending = PendingCounts(self.cache_file, self.version)
         self.report = ScanReport()
+        self.join_workers = True  # wait for the workers to exit before the read ends
 
     def commit_counts(self) -> None:
         """Remember the counts made in this run (call only when the command succeeded)."""
@@ -436,10 +437,15 @@ class Scanner:
         if pool is None:  # no processes to be had: read everything here
             yield from ((u, _read_here(local, u)) for u in units)
             return
+        finished = False
         try:
             yield from _ahead(units, pool, 3 * workers)
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # After a complete read the workers are idle: a caller that allows it (split)
+            # goes on while they exit (the interpreter's exit joins them); else, and after
+            # any error, none outlives the read.
+            pool.shutdown(wait=self.join_workers or not finished, cancel_futures=True)
 
     def _regular_sizes(self) -> dict[int, int]:
         sizes: dict[int, int] = {}
