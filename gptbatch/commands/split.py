@@ -466,6 +466,7 @@ def split_files(
     paths = files
     scanner = Scanner(paths, options or ScanOptions(max_problems=_MAX_PROBLEMS))
     scanner.join_workers = False  # they exit while the last shards are copied
+    scanner.stream_counts()  # the cache's inserts run beside the workers, not after them
     copier = _Copier(scanner.report, out, os.urandom(4).hex())
     try:
         groups = _plan(scanner, caps, copier)
@@ -474,7 +475,7 @@ def split_files(
                 Problem(", ".join(str(p) for p in paths), None, "no requests to split", "")
             )
         copier.shards.keep_dir()  # as the inputs are read: the directory stays, as it did
-        scanner.prepare_counts()  # the cache's inserts run beside the last copies
+        scanner.prepare_counts()  # the last counts to the cache's writer
         copier.finish()
         names = shard_names(sum(len(g.sizes) for g in groups))
         parts = copier.shards.named(names)

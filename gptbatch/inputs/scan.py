@@ -386,6 +386,10 @@ class Scanner:
         """Remember the counts made in this run (call only when the command succeeded)."""
         self.pending.commit()
 
+    def stream_counts(self) -> None:
+        """Write this run's counts while it reads (see PendingCounts.stream)."""
+        self.pending.stream()
+
     def prepare_counts(self) -> None:
         """Start writing this run's counts in the background (see PendingCounts.prepare)."""
         self.pending.prepare()

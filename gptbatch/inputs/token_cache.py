@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import sqlite3
 import tempfile
 import threading
@@ -44,6 +45,8 @@ _SOURCES = (
     "encodings.py",
 )
 _SORT_BATCH = 50_000  # rows sorted by key before they are inserted (see PendingCounts._rows)
+_STREAM_BATCH = 4096  # rows handed to a streaming writer at a time (PendingCounts.stream)
+_Batch = list[tuple[str, int, str, str]]  # (content key, tokens, encoding, caveats JSON)
 
 
 @dataclass(frozen=True)
@@ -216,17 +219,27 @@ class PendingCounts:
         self._decided = threading.Event()
         self._keep = False
         self._written = False
+        self._prepared = False
+        # Streaming (see stream): rows not yet handed over, and the writer's queue of them.
+        self._batch: _Batch = []
+        self._queue: queue.SimpleQueue[_Batch | None] | None = None
+        self._streaming = False  # the writer has not yet taken the end from the queue
 
     def add(self, key: str, count: CachedCount) -> None:
         if self.path is None:
             return
-        if self._writer is not None:
+        if self._prepared:
             raise RuntimeError("PendingCounts.add after prepare")
         if self._spool is None:
             self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
         caveats = json.dumps(count.caveats, ensure_ascii=True) if count.caveats else ""
         self._spool.write(f"{key}\t{count.tokens}\t{count.encoding}\t{caveats}\n")
         self.count += 1
+        if self._queue is not None:
+            self._batch.append((key, count.tokens, count.encoding, caveats))
+            if len(self._batch) >= _STREAM_BATCH:
+                self._queue.put(self._batch)
+                self._batch = []
 
     def _rows(self) -> Iterator[tuple[bytes, int, str, str]]:
         """The spooled rows, sorted by key within batches of _SORT_BATCH.
@@ -248,26 +261,85 @@ class PendingCounts:
         batch.sort()
         yield from batch
 
+    def _streamed(
+        self, rows: queue.SimpleQueue[_Batch | None], first: _Batch
+    ) -> Iterator[tuple[bytes, int, str, str]]:
+        """The rows handed to a streaming writer, each batch sorted by key, to the end."""
+        batch: _Batch | None = first
+        while batch is not None:
+            keyed = [(row_key(self.version, k), t, e, c) for k, t, e, c in batch]
+            keyed.sort()
+            yield from keyed
+            batch = rows.get()
+        self._streaming = False
+
+    def stream(self) -> None:
+        """Write the counts while they are added, in a background thread, in a transaction
+        that commit() commits and discard() rolls back (as prepare's, only begun sooner).
+
+        For a command whose counts arrive while other processes work (split's read): the
+        inserts then run beside that work, not after it. The thread opens the cache at the
+        first batch of rows (a warm run never does) and holds its write lock from then to
+        the end of the command, so a run beside it that wants to write skips remembering
+        its counts, as it does when it meets a commit. A run that fails after its first
+        batch leaves the cache file as the rollback leaves it (created, if it was not there).
+        The spool is kept as well: where the streamed write fails (a corrupt file), commit()
+        rebuilds the cache from it.
+        """
+        if self.path is None or self._writer is not None or self._prepared:
+            return
+        self._queue = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._write_streamed, args=(self._queue,), name="token-cache", daemon=True
+        )
+        self._writer.start()
+
+    def _write_streamed(self, rows: queue.SimpleQueue[_Batch | None]) -> None:
+        self._streaming = True  # until the end is taken from the queue
+        try:
+            first = rows.get()
+            if first is None:
+                self._streaming = False
+            else:
+                self._write_ahead(self._streamed(rows, first))
+        finally:
+            while self._streaming:  # a write that failed: take the rest, so none piles up
+                self._streaming = rows.get() is not None
+
+    def _end_stream(self, rest: bool = True) -> None:
+        """Hand a streaming writer the last rows (with rest) and the end (once)."""
+        if self._queue is not None:
+            if self._batch and rest:
+                self._queue.put(self._batch)
+                self._batch = []
+            self._queue.put(None)
+            self._queue = None
+
     def prepare(self) -> None:
         """Start writing the spooled counts now, in a background thread, in a transaction
-        that commit() commits and discard() rolls back.
+        that commit() commits and discard() rolls back; streaming, hand over the last ones.
 
         For a command with work left after its last count (split's copy): the SQLite
         inserts, a few seconds at a million rows, run beside that work instead of after it.
         Any trouble (locked, corrupt) is left to commit()'s own path.
         """
-        if self._spool is None or self.path is None or self._writer is not None:
+        streaming = self._queue is not None
+        self._end_stream()
+        self._prepared = True
+        if streaming or self._spool is None or self.path is None or self._writer is not None:
             return
-        self._writer = threading.Thread(target=self._write_ahead, name="token-cache", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_ahead, args=(self._rows(),), name="token-cache", daemon=True
+        )
         self._writer.start()
 
-    def _write_ahead(self) -> None:
+    def _write_ahead(self, rows: Iterator[tuple[bytes, int, str, str]]) -> None:
         conn = open_cache(self.path)
         if conn is None:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
-            _insert(conn, self._rows(), self.limit)
+            _insert(conn, rows, self.limit)
             self._decided.wait()
             conn.execute("COMMIT" if self._keep else "ROLLBACK")
             self._written = True
@@ -280,6 +352,7 @@ class PendingCounts:
 
     def _decide(self, keep: bool) -> bool:
         """End a prepared write (keep: commit it); whether nothing is left to do."""
+        self._end_stream(rest=keep)  # a failed run's last rows never reach the file
         if self._writer is None:
             return False
         self._keep = keep
@@ -291,6 +364,7 @@ class PendingCounts:
     def commit(self) -> None:
         """Write the spooled counts in one transaction, then evict beyond the bound."""
         if self._spool is None or self.path is None:
+            self.discard()  # ends a streaming writer that was given no rows
             return
         if self._decide(keep=True):
             self.discard()

@@ -527,6 +527,60 @@ def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: b
     }
 
 
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_counts_streamed_while_added_are_kept_only_on_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
+) -> None:
+    from gptbatch.inputs import token_cache
+    from gptbatch.inputs.token_cache import CachedCount, PendingCounts
+
+    monkeypatch.setattr(token_cache, "_STREAM_BATCH", 7)  # many batches, one left over
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if corrupt:  # the streamed write fails; commit's own path rebuilds the file
+        (cache / "tokens.sqlite").write_bytes(b"this is not a database" * 100)
+    for keep in (False, True):
+        pending = PendingCounts(cache / "tokens.sqlite", "v1")
+        pending.stream()
+        for i in range(50):
+            pending.add(f"key-{i}", CachedCount(i, "o200k_base", ("a caveat",) if i % 2 else ()))
+        if not corrupt:  # streamed, not yet committed: nobody else sees them
+            assert cached_rows(cache) == 0
+        pending.prepare()
+        with pytest.raises(RuntimeError):
+            pending.add("late", CachedCount(1, "o200k_base"))
+        if keep:
+            pending.commit()
+            assert cached_rows(cache) == 50
+        else:
+            pending.discard()
+            if not corrupt:
+                assert cached_rows(cache) == 0
+    found = token_cache.TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-48"])
+    assert found == {
+        "key-3": CachedCount(3, "o200k_base", ("a caveat",)),
+        "key-48": CachedCount(48, "o200k_base", ()),
+    }
+
+
+def test_a_streamed_run_with_no_new_counts_never_opens_the_cache(tmp_path: Path) -> None:
+    from gptbatch.inputs.token_cache import PendingCounts
+
+    pending = PendingCounts(tmp_path / "cache" / "tokens.sqlite", "v1")
+    pending.stream()
+    pending.prepare()
+    pending.commit()
+    assert not (tmp_path / "cache").exists()
+    for end in ("commit", "discard"):  # without prepare, too: the writer is ended, not left
+        pending = PendingCounts(tmp_path / "cache" / "tokens.sqlite", "v1")
+        pending.stream()
+        writer = pending._writer
+        assert writer is not None
+        getattr(pending, end)()
+        writer.join(timeout=5)
+        assert not writer.is_alive()
+
+
 def test_a_split_that_fails_while_copying_remembers_no_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
