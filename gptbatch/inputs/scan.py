@@ -381,14 +381,16 @@ class Scanner:
         self.pending = PendingCounts(self.cache_file, self.version)
         self.report = ScanReport()
         self.join_workers = True  # wait for the workers to exit before the read ends
+        self.streaming = False  # see stream_counts
 
     def commit_counts(self) -> None:
         """Remember the counts made in this run (call only when the command succeeded)."""
         self.pending.commit()
 
     def stream_counts(self) -> None:
-        """Write this run's counts while it reads (see PendingCounts.stream)."""
-        self.pending.stream()
+        """Write this run's counts while it reads (PendingCounts.stream), from the workers'
+        fork on: a fork copies no thread, and a lock a thread held stays held in the child."""
+        self.streaming = True
 
     def prepare_counts(self) -> None:
         """Start writing this run's counts in the background (see PendingCounts.prepare)."""
@@ -419,6 +421,8 @@ class Scanner:
         if workers:
             yield from state.consume(self._in_workers(units, local, workers))
         else:
+            if self.streaming:
+                self.pending.stream()
             here = ((u, _read_here(local, u)) for u in units)
             yield from state.consume(fast_counter.loading_after_first(here))
         if validator.count:
@@ -438,6 +442,8 @@ class Scanner:
             yield first, _read_here(local, first)
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
+        if self.streaming:
+            self.pending.stream()
         if pool is None:  # no processes to be had: read everything here
             yield from ((u, _read_here(local, u)) for u in units)
             return

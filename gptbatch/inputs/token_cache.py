@@ -238,8 +238,7 @@ class PendingCounts:
         if self._queue is not None:
             self._batch.append((key, count.tokens, count.encoding, caveats))
             if len(self._batch) >= _STREAM_BATCH:
-                self._queue.put(self._batch)
-                self._batch = []
+                self._hand_over()
 
     def _rows(self) -> Iterator[tuple[bytes, int, str, str]]:
         """The spooled rows, sorted by key within batches of _SORT_BATCH.
@@ -278,21 +277,35 @@ class PendingCounts:
         that commit() commits and discard() rolls back (as prepare's, only begun sooner).
 
         For a command whose counts arrive while other processes work (split's read): the
-        inserts then run beside that work, not after it. The thread opens the cache at the
-        first batch of rows (a warm run never does) and holds its write lock from then to
-        the end of the command, so a run beside it that wants to write skips remembering
-        its counts, as it does when it meets a commit. A run that fails after its first
-        batch leaves the cache file as the rollback leaves it (created, if it was not there).
-        The spool is kept as well: where the streamed write fails (a corrupt file), commit()
-        rebuilds the cache from it.
+        inserts then run beside that work, not after it. Rows added before are taken from
+        the spool. The thread starts at the first full batch of rows (a warm run starts
+        none; the scanner calls this after its fork), opens the cache, and holds its write
+        lock to the end of the command: a run beside it that wants to write skips
+        remembering its counts, as it does when it meets a commit. A run that fails after
+        its first batch leaves the file as the rollback leaves it (created, if it was not
+        there). The spool is kept as well: where the streamed write fails (a corrupt
+        file), commit() rebuilds the cache from it.
         """
         if self.path is None or self._writer is not None or self._prepared:
             return
         self._queue = queue.SimpleQueue()
-        self._writer = threading.Thread(
-            target=self._write_streamed, args=(self._queue,), name="token-cache", daemon=True
-        )
-        self._writer.start()
+        if self._spool is not None:  # the rows added before: handed over with the next ones
+            self._spool.seek(0)
+            for line in self._spool:
+                key, tokens, encoding, caveats = line.rstrip("\n").split("\t", 3)
+                self._batch.append((key, int(tokens), encoding, caveats))
+            self._spool.seek(0, os.SEEK_END)
+
+    def _hand_over(self) -> None:
+        """Give the streaming writer the rows added since the last batch (starting it)."""
+        assert self._queue is not None
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_streamed, args=(self._queue,), name="token-cache", daemon=True
+            )
+            self._writer.start()
+        self._queue.put(self._batch)
+        self._batch = []
 
     def _write_streamed(self, rows: queue.SimpleQueue[_Batch | None]) -> None:
         self._streaming = True  # until the end is taken from the queue
@@ -310,9 +323,9 @@ class PendingCounts:
         """Hand a streaming writer the last rows (with rest) and the end (once)."""
         if self._queue is not None:
             if self._batch and rest:
-                self._queue.put(self._batch)
-                self._batch = []
-            self._queue.put(None)
+                self._hand_over()
+            if self._writer is not None:
+                self._queue.put(None)
             self._queue = None
 
     def prepare(self) -> None:
