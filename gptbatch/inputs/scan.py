@@ -62,9 +62,7 @@ from gptbatch.shards import embedding_inputs
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, process start-up costs more than it saves
 MIN_CHUNK_BYTES = 256 << 10
-# The parent's own first chunk, read before the workers fork: enough requests to tell a cold
-# cache from a warm one (and load the counter once, shared), small because it is serial.
-FIRST_CHUNK_BYTES = 64 << 10
+FIRST_CHUNK_BYTES = 64 << 10  # the parent's, before the fork: serial, so small (see above)
 MAX_CHUNK_BYTES = 4 << 20
 _CHUNKS_PER_WORKER = 24  # small enough chunks that no worker idles long at the end
 _SCAN_BLOCK = 1 << 16  # bytes read at a time while looking for a chunk's closing newline
@@ -388,8 +386,7 @@ class Scanner:
         self.pending.commit()
 
     def stream_counts(self) -> None:
-        """Write this run's counts while it reads (PendingCounts.stream), from the workers'
-        fork on: a fork copies no thread, and a lock a thread held stays held in the child."""
+        """Write the counts while reading (PendingCounts.stream), from the workers' fork on."""
         self.streaming = True
 
     def prepare_counts(self) -> None:
@@ -421,8 +418,7 @@ class Scanner:
         if workers:
             yield from state.consume(self._in_workers(units, local, workers))
         else:
-            if self.streaming:
-                self.pending.stream()
+            self._streaming()
             here = ((u, _read_here(local, u)) for u in units)
             yield from state.consume(fast_counter.loading_after_first(here))
         if validator.count:
@@ -442,8 +438,7 @@ class Scanner:
             yield first, _read_here(local, first)
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
-        if self.streaming:
-            self.pending.stream()
+        self._streaming()  # after the fork: a fork copies no thread, and no lock one held
         if pool is None:  # no processes to be had: read everything here
             yield from ((u, _read_here(local, u)) for u in units)
             return
@@ -451,11 +446,12 @@ class Scanner:
         try:
             yield from _ahead(units, pool, 3 * workers)
             finished = True
-        finally:
-            # After a complete read the workers are idle: a caller that allows it (split)
-            # goes on while they exit (the interpreter's exit joins them); else, and after
-            # any error, none outlives the read.
+        finally:  # idle workers may exit as the caller goes on (the interpreter joins them)
             pool.shutdown(wait=self.join_workers or not finished, cancel_futures=True)
+
+    def _streaming(self) -> None:
+        if self.streaming:
+            self.pending.stream()
 
     def _regular_sizes(self) -> dict[int, int]:
         sizes: dict[int, int] = {}
