@@ -304,13 +304,11 @@ class ChunkReader:
         return _ChunkResult(lines, window.digest.hexdigest(), items, torn)
 
 
-def _estimate(request: Request) -> CachedCount:
-    from gptbatch.inputs.tokens import (
-        estimate_request,  # tiktoken loads only when a count is needed
-    )
+def _estimate(request: Request) -> Any:
+    """The request's Estimate: tokens, encoding and caveats, read as a CachedCount's are."""
+    from gptbatch.inputs.tokens.endpoints import estimate_request  # tiktoken: only if needed
 
-    estimate = estimate_request(request.url, request.body)
-    return CachedCount(estimate.tokens, estimate.encoding, estimate.caveats)
+    return estimate_request(request.url, request.body)
 
 
 def _clean(

@@ -86,12 +86,27 @@ def _ascii_space_beside_whitespace(text: str) -> bool:
     return any(c in text and (" " + c in text or c + " " in text) for c in _ASCII_SPACES)
 
 
+def _ascii_whitespace_but_space(text: str) -> bool:
+    """Does text hold any of _ASCII_SPACES? (Unrolled: most texts hold none but \n.)"""
+    return (
+        "\n" in text
+        or "\t" in text
+        or "\r" in text
+        or "\x0b" in text
+        or "\x0c" in text
+        or "\x1c" in text
+        or "\x1d" in text
+        or "\x1e" in text
+        or "\x1f" in text
+    )
+
+
 def splits_cleanly(text: str) -> bool:
     """Is every run of spaces in text one or two long, between non-whitespace characters?"""
     if text[:1] == " " or text[-1:] == " " or "   " in text:
         return False
     if text.isascii():  # a few memchr scans: cheaper than isprintable's look at every char
-        return not _ascii_space_beside_whitespace(text)
+        return not (_ascii_whitespace_but_space(text) and _ascii_space_beside_whitespace(text))
     if text.isprintable():  # every whitespace character but the space is unprintable
         return True
     return _SPACE_BESIDE_WHITESPACE.search(text) is None
