@@ -36,7 +36,6 @@ from gptbatch.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,
     Caps,
-    Item,
     Packer,
     batch_caps,
 )
@@ -173,7 +172,7 @@ def _plan(scanner: Scanner, caps: Caps, copier: _Copier) -> list[_Group]:
                 copier.groups.append(group)
             nbytes = req.length + 1  # the line and its "\n" in the shard file
             try:
-                closed = group.packer.add(Item(req.key, req.tokens, nbytes, req.inputs))
+                closed = group.packer.push(req.key, req.tokens, nbytes, req.inputs)
             except ItemTooLarge as exc:
                 if len(problems) < _MAX_PROBLEMS:
                     problems.append(_too_large(req, exc))

@@ -634,6 +634,4 @@ class _ParentState:
         return record
 
     def remember(self, record: ScannedRequest) -> None:
-        self.scanner.pending.add(
-            record.key, CachedCount(record.tokens, record.encoding, record.caveats)
-        )
+        self.scanner.pending.add_count(record.key, record.tokens, record.encoding, record.caveats)

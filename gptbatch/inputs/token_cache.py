@@ -226,17 +226,21 @@ class PendingCounts:
         self._streaming = False  # the writer has not yet taken the end from the queue
 
     def add(self, key: str, count: CachedCount) -> None:
+        self.add_count(key, count.tokens, count.encoding, count.caveats)
+
+    def add_count(self, key: str, tokens: int, encoding: str, caveats: Sequence[str]) -> None:
+        """add(key, CachedCount(tokens, encoding, caveats)), without making the CachedCount."""
         if self.path is None:
             return
         if self._prepared:
             raise RuntimeError("PendingCounts.add after prepare")
         if self._spool is None:
             self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
-        caveats = json.dumps(count.caveats, ensure_ascii=True) if count.caveats else ""
-        self._spool.write(f"{key}\t{count.tokens}\t{count.encoding}\t{caveats}\n")
+        notes = json.dumps(list(caveats), ensure_ascii=True) if caveats else ""
+        self._spool.write(f"{key}\t{tokens}\t{encoding}\t{notes}\n")
         self.count += 1
         if self._queue is not None:
-            self._batch.append((key, count.tokens, count.encoding, caveats))
+            self._batch.append((key, tokens, encoding, notes))
             if len(self._batch) >= _STREAM_BATCH:
                 self._hand_over()
 
