@@ -276,8 +276,16 @@ def _content(t: _Tally, content: Any, part: Callable[[_Tally, Any], int]) -> int
     return t.text(content)
 
 
+_ROLE_AND_CONTENT = frozenset({"role", "content"})
+
+
 def _chat_message(t: _Tally, message: Any) -> int:
-    if type(message) is not dict and not isinstance(message, Mapping):  # dict: no ABC check
+    if type(message) is dict and message.keys() == _ROLE_AND_CONTENT:
+        # Most messages: a role and a text; what the loop below gives them, without it.
+        role, content = message["role"], message["content"]
+        if type(role) is str and type(content) is str:
+            return TOKENS_PER_MESSAGE + t.text(role) + t.text(content)
+    elif type(message) is not dict and not isinstance(message, Mapping):  # dict: no ABC
         return TOKENS_PER_MESSAGE + t.json(message, "a message that is not an object")
     total = TOKENS_PER_MESSAGE
     for key, value in message.items():
