@@ -176,12 +176,16 @@ class Packer:
 
     def add(self, item: Item) -> list[int]:
         """Add the next item; return the sizes of shards that became final, in order."""
-        tokens, nbytes, inputs = item.tokens, item.nbytes, item.inputs
+        return self.push(item.key, item.tokens, item.nbytes, item.inputs)
+
+    def push(self, key: str, tokens: int, nbytes: int, inputs: int = 1) -> list[int]:
+        """add(Item(key, tokens, nbytes, inputs)), without making the Item (a split's
+        million requests: a frozen dataclass costs a microsecond to make)."""
         caps, used = self._caps, self._used
         # Quick checks first (once per request in a split of millions): within every cap,
         # and no overflow of the open shard; only otherwise the general loops, which decide.
         if not (0 <= tokens <= caps[0] and 0 <= nbytes <= caps[2] and 0 <= inputs <= caps[3]):
-            self._usage_of(item)  # raises ItemTooLarge (or ValueError) where it must
+            self._usage_of(Item(key, tokens, nbytes, inputs))  # raises where it must
         usage = (tokens, 1, nbytes, inputs)
         closed: list[int] = []
         if self._anchors and (
@@ -194,7 +198,7 @@ class Packer:
                 closed.append(self._cut())
             used = self._used
         self._usage.append(usage)
-        self._anchors.append(anchor(item.key))
+        self._anchors.append(anchor(key))
         used[0] += tokens
         used[1] += 1
         used[2] += nbytes

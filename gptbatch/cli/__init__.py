@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -81,6 +82,8 @@ def run(func, args: argparse.Namespace, *, program: bool = False) -> int:
         code = int(func(args) or 0)
         if program:
             _ignore_late_interrupts()
+            if getattr(args, "exit_when_done", False):
+                _exit_now(code)
         return code
     except GptbatchError as exc:
         return _fail(args, redact(str(exc)), exc.exit_code)
@@ -140,6 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return run(args.func, args, program=argv is None)
+
+
+def _exit_now(code: int) -> None:
+    """End the process here, its output flushed: a command that has written, synced and
+    closed all it wrote (split) spares the interpreter's teardown, ~40 ms of freeing what
+    the exit frees anyway (its idle worker processes end on their own)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe: the usual exit reports (or ignores) it, as before
+        return
+    os._exit(code)
 
 
 def _ignore_late_interrupts() -> None:

@@ -112,4 +112,7 @@ def run(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
     )
     print("\n".join(summary_lines(result)))
+    # Everything is written, synced and renamed, and the token cache committed: a program
+    # ends here without the interpreter's teardown (gptbatch.cli.run).
+    args.exit_when_done = True
     return 0

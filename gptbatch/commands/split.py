@@ -36,7 +36,6 @@ from gptbatch.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,
     Caps,
-    Item,
     Packer,
     batch_caps,
 )
@@ -173,7 +172,7 @@ def _plan(scanner: Scanner, caps: Caps, copier: _Copier) -> list[_Group]:
                 copier.groups.append(group)
             nbytes = req.length + 1  # the line and its "\n" in the shard file
             try:
-                closed = group.packer.add(Item(req.key, req.tokens, nbytes, req.inputs))
+                closed = group.packer.push(req.key, req.tokens, nbytes, req.inputs)
             except ItemTooLarge as exc:
                 if len(problems) < _MAX_PROBLEMS:
                     problems.append(_too_large(req, exc))
@@ -465,6 +464,8 @@ def split_files(
     files, skipped = earlier_shards(paths, out) if out.is_dir() else ([Path(p) for p in paths], [])
     paths = files
     scanner = Scanner(paths, options or ScanOptions(max_problems=_MAX_PROBLEMS))
+    scanner.join_workers = False  # they exit while the last shards are copied
+    scanner.stream_counts()  # the cache's inserts run beside the workers, not after them
     copier = _Copier(scanner.report, out, os.urandom(4).hex())
     try:
         groups = _plan(scanner, caps, copier)
@@ -473,7 +474,7 @@ def split_files(
                 Problem(", ".join(str(p) for p in paths), None, "no requests to split", "")
             )
         copier.shards.keep_dir()  # as the inputs are read: the directory stays, as it did
-        scanner.prepare_counts()  # the cache's inserts run beside the last copies
+        scanner.prepare_counts()  # the last counts to the cache's writer
         copier.finish()
         names = shard_names(sum(len(g.sizes) for g in groups))
         parts = copier.shards.named(names)

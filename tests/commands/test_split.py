@@ -122,6 +122,47 @@ def test_every_line_once_byte_identical_and_each_shard_within_the_limit(tmp_path
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_split_as_a_program_ends_when_done_with_everything_written(tmp_path: Path) -> None:
+    """`python -m gptbatch split` ends without the interpreter's teardown (gptbatch.cli.run):
+    its summary, shards and token cache are complete, its workers gone, its code kept;
+    a failing split still reports and exits as before."""
+    import os
+    import subprocess
+    import sys
+
+    paths, lines = write_inputs(tmp_path / "in")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "GPTBATCH_CACHE_DIR": str(tmp_path / "cache"), "GPTBATCH_WORKERS": "2"}
+    env["PYTHONPATH"] = str(root)
+    cmd = [sys.executable, "-m", "gptbatch", "split", "12000", *map(str, paths)]
+    done = subprocess.run(
+        [*cmd, "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Will use ") and done.stderr == ""
+    shards = done.stdout.count("shard-")
+    assert shards == len(read_shards(tmp_path / "out")) > 1
+    assert Counter(x for s in read_shards(tmp_path / "out").values() for x in s) == Counter(lines)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "cache" / "tokens.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM counts").fetchone()[0] == len(lines)
+    import time
+
+    for _ in range(100):  # its idle workers end on their own, at once
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if str(tmp_path / "in") not in ps:
+            break
+        time.sleep(0.05)
+    assert str(tmp_path / "in") not in ps  # no worker left behind
+    paths[0].write_bytes(paths[0].read_bytes() + b"not json\n")
+    failed = subprocess.run(
+        [*cmd, "--out-dir", str(tmp_path / "out2")], capture_output=True, text=True, env=env
+    )
+    assert failed.returncode == 2 and "not valid JSON" in failed.stderr
+    assert not (tmp_path / "out2").exists()
+
+
 def test_splitting_is_deterministic(tmp_path: Path) -> None:
     paths, _ = write_inputs(tmp_path / "in")
     split_files(paths, 20_000, out_dir=tmp_path / "one")

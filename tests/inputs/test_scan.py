@@ -549,6 +549,100 @@ def test_counts_committed_behind_are_kept_and_nothing_undoes_them(tmp_path: Path
     }
 
 
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_counts_streamed_while_added_are_kept_only_on_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
+) -> None:
+    from gptbatch.inputs import token_cache
+    from gptbatch.inputs.token_cache import CachedCount, PendingCounts
+
+    monkeypatch.setattr(token_cache, "_STREAM_BATCH", 7)  # many batches, one left over
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if corrupt:  # the streamed write fails; commit's own path rebuilds the file
+        (cache / "tokens.sqlite").write_bytes(b"this is not a database" * 100)
+    for keep in (False, True):
+        pending = PendingCounts(cache / "tokens.sqlite", "v1")
+        pending.stream()
+        for i in range(50):
+            pending.add(f"key-{i}", CachedCount(i, "o200k_base", ("a caveat",) if i % 2 else ()))
+        if not corrupt:  # streamed, not yet committed: nobody else sees them
+            assert cached_rows(cache) == 0
+        pending.prepare()
+        with pytest.raises(RuntimeError):
+            pending.add("late", CachedCount(1, "o200k_base"))
+        if keep:
+            pending.commit()
+            assert cached_rows(cache) == 50
+        else:
+            pending.discard()
+            if not corrupt:
+                assert cached_rows(cache) == 0
+    found = token_cache.TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-48"])
+    assert found == {
+        "key-3": CachedCount(3, "o200k_base", ("a caveat",)),
+        "key-48": CachedCount(48, "o200k_base", ()),
+    }
+
+
+def test_a_streaming_writer_starts_at_its_first_batch_and_never_outlives_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread before a full batch (the scanner forks after its small first chunk), none
+    at all for a warm run, and none left after commit or discard, with or without prepare."""
+    from gptbatch.inputs import token_cache
+    from gptbatch.inputs.token_cache import CachedCount, PendingCounts
+
+    monkeypatch.setattr(token_cache, "_STREAM_BATCH", 7)
+    pending = PendingCounts(tmp_path / "cache" / "tokens.sqlite", "v1")
+    pending.stream()
+    pending.prepare()
+    pending.commit()
+    assert not (tmp_path / "cache").exists()
+    for end in ("commit", "discard"):
+        pending = PendingCounts(tmp_path / "cache" / "tokens.sqlite", "v1")
+        pending.stream()
+        for i in range(6):
+            pending.add(f"{end}-{i}", CachedCount(i, "o200k_base"))
+        assert pending._writer is None
+        for i in range(6, 10):
+            pending.add(f"{end}-{i}", CachedCount(i, "o200k_base"))
+        writer = pending._writer
+        assert writer is not None and writer.is_alive()
+        getattr(pending, end)()
+        writer.join(timeout=5)
+        assert not writer.is_alive()
+    assert cached_rows(tmp_path / "cache") == 10  # the committed run's, all of them
+
+
+def test_a_split_forks_its_workers_with_no_other_thread_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts' streaming writer starts after the fork (a fork copies no thread, and
+    any lock a thread held stays held in the child), and the split remembers every count."""
+    import threading
+
+    from gptbatch.inputs import scan, token_cache
+
+    monkeypatch.setattr(token_cache, "_STREAM_BATCH", 16)
+    monkeypatch.setenv("GPTBATCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPTBATCH_WORKERS", "2")
+    monkeypatch.setenv("GPTBATCH_CHUNK_BYTES", "4096")
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(chat(f"r{i}", f"text number {i}") for i in range(600)) + b"\n")
+    threads: list[list[str]] = []
+    start_pool = scan._start_pool
+
+    def watched(*args: Any) -> Any:
+        threads.append([t.name for t in threading.enumerate()])
+        return start_pool(*args)
+
+    monkeypatch.setattr(scan, "_start_pool", watched)
+    assert main(["split", "100000", str(source), "--out-dir", str(tmp_path / "out")]) == 0
+    assert threads == [[threading.main_thread().name]]
+    assert cached_rows(tmp_path / "cache") == 600
+
+
 def test_a_split_that_fails_while_copying_remembers_no_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

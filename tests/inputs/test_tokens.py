@@ -166,6 +166,38 @@ def test_plain_messages_follow_the_cookbook(model: str, encoding: str) -> None:
     assert estimate == Estimate(cookbook_messages(messages, encoding), encoding)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "role": st.one_of(
+                    st.sampled_from(["system", "user", ""]), st.none(), st.integers()
+                ),
+                "content": st.one_of(st.text(max_size=40), st.none(), st.just([])),
+            },
+            optional={"name": st.text(max_size=5)},
+        ),
+        max_size=4,
+    ),
+    st.sampled_from(["gpt-4o-mini", "gpt-4", "no-such-model"]),
+)
+def test_role_and_text_messages_count_as_the_general_walk_counts_them(
+    messages: list[dict[str, Any]], model: str
+) -> None:
+    """The shortcut for {role, content} messages with two strings equals the general walk
+    (a message type the shortcut does not know, a dict subclass, takes the walk)."""
+
+    class Message(dict):  # type: ignore[type-arg]
+        pass
+
+    body = {"model": model, "messages": messages}
+    walked = {"model": model, "messages": [Message(m) for m in messages]}
+    assert estimate_request("/v1/chat/completions", body) == estimate_request(
+        "/v1/chat/completions", walked
+    )
+
+
 def test_content_parts_and_low_detail_image() -> None:
     parts = [
         {"type": "text", "text": "Describe this picture."},

@@ -189,6 +189,7 @@ _WORDS = st.one_of(
     ),
     st.text(st.sampled_from("ab'1. \t\n\r\u00a0\u2003\u3000\x1c\u0301"), min_size=1, max_size=6),
     st.text(max_size=8),  # anything, lone surrogates included
+    st.from_regex(r"[0-9]{1,40}[.,]?", fullmatch=True),  # counted without tiktoken
 )
 
 
@@ -234,6 +235,39 @@ def test_memo_bounds_keep_counts_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     known = words._MEMOS["o200k_base"][1]
     assert len(known) == 5 and long_word not in known
     assert asked.count(" " + long_word) == 2  # not kept: counted at each use
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_runs_of_ascii_digits_are_counted_without_the_counter(encoding: str) -> None:
+    """A word of ASCII digits is counted by arithmetic (pieces of three, the space apart):
+    every string of 1-3 digits, and longer ones, first in a text and after a space."""
+    enc = get_encoding(encoding)
+    rng = random.Random(3)
+    runs = [str(i).zfill(n) for n in (1, 2, 3) for i in range(10**n)]
+    runs += [str(rng.randrange(10 ** rng.randint(3, 80))).zfill(4) for _ in range(500)]
+
+    def refuse(text: str) -> int:
+        raise AssertionError(f"asked the counter for {text!r}")
+
+    for run in runs:
+        text = f"{run} {run}"
+        assert words.count_by_words(encoding, text, refuse) == len(enc.encode_ordinary(text))
+    mixed = "Total 1234567 of 89, then 0042 and 3.14 x2 2024."
+    assert by_words(encoding, mixed) == len(enc.encode_ordinary(mixed))
+
+
+def test_digits_other_than_ascii_go_to_the_counter() -> None:
+    asked: list[str] = []
+
+    def exact(text: str) -> int:
+        asked.append(text)
+        return len(get_encoding("o200k_base").encode_ordinary(text))
+
+    text = "١٢٣ x ² １２"  # Arabic-Indic, superscript, fullwidth
+    assert words.count_by_words("o200k_base", text, exact) == len(
+        get_encoding("o200k_base").encode_ordinary(text)
+    )
+    assert asked == ["١٢٣", " x", " ²", " １２"]
 
 
 def test_a_word_the_counter_cannot_count_sends_the_text_whole() -> None:

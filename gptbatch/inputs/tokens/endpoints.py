@@ -276,8 +276,16 @@ def _content(t: _Tally, content: Any, part: Callable[[_Tally, Any], int]) -> int
     return t.text(content)
 
 
+_ROLE_AND_CONTENT = frozenset({"role", "content"})
+
+
 def _chat_message(t: _Tally, message: Any) -> int:
-    if not isinstance(message, Mapping):
+    if type(message) is dict and message.keys() == _ROLE_AND_CONTENT:
+        # Most messages: a role and a text; what the loop below gives them, without it.
+        role, content = message["role"], message["content"]
+        if type(role) is str and type(content) is str:
+            return TOKENS_PER_MESSAGE + t.text(role) + t.text(content)
+    elif type(message) is not dict and not isinstance(message, Mapping):  # dict: no ABC
         return TOKENS_PER_MESSAGE + t.json(message, "a message that is not an object")
     total = TOKENS_PER_MESSAGE
     for key, value in message.items():
@@ -505,7 +513,7 @@ _ENDPOINTS: dict[str, Callable[[_Tally, Mapping[str, Any]], int]] = {
 
 def estimate_request(url: str, body: Mapping[str, Any]) -> Estimate:
     """Estimated prompt tokens of one Batch API request (`url` is its endpoint path)."""
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         t = _Tally(None)
         return t.estimate(t.json(body, "a request body that is not an object"))
     t = _Tally(body.get("model"))

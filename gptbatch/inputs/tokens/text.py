@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import tiktoken
 import tiktoken.model
@@ -85,6 +86,9 @@ def _ordinary_len(enc: tiktoken.Encoding, text: str) -> int | None:
     return None
 
 
+_ORDINARY: dict[tiktoken.Encoding, Callable[[str], int | None]] = {}
+
+
 def text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
     """(tokens, whether the text had to be counted in pieces).
 
@@ -98,7 +102,9 @@ def text_len(enc: tiktoken.Encoding, text: str) -> tuple[int, bool]:
         fast = _FAST_COUNTERS.get(enc.name)  # empty unless the scanner loaded fastokens
         tokens = None if fast is None else fast(text)
         if tokens is None:
-            ordinary = functools.partial(_ordinary_len, enc)
+            ordinary = _ORDINARY.get(enc)
+            if ordinary is None:  # one per encoding: a new partial per text was 2% of a count
+                ordinary = _ORDINARY[enc] = functools.partial(_ordinary_len, enc)
             tokens = count_by_words(enc.name, text, ordinary)
             if tokens is None:
                 tokens = ordinary(text)

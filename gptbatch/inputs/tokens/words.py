@@ -59,9 +59,15 @@ class _Memo(dict):
         self.exact: Callable[[str], int | None] = len  # set by count_by_words before use
 
     def __missing__(self, word: str) -> int:
-        tokens = self.exact(self.prefix + word)
-        if tokens is None:
-            raise _Unknown
+        if word.isdigit() and word.isascii():
+            # Both patterns cut a run of digits into pieces of three from its start
+            # (\p{N}{1,3}) and never join a space to a digit (the space is a piece alone),
+            # and every string of 1-3 ASCII digits is one token in both vocabularies.
+            tokens = (len(word) + 2) // 3 + (1 if self.prefix else 0)
+        else:
+            tokens = self.exact(self.prefix + word)
+            if tokens is None:
+                raise _Unknown
         if len(word) <= MAX_WORD_CHARS and len(self) < self.limit:
             self[word] = tokens
         return tokens
@@ -80,12 +86,27 @@ def _ascii_space_beside_whitespace(text: str) -> bool:
     return any(c in text and (" " + c in text or c + " " in text) for c in _ASCII_SPACES)
 
 
+def _ascii_whitespace_but_space(text: str) -> bool:
+    """Does text hold any of _ASCII_SPACES? (Unrolled: most texts hold none but \n.)"""
+    return (
+        "\n" in text
+        or "\t" in text
+        or "\r" in text
+        or "\x0b" in text
+        or "\x0c" in text
+        or "\x1c" in text
+        or "\x1d" in text
+        or "\x1e" in text
+        or "\x1f" in text
+    )
+
+
 def splits_cleanly(text: str) -> bool:
     """Is every run of spaces in text one or two long, between non-whitespace characters?"""
     if text[:1] == " " or text[-1:] == " " or "   " in text:
         return False
     if text.isascii():  # a few memchr scans: cheaper than isprintable's look at every char
-        return not _ascii_space_beside_whitespace(text)
+        return not (_ascii_whitespace_but_space(text) and _ascii_space_beside_whitespace(text))
     if text.isprintable():  # every whitespace character but the space is unprintable
         return True
     return _SPACE_BESIDE_WHITESPACE.search(text) is None
