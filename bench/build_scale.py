@@ -71,7 +71,7 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
+def start_simulator(validating: float = 6.0) -> tuple[subprocess.Popen[str], str, list[int]]:
     """The simulator on a fast clock; the list holds how many API calls its journal printed."""
     proc = subprocess.Popen(
         [
@@ -97,12 +97,13 @@ def start_simulator() -> tuple[subprocess.Popen[str], str, list[int]]:
             # batches.create answers at once and the input is read meanwhile, as the real
             # API validates after answering: the build's next shard overlaps that reading.
             "--background-validation",
-            # Validation lasts 3 s here (50 simulated minutes; the real API takes minutes
-            # for a large file). At the default 5 simulated seconds (5 ms) the end of
-            # validation came before the reading did, and the simulator held its lock
-            # waiting for it: every upload and create behind it waited too (50 s at 1M).
+            # Validation lasts 6 s here (100 simulated minutes; the real API takes minutes
+            # for a large file). The simulator reads a wave's input files (four of 46k
+            # requests at 1M) one after another, 1-2 s each: where validation ends before
+            # the reading does, it holds its lock waiting for it, and every upload and
+            # create behind it waits too (50 s at 1M with 5 ms, 7-10 s per wave with 3 s).
             "--validating-seconds",
-            "3000",
+            str(round(validating * 1000)),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -437,8 +438,14 @@ def main() -> None:
         help="use the user's token-count cache (else a fresh one: a first build counts every"
         " request, as it does for a project never read before)",
     )
+    parser.add_argument(
+        "--validating-seconds",
+        type=float,
+        default=6.0,
+        help="how long the simulator's validation lasts, in real seconds (default 6)",
+    )
     args = parser.parse_args()
-    sim, url, calls = start_simulator()
+    sim, url, calls = start_simulator(args.validating_seconds)
     SIMULATOR_PID[0] = sim.pid
     env = {**os.environ, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
     cache = None if args.warm_cache else tempfile.TemporaryDirectory(prefix="bench-token-cache-")
