@@ -488,19 +488,23 @@ def main() -> None:
         small = corpora[0]
         only = args.only.split(",") if args.only else None
         counters = args.counters.split(",") if args.counters else None
-        for n, corpus in enumerate(corpora if args.skip_floor else []):
-            bench_corpus(
-                corpus,
-                work,
-                env,
-                ours,
-                before if n == 0 else None,
-                orig,
-                args.repeat,
-                only,
-                counters,
-            )
+
+        def bench_all() -> None:
+            for n, corpus in enumerate(corpora):
+                bench_corpus(
+                    corpus,
+                    work,
+                    env,
+                    ours,
+                    before if n == 0 else None,
+                    orig,
+                    args.repeat,
+                    only,
+                    counters,
+                )
+
         if args.skip_floor:
+            bench_all()
             return
         seconds, cpu = floor(small)
         size = small.stat().st_size
@@ -518,18 +522,7 @@ def main() -> None:
             f"on {cores} cores with nothing else done: {size / 1e6 / whole * cores:.1f} and "
             f"{size / 1e6 / by_words * cores:.1f} MB/s"
         )
-        for n, corpus in enumerate(corpora):
-            bench_corpus(
-                corpus,
-                work,
-                env,
-                ours,
-                before if n == 0 else None,
-                orig,
-                args.repeat,
-                only,
-                counters,
-            )
+        bench_all()
     print(f"\n(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB)")
 
 

@@ -497,17 +497,28 @@ def cached_rows(cache: Path) -> int:
 
 
 @pytest.mark.parametrize("corrupt", [False, True])
-def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: bool) -> None:
-    from gptbatch.inputs.token_cache import CachedCount, PendingCounts
+@pytest.mark.parametrize("streamed", [False, True])
+def test_counts_written_ahead_are_kept_only_on_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool, streamed: bool
+) -> None:
+    """Counts written before the command ends (prepare; streamed while added, as split's
+    read does) reach the cache only on commit."""
+    from gptbatch.inputs import token_cache
+    from gptbatch.inputs.token_cache import CachedCount, PendingCounts, TokenCache
 
+    monkeypatch.setattr(token_cache, "_STREAM_BATCH", 7)  # many batches, one left over
     cache = tmp_path / "cache"
     cache.mkdir()
     if corrupt:  # the background write fails; commit's own path rebuilds the file
         (cache / "tokens.sqlite").write_bytes(b"this is not a database" * 100)
     for keep in (False, True):
         pending = PendingCounts(cache / "tokens.sqlite", "v1")
+        if streamed:
+            pending.stream()
         for i in range(50):
             pending.add(f"key-{i}", CachedCount(i, "o200k_base", ("a caveat",) if i % 2 else ()))
+        if streamed and not corrupt:  # streamed, not yet committed: nobody else sees them
+            assert cached_rows(cache) == 0
         pending.prepare()
         with pytest.raises(RuntimeError):
             pending.add("late", CachedCount(1, "o200k_base"))
@@ -518,12 +529,10 @@ def test_counts_written_ahead_are_kept_only_on_commit(tmp_path: Path, corrupt: b
             pending.discard()
             if not corrupt:  # (a corrupt file is left as it was)
                 assert cached_rows(cache) == 0
-    from gptbatch.inputs.token_cache import TokenCache
-
-    found = TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-4", "other"])
+    found = TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-48", "other"])
     assert found == {
         "key-3": CachedCount(3, "o200k_base", ("a caveat",)),
-        "key-4": CachedCount(4, "o200k_base", ()),
+        "key-48": CachedCount(48, "o200k_base", ()),
     }
 
 
@@ -546,42 +555,6 @@ def test_counts_committed_behind_are_kept_and_nothing_undoes_them(tmp_path: Path
     assert found == {
         "key-7": CachedCount(7, "o200k_base"),
         "key-1999": CachedCount(1999, "o200k_base"),
-    }
-
-
-@pytest.mark.parametrize("corrupt", [False, True])
-def test_counts_streamed_while_added_are_kept_only_on_commit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
-) -> None:
-    from gptbatch.inputs import token_cache
-    from gptbatch.inputs.token_cache import CachedCount, PendingCounts
-
-    monkeypatch.setattr(token_cache, "_STREAM_BATCH", 7)  # many batches, one left over
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    if corrupt:  # the streamed write fails; commit's own path rebuilds the file
-        (cache / "tokens.sqlite").write_bytes(b"this is not a database" * 100)
-    for keep in (False, True):
-        pending = PendingCounts(cache / "tokens.sqlite", "v1")
-        pending.stream()
-        for i in range(50):
-            pending.add(f"key-{i}", CachedCount(i, "o200k_base", ("a caveat",) if i % 2 else ()))
-        if not corrupt:  # streamed, not yet committed: nobody else sees them
-            assert cached_rows(cache) == 0
-        pending.prepare()
-        with pytest.raises(RuntimeError):
-            pending.add("late", CachedCount(1, "o200k_base"))
-        if keep:
-            pending.commit()
-            assert cached_rows(cache) == 50
-        else:
-            pending.discard()
-            if not corrupt:
-                assert cached_rows(cache) == 0
-    found = token_cache.TokenCache(cache / "tokens.sqlite", "v1").lookup(["key-3", "key-48"])
-    assert found == {
-        "key-3": CachedCount(3, "o200k_base", ("a caveat",)),
-        "key-48": CachedCount(48, "o200k_base", ()),
     }
 
 
