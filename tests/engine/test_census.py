@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 
+from batchinfo import batch_info
+
 from gptbatch.api.remote import BatchInfo
 from gptbatch.engine.batches import META_PROJECT, META_TOKENS, QueueTag, queue_tag, queue_value
 from gptbatch.engine.census import (
@@ -36,13 +38,10 @@ def batch(
         metadata[META_PROJECT] = project
     if tokens is not None:
         metadata[META_TOKENS] = queue_value(tokens, more, model, sharing)
-    return BatchInfo(
-        id=f"batch_{next(_ids)}",
-        status=status,
-        endpoint="/v1/chat/completions",
+    return batch_info(
+        f"batch_{next(_ids)}",
+        status,
         input_file_id="file-x",
-        output_file_id=None,
-        error_file_id=None,
         created_at=created,
         metadata=metadata,
         finished_at=finished,

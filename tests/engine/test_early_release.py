@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from batchinfo import batch_info
 
 from gptbatch.api.remote import BatchInfo
 from gptbatch.config.spec import load_spec
@@ -31,13 +32,9 @@ def info(
     finalizing: int | None = None,
     finished: int | None = None,
 ) -> BatchInfo:
-    return BatchInfo(
-        id=batch,
-        status=status,
-        endpoint="/v1/chat/completions",
-        input_file_id="file-in",
-        output_file_id=None,
-        error_file_id=None,
+    return batch_info(
+        batch,
+        status,
         created_at=created,
         total=10,
         completed=10 if status in ("finalizing", "completed") else 0,

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from batchinfo import batch_info
 
 from gptbatch.api.remote import BatchInfo
 from gptbatch.engine.eta import STEPS, Forecast
 
 
 def info(status: str, done: int = 0, total: int = 100, batch: str = "batch_a") -> BatchInfo:
-    return BatchInfo(
-        id=batch,
-        status=status,
-        endpoint="/v1/chat/completions",
-        input_file_id="file-in",
-        output_file_id=None,
-        error_file_id=None,
-        created_at=0,
-        total=total,
-        completed=done,
-    )
+    return batch_info(batch, status, total=total, completed=done)
 
 
 def test_no_forecast_before_progress_is_seen_twice() -> None:
