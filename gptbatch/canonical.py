@@ -59,13 +59,18 @@ def fsync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_writer(
-    path: str | os.PathLike[str], mode: str = "wb", *, sync_dir: bool = True
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    sync_dir: bool = True,
+    buffering: int = -1,
 ) -> Iterator[IO[Any]]:
     """Write to a sibling temp file; on success fsync it and rename it over path.
 
     On any exception the temp file is removed and path is left untouched. sync_dir=False
     leaves the directory's fsync to the caller: for a file renamed again afterwards (split's
-    shard parts), whose directory is synced once after the last rename.
+    shard parts), whose directory is synced once after the last rename. buffering: as
+    open's.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +78,7 @@ def atomic_writer(
     try:
         os.fchmod(fd, _FILE_MODE)
         encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as f:
+        with os.fdopen(fd, mode, buffering, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -35,11 +35,21 @@ def zline_dictionary_id(zline: bytes) -> int | None:
     return int.from_bytes(zline[2:6], "big") if zline[1] & 0x20 else None
 
 
+def unpack_bytes(line: str | None, zline: bytes | None, zdict: bytes | None = None) -> bytes | None:
+    """A stored result line back as UTF-8 (rows written before m002 hold it uncompressed)."""
+    if zline is None:
+        return None if line is None else line.encode("utf-8")
+    if zdict is None:
+        return zlib.decompress(zline)
+    unpacker = zlib.decompressobj(zdict=zdict)
+    data = unpacker.decompress(zline)
+    # A whole stream comes out of decompress; flush (a third of the time) only if it did not.
+    return data if unpacker.eof else data + unpacker.flush()
+
+
 def unpack_line(line: str | None, zline: bytes | None, zdict: bytes | None = None) -> str | None:
-    """A stored result line back as text (rows written before m002 hold it uncompressed)."""
+    """A stored result line back as text."""
     if zline is None:
         return line
-    if zdict is None:
-        return zlib.decompress(zline).decode("utf-8")
-    unpacker = zlib.decompressobj(zdict=zdict)
-    return (unpacker.decompress(zline) + unpacker.flush()).decode("utf-8")
+    data = unpack_bytes(line, zline, zdict)
+    return None if data is None else data.decode("utf-8")
