@@ -53,6 +53,10 @@ from gptbatch.state.lock import BuildLock
 from gptbatch.state.rows import ACTIVE_SHARD_STATES, IN_FLIGHT_SHARD_STATES, ShardRow
 from gptbatch.state.store import Store, state_dir
 
+# A round records finished batches for about this long, then polls and fills the room
+# again before recording the rest (collect.Collector.collect_finished).
+COLLECT_SLICE_SECONDS = 1.0
+
 
 def run_build(
     spec: Spec,
@@ -364,7 +368,7 @@ class Builder:
                             raise
                     else:
                         unlisted = True  # the API could not be listed: try again, never give up
-                if self.settle_all(self.collector.collect_finished()):
+                if self.settle_all(self.collector.collect_finished(COLLECT_SLICE_SECONDS)):
                     changed = True
                     # One pass (--no-wait) also sends the retries its results asked for.
                     if not wait and self.store.has_work_to_submit():
@@ -398,6 +402,8 @@ class Builder:
                 due = self.collector.seconds_to_next_poll()
                 if due is not None:
                     wake = min(wake, max(due, self.spec.polling.initial_seconds / 5))
+                if self.collector.finished:  # finished batches left to record: no wait
+                    wake = 0
                 self.report.event("tick")
                 self.sleep(max(wake, 0.01))
         finally:
@@ -548,14 +554,28 @@ class Builder:
     # --- submitting: what the scheduler allows, through the submitter -----------------------
 
     def submit(self) -> bool:
-        """Pack what is pending, then send every unsent shard that fits the queue now."""
-        changed = False
-        if self.scheduler.dirty:
+        """Send the unsent shards that fit the queue now, then pack what is pending and
+        send again."""
+        # Shards cut already take the room first: a plan after a wave walks the open
+        # requests for 2-5 s at 1M, and the queue stood empty through it.
+        changed = self._send_unsent()
+        if changed is None:
+            return True
+        # Not while finished batches wait to be recorded: their requests are still open,
+        # and a plan walks past each of them (8 s a plan at 1M, against 3).
+        if self.scheduler.dirty and not self.collector.finished:
             # A waiting build's first plan stops after two queues' worth of shards: the
             # first go, the next are uploaded ahead, and the rest is cut while they run
             # (at 1M, every non-tail shard was cut before the first create: ~10 s).
             self.scheduler.plan(limit=self.first_plan)
             self.first_plan = None
+            sent = self._send_unsent()
+            return True if sent is None else sent or changed
+        return changed
+
+    def _send_unsent(self) -> bool | None:
+        """Send every unsent shard that fits now; None: one was released to be repacked."""
+        changed = False
         now = time.time()
         # `submitting` comes first: an earlier run may have created its batch already.
         unsent = self.store.shards(UNSENT_SHARD_STATES)
@@ -566,7 +586,7 @@ class Builder:
                 self.submitter.prepare_file(unsent[index + 1])
             sent = self.send(shard)
             if sent is None:
-                return True
+                return None
             changed = changed or sent
         return changed
 

@@ -180,8 +180,9 @@ class Collector:
                 yield from self.collect(batch.shard, info)
                 yield ROOM_CHANGED
             elif info.terminal:
+                # Its room changed when its status did (above): one seen finished before
+                # and not yet recorded (collect_finished's seconds) moves nothing again.
                 self.finished.append((batch.shard, info))
-                yield ROOM_CHANGED
 
     def seconds_to_next_poll(self) -> float | None:
         """Seconds until a poll is due for a batch forecast to finish (see eta.py), if any."""
@@ -226,9 +227,20 @@ class Collector:
             self.slow_reported.add(info.id)
             self.report.event("slow_finalizing", batch=info.id, seconds=round(now - since))
 
-    def collect_finished(self) -> Iterator[Outcome]:
-        """Download and record the batches the last poll saw finished."""
+    def collect_finished(self, seconds: float | None = None) -> Iterator[Outcome]:
+        """Download and record the batches the last poll saw finished.
+
+        seconds: stop once this long has passed after a batch, leaving the rest to the
+        next poll, which finds them again (they are not collected). A batch that ends
+        meanwhile is then seen, and its room refilled, while the rest is recorded: at 1M,
+        a wave's four 46k batches took 10-15 s to record, and the next wave, done
+        within them, waited for the last.
+        """
+        start = self.clock()
         for index, (shard_id, info) in enumerate(self.finished):
+            if seconds is not None and index and self.clock() - start >= seconds:
+                del self.finished[:index]
+                return
             # Two ahead keep the worker busy through a batch it prepares faster than the
             # collector records; more would hold their lines in memory meanwhile.
             for ahead in self.finished[index : index + 3]:
