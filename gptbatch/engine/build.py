@@ -556,6 +556,7 @@ class Builder:
     def submit(self) -> bool:
         """Send the unsent shards that fit the queue now, then pack what is pending and
         send again."""
+        self.submitter.uploads_done()
         # Shards cut already take the room first: a plan after a wave walks the open
         # requests for 2-5 s at 1M, and the queue stood empty through it.
         changed = self._send_unsent()
@@ -597,12 +598,12 @@ class Builder:
             return False
         waiting = [
             s
-            for s in self.store.shards(("uploaded", "waiting"))
-            if s.model == shard.model and s.file_id
+            for s in self.store.shards(("uploading", "uploaded", "waiting"))
+            if s.model == shard.model and (s.file_id or s.id in self.submitter.uploading)
         ]
         if len(waiting) >= self.spec.limits.pipeline:
             return False
-        self.submitter.ensure_uploaded(shard)
+        self.submitter.upload_behind(shard)
         return True
 
     def send(self, shard: ShardRow) -> bool | None:

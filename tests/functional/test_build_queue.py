@@ -200,6 +200,45 @@ def test_shards_waiting_for_room_are_uploaded_ahead(tmp_path: Path, simulator_fa
 
 
 @pytest.mark.timeout(60)
+def test_an_upload_ahead_that_fails_is_found_or_made_again_and_each_shard_sent_once(
+    tmp_path: Path, simulator_factory
+) -> None:
+    """Uploads of waiting shards run on a thread: one that fails there (three 500s, past
+    the SDK's retries) surfaces when its shard is sent; the shard is uploaded again and
+    created once, and every request is billed once."""
+    import threading
+
+    from buildkit import wait_until
+
+    sim = simulator_factory(time_scale=20.0)
+    # Uploads take 0.3 s: the fault, added once two batches fill the queue, then meets the
+    # uploads ahead on the thread.
+    sim.add_fault(Fault.slow(0.3, method="POST", path="/v1/files"))
+    reqs = [padded_chat(f"r{i}", 90) for i in range(12)]  # ~100 tokens each
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        limits={"enqueued_tokens": 440, "safety_margin": 0, "pipeline": 2},
+    )
+
+    def fail_uploads_once_the_queue_is_full() -> None:
+        if wait_until(lambda: creates(sim) >= 2):
+            sim.add_fault(Fault.http(500, method="POST", path="/v1/files", count=3))
+
+    adder = threading.Thread(target=fail_uploads_once_the_queue_is_full)
+    adder.start()
+    assert project.build() == EXIT_OK
+    adder.join()
+    assert [f.kind for f in sim.service.faults()] == ["slow"]  # the three 500s were answered
+    batches = sim.service.batches()
+    assert creates(sim) == len(batches)
+    assert len({b["input_file_id"] for b in batches}) == len(batches)
+    assert max(sim.journal.billed_counts().values()) == 1
+    assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in reqs)
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
+
+
+@pytest.mark.timeout(60)
 def test_a_finish_is_noticed_when_forecast_not_a_backed_off_interval_later(
     tmp_path: Path, simulator_factory
 ) -> None:
