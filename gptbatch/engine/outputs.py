@@ -9,16 +9,22 @@ import os
 import struct
 from array import array
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptbatch.canonical import atomic_writer, file_sha256
 from gptbatch.config.spec import Spec
 from gptbatch.engine.crash import armed, crashpoint
+from gptbatch.engine.prepared import ReadAhead
 from gptbatch.errors import ConfigError, LocalIOError
 from gptbatch.state.rows import RequestRow, ResultRow
 from gptbatch.state.store import Store
+
+# A full write of an input this large is split in two: a worker process writes the second
+# half to a part file while this process writes the first, and the kernel copies the part
+# in. At 1M lines, reading, inflating and writing them took ~15 s on one core.
+PARALLEL_MIN_LINES = 200_000
 
 
 @dataclass(frozen=True)
@@ -167,42 +173,144 @@ def _write_output(
 ) -> tuple[OutputSummary, bytes]:
     """One input's output and errors file (None: only counted); also the index of the
     lines written."""
-    written = failed = missing = 0
-    index = bytearray()
-    crash = armed("mid_output_write")
     errors = ErrorFile(err_path) if err_path is not None else contextlib.nullcontext(None)
-    # 1 MiB buffers: with the default 8 KiB, a 1M-line output made 100k write calls.
-    with atomic_writer(out_path, "wb", buffering=1 << 20) as out, errors as err:
-        copier = _Copier(out, last.fd if last is not None else None)
-        for ordinal, done, version, key, line in store.output_rows(path, lines=last is None):
-            if crash and written:
-                copier.flush()
-                out.flush()
-                crashpoint("mid_output_write")
-            if done == 0:
-                missing += 1
-                continue
-            span = last.spans.get(version) if last is not None and done == 1 else None
-            if span is not None:
-                copier.copy(*span)
-                size = span[1] - span[0]
-            else:
-                if done == 1 and last is not None:
-                    line = store.result_line(key)
-                if done != 1 or line is None:
-                    failed += 1
-                    if err is not None:
-                        err.write(error_record(*store.request_result(path, ordinal)))
-                    continue
-                data = line.rstrip(b"\n") + b"\n"
-                copier.write(data)
-                size = len(data)
-            index += _ENTRY.pack(version or 0, size)
-            written += 1
-        copier.flush()
+    split = _split(store, path) if last is None else None
+    part = _Part(store, path, split, out_path) if split is not None else None
+    try:
+        # 1 MiB buffers: with the default 8 KiB, a 1M-line output made 100k write calls.
+        with atomic_writer(out_path, "wb", buffering=1 << 20) as out, errors as err:
+            lines = _write_lines(store, path, out, err, last, stop=split if part else None)
+            if part is not None and not part.append_to(out, err, lines):
+                lines = _write_lines(store, path, out, err, None, start=split, add_to=lines)
+    finally:
+        if part is not None:
+            part.remove()
     shown_errors = str(err_path if err_path is not None else out_path.with_suffix(".errors.jsonl"))
-    summary = OutputSummary(path, str(out_path), shown_errors, written, failed, missing)
-    return summary, bytes(index)
+    summary = OutputSummary(
+        path, str(out_path), shown_errors, lines.written, lines.failed, lines.missing
+    )
+    return summary, bytes(lines.index)
+
+
+@dataclass
+class _Lines:
+    """What writing (part of) an input's lines did: counts, and the index of the lines."""
+
+    written: int = 0
+    failed: int = 0
+    missing: int = 0
+    index: bytearray = field(default_factory=bytearray)
+
+
+def _write_lines(
+    store: Store,
+    path: str,
+    out: Any,
+    err: Any,
+    last: _LastOutput | None,
+    *,
+    start: int | None = None,
+    stop: int | None = None,
+    add_to: _Lines | None = None,
+    crash: bool = True,
+) -> _Lines:
+    """Write an input's lines with ordinals in [start, stop) to out, failures to err."""
+    lines = add_to if add_to is not None else _Lines()
+    index = lines.index
+    crash = crash and armed("mid_output_write")
+    copier = _Copier(out, last.fd if last is not None else None)
+    rows = store.output_rows(path, lines=last is None, start=start, stop=stop)
+    for ordinal, done, version, key, line in rows:
+        if crash and lines.written:
+            copier.flush()
+            out.flush()
+            crashpoint("mid_output_write")
+        if done == 0:
+            lines.missing += 1
+            continue
+        span = last.spans.get(version) if last is not None and done == 1 else None
+        if span is not None:
+            copier.copy(*span)
+            size = span[1] - span[0]
+        else:
+            if done == 1 and last is not None:
+                line = store.result_line(key)
+            if done != 1 or line is None:
+                lines.failed += 1
+                if err is not None:
+                    err.write(error_record(*store.request_result(path, ordinal)))
+                continue
+            data = line.rstrip(b"\n") + b"\n"
+            copier.write(data)
+            size = len(data)
+        index += _ENTRY.pack(version or 0, size)
+        lines.written += 1
+    copier.flush()
+    return lines
+
+
+def _split(store: Store, path: str) -> int | None:
+    """The first ordinal of the second half of a large input written in full (None: too
+    small to split, or no worker process)."""
+    total = store.input_requests(path)
+    if total < PARALLEL_MIN_LINES or os.environ.get("GPTBATCH_WORKERS", "").strip() in ("0", "1"):
+        return None
+    return store.nth_ordinal(path, total // 2)
+
+
+class _Part:
+    """The second half of an output (and of its errors), written by a worker process to
+    part files beside it while the first half is written here; then copied in."""
+
+    def __init__(self, store: Store, path: str, start: int, out_path: Path) -> None:
+        self.start = start
+        self.ahead = ReadAhead()
+        self.out = out_path.parent / f".{out_path.name}.part-{os.getpid()}.tmp"
+        self.err = out_path.parent / f".{out_path.name}.errors-part-{os.getpid()}.tmp"
+        args = (str(store.directory), path, start, str(self.out), str(self.err))
+        self.ahead.start("part", write_part, *args)
+
+    def append_to(self, out: Any, err: Any, lines: _Lines) -> bool:
+        """Copy the part in after the first half; False if the worker did not write it."""
+        done = self.ahead.take("part")
+        self.ahead.close()
+        if done is None:
+            return False
+        written, failed, missing, index = done
+        with open(self.out, "rb") as part:
+            copier = _Copier(out, part.fileno())
+            copier.copy(0, os.fstat(part.fileno()).st_size)
+            copier.flush()
+        if failed and err is not None:
+            with open(self.err, encoding="utf-8") as part:
+                for chunk in iter(lambda: part.read(1 << 20), ""):
+                    err.write(chunk)
+        lines.written += written
+        lines.failed += failed
+        lines.missing += missing
+        lines.index += index
+        return True
+
+    def remove(self) -> None:
+        self.ahead.close()
+        for path in (self.out, self.err):
+            path.unlink(missing_ok=True)
+
+
+def write_part(
+    directory: str, path: str, start: int, out_path: str, err_path: str
+) -> tuple[int, int, int, bytes]:
+    """In a worker process: an input's lines from ordinal start on, to part files."""
+    store = Store(Path(directory), read_only=True)
+    try:
+        with (
+            open(out_path, "wb", buffering=1 << 20) as out,
+            open(err_path, "w", encoding="utf-8") as err,
+        ):
+            lines = _write_lines(store, path, out, err, None, start=start, crash=False)
+    finally:
+        store.close()
+    return lines.written, lines.failed, lines.missing, bytes(lines.index)
 
 
 def _patch_output(

@@ -27,23 +27,36 @@ CACHE_AFTER_SECONDS = 0.05  # an answer computed faster is not worth a commit to
 class StoreBase:
     """One output directory's state.db, opened and migrated; the parts of Store build on it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
+        """read_only: a reader beside the build that holds the state (a worker process
+        writing part of an output): no migration, no write."""
         self.directory = directory
         self.path = directory / "state.db"
         self.created = not self.path.exists()
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, factory=_Connection
-            )
+            if read_only:
+                self.db = sqlite3.connect(
+                    f"file:{self.path}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=30,
+                    factory=_Connection,
+                )
+            else:
+                directory.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, factory=_Connection
+                )
         except (OSError, sqlite3.Error) as exc:
             raise _state_error(self.path, exc) from exc
         self.db.path = self.path
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute(f"PRAGMA cache_size={CACHE_SIZE}")
-            self._migrate()
+            if not read_only:
+                self._migrate()
         except BaseException:
             self.db.close()
             raise

@@ -342,19 +342,24 @@ class ResultsMixin(StoreBase):
         return RequestRow(*row[:14]), result
 
     def output_rows(
-        self, path: str, *, lines: bool
+        self, path: str, *, lines: bool, start: int | None = None, stop: int | None = None
     ) -> Iterator[tuple[int, int, int | None, str, bytes | None]]:
-        """(ordinal, done, result_version, key, line) of an input's requests, in input order.
+        """(ordinal, done, result_version, key, line) of an input's requests, in input order
+        (those with ordinals in [start, stop) if given).
 
         With lines, ok rows (done=1) come with their result line as UTF-8 (one join for the
         whole input); without, line is None and `result_line` fetches the ones needed, so a
         rewrite that copies most lines from the last output reads no result at all.
         """
+        bounds = [b for b in (start, stop) if b is not None]
+        within = (" AND r.ordinal>=?" if start is not None else "") + (
+            " AND r.ordinal<?" if stop is not None else ""
+        )
         if not lines:
             for ordinal, done, version, key in self.db.execute(
-                "SELECT ordinal, done, result_version, key FROM requests WHERE path=?"
+                f"SELECT ordinal, done, result_version, key FROM requests r WHERE path=?{within}"
                 " ORDER BY ordinal",
-                (path,),
+                (path, *bounds),
             ):
                 yield ordinal, done, version, key, None
             return
@@ -365,14 +370,27 @@ class ResultsMixin(StoreBase):
             "SELECT r.ordinal, r.done, r.result_version, r.key, s.line, s.zline"
             " FROM requests r LEFT JOIN results s"
             " ON r.done=1 AND s.version=r.result_version AND +s.key=r.key"
-            " WHERE r.path=? ORDER BY r.ordinal",
-            (path,),
+            f" WHERE r.path=?{within} ORDER BY r.ordinal",
+            (path, *bounds),
         )
         for ordinal, done, version, key, line, zline in stream_rows(cur):
             if done == 1 and line is None and zline is None:
                 yield ordinal, done, version, key, self.result_line(key)
                 continue
             yield ordinal, done, version, key, self.unpack_bytes(line, zline)
+
+    def input_requests(self, path: str) -> int:
+        """How many requests an input has (as its last read counted them)."""
+        row = self.db.execute("SELECT requests FROM inputs WHERE path=?", (path,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def nth_ordinal(self, path: str, n: int) -> int | None:
+        """The ordinal of an input's request number n (from 0) in input order."""
+        row = self.db.execute(
+            "SELECT ordinal FROM requests WHERE path=? ORDER BY ordinal LIMIT 1 OFFSET ?",
+            (path, n),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def table_rows(self, path: str) -> Iterator[tuple[int, str, str, int, int | None]]:
         """(ordinal, custom_id, key, done, result_version) of an input's requests, in input

@@ -189,3 +189,60 @@ def test_an_output_copied_back_with_its_bytes_is_still_patched() -> None:
     steps += [("append to the output",), ("result", 3, "ok", "new"), write]
     # patched: the write after the copy; not the one after a line was appended (other bytes)
     assert _run(60, steps) == 2  # (the closing write of _run is patched too)
+
+
+@contextlib.contextmanager
+def _halves() -> Any:
+    """Every full write of 2+ lines split in two, the second half written by the worker;
+    yields the number of halves the worker wrote (a one-item list)."""
+    used = [0]
+    threshold, append = outputs.PARALLEL_MIN_LINES, outputs._Part.append_to
+
+    def counted(self: Any, *args: Any) -> bool:
+        done = append(self, *args)
+        used[0] += done
+        return done
+
+    outputs.PARALLEL_MIN_LINES = 2
+    outputs._Part.append_to = counted  # type: ignore[method-assign]
+    try:
+        yield used
+    finally:
+        outputs.PARALLEL_MIN_LINES = threshold
+        outputs._Part.append_to = append  # type: ignore[method-assign]
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(0, 60), steps=st.lists(STEP, max_size=8))
+def test_an_output_written_in_two_halves_equals_one_written_whole(
+    size: int, steps: list[tuple[Any, ...]]
+) -> None:
+    with _halves():
+        _run(size, steps)
+
+
+def test_the_second_half_is_written_by_the_worker_with_its_failures_in_order() -> None:
+    """Results ok and failed in both halves, then one missing: the output and the errors
+    file come out in input order, the second half from the worker's part files."""
+    steps: list[tuple[Any, ...]] = [("results", "ok")]
+    steps += [("result", i, "failed", "x") for i in (3, 17, 41, 55)]
+    steps += [("result", 30, "retry", ""), ("drop the index",)]
+    with _halves() as used:
+        _run(60, steps)
+    assert used[0] == 1
+
+
+def _fails(*args: Any) -> Any:
+    raise OSError("the worker's disk is full")
+
+
+def test_a_second_half_the_worker_could_not_write_is_written_here() -> None:
+    steps: list[tuple[Any, ...]] = [("results", "ok"), ("result", 50, "failed", "x")]
+    real = outputs.write_part
+    outputs.write_part = _fails
+    try:
+        with _halves() as used:
+            _run(60, steps)  # its checks: the output and errors are whole, in order
+    finally:
+        outputs.write_part = real
+    assert used[0] == 0
