@@ -45,7 +45,7 @@ class ShardsMixin(StoreBase):
             " created_at, updated_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (shard_id, model, url, len(members), tokens, nbytes, cost, state, now, now, note),
         )
-        # Inserted in key order (each keeps its ordinal, its upload position): members_key
+        # Inserted in key order (each keeps its ordinal, its upload position): the key index
         # is then written page after page, not at a random page per member.
         self.db.executemany(
             "INSERT INTO members(shard, ordinal, key, custom_id) VALUES (?, ?, ?, ?)",

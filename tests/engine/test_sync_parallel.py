@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,4 +248,7 @@ def test_new_counts_reach_the_token_cache_only_when_the_sync_commits(tmp_path: P
     assert problems and remembered() == 0
     (tmp_path / "in.jsonl").write_bytes(good)
     rows, _ = _sync(tmp_path, "state-good", env, parallel=True)
+    for thread in threading.enumerate():  # the counts are committed behind the sync
+        if thread.name == "token-cache":
+            thread.join()
     assert len(rows) == 20 and remembered() == 20
