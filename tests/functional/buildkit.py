@@ -287,3 +287,21 @@ def creations_past(
         if e.status == "validating" and claimed > budget:
             found.append((e.batch_id, [b for b, s in status.items() if s == "finalizing"]))
     return found
+
+
+def tail_project(
+    tmp_path: Path, simulator_factory: Any, seed: int, limit: int = 2_000, k: int = 4
+) -> tuple[Any, list[dict[str, Any]], Project]:
+    """(simulator, requests, project): 80 requests of random sizes on a tokens limit held
+    from creation, pipelined k ways with a 0.05 margin: a build that reaches a tail."""
+    import random
+
+    sim = simulator_factory(token_limits={"gpt-4o-mini": limit}, hold_from_creation=True)
+    rng = random.Random(seed)
+    reqs = [padded_chat(f"r{i}", words=rng.randint(20, 90)) for i in range(80)]
+    project = make_project(
+        tmp_path,
+        {"requests.jsonl": reqs},
+        limits={"enqueued_tokens": limit, "safety_margin": 0.05, "pipeline": k},
+    )
+    return sim, reqs, project

@@ -17,6 +17,7 @@ from buildkit import (
     padded_chat,
     peak_in_flight,
     refused,
+    tail_project,
     update_config,
     uploads,
     write_jsonl,
@@ -273,17 +274,8 @@ def test_tail_shards_are_cut_into_the_room_there_is_and_shrink_as_work_runs_out(
 ) -> None:
     """In the tail a shard is cut when room appears, from what is left then, so no shard
     started late is larger than a 2k-th of what was left when it started."""
-    import random
-
     limit, margin, k = 2_000, 0.05, 4
-    sim = simulator_factory(token_limits={MODEL: limit}, hold_from_creation=True)
-    rng = random.Random(7)
-    reqs = [padded_chat(f"r{i}", words=rng.randint(20, 90)) for i in range(80)]
-    project = make_project(
-        tmp_path,
-        {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": limit, "safety_margin": margin, "pipeline": k},
-    )
+    sim, reqs, project = tail_project(tmp_path, simulator_factory, seed=7, limit=limit, k=k)
     assert project.build() == EXIT_OK
     weights = estimated(sim)
     working = int(limit * (1 - margin))

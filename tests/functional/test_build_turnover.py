@@ -3,11 +3,10 @@ batches are recorded a slice at a time with polls between, each exactly once."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
-from buildkit import billed_ids, json_events, make_project, padded_chat
+from buildkit import billed_ids, json_events, make_project, padded_chat, tail_project
 
 from gptbatch.engine import build
 from gptbatch.errors import EXIT_OK
@@ -22,15 +21,7 @@ def test_shards_cut_already_are_created_before_the_next_plan(
     """Whenever a batch completes while uploaded shards wait, the next thing the build
     does of creating and planning is to create one (a plan walks the open requests: at 1M
     the queue stood empty 3-5 s a wave through it)."""
-    limit, k = 2_000, 4
-    sim = simulator_factory(token_limits={MODEL: limit}, hold_from_creation=True)
-    rng = random.Random(11)
-    reqs = [padded_chat(f"r{i}", words=rng.randint(20, 90)) for i in range(80)]
-    project = make_project(
-        tmp_path,
-        {"requests.jsonl": reqs},
-        limits={"enqueued_tokens": limit, "safety_margin": 0.05, "pipeline": k},
-    )
+    sim, reqs, project = tail_project(tmp_path, simulator_factory, seed=11)
     assert project.build("--json") == EXIT_OK
     events = json_events(capsys.readouterr().out)
     waiting: set[str] = set()
