@@ -265,6 +265,7 @@ class _Part:
     def __init__(self, store: Store, path: str, start: int, out_path: Path) -> None:
         self.start = start
         self.ahead = ReadAhead()
+        out_path.parent.mkdir(parents=True, exist_ok=True)  # the worker may start first
         self.out = out_path.parent / f".{out_path.name}.part-{os.getpid()}.tmp"
         self.err = out_path.parent / f".{out_path.name}.errors-part-{os.getpid()}.tmp"
         args = (str(store.directory), path, start, str(self.out), str(self.err))
