@@ -368,7 +368,9 @@ class Builder:
                             raise
                     else:
                         unlisted = True  # the API could not be listed: try again, never give up
-                if self.settle_all(self.collector.collect_finished(COLLECT_SLICE_SECONDS)):
+                # One pass (--no-wait) or a step's pass records all it finds before it ends.
+                sliced = COLLECT_SLICE_SECONDS if wait and until is None else None
+                if self.settle_all(self.collector.collect_finished(sliced)):
                     changed = True
                     # One pass (--no-wait) also sends the retries its results asked for.
                     if not wait and self.store.has_work_to_submit():

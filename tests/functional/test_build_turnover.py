@@ -58,3 +58,20 @@ def test_finished_batches_recorded_one_a_round_are_each_recorded_once(
     assert max(simulator.journal.billed_counts().values()) == 1
     assert sorted(billed_ids(simulator)) == sorted(r["custom_id"] for r in reqs)
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
+
+
+@pytest.mark.timeout(60)
+def test_one_pass_records_every_finished_batch_whatever_the_slice(
+    tmp_path: Path, simulator, monkeypatch
+) -> None:
+    """`build --no-wait` ends after one pass: that pass records every batch it finds
+    finished, not one slice of them."""
+    from buildkit import wait_until
+
+    monkeypatch.setattr(build, "COLLECT_SLICE_SECONDS", 0.0)
+    reqs = [padded_chat(f"r{i}", 30) for i in range(6)]
+    project = make_project(tmp_path, {"requests.jsonl": reqs}, limits={"max_requests_per_batch": 1})
+    project.build("--no-wait")
+    assert wait_until(lambda: all(b["status"] == "completed" for b in simulator.service.batches()))
+    assert project.build("--no-wait") == EXIT_OK
+    assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
