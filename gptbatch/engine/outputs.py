@@ -174,14 +174,14 @@ def _write_output(
     """One input's output and errors file (None: only counted); also the index of the
     lines written."""
     errors = ErrorFile(err_path) if err_path is not None else contextlib.nullcontext(None)
-    split = _split(store, path) if last is None else None
-    part = _Part(store, path, split, out_path) if split is not None else None
+    part = _Part.begin(store, path, out_path) if last is None else None
     try:
         # 1 MiB buffers: with the default 8 KiB, a 1M-line output made 100k write calls.
         with atomic_writer(out_path, "wb", buffering=1 << 20) as out, errors as err:
-            lines = _write_lines(store, path, out, err, last, stop=split if part else None)
+            stop = part.start if part is not None else None
+            lines = _write_lines(store, path, out, err, last, stop=stop)
             if part is not None and not part.append_to(out, err, lines):
-                lines = _write_lines(store, path, out, err, None, start=split, add_to=lines)
+                lines = _write_lines(store, path, out, err, None, start=stop, add_to=lines)
     finally:
         if part is not None:
             part.remove()
@@ -249,22 +249,26 @@ def _write_lines(
     return lines
 
 
-def _split(store: Store, path: str) -> int | None:
-    """The first ordinal of the second half of a large input written in full (None: too
-    small to split, or no worker process)."""
-    total = store.input_requests(path)
-    if total < PARALLEL_MIN_LINES or os.environ.get("GPTBATCH_WORKERS", "").strip() in ("0", "1"):
-        return None
-    return store.nth_ordinal(path, total // 2)
-
-
 class _Part:
     """The second half of an output (and of its errors), written by a worker process to
     part files beside it while the first half is written here; then copied in."""
 
-    def __init__(self, store: Store, path: str, start: int, out_path: Path) -> None:
-        self.start = start
-        self.ahead = ReadAhead()
+    @staticmethod
+    def begin(store: Store, path: str, out_path: Path) -> _Part | None:
+        """Start the worker on the second half of a large input (None: too small to split,
+        or no worker process: GPTBATCH_WORKERS=1, as ReadAhead reads it)."""
+        total = store.input_requests(path)
+        ahead = ReadAhead()
+        start = store.nth_ordinal(path, total // 2) if total >= PARALLEL_MIN_LINES else None
+        if start is None or not ahead.enabled:
+            return None
+        return _Part(store, path, start, out_path, ahead)
+
+    def __init__(
+        self, store: Store, path: str, start: int, out_path: Path, ahead: ReadAhead
+    ) -> None:
+        self.start = start  # the first ordinal of the second half
+        self.ahead = ahead
         out_path.parent.mkdir(parents=True, exist_ok=True)  # the worker may start first
         self.out = out_path.parent / f".{out_path.name}.part-{os.getpid()}.tmp"
         self.err = out_path.parent / f".{out_path.name}.errors-part-{os.getpid()}.tmp"
