@@ -194,6 +194,14 @@ class BatchEngine:
         self._anchor_t, self._rate = start, config.tokens_per_second
         self._validator: ThreadPoolExecutor | None = None  # see SimConfig.background_validation
 
+    def close(self) -> None:
+        """Stop the thread that reads inputs in the background, after the readings asked of
+        it (a later batch starts another): it outlived its simulator before, and a test
+        process that forks saw it."""
+        validator, self._validator = self._validator, None
+        if validator is not None:
+            validator.shutdown(wait=True)
+
     def reset_time(self, t: float) -> None:
         """Start a world with nothing in it at t."""
         self.t = self._anchor_t = t

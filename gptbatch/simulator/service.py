@@ -236,8 +236,10 @@ class BatchService:
             ) from None
 
     def close(self) -> None:
-        """Save the time reached and release the state directory; memory-only from then on."""
+        """Save the time reached and release the state directory; memory-only from then on.
+        The background reading of inputs stops."""
         with self._lock:
+            self._engine.close()
             if self._state is None:
                 return
             with contextlib.suppress(ApiError, OSError):  # the last save is a courtesy

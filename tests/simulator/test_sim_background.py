@@ -82,3 +82,17 @@ def test_create_answers_before_the_input_is_read() -> None:
     done = service.batch(batch["id"])
     assert done["status"] == "completed" and done["model"] == "gpt-4o-mini"
     assert len(read_lines(service, done["output_file_id"])) == 2
+
+
+def test_closing_the_service_stops_its_reading_thread() -> None:
+    """The thread that reads inputs ends with its service (it outlived it, and a test that
+    forks after other tests' simulators saw it), after the readings asked of it."""
+    before = set(threading.enumerate())  # other tests' services may not be closed
+    service = manual_service(background_validation=True)
+    batch = submit(service, [chat("r0", "hello")])
+    reading = [t for t in set(threading.enumerate()) - before if t.name.startswith("sim-")]
+    assert reading
+    service.close()
+    assert not any(t.is_alive() for t in reading)
+    service.clock.advance(1_000)  # memory-only from then on: it still works
+    assert service.batch(batch["id"])["status"] == "completed"
