@@ -190,11 +190,16 @@ def parse_input(
 # integers beyond 64 bits into floats (so any run of 19 digits goes to json) and refuses what
 # json accepts (NaN, a BOM, lone surrogate escapes, 1e400): those go to json too.
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_DIGITS = b"0123456789"
 
 
 def _loads(raw: bytes) -> Any:
     """A line's JSON value, as json.loads(raw.decode("utf-8")) gives it (and its errors)."""
-    if _LONG_DIGITS.search(raw) is None:
+    # A line with fewer than 19 digits in all has no such run: counting them (translate) is
+    # ~15x faster than the search, which took more than orjson's parse (13.6 against 1.5 us
+    # for a line of 545 bytes), 1M times per 1M-request build.
+    digits = len(raw) - len(raw.translate(None, _DIGITS))
+    if digits < 19 or _LONG_DIGITS.search(raw) is None:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -55,6 +55,8 @@ LINES = [
     b'{"a": 1, "b": [1.5, -0.0, 1e-05, 3.0e10], "c": "\\u00e9\\n"}',
     b'{"big": 123456789012345678901234567890, "n": -9223372036854775809}',
     b'{"id": "12345678901234567890123"}',  # a long digit run in a string: json parses it
+    b'{"a": 1234567890, "b": 123456789, "c": 18446744073709551616}',  # many digits, one long run
+    b'{"a": 1234567890, "b": 1234567890, "c": 9.5}',  # 20 digits but no run of 19: orjson
     b'{"a": NaN, "b": Infinity}',
     b'\xef\xbb\xbf{"a": 1}',
     b'{"a": "\\ud800"}',
