@@ -95,3 +95,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Atomically replace path with data."""
     with atomic_writer(path, "wb") as f:
         f.write(data)
+
+
+def remove_stale_temp_files(*directories: Path) -> None:
+    """Delete temp files that killed runs left (atomic writes name them .NAME.*.tmp)."""
+    for directory in directories:
+        for path in directory.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()

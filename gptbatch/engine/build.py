@@ -25,6 +25,7 @@ from typing import Any
 
 from gptbatch.api.provider import caps_of
 from gptbatch.api.remote import BatchInfo, Remote
+from gptbatch.canonical import remove_stale_temp_files
 from gptbatch.config.spec import Spec
 from gptbatch.engine import usage
 from gptbatch.engine.batches import Outcome
@@ -34,6 +35,7 @@ from gptbatch.engine.collect import Collector
 from gptbatch.engine.crash import crashpoint
 from gptbatch.engine.outputs import output_paths, write_outputs
 from gptbatch.engine.scheduler import UNSENT_SHARD_STATES, Scheduler
+from gptbatch.engine.shard_files import remove_final_shard_files
 from gptbatch.engine.submit import Submitter
 from gptbatch.engine.summary import BuildSummary
 from gptbatch.engine.sync import sync_inputs
@@ -164,30 +166,6 @@ def check_new_project(store: Store) -> None:
             "sent work before, and its batches at the API must be found, not ignored; run "
             "`gptbatch build` without --new-project"
         )
-
-
-def remove_stale_temp_files(*directories: Path) -> None:
-    """Delete temp files that killed runs left (atomic writes name them .NAME.*.tmp)."""
-    for directory in directories:
-        for path in directory.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def remove_final_shard_files(store: Store) -> None:
-    """Delete shard files whose batch is final (done or dropped): never read again.
-
-    A shard's file is read only to upload it; a refused shard is sent again under the file
-    id it was uploaded as, so only a final shard's file is certain to be garbage.
-    """
-    folder = store.directory / "shards"
-    if not folder.is_dir():
-        return
-    for path in folder.glob("*.jsonl"):
-        shard = store.shard(path.name[: -len(".jsonl")])
-        if shard is None or shard.state in ("done", "dropped"):
-            with contextlib.suppress(OSError):
-                path.unlink()
 
 
 class Builder:
@@ -569,11 +547,20 @@ class Builder:
         if self.scheduler.dirty and not self.collector.finished:
             # A waiting build's first plan stops after two queues' worth of shards: the
             # first go, the next are uploaded ahead, and the rest is cut while they run
-            # (at 1M, every non-tail shard was cut before the first create: ~10 s).
-            self.scheduler.plan(limit=self.first_plan)
+            # (at 1M, every non-tail shard was cut before the first create: ~10 s). The
+            # first shard goes before the rest of the first queue is cut, and that before
+            # the next queue's (at 1M, the first create came 8 s earlier).
+            first = self.first_plan
+            limits = [n for n in (1, first // 2 - 1, first // 2) if n > 0] if first else [None]
             self.first_plan = None
-            sent = self._send_unsent()
-            return True if sent is None else sent or changed
+            for limit in limits:
+                if not self.scheduler.dirty:
+                    break
+                self.scheduler.plan(limit=limit)
+                sent = self._send_unsent()
+                if sent is None:
+                    return True
+                changed = changed or sent
         return changed
 
     def _send_unsent(self) -> bool | None:

@@ -472,6 +472,9 @@ class Scheduler:
                     del buffers[group][:size]
             for group, window in windows.items():
                 while window and group not in waiting and not stopped:
+                    if limit is not None and made >= limit and not packers:
+                        self.dirty = stopped = True
+                        break
                     cut = self._cut(group, window, left)
                     if cut is None:
                         waiting.add(group)

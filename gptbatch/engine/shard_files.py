@@ -20,6 +20,7 @@ from gptbatch.inputs.requests import read_raw_line
 from gptbatch.inputs.upload import upload_line
 from gptbatch.state.rows import RequestRow
 from gptbatch.state.shards import member_requests
+from gptbatch.state.store import Store
 
 # Below this many requests a shard file is written by the submitter itself: a worker's
 # hand-over costs more than it saves.
@@ -83,3 +84,19 @@ def write_from_state(
     finally:
         db.close()
     return path
+
+
+def remove_final_shard_files(store: Store) -> None:
+    """Delete shard files whose batch is final (done or dropped): never read again.
+
+    A shard's file is read only to upload it; a refused shard is sent again under the file
+    id it was uploaded as, so only a final shard's file is certain to be garbage.
+    """
+    folder = store.directory / "shards"
+    if not folder.is_dir():
+        return
+    for path in folder.glob("*.jsonl"):
+        shard = store.shard(path.name[: -len(".jsonl")])
+        if shard is None or shard.state in ("done", "dropped"):
+            with contextlib.suppress(OSError):
+                path.unlink()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections import namedtuple
 
+import pytest
+
 from gptbatch.api.remote import BatchInfo
 from gptbatch.engine.budget import refusal_delay
 from gptbatch.engine.collect import Collector
@@ -176,17 +178,23 @@ def test_a_plan_stops_reading_once_every_group_waits_for_room(tmp_path) -> None:
         store.close()
 
 
-def test_a_plan_stopped_at_its_limit_is_finished_by_the_next_as_one_plan_would(tmp_path) -> None:
+@pytest.mark.parametrize("count", [6_000, 300])
+def test_a_plan_stopped_at_its_limit_is_finished_by_the_next_as_one_plan_would(
+    tmp_path, count: int
+) -> None:
     """A build's first plan stops after a queue's worth of shards (they go while the rest
-    is cut); the next plan cuts the same shards, with the same members, as one plan."""
+    is cut); the next plan cuts the same shards, with the same members, as one plan. With
+    300 requests every shard is cut from the window left at the end of the reading."""
     rng = random.Random(7)
-    texts = [" ".join(["word"] * rng.randint(1, 60)) for _ in range(6_000)]
-    whole, one = _synced(tmp_path / "whole", texts, 40_000)
-    parts, pieces = _synced(tmp_path / "parts", texts, 40_000)
+    texts = [" ".join(["word"] * rng.randint(1, 60)) for _ in range(count)]
+    budget = 40_000 if count > 1_000 else 2_000
+    whole, one = _synced(tmp_path / "whole", texts, budget)
+    parts, pieces = _synced(tmp_path / "parts", texts, budget)
     try:
         made = one.plan()
         assert made > 6 and not one.dirty
-        assert pieces.plan(limit=2) == 2 and pieces.dirty  # the rest is left for later
+        assert pieces.plan(limit=1) == 1 and pieces.dirty  # the rest is left for later
+        assert pieces.plan(limit=1) == 1 and pieces.dirty
         assert pieces.plan() == made - 2 and not pieces.dirty
 
         def cut(store):  # type: ignore[no-untyped-def]

@@ -75,3 +75,19 @@ def test_one_pass_records_every_finished_batch_whatever_the_slice(
     assert wait_until(lambda: all(b["status"] == "completed" for b in simulator.service.batches()))
     assert project.build("--no-wait") == EXIT_OK
     assert [o["custom_id"] for o in project.output()] == [r["custom_id"] for r in reqs]
+
+
+@pytest.mark.timeout(90)
+def test_the_first_shard_is_created_before_the_rest_of_the_first_plan_is_cut(
+    tmp_path: Path, simulator_factory, capsys
+) -> None:
+    """A waiting build's first plan is cut in steps: one shard, which is created at once,
+    then the rest of the first queue, then the next (at 1M, cutting two queues' worth
+    before the first create held the first batch back 8 s)."""
+    sim, reqs, project = tail_project(tmp_path, simulator_factory, seed=5, limit=4_000)
+    assert project.build("--json") == EXIT_OK
+    events = [e["event"] for e in json_events(capsys.readouterr().out) if e["event"] != "uploaded"]
+    assert events.index("submitted") < events.index("planned", events.index("planned") + 1)
+    assert events.count("planned") > 4, events  # more than one queue's worth was cut
+    assert max(sim.journal.billed_counts().values()) == 1
+    assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in reqs)
