@@ -13,7 +13,6 @@ and `pack_line` would do in the collector, with the same functions.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,7 +22,7 @@ from typing import Any
 
 from gptbatch.engine import usage
 from gptbatch.fastjson import loads_reply
-from gptbatch.inputs.scan import worker_context
+from gptbatch.processes import start_worker, worker_context
 from gptbatch.state.lines import pack_line
 
 RETRYABLE_ERROR_CODES = ("batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded")
@@ -77,10 +76,6 @@ def result_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield text, loads_reply(text)
 
 
-def _ignore_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the build handles Ctrl-C and stops us
-
-
 class ReadAhead:
     """One worker process doing file work ahead of the build's main thread, a future per job.
 
@@ -107,7 +102,7 @@ class ReadAhead:
         if pool is None:
             try:
                 pool = self._pool = ProcessPoolExecutor(
-                    1, mp_context=worker_context(), initializer=_ignore_interrupts
+                    1, mp_context=worker_context(), initializer=start_worker
                 )
             except (OSError, ValueError):
                 self.enabled = False

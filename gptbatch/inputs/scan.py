@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing
 import os
-import signal
 import stat
 import zlib
 from collections import deque
@@ -58,6 +56,7 @@ from gptbatch.inputs.token_cache import (
     cache_path,
     estimator_version,
 )
+from gptbatch.processes import start_worker, worker_context
 from gptbatch.shards import embedding_inputs
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, process start-up costs more than it saves
@@ -345,23 +344,13 @@ _WORKER: ChunkReader | None = None
 
 def _init_worker(options: ScanOptions, version: str, path: Path | None) -> None:
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    start_worker()
     _WORKER = ChunkReader(options, version, path)
 
 
 def _read_in_worker(chunk: Chunk) -> _ChunkResult:
     assert _WORKER is not None
     return _WORKER.read(chunk)
-
-
-def worker_context() -> Any:
-    """The start method for worker processes (the scanner's, the build's read-ahead)."""
-    methods = multiprocessing.get_all_start_methods()
-    # fork starts in milliseconds and shares the parent's imports; elsewhere forkserver.
-    name = "fork" if "fork" in methods and os.name == "posix" else "spawn"
-    if name == "fork" and "darwin" in os.uname().sysname.lower():  # pragma: no cover
-        name = "forkserver" if "forkserver" in methods else "spawn"
-    return multiprocessing.get_context(name)
 
 
 class Scanner:
