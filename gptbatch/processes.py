@@ -28,10 +28,13 @@ def worker_context() -> Any:
     return multiprocessing.get_context(name)
 
 
-def start_worker() -> None:
-    """In a new worker: leave Ctrl-C to the build (it stops us), and end with the build."""
+def start_worker(parent: int) -> None:
+    """In a new worker: leave Ctrl-C to the build (it stops us), and end with the build.
+
+    parent: the build's process id, taken where the pool is made (a build that died before
+    the worker ran this is then seen gone at once).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

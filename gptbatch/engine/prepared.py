@@ -102,7 +102,10 @@ class ReadAhead:
         if pool is None:
             try:
                 pool = self._pool = ProcessPoolExecutor(
-                    1, mp_context=worker_context(), initializer=start_worker
+                    1,
+                    mp_context=worker_context(),
+                    initializer=start_worker,
+                    initargs=(os.getpid(),),
                 )
             except (OSError, ValueError):
                 self.enabled = False

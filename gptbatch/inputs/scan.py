@@ -342,9 +342,9 @@ def _clean(
 _WORKER: ChunkReader | None = None
 
 
-def _init_worker(options: ScanOptions, version: str, path: Path | None) -> None:
+def _init_worker(options: ScanOptions, version: str, path: Path | None, parent: int) -> None:
     global _WORKER
-    start_worker()
+    start_worker(parent)
     _WORKER = ChunkReader(options, version, path)
 
 
@@ -483,7 +483,10 @@ def _start_pool(workers: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor 
     """Worker processes for chunks, or None if the system refuses to start them."""
     try:
         return ProcessPoolExecutor(
-            workers, mp_context=worker_context(), initializer=_init_worker, initargs=initargs
+            workers,
+            mp_context=worker_context(),
+            initializer=_init_worker,
+            initargs=(*initargs, os.getpid()),
         )
     except (OSError, ValueError):
         return None
