@@ -547,20 +547,11 @@ class Builder:
         if self.scheduler.dirty and not self.collector.finished:
             # A waiting build's first plan stops after two queues' worth of shards: the
             # first go, the next are uploaded ahead, and the rest is cut while they run
-            # (at 1M, every non-tail shard was cut before the first create: ~10 s). The
-            # first shard goes before the rest of the first queue is cut, and that before
-            # the next queue's (at 1M, the first create came 8 s earlier).
-            first = self.first_plan
-            limits = [n for n in (1, first // 2 - 1, first // 2) if n > 0] if first else [None]
+            # (at 1M, every non-tail shard was cut before the first create: ~10 s).
+            self.scheduler.plan(limit=self.first_plan)
             self.first_plan = None
-            for limit in limits:
-                if not self.scheduler.dirty:
-                    break
-                self.scheduler.plan(limit=limit)
-                sent = self._send_unsent()
-                if sent is None:
-                    return True
-                changed = changed or sent
+            sent = self._send_unsent()
+            return True if sent is None else sent or changed
         return changed
 
     def _send_unsent(self) -> bool | None:

@@ -78,16 +78,17 @@ def test_one_pass_records_every_finished_batch_whatever_the_slice(
 
 
 @pytest.mark.timeout(90)
-def test_the_first_shard_is_created_before_the_rest_of_the_first_plan_is_cut(
+def test_the_first_plan_stops_after_two_queues_and_they_go_before_the_rest_is_cut(
     tmp_path: Path, simulator_factory, capsys
 ) -> None:
-    """A waiting build's first plan is cut in steps: one shard, which is created at once,
-    then the rest of the first queue, then the next (at 1M, cutting two queues' worth
-    before the first create held the first batch back 8 s)."""
+    """A waiting build's first plan cuts two queues' worth of shards (pipeline 4: eight),
+    and creates them before it cuts more, also where every shard is cut from what is left
+    after the reading (a small input: the limit was ignored there, and all were cut)."""
     sim, reqs, project = tail_project(tmp_path, simulator_factory, seed=5, limit=4_000)
     assert project.build("--json") == EXIT_OK
     events = [e["event"] for e in json_events(capsys.readouterr().out) if e["event"] != "uploaded"]
-    assert events.index("submitted") < events.index("planned", events.index("planned") + 1)
-    assert events.count("planned") > 4, events  # more than one queue's worth was cut
+    assert events.count("planned") > 8, events
+    first = events.index("planned")
+    assert events[first : first + 9] == ["planned"] * 8 + ["submitted"], events
     assert max(sim.journal.billed_counts().values()) == 1
     assert sorted(billed_ids(sim)) == sorted(r["custom_id"] for r in reqs)
