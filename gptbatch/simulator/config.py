@@ -285,7 +285,10 @@ class SimConfig:
     flavour: str = "openai"
     token_limits: dict[str, int] = field(default_factory=dict)  # enqueued tokens per model
     # True: a batch holds its tokens from creation (validating included), as the real
-    # queue does; False: only from in_progress until it ends.
+    # queue does. False, the default (the simulator's behaviour before this option, which
+    # earlier tests were written against; `--simulate` and `gptbatch simulator` keep it): only
+    # from in_progress until it ends, so a validating batch leaves room the real queue would
+    # not.
     hold_from_creation: bool = False
     request_limits: dict[str, int] = field(default_factory=dict)  # enqueued requests per model
     # Models the service knows besides gptbatch's list (gptbatch.pricing.known_model): a batch
