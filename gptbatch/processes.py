@@ -32,12 +32,27 @@ def start_worker(parent: int) -> None:
     """In a new worker: leave Ctrl-C to the build (it stops us), and end with the build.
 
     parent: the build's process id, taken where the pool is made (a build that died before
-    the worker ran this is then seen gone at once).
+    the worker ran this is then seen gone at once). A forkserver's worker is the server's
+    child, not the build's: it asks after the build's process id instead.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    direct = os.getppid() == parent  # fork and spawn; not forkserver, nor a dead build
+
+    def alive() -> bool:
+        if direct:
+            return os.getppid() == parent
+        if os.name != "posix":  # there os.kill would end the process, not ask after it
+            return False
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pragma: no cover - another user's process took the id
+            return False
+        return True
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while alive():
             time.sleep(PARENT_CHECK_SECONDS)
         os._exit(1)  # the build is gone: nobody will take what this worker makes
 

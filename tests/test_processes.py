@@ -40,6 +40,18 @@ STARTERS = {
         pool = _start_pool(1, (ScanOptions(), "test", None))
         print(pool.submit(os.getpid).result(), flush=True)
     """,
+    # macOS starts workers from a fork server, whose children they are: such a worker
+    # stays while the build lives (three checks here), and ends with it.
+    "forkserver": """
+        import multiprocessing, time
+        from concurrent.futures import ProcessPoolExecutor
+        from gptbatch.processes import PARENT_CHECK_SECONDS, start_worker
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=start_worker, initargs=(os.getpid(),))
+        pool.submit(os.getpid).result()
+        time.sleep(3 * PARENT_CHECK_SECONDS)
+        print(pool.submit(os.getpid).result(), flush=True)
+    """,
 }
 
 
