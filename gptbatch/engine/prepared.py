@@ -16,7 +16,6 @@ import os
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ def prepare(
     lines: list[Prepared] = []
     for text, obj in result_lines(path):
         state, error = classify(obj)
-        used = astuple(usage.result_usage(obj, lookup=lookup)) if state == "ok" else None
+        used = usage.result_usage(obj, lookup=lookup).fields() if state == "ok" else None
         lines.append((str(obj.get("custom_id")), state, error, used, pack_line(text, zdict)))
     return lines
 

@@ -32,6 +32,19 @@ class Usage:
     cost: float | None = 0.0
     unpriced: tuple[str, ...] = field(default_factory=tuple)
 
+    def fields(self) -> tuple[Any, ...]:
+        """The fields in order: Usage(*u.fields()) == u (dataclasses.astuple took 9 us, a
+        deep copy, for each result line a worker prepared)."""
+        return (
+            self.requests,
+            self.input,
+            self.cached,
+            self.output,
+            self.reasoning,
+            self.cost,
+            self.unpriced,
+        )
+
     def __add__(self, other: Usage) -> Usage:
         cost = None if self.cost is None or other.cost is None else self.cost + other.cost
         return Usage(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 ZLIB_LEVEL = 1  # result lines are JSON: level 1 keeps most of the gain at a fraction of the time
 # An 8 KiB window and memory level 5: zlib's defaults (32 KiB, 8) set up ~256 KiB of state for
@@ -19,14 +20,34 @@ ZDICT_META = "zdict"
 ZDICT_MAX = 1 << ZLIB_WBITS  # zlib uses at most a window's worth: the dictionary's last bytes
 
 
+# Setting a preset dictionary hashes all of it into the compressor: for a 700-byte result
+# line that was half of its 15 us. A compressor given the dictionary once is copied for each
+# line instead (6.8 us, the same bytes out), a few dictionaries kept per process.
+_PRIMED: dict[bytes | None, Any] = {}
+_PRIMED_MAX = 4
+
+
+def _primed(zdict: bytes | None) -> Any:
+    """A compressor that has been given zdict and nothing else, to copy."""
+    packer = _PRIMED.get(zdict)
+    if packer is None:
+        if zdict is None:
+            packer = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, ZLIB_WBITS, ZLIB_MEMLEVEL)
+        else:
+            packer = zlib.compressobj(
+                ZLIB_LEVEL, zlib.DEFLATED, ZLIB_WBITS, ZLIB_MEMLEVEL, zdict=zdict
+            )
+        if len(_PRIMED) >= _PRIMED_MAX:
+            _PRIMED.clear()
+        _PRIMED[zdict] = packer
+    return packer
+
+
 def pack_line(line: str | None, zdict: bytes | None = None) -> bytes | None:
     """A result line as stored: zlib-compressed UTF-8, against a preset dictionary if given."""
     if line is None:
         return None
-    if zdict is None:
-        packer = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, ZLIB_WBITS, ZLIB_MEMLEVEL)
-    else:
-        packer = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, ZLIB_WBITS, ZLIB_MEMLEVEL, zdict=zdict)
+    packer = _primed(zdict).copy()
     return packer.compress(line.encode("utf-8")) + packer.flush()
 
 

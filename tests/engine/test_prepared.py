@@ -59,3 +59,19 @@ def test_a_line_packed_against_another_dictionary_is_refused(tmp_path: Path) -> 
         assert store.result("k3") is None  # nothing recorded
     finally:
         store.close()
+
+
+def test_a_usage_s_fields_rebuild_it_in_dataclass_order() -> None:
+    """prepare sends Usage.fields() across the process boundary; the collector rebuilds the
+    Usage from them positionally, so every field must be there, in order."""
+    import dataclasses
+
+    samples = [
+        usage.Usage(),
+        usage.result_usage(OK),
+        usage.Usage(3, 10, 2, 5, 1, None, ("gpt-x", "(no model)")),
+    ]
+    for used in samples:
+        assert used.fields() == dataclasses.astuple(used)
+        assert usage.Usage(*used.fields()) == used
+    assert len(samples[0].fields()) == len(dataclasses.fields(usage.Usage))
