@@ -27,8 +27,9 @@ def test_a_packed_line_is_what_a_compressor_of_its_own_makes(
     texts: list[str], zdicts: list[bytes | None]
 ) -> None:
     # More dictionaries than the process keeps primed, each used for several lines in turn.
+    more = [bytes([n]) * (100 + n) for n in range(lines._PRIMED_MAX + 1)]
     for round_ in range(2):
-        for i, zdict in enumerate(zdicts * 3):
+        for i, zdict in enumerate((zdicts + more) * 3):
             text = texts[(i + round_) % len(texts)]
             packed = pack_line(text, zdict)
             assert packed == _fresh(text, zdict)
